@@ -1,0 +1,192 @@
+"""On-disk cache of derivations: JSON expression trees, never pickles or code.
+
+An entry holds a derivation's output and non-zero Jacobian entries as trees of
+whitelisted SymPy node types. Loading rebuilds the expressions with those
+constructors only; symbols must be the derivation's own. Anything else — bad
+JSON, another key, an unknown node, a foreign symbol — is treated as a miss
+and rebuilt. Keys cover the rule's text, the sizes, the hyperparameters the
+formula reads, the cache format and the derivcheck, SymPy and NumPy versions.
+Writes go to a temporary file in the same folder and are renamed into place
+(atomic), so parallel runs (pytest -n) never see half an entry.
+
+The folder is ``$DERIVCHECK_CACHE_DIR``, else ``$XDG_CACHE_HOME/derivcheck``,
+else ``~/.cache/derivcheck``; ``DERIVCHECK_CACHE=0`` turns the disk cache off.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import mpmath
+import numpy as np
+import sympy
+
+FORMAT = 1
+
+_FUNCS = {
+    "Add": sympy.Add,
+    "Mul": sympy.Mul,
+    "Pow": sympy.Pow,
+    "exp": sympy.exp,
+    "log": sympy.log,
+    "tanh": sympy.tanh,
+    "Abs": sympy.Abs,
+    "sign": sympy.sign,
+    "Max": sympy.Max,
+    "Min": sympy.Min,
+    "Heaviside": sympy.Heaviside,
+    "Piecewise": sympy.Piecewise,
+    "ExprCondPair": sympy.functions.elementary.piecewise.ExprCondPair,
+    "StrictGreaterThan": sympy.StrictGreaterThan,
+    "GreaterThan": sympy.GreaterThan,
+    "StrictLessThan": sympy.StrictLessThan,
+    "LessThan": sympy.LessThan,
+    "And": sympy.And,
+    "Or": sympy.Or,
+    "Not": sympy.Not,
+}
+_CONSTANTS = {"true": sympy.true, "false": sympy.false, "E": sympy.E, "Half": sympy.S.Half}
+
+
+class Unencodable(Exception):
+    """An expression with a node the cache does not know; such a derivation is not cached."""
+
+
+def encode(expr):
+    if isinstance(expr, sympy.Symbol):
+        return ["S", expr.name]
+    if isinstance(expr, sympy.Integer):
+        return ["I", str(int(expr))]
+    if isinstance(expr, sympy.Rational):
+        return ["Q", str(expr.p), str(expr.q)]
+    if isinstance(expr, sympy.Float):
+        sign, man, exp, _ = expr._mpf_
+        return ["F", str(-man if sign else man), exp, expr._prec]
+    for name, const in _CONSTANTS.items():
+        if expr is const:
+            return ["C", name]
+    name = type(expr).__name__
+    if name in _FUNCS and _FUNCS[name] is type(expr) or name == "ExprCondPair":
+        return [name] + [encode(a) for a in expr.args]
+    raise Unencodable(name)
+
+
+def decode(tree, symbols: dict):
+    if not isinstance(tree, list) or not tree or not isinstance(tree[0], str):
+        raise ValueError("malformed node")
+    tag, args = tree[0], tree[1:]
+    if tag == "S":
+        if len(args) != 1 or args[0] not in symbols:
+            raise ValueError(f"foreign symbol {args!r}")
+        return symbols[args[0]]
+    if tag == "I":
+        return sympy.Integer(int(args[0]))
+    if tag == "Q":
+        return sympy.Rational(int(args[0]), int(args[1]))
+    if tag == "F":
+        man, exp, prec = int(args[0]), int(args[1]), int(args[2])
+        if not 1 <= prec <= 4096:
+            raise ValueError("bad float precision")
+        return sympy.Float(mpmath.mpf((man, exp)), precision=prec)
+    if tag == "C":
+        return _CONSTANTS[args[0]]
+    if tag in _FUNCS:
+        return _FUNCS[tag](*(decode(a, symbols) for a in args))
+    raise ValueError(f"unknown node {tag!r}")
+
+
+def cache_dir() -> Path | None:
+    if os.environ.get("DERIVCHECK_CACHE", "1").lower() in ("0", "false", "no", "off"):
+        return None
+    if os.environ.get("DERIVCHECK_CACHE_DIR"):
+        return Path(os.environ["DERIVCHECK_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "derivcheck"
+
+
+def _version(pkg: str) -> str:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_VERSIONS = None
+
+
+def entry_key(memory_key: tuple) -> str:
+    global _VERSIONS
+    if _VERSIONS is None:
+        _VERSIONS = (FORMAT, _version("derivcheck"), sympy.__version__, np.__version__)
+    return hashlib.sha256(repr((_VERSIONS, memory_key)).encode()).hexdigest()
+
+
+def _path(key: str) -> Path | None:
+    d = cache_dir()
+    return None if d is None else d / key[:2] / f"{key}.json"
+
+
+def load(key: str, derivation) -> tuple | None:
+    """The cached (output_shape, outputs, jacobians) for ``derivation``, or None."""
+    path = _path(key)
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT or data.get("key") != key:
+            return None
+        symbols = {s.name: s for arr in (*derivation.symbols.values(), *derivation.label_symbols.values()) for s in arr.ravel()}
+        shape = tuple(int(n) for n in data["output_shape"])
+        out = [decode(t, symbols) for t in data["out"]]
+        if len(out) != int(np.prod(shape)):
+            return None
+        jac = {}
+        for name, syms in derivation.symbols.items():
+            rows = [[sympy.Integer(0)] * syms.size for _ in out]
+            for o, i, tree in data["jac"][name]:
+                rows[o][i] = decode(tree, symbols)
+            jac[name] = rows
+        if set(data["jac"]) != set(derivation.symbols):
+            return None
+        return shape, out, jac
+    except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError, json.JSONDecodeError):
+        return None  # corrupt or foreign: rebuild
+
+
+def store(key: str, rule_name: str, exprs: tuple) -> bool:
+    """Write an entry atomically; False if it cannot be cached (unknown node, no folder)."""
+    path = _path(key)
+    if path is None:
+        return False
+    shape, out, jac = exprs
+    try:
+        data = {
+            "format": FORMAT,
+            "key": key,
+            "rule": rule_name,
+            "output_shape": list(shape),
+            "out": [encode(e) for e in out],
+            "jac": {
+                name: [[o, i, encode(e)] for o, row in enumerate(rows) for i, e in enumerate(row) if e != 0]
+                for name, rows in jac.items()
+            },
+        }
+    except Unencodable:
+        return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, separators=(",", ":"))
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except (OSError, UnboundLocalError):
+            pass
+        return False

@@ -1,0 +1,137 @@
+"""The ``derivcheck`` command line."""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from .errors import DerivcheckError
+
+
+class Context:
+    def __init__(self, debug: bool, rule_dirs: tuple, config_path):
+        from .config import load_config
+
+        self.debug = debug
+        self.config = load_config(config_path)
+        self.rule_dirs = [*rule_dirs, *self.config.rules]
+        if self.config.cache_dir and "DERIVCHECK_CACHE_DIR" not in os.environ:
+            os.environ["DERIVCHECK_CACHE_DIR"] = str(self.config.cache_dir)
+
+
+def parse_pairs(text: str | None, what: str) -> dict[str, str]:
+    """``N=2,D=3`` -> {"N": "2", "D": "3"}."""
+    pairs = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise DerivcheckError(f"{what} must look like N=2,D=3 (got '{part.strip()}')")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def parse_hypers(items) -> dict[str, str]:
+    """Repeated ``--hyper K=V``; V may hold commas (``axes=1,0,2``)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DerivcheckError(f"--hyper takes NAME=VALUE (got '{item}')")
+        out[key.strip()] = value.strip()
+    return out
+
+
+class Group(click.Group):
+    """Turns DerivcheckError into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except BrokenPipeError:  # `derivcheck derive ... | head`: the reader has gone
+            sys.stderr.close()
+            sys.exit(0)
+        except DerivcheckError as exc:
+            if ctx.meta.get("derivcheck.debug"):
+                traceback.print_exc()
+            click.echo(f"derivcheck: error: {exc}", err=True)
+            sys.exit(2)
+        except Exception as exc:  # a bug of ours: still one line unless --debug
+            if ctx.meta.get("derivcheck.debug"):
+                traceback.print_exc()
+            click.echo(f"derivcheck: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Group)
+@click.option("--rules", "rule_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra folder of rule files (repeatable); first wins over the built-in catalog.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True), help="Configuration file (default: derivcheck.toml or pyproject.toml found upwards).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="derivcheck")
+@click.pass_context
+def main(ctx, rule_dirs, config_path, debug):
+    """Verify NumPy layers against exact, symbolic derivatives."""
+    from pathlib import Path
+
+    ctx.meta["derivcheck.debug"] = debug
+    ctx.obj = Context(debug, rule_dirs, Path(config_path) if config_path else None)
+
+
+@main.command("rules")
+@click.pass_obj
+def rules_cmd(obj):
+    """List the rules with their summaries, inputs and hyperparameters."""
+    from .rules import list_rules
+
+    for name, rule in sorted(list_rules(obj.rule_dirs).items()):
+        click.echo(f"{name}: {rule.summary}")
+        ins = ", ".join(f"{n}[{','.join(map(str, i.shape))}]" for n, i in rule.inputs.items())
+        labels = ", ".join(f"{n}[{','.join(map(str, l.shape))}] ({l.kind})" for n, l in rule.labels.items())
+        click.echo(f"    inputs: {ins}" + (f"; labels: {labels}" if labels else ""))
+        if rule.hyper:
+            hs = ", ".join(
+                f"{n}: {h.type}" + ("" if h.type == "dim" else f" = {h.default!r}".replace("None", "none"))
+                for n, h in rule.hyper.items()
+            )
+            click.echo(f"    hyper: {hs}")
+        if not rule.path.startswith(str(_builtin())):
+            click.echo(f"    from: {rule.path}")
+
+
+def _builtin():
+    from .rules import builtin_rules_dir
+
+    return builtin_rules_dir()
+
+
+@main.command("derive")
+@click.argument("rule_name", metavar="RULE")
+@click.option("--shape", "shape", help="Sizes of the rule's dimensions, e.g. N=2,D=3,H=2 (default: small distinct sizes).")
+@click.option("--hyper", "hypers", multiple=True, metavar="NAME=VALUE", help="Hyperparameter (repeatable); lists as 1,0,2, booleans as true/false.")
+@click.option("--wrt", multiple=True, help="Differentiate with respect to this input only (repeatable; default: all).")
+@click.option("--format", "fmt", type=click.Choice(["text", "latex", "json"]), default="text", show_default=True)
+@click.option("--simplify", is_flag=True, help="Simplify each entry for reading (slower; the values are the same).")
+@click.pass_obj
+def derive_cmd(obj, rule_name, shape, hypers, wrt, fmt, simplify):
+    """Print the exact Jacobian of RULE at a concrete shape."""
+    from . import render
+    from .rules import load_rule
+
+    rule = load_rule(rule_name, obj.rule_dirs)
+    sizes = parse_pairs(shape or rule.example_shape(), "--shape")
+    d = rule.at(hyper=parse_hypers(hypers), **sizes)
+    for name in wrt:
+        d._check_input(name)
+    wrt = list(wrt) or list(rule.inputs)
+    renderer = {"text": render.jacobians_text, "latex": render.jacobians_latex, "json": render.jacobians_json}[fmt]
+    text = renderer(d, wrt, simplify=simplify)
+    click.echo(text)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,177 @@
+"""Derivation: a rule at concrete sizes -> exact Jacobians, lambdified to NumPy.
+
+``derive(rule, dims, hyper)`` builds arrays of SymPy symbols for the inputs,
+evaluates the rule's formula on them, takes ``derive_by_array`` of the output
+with respect to each differentiable input, and lambdifies (NumPy, common
+subexpressions eliminated) the forward values and the non-zero Jacobian
+entries. Results are cached per (rule content, sizes, hyperparameters the
+formula reads): in memory here, on disk through :mod:`derivcheck.cache`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import sympy
+from sympy.tensor.array import ImmutableDenseNDimArray, derive_by_array
+
+from . import cache, symarray
+from .errors import DerivcheckError, RuleError
+
+_FROM_DISK = object()  # sentinel: expressions will be supplied by derive()
+
+
+class Derivation:
+    """Exact derivatives of one rule at one set of sizes and hyperparameters."""
+
+    def __init__(self, rule, dims: dict, hyper: dict, exprs=None):
+        self.rule = rule
+        self.dims = dict(dims)
+        self.hyper = dict(hyper)
+        self.shapes = {n: rule.shape_of(i.shape, dims) for n, i in rule.inputs.items()}
+        self.label_shapes = {n: rule.shape_of(lab.shape, dims) for n, lab in rule.labels.items()}
+        self.symbols = {n: symarray.symbols(n, s) for n, s in self.shapes.items()}
+        self.label_symbols = {
+            n: symarray.symbols(n, rule.shape_of(lab.symbolic_shape(), dims)) for n, lab in rule.labels.items()
+        }
+        if exprs is not _FROM_DISK:
+            self._finish(exprs if exprs is not None else self._derive())
+
+    def _finish(self, exprs):
+        self.output_shape, self._out, self._jac = exprs
+        self._compile()
+
+    # -- symbolic ----------------------------------------------------------
+    def _derive(self):
+        env = self.rule.environment(self.dims, self.hyper, {**self.symbols, **self.label_symbols})
+        try:
+            out = symarray.asarray(self.rule.formula.evaluate(env, backend="symbolic"))
+        except RuleError as exc:  # the rule loaded at its defaults, so these sizes or values are at fault
+            raise DerivcheckError(f"rule '{self.rule.name}' cannot be evaluated at {self._where()}: {exc.message} ({exc.path}:{exc.line})") from None
+        flat_out = list(out.ravel())
+        jac = {}
+        for name, syms in self.symbols.items():
+            flat_in = list(syms.ravel())
+            # derive_by_array(Y, X) has shape X.shape + Y.shape; store output-major rows
+            d = derive_by_array(ImmutableDenseNDimArray(flat_out), ImmutableDenseNDimArray(flat_in))
+            jac[name] = [[d[i, o] for i in range(len(flat_in))] for o in range(len(flat_out))]
+        return out.shape, flat_out, jac
+
+    @property
+    def output(self) -> np.ndarray:
+        """The symbolic output as an object array."""
+        return np.array(self._out, dtype=object).reshape(self.output_shape)
+
+    def jacobian(self, name: str) -> ImmutableDenseNDimArray:
+        """d output / d ``name`` as a SymPy array of shape ``output.shape + input.shape``."""
+        return ImmutableDenseNDimArray(self.jacobian_array(name).ravel().tolist(), self.output_shape + self.shapes[name])
+
+    def jacobian_array(self, name: str) -> np.ndarray:
+        """d output / d ``name`` as an object array of shape ``output.shape + input.shape``."""
+        self._check_input(name)
+        return np.array(self._jac[name], dtype=object).reshape(self.output_shape + self.shapes[name])
+
+    def _check_input(self, name):
+        if name not in self._jac:
+            raise DerivcheckError(
+                f"'{name}' is not a differentiable input of rule '{self.rule.name}' (they are: {', '.join(self._jac)})"
+            )
+
+    # -- numeric -------------------------------------------------------------
+    def _compile(self):
+        args = [list(s.ravel()) for s in self.symbols.values()] + [list(s.ravel()) for s in self.label_symbols.values()]
+        self._forward_fn = sympy.lambdify(args, self._out, modules="numpy", cse=True)
+        self._nonzero = {}
+        entries = []
+        for name, rows in self._jac.items():
+            idx = [(o, i) for o, row in enumerate(rows) for i, e in enumerate(row) if e != 0]
+            self._nonzero[name] = (np.array([o for o, _ in idx], dtype=np.intp), np.array([i for _, i in idx], dtype=np.intp))
+            entries += [rows[o][i] for o, i in idx]
+        self._jac_fn = sympy.lambdify(args, entries, modules="numpy", cse=True)
+
+    def _args(self, values: dict) -> list:
+        args = []
+        for name, shape in self.shapes.items():
+            if name not in values:
+                raise DerivcheckError(f"missing value for input '{name}'")
+            v = np.asarray(values[name], dtype=np.float64)
+            if v.shape != shape:
+                raise DerivcheckError(f"input '{name}' has shape {v.shape}, the derivation is at {shape}")
+            args.append(v.ravel())
+        for name, lab in self.rule.labels.items():
+            if name not in values:
+                raise DerivcheckError(f"missing value for label '{name}'")
+            args.append(self.encode_label(name, values[name]).ravel())
+        return args
+
+    def encode_label(self, name: str, value) -> np.ndarray:
+        """Labels as the formula sees them: class indices become one-hot rows."""
+        lab = self.rule.labels[name]
+        value = np.asarray(value)
+        want = self.rule.shape_of(lab.symbolic_shape(), self.dims)
+        if lab.kind == "classes" and value.shape == self.label_shapes[name] and value.shape != want:
+            classes = self.dims[lab.classes]
+            if not np.issubdtype(value.dtype, np.integer) or value.min(initial=0) < 0 or value.max(initial=0) >= classes:
+                raise DerivcheckError(f"label '{name}' must hold class indices 0..{classes - 1}")
+            value = np.eye(classes)[value]
+        if value.shape != want:
+            raise DerivcheckError(f"label '{name}' has shape {value.shape}, expected {self.label_shapes[name]} or {want}")
+        return value.astype(np.float64)
+
+    def forward(self, **values) -> np.ndarray:
+        """The rule's output at these input (and label) values, in float64."""
+        with np.errstate(all="ignore"):
+            out = self._forward_fn(*self._args(values))
+        return np.asarray(out, dtype=np.float64).reshape(self.output_shape)
+
+    def jacobians(self, **values) -> dict[str, np.ndarray]:
+        """Dense Jacobians, each of shape ``(output.size, input.size)``."""
+        with np.errstate(all="ignore"):
+            entries = np.asarray(self._jac_fn(*self._args(values)), dtype=np.float64)
+        out_size = int(np.prod(self.output_shape))
+        result, start = {}, 0
+        for name, (rows, cols) in self._nonzero.items():
+            J = np.zeros((out_size, int(np.prod(self.shapes[name]))))
+            J[rows, cols] = entries[start : start + len(rows)]
+            start += len(rows)
+            result[name] = J
+        return result
+
+    def vjp(self, cotangent, **values) -> dict[str, np.ndarray]:
+        """The gradient of ``sum(cotangent * output)`` with respect to each input."""
+        cot = np.asarray(cotangent, dtype=np.float64)
+        if cot.shape != self.output_shape:
+            raise DerivcheckError(f"cotangent has shape {cot.shape}, the output has {self.output_shape}")
+        return {
+            name: (cot.ravel() @ J).reshape(self.shapes[name]) for name, J in self.jacobians(**values).items()
+        }
+
+    def _where(self) -> str:
+        where = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+        if self.hyper:
+            where += " with " + ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())
+        return where
+
+    def __repr__(self):
+        return f"<Derivation {self.rule.name} at {self._where()}>"
+
+
+_MEMORY: dict[tuple, Derivation] = {}
+
+
+def cache_key(rule, dims: dict, hyper: dict) -> tuple:
+    used = {k: v for k, v in hyper.items() if k in rule.formula.names}
+    return (rule.digest, tuple(sorted(dims.items())), repr(sorted(used.items())))
+
+
+def derive(rule, dims: dict, hyper: dict) -> Derivation:
+    """The derivation for these sizes and hyperparameters: from memory, disk, or SymPy."""
+    key = cache_key(rule, dims, hyper)
+    if key not in _MEMORY:
+        disk_key = cache.entry_key(key)
+        derivation = Derivation(rule, dims, hyper, exprs=_FROM_DISK)
+        exprs = cache.load(disk_key, derivation)
+        if exprs is None:
+            exprs = derivation._derive()
+            cache.store(disk_key, rule.name, exprs)
+        derivation._finish(exprs)
+        _MEMORY[key] = derivation
+    return _MEMORY[key]

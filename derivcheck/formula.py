@@ -1,0 +1,274 @@
+"""The rule formula language: a NumPy-like subset of Python, parsed, never eval'ed.
+
+A formula is a few assignments followed by one expression, the output::
+
+    y = softmax(x, axis=-1)
+    -sum(t * log(y)) / N
+
+Only the constructs below are accepted; anything else is refused with the
+rule file's line. The same tree is evaluated by two backends: ``symbolic``
+(SymPy object arrays, for derivation) and ``numeric`` (NumPy, used to check
+shapes cheaply when a rule is loaded).
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+import operator
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import sympy
+
+from . import symarray
+from .errors import RuleError
+
+
+def _np_sum_to(x, shape):
+    shape = tuple(shape)
+    lead = x.ndim - len(shape)
+    if lead < 0:
+        raise ValueError(f"sum_to: cannot sum shape {x.shape} to the longer shape {shape}")
+    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1)
+    y = x.sum(axis=axes, keepdims=True) if axes else x
+    y = y.reshape(y.shape[lead:])
+    if y.shape != shape:
+        raise ValueError(f"sum_to: shape {x.shape} does not broadcast to {shape}")
+    return y
+
+
+def _np_softmax(x, axis=-1):
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _np_pick(y, t):
+    if y.shape != t.shape:
+        raise ValueError(f"pick: labels of shape {t.shape} do not match scores of shape {y.shape}")
+    return np.sum(y * t, axis=-1)
+
+
+_NP_RELATIONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+# name -> (symbolic implementation, numeric implementation). The symbolic one's
+# signature is the function's signature in the formula language.
+FUNCTIONS = {
+    "exp": (symarray.exp, np.exp),
+    "log": (symarray.log, np.log),
+    "tanh": (symarray.tanh, np.tanh),
+    "sqrt": (symarray.sqrt, np.sqrt),
+    "abs": (symarray.abs_, np.abs),
+    "sigmoid": (symarray.sigmoid, lambda x: 1 / (1 + np.exp(-x))),
+    "maximum": (symarray.maximum, np.maximum),
+    "minimum": (symarray.minimum, np.minimum),
+    "where": (symarray.where, np.where),
+    "sum": (symarray.sum, lambda x, axis=None, keepdims=False: np.sum(x, axis=_tuple(axis), keepdims=keepdims)),
+    "mean": (symarray.mean, lambda x, axis=None, keepdims=False: np.mean(x, axis=_tuple(axis), keepdims=keepdims)),
+    "max": (symarray.max, lambda x, axis=None, keepdims=False: np.max(x, axis=_tuple(axis), keepdims=keepdims)),
+    "matmul": (symarray.matmul, np.matmul),
+    "reshape": (symarray.reshape, lambda x, shape: np.reshape(x, tuple(shape))),
+    "transpose": (symarray.transpose, lambda x, axes=None: np.transpose(x, _tuple(axes))),
+    "repeat": (symarray.repeat, np.repeat),
+    "broadcast_to": (symarray.broadcast_to, lambda x, shape: np.broadcast_to(x, tuple(shape))),
+    "sum_to": (symarray.sum_to, _np_sum_to),
+    "softmax": (symarray.softmax, _np_softmax),
+    "log_softmax": (symarray.log_softmax, lambda x, axis=-1: np.log(_np_softmax(x, axis))),
+    "pick": (symarray.pick, _np_pick),
+    "onehot": (symarray.onehot, lambda t: t),
+}
+
+
+def _tuple(axis):
+    return tuple(axis) if isinstance(axis, list) else axis
+
+
+BACKENDS = {
+    "symbolic": SimpleNamespace(
+        functions={k: v[0] for k, v in FUNCTIONS.items()},
+        matmul=symarray.matmul,
+        compare=symarray.compare,
+        transpose=symarray.transpose,
+        wrap=symarray.asarray,
+    ),
+    "numeric": SimpleNamespace(
+        functions={k: v[1] for k, v in FUNCTIONS.items()},
+        matmul=np.matmul,
+        compare=lambda op, a, b: _NP_RELATIONS[op](a, b),
+        transpose=np.transpose,
+        wrap=np.asarray,
+    ),
+}
+
+_BINOPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_COMPARE = {ast.Gt: ">", ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<="}
+_SIGNATURES = {name: inspect.signature(impl[0]) for name, impl in FUNCTIONS.items()}
+
+
+def signature_text(name: str) -> str:
+    """``sum(x, axis=None, keepdims=False)``: a function as the formula language spells it."""
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in _SIGNATURES[name].parameters.values()]
+    return f"{name}{inspect.Signature(params)}"
+
+
+@dataclass
+class Formula:
+    """A parsed, checked formula. ``line`` maps formula line 1 to the rule file."""
+
+    text: str
+    path: str
+    first_line: int
+    statements: list  # [(target name or None, expression node)]
+
+    @classmethod
+    def parse(cls, text: str, path, first_line: int, known: set[str]) -> "Formula":
+        def fail(node, message):
+            raise RuleError(path, first_line + getattr(node, "lineno", 1) - 1, message)
+
+        try:
+            tree = ast.parse(text.strip("\n"), mode="exec")
+        except SyntaxError as exc:
+            raise RuleError(path, first_line + (exc.lineno or 1) - 1, f"formula is not valid syntax: {exc.msg}") from None
+        if not tree.body:
+            raise RuleError(path, first_line, "formula is empty: write the output expression")
+        names = set(known)
+        statements = []
+        for i, stmt in enumerate(tree.body):
+            last = i == len(tree.body) - 1
+            if isinstance(stmt, ast.Assign) and not last:
+                if len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name):
+                    fail(stmt, "formula assignments must be to a single name, as in 'y = exp(x)'")
+                _check(stmt.value, names, fail)
+                statements.append((stmt.targets[0].id, stmt.value))
+                names.add(stmt.targets[0].id)
+            elif isinstance(stmt, ast.Expr) and last:
+                _check(stmt.value, names, fail)
+                statements.append((None, stmt.value))
+            elif last:
+                fail(stmt, "the formula's last line must be the output expression")
+            else:
+                fail(stmt, f"formula lines must be assignments 'name = expression', not {type(stmt).__name__}")
+        return cls(text, str(path), first_line, statements)
+
+    @property
+    def names(self) -> set[str]:
+        """Every name the formula reads (inputs, labels, hyperparameters, dimensions)."""
+        return {n.id for _, node in self.statements for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+    def line_of(self, node) -> int:
+        return self.first_line + getattr(node, "lineno", 1) - 1
+
+    def evaluate(self, env: dict, backend: str = "symbolic"):
+        """Evaluate with values for every known name; errors carry the rule's line."""
+        ops = BACKENDS[backend]
+        scope = dict(env)
+        result = None
+        for target, node in self.statements:
+            try:
+                with np.errstate(all="ignore"):
+                    result = _eval(node, scope, ops)
+            except _NodeError as exc:
+                raise RuleError(self.path, self.line_of(exc.node), exc.message) from None
+            if target is not None:
+                scope[target] = result
+        return result
+
+
+class _NodeError(Exception):
+    def __init__(self, node, message):
+        self.node, self.message = node, message
+
+
+def _check(node, names: set[str], fail) -> None:
+    """Refuse anything outside the whitelist, unknown functions and undefined names."""
+    if isinstance(node, ast.Constant):
+        if not isinstance(node.value, (int, float, bool)) and node.value is not None:
+            fail(node, f"constant {node.value!r} is not a number")
+    elif isinstance(node, ast.Name):
+        if node.id in FUNCTIONS:
+            fail(node, f"'{node.id}' is a function: call it, as in '{node.id}(x)'")
+        if node.id not in names:
+            fail(node, f"undefined name '{node.id}' (defined here: {', '.join(sorted(names)) or 'none'})")
+    elif isinstance(node, ast.BinOp):
+        if type(node.op) not in _BINOPS and not isinstance(node.op, ast.MatMult):
+            fail(node, f"operator {type(node.op).__name__} is not allowed (use + - * / ** @)")
+        _check(node.left, names, fail)
+        _check(node.right, names, fail)
+    elif isinstance(node, ast.UnaryOp):
+        if type(node.op) not in _UNARY:
+            fail(node, f"unary operator {type(node.op).__name__} is not allowed")
+        _check(node.operand, names, fail)
+    elif isinstance(node, ast.Compare):
+        if len(node.ops) != 1 or type(node.ops[0]) not in _COMPARE:
+            fail(node, "comparisons must be a single one of > >= < <=")
+        _check(node.left, names, fail)
+        _check(node.comparators[0], names, fail)
+    elif isinstance(node, (ast.Tuple, ast.List)):
+        for elt in node.elts:
+            _check(elt, names, fail)
+    elif isinstance(node, ast.Attribute):
+        if node.attr != "T":
+            fail(node, f"attribute '.{node.attr}' is not allowed (only '.T')")
+        _check(node.value, names, fail)
+    elif isinstance(node, ast.Call):
+        if not isinstance(node.func, ast.Name):
+            fail(node, "only the formula functions can be called, by name")
+        name = node.func.id
+        if name not in FUNCTIONS:
+            fail(node, f"unknown function '{name}' (known: {', '.join(sorted(FUNCTIONS))})")
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            fail(node, f"{name}(): * and ** arguments are not allowed")
+        try:
+            _SIGNATURES[name].bind(*node.args, **{k.arg: k.value for k in node.keywords})
+        except TypeError as exc:
+            fail(node, f"{signature_text(name)}: {exc}")
+        for arg in node.args + [k.value for k in node.keywords]:
+            _check(arg, names, fail)
+    else:
+        fail(node, f"{type(node).__name__} is not allowed in a formula")
+
+
+def _eval(node, scope, ops):
+    try:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name):
+            return scope[node.id]
+        if isinstance(node, (ast.Tuple, ast.List)):
+            return [_eval(e, scope, ops) for e in node.elts]
+        if isinstance(node, ast.UnaryOp):
+            return _UNARY[type(node.op)](_eval(node.operand, scope, ops))
+        if isinstance(node, ast.BinOp):
+            left, right = _eval(node.left, scope, ops), _eval(node.right, scope, ops)
+            if isinstance(node.op, ast.MatMult):
+                return ops.matmul(_array(left, ops), _array(right, ops))
+            if not isinstance(left, np.ndarray) and not isinstance(right, np.ndarray):
+                if isinstance(node.op, ast.Div) and isinstance(left, int) and isinstance(right, int):
+                    return sympy.Rational(left, right) if ops is BACKENDS["symbolic"] else left / right
+                return _BINOPS[type(node.op)](left, right)  # plain numbers: sizes, constants
+            return _BINOPS[type(node.op)](_array(left, ops), _array(right, ops))
+        if isinstance(node, ast.Compare):
+            return ops.compare(_COMPARE[type(node.ops[0])], _eval(node.left, scope, ops), _eval(node.comparators[0], scope, ops))
+        if isinstance(node, ast.Attribute):
+            return ops.transpose(_eval(node.value, scope, ops))
+        if isinstance(node, ast.Call):
+            fn = ops.functions[node.func.id]
+            args = [_eval(a, scope, ops) for a in node.args]
+            kwargs = {k.arg: _eval(k.value, scope, ops) for k in node.keywords}
+            return fn(*args, **kwargs)
+    except _NodeError:
+        raise
+    except (ValueError, TypeError, IndexError) as exc:  # numpy AxisError is a ValueError
+        raise _NodeError(node, f"cannot evaluate '{ast.unparse(node)}': {exc}") from None
+    raise _NodeError(node, f"{type(node).__name__} is not allowed in a formula")
+
+
+def _array(value, ops):
+    return value if isinstance(value, np.ndarray) else ops.wrap(value)

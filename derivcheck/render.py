@@ -1,0 +1,72 @@
+"""Rendering a derivation's Jacobians as text, LaTeX or JSON."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import sympy
+
+
+def _jacobian(d, name, simplify: bool) -> np.ndarray:
+    J = d.jacobian_array(name)
+    return np.vectorize(sympy.simplify, otypes=[object])(J) if simplify and J.size else J
+
+
+def _index(idx) -> str:
+    return "[" + ",".join(map(str, idx)) + "]" if idx else ""
+
+
+def jacobians_json(d, wrt, simplify: bool = False) -> str:
+    """``{"rule", "shape", "hyper", "jacobians": {input: nested lists of SymPy strings}}``.
+
+    Each Jacobian nests as ``output.shape + input.shape`` (output-index-major).
+    """
+    payload = {
+        "rule": d.rule.name,
+        "shape": d.dims,
+        "hyper": {k: v for k, v in d.hyper.items()},
+        "output_shape": list(d.output_shape),
+        "jacobians": {},
+    }
+    for name in wrt:
+        J = _jacobian(d, name, simplify)
+        payload["jacobians"][name] = np.vectorize(str, otypes=[object])(J).tolist()
+    return json.dumps(payload, indent=2, ensure_ascii=False)
+
+
+def jacobians_text(d, wrt, simplify: bool = False) -> str:
+    sizes = ", ".join(f"{k}={v}" for k, v in d.dims.items())
+    lines = [f"rule {d.rule.name} at {sizes}: out has shape {d.output_shape}"]
+    if d.hyper:
+        lines.append("hyperparameters: " + ", ".join(f"{k}={v!r}" for k, v in d.hyper.items()))
+    lines.append("")
+    for o, expr in zip(np.ndindex(*d.output_shape), d.output.ravel()):
+        lines.append(f"  out{_index(o)} = {sympy.sstr(expr)}")
+    for name in wrt:
+        shape = d.shapes[name]
+        lines += ["", f"∂out/∂{name}: shape {d.output_shape + shape} (output index first), non-zero entries:"]
+        J = _jacobian(d, name, simplify)
+        count = 0
+        for o in np.ndindex(*d.output_shape):
+            for i in np.ndindex(*shape):
+                e = J[o + i]
+                if e != 0:
+                    count += 1
+                    lines.append(f"  ∂out{_index(o)}/∂{name}{_index(i)} = {sympy.sstr(e)}")
+        if not count:
+            lines.append("  (all zero)")
+    return "\n".join(lines)
+
+
+def jacobians_latex(d, wrt, simplify: bool = False) -> str:
+    """Each Jacobian as a matrix: rows are output elements, columns input elements."""
+    out_size = int(np.prod(d.output_shape))
+    parts = []
+    for name in wrt:
+        in_size = int(np.prod(d.shapes[name]))
+        M = sympy.Matrix(out_size, in_size, _jacobian(d, name, simplify).ravel().tolist())
+        parts.append(
+            rf"\frac{{\partial \mathrm{{out}}}}{{\partial {sympy.latex(sympy.Symbol(name))}}} = "
+            + sympy.latex(M, mat_delim="[", mat_str="array")
+        )
+    return "\n\n".join(parts)

@@ -1,0 +1,575 @@
+"""Rules: one TOML file per operation, parsed and validated, never executed.
+
+A rule file looks like this (``rules/affine.toml``)::
+
+    name = "affine"
+    summary = "Fully connected layer: out = x W + b"
+    formula = "x @ W + b"
+    output = ["N", "H"]
+
+    [inputs.x]
+    shape = ["N", "D"]
+    [inputs.W]
+    shape = ["D", "H"]
+    [inputs.b]
+    shape = ["H"]
+
+See ``docs/rules.md`` for every key. Errors name the file and the line.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DerivcheckError, RuleError
+from .formula import Formula
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+DOMAIN_KINDS = ("normal", "uniform", "simplex")
+LABEL_KINDS = ("classes", "real")
+HYPER_TYPES = ("int", "float", "bool", "axis", "shape", "dim", "choice")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Where random values for an input come from."""
+
+    kind: str = "normal"
+    scale: float = 1.0
+    low: float = 0.0
+    high: float = 1.0
+    avoid: tuple[float, ...] = ()  # points where the operation has a kink
+    margin: float = 0.0  # keep |value - avoid| >= margin
+
+    def sample(self, rng: np.random.Generator, shape) -> np.ndarray:
+        if self.kind == "simplex":
+            raw = rng.uniform(0.1, 1.0, size=shape)
+            return raw / raw.sum(axis=-1, keepdims=True)
+        if self.kind == "uniform":
+            values = rng.uniform(self.low, self.high, size=shape)
+        else:
+            values = rng.normal(0.0, self.scale, size=shape)
+        for point in self.avoid:
+            close = np.abs(values - point) < self.margin
+            # push values out of the band, keeping their side of the kink
+            side = np.where(values >= point, 1.0, -1.0)
+            values = np.where(close, point + side * (self.margin + np.abs(values - point)), values)
+        return values
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    shape: tuple  # dim names (str) or literal sizes (int)
+    domain: Domain
+
+
+@dataclass(frozen=True)
+class Label:
+    """A non-differentiable input: class labels (one-hot in formulas) or real targets."""
+
+    name: str
+    kind: str
+    shape: tuple
+    classes: str | None
+    domain: Domain
+
+    def symbolic_shape(self) -> tuple:
+        return self.shape + (self.classes,) if self.kind == "classes" else self.shape
+
+
+@dataclass(frozen=True)
+class Hyper:
+    name: str
+    type: str
+    default: object
+    doc: str = ""
+    choices: tuple = ()
+    dim: str | None = None
+
+    def parse(self, text: str, dims: set[str]):
+        """A value from the command line: ``1``, ``1,0,2``, ``true``, ``none``."""
+        text = text.strip()
+        try:
+            if self.type == "int" or self.type == "dim":
+                return int(text)
+            if self.type == "float":
+                return float(text)
+            if self.type == "bool":
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return text.lower() in ("true", "1")
+            if self.type == "choice":
+                if text not in self.choices:
+                    raise ValueError
+                return text
+            if self.type == "axis":
+                if text.lower() == "none":
+                    return None
+                parts = [int(p) for p in text.split(",") if p.strip()]
+                return parts[0] if len(parts) == 1 and "," not in text else parts
+            if self.type == "shape":
+                return [p.strip() if p.strip() in dims else int(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            pass
+        raise DerivcheckError(f"hyperparameter '{self.name}' takes {self.describe()}, not '{text}'")
+
+    def describe(self) -> str:
+        return {
+            "int": "an integer",
+            "dim": "an integer (a dimension's size)",
+            "float": "a number",
+            "bool": "true or false",
+            "choice": "one of " + ", ".join(map(str, self.choices)),
+            "axis": "an axis, a comma-separated list of axes, or none",
+            "shape": "a comma-separated shape (sizes or dimension names)",
+        }[self.type]
+
+    def check(self, value) -> bool:
+        if self.type in ("int", "dim"):
+            return isinstance(value, int) and not isinstance(value, bool)
+        if self.type == "float":
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.type == "bool":
+            return isinstance(value, bool)
+        if self.type == "choice":
+            return value in self.choices
+        if self.type == "axis":
+            return value is None or (isinstance(value, int) and not isinstance(value, bool)) or (
+                isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value)
+            )
+        if self.type == "shape":
+            return isinstance(value, (list, tuple)) and all(isinstance(v, (int, str)) for v in value)
+        return False
+
+
+@dataclass(frozen=True)
+class DimRange:
+    min: int = 1
+    max: int = 4
+
+
+@dataclass
+class Rule:
+    name: str
+    summary: str
+    path: str
+    source: str
+    formula: Formula
+    inputs: dict[str, Input]
+    labels: dict[str, Label]
+    hyper: dict[str, Hyper]
+    dims: dict[str, DimRange]
+    output: tuple | None
+    doc: str = ""
+    _derivations: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    # -- hyperparameters -------------------------------------------------
+    def resolve_hyper(self, given: dict | None = None) -> dict:
+        """Defaults overlaid with ``given``; unknown names and bad values are refused."""
+        values = {name: h.default for name, h in self.hyper.items()}
+        for name, value in (given or {}).items():
+            if name not in self.hyper:
+                known = ", ".join(self.hyper) or "none"
+                raise DerivcheckError(f"rule '{self.name}' has no hyperparameter '{name}' (it has: {known})")
+            h = self.hyper[name]
+            if isinstance(value, str) and h.type not in ("choice",):
+                value = h.parse(value, set(self.dims))
+            if not h.check(value):
+                raise DerivcheckError(f"hyperparameter '{name}' of rule '{self.name}' takes {h.describe()}, not {value!r}")
+            values[name] = value
+        return values
+
+    # -- shapes ------------------------------------------------------------
+    def resolve_dims(self, dims: dict, hyper: dict | None = None) -> dict:
+        """Check a full assignment of sizes to the rule's dimensions."""
+        missing = [d for d in self.dims if d not in dims]
+        unknown = [d for d in dims if d not in self.dims]
+        if unknown:
+            raise DerivcheckError(f"rule '{self.name}' has no dimension {', '.join(unknown)} (its dimensions: {', '.join(self.dims)})")
+        out = {}
+        for d, value in dims.items():
+            if isinstance(value, str):
+                if not value.strip().isdigit():
+                    raise DerivcheckError(f"dimension {d} must be a positive integer, not '{value}'")
+                value = int(value)
+            if not isinstance(value, int) or value < 1:
+                raise DerivcheckError(f"dimension {d} must be a positive integer, not {value!r}")
+            out[d] = value
+        if missing:
+            raise DerivcheckError(f"rule '{self.name}' needs a size for {', '.join(missing)} (as in --shape {self.example_shape()})")
+        return out
+
+    def example_dims(self) -> dict:
+        """Small, distinct sizes (2, 3, 4, ... within each range): a shape mix-up cannot hide."""
+        return {d: min(r.max, max(r.min, 2 + i)) for i, (d, r) in enumerate(self.dims.items())}
+
+    def example_shape(self) -> str:
+        return ",".join(f"{d}={n}" for d, n in self.example_dims().items())
+
+    def shape_of(self, spec: tuple, dims: dict) -> tuple[int, ...]:
+        return tuple(dims[s] if isinstance(s, str) else s for s in spec)
+
+    def sample_dims(self, rng: np.random.Generator) -> dict:
+        return {d: int(rng.integers(r.min, r.max + 1)) for d, r in self.dims.items()}
+
+    def environment(self, dims: dict, hyper: dict, arrays: dict) -> dict:
+        """Names a formula can read: arrays, dimensions and hyperparameters."""
+        env = dict(dims)
+        for name, h in self.hyper.items():
+            value = hyper[name]
+            if h.type == "dim":
+                value = dims[h.dim]
+            elif h.type == "shape":
+                value = [dims[v] if isinstance(v, str) else v for v in value]
+            env[name] = value
+        env.update(arrays)
+        return env
+
+    def at(self, hyper: dict | None = None, **sizes):
+        """The derivation at concrete sizes: ``rule.at(N=2, D=3, H=4)``.
+
+        Hyperparameters go in ``hyper`` or, by name, among the sizes.
+        """
+        hyper = dict(hyper or {})
+        for name in list(sizes):
+            if name in self.hyper and name not in self.dims:
+                hyper[name] = sizes.pop(name)
+        from .derive import derive  # local: keeps `import derivcheck.rules` light
+
+        return derive(self, self.resolve_dims(sizes), self.resolve_hyper(hyper))
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def _locate(text: str, table: str, key: str | None = None) -> int | None:
+    """Line (1-based) of ``key`` inside ``[table]`` (or of the table's header)."""
+    current = ""
+    header = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]\s*(#.*)?$")
+    for number, line in enumerate(text.splitlines(), 1):
+        m = header.match(line)
+        if m:
+            current = m.group(1).replace('"', "").replace(" ", "")
+            if key is None and current == table:
+                return number
+            continue
+        if key is not None:
+            parent, _, child = f"{table}.{key}".lstrip(".").rpartition(".")
+            if current == parent and re.match(rf"^\s*\"?{re.escape(child)}\"?\s*=", line):
+                return number
+            # dotted or inline form inside the parent table: `x = {...}`, `x.shape = [...]`
+            if table and current == table.rpartition(".")[0] and re.match(
+                rf"^\s*\"?{re.escape(table.rpartition('.')[2])}\"?\s*(=|\.)", line
+            ):
+                return number
+    if key is not None:
+        return _locate(text, table) if table else None
+    return None
+
+
+class _Loader:
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+
+    def fail(self, message: str, table: str = "", key: str | None = None):
+        raise RuleError(self.path, _locate(self.text, table, key), message)
+
+    def table(self, data, table: str) -> dict:
+        if not isinstance(data, dict):
+            self.fail(f"[{table}] must be a table", *table.rsplit(".", 1))
+        return data
+
+    def keys(self, data: dict, allowed: set, table: str):
+        for key in data:
+            if key not in allowed:
+                where = f"[{table}]" if table else "the top level"
+                self.fail(f"unknown key '{key}' in {where} (allowed: {', '.join(sorted(allowed))})", table, key)
+
+    def shape(self, value, table: str) -> tuple:
+        if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            self.fail('shape must be a list of dimension names and sizes, as in ["N", "D"]', table, "shape")
+        for v in value:
+            if isinstance(v, str) and not _NAME.match(v):
+                self.fail(f"dimension name '{v}' must be letters and digits, starting with a letter", table, "shape")
+            if isinstance(v, int) and v < 1:
+                self.fail(f"literal size {v} must be positive", table, "shape")
+        return tuple(value)
+
+    def domain(self, value, table: str) -> Domain:
+        if value is None:
+            return Domain()
+        if isinstance(value, str):
+            value = {"kind": value}
+        if not isinstance(value, dict):
+            self.fail("domain must be a kind name or a table such as {kind = \"uniform\", low = 0.5, high = 2}", table, "domain")
+        allowed = {"kind", "scale", "low", "high", "avoid", "margin"}
+        bad = set(value) - allowed
+        if bad:
+            self.fail(f"unknown domain key '{sorted(bad)[0]}' (allowed: {', '.join(sorted(allowed))})", table, "domain")
+        kind = value.get("kind", "normal")
+        if kind not in DOMAIN_KINDS:
+            self.fail(f"unknown domain kind '{kind}' (known: {', '.join(DOMAIN_KINDS)})", table, "domain")
+        try:
+            dom = Domain(
+                kind=kind,
+                scale=float(value.get("scale", 1.0)),
+                low=float(value.get("low", 0.0)),
+                high=float(value.get("high", 1.0)),
+                avoid=tuple(float(v) for v in value.get("avoid", ())),
+                margin=float(value.get("margin", 0.0)),
+            )
+        except (TypeError, ValueError):
+            self.fail("domain values (scale, low, high, avoid, margin) must be numbers", table, "domain")
+        if kind == "uniform" and not dom.low < dom.high:
+            self.fail(f"domain needs low < high (got low={dom.low}, high={dom.high})", table, "domain")
+        return dom
+
+
+def load_rule_file(path) -> Rule:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RuleError(path, None, f"cannot read rule: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise RuleError(path, None, "rule is not UTF-8 text") from None
+    return parse_rule(text, path)
+
+
+def parse_rule(text: str, path) -> Rule:
+    path = Path(path)
+    L = _Loader(path, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise RuleError(path, int(m.group(1)) if m else None, f"not valid TOML: {msg}") from None
+
+    L.keys(data, {"name", "summary", "doc", "formula", "output", "inputs", "labels", "hyper", "dims"}, "")
+    for required in ("name", "summary", "formula", "inputs"):
+        if required not in data:
+            raise RuleError(path, None, f"missing required key '{required}'")
+    name = data["name"]
+    if not isinstance(name, str) or not re.match(r"^[a-z][a-z0-9_]*$", name):
+        L.fail("name must be lower-case letters, digits and _", "", "name")
+    if name != path.stem:
+        L.fail(f"name '{name}' must match the file name '{path.stem}.toml'", "", "name")
+    if not isinstance(data["summary"], str) or not data["summary"].strip():
+        L.fail("summary must be a non-empty one-line string", "", "summary")
+
+    dims: dict[str, DimRange] = {}
+    names: dict[str, str] = {}  # name -> what it is, to refuse clashes
+
+    def claim(n, what, table, key):
+        if not _NAME.match(n):
+            L.fail(f"{what} name '{n}' must be letters and digits, starting with a letter", table, key)
+        if n in names and not (what == "dimension" and names[n] == "dimension"):
+            L.fail(f"'{n}' is used both as {names[n]} and as {what}", table, key)
+        names[n] = what
+
+    def add_dims(spec, table):
+        for s in spec:
+            if isinstance(s, str):
+                claim(s, "dimension", table, "shape")
+                dims.setdefault(s, DimRange())
+
+    inputs = {}
+    for n, spec in L.table(data["inputs"], "inputs").items():
+        t = f"inputs.{n}"
+        spec = L.table(spec, t)
+        L.keys(spec, {"shape", "domain", "doc"}, t)
+        if "shape" not in spec:
+            L.fail(f"input '{n}' needs a shape, as in shape = [\"N\", \"D\"]", t)
+        claim(n, "an input", "inputs", n)
+        shape = L.shape(spec["shape"], t)
+        add_dims(shape, t)
+        inputs[n] = Input(n, shape, L.domain(spec.get("domain"), t))
+    if not inputs:
+        L.fail("a rule needs at least one differentiable input", "inputs")
+
+    labels = {}
+    for n, spec in L.table(data.get("labels", {}), "labels").items():
+        t = f"labels.{n}"
+        spec = L.table(spec, t)
+        L.keys(spec, {"kind", "shape", "classes", "domain", "doc"}, t)
+        kind = spec.get("kind", "classes")
+        if kind not in LABEL_KINDS:
+            L.fail(f"unknown label kind '{kind}' (known: {', '.join(LABEL_KINDS)})", t, "kind")
+        claim(n, "a label", "labels", n)
+        shape = L.shape(spec.get("shape", []), t)
+        add_dims(shape, t)
+        classes = spec.get("classes")
+        if kind == "classes":
+            if not isinstance(classes, str):
+                L.fail("class labels need classes = \"C\": the dimension that counts the classes", t, "classes")
+            claim(classes, "dimension", t, "classes")
+            dims.setdefault(classes, DimRange())
+        labels[n] = Label(n, kind, shape, classes, L.domain(spec.get("domain"), t))
+
+    for d, spec in L.table(data.get("dims", {}), "dims").items():
+        t = f"dims.{d}"
+        spec = L.table(spec, t)
+        if d not in dims:
+            claim(d, "dimension", "dims", d)  # a size only hyperparameters use (broadcast_to's N)
+        L.keys(spec, {"min", "max"}, t)
+        lo, hi = spec.get("min", 1), spec.get("max", 4)
+        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+            L.fail(f"dimension {d} needs integers 1 <= min <= max (got min={lo}, max={hi})", t)
+        dims[d] = DimRange(lo, hi)
+
+    hypers = {}
+    for n, spec in L.table(data.get("hyper", {}), "hyper").items():
+        t = f"hyper.{n}"
+        spec = L.table(spec, t)
+        L.keys(spec, {"type", "default", "doc", "choices", "dim"}, t)
+        kind = spec.get("type")
+        if kind not in HYPER_TYPES:
+            L.fail(f"hyperparameter '{n}' needs type = one of {', '.join(HYPER_TYPES)}", t, "type" if "type" in spec else None)
+        if kind == "dim":
+            d = spec.get("dim", n)
+            if d not in dims:
+                L.fail(f"hyperparameter '{n}' takes the size of dimension '{d}', which no input has", t, "dim")
+            if n != d:
+                claim(n, "a hyperparameter", "hyper", n)
+            h = Hyper(n, kind, None, spec.get("doc", ""), dim=d)
+        else:
+            claim(n, "a hyperparameter", "hyper", n)
+            if "default" not in spec:
+                L.fail(f"hyperparameter '{n}' needs a default", t)
+            default = spec["default"]
+            if kind == "axis" and default == "none":
+                default = None
+            choices = tuple(spec.get("choices", ()))
+            h = Hyper(n, kind, default, spec.get("doc", ""), choices=choices)
+            if kind == "choice" and not choices:
+                L.fail(f"hyperparameter '{n}' of type choice needs choices = [...]", t)
+            if not h.check(default):
+                L.fail(f"default {default!r} of hyperparameter '{n}' is not {h.describe()}", t, "default")
+            if kind == "shape":
+                for v in default:
+                    if isinstance(v, str) and v not in dims:
+                        L.fail(f"default shape names '{v}', which is no dimension of the inputs", t, "default")
+        hypers[n] = h
+
+    output = None
+    if "output" in data:
+        output = L.shape(data["output"], "")
+        for s in output:
+            if isinstance(s, str) and s not in dims:
+                L.fail(f"output names dimension '{s}', which no input has", "", "output")
+
+    ftext = data["formula"]
+    if not isinstance(ftext, str):
+        L.fail("formula must be a string", "", "formula")
+    fline = _locate(text, "", "formula") or 1
+    if re.match(r'^\s*formula\s*=\s*("""|\'\'\')\s*$', text.splitlines()[fline - 1]):
+        fline += 1  # TOML drops the newline right after an opening """
+    known = set(inputs) | set(labels) | set(hypers) | set(dims)
+    formula = Formula.parse(ftext, path, fline, known)
+
+    rule = Rule(
+        name=name,
+        summary=data["summary"].strip(),
+        path=str(path),
+        source=text,
+        formula=formula,
+        inputs=inputs,
+        labels=labels,
+        hyper=hypers,
+        dims=dims,
+        output=output,
+        doc=data.get("doc", ""),
+    )
+    _check_shapes(rule, L)
+    return rule
+
+
+def _check_shapes(rule: Rule, L: _Loader) -> None:
+    """Evaluate the formula numerically at distinct sizes: a shape that cannot work fails here."""
+    probe = rule.example_dims()
+    hyper = rule.resolve_hyper()
+    arrays = {n: np.full(rule.shape_of(i.shape, probe), 0.5) for n, i in rule.inputs.items()}
+    for n, lab in rule.labels.items():
+        arrays[n] = np.full(rule.shape_of(lab.symbolic_shape(), probe), 0.5)
+    out = rule.formula.evaluate(rule.environment(probe, hyper, arrays), backend="numeric")
+    out = np.asarray(out)
+    if rule.output is not None:
+        want = rule.shape_of(rule.output, probe)
+        if out.shape != want:
+            sizes = ", ".join(f"{k}={v}" for k, v in probe.items())
+            L.fail(f"formula gives shape {out.shape} but output declares {list(rule.output)} = {want} (at {sizes})", "", "output")
+
+
+# ---------------------------------------------------------------------------
+# The catalog
+
+
+def builtin_rules_dir() -> Path:
+    """The installed catalog (package ``derivcheck.catalog``), or ``rules/`` of a source checkout."""
+    try:
+        return Path(str(resources.files("derivcheck.catalog")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "rules"
+
+
+def rule_dirs(extra=()) -> list[Path]:
+    """Search order: the user's folders (first wins), then the built-in catalog."""
+    dirs = [Path(p) for p in extra]
+    env = os.environ.get("DERIVCHECK_RULES")
+    if env:
+        dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    for d in dirs:
+        if not d.is_dir():
+            raise DerivcheckError(f"rule folder '{d}' does not exist (given by --rules, DERIVCHECK_RULES or the config's 'rules')")
+    return dirs + [builtin_rules_dir()]
+
+
+def list_rules(extra=()) -> dict[str, Rule]:
+    """Every rule by name; a user's rule shadows a built-in one of the same name."""
+    found: dict[str, Rule] = {}
+    for d in rule_dirs(extra):
+        for f in sorted(d.glob("*.toml")):
+            if f.stem not in found:
+                found[f.stem] = _cached_load(f)
+    return found
+
+
+def load_rule(name: str, extra=()) -> Rule:
+    """The rule called ``name``, from the user's folders or the built-in catalog."""
+    if name.endswith(".toml") or os.sep in name:
+        return _cached_load(Path(name))
+    for d in rule_dirs(extra):
+        f = d / f"{name}.toml"
+        if f.is_file():
+            return _cached_load(f)
+    known = sorted(p.stem for d in rule_dirs(extra) for p in d.glob("*.toml"))
+    close = [k for k in known if k.startswith(name[:3])] or known
+    raise DerivcheckError(f"no rule named '{name}' (known: {', '.join(close)}; `derivcheck rules` lists them all)")
+
+
+_LOADED: dict[tuple, Rule] = {}
+
+
+def _cached_load(path: Path) -> Rule:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise RuleError(path, None, f"cannot read rule: {exc.strerror}") from None
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _LOADED:
+        _LOADED[key] = load_rule_file(path)
+    return _LOADED[key]

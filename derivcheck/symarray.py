@@ -1,0 +1,210 @@
+"""Symbolic arrays: NumPy object arrays whose elements are SymPy expressions.
+
+NumPy gives broadcasting, reshape, transpose, repeat and reductions on object
+arrays for free; SymPy gives exact elements. Matrix products are built the way
+the seed notes do it, as a ``tensorcontraction`` of a ``tensorproduct``.
+Every function here takes and returns object arrays (0-d for scalars).
+"""
+from __future__ import annotations
+
+import functools
+import operator
+
+import numpy as np
+import sympy
+from sympy.tensor.array import ImmutableDenseNDimArray, tensorcontraction, tensorproduct
+
+
+def asarray(value) -> np.ndarray:
+    """Wrap a number, an expression or a nested list as an object array."""
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return value
+    arr = np.asarray(value, dtype=object)
+    return _elementwise(sympy.sympify)(arr) if arr.size else arr
+
+
+def symbols(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """An array of real symbols named ``name_i_j`` (valid Python identifiers)."""
+    out = np.empty(shape, dtype=object)
+    for idx in np.ndindex(*shape):
+        suffix = "".join(f"_{i}" for i in idx)
+        out[idx] = sympy.Symbol(f"{name}{suffix}", real=True)
+    return out
+
+
+def _elementwise(fn, nargs: int = 1):
+    ufunc = np.frompyfunc(fn, nargs, 1)
+
+    def apply(*args):
+        result = ufunc(*args)
+        return result if isinstance(result, np.ndarray) else np.asarray(result, dtype=object)
+
+    return apply
+
+
+exp = _elementwise(sympy.exp)
+log = _elementwise(sympy.log)
+tanh = _elementwise(sympy.tanh)
+sqrt = _elementwise(sympy.sqrt)
+abs_ = _elementwise(sympy.Abs)
+maximum = _elementwise(sympy.Max, 2)
+minimum = _elementwise(sympy.Min, 2)
+
+
+def sigmoid(x):
+    return 1 / (1 + exp(-x))
+
+
+_RELATIONS = {
+    ">": sympy.StrictGreaterThan,
+    ">=": sympy.GreaterThan,
+    "<": sympy.StrictLessThan,
+    "<=": sympy.LessThan,
+}
+
+
+def compare(op: str, a, b) -> np.ndarray:
+    """Element-wise relation (kept symbolic; NumPy would ask for its truth value)."""
+    return _elementwise(_RELATIONS[op], 2)(asarray(a), asarray(b))
+
+
+def where(cond, a, b) -> np.ndarray:
+    return _elementwise(lambda c, x, y: sympy.Piecewise((x, c), (y, True)), 3)(cond, asarray(a), asarray(b))
+
+
+def _axes(axis, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    norm = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {a} is out of range for an array of {ndim} dimension(s)")
+        norm.append(a % ndim)
+    return tuple(sorted(set(norm)))
+
+
+def _reduce(x, axis, keepdims: bool, combine) -> np.ndarray:
+    x = asarray(x)
+    axes = _axes(axis, x.ndim)
+    rest = [a for a in range(x.ndim) if a not in axes]
+    moved = np.transpose(x, rest + list(axes))
+    kept_shape = tuple(x.shape[a] for a in rest)
+    flat = moved.reshape(kept_shape + (-1,))
+    out = np.empty(kept_shape, dtype=object)
+    for idx in np.ndindex(*kept_shape):
+        out[idx] = combine(list(flat[idx]))
+    if keepdims:
+        out = out.reshape(tuple(1 if a in axes else n for a, n in enumerate(x.shape)))
+    return out
+
+
+def sum(x, axis=None, keepdims: bool = False) -> np.ndarray:  # noqa: A001 - mirrors numpy
+    return _reduce(x, axis, keepdims, lambda items: sympy.Add(*items))
+
+
+def mean(x, axis=None, keepdims: bool = False) -> np.ndarray:
+    x = asarray(x)
+    count = functools.reduce(operator.mul, (x.shape[a] for a in _axes(axis, x.ndim)), 1)
+    return sum(x, axis, keepdims) / sympy.Integer(count)
+
+
+def max(x, axis=None, keepdims: bool = False) -> np.ndarray:  # noqa: A001
+    return _reduce(x, axis, keepdims, lambda items: sympy.Max(*items))
+
+
+def _to_sympy(x: np.ndarray) -> ImmutableDenseNDimArray:
+    return ImmutableDenseNDimArray(x.ravel().tolist(), x.shape)
+
+
+def _from_sympy(a) -> np.ndarray:
+    shape = tuple(a.shape)
+    out = np.empty(shape, dtype=object)
+    for idx in np.ndindex(*shape):
+        out[idx] = a[idx]
+    return out
+
+
+def _matmul2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # (m, k) x (k, n): contract the inner pair of indices of the outer product.
+    return _from_sympy(tensorcontraction(tensorproduct(_to_sympy(a), _to_sympy(b)), (1, 2)))
+
+
+def matmul(a, b) -> np.ndarray:
+    """``a @ b`` with NumPy's rules for 1-D operands and batch dimensions."""
+    a, b = asarray(a), asarray(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("matmul: scalar operands are not allowed, use *")
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    if a2.shape[-1] != b2.shape[-2]:
+        raise ValueError(
+            f"matmul: shapes {a.shape} and {b.shape} do not line up "
+            f"({a2.shape[-1]} != {b2.shape[-2]})"
+        )
+    batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    a2 = np.broadcast_to(a2, batch + a2.shape[-2:])
+    b2 = np.broadcast_to(b2, batch + b2.shape[-2:])
+    out = np.empty(batch + (a2.shape[-2], b2.shape[-1]), dtype=object)
+    for idx in np.ndindex(*batch):
+        out[idx] = _matmul2d(a2[idx], b2[idx])
+    if a.ndim == 1:
+        out = out[..., 0, :]
+    if b.ndim == 1:
+        out = out[..., 0]
+    return np.ascontiguousarray(out)
+
+
+def reshape(x, shape) -> np.ndarray:
+    return np.reshape(asarray(x), tuple(shape)).copy()
+
+
+def transpose(x, axes=None) -> np.ndarray:
+    return np.transpose(asarray(x), None if axes is None else tuple(axes)).copy()
+
+
+def repeat(x, repeats: int, axis=None) -> np.ndarray:
+    return np.repeat(asarray(x), repeats, axis=axis)
+
+
+def broadcast_to(x, shape) -> np.ndarray:
+    return np.broadcast_to(asarray(x), tuple(shape)).copy()
+
+
+def sum_to(x, shape) -> np.ndarray:
+    """DeZero's ``sum_to``: sum ``x`` so that it has ``shape`` (inverse of broadcast_to)."""
+    x = asarray(x)
+    shape = tuple(shape)
+    lead = x.ndim - len(shape)
+    if lead < 0:
+        raise ValueError(f"sum_to: cannot sum shape {x.shape} to the longer shape {shape}")
+    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1)
+    y = sum(x, axes, keepdims=True) if axes else x
+    if lead:
+        y = y.reshape(y.shape[lead:])
+    if y.shape != shape:
+        raise ValueError(f"sum_to: shape {x.shape} does not broadcast to {shape}")
+    return y
+
+
+def softmax(x, axis=-1) -> np.ndarray:
+    e = exp(asarray(x))
+    return e / sum(e, axis, keepdims=True)
+
+
+def log_softmax(x, axis=-1) -> np.ndarray:
+    x = asarray(x)
+    return x - log(sum(exp(x), axis, keepdims=True))
+
+
+def pick(y, t) -> np.ndarray:
+    """Pick ``y[n, t[n]]`` for one-hot (symbolic) labels ``t``: ``sum(y * t, -1)``."""
+    y, t = asarray(y), asarray(t)
+    if y.shape != t.shape:
+        raise ValueError(f"pick: labels of shape {t.shape} do not match scores of shape {y.shape}")
+    return sum(y * t, axis=-1)
+
+
+def onehot(t) -> np.ndarray:
+    """Labels are carried one-hot in the symbolic world already; this names the intent."""
+    return asarray(t)

@@ -1,0 +1,1 @@
+"""The built-in rule catalog: one TOML file per operation (installed as derivcheck.catalog)."""

@@ -1,0 +1,106 @@
+"""The disk cache: reused, rebuilt when corrupt or foreign, never trusted blindly."""
+import json
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+
+import derivcheck
+from derivcheck import cache, derive
+from derivcheck.rules import load_rule_file
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    monkeypatch.setenv("DERIVCHECK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(derive, "_MEMORY", {})
+    return tmp_path
+
+
+def entries(root):
+    return sorted(p for p in root.rglob("*.json"))
+
+
+def test_entry_is_written_and_reused(fresh, monkeypatch):
+    d1 = derivcheck.load_rule("affine").at(N=2, D=3, H=2)
+    (path,) = entries(fresh)
+    assert json.loads(path.read_text())["rule"] == "affine"
+    monkeypatch.setattr(derive, "_MEMORY", {})
+    calls = []
+    monkeypatch.setattr(derive.Derivation, "_derive", lambda self: calls.append(1) or pytest.fail("re-derived"))
+    d2 = derivcheck.load_rule("affine").at(N=2, D=3, H=2)
+    assert not calls
+    assert [str(e) for e in d2.jacobian_array("W").ravel()] == [str(e) for e in d1.jacobian_array("W").ravel()]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text[: len(text) // 2],  # truncated
+        lambda text: "not json",
+        lambda text: text.replace('"S","x_0_0"', '"S","__import__"'),  # foreign symbol
+        lambda text: text.replace('"Add"', '"eval"', 1),  # unknown node
+        lambda text: json.dumps({**json.loads(text), "key": "0" * 64}),  # another entry's content
+    ],
+    ids=["truncated", "garbage", "foreign-symbol", "unknown-node", "wrong-key"],
+)
+def test_corrupt_entry_is_rebuilt(fresh, monkeypatch, damage):
+    rule = derivcheck.load_rule("affine")
+    rng = np.random.default_rng(0)
+    x, W, b = rng.normal(size=(2, 3)), rng.normal(size=(3, 2)), rng.normal(size=2)
+    good = rule.at(N=2, D=3, H=2).forward(x=x, W=W, b=b)
+    (path,) = entries(fresh)
+    path.write_text(damage(path.read_text()))
+    monkeypatch.setattr(derive, "_MEMORY", {})
+    again = rule.at(N=2, D=3, H=2)
+    np.testing.assert_array_equal(again.forward(x=x, W=W, b=b), good)
+    assert json.loads(path.read_text())["key"] == path.stem  # rewritten whole
+
+
+def test_key_covers_rule_text_sizes_and_hyper(fresh, tmp_path_factory):
+    rule = derivcheck.load_rule("sum")
+    rule.at(N=2, D=2)
+    rule.at(N=2, D=3)
+    rule.at(N=2, D=3, axis=1)
+    folder = tmp_path_factory.mktemp("rules")
+    (folder / "sum.toml").write_text(open(rule.path).read().replace("keepdims)", "keepdims) * 2"))
+    load_rule_file(folder / "sum.toml").at(N=2, D=3, axis=1)
+    assert len(entries(fresh)) == 4
+
+
+def test_unwritable_cache_still_works(fresh, monkeypatch):
+    target = fresh / "file-not-folder"
+    target.write_text("")
+    monkeypatch.setenv("DERIVCHECK_CACHE_DIR", str(target))
+    assert derivcheck.load_rule("exp").at(N=1, D=2).output_shape == (1, 2)
+
+
+def test_cache_can_be_turned_off(fresh, monkeypatch):
+    monkeypatch.setenv("DERIVCHECK_CACHE", "0")
+    derivcheck.load_rule("exp").at(N=1, D=2)
+    assert entries(fresh) == []
+
+
+def _derive_in_child(folder):
+    os.environ["DERIVCHECK_CACHE_DIR"] = folder
+    d = derivcheck.load_rule("softmax").at(N=2, C=3)
+    return d.forward(x=np.arange(6.0).reshape(2, 3)).tolist()
+
+
+def test_parallel_writers_leave_whole_entries(fresh):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        results = pool.map(_derive_in_child, [str(fresh)] * 8)
+    assert all(r == results[0] for r in results)
+    files = entries(fresh)
+    assert len(files) == 1 and not list(fresh.rglob(".tmp-*"))
+    json.loads(files[0].read_text())
+
+
+def test_encoding_round_trips_floats_and_piecewise():
+    import sympy
+
+    x = sympy.Symbol("x_0", real=True)
+    expr = sympy.Piecewise((sympy.Float("0.1") * x, x > 0), (sympy.Rational(1, 3), True)) + sympy.Heaviside(x)
+    assert cache.decode(cache.encode(expr), {"x_0": x}) == expr

@@ -1,0 +1,126 @@
+"""Every rule's exact VJP against central differences of its own forward."""
+import numpy as np
+import pytest
+import sympy
+
+import derivcheck
+from derivcheck import symarray
+from derivcheck.rules import list_rules
+
+RULES = sorted(list_rules())
+SEEDS = [0, 1, 2]
+
+
+def _values(rule, d, rng):
+    values = {n: i.domain.sample(rng, d.shapes[n]) for n, i in rule.inputs.items()}
+    for n, lab in rule.labels.items():
+        if lab.kind == "classes":
+            values[n] = rng.integers(0, d.dims[lab.classes], size=d.label_shapes[n])
+        else:
+            values[n] = lab.domain.sample(rng, d.label_shapes[n])
+    return values
+
+
+def test_catalog_has_every_seed_operation():
+    wanted = {
+        "sigmoid", "relu", "tanh", "exp", "log", "affine", "matmul", "softmax", "softmax_with_loss",
+        "cross_entropy", "mean_squared_error", "repeat", "sum", "reshape", "transpose", "broadcast_to", "sum_to",
+    }
+    assert wanted <= set(RULES)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", RULES)
+def test_vjp_matches_central_differences(name, seed):
+    rule = derivcheck.load_rule(name)
+    rng = np.random.default_rng(seed)
+    dims = rule.sample_dims(rng)
+    d = rule.at(**dims)
+    values = _values(rule, d, rng)
+    cot = rng.normal(size=d.output_shape)
+    grads = d.vjp(cot, **values)
+    h = 1e-6
+    for n in rule.inputs:
+        numeric = np.zeros(d.shapes[n])
+        for idx in np.ndindex(*d.shapes[n]):
+            plus = {**values, n: values[n].copy()}
+            minus = {**values, n: values[n].copy()}
+            plus[n][idx] += h
+            minus[n][idx] -= h
+            numeric[idx] = np.sum(cot * (d.forward(**plus) - d.forward(**minus))) / (2 * h)
+        # central differences carry O(h^2) truncation and O(eps/h) rounding: ~1e-9 here
+        np.testing.assert_allclose(grads[n], numeric, rtol=1e-6, atol=1e-7, err_msg=f"{name} d/d{n} seed={seed} dims={dims}")
+
+
+def test_forward_matches_numpy():
+    rng = np.random.default_rng(3)
+    x, W, b = rng.normal(size=(3, 4)), rng.normal(size=(4, 2)), rng.normal(size=2)
+    d = derivcheck.load_rule("affine").at(N=3, D=4, H=2)
+    np.testing.assert_allclose(d.forward(x=x, W=W, b=b), x @ W + b, rtol=1e-14)
+    g = rng.normal(size=(3, 2))
+    grads = d.vjp(g, x=x, W=W, b=b)
+    np.testing.assert_allclose(grads["x"], g @ W.T, rtol=1e-13)
+    np.testing.assert_allclose(grads["W"], x.T @ g, rtol=1e-13)
+    np.testing.assert_allclose(grads["b"], g.sum(axis=0), rtol=1e-13)
+
+
+def test_matmul_jacobian_has_the_seed_closed_form():
+    """dY/dW[n, h, d, h'] is x[n, d] where h == h' and zero elsewhere (seed 002)."""
+    N, D, H = 2, 3, 4
+    d = derivcheck.load_rule("matmul").at(N=N, D=D, H=H)
+    J = d.jacobian_array("W")
+    x = d.symbols["x"]
+    assert J.shape == (N, H, D, H)
+    for n, h, k, h2 in np.ndindex(N, H, D, H):
+        assert J[n, h, k, h2] == (x[n, k] if h == h2 else 0)
+    Jx = d.jacobian_array("x")
+    W = d.symbols["W"]
+    for n, h, n2, k in np.ndindex(N, H, N, D):
+        assert Jx[n, h, n2, k] == (W[k, h] if n == n2 else 0)
+
+
+def test_seed_002_tensorcontraction_example():
+    """The seed's W (3x2) times X (2x1) and derive_by_array(Y, W)."""
+    W = symarray.symbols("w", (3, 2))
+    X = symarray.symbols("x", (2, 1))
+    Y = symarray.matmul(W, X)
+    assert Y.shape == (3, 1)
+    assert Y[0, 0] == W[0, 0] * X[0, 0] + W[0, 1] * X[1, 0]
+    dYdW = sympy.derive_by_array(sympy.Array(Y.tolist()), sympy.Array(W.tolist()))
+    assert dYdW[0, 0] == sympy.Array([[X[0, 0]], [0], [0]])
+    assert dYdW[2, 1] == sympy.Array([[0], [0], [X[1, 0]]])
+
+
+def test_labels_index_and_onehot_agree():
+    d = derivcheck.load_rule("softmax_with_loss").at(N=3, C=4)
+    rng = np.random.default_rng(5)
+    x, t = rng.normal(size=(3, 4)), np.array([0, 3, 1])
+    onehot = np.eye(4)[t]
+    assert d.forward(x=x, t=t) == pytest.approx(d.forward(x=x, t=onehot), rel=1e-15)
+    y = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(d.vjp(np.array(2.5), x=x, t=t)["x"], 2.5 * (y - onehot) / 3, rtol=1e-12)
+
+
+def test_hyperparameters_reach_the_formula():
+    rule = derivcheck.load_rule("sum")
+    assert rule.at(N=2, D=3).output_shape == (1, 3)  # the seed's Sum node defaults
+    assert rule.at(N=2, D=3, axis=1, keepdims=False).output_shape == (2,)
+    assert rule.at(N=2, D=3, hyper={"axis": None, "keepdims": False}).output_shape == ()
+    assert derivcheck.load_rule("transpose").at(A=2, B=3, C=4, axes=[1, 0, 2]).output_shape == (3, 2, 4)
+    assert derivcheck.load_rule("repeat").at(D=3, N=5).output_shape == (5, 3)
+
+
+def test_bad_sizes_and_hypers_are_refused():
+    rule = derivcheck.load_rule("sum")
+    with pytest.raises(derivcheck.DerivcheckError, match="needs a size for D"):
+        rule.at(N=2)
+    with pytest.raises(derivcheck.DerivcheckError, match="has no dimension Q"):
+        rule.at(N=2, D=2, Q=1)
+    with pytest.raises(derivcheck.DerivcheckError, match="positive integer"):
+        rule.at(N=0, D=2)
+    with pytest.raises(derivcheck.DerivcheckError, match="axis 3 is out of range"):
+        rule.at(N=2, D=2, axis=3)
+    with pytest.raises(derivcheck.DerivcheckError, match="takes true or false"):
+        rule.at(N=2, D=2, keepdims="maybe")
+    with pytest.raises(derivcheck.DerivcheckError, match="no hyperparameter 'axes'"):
+        rule.at(N=2, D=2, hyper={"axes": 1})

@@ -1,0 +1,87 @@
+"""Every kind of malformed rule is refused with the file, the line and the problem."""
+import textwrap
+
+import pytest
+
+from derivcheck import RuleError
+from derivcheck.rules import load_rule_file
+
+GOOD_HEAD = """\
+name = "r"
+summary = "a test rule"
+"""
+
+
+def write(tmp_path, body, name="r"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def refused(tmp_path, body, name="r"):
+    path = write(tmp_path, body, name)
+    with pytest.raises(RuleError) as info:
+        load_rule_file(path)
+    return info.value
+
+
+def test_good_rule_loads(tmp_path):
+    rule = load_rule_file(write(tmp_path, GOOD_HEAD + 'formula = "x * 2"\n[inputs.x]\nshape = ["N"]\n'))
+    assert rule.at(N=3).output_shape == (3,)
+
+
+CASES = [
+    # (what, body, line, text in the message)
+    ("bad TOML", GOOD_HEAD + 'formula = "x"\n[inputs.x\nshape = ["N"]\n', 4, "not valid TOML"),
+    ("unknown function", GOOD_HEAD + 'formula = "expp(x)"\n[inputs.x]\nshape = ["N"]\n', 3, "unknown function 'expp'"),
+    ("undefined name", GOOD_HEAD + 'formula = "x * z"\n[inputs.x]\nshape = ["N"]\n', 3, "undefined name 'z'"),
+    (
+        "shape that cannot work",
+        GOOD_HEAD + 'formula = "x @ W"\n[inputs.x]\nshape = ["N", "D"]\n[inputs.W]\nshape = ["H", "D"]\n',
+        3,
+        "cannot evaluate 'x @ W'",
+    ),
+    (
+        "declared output disagrees",
+        GOOD_HEAD + 'formula = "x.T"\noutput = ["N", "D"]\n[inputs.x]\nshape = ["N", "D"]\n',
+        4,
+        "formula gives shape (3, 2) but output declares",
+    ),
+    ("no eval of Python", GOOD_HEAD + 'formula = "__import__(\'os\').system(\'true\')"\n[inputs.x]\nshape = ["N"]\n', 3, "only the formula functions can be called"),
+    ("dunder call", GOOD_HEAD + 'formula = "__import__(x)"\n[inputs.x]\nshape = ["N"]\n', 3, "unknown function '__import__'"),
+    ("subscript", GOOD_HEAD + 'formula = "x[0]"\n[inputs.x]\nshape = ["N"]\n', 3, "Subscript is not allowed"),
+    ("attribute", GOOD_HEAD + 'formula = "x.__class__"\n[inputs.x]\nshape = ["N"]\n', 3, "attribute '.__class__' is not allowed"),
+    ("lambda", GOOD_HEAD + 'formula = "(lambda: x)()"\n[inputs.x]\nshape = ["N"]\n', 3, "only the formula functions can be called"),
+    ("syntax", GOOD_HEAD + 'formula = "x +"\n[inputs.x]\nshape = ["N"]\n', 3, "not valid syntax"),
+    ("bad keyword", GOOD_HEAD + 'formula = "sum(x, axes=0)"\n[inputs.x]\nshape = ["N"]\n', 3, "unexpected keyword argument 'axes'"),
+    ("missing key", 'name = "r"\nsummary = "s"\n[inputs.x]\nshape = ["N"]\n', None, "missing required key 'formula'"),
+    ("unknown top key", GOOD_HEAD + 'formula = "x"\nformulae = "x"\n[inputs.x]\nshape = ["N"]\n', 4, "unknown key 'formulae'"),
+    ("unknown input key", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\nshap = 1\n', 6, "unknown key 'shap' in [inputs.x]"),
+    ("input without shape", GOOD_HEAD + 'formula = "x"\n[inputs.x]\ndomain = "normal"\n', 4, "needs a shape"),
+    ("bad shape", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = "N"\n', 5, "shape must be a list"),
+    ("bad domain", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\ndomain = "lognormal"\n', 6, "unknown domain kind 'lognormal'"),
+    ("bad uniform", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\ndomain = {kind = "uniform", low = 2, high = 1}\n', 6, "low < high"),
+    ("name mismatch", 'name = "other"\nsummary = "s"\nformula = "x"\n[inputs.x]\nshape = ["N"]\n', 1, "must match the file name"),
+    ("hyper type", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\n[hyper.k]\ntype = "complex"\ndefault = 1\n', 7, "needs type = one of"),
+    ("hyper default", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\n[hyper.k]\ntype = "bool"\ndefault = 3\n', 8, "default 3 of hyperparameter 'k' is not true or false"),
+    ("name clash", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["x"]\n', 5, "'x' is used both as"),
+    ("label kind", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\n[labels.t]\nkind = "text"\n', 7, "unknown label kind 'text'"),
+    ("classes missing", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\n[labels.t]\nshape = ["N"]\n', 6, "need classes"),
+    ("bad dims", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\n[dims.N]\nmin = 3\nmax = 2\n', 6, "1 <= min <= max"),
+    ("last line not an expression", GOOD_HEAD + 'formula = """\ny = x\n"""\n[inputs.x]\nshape = ["N"]\n', 4, "last line must be the output expression"),
+]
+
+
+@pytest.mark.parametrize("what,body,line,message", CASES, ids=[c[0] for c in CASES])
+def test_malformed_rule(tmp_path, what, body, line, message):
+    err = refused(tmp_path, body)
+    assert message in str(err)
+    assert err.line == line
+    expected_where = f"{tmp_path / 'r.toml'}:{line}:" if line else f"{tmp_path / 'r.toml'}:"
+    assert str(err).startswith(expected_where)
+
+
+def test_multiline_formula_errors_point_at_their_own_line(tmp_path):
+    body = GOOD_HEAD + 'formula = """\ny = exp(x)\nz = y + q\nz\n"""\n[inputs.x]\nshape = ["N"]\n'
+    err = refused(tmp_path, body)
+    assert err.line == 5 and "undefined name 'q'" in str(err)
