@@ -3,7 +3,7 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -124,10 +124,15 @@ def test_malformed_user_rule_names_file_and_line(tmp_path):
     assert f"{folder / 'oops.toml'}:3: undefined name 'q'" in result.stderr
 
 
-@pytest.mark.skipif(shutil.which("derivcheck") is None, reason="console script not installed")
+def _console_script():
+    beside = Path(sys.executable).parent / "derivcheck"
+    return str(beside) if beside.exists() else shutil.which("derivcheck")
+
+
+@pytest.mark.skipif(_console_script() is None, reason="derivcheck is not installed (pip install -e .)")
 def test_console_script_from_install():
     out = subprocess.run(
-        ["derivcheck", "derive", "affine", "--shape", "N=2,D=3,H=2", "--format", "json"],
+        [_console_script(), "derive", "affine", "--shape", "N=2,D=3,H=2", "--format", "json"],
         capture_output=True, text=True, check=True,
     )
     assert json.loads(out.stdout)["jacobians"]["x"][0][0][0][0] == "W_0_0"
