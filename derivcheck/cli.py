@@ -133,5 +133,60 @@ def derive_cmd(obj, rule_name, shape, hypers, wrt, fmt, simplify):
     click.echo(text)
 
 
+def _snake(name: str) -> str:
+    import re
+
+    name = re.sub(r"(_forward|_backward)$", "", name)
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+@main.command("verify")
+@click.argument("target")
+@click.option("--rule", "rule_name", help="The rule to check against (default: the target's name in snake_case).")
+@click.option("--style", type=click.Choice(["dlfs1", "dlfs2", "dezero", "functional"]), help="Layer convention (default: detected).")
+@click.option("--hyper", "hypers", multiple=True, metavar="NAME=VALUE", help="Hyperparameter for the rule and the layer (repeatable).")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Trial k uses seed + k.")
+@click.option("--trials", type=click.IntRange(min=1), default=5, show_default=True, help="Shapes to try.")
+@click.option("--steps", type=click.IntRange(min=1), default=2, show_default=True, help="Forward/backward passes per trial on one layer instance.")
+@click.option("--shape", help="Fix the sizes, e.g. N=3,D=3,H=3 (default: distinct, equal, size-1, then random).")
+@click.option("--strict", is_flag=True, help="Warnings (side effects, dtypes) fail too.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_obj
+def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps, shape, strict, fmt):
+    """Verify a layer's forward and backward passes against a rule.
+
+    TARGET is path/to/file.py:Name or package.module:Name. Exit 0 when
+    verified, 1 when the layer is wrong, 2 when it could not run.
+    """
+    from . import report as render
+    from .rules import load_rule
+    from .verify import verify
+
+    from .adapters import load_target
+    from .rules import list_rules
+
+    try:
+        load_target(target)  # a typo in the target is the first thing to report
+        if rule_name is None:
+            known = {name.replace("_", ""): name for name in list_rules(obj.rule_dirs)}
+            guess = known.get(_snake(target.rpartition(":")[2]).replace("_", ""))
+            if guess is None:
+                raise DerivcheckError(
+                    f"cannot tell which rule {target.rpartition(':')[2]} implements: pass --rule "
+                    f"(known: {', '.join(sorted(list_rules(obj.rule_dirs)))})"
+                )
+            rule_name = guess
+        rule = load_rule(rule_name, obj.rule_dirs)
+        rep = verify(target, rule, hyper=parse_hypers(hypers), style=style, dtype=dtype, seed=seed, trials=trials,
+                     steps=steps, shape=parse_pairs(shape, "--shape") if shape else None, strict=strict)
+    except DerivcheckError as exc:
+        if fmt == "json":
+            click.echo(render.error_json(target, rule_name, str(exc)))
+        raise
+    click.echo(render.as_json(rep) if fmt == "json" else render.text(rep))
+    sys.exit(rep.exit_code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

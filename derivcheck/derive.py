@@ -14,6 +14,7 @@ import sympy
 from sympy.tensor.array import ImmutableDenseNDimArray, derive_by_array
 
 from . import cache, symarray
+from .rounding import magnitude
 from .errors import DerivcheckError, RuleError
 
 _FROM_DISK = object()  # sentinel: expressions will be supplied by derive()
@@ -86,6 +87,11 @@ class Derivation:
             self._nonzero[name] = (np.array([o for o, _ in idx], dtype=np.intp), np.array([i for _, i in idx], dtype=np.intp))
             entries += [rows[o][i] for o, i in idx]
         self._jac_fn = sympy.lambdify(args, entries, modules="numpy", cse=True)
+        # running error bounds of the same expressions, for tolerances (see rounding.py)
+        memo: dict = {}
+        self._mag_fn = sympy.lambdify(
+            args, [magnitude(e, memo) for e in self._out] + [magnitude(e, memo) for e in entries], modules="numpy", cse=True
+        )
 
     def _args(self, values: dict) -> list:
         args = []
@@ -134,6 +140,20 @@ class Derivation:
             start += len(rows)
             result[name] = J
         return result
+
+    def rounding(self, **values) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Running error bounds ``M`` of the output and of each Jacobian (dense), at these values."""
+        with np.errstate(all="ignore"):
+            mags = np.asarray(self._mag_fn(*self._args(values)), dtype=np.float64)
+        out_size = int(np.prod(self.output_shape))
+        out = mags[:out_size].reshape(self.output_shape)
+        result, start = {}, out_size
+        for name, (rows, cols) in self._nonzero.items():
+            J = np.zeros((out_size, int(np.prod(self.shapes[name]))))
+            J[rows, cols] = mags[start : start + len(rows)]
+            start += len(rows)
+            result[name] = J
+        return out, result
 
     def vjp(self, cotangent, **values) -> dict[str, np.ndarray]:
         """The gradient of ``sum(cotangent * output)`` with respect to each input."""

@@ -93,6 +93,7 @@ class Hyper:
     doc: str = ""
     choices: tuple = ()
     dim: str | None = None
+    to_layer: bool = True  # False: for derivcheck only (say, how labels are encoded)
 
     def parse(self, text: str, dims: set[str]):
         """A value from the command line: ``1``, ``1,0,2``, ``true``, ``none``."""
@@ -184,6 +185,10 @@ class Rule:
                 known = ", ".join(self.hyper) or "none"
                 raise DerivcheckError(f"rule '{self.name}' has no hyperparameter '{name}' (it has: {known})")
             h = self.hyper[name]
+            if h.type == "dim":
+                if value is None:
+                    continue
+                raise DerivcheckError(f"'{name}' of rule '{self.name}' is the size of dimension {h.dim}: set it with --shape {h.dim}={value}")
             if isinstance(value, str) and h.type not in ("choice",):
                 value = h.parse(value, set(self.dims))
             if not h.check(value):
@@ -435,7 +440,10 @@ def parse_rule(text: str, path) -> Rule:
     for n, spec in L.table(data.get("hyper", {}), "hyper").items():
         t = f"hyper.{n}"
         spec = L.table(spec, t)
-        L.keys(spec, {"type", "default", "doc", "choices", "dim"}, t)
+        L.keys(spec, {"type", "default", "doc", "choices", "dim", "layer"}, t)
+        to_layer = spec.get("layer", True)
+        if not isinstance(to_layer, bool):
+            L.fail(f"'layer' of hyperparameter '{n}' must be true or false", t, "layer")
         kind = spec.get("type")
         if kind not in HYPER_TYPES:
             L.fail(f"hyperparameter '{n}' needs type = one of {', '.join(HYPER_TYPES)}", t, "type" if "type" in spec else None)
@@ -445,7 +453,7 @@ def parse_rule(text: str, path) -> Rule:
                 L.fail(f"hyperparameter '{n}' takes the size of dimension '{d}', which no input has", t, "dim")
             if n != d:
                 claim(n, "a hyperparameter", "hyper", n)
-            h = Hyper(n, kind, None, spec.get("doc", ""), dim=d)
+            h = Hyper(n, kind, None, spec.get("doc", ""), dim=d, to_layer=to_layer)
         else:
             claim(n, "a hyperparameter", "hyper", n)
             if "default" not in spec:
@@ -454,7 +462,7 @@ def parse_rule(text: str, path) -> Rule:
             if kind == "axis" and default == "none":
                 default = None
             choices = tuple(spec.get("choices", ()))
-            h = Hyper(n, kind, default, spec.get("doc", ""), choices=choices)
+            h = Hyper(n, kind, default, spec.get("doc", ""), choices=choices, to_layer=to_layer)
             if kind == "choice" and not choices:
                 L.fail(f"hyperparameter '{n}' of type choice needs choices = [...]", t)
             if not h.check(default):

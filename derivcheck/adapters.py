@@ -1,0 +1,570 @@
+"""Adapters: run a user's layer, in whatever style it is written, as one interface.
+
+Styles (auto-detected, or forced with ``--style``):
+
+- ``dlfs1``  book 1: ``Affine(W, b)``; ``forward(x)`` / ``forward(x, t)``;
+  ``backward(dout)`` returns dx; parameter gradients in ``d<Name>`` attributes.
+- ``dlfs2``  book 2: ``params`` / ``grads`` lists; gradients written into the
+  grads slots.
+- ``dezero`` book 3: a ``Function`` subclass (or a function that applies one),
+  duck-typed: call with Variables, set the output's ``grad``, ``backward()``,
+  read the inputs' ``grad``.
+- ``functional`` CS231n: ``NAME_forward(...) -> (out, cache)`` and
+  ``NAME_backward(dout, cache) -> grads``; or a loss ``NAME(x, y) -> (loss, dx)``.
+
+Rule inputs, labels and hyperparameters bind to constructor and function
+parameters by name, then by position.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DerivcheckError
+
+STYLES = ("dlfs1", "dlfs2", "dezero", "functional")
+
+
+class LayerError(Exception):
+    """The user's layer raised while running: a failure of the layer, not of derivcheck."""
+
+    def __init__(self, stage: str, exc: BaseException):
+        self.stage, self.exc = stage, exc
+        tb = exc.__traceback__
+        frames = [f for f in _frames(tb) if "derivcheck" not in Path(f.filename).parts[-2:-1]]
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        super().__init__(f"{stage} raised {type(exc).__name__}{where}: {exc}")
+
+
+def _frames(tb):
+    import traceback
+
+    return traceback.extract_tb(tb) if tb else []
+
+
+# ---------------------------------------------------------------------------
+# Loading a target
+
+
+def load_target(spec: str):
+    """``path/to/file.py:Name`` or ``package.module:Name`` -> (object, module, name)."""
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise DerivcheckError(f"target '{spec}' must look like path/to/layers.py:Affine or package.module:Affine")
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise DerivcheckError(f"target file '{where}' not found (from {Path.cwd()})")
+        module = _import_file(path)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as exc:
+            if exc.name and where.startswith(exc.name):
+                raise DerivcheckError(f"module '{where}' not found: is it installed, or did you mean a file path like {where.replace('.', '/')}.py?") from None
+            raise DerivcheckError(f"importing '{where}' failed: {_describe(exc)}") from None
+        except Exception as exc:  # the user's module itself is broken
+            raise DerivcheckError(f"importing '{where}' failed: {_describe(exc)}") from None
+    obj = getattr(module, name, None)
+    if obj is None:
+        for suffix in ("_forward",):  # functional targets may be named without the suffix
+            if hasattr(module, name + suffix):
+                return None, module, name
+        defined = [k for k, v in vars(module).items() if not k.startswith("_") and (inspect.isclass(v) or inspect.isfunction(v)) and getattr(v, "__module__", None) == module.__name__]
+        close = difflib.get_close_matches(name, defined, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"it defines: {', '.join(defined) or 'no classes or functions'}"
+        raise DerivcheckError(f"'{where}' has no '{name}' ({hint})")
+    return obj, module, name
+
+
+def _describe(exc: BaseException) -> str:
+    frames = _frames(exc.__traceback__)
+    where = ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" ({exc.filename}:{exc.lineno})"
+    elif frames:
+        where = f" ({frames[-1].filename}:{frames[-1].lineno})"
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _import_file(path: Path):
+    path = path.resolve()
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # the file's folder is importable, as when Python runs a script
+    modname = f"_derivcheck_target_{abs(hash(str(path)))}_{path.stem}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    spec = importlib.util.spec_from_file_location(modname, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[modname]
+        raise DerivcheckError(f"importing '{path}' failed: {_describe(exc)}") from None
+    return module
+
+
+# ---------------------------------------------------------------------------
+# Style detection
+
+
+def _is_dezero_function_class(obj) -> bool:
+    if not inspect.isclass(obj):
+        return False
+    names = {c.__name__ for c in obj.__mro__[1:]}
+    return "Function" in names and hasattr(obj, "forward") and hasattr(obj, "backward") and callable(obj)
+
+
+def _variable_class(module, obj=None):
+    """The Variable class of the DeZero-like framework ``obj`` belongs to."""
+    classes = [obj] if inspect.isclass(obj) else []
+    classes += [v for v in vars(module).values() if _is_dezero_function_class(v)]
+    candidates = [module] + [sys.modules.get(c.__module__) for cls in classes for c in cls.__mro__]
+    for mod in candidates:
+        if mod is not None and inspect.isclass(getattr(mod, "Variable", None)):
+            return mod.Variable
+    try:
+        return importlib.import_module("dezero").Variable
+    except Exception:
+        return None
+
+
+def detect_style(obj, module, name) -> str:
+    if obj is None or (inspect.isfunction(obj) and hasattr(module, f"{name}_backward")) or (
+        inspect.isfunction(obj) and name.endswith("_forward")
+    ):
+        return "functional"
+    if _is_dezero_function_class(obj):
+        return "dezero"
+    if inspect.isfunction(obj):
+        # a function that applies a DeZero Function (MatMul()(x, W)); otherwise a loss (x, y) -> (loss, dx)
+        return "dezero" if _applies_function(obj, module) else "functional"
+    if inspect.isclass(obj):
+        if not hasattr(obj, "forward"):
+            raise DerivcheckError(f"'{name}' has no forward method: which style is it? (use --style {'|'.join(STYLES)})")
+        return "dlfs2" if _mentions(obj, "grads") else "dlfs1"
+    raise DerivcheckError(f"'{name}' is neither a class nor a function (it is a {type(obj).__name__})")
+
+
+def _applies_function(fn, module) -> bool:
+    names = set(getattr(fn, "__code__", None).co_names if hasattr(fn, "__code__") else ())
+    return any(_is_dezero_function_class(getattr(module, n, None)) or n in ("Variable", "as_variable") for n in names)
+
+
+def _mentions(cls, attr: str) -> bool:
+    try:
+        return f"self.{attr}" in inspect.getsource(cls)
+    except (OSError, TypeError):
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Binding
+
+
+def _params(fn, skip_self: bool):
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return []
+    ps = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if skip_self and ps and ps[0].name == "self":
+        ps = ps[1:]
+    return ps
+
+
+def _norm(s: str) -> str:
+    return s.lower().replace("_", "")
+
+
+@dataclass
+class Binding:
+    """Which rule names go to the constructor and which to the call (forward)."""
+
+    ctor: dict = field(default_factory=dict)  # ctor parameter -> ("input"|"hyper"|"label", rule name)
+    call: list = field(default_factory=list)  # [(call parameter or None, kind, rule name)] in call order
+
+    def describe(self) -> str:
+        c = ", ".join(f"{p}={n}" for p, (_, n) in self.ctor.items())
+        f = ", ".join(f"{p or n}={n}" for p, _, n in self.call)
+        return f"constructor({c}), call({f})"
+
+
+def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: bool) -> Binding:
+    """Bind by name, then by position; refuse with a sentence saying what to do."""
+    ctor_ps = _params(ctor_fn, skip_self=True) if ctor_fn is not None else []
+    call_ps = _params(call_fn, skip_self=True) if call_fn is not None else []
+    inputs, labels, hypers = list(rule.inputs), list(rule.labels), list(rule.hyper)
+    data = inputs + labels
+    b = Binding()
+    taken: set[str] = set()
+
+    def kind_of(n):
+        return "input" if n in rule.inputs else "label" if n in rule.labels else "hyper"
+
+    def by_name(p, pool):
+        for n in pool:
+            if n not in taken and (p.name == n or _norm(p.name) == _norm(n)):
+                return n
+        return None
+
+    call_slots, ctor_slots = [], []
+    for p in call_ps:
+        n = by_name(p, data + hypers)
+        if n:
+            taken.add(n)
+        call_slots.append((p, n))
+    for p in ctor_ps:
+        n = by_name(p, ([] if call_takes_all_inputs else inputs) + hypers)
+        if n:
+            taken.add(n)
+        ctor_slots.append((p, n))
+    # by position: the call takes data from the front (x before W, b; labels last) ...
+    free_data = [n for n in data if n not in taken]
+    for i, (p, n) in enumerate(call_slots):
+        if n is None and p.default is p.empty and free_data:
+            n = free_data.pop(0) if not (labels and p is call_slots[-1][0] and free_data[-1] in labels) else free_data.pop()
+            taken.add(n)
+            call_slots[i] = (p, n)
+    # ... the constructor takes what is left: parameters, then hyperparameters
+    free_ctor = [n for n in (([] if call_takes_all_inputs else inputs) + hypers) if n not in taken]
+    for i, (p, n) in enumerate(ctor_slots):
+        if n is None and p.default is p.empty and free_ctor:
+            n = free_ctor.pop(0)
+            taken.add(n)
+            ctor_slots[i] = (p, n)
+    missing_ctor = [p.name for p, n in ctor_slots if n is None and p.default is p.empty]
+    missing_call = [p.name for p, n in call_slots if n is None and p.default is p.empty]
+    if call_takes_all_inputs:
+        for n in data:  # DeZero functions take every array as a call argument
+            if n not in taken:
+                call_slots.append((None, n))
+                taken.add(n)
+    unbound = [n for n in inputs if n not in taken]
+    sig_c = ", ".join(p.name for p in ctor_ps)
+    sig_f = ", ".join(p.name for p in call_ps)
+    if missing_ctor or missing_call:
+        what = ", ".join(missing_ctor + missing_call)
+        raise DerivcheckError(
+            f"cannot bind {target_name}'s parameter(s) {what} to rule '{rule.name}' "
+            f"(inputs {', '.join(inputs)}; labels {', '.join(labels) or 'none'}; hyper {', '.join(hypers) or 'none'}): "
+            f"rename them after the rule's names, give them defaults, or pick another --rule"
+        )
+    if unbound:
+        raise DerivcheckError(
+            f"cannot bind rule input(s) {', '.join(unbound)} of '{rule.name}' to {target_name}: "
+            f"its constructor takes ({sig_c}) and its forward takes ({sig_f}); "
+            f"name a parameter after the input, or pick another --rule"
+        )
+    unbound_labels = [n for n in labels if n not in taken]
+    if unbound_labels:
+        raise DerivcheckError(f"{target_name}'s forward takes ({sig_f}) but rule '{rule.name}' needs labels {', '.join(unbound_labels)} too")
+    b.ctor = {p.name: (kind_of(n), n) for p, n in ctor_slots if n is not None}
+    b.call = [(p.name if p is not None else None, kind_of(n), n) for p, n in call_slots if n is not None]
+    return b
+
+
+# ---------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class Outcome:
+    output: object
+    grads: dict  # rule input -> array (or None when the layer gave none)
+    warnings: list = field(default_factory=list)  # (kind, message)
+
+
+class Adapter:
+    """Build once per shape; then ``run(values, cotangent)`` per step, as training would."""
+
+    style = ""
+
+    def __init__(self, obj, module, name, rule, hyper: dict, layer_hyper: dict):
+        self.obj, self.module, self.name, self.rule = obj, module, name, rule
+        self.hyper = hyper  # every hyperparameter's value (rule defaults + user's)
+        self.layer_hyper = layer_hyper  # hyperparameters as the layer receives them
+        self.instance = None
+
+    def _ctor_args(self, binding: Binding, values: dict) -> dict:
+        args = {}
+        for p, (kind, n) in binding.ctor.items():
+            args[p] = values[n] if kind != "hyper" else self.layer_hyper[n]
+        return args
+
+    def _call_args(self, binding: Binding, values: dict) -> list:
+        out = []
+        for p, kind, n in binding.call:
+            out.append((p, values[n] if kind != "hyper" else self.layer_hyper[n]))
+        return out
+
+    @property
+    def params(self) -> list[str]:
+        """Rule inputs held by the layer (set at construction), as opposed to passed in."""
+        return [n for kind, n in self.binding.ctor.values() if kind == "input"]
+
+    def prepare(self):
+        """Bind the rule's names to the layer's parameters (no values needed yet)."""
+        raise NotImplementedError
+
+    def build(self, values: dict):
+        raise NotImplementedError
+
+    def run(self, values: dict, cotangent) -> Outcome:
+        raise NotImplementedError
+
+
+def _call(fn, args, stage):
+    try:
+        return fn(*[v for p, v in args if p is None], **{p: v for p, v in args if p is not None})
+    except Exception as exc:
+        raise LayerError(stage, exc) from exc
+
+
+def _same_array(a, b) -> bool:
+    return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b)
+
+
+class Dlfs1Adapter(Adapter):
+    style = "dlfs1"
+
+    def prepare(self):
+        self.binding = bind(self.rule, self.obj.__init__, self.obj.forward, self.name, call_takes_all_inputs=False)
+
+    def build(self, values):
+        args = self._ctor_args(self.binding, values)
+        try:
+            self.instance = self.obj(**args)
+        except Exception as exc:
+            raise LayerError(f"{self.name}({', '.join(args)})", exc) from exc
+        self.param_arrays = {n: values[n] for n in self.params}  # the arrays handed over
+
+    def attribute_of(self, name: str) -> str | None:
+        """The attribute that holds the parameter bound to rule input ``name``."""
+        target = self.param_arrays[name]
+        for attr, value in vars(self.instance).items():
+            if value is target:
+                return attr
+        for attr, value in vars(self.instance).items():
+            if _same_array(value, target):
+                return attr
+        return None
+
+    def update_params(self, values):
+        """What an optimizer does between steps: new values written into the same arrays."""
+        for n in self.params:
+            self.param_arrays[n][...] = values[n]
+
+    def _forward(self, values):
+        return _call(self.instance.forward, self._call_args(self.binding, values), f"{self.name}.forward")
+
+    def _backward(self, cotangent):
+        return _call(self.instance.backward, [(None, cotangent)], f"{self.name}.backward")
+
+    def run(self, values, cotangent) -> Outcome:
+        out = self._forward(values)
+        dx = self._backward(cotangent)
+        grads = {}
+        data = [n for _, kind, n in self.binding.call if kind == "input"]
+        if len(data) == 1:
+            grads[data[0]] = dx
+        elif data:
+            parts = dx if isinstance(dx, (tuple, list)) else (dx,)
+            grads.update(zip(data, parts))
+        for n in self.params:
+            grads[n] = self._param_grad(n)
+        return Outcome(out, grads)
+
+    def _param_grad(self, n):
+        attr = self.attribute_of(n) or n
+        for cand in (f"d{attr}", f"d{n}", f"grad_{attr}", f"{attr}_grad"):
+            if hasattr(self.instance, cand):
+                return getattr(self.instance, cand)
+        return None
+
+    def grad_location(self, n) -> str:
+        if n not in self.params:
+            data = [m for _, kind, m in self.binding.call if kind == "input"]
+            suffix = f"[{data.index(n)}]" if len(data) > 1 else ""
+            return f"{self.name}.backward(dout){suffix}"
+        return f"{self.name}.d{self.attribute_of(n) or n}"
+
+
+class Dlfs2Adapter(Dlfs1Adapter):
+    style = "dlfs2"
+
+    def build(self, values):
+        super().build(values)
+        self.slots = {}
+        params = getattr(self.instance, "params", None)
+        grads = getattr(self.instance, "grads", None)
+        if not isinstance(params, list) or not isinstance(grads, list):
+            raise DerivcheckError(f"{self.name} has no params/grads lists after construction: is it --style dlfs1?")
+        for n in self.params:
+            idx = next((i for i, p in enumerate(params) if p is self.param_arrays[n]), None)
+            if idx is None:
+                idx = next((i for i, p in enumerate(params) if _same_array(p, self.param_arrays[n])), None)
+            if idx is None or idx >= len(grads):
+                raise DerivcheckError(f"{self.name}.params holds no array equal to the '{n}' it was constructed with")
+            self.slots[n] = idx
+        self.grad_arrays = list(grads)  # what an optimizer that collected layer.grads holds
+
+    def update_params(self, values):
+        params = self.instance.params
+        for n, i in self.slots.items():
+            params[i][...] = values[n]
+
+    def run(self, values, cotangent) -> Outcome:
+        before = [id(g) for g in self.instance.grads]
+        outcome = super().run(values, cotangent)
+        grads = self.instance.grads
+        for n, i in self.slots.items():
+            outcome.grads[n] = grads[i]
+            if id(grads[i]) != before[i]:
+                outcome.warnings.append((
+                    "rebinds-grads",
+                    f"backward rebinds grads[{i}] (grads[{i}] = d{n}) instead of writing into it "
+                    f"(grads[{i}][...] = d{n}): an optimizer holding the old grads list never sees the new gradient",
+                ))
+        return outcome
+
+    def _param_grad(self, n):
+        return None  # filled from the grads slots in run()
+
+    def grad_location(self, n) -> str:
+        if n not in self.params:
+            return super().grad_location(n)
+        return f"{self.name}.grads[{self.slots[n]}]"
+
+
+class DezeroAdapter(Adapter):
+    style = "dezero"
+
+    def prepare(self):
+        cls = self.obj
+        self.Variable = _variable_class(self.module, cls)
+        if self.Variable is None:
+            raise DerivcheckError(f"no Variable class found for DeZero-style '{self.name}' (in its module or the dezero package)")
+        if inspect.isclass(cls):
+            self.binding = bind(self.rule, cls.__init__, cls.forward, self.name, call_takes_all_inputs=True)
+        else:  # a function that builds and applies a Function: f(x, W) / reshape(x, shape)
+            self.binding = bind(self.rule, None, cls, self.name, call_takes_all_inputs=True)
+
+    def build(self, values):
+        pass  # a Function is built afresh for every call
+
+    def update_params(self, values):
+        pass  # every array is a call argument: fresh Variables each step
+
+    def run(self, values, cotangent) -> Outcome:
+        variables = {n: self.Variable(values[n]) for _, kind, n in self.binding.call if kind == "input"}
+        arrays = [variables.get(n, values.get(n)) for _, kind, n in self.binding.call if kind != "hyper"]
+        hypers = {p: self.layer_hyper[n] for p, kind, n in self.binding.call if kind == "hyper"}
+        if inspect.isclass(self.obj):  # Function(hyper...)(*inputs)
+            ctor = {p: self.layer_hyper[n] for p, (kind, n) in self.binding.ctor.items()}
+            try:
+                fn = self.obj(**ctor)
+            except Exception as exc:
+                raise LayerError(f"{self.name}({', '.join(ctor)})", exc) from exc
+            y = _call(fn, [(None, a) for a in arrays], f"{self.name}.forward")
+        else:  # a function applying a Function: f(x, W), reshape(x, shape=...)
+            y = _call(self.obj, [(None, a) for a in arrays] + list(hypers.items()), self.name)
+        if isinstance(y, (list, tuple)):
+            y = y[0]
+        if not hasattr(y, "data") or not hasattr(y, "backward"):
+            raise LayerError(self.name, TypeError(f"returned {type(y).__name__}, not a Variable"))
+        y.grad = self._as_grad(cotangent, y)
+        try:
+            y.backward()
+        except Exception as exc:
+            raise LayerError(f"{self.name}.backward", exc) from exc
+        grads = {n: getattr(getattr(v, "grad", None), "data", getattr(v, "grad", None)) for n, v in variables.items()}
+        return Outcome(y.data, grads)
+
+    def _as_grad(self, cotangent, y):
+        # DeZero from step 32 on keeps gradients as Variables; earlier steps as arrays
+        cot = np.asarray(cotangent, dtype=np.asarray(y.data).dtype)
+        try:
+            probe = self.Variable(np.ones(1))
+            if hasattr(probe, "backward") and "create_graph" in inspect.signature(probe.backward).parameters:
+                return self.Variable(cot)
+        except (TypeError, ValueError):
+            pass
+        return cot
+
+    def grad_location(self, n) -> str:
+        return f"{n}.grad"
+
+
+class FunctionalAdapter(Adapter):
+    style = "functional"
+
+    def build(self, values):
+        pass
+
+    def prepare(self):
+        fwd = getattr(self.module, f"{self.name}_forward", None)
+        base = self.name
+        if fwd is None and self.name.endswith("_forward"):
+            base = self.name[: -len("_forward")]
+            fwd = getattr(self.module, self.name)
+        bwd = getattr(self.module, f"{base}_backward", None)
+        if fwd is not None and bwd is None:
+            raise DerivcheckError(f"found {base}_forward but no {base}_backward next to it")
+        self.loss_fn = None
+        if fwd is None:
+            if not callable(self.obj):
+                raise DerivcheckError(f"'{self.name}' is not a function")
+            self.loss_fn = self.obj  # NAME(x, y) -> (loss, dx)
+            fwd = self.obj
+        self.fwd, self.bwd, self.base = fwd, bwd, base
+        self.binding = bind(self.rule, None, fwd, self.name, call_takes_all_inputs=True)
+
+    def update_params(self, values):
+        pass
+
+    def run(self, values, cotangent) -> Outcome:
+        args = self._call_args(self.binding, values)
+        result = _call(self.fwd, args, f"{self.fwd.__name__}")
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise LayerError(self.fwd.__name__, TypeError("must return a pair: (out, cache), or (loss, dx) for a loss"))
+        data = [n for _, kind, n in self.binding.call if kind == "input"]
+        if self.loss_fn is not None:
+            out, dx = result
+            parts = dx if isinstance(dx, tuple) else (dx,)
+            # a loss function gives the gradient for an upstream gradient of 1
+            grads = {n: None if g is None else np.asarray(g) * np.asarray(cotangent) for n, g in zip(data, parts)}
+            return Outcome(out, grads)
+        out, cache = result
+        back = _call(self.bwd, [(None, cotangent), (None, cache)], f"{self.base}_backward")
+        parts = back if isinstance(back, tuple) else (back,)
+        return Outcome(out, dict(zip(data, parts)))
+
+    def grad_location(self, n) -> str:
+        data = [m for _, kind, m in self.binding.call if kind == "input"]
+        fn = f"{self.base}_backward" if self.loss_fn is None else self.name
+        return f"{fn}(...)[{data.index(n)}]" if n in data else fn
+
+
+ADAPTERS = {"dlfs1": Dlfs1Adapter, "dlfs2": Dlfs2Adapter, "dezero": DezeroAdapter, "functional": FunctionalAdapter}
+
+
+def make_adapter(spec: str, rule, hyper: dict, layer_hyper: dict, style: str | None = None) -> Adapter:
+    obj, module, name = load_target(spec)
+    style = style or detect_style(obj, module, name)
+    if style not in ADAPTERS:
+        raise DerivcheckError(f"unknown style '{style}' (known: {', '.join(STYLES)})")
+    if style in ("dlfs1", "dlfs2") and not inspect.isclass(obj):
+        raise DerivcheckError(f"style {style} needs a class, and '{name}' is a {type(obj).__name__}")
+    adapter = ADAPTERS[style](obj, module, name, rule, hyper, layer_hyper)
+    adapter.prepare()
+    return adapter

@@ -1,0 +1,87 @@
+"""Verification reports as text (for people) and JSON (for machines).
+
+The JSON schema (``derivcheck verify --format json``)::
+
+    {
+      "target": "examples/dlfs1/layers.py:Affine", "rule": "affine",
+      "style": "dlfs1", "dtype": "float64", "seed": 0, "trials": 5, "steps": 2,
+      "hyper": {"axis": "1"},                  # as given on the command line
+      "verdict": "pass" | "fail" | "error",
+      "checks": [{"name": "grad W", "passed": false, "where": "Affine.dW",
+                  "trial": 1, "step": 0, "seed": 1, "dims": {"N": 3, ...},
+                  "index": [2, 1], "expected": 0.52, "got": -1.2,
+                  "abs_err": 1.7, "rel_err": 3.3, "tol": 4.4e-15,
+                  "message": "..."}],
+      "warnings": [{"kind": "mutates-input" | "rebinds-grads" | "stale-state" | "dtype",
+                    "message": "...", "trial": 0}],
+      "diagnosis": [],
+      "reproduce": "derivcheck verify ... --seed 1 --trials 1 --shape N=3,D=3,H=3"
+    }
+
+A check's ``index``/``expected``/``got`` describe its worst element (largest
+error relative to its tolerance) over all trials; ``trial``, ``step``, ``seed``
+and ``dims`` say where that was.
+"""
+from __future__ import annotations
+
+import json
+
+
+def _fmt(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _idx(check) -> str:
+    name = check.name.split(" ", 1)[1] if check.name.startswith("grad ") else "out"
+    return f"{name}[{','.join(map(str, check.index))}]" if check.index else name
+
+
+def text(report) -> str:
+    lines = [
+        f"derivcheck verify {report.target} --rule {report.rule}",
+        f"style {report.style}, {report.dtype}, seed {report.seed}, {report.trials} trial(s) x {report.steps} step(s)",
+    ]
+    width = max((len(c.name) for c in report.checks), default=8)
+    for c in report.checks:
+        mark = "PASS" if c.passed else "FAIL"
+        where = f"  ({c.where})" if c.where and c.where != "forward output" else ""
+        if c.abs_err is not None:
+            lines.append(f"  {mark} {c.name:<{width}}  worst abs err {_fmt(c.abs_err)} (tol {_fmt(c.tol)}){where}")
+        else:
+            lines.append(f"  {mark} {c.name:<{width}}{where}")
+        if not c.passed:
+            at = ", ".join(f"{k}={v}" for k, v in (c.dims or {}).items())
+            if c.trial is not None:
+                lines.append(f"       trial {c.trial} (seed {c.seed}) step {c.step} at {at}")
+            if c.message:
+                lines.append(f"       {c.message}")
+            if c.abs_err is not None:
+                lines.append(
+                    f"       worst element {_idx(c)}: expected {_fmt(c.expected)}, got {_fmt(c.got)} "
+                    f"(abs err {_fmt(c.abs_err)}, rel err {_fmt(c.rel_err)}, tol {_fmt(c.tol)})"
+                )
+    if report.warnings:
+        lines.append("warnings:" + (" (failing under --strict)" if report.strict else ""))
+        lines += [f"  - {w.kind}: {w.message}" for w in report.warnings]
+    if report.diagnosis:
+        lines.append("diagnosis:")
+        lines += [f"  - {d['message']}" for d in report.diagnosis]
+    lines.append(f"verdict: {report.verdict.upper()}")
+    if report.verdict != "pass":
+        lines.append(f"reproduce: {report.reproduce}")
+    return "\n".join(lines)
+
+
+def as_json(report) -> str:
+    return json.dumps(report.to_json(), indent=2, default=_jsonable)
+
+
+def error_json(target: str, rule: str | None, message: str) -> str:
+    return json.dumps({"target": target, "rule": rule, "verdict": "error", "error": message, "checks": [],
+                       "warnings": [], "diagnosis": [], "reproduce": ""}, indent=2)
+
+
+def _jsonable(v):
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return str(v)

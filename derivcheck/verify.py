@@ -1,0 +1,398 @@
+"""Verification: run a layer at seeded random shapes and values, compare with the exact reference.
+
+Each *trial* is one shape with its own seed (``seed + k``, printed). A trial
+builds one layer instance and runs ``steps`` forward/backward passes on it,
+writing new parameter values into the same arrays between steps, as a training
+loop would. Every value and cotangent comes from the trial's seed.
+
+Tolerances come from the dtype's unit roundoff ``u`` and a running error
+bound of the exact reference, never from a constant picked by hand. For
+element ``i``:
+
+    tol_i = κ · u · (s_i + max_k s_k),   κ = 4
+
+For the forward output, ``s = M(out)``: the first-order rounding bound of the
+reference expression (see :mod:`derivcheck.rounding`). For a gradient,
+``s_i = Σ_o |c_o| (M(J_oi) + m_i |J_oi| + |out_o|)`` over the outputs ``o``
+that depend on input ``i``. Here ``c`` is the cotangent and ``m_i`` the number
+of terms summed. ``M`` counts rounding at the size of every intermediate of
+the reference, so cancellation is covered. ``|out_o|`` counts the forward
+output that a backward pass may reuse: the book's ``dout * y * (1 - y)``
+cancels at the size of ``y``, not of the gradient. The ``max_k s_k`` floor admits
+algorithms that differ from the reference but are as sound (a max-shifted or
+tanh-based formula).
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .adapters import LayerError, make_adapter
+from .errors import DerivcheckError
+
+DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+@dataclass
+class Check:
+    name: str  # "forward", "grad x", "shape", "layer raised"
+    passed: bool
+    trial: int | None = None
+    step: int | None = None
+    seed: int | None = None
+    dims: dict | None = None
+    where: str | None = None  # where the layer keeps it: "Affine.dW", "grads[0]"
+    index: list | None = None
+    expected: float | None = None
+    got: float | None = None
+    abs_err: float | None = None
+    rel_err: float | None = None
+    tol: float | None = None
+    message: str = ""
+
+    @property
+    def severity(self) -> float:
+        """How far past its tolerance the worst element is (0 when passing)."""
+        if self.abs_err is None or self.tol is None:
+            return np.inf if not self.passed else 0.0
+        return self.abs_err / self.tol if self.tol > 0 else np.inf
+
+
+@dataclass
+class Warning_:
+    kind: str
+    message: str
+    trial: int | None = None
+
+
+@dataclass
+class Report:
+    target: str
+    rule: str
+    style: str
+    dtype: str
+    seed: int
+    trials: int
+    steps: int
+    hyper: dict
+    checks: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    diagnosis: list = field(default_factory=list)
+    reproduce: str = ""
+    strict: bool = False
+
+    @property
+    def verdict(self) -> str:
+        if any(not c.passed for c in self.checks) or (self.strict and self.warnings):
+            return "fail"
+        return "pass"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.verdict == "pass" else 1
+
+    def to_json(self) -> dict:
+        return {
+            "target": self.target,
+            "rule": self.rule,
+            "style": self.style,
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "trials": self.trials,
+            "steps": self.steps,
+            "hyper": self.hyper,
+            "verdict": self.verdict,
+            "checks": [{k: v for k, v in asdict(c).items() if v is not None} for c in self.checks],
+            "warnings": [asdict(w) for w in self.warnings],
+            "diagnosis": self.diagnosis,
+            "reproduce": self.reproduce,
+        }
+
+
+# ---------------------------------------------------------------------------
+
+
+def unit_roundoff(dtype) -> float:
+    return float(np.finfo(dtype).eps) / 2
+
+
+KAPPA = 4
+
+
+def compare(name, expected, got, scale, dtype, **context) -> Check:
+    """Compare one result with the exact reference; the tolerance is set as in the module doc."""
+    if got is None:
+        return Check(name, False, message=f"the layer gave no value for {name}", **context)
+    try:
+        got_arr = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):
+        return Check(name, False, message=f"{name} is a {type(got).__name__}, not an array of numbers", **context)
+    expected = np.asarray(expected, dtype=np.float64)
+    if got_arr.shape != expected.shape:
+        if got_arr.size == expected.size == 1:
+            got_arr = got_arr.reshape(expected.shape)
+        else:
+            return Check(name, False, message=f"{name} has shape {got_arr.shape}, expected {expected.shape}", **context)
+    u = unit_roundoff(dtype)
+    scale = np.asarray(scale, dtype=np.float64).reshape(expected.shape)
+    tol = KAPPA * u * (scale + (scale.max() if scale.size else 0.0))
+    tol = np.maximum(tol, np.finfo(np.float64).tiny)
+    with np.errstate(all="ignore"):
+        err = np.abs(got_arr - expected)
+        err = np.where(np.isnan(err), np.inf, err)
+        ratio = err / tol
+    worst = np.unravel_index(int(np.argmax(ratio)), expected.shape) if expected.size else ()
+    passed = bool(np.all(err <= tol))
+    e, g = float(expected[worst]), float(got_arr[worst])
+    return Check(
+        name,
+        passed,
+        index=[int(i) for i in worst],
+        expected=e,
+        got=g,
+        abs_err=float(err[worst]),
+        rel_err=float(err[worst] / abs(e)) if e != 0 else (0.0 if err[worst] == 0 else float("inf")),
+        tol=float(tol[worst]),
+        **context,
+    )
+
+
+class Verifier:
+    """One layer against one rule. ``run()`` returns a Report."""
+
+    def __init__(self, target: str, rule, *, hyper=None, style=None, dtype="float64", seed=0, trials=5, steps=2,
+                 shape=None, strict=False, rule_dirs=()):
+        if dtype not in DTYPES:
+            raise DerivcheckError(f"--dtype must be one of {', '.join(DTYPES)}, not '{dtype}'")
+        if trials < 1 or steps < 1:
+            raise DerivcheckError("--trials and --steps must be at least 1")
+        self.target, self.rule = target, rule
+        self.given_hyper = dict(hyper or {})
+        self.hyper = rule.resolve_hyper(self.given_hyper)
+        self.dtype_name, self.dtype = dtype, DTYPES[dtype]
+        self.seed, self.trials, self.steps = seed, trials, steps
+        self.shape = rule.resolve_dims(shape) if shape else None
+        self.strict = strict
+        self.rule_dirs = rule_dirs
+        self.style = style
+        self._pending = []  # warnings found inside a step, flushed into the report after it
+        # load the target now, so that a typo is an error (exit 2) before any trial
+        self.adapter_for = lambda layer_hyper: make_adapter(target, rule, self.hyper, layer_hyper, style)
+        self.probe = self.adapter_for({})
+
+    # -- the trial plan ---------------------------------------------------------
+    def trial_dims(self, k: int) -> dict:
+        """Distinct sizes, then all equal, then all minimal (size 1), then random."""
+        if self.shape:
+            return dict(self.shape)
+        r = self.rule
+        if k == 0:
+            return r.example_dims()
+        if k == 1:
+            return {d: min(rg.max, max(rg.min, 3)) for d, rg in r.dims.items()}
+        if k == 2:
+            return {d: rg.min for d, rg in r.dims.items()}
+        return r.sample_dims(np.random.default_rng([self.seed, k, 7]))
+
+    def layer_hyper(self, dims: dict) -> dict:
+        """Hyperparameters as a layer receives them: sizes resolved, lists as tuples."""
+        env = self.rule.environment(dims, self.hyper, {})
+        out = {}
+        for name, h in self.rule.hyper.items():
+            if h.to_layer:
+                v = env[name]
+                out[name] = tuple(v) if isinstance(v, list) else v
+        return out
+
+    def sample(self, derivation, rng) -> tuple[dict, dict]:
+        """(values for the layer, in dtype; the same values for the reference, float64)."""
+        rule, dt = self.rule, self.dtype
+        layer, ref = {}, {}
+        for n, spec in rule.inputs.items():
+            v = spec.domain.sample(rng, derivation.shapes[n]).astype(dt)
+            layer[n], ref[n] = v, v.astype(np.float64)
+        for n, lab in rule.labels.items():
+            shape = derivation.label_shapes[n]
+            if lab.kind == "classes":
+                idx = rng.integers(0, derivation.dims[lab.classes], size=shape)
+                ref[n] = idx
+                layer[n] = idx if self.hyper.get("labels", "index") == "index" else np.eye(derivation.dims[lab.classes], dtype=dt)[idx]
+            else:
+                v = lab.domain.sample(rng, shape).astype(dt)
+                layer[n], ref[n] = v, v.astype(np.float64)
+        return layer, ref
+
+    def cotangent(self, derivation, rng):
+        shape = derivation.output_shape
+        if shape == ():  # a loss: a random scalar that is not 1
+            return np.asarray(rng.uniform(1.5, 3.0) * rng.choice([-1.0, 1.0]), dtype=self.dtype)
+        while True:
+            c = rng.normal(size=shape).astype(self.dtype)
+            if not np.all(c == 1):
+                return c
+
+    # -- running ------------------------------------------------------------------
+    def run(self) -> Report:
+        rep = Report(self.target, self.rule.name, self.probe.style, self.dtype_name, self.seed, self.trials,
+                     self.steps, {k: v for k, v in self.given_hyper.items()}, strict=self.strict)
+        results: dict[str, Check] = {}
+        first_failure = None
+        for k in range(self.trials):
+            dims = self.trial_dims(k)
+            trial_seed = self.seed + k
+            checks = self.run_trial(k, dims, trial_seed, rep)
+            for c in checks:
+                # a failing check is shown at its first failure (what `reproduce` replays),
+                # a passing one at its closest call
+                keep = results.get(c.name)
+                if keep is None or (not c.passed and keep.passed) or (c.passed and keep.passed and c.severity > keep.severity):
+                    results[c.name] = c
+                if not c.passed and first_failure is None:
+                    first_failure = c
+        rep.checks = list(results.values())
+        rep.reproduce = self.reproduce_command(first_failure)
+        return rep
+
+    def reproduce_command(self, failure: Check | None) -> str:
+        parts = ["derivcheck", "verify", self.target, "--rule", self.rule.name]
+        if self.style:
+            parts += ["--style", self.style]
+        for k, v in self.given_hyper.items():
+            parts += ["--hyper", f"{k}={_hyper_text(v)}"]
+        if self.dtype_name != "float64":
+            parts += ["--dtype", self.dtype_name]
+        if failure is not None and failure.dims is not None:
+            parts += ["--seed", str(failure.seed), "--trials", "1", "--steps", str(failure.step + 1),
+                      "--shape", ",".join(f"{d}={n}" for d, n in failure.dims.items())]
+        else:
+            parts += ["--seed", str(self.seed), "--trials", str(self.trials), "--steps", str(self.steps)]
+            if self.shape:
+                parts += ["--shape", ",".join(f"{d}={n}" for d, n in self.shape.items())]
+        if self.strict:
+            parts.append("--strict")
+        return " ".join(shlex.quote(p) for p in parts)
+
+    def run_trial(self, k: int, dims: dict, trial_seed: int, rep: Report) -> list[Check]:
+        rng = np.random.default_rng(trial_seed)
+        d = self.rule.at(hyper=self.hyper, **dims)
+        adapter = self.adapter_for(self.layer_hyper(dims))
+        checks = []
+        ctx = lambda step: dict(trial=k, step=step, seed=trial_seed, dims=dict(dims))  # noqa: E731
+        for step in range(self.steps):
+            values, ref = self.sample(d, rng)
+            cot = self.cotangent(d, rng)
+            try:
+                if step == 0:
+                    adapter.build(values)
+                else:
+                    adapter.update_params(values)
+                    values = self._held_params(adapter, values)
+                snapshot = {n: np.array(v, copy=True) for n, v in values.items()}
+                cot_copy = np.array(cot, copy=True)
+                outcome = adapter.run(values, cot)
+            except LayerError as exc:
+                checks.append(Check("layer raised", False, message=str(exc), **ctx(step)))
+                return checks
+            checks += self.compare_outcome(d, ref, cot, outcome, adapter, ctx(step))
+            self._side_effects(rep, k, values, snapshot, cot, cot_copy, outcome)
+        if hasattr(adapter, "_forward") and all(c.passed for c in checks):
+            self._stale_check(rep, k, d, adapter, rng)  # only meaningful for a layer that is right so far
+        return checks
+
+    def _held_params(self, adapter, values):
+        """After an in-place update, the layer's own arrays are the parameter values."""
+        held = dict(values)
+        for n in getattr(adapter, "params", []):
+            held[n] = adapter.param_arrays[n]
+        return held
+
+    def compare_outcome(self, d, ref, cot, outcome, adapter, ctx) -> list[Check]:
+        checks = []
+        expected_out, expected_grads, scales = self.reference(d, ref, cot)
+        checks.append(compare("forward", expected_out, outcome.output, scales["forward"], self.dtype,
+                              where="forward output", **ctx))
+        self._dtype_warning(outcome.output, "forward output", ctx)
+        for n in self.rule.inputs:
+            where = adapter.grad_location(n)
+            c = compare(f"grad {n}", expected_grads[n], outcome.grads.get(n), scales[n], self.dtype, where=where, **ctx)
+            if outcome.grads.get(n) is None:
+                c.message = f"no gradient for '{n}' where {adapter.style} keeps it ({where})"
+            checks.append(c)
+            self._dtype_warning(outcome.grads.get(n), f"gradient of {n} ({where})", ctx)
+        return checks
+
+    @staticmethod
+    def reference(d, ref: dict, cot):
+        """Exact output and gradients at these values, with the rounding scales of each."""
+        J = d.jacobians(**ref)
+        out = d.forward(**ref)
+        m_out, m_jac = d.rounding(**ref)
+        c = np.asarray(cot, dtype=np.float64).ravel()
+        grads, scales = {}, {}
+        for n, Jn in J.items():
+            grads[n] = (c @ Jn).reshape(d.shapes[n])
+            terms = np.count_nonzero(Jn, axis=0)
+            reused = (Jn != 0) * np.abs(out).reshape(-1, 1)
+            # + |g_i|: whatever the algorithm, its last operation rounds the result
+            scales[n] = (np.abs(c) @ (m_jac[n] + terms * np.abs(Jn) + reused)).reshape(d.shapes[n]) + np.abs(grads[n])
+        scales["forward"] = m_out + np.abs(out)
+        return out, grads, scales
+
+    def _dtype_warning(self, value, what, ctx):
+        if isinstance(value, np.ndarray) and value.dtype != self.dtype and value.ndim > 0:
+            self._pending.append(("dtype", f"{what} is {value.dtype} for {self.dtype_name} inputs", ctx["trial"]))
+
+    def _side_effects(self, rep, k, values, snapshot, cot, cot_copy, outcome):
+        for n, before in snapshot.items():
+            if not np.array_equal(np.asarray(values[n]), before, equal_nan=True):
+                _warn(rep, "mutates-input", f"forward/backward modified the caller's '{n}' in place", k)
+        if not np.array_equal(np.asarray(cot), cot_copy, equal_nan=True):
+            _warn(rep, "mutates-input", "backward modified the caller's upstream gradient (dout) in place", k)
+        for kind, message in outcome.warnings:
+            _warn(rep, kind, message, k)
+        for kind, message, trial in self._pending:
+            _warn(rep, kind, message, trial)
+        self._pending.clear()
+
+    def _stale_check(self, rep, k, d, adapter, rng):
+        """forward(a); forward(b); backward(g) must give the gradients at b."""
+        (va, _), (vb, refb) = self.sample(d, rng), self.sample(d, rng)
+        cot = self.cotangent(d, rng)
+        try:
+            adapter.update_params(va)
+            adapter._forward(self._held_params(adapter, va))
+            adapter.update_params(vb)
+            held = self._held_params(adapter, vb)
+            out = adapter._forward(held)
+            dx = adapter._backward(cot)
+        except LayerError:
+            return  # a layer that raises here already failed its trials
+        data = [n for _, kind, n in adapter.binding.call if kind == "input"]
+        grads = {data[0]: dx} if len(data) == 1 else {}
+        for n in adapter.params:
+            grads[n] = adapter.instance.grads[adapter.slots[n]] if hasattr(adapter, "slots") else adapter._param_grad(n)
+        _, expected, scales = self.reference(d, refb, cot)
+        for n, g in grads.items():
+            if not compare(n, expected[n], g, scales[n], self.dtype).passed:
+                _warn(rep, "stale-state", f"after two forward calls, backward's gradient of '{n}' does not belong to the latest call (state kept from an earlier call)", k)
+                return
+
+
+def _warn(rep: Report, kind: str, message: str, trial):
+    if not any(w.kind == kind and w.message == message for w in rep.warnings):
+        rep.warnings.append(Warning_(kind, message, trial))
+
+
+def _hyper_text(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return "none" if v is None else str(v)
+
+
+def verify(target: str, rule, **options) -> Report:
+    """Verify ``target`` (``file.py:Name``) against ``rule``; see :class:`Verifier`."""
+    return Verifier(target, rule, **options).run()

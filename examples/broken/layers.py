@@ -1,0 +1,220 @@
+"""Deliberately broken layers. Each docstring says what is wrong, and each one
+is a mistake people really make when they write layers from scratch.
+``examples/broken/README.md`` lists them with the rule each should be checked
+against and the check that must catch it."""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
+from core import Function  # noqa: E402
+
+
+def _softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class AffineMissingTranspose:
+    """BUG: dW = dout^T x instead of x^T dout: the weight gradient is transposed."""
+
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout):
+        self.dW = dout.T @ self.x  # (H, D): transposed; with D == H no shape error gives it away
+        self.db = dout.sum(axis=0)
+        return dout @ self.W.T
+
+
+class AffineBiasNotSummed:
+    """BUG: db = dout, not summed over the batch."""
+
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout):
+        self.dW = self.x.T @ dout
+        self.db = dout
+        return dout @ self.W.T
+
+
+class AffineStaleInput:
+    """BUG: caches x only on the first forward call; later backward passes use stale input."""
+
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+        self.x = None
+
+    def forward(self, x):
+        if self.x is None:
+            self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout):
+        self.dW = self.x.T @ dout
+        self.db = dout.sum(axis=0)
+        return dout @ self.W.T
+
+
+class MatMulRebindsGrads:
+    """BUG (side effect): grads[0] = dW rebinds the slot instead of grads[0][...] = dW."""
+
+    def __init__(self, W):
+        self.params = [W]
+        self.grads = [np.zeros_like(W)]
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.params[0]
+
+    def backward(self, dout):
+        self.grads[0] = self.x.T @ dout
+        return dout @ self.params[0].T
+
+
+class AffineAccumulatesGrads:
+    """BUG: grads[0] += dW accumulates across calls instead of overwriting."""
+
+    def __init__(self, W, b):
+        self.params = [W, b]
+        self.grads = [np.zeros_like(W), np.zeros_like(b)]
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.params[0] + self.params[1]
+
+    def backward(self, dout):
+        self.grads[0] += self.x.T @ dout
+        self.grads[1][...] = dout.sum(axis=0)
+        return dout @ self.params[0].T
+
+
+class SoftmaxUnshiftedSum:
+    """BUG (seed 000): exp(x - max(x)) / sum(exp(x)) normalises by the unshifted sum."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+
+    def forward(self, x):
+        self.out = np.exp(x - np.max(x)) / np.sum(np.exp(x), axis=1, keepdims=True)
+        return self.out
+
+    def backward(self, dout):
+        dx = self.out * dout
+        return dx - self.out * dx.sum(axis=1, keepdims=True)
+
+
+class SigmoidFromInput:
+    """BUG: the derivative uses the input x instead of the output y: dout * x * (1 - x)."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+
+    def forward(self, x):
+        self.x = x
+        return 1 / (1 + np.exp(-x))
+
+    def backward(self, dout):
+        return dout * self.x * (1 - self.x)
+
+
+class SoftmaxWithLossIgnoresDout:
+    """BUG: backward returns (y - t) / N and never multiplies by the upstream gradient dout."""
+
+    def forward(self, x, t):
+        self.t, self.y = t, _softmax(x)
+        N = x.shape[0]
+        return -np.log(self.y[np.arange(N), t]).sum() / N
+
+    def backward(self, dout=1):
+        N = self.t.shape[0]
+        dx = self.y.copy()
+        dx[np.arange(N), self.t] -= 1
+        return dx / N
+
+
+class ReluWritesIntoDout:
+    """BUG (side effect, as in book 1): backward zeroes the caller's dout in place."""
+
+    def forward(self, x):
+        self.mask = x <= 0
+        out = x.copy()
+        out[self.mask] = 0
+        return out
+
+    def backward(self, dout):
+        dout[self.mask] = 0
+        return dout
+
+
+class TanhSignFlipped(Function):
+    """BUG: gx = gy * (y^2 - 1), the sign flipped."""
+
+    def forward(self, x):
+        return np.tanh(x)
+
+    def backward(self, gy):
+        y = self.outputs[0]().data
+        return gy * (y * y - 1)
+
+
+class TransposeSameAxes(Function):
+    """BUG: backward applies the same permutation instead of its inverse (hidden when axes reverse)."""
+
+    def __init__(self, axes=None):
+        self.axes = axes
+
+    def forward(self, x):
+        return np.transpose(x, self.axes)
+
+    def backward(self, gy):
+        return np.transpose(gy, self.axes)
+
+
+def softmax_loss_no_mean(x, y):
+    """BUG: the loss is a mean over the batch, but dx is not divided by N."""
+    p = _softmax(x)
+    N = x.shape[0]
+    loss = -np.log(p[np.arange(N), y]).sum() / N
+    dx = p.copy()
+    dx[np.arange(N), y] -= 1
+    return loss, dx
+
+
+def mean_squared_error_factor_two(y, t):
+    """BUG: the loss is 0.5 * sum((y - t)^2) but dy = 2 (y - t): off by a factor of 2."""
+    return 0.5 * np.sum((y - t) ** 2), 2 * (y - t)
+
+
+def repeat_forward(x, N):
+    return np.repeat(x, N, axis=0), None
+
+
+def repeat_backward(dy, cache):
+    """BUG: sums over the wrong axis (axis=1), so dx has shape (N, 1), not (1, D)."""
+    return np.sum(dy, axis=1, keepdims=True)
+
+
+class SigmoidUpcasts:
+    """BUG (dtype): computes in float64 and returns float64 for float32 inputs."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+
+    def forward(self, x):
+        self.out = 1 / (1 + np.exp(-x.astype(np.float64)))
+        return self.out
+
+    def backward(self, dout):
+        return dout * (1.0 - self.out) * self.out

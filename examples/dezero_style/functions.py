@@ -1,0 +1,140 @@
+"""DeZero-style Functions (seed 003): element-wise maths, reshape, transpose,
+sum, broadcast_to, sum_to and matmul, on the core in core.py."""
+import numpy as np
+
+from core import Function, as_variable
+
+
+def sum_to(x, shape):
+    """Sum ``x`` down to ``shape`` (DeZero's utils.sum_to)."""
+    ndim = len(shape)
+    lead = x.ndim - ndim
+    lead_axis = tuple(range(lead))
+    axis = tuple(i + lead for i, sx in enumerate(shape) if sx == 1)
+    y = x.sum(lead_axis + axis, keepdims=True)
+    if lead > 0:
+        y = y.squeeze(lead_axis)
+    return y
+
+
+class Exp(Function):
+    def forward(self, x):
+        return np.exp(x)
+
+    def backward(self, gy):
+        return gy * self.outputs[0]().data
+
+
+class Log(Function):
+    def forward(self, x):
+        return np.log(x)
+
+    def backward(self, gy):
+        return gy / self.inputs[0].data
+
+
+class Tanh(Function):
+    def forward(self, x):
+        return np.tanh(x)
+
+    def backward(self, gy):
+        y = self.outputs[0]().data
+        return gy * (1 - y * y)
+
+
+class Sigmoid(Function):
+    def forward(self, x):
+        return 0.5 * np.tanh(0.5 * x) + 0.5  # a stable form, as in DeZero
+
+    def backward(self, gy):
+        y = self.outputs[0]().data
+        return gy * y * (1 - y)
+
+
+class Reshape(Function):
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return x.reshape(self.shape)
+
+    def backward(self, gy):
+        return gy.reshape(self.x_shape)
+
+
+class Transpose(Function):
+    def __init__(self, axes=None):
+        self.axes = axes
+
+    def forward(self, x):
+        return np.transpose(x, self.axes)
+
+    def backward(self, gy):
+        if self.axes is None:
+            return np.transpose(gy)
+        inverse = np.argsort([ax % len(self.axes) for ax in self.axes])
+        return np.transpose(gy, inverse)
+
+
+class Sum(Function):
+    def __init__(self, axis=None, keepdims=False):
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return x.sum(axis=self.axis, keepdims=self.keepdims)
+
+    def backward(self, gy):
+        # put back the summed axes that keepdims=False dropped, then copy along them
+        if self.axis is not None and not self.keepdims:
+            axes = (self.axis,) if isinstance(self.axis, int) else self.axis
+            for a in sorted(ax % len(self.x_shape) for ax in axes):
+                gy = np.expand_dims(gy, a)
+        elif self.axis is None and not self.keepdims:
+            gy = np.reshape(gy, (1,) * len(self.x_shape))
+        return np.broadcast_to(gy, self.x_shape).copy()
+
+
+class BroadcastTo(Function):
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return np.broadcast_to(x, self.shape).copy()
+
+    def backward(self, gy):
+        return sum_to(gy, self.x_shape)
+
+
+class SumTo(Function):
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return sum_to(x, self.shape)
+
+    def backward(self, gy):
+        return np.broadcast_to(gy, self.x_shape).copy()
+
+
+class MatMul(Function):
+    def forward(self, x, W):
+        return x.dot(W)
+
+    def backward(self, gy):
+        x, W = self.inputs
+        return gy.dot(W.data.T), x.data.T.dot(gy)
+
+
+def reshape(x, shape):
+    if x.shape == shape:
+        return as_variable(x)
+    return Reshape(shape)(x)
+
+
+def matmul(x, W):
+    return MatMul()(x, W)

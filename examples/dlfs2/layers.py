@@ -1,0 +1,140 @@
+"""Reference layers in the style of Deep Learning from Scratch, book 2 (seed 001).
+
+Every layer has ``params`` and ``grads`` lists; ``backward`` writes the
+gradients into the grads slots (``grads[0][...] = dW``), never rebinding them,
+so an optimizer holding the lists sees the new values.
+"""
+import numpy as np
+
+
+def softmax(x):
+    x = x - x.max(axis=1, keepdims=True)
+    x = np.exp(x)
+    return x / x.sum(axis=1, keepdims=True)
+
+
+def cross_entropy_error(y, t):
+    if t.size == y.size:
+        t = t.argmax(axis=1)
+    batch_size = y.shape[0]
+    return -np.sum(np.log(y[np.arange(batch_size), t])) / batch_size
+
+
+class MatMul:
+    def __init__(self, W):
+        self.params = [W]
+        self.grads = [np.zeros_like(W)]
+        self.x = None
+
+    def forward(self, x):
+        (W,) = self.params
+        self.x = x
+        return np.dot(x, W)
+
+    def backward(self, dout):
+        (W,) = self.params
+        dx = np.dot(dout, W.T)
+        dW = np.dot(self.x.T, dout)
+        self.grads[0][...] = dW
+        return dx
+
+
+class Affine:
+    def __init__(self, W, b):
+        self.params = [W, b]
+        self.grads = [np.zeros_like(W), np.zeros_like(b)]
+        self.x = None
+
+    def forward(self, x):
+        W, b = self.params
+        self.x = x
+        return np.dot(x, W) + b
+
+    def backward(self, dout):
+        W, b = self.params
+        dx = np.dot(dout, W.T)
+        dW = np.dot(self.x.T, dout)
+        db = np.sum(dout, axis=0)  # the bias was repeated over the batch: its gradient sums
+        self.grads[0][...] = dW
+        self.grads[1][...] = db
+        return dx
+
+
+class Sigmoid:
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.out = None
+
+    def forward(self, x):
+        out = 1 / (1 + np.exp(-x))
+        self.out = out
+        return out
+
+    def backward(self, dout):
+        return dout * (1.0 - self.out) * self.out
+
+
+class Softmax:
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.out = None
+
+    def forward(self, x):
+        self.out = softmax(x)
+        return self.out
+
+    def backward(self, dout):
+        dx = self.out * dout
+        sumdx = np.sum(dx, axis=1, keepdims=True)
+        dx -= self.out * sumdx
+        return dx
+
+
+class SoftmaxWithLoss:
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.y = None
+        self.t = None
+
+    def forward(self, x, t):
+        self.t = t
+        self.y = softmax(x)
+        if self.t.size == self.y.size:
+            self.t = self.t.argmax(axis=1)
+        return cross_entropy_error(self.y, self.t)
+
+    def backward(self, dout=1):
+        batch_size = self.t.shape[0]
+        dx = self.y.copy()
+        dx[np.arange(batch_size), self.t] -= 1
+        dx *= dout
+        return dx / batch_size
+
+
+class Repeat:
+    """The seed's Repeat node: x (1, D) -> (N, D)."""
+
+    def __init__(self, N):
+        self.params, self.grads = [], []
+        self.N = N
+
+    def forward(self, x):
+        return np.repeat(x, self.N, axis=0)
+
+    def backward(self, dy):
+        return np.sum(dy, axis=0, keepdims=True)
+
+
+class Sum:
+    """The seed's Sum node: x (N, D) -> (1, D)."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.N = None
+
+    def forward(self, x):
+        self.N = x.shape[0]
+        return np.sum(x, axis=0, keepdims=True)
+
+    def backward(self, dy):
+        return np.repeat(dy, self.N, axis=0)

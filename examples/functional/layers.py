@@ -1,0 +1,65 @@
+"""Reference layers in the CS231n style: ``NAME_forward(...) -> (out, cache)``,
+``NAME_backward(dout, cache) -> gradients``; losses ``NAME(x, y) -> (loss, dx)``."""
+import numpy as np
+
+
+def affine_forward(x, w, b):
+    out = x @ w + b
+    return out, (x, w)
+
+
+def affine_backward(dout, cache):
+    x, w = cache
+    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+
+
+def relu_forward(x):
+    return np.maximum(x, 0), x
+
+
+def relu_backward(dout, cache):
+    return dout * (cache > 0)
+
+
+def sigmoid_forward(x):
+    out = 1 / (1 + np.exp(-x))
+    return out, out
+
+
+def sigmoid_backward(dout, out):
+    return dout * out * (1 - out)
+
+
+def exp_forward(x):
+    out = np.exp(x)
+    return out, out
+
+
+def exp_backward(dout, out):
+    return dout * out
+
+
+def softmax_loss(x, y):
+    """Softmax cross-entropy, mean over the batch; y holds class indices."""
+    shifted = x - x.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    N = x.shape[0]
+    loss = -log_probs[np.arange(N), y].sum() / N
+    dx = np.exp(log_probs)
+    dx[np.arange(N), y] -= 1
+    return loss, dx / N
+
+
+def cross_entropy_loss(y, t):
+    """Cross-entropy of probabilities y against class indices t, mean over the batch."""
+    N = y.shape[0]
+    picked = y[np.arange(N), t]
+    dy = np.zeros_like(y)
+    dy[np.arange(N), t] = -1.0 / (picked * N)
+    return -np.log(picked).sum() / N, dy
+
+
+def mean_squared_error(y, t):
+    """0.5 * sum((y - t)^2), as in DLFS book 1."""
+    diff = y - t
+    return 0.5 * np.sum(diff**2), diff

@@ -1,0 +1,171 @@
+"""verify: reference layers pass, broken ones fail where they are broken, mistakes exit 2."""
+import json
+import shlex
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import derivcheck
+from derivcheck.cli import main
+from derivcheck.verify import verify
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from bindings import BROKEN, EXAMPLES, REFERENCE  # noqa: E402
+
+RULES = sorted(derivcheck.list_rules())
+
+
+def test_every_rule_has_a_reference_layer():
+    assert {rule for _, rule, _ in REFERENCE} == set(RULES)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("target,rule,hyper", REFERENCE, ids=[f"{t}-{r}-{'-'.join(h.values())}" for t, r, h in REFERENCE])
+def test_reference_layer_passes_across_seeds(target, rule, hyper, dtype):
+    for seed in (0, 17, 123):
+        rep = verify(str(EXAMPLES / target), derivcheck.load_rule(rule), hyper=hyper, dtype=dtype, seed=seed, trials=6)
+        failing = [(c.name, c.message, c.index, c.expected, c.got, c.tol) for c in rep.checks if not c.passed]
+        assert rep.verdict == "pass" and not rep.warnings, (seed, failing, rep.warnings, rep.reproduce)
+        assert {c.name for c in rep.checks} == {"forward"} | {f"grad {n}" for n in derivcheck.load_rule(rule).inputs}
+
+
+@pytest.mark.parametrize("target,rule,hyper,dtype,caught", BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_layer_is_caught_where_it_is_broken(target, rule, hyper, dtype, caught):
+    rep = verify(str(EXAMPLES / "broken" / "layers.py") + ":" + target, derivcheck.load_rule(rule), hyper=hyper, dtype=dtype)
+    failing = {c.name for c in rep.checks if not c.passed}
+    if caught.startswith("warning:"):
+        assert failing == set(), failing
+        assert caught.split(":", 1)[1] in {w.kind for w in rep.warnings}
+        assert rep.verdict == "pass" and rep.exit_code == 0
+        strict = verify(str(EXAMPLES / "broken" / "layers.py") + ":" + target, derivcheck.load_rule(rule), hyper=hyper,
+                        dtype=dtype, strict=True)
+        assert strict.verdict == "fail" and strict.exit_code == 1
+    else:
+        assert failing == set(caught.split(",")), failing
+        assert rep.verdict == "fail" and rep.exit_code == 1
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_report_names_worst_element_and_reproduces():
+    target = str(EXAMPLES / "broken" / "layers.py") + ":AffineStaleInput"
+    result = run("verify", target, "--rule", "affine", "--seed", "5")
+    assert result.exit_code == 1
+    out = result.output
+    assert "FAIL grad W" in out and "(AffineStaleInput.dW)" in out
+    assert "worst element W[" in out and "expected" in out and "got" in out and "rel err" in out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("reproduce: ")]
+    argv = shlex.split(line[len("reproduce: "):])
+    assert argv[:2] == ["derivcheck", "verify"] and "--seed" in argv and "--shape" in argv
+    again = run(*argv[1:], "--format", "json")
+    assert again.exit_code == 1
+    data = json.loads(again.output)
+    first = next(c for c in data["checks"] if c["name"] == "grad W")
+    shown = next(ln for ln in out.splitlines() if "worst element W[" in ln)
+    assert f"W[{','.join(map(str, first['index']))}]" in shown and f"{first['expected']:.6g}" in shown
+
+
+def test_json_schema():
+    result = run("verify", str(EXAMPLES / "dlfs2" / "layers.py") + ":Affine", "--format", "json", "--trials", "2")
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert set(data) >= {"target", "rule", "verdict", "checks", "warnings", "diagnosis", "reproduce"}
+    assert data["verdict"] == "pass" and data["rule"] == "affine" and data["style"] == "dlfs2"
+    check = data["checks"][0]
+    assert set(check) >= {"name", "passed", "index", "expected", "got", "abs_err", "rel_err", "tol"}
+
+
+def test_rule_guessed_from_the_name_and_style_detected():
+    for target, style in [("dlfs1/layers.py:Affine", "dlfs1"), ("dlfs2/layers.py:Affine", "dlfs2"),
+                          ("dezero_style/functions.py:Exp", "dezero"), ("dezero_style/functions.py:matmul", "dezero"),
+                          ("functional/layers.py:affine", "functional"), ("functional/layers.py:affine_forward", "functional")]:
+        result = run("verify", str(EXAMPLES / target), "--format", "json", "--trials", "1")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["style"] == style
+
+
+def test_style_can_be_forced():
+    result = run("verify", str(EXAMPLES / "dlfs2" / "layers.py") + ":MatMul", "--style", "dlfs1", "--trials", "1", "--format", "json")
+    data = json.loads(result.output)
+    assert data["style"] == "dlfs1" and data["verdict"] == "fail"  # book 1 looks for dW, which book 2 does not set
+    assert any("no gradient for 'W'" in c.get("message", "") for c in data["checks"])
+
+
+def test_module_target_and_script_folder_importable(tmp_path, monkeypatch):
+    pkg = tmp_path / "mylayers"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helpers.py").write_text("import numpy as np\ndef sig(x):\n    return 1 / (1 + np.exp(-x))\n")
+    (pkg / "act.py").write_text(
+        "from helpers import sig\n"  # a sibling import, as when Python runs the file as a script
+        "class Sigmoid:\n    def forward(self, x):\n        self.y = sig(x)\n        return self.y\n"
+        "    def backward(self, dout):\n        return dout * self.y * (1 - self.y)\n"
+    )
+    assert run("verify", str(pkg / "act.py") + ":Sigmoid", "--trials", "2").exit_code == 0
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(pkg))
+    assert run("verify", "mylayers.act:Sigmoid", "--trials", "2").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["verify", "examples/dlfs1/layer.py:Affine"], "target file 'examples/dlfs1/layer.py' not found"),
+        (["verify", "{ex}/dlfs1/layers.py:Afine"], "has no 'Afine' (did you mean Affine?)"),
+        (["verify", "{ex}/dlfs1/layers.py"], "must look like path/to/layers.py:Affine"),
+        (["verify", "{ex}/dlfs1/layers.py:Relu", "--rule", "relux"], "no rule named 'relux'"),
+        (["verify", "{ex}/broken/layers.py:SigmoidUpcasts"], "cannot tell which rule SigmoidUpcasts implements: pass --rule"),
+        (["verify", "{ex}/dlfs1/layers.py:Affine", "--rule", "sigmoid"], "cannot bind Affine's parameter(s) W, b to rule 'sigmoid'"),
+        (["verify", "no_such_pkg.layers:Affine", "--rule", "affine"], "module 'no_such_pkg.layers' not found"),
+        (["verify", "{ex}/dlfs1/layers.py:Affine", "--hyper", "axis=0"], "rule 'affine' has no hyperparameter 'axis'"),
+        (["verify", "{ex}/dlfs1/layers.py:Affine", "--shape", "N=2"], "needs a size for D, H"),
+    ],
+)
+def test_user_mistakes_exit_2_with_a_sentence(args, message):
+    result = run(*[a.format(ex=EXAMPLES) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_import_error_in_target_exits_2(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import numpy as np\nraise RuntimeError('boom')\nclass Exp: pass\n")
+    result = run("verify", f"{bad}:Exp")
+    assert result.exit_code == 2
+    assert f"importing '{bad}' failed: RuntimeError: boom ({bad}:2)" in result.stderr
+
+
+def test_layer_that_raises_is_a_failure_with_location(tmp_path):
+    f = tmp_path / "l.py"
+    f.write_text("import numpy as np\nclass MatMul:\n    def __init__(self, W):\n        self.W = W\n"
+                 "    def forward(self, x):\n        self.x = x\n        return x @ self.W\n"
+                 "    def backward(self, dout):\n        self.dW = self.x @ dout\n        return dout @ self.W.T\n")
+    result = run("verify", f"{f}:MatMul")
+    assert result.exit_code == 1
+    assert "FAIL layer raised" in result.output and f"MatMul.backward raised ValueError at {f}:9" in result.output
+
+
+def test_cotangent_is_never_one_and_values_follow_the_seed():
+    rule = derivcheck.load_rule("softmax_with_loss")
+    from derivcheck.verify import Verifier
+    import numpy as np
+
+    v = Verifier(str(EXAMPLES / "dlfs1" / "layers.py") + ":SoftmaxWithLoss", rule)
+    d = rule.at(N=2, C=3)
+    cots = [float(v.cotangent(d, np.random.default_rng(s))) for s in range(50)]
+    assert all(abs(c) != 1 for c in cots)
+    a = v.sample(d, np.random.default_rng(9))[0]["x"]
+    b = v.sample(d, np.random.default_rng(9))[0]["x"]
+    assert np.array_equal(a, b)
+
+
+def test_trial_shapes_include_distinct_equal_and_size_one():
+    from derivcheck.verify import Verifier
+
+    v = Verifier(str(EXAMPLES / "dlfs1" / "layers.py") + ":Affine", derivcheck.load_rule("affine"))
+    assert v.trial_dims(0) == {"N": 2, "D": 3, "H": 4}
+    assert v.trial_dims(1) == {"N": 3, "D": 3, "H": 3}
+    assert v.trial_dims(2) == {"N": 1, "D": 1, "H": 1}
