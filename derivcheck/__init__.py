@@ -4,8 +4,25 @@
 >>> d = derivcheck.load_rule("affine").at(N=2, D=3, H=4)
 >>> d.jacobian("W").shape
 (2, 4, 3, 4)
+
+Importing the package is cheap (the pytest plugin loads it at start-up):
+SymPy and NumPy are imported when a name below is first used.
 """
 from .errors import DerivcheckError, RuleError
-from .rules import list_rules, load_rule
 
-__all__ = ["DerivcheckError", "RuleError", "list_rules", "load_rule"]
+__all__ = ["DerivcheckError", "RuleError", "assert_backward", "list_rules", "load_rule", "verify"]
+
+_LAZY = {
+    "load_rule": "rules",
+    "list_rules": "rules",
+    "verify": "verify",
+    "assert_backward": "verify",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'derivcheck' has no attribute '{name}'")

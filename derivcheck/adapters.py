@@ -53,8 +53,23 @@ def _frames(tb):
 # Loading a target
 
 
-def load_target(spec: str):
-    """``path/to/file.py:Name`` or ``package.module:Name`` -> (object, module, name)."""
+def target_spec(obj) -> str:
+    """How to name a layer object on the command line: ``file.py:Name`` or ``module:Name``."""
+    if isinstance(obj, str):
+        return obj
+    module = sys.modules.get(getattr(obj, "__module__", ""), None)
+    name = getattr(obj, "__qualname__", getattr(obj, "__name__", repr(obj)))
+    path = getattr(module, "__file__", None)
+    return f"{path}:{name}" if path else f"{getattr(obj, '__module__', '?')}:{name}"
+
+
+def load_target(spec):
+    """``path/to/file.py:Name``, ``package.module:Name`` or the object itself -> (object, module, name)."""
+    if not isinstance(spec, str):
+        module = sys.modules.get(getattr(spec, "__module__", ""), None)
+        if module is None or not (inspect.isclass(spec) or inspect.isfunction(spec)):
+            raise DerivcheckError(f"{spec!r} is not a layer class or function")
+        return spec, module, spec.__name__
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name:
         raise DerivcheckError(f"target '{spec}' must look like path/to/layers.py:Affine or package.module:Affine")

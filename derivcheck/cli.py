@@ -133,13 +133,6 @@ def derive_cmd(obj, rule_name, shape, hypers, wrt, fmt, simplify):
     click.echo(text)
 
 
-def _snake(name: str) -> str:
-    import re
-
-    name = re.sub(r"(_forward|_backward)$", "", name)
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
-
-
 @main.command("verify")
 @click.argument("target")
 @click.option("--rule", "rule_name", help="The rule to check against (default: the target's name in snake_case).")
@@ -164,20 +157,11 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
     from .verify import verify
 
     from .adapters import load_target
-    from .rules import list_rules
+    from .rules import guess_rule
 
     try:
         load_target(target)  # a typo in the target is the first thing to report
-        if rule_name is None:
-            known = {name.replace("_", ""): name for name in list_rules(obj.rule_dirs)}
-            guess = known.get(_snake(target.rpartition(":")[2]).replace("_", ""))
-            if guess is None:
-                raise DerivcheckError(
-                    f"cannot tell which rule {target.rpartition(':')[2]} implements: pass --rule "
-                    f"(known: {', '.join(sorted(list_rules(obj.rule_dirs)))})"
-                )
-            rule_name = guess
-        rule = load_rule(rule_name, obj.rule_dirs)
+        rule = load_rule(rule_name or guess_rule(target, obj.rule_dirs), obj.rule_dirs)
         rep = verify(target, rule, hyper=parse_hypers(hypers), style=style, dtype=dtype, seed=seed, trials=trials,
                      steps=steps, shape=parse_pairs(shape, "--shape") if shape else None, strict=strict)
     except DerivcheckError as exc:
@@ -186,6 +170,79 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
         raise
     click.echo(render.as_json(rep) if fmt == "json" else render.text(rep))
     sys.exit(rep.exit_code)
+
+
+@main.command("check")
+@click.argument("path", required=False, type=click.Path(exists=True))
+@click.option("--group", "groups", multiple=True, help="Only the layers of this group (repeatable).")
+@click.option("--seed", type=int, help="Override every layer's seed.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--junit-xml", "junit", type=click.Path(dir_okay=False), help="Also write JUnit XML here.")
+@click.pass_obj
+def check_cmd(obj, path, groups, seed, fmt, junit):
+    """Verify every layer bound in a configuration (the CI gate).
+
+    PATH is a derivcheck.toml, a pyproject.toml with [tool.derivcheck], or a
+    folder to look in (default: found upwards from here). Exit 0 when every
+    layer is as expected, 1 when any is not, 2 for bad configuration.
+    """
+    import json
+    from pathlib import Path
+
+    from . import gate
+    from . import report as render
+    from .config import load_config
+
+    config = load_config(Path(path) if path else None, require=True)
+    gate.use_config(config)
+    rule_dirs = [*obj.rule_dirs, *config.rules]
+    bindings = gate.select(config, groups)
+    if not bindings:
+        raise DerivcheckError(f"{config.path} binds no layers: add [[layers]] tables with a target each")
+    gate.validate(bindings, rule_dirs)
+    results = []
+    if sys.stderr.isatty():
+        with click.progressbar(bindings, label="derivcheck", file=sys.stderr,
+                               item_show_func=lambda b: b.id if b else "") as bar:
+            results = [gate.run_binding(b, rule_dirs, seed) for b in bar]
+    else:
+        for i, b in enumerate(bindings, 1):
+            results.append(gate.run_binding(b, rule_dirs, seed))
+            click.echo(f"[{i}/{len(bindings)}] {b.id}: {results[-1].verdict}", err=True)
+    if junit:
+        Path(junit).write_text(gate.junit_xml(results, config.path.stem), encoding="utf-8")
+    bad = [r for r in results if not r.ok]
+    if fmt == "json":
+        click.echo(json.dumps({
+            "config": str(config.path),
+            "results": [{"id": r.binding.id, "group": r.binding.group, "expect": r.binding.expect, "ok": r.ok,
+                         **(r.report.to_json() if r.report else {"verdict": "error", "error": r.error})} for r in results],
+            "summary": {"total": len(results), "ok": len(results) - len(bad), "not_ok": len(bad),
+                        "expected_failures": sum(1 for r in results if r.ok and r.binding.expect == "fail")},
+        }, indent=2, default=str))
+    else:
+        click.echo(_summary_table(results))
+        for r in results:
+            if r.verdict != "pass":
+                click.echo("")
+                click.echo(f"--- {r.binding.id} ({r.binding.where})" + (" [expected to fail]" if r.ok else ""))
+                click.echo(render.text(r.report) if r.report else r.error)
+        expected = sum(1 for r in results if r.ok and r.binding.expect == "fail")
+        click.echo(f"\n{len(results)} layer checks: {len(results) - len(bad) - expected} passed, "
+                   f"{expected} failed as expected, {len(bad)} not as expected")
+    sys.exit(1 if bad else 0)
+
+
+def _summary_table(results) -> str:
+    rows = [("BINDING", "DTYPE", "VERDICT", "WORST ERR/TOL")]
+    for r in results:
+        verdict = r.verdict.upper() if not r.ok else r.verdict
+        if r.binding.expect == "fail":
+            verdict += " (expected fail)" if r.ok else " (expected fail!)"
+        worst = "-" if r.worst is None else ("inf" if r.worst == float("inf") else f"{r.worst:.3g}")
+        rows.append((r.binding.id, r.binding.dtype, verdict, worst))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
 if __name__ == "__main__":  # pragma: no cover

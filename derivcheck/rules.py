@@ -569,6 +569,17 @@ def load_rule(name: str, extra=()) -> Rule:
     raise DerivcheckError(f"no rule named '{name}' (known: {', '.join(close)}; `derivcheck rules` lists them all)")
 
 
+def guess_rule(target: str, extra=(), how: str = "pass --rule") -> str:
+    """The rule a target implements, from its name: Affine, SoftmaxWithLoss, affine_forward, MatMul."""
+    name = target.rpartition(":")[2]
+    base = re.sub(r"(_forward|_backward)$", "", name)
+    known = {n.replace("_", ""): n for n in list_rules(extra)}
+    guess = known.get(base.replace("_", "").lower())
+    if guess is None:
+        raise DerivcheckError(f"cannot tell which rule {name} implements: {how} (known: {', '.join(sorted(known.values()))})")
+    return guess
+
+
 _LOADED: dict[tuple, Rule] = {}
 
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .adapters import LayerError, make_adapter
+from .adapters import LayerError, make_adapter, target_spec
 from .errors import DerivcheckError
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -168,7 +168,7 @@ class Verifier:
             raise DerivcheckError(f"--dtype must be one of {', '.join(DTYPES)}, not '{dtype}'")
         if trials < 1 or steps < 1:
             raise DerivcheckError("--trials and --steps must be at least 1")
-        self.target, self.rule = target, rule
+        self.target, self.rule = target_spec(target), rule
         self.given_hyper = dict(hyper or {})
         self.hyper = rule.resolve_hyper(self.given_hyper)
         self.dtype_name, self.dtype = dtype, DTYPES[dtype]
@@ -179,7 +179,7 @@ class Verifier:
         self.style = style
         self._pending = []  # warnings found inside a step, flushed into the report after it
         # load the target now, so that a typo is an error (exit 2) before any trial
-        self.adapter_for = lambda layer_hyper: make_adapter(target, rule, self.hyper, layer_hyper, style)
+        self.adapter_for = lambda layer_hyper: make_adapter(target, rule, self.hyper, layer_hyper, style)  # noqa: E731
         self.probe = self.adapter_for({})
 
     # -- the trial plan ---------------------------------------------------------
@@ -396,3 +396,22 @@ def _hyper_text(v) -> str:
 def verify(target: str, rule, **options) -> Report:
     """Verify ``target`` (``file.py:Name``) against ``rule``; see :class:`Verifier`."""
     return Verifier(target, rule, **options).run()
+
+
+def assert_backward(layer, rule=None, **options):
+    """For hand-written tests: verify ``layer`` (a class, a function or a target string).
+
+    ``rule`` is a rule name or a loaded rule (default: guessed from the layer's
+    name); ``options`` are :class:`Verifier`'s (hyper, style, dtype, seed,
+    trials, steps, shape, strict). Raises AssertionError with the full report
+    when the layer is wrong; returns the report otherwise.
+    """
+    from .report import text
+    from .rules import guess_rule, load_rule
+
+    if rule is None or isinstance(rule, str):
+        rule = load_rule(rule or guess_rule(target_spec(layer), options.get("rule_dirs", ())), options.get("rule_dirs", ()))
+    report = verify(layer, rule, **options)
+    if report.verdict != "pass":
+        raise AssertionError("\n" + text(report))
+    return report

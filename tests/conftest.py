@@ -9,3 +9,6 @@ def _private_cache(tmp_path_factory):
     mp.delenv("DERIVCHECK_RULES", raising=False)
     yield
     mp.undo()
+
+
+pytest_plugins = ["pytester"]

@@ -1,0 +1,106 @@
+"""The CI gate: verify every binding of a configuration; shared by `check` and the pytest plugin."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .config import Binding, Config
+from .errors import DerivcheckError
+
+
+@dataclass
+class Result:
+    binding: Binding
+    report: object | None  # verify.Report, or None when it could not run
+    error: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "error" if self.report is None else self.report.verdict
+
+    @property
+    def ok(self) -> bool:
+        """As the configuration expects: a pass, or a failure of a layer marked expect = "fail"."""
+        if self.report is None:
+            return False
+        return self.report.verdict == self.binding.expect
+
+    @property
+    def worst(self) -> float | None:
+        """The largest error / tolerance over the checks (≤ 1 passes)."""
+        if self.report is None:
+            return None
+        ratios = [c.abs_err / c.tol for c in self.report.checks if c.abs_err is not None and c.tol]
+        return max(ratios, default=0.0)
+
+
+def use_config(config: Config) -> None:
+    if config.cache_dir and "DERIVCHECK_CACHE_DIR" not in os.environ:
+        os.environ["DERIVCHECK_CACHE_DIR"] = str(config.cache_dir)
+
+
+def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None) -> Result:
+    from .rules import guess_rule, load_rule
+    from .verify import verify
+
+    try:
+        rule = load_rule(binding.rule or guess_rule(binding.target, rule_dirs, how='add rule = "..." to the layer'), rule_dirs)
+        report = verify(binding.target, rule, hyper=binding.hyper, style=binding.style,
+                        dtype=binding.dtype, seed=binding.seed if seed is None else seed, trials=binding.trials,
+                        steps=binding.steps, strict=binding.strict)
+        return Result(binding, report)
+    except DerivcheckError as exc:
+        return Result(binding, None, f"{binding.where}: {exc}")
+
+
+def validate(bindings: list[Binding], rule_dirs=()) -> None:
+    """Bad configuration is found before anything runs: missing targets, unknown rules."""
+    from .adapters import load_target
+    from .rules import guess_rule, load_rule
+
+    for b in bindings:
+        try:
+            load_target(b.target)
+            rule = load_rule(b.rule or guess_rule(b.target, rule_dirs, how='add rule = "..." to the layer'), rule_dirs)
+            rule.resolve_hyper(b.hyper)
+        except DerivcheckError as exc:
+            raise DerivcheckError(f"{b.where}: layer {b.target.rpartition(':')[2]}: {exc}") from None
+
+
+def junit_xml(results: list[Result], name: str) -> str:
+    """JUnit XML as CI servers read it; expected failures are reported as skipped, as pytest does for xfail."""
+    import xml.etree.ElementTree as ET
+
+    from .report import text
+
+    suite = ET.Element("testsuite", name="derivcheck", tests=str(len(results)),
+                       failures=str(sum(1 for r in results if r.report is not None and not r.ok)),
+                       errors=str(sum(1 for r in results if r.report is None)),
+                       skipped=str(sum(1 for r in results if r.ok and r.binding.expect == "fail")))
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname=name, name=r.binding.id)
+        if r.report is None:
+            ET.SubElement(case, "error", message=r.error or "could not run").text = r.error
+        elif not r.ok:
+            what = "expected to fail but passed" if r.binding.expect == "fail" else first_failure(r.report)
+            ET.SubElement(case, "failure", message=what).text = text(r.report)
+        elif r.binding.expect == "fail":
+            ET.SubElement(case, "skipped", message=f"expected failure: {first_failure(r.report)}")
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+def first_failure(report) -> str:
+    for c in report.checks:
+        if not c.passed:
+            return f"{c.name}: {c.message}" if c.message else f"{c.name}: worst abs err {c.abs_err:.3g} (tol {c.tol:.3g})"
+    return "warnings under --strict: " + "; ".join(w.kind for w in report.warnings) if report.warnings else "passed"
+
+
+def select(config: Config, groups=()) -> list[Binding]:
+    if not groups:
+        return list(config.bindings)
+    known = {b.group for b in config.bindings}
+    unknown = [g for g in groups if g not in known]
+    if unknown:
+        raise DerivcheckError(f"no group named {', '.join(unknown)} in {config.path} (groups: {', '.join(sorted(known))})")
+    return [b for b in config.bindings if b.group in groups]

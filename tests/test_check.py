@@ -1,0 +1,142 @@
+"""derivcheck check: the CI gate over a configuration."""
+import json
+import textwrap
+import xml.etree.ElementTree as ET
+
+import pytest
+from click.testing import CliRunner
+
+from derivcheck.cli import main
+from derivcheck.config import load_config
+from derivcheck.errors import DerivcheckError
+
+from bindings import EXAMPLES
+
+LAYERS = textwrap.dedent("""
+    import numpy as np
+
+    class Affine:
+        def __init__(self, W, b):
+            self.W, self.b = W, b
+        def forward(self, x):
+            self.x = x
+            return x @ self.W + self.b
+        def backward(self, dout):
+            self.dW = self.x.T @ dout
+            self.db = dout.sum(axis=0)
+            return dout @ self.W.T
+
+    class BadAffine(Affine):
+        def backward(self, dout):
+            dx = super().backward(dout)
+            self.db = dout.sum(axis=0) / len(dout)
+            return dx
+""")
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "layers.py").write_text(LAYERS)
+    return tmp_path
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_examples_gate_passes_with_expected_failures(tmp_path):
+    junit = tmp_path / "junit.xml"
+    result = run("check", str(EXAMPLES), "--junit-xml", str(junit))
+    assert result.exit_code == 0, result.output[-3000:]
+    out = result.stdout
+    assert out.splitlines()[0].split() == ["BINDING", "DTYPE", "VERDICT", "WORST", "ERR/TOL"]
+    assert "66 passed, 15 failed as expected, 0 not as expected" in out
+    assert "--- AffineMissingTranspose-affine-float64 (derivcheck.toml:" in out and "[expected to fail]" in out
+    suite = ET.parse(junit).getroot()
+    assert suite.get("tests") == "81" and suite.get("failures") == "0" and suite.get("skipped") == "15"
+
+
+def test_reference_group_only(tmp_path):
+    result = run("check", str(EXAMPLES / "derivcheck.toml"), "--group", "reference", "--format", "json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["summary"] == {"total": 66, "ok": 66, "not_ok": 0, "expected_failures": 0}
+    assert {r["verdict"] for r in data["results"]} == {"pass"}
+
+
+def test_failure_exits_1_with_report(project):
+    (project / "derivcheck.toml").write_text(
+        '[[layers]]\ntarget = "layers.py:Affine"\n\n[[layers]]\ntarget = "layers.py:BadAffine"\nrule = "affine"\n'
+    )
+    result = run("check", str(project))
+    assert result.exit_code == 1
+    assert "Affine-affine-float64" in result.output and "BadAffine-affine-float64" in result.output
+    assert "FAIL grad b" in result.output and "reproduce: derivcheck verify" in result.output
+    assert "1 passed, 0 failed as expected, 1 not as expected" in result.output
+
+
+def test_pyproject_table_and_defaults(project, monkeypatch):
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n\n[tool.derivcheck]\ndtypes = ["float32"]\ntrials = 2\n\n'
+        '[[tool.derivcheck.layers]]\ntarget = "layers.py:Affine"\n'
+    )
+    monkeypatch.chdir(project)
+    result = run("check", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [r["id"] for r in data["results"]] == ["Affine-affine-float32"]
+    assert data["results"][0]["trials"] == 2
+
+
+def test_expected_failure_that_passes_fails_the_gate(project):
+    (project / "derivcheck.toml").write_text('[[layers]]\ntarget = "layers.py:Affine"\nexpect = "fail"\n')
+    result = run("check", str(project))
+    assert result.exit_code == 1 and "(expected fail!)" in result.output
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('[[layers]]\ntarget = "layers.py:Affine"\nrul = "affine"\n', "derivcheck.toml:1: layer 1: unknown key 'rul' (allowed: target:"),
+        ('trails = 3\n', "derivcheck.toml:1: unknown key 'trails' (allowed:"),
+        ('[[layers]]\nrule = "affine"\n', 'derivcheck.toml:1: layer 1: needs target = "path/to/file.py:Name"'),
+        ('[[layers]]\ntarget = "layers.py:Affine"\n\n[[layers]]\ntarget = "layers.py:Nope"\nrule = "affine"\n', "derivcheck.toml:4: layer Nope: "),
+        ('[[layers]]\ntarget = "missing.py:Affine"\n', "derivcheck.toml:1: layer Affine: target file"),
+        ('[[layers]]\ntarget = "layers.py:Affine"\nrule = "afine"\n', "derivcheck.toml:1: layer Affine: no rule named 'afine'"),
+        ('[[layers]]\ntarget = "layers.py:Affine"\nhyper = { axis = 1 }\n', "rule 'affine' has no hyperparameter 'axis'"),
+        ('dtypes = ["float16"]\n', 'dtypes must be a list of "float64", "float32"'),
+        ('[[layers]]\ntarget = "layers.py:Affine"\nexpect = "maybe"\n', 'expect must be "pass" or "fail"'),
+        ('layers = 3\n', "layers must be an array of tables: write [[layers]]"),
+        ('[[layers]\n', "not valid TOML"),
+        ('seed = 0\n', "binds no layers"),
+    ],
+)
+def test_bad_config_exits_2(project, text, message):
+    (project / "derivcheck.toml").write_text(text)
+    result = run("check", str(project))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_config_exits_2(tmp_path):
+    result = run("check", str(tmp_path))
+    assert result.exit_code == 2 and "no derivcheck.toml or pyproject.toml with [tool.derivcheck]" in result.stderr
+
+
+def test_unknown_group_exits_2():
+    result = run("check", str(EXAMPLES), "--group", "nope")
+    assert result.exit_code == 2 and "no group named nope" in result.stderr
+
+
+def test_ids_are_unique_and_readable():
+    ids = [b.id for b in load_config(EXAMPLES / "derivcheck.toml").bindings]
+    assert len(ids) == len(set(ids)) == 81
+    assert "Relu-relu-float64" in ids and "dlfs2.Affine-affine-float32" in ids
+    assert "Transpose[axes=1,2,0]-transpose-float64" in ids
+
+
+def test_duplicate_names_need_a_name(project):
+    (project / "derivcheck.toml").write_text('[[layers]]\ntarget = "layers.py:Affine"\n\n[[layers]]\ntarget = "layers.py:Affine"\n')
+    with pytest.raises(DerivcheckError, match='give one of them name = "..."'):
+        load_config(project / "derivcheck.toml")
