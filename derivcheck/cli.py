@@ -144,9 +144,11 @@ def derive_cmd(obj, rule_name, shape, hypers, wrt, fmt, simplify):
 @click.option("--steps", type=click.IntRange(min=1), default=2, show_default=True, help="Forward/backward passes per trial on one layer instance.")
 @click.option("--shape", help="Fix the sizes, e.g. N=3,D=3,H=3 (default: distinct, equal, size-1, then random).")
 @click.option("--strict", is_flag=True, help="Warnings (side effects, dtypes) fail too.")
+@click.option("--kinks", is_flag=True, help="Also report the layer's derivative at the rule's kinks (relu at 0).")
+@click.option("--no-stress", is_flag=True, help="Skip the extreme-input (numerical stability) probe.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_obj
-def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps, shape, strict, fmt):
+def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps, shape, strict, kinks, no_stress, fmt):
     """Verify a layer's forward and backward passes against a rule.
 
     TARGET is path/to/file.py:Name or package.module:Name. Exit 0 when
@@ -163,7 +165,8 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
         load_target(target)  # a typo in the target is the first thing to report
         rule = load_rule(rule_name or guess_rule(target, obj.rule_dirs), obj.rule_dirs)
         rep = verify(target, rule, hyper=parse_hypers(hypers), style=style, dtype=dtype, seed=seed, trials=trials,
-                     steps=steps, shape=parse_pairs(shape, "--shape") if shape else None, strict=strict)
+                     steps=steps, shape=parse_pairs(shape, "--shape") if shape else None, strict=strict,
+                     kinks=kinks, stress=not no_stress)
     except DerivcheckError as exc:
         if fmt == "json":
             click.echo(render.error_json(target, rule_name, str(exc)))

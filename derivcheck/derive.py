@@ -155,6 +155,32 @@ class Derivation:
             result[name] = J
         return out, result
 
+    def exact(self, cotangent, digits: int = 50, **values) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Output and VJP at ``digits`` significant digits (mpmath), as object arrays of mpf.
+
+        For extreme inputs, where float64 evaluation of the reference itself overflows.
+        """
+        import mpmath
+
+        if not hasattr(self, "_mp_fn"):
+            args = [list(s.ravel()) for s in self.symbols.values()] + [list(s.ravel()) for s in self.label_symbols.values()]
+            entries = [self._jac[n][o][i] for n, (rows, cols) in self._nonzero.items() for o, i in zip(rows, cols)]
+            self._mp_fn = sympy.lambdify(args, list(self._out) + entries, modules="mpmath")
+        with mpmath.workdps(digits):
+            args = [[mpmath.mpf(float(v)) for v in a] for a in self._args(values)]
+            vals = self._mp_fn(*args)
+            out_size = int(np.prod(self.output_shape))
+            out = np.array([mpmath.mpf(v) for v in vals[:out_size]], dtype=object).reshape(self.output_shape)
+            cot = [mpmath.mpf(float(c)) for c in np.asarray(cotangent, dtype=np.float64).ravel()]
+            grads, start = {}, out_size
+            for name, (rows, cols) in self._nonzero.items():
+                g = [mpmath.mpf(0)] * int(np.prod(self.shapes[name]))
+                for o, i, v in zip(rows, cols, vals[start : start + len(rows)]):
+                    g[i] += cot[o] * v
+                start += len(rows)
+                grads[name] = np.array(g, dtype=object).reshape(self.shapes[name])
+        return out, grads
+
     def vjp(self, cotangent, **values) -> dict[str, np.ndarray]:
         """The gradient of ``sum(cotangent * output)`` with respect to each input."""
         cot = np.asarray(cotangent, dtype=np.float64)

@@ -14,7 +14,8 @@ The JSON schema (``derivcheck verify --format json``)::
                   "message": "..."}],
       "warnings": [{"kind": "mutates-input" | "rebinds-grads" | "stale-state" | "dtype",
                     "message": "...", "trial": 0}],
-      "diagnosis": [],
+      "diagnosis": [{"check": "grad W", "kind": "transposed", "message": "...", "hint": "...",
+                     "evidence": {"residual_over_tol": 0.0}}],
       "reproduce": "derivcheck verify ... --seed 1 --trials 1 --shape N=3,D=3,H=3"
     }
 
@@ -29,6 +30,15 @@ import json
 
 def _fmt(v) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def pair(expected: float, got: float) -> tuple[str, str]:
+    """Expected and got with enough digits to tell them apart (-1.4013 vs -1.4013 will not do)."""
+    for digits in (6, 9, 12, 17):
+        e, g = f"{expected:.{digits}g}", f"{got:.{digits}g}"
+        if e != g or expected == got:
+            return e, g
+    return e, g
 
 
 def _idx(check) -> str:
@@ -56,8 +66,9 @@ def text(report) -> str:
             if c.message:
                 lines.append(f"       {c.message}")
             if c.abs_err is not None:
+                e, g = pair(c.expected, c.got)
                 lines.append(
-                    f"       worst element {_idx(c)}: expected {_fmt(c.expected)}, got {_fmt(c.got)} "
+                    f"       worst element {_idx(c)}: expected {e}, got {g} "
                     f"(abs err {_fmt(c.abs_err)}, rel err {_fmt(c.rel_err)}, tol {_fmt(c.tol)})"
                 )
     if report.warnings:
@@ -65,7 +76,12 @@ def text(report) -> str:
         lines += [f"  - {w.kind}: {w.message}" for w in report.warnings]
     if report.diagnosis:
         lines.append("diagnosis:")
-        lines += [f"  - {d['message']}" for d in report.diagnosis]
+        for d in report.diagnosis:
+            lines.append(f"  - {d['message']}")
+            lines.append(f"    hint: {d['hint']}")
+    if report.notes:
+        lines.append("notes:")
+        lines += [f"  - {n}" for n in report.notes]
     lines.append(f"verdict: {report.verdict.upper()}")
     if report.verdict != "pass":
         lines.append(f"reproduce: {report.reproduce}")

@@ -32,7 +32,7 @@ from .errors import DerivcheckError, RuleError
 from .formula import Formula
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
-DOMAIN_KINDS = ("normal", "uniform", "simplex")
+DOMAIN_KINDS = ("normal", "uniform", "simplex", "peaked")
 LABEL_KINDS = ("classes", "real")
 HYPER_TYPES = ("int", "float", "bool", "axis", "shape", "dim", "choice")
 
@@ -52,6 +52,10 @@ class Domain:
         if self.kind == "simplex":
             raw = rng.uniform(0.1, 1.0, size=shape)
             return raw / raw.sum(axis=-1, keepdims=True)
+        if self.kind == "peaked":  # rows of probabilities over many orders of magnitude: logits ~ N(0, scale)
+            logits = rng.normal(0.0, self.scale, size=shape)
+            e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            return e / e.sum(axis=-1, keepdims=True)
         if self.kind == "uniform":
             values = rng.uniform(self.low, self.high, size=shape)
         else:
@@ -69,6 +73,7 @@ class Input:
     name: str
     shape: tuple  # dim names (str) or literal sizes (int)
     domain: Domain
+    stress: Domain | None = None  # extreme values for the numerical-stability probe
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,7 @@ class Rule:
     dims: dict[str, DimRange]
     output: tuple | None
     doc: str = ""
+    from_output: Formula | None = None  # element-wise derivative in terms of `out` (sigmoid: out * (1 - out))
     _derivations: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -313,20 +319,20 @@ class _Loader:
                 self.fail(f"literal size {v} must be positive", table, "shape")
         return tuple(value)
 
-    def domain(self, value, table: str) -> Domain:
+    def domain(self, value, table: str, key: str = "domain") -> Domain:
         if value is None:
             return Domain()
         if isinstance(value, str):
             value = {"kind": value}
         if not isinstance(value, dict):
-            self.fail("domain must be a kind name or a table such as {kind = \"uniform\", low = 0.5, high = 2}", table, "domain")
+            self.fail(f"{key} must be a kind name or a table such as " + '{kind = "uniform", low = 0.5, high = 2}', table, key)
         allowed = {"kind", "scale", "low", "high", "avoid", "margin"}
         bad = set(value) - allowed
         if bad:
-            self.fail(f"unknown domain key '{sorted(bad)[0]}' (allowed: {', '.join(sorted(allowed))})", table, "domain")
+            self.fail(f"unknown {key} key '{sorted(bad)[0]}' (allowed: {', '.join(sorted(allowed))})", table, key)
         kind = value.get("kind", "normal")
         if kind not in DOMAIN_KINDS:
-            self.fail(f"unknown domain kind '{kind}' (known: {', '.join(DOMAIN_KINDS)})", table, "domain")
+            self.fail(f"unknown {key} kind '{kind}' (known: {', '.join(DOMAIN_KINDS)})", table, key)
         try:
             dom = Domain(
                 kind=kind,
@@ -337,9 +343,9 @@ class _Loader:
                 margin=float(value.get("margin", 0.0)),
             )
         except (TypeError, ValueError):
-            self.fail("domain values (scale, low, high, avoid, margin) must be numbers", table, "domain")
+            self.fail(f"{key} values (scale, low, high, avoid, margin) must be numbers", table, key)
         if kind == "uniform" and not dom.low < dom.high:
-            self.fail(f"domain needs low < high (got low={dom.low}, high={dom.high})", table, "domain")
+            self.fail(f"{key} needs low < high (got low={dom.low}, high={dom.high})", table, key)
         return dom
 
 
@@ -364,7 +370,7 @@ def parse_rule(text: str, path) -> Rule:
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         raise RuleError(path, int(m.group(1)) if m else None, f"not valid TOML: {msg}") from None
 
-    L.keys(data, {"name", "summary", "doc", "formula", "output", "inputs", "labels", "hyper", "dims"}, "")
+    L.keys(data, {"name", "summary", "doc", "formula", "output", "inputs", "labels", "hyper", "dims", "derivative_from_output"}, "")
     for required in ("name", "summary", "formula", "inputs"):
         if required not in data:
             raise RuleError(path, None, f"missing required key '{required}'")
@@ -396,13 +402,14 @@ def parse_rule(text: str, path) -> Rule:
     for n, spec in L.table(data["inputs"], "inputs").items():
         t = f"inputs.{n}"
         spec = L.table(spec, t)
-        L.keys(spec, {"shape", "domain", "doc"}, t)
+        L.keys(spec, {"shape", "domain", "stress", "doc"}, t)
         if "shape" not in spec:
             L.fail(f"input '{n}' needs a shape, as in shape = [\"N\", \"D\"]", t)
         claim(n, "an input", "inputs", n)
         shape = L.shape(spec["shape"], t)
         add_dims(shape, t)
-        inputs[n] = Input(n, shape, L.domain(spec.get("domain"), t))
+        stress = L.domain(spec["stress"], t, "stress") if "stress" in spec else None
+        inputs[n] = Input(n, shape, L.domain(spec.get("domain"), t), stress)
     if not inputs:
         L.fail("a rule needs at least one differentiable input", "inputs")
 
@@ -489,6 +496,13 @@ def parse_rule(text: str, path) -> Rule:
     known = set(inputs) | set(labels) | set(hypers) | set(dims)
     formula = Formula.parse(ftext, path, fline, known)
 
+    from_output = None
+    if "derivative_from_output" in data:
+        dtext = data["derivative_from_output"]
+        if not isinstance(dtext, str) or len(inputs) != 1:
+            L.fail("derivative_from_output must be a formula string, for a rule with one input", "", "derivative_from_output")
+        from_output = Formula.parse(dtext, path, _locate(text, "", "derivative_from_output") or 1, known | {"out"})
+
     rule = Rule(
         name=name,
         summary=data["summary"].strip(),
@@ -501,6 +515,7 @@ def parse_rule(text: str, path) -> Rule:
         dims=dims,
         output=output,
         doc=data.get("doc", ""),
+        from_output=from_output,
     )
     _check_shapes(rule, L)
     return rule

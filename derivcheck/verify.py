@@ -51,6 +51,7 @@ class Check:
     rel_err: float | None = None
     tol: float | None = None
     message: str = ""
+    diagnosis: list | None = None
 
     @property
     def severity(self) -> float:
@@ -82,6 +83,7 @@ class Report:
     diagnosis: list = field(default_factory=list)
     reproduce: str = ""
     strict: bool = False
+    notes: list = field(default_factory=list)  # information, never a failure (the kink convention)
 
     @property
     def verdict(self) -> str:
@@ -104,9 +106,10 @@ class Report:
             "steps": self.steps,
             "hyper": self.hyper,
             "verdict": self.verdict,
-            "checks": [{k: v for k, v in asdict(c).items() if v is not None} for c in self.checks],
+            "checks": [{k: v for k, v in asdict(c).items() if v is not None and k != "diagnosis"} for c in self.checks],
             "warnings": [asdict(w) for w in self.warnings],
             "diagnosis": self.diagnosis,
+            "notes": self.notes,
             "reproduce": self.reproduce,
         }
 
@@ -163,7 +166,7 @@ class Verifier:
     """One layer against one rule. ``run()`` returns a Report."""
 
     def __init__(self, target: str, rule, *, hyper=None, style=None, dtype="float64", seed=0, trials=5, steps=2,
-                 shape=None, strict=False, rule_dirs=()):
+                 shape=None, strict=False, kinks=False, stress=True, rule_dirs=()):
         if dtype not in DTYPES:
             raise DerivcheckError(f"--dtype must be one of {', '.join(DTYPES)}, not '{dtype}'")
         if trials < 1 or steps < 1:
@@ -175,6 +178,7 @@ class Verifier:
         self.seed, self.trials, self.steps = seed, trials, steps
         self.shape = rule.resolve_dims(shape) if shape else None
         self.strict = strict
+        self.kinks, self.stress = kinks, stress
         self.rule_dirs = rule_dirs
         self.style = style
         self._pending = []  # warnings found inside a step, flushed into the report after it
@@ -238,6 +242,7 @@ class Verifier:
         rep = Report(self.target, self.rule.name, self.probe.style, self.dtype_name, self.seed, self.trials,
                      self.steps, {k: v for k, v in self.given_hyper.items()}, strict=self.strict)
         results: dict[str, Check] = {}
+        factors: dict[str, list] = {}  # check -> [(factor, dims)] of every failing trial
         first_failure = None
         for k in range(self.trials):
             dims = self.trial_dims(k)
@@ -251,7 +256,33 @@ class Verifier:
                     results[c.name] = c
                 if not c.passed and first_failure is None:
                     first_failure = c
+                for dg in c.diagnosis or []:
+                    if dg["kind"] == "constant-factor":
+                        factors.setdefault(c.name, []).append((dg["evidence"]["factor"], c.dims))
+        # the probe speaks of numerics only: a layer whose formula is already wrong is not probed
+        if self.stress and any(i.stress for i in self.rule.inputs.values()) and first_failure is None:
+            stability = self.stability_check()
+            results[stability.name] = stability
+            if not stability.passed and first_failure is None:
+                first_failure = stability
+        if self.kinks:
+            rep.notes += self.kink_notes()
         rep.checks = list(results.values())
+        from .diagnose import settle_factor
+
+        rep.diagnosis = [d for c in rep.checks if not c.passed for d in (c.diagnosis or [])]
+        for c in rep.checks:
+            if c.name == "stability" and not c.passed:
+                rep.diagnosis.append({
+                    "check": "stability", "kind": "numerical-stability",
+                    "message": f"stability: {c.message} (a numerical-stability failure: the formula is right for ordinary inputs)",
+                    "hint": "use a form that cannot overflow or lose digits: subtract the row max before exp, "
+                            "log-softmax instead of log(softmax), no epsilon inside log",
+                    "evidence": {"expected": c.expected, "got": c.got},
+                })
+        for dg in rep.diagnosis:
+            if dg["kind"] == "constant-factor":
+                settle_factor(dg, factors[dg["check"]])
         rep.reproduce = self.reproduce_command(first_failure)
         return rep
 
@@ -263,7 +294,7 @@ class Verifier:
             parts += ["--hyper", f"{k}={_hyper_text(v)}"]
         if self.dtype_name != "float64":
             parts += ["--dtype", self.dtype_name]
-        if failure is not None and failure.dims is not None:
+        if failure is not None and failure.dims is not None and failure.step is not None:
             parts += ["--seed", str(failure.seed), "--trials", "1", "--steps", str(failure.step + 1),
                       "--shape", ",".join(f"{d}={n}" for d, n in failure.dims.items())]
         else:
@@ -280,6 +311,7 @@ class Verifier:
         adapter = self.adapter_for(self.layer_hyper(dims))
         checks = []
         ctx = lambda step: dict(trial=k, step=step, seed=trial_seed, dims=dict(dims))  # noqa: E731
+        history = {"expected": {n: [] for n in self.rule.inputs}, "passed": {}}  # for diagnosis
         for step in range(self.steps):
             values, ref = self.sample(d, rng)
             cot = self.cotangent(d, rng)
@@ -295,7 +327,7 @@ class Verifier:
             except LayerError as exc:
                 checks.append(Check("layer raised", False, message=str(exc), **ctx(step)))
                 return checks
-            checks += self.compare_outcome(d, ref, cot, outcome, adapter, ctx(step))
+            checks += self.compare_outcome(d, ref, cot, outcome, adapter, ctx(step), history)
             self._side_effects(rep, k, values, snapshot, cot, cot_copy, outcome)
         if hasattr(adapter, "_forward") and all(c.passed for c in checks):
             self._stale_check(rep, k, d, adapter, rng)  # only meaningful for a layer that is right so far
@@ -308,20 +340,131 @@ class Verifier:
             held[n] = adapter.param_arrays[n]
         return held
 
-    def compare_outcome(self, d, ref, cot, outcome, adapter, ctx) -> list[Check]:
+    def compare_outcome(self, d, ref, cot, outcome, adapter, ctx, history) -> list[Check]:
+        from .diagnose import Context, diagnose_forward, diagnose_gradient
+
         checks = []
         expected_out, expected_grads, scales = self.reference(d, ref, cot)
-        checks.append(compare("forward", expected_out, outcome.output, scales["forward"], self.dtype,
-                              where="forward output", **ctx))
+        fwd = compare("forward", expected_out, outcome.output, scales["forward"], self.dtype, where="forward output", **ctx)
+        if not fwd.passed:
+            fwd.diagnosis = [diagnose_forward(fwd)]
+        checks.append(fwd)
         self._dtype_warning(outcome.output, "forward output", ctx)
         for n in self.rule.inputs:
             where = adapter.grad_location(n)
-            c = compare(f"grad {n}", expected_grads[n], outcome.grads.get(n), scales[n], self.dtype, where=where, **ctx)
-            if outcome.grads.get(n) is None:
+            got = outcome.grads.get(n)
+            c = compare(f"grad {n}", expected_grads[n], got, scales[n], self.dtype, where=where, **ctx)
+            if got is None:
                 c.message = f"no gradient for '{n}' where {adapter.style} keeps it ({where})"
+            elif not c.passed:
+                dctx = Context(self.rule, d, ctx["dims"], ref, cot, self.dtype, history["expected"],
+                               history["passed"].get(c.name, False))
+                c.diagnosis = diagnose_gradient(n, expected_grads[n], got, scales[n], dctx)
             checks.append(c)
-            self._dtype_warning(outcome.grads.get(n), f"gradient of {n} ({where})", ctx)
+            self._dtype_warning(got, f"gradient of {n} ({where})", ctx)
+        for c in checks:
+            history["passed"][c.name] = history["passed"].get(c.name, True) and c.passed
+        for n in self.rule.inputs:
+            history["expected"][n].append(expected_grads[n])
         return checks
+
+    # -- extreme inputs and kinks -------------------------------------------------
+    def _probe(self, seed: int, perturb):
+        """Run the layer once at the example sizes with values changed by ``perturb``."""
+        import warnings
+
+        dims = dict(self.shape) if self.shape else self.rule.example_dims()
+        rng = np.random.default_rng(seed)
+        d = self.rule.at(hyper=self.hyper, **dims)
+        values, ref = self.sample(d, rng)
+        perturb(d, values, ref, rng)
+        cot = self.cotangent(d, rng)
+        adapter = self.adapter_for(self.layer_hyper(dims))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # overflow is what we are probing for
+            adapter.build(values)
+            outcome = adapter.run(values, cot)
+        return d, dims, ref, cot, outcome
+
+    def stability_check(self) -> Check:
+        """Extreme inputs (each rule's ``stress`` values) against a 50-digit reference.
+
+        Fails where the layer returns inf or NaN and the exact value is finite in
+        the dtype, or where it loses more than half of the dtype's digits: an
+        error above sqrt(u) * (|exact_i| + max(max_k |exact_k|, 1)), i.e. relative
+        to the result's size or to 1, whichever is larger (a y(1 - y) that is tiny
+        by cancellation is not held to digits it cannot have).
+        """
+        seed = self.seed + self.trials
+
+        def stress(d, values, ref, rng):
+            for n, spec in self.rule.inputs.items():
+                if spec.stress:
+                    v = spec.stress.sample(rng, d.shapes[n]).astype(self.dtype)
+                    values[n], ref[n] = v, v.astype(np.float64)
+
+        try:
+            d, dims, ref, cot, outcome = self._probe(seed, stress)
+        except LayerError as exc:
+            return Check("stability", False, seed=seed, message=f"at extreme inputs, {exc}")
+        exact_out, exact_grads = d.exact(cot, **ref)
+        pairs = [("forward", exact_out, outcome.output)] + [(f"grad {n}", exact_grads[n], outcome.grads.get(n)) for n in self.rule.inputs]
+        limit = float(np.finfo(self.dtype).max)
+        root_u = np.sqrt(unit_roundoff(self.dtype))
+        for name, exact, got in pairs:
+            ex = np.array([float(v) for v in np.asarray(exact, dtype=object).ravel()]).reshape(np.shape(exact))
+            with np.errstate(all="ignore"):
+                ex = ex.astype(self.dtype).astype(np.float64)  # what the dtype can hold: 2e-139 is 0 in float32
+            try:
+                g = np.asarray(got, dtype=np.float64).reshape(ex.shape)
+            except (TypeError, ValueError):
+                continue  # a missing or misshapen result fails the ordinary checks already
+            finite = np.abs(ex) <= limit
+            broken = finite & ~np.isfinite(g)
+            ctx = dict(seed=seed, dims=dims, where=name)
+            inputs = ", ".join(f"{n} in [{ref[n].min():.3g}, {ref[n].max():.3g}]" for n, i in self.rule.inputs.items() if i.stress)
+            if broken.any():
+                idx = np.unravel_index(int(np.argmax(broken)), ex.shape) if ex.ndim else ()
+                return Check("stability", False, index=[int(i) for i in idx], expected=float(ex[idx]), got=float(g[idx]),
+                             message=f"{name} is {g[idx]} where the exact value is finite ({float(ex[idx]):.6g}), at extreme inputs ({inputs})", **ctx)
+            ok = finite & np.isfinite(g)
+            if ok.any():
+                err = np.where(ok, np.abs(g - ex), 0.0)
+                tol = root_u * (np.abs(ex) + max(np.abs(ex[ok]).max(), 1.0))
+                ratio = np.where(ok, err / np.maximum(tol, np.finfo(np.float64).tiny), 0.0)
+                if ratio.max() > 1:
+                    idx = np.unravel_index(int(np.argmax(ratio)), ex.shape) if ex.ndim else ()
+                    return Check("stability", False, index=[int(i) for i in idx], expected=float(ex[idx]), got=float(g[idx]),
+                                 abs_err=float(err[idx]), tol=float(tol[idx]),
+                                 rel_err=float(err[idx] / abs(ex[idx])) if ex[idx] else float("inf"),
+                                 message=f"{name} loses more than half its digits at extreme inputs ({inputs})", **ctx)
+        return Check("stability", True, seed=seed, dims=dims, message="extreme inputs handled")
+
+    def kink_notes(self) -> list[str]:
+        """Where a rule is not differentiable (its domain's ``avoid`` points), report the layer's convention."""
+        notes = []
+        for n, spec in self.rule.inputs.items():
+            for point in spec.domain.avoid:
+                def at_kink(d, values, ref, rng, n=n, point=point):
+                    mask = rng.random(d.shapes[n]) < 0.5
+                    mask.flat[0] = True
+                    values[n] = np.where(mask, self.dtype(point), values[n]).astype(self.dtype)
+                    ref[n] = values[n].astype(np.float64)
+                    self._kink_mask = mask
+
+                try:
+                    d, dims, ref, cot, outcome = self._probe(self.seed + self.trials + 1, at_kink)
+                except LayerError as exc:
+                    notes.append(f"{n} = {point:g} (a kink): the layer raised: {exc}")
+                    continue
+                g = outcome.grads.get(n)
+                c = np.broadcast_to(np.asarray(cot, dtype=np.float64), self._kink_mask.shape) if np.ndim(cot) else None
+                if g is None or c is None or np.shape(g) != self._kink_mask.shape:
+                    continue
+                slopes = sorted({round(float(v), 12) + 0.0 for v in (np.asarray(g, dtype=np.float64)[self._kink_mask] / c[self._kink_mask])})
+                notes.append(f"at the kink {n} = {point:g} the layer's derivative is {', '.join(f'{v:g}' for v in slopes)}"
+                             + (" (the usual convention, as PyTorch's relu)" if slopes == [0.0] else ""))
+        return notes
 
     @staticmethod
     def reference(d, ref: dict, cot):

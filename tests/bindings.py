@@ -41,20 +41,23 @@ REFERENCE = [
 ]
 
 BROKEN = [
-    # (target, rule, hyperparameters, dtype, the checks that must fail (comma-separated) or the warning kind)
-    ("AffineMissingTranspose", "affine", {}, "float64", "grad W"),
-    ("AffineBiasNotSummed", "affine", {}, "float64", "grad b"),
-    ("AffineStaleInput", "affine", {}, "float64", "grad W"),
-    ("MatMulRebindsGrads", "matmul", {}, "float64", "warning:rebinds-grads"),
-    ("AffineAccumulatesGrads", "affine", {}, "float64", "grad W"),
-    ("SoftmaxUnshiftedSum", "softmax", {}, "float64", "forward,grad x"),  # backward reuses the wrong y
-    ("SigmoidFromInput", "sigmoid", {}, "float64", "grad x"),
-    ("SoftmaxWithLossIgnoresDout", "softmax_with_loss", {}, "float64", "grad x"),
-    ("ReluWritesIntoDout", "relu", {}, "float64", "warning:mutates-input"),
-    ("TanhSignFlipped", "tanh", {}, "float64", "grad x"),
-    ("TransposeSameAxes", "transpose", {"axes": "1,2,0"}, "float64", "grad x"),
-    ("softmax_loss_no_mean", "softmax_with_loss", {}, "float64", "grad x"),
-    ("mean_squared_error_factor_two", "mean_squared_error", {}, "float64", "grad y"),
-    ("repeat", "repeat", {}, "float64", "grad x"),
-    ("SigmoidUpcasts", "sigmoid", {}, "float32", "warning:dtype"),
+    # (target, rule, hyperparameters, dtype, the checks that must fail (comma-separated) or the
+    #  warning kind, the diagnosis kind that must name the bug)
+    ("AffineMissingTranspose", "affine", {}, "float64", "grad W", "transposed"),
+    ("AffineBiasNotSummed", "affine", {}, "float64", "grad b", "missing-reduction"),
+    ("AffineStaleInput", "affine", {}, "float64", "grad W", "stale-state"),
+    ("MatMulRebindsGrads", "matmul", {}, "float64", "warning:rebinds-grads", None),
+    ("AffineAccumulatesGrads", "affine", {}, "float64", "grad W", "accumulates"),
+    ("SoftmaxUnshiftedSum", "softmax", {}, "float64", "forward,grad x", "forward-wrong"),  # backward reuses the wrong y
+    ("SigmoidFromInput", "sigmoid", {}, "float64", "grad x", "input-instead-of-output"),
+    ("SoftmaxWithLossIgnoresDout", "softmax_with_loss", {}, "float64", "grad x", "upstream-ignored"),
+    ("ReluWritesIntoDout", "relu", {}, "float64", "warning:mutates-input", None),
+    ("TanhSignFlipped", "tanh", {}, "float64", "grad x", "sign-flipped"),
+    ("TransposeSameAxes", "transpose", {"axes": "1,2,0"}, "float64", "grad x", "transposed"),
+    ("softmax_loss_no_mean", "softmax_with_loss", {}, "float64", "grad x", "constant-factor"),
+    ("mean_squared_error_factor_two", "mean_squared_error", {}, "float64", "grad y", "constant-factor"),
+    ("repeat", "repeat", {}, "float64", "grad x", "wrong-axis"),
+    ("SigmoidUpcasts", "sigmoid", {}, "float32", "warning:dtype", None),
+    ("SoftmaxWithLossNoShift", "softmax_with_loss", {}, "float64", "stability", "numerical-stability"),
+    ("LogWithEpsilon", "log", {}, "float64", "forward,grad x", "forward-wrong"),
 ]

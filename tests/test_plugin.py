@@ -1,4 +1,8 @@
-"""The pytest plugin, run on a sample project with pytester."""
+"""The pytest plugin, run on a sample project with pytester.
+
+Every run is a subprocess: in-process runs restore sys.modules afterwards,
+which NumPy's C core and SymPy's lazily imported printers do not survive.
+"""
 import subprocess
 import sys
 import textwrap
@@ -53,7 +57,7 @@ def sample(pytester):
 
 
 def test_bindings_become_items_with_readable_ids(sample):
-    result = sample.runpytest("--collect-only", "-q")
+    result = sample.runpytest_subprocess("--collect-only", "-q")
     result.stdout.fnmatch_lines([
         "derivcheck.toml::Sigmoid-sigmoid-float64",
         "derivcheck.toml::Sigmoid-sigmoid-float32",
@@ -63,7 +67,7 @@ def test_bindings_become_items_with_readable_ids(sample):
 
 
 def test_good_pass_bad_fails_with_report(sample):
-    result = sample.runpytest("-rA")
+    result = sample.runpytest_subprocess("-rA")
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] == 2 and outcomes["failed"] == 2  # SigmoidFromInput, and Relu that passes though expected to fail
     result.stdout.fnmatch_lines([
@@ -75,12 +79,12 @@ def test_good_pass_bad_fails_with_report(sample):
 
 
 def test_marker_group_and_seed_options(sample):
-    result = sample.runpytest("-m", "derivcheck", "--derivcheck-group", "known-bad", "--derivcheck-seed", "3", "-q")
+    result = sample.runpytest_subprocess("-m", "derivcheck", "--derivcheck-group", "known-bad", "--derivcheck-seed", "3", "-q")
     outcomes = result.parseoutcomes()
     assert outcomes == {"failed": 1}  # the one Relu binding, an unexpected pass
-    result = sample.runpytest("--markers")
+    result = sample.runpytest_subprocess("--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.derivcheck:*"])
-    result = sample.runpytest("--no-derivcheck", "-q")
+    result = sample.runpytest_subprocess("--no-derivcheck", "-q")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
 
 
@@ -92,7 +96,7 @@ def test_works_under_xdist(sample):
 
 def test_bad_config_is_a_collection_error(pytester):
     pytester.makefile(".toml", derivcheck='[[layers]]\ntarget = "layers.py:X"\nrul = "x"\n')
-    result = pytester.runpytest()
+    result = pytester.runpytest_subprocess()
     result.stdout.fnmatch_lines(["*layer 1: unknown key 'rul'*"])
     assert result.ret == pytest.ExitCode.INTERRUPTED
 
@@ -115,7 +119,7 @@ def test_assert_backward_in_a_hand_written_test(pytester):
             with pytest.raises(AssertionError, match="FAIL grad x"):
                 derivcheck.assert_backward(SigmoidFromInput, rule="sigmoid", trials=2)
     """))
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
 
 

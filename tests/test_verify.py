@@ -27,11 +27,13 @@ def test_reference_layer_passes_across_seeds(target, rule, hyper, dtype):
         rep = verify(str(EXAMPLES / target), derivcheck.load_rule(rule), hyper=hyper, dtype=dtype, seed=seed, trials=6)
         failing = [(c.name, c.message, c.index, c.expected, c.got, c.tol) for c in rep.checks if not c.passed]
         assert rep.verdict == "pass" and not rep.warnings, (seed, failing, rep.warnings, rep.reproduce)
-        assert {c.name for c in rep.checks} == {"forward"} | {f"grad {n}" for n in derivcheck.load_rule(rule).inputs}
+        r = derivcheck.load_rule(rule)
+        stress = {"stability"} if any(i.stress for i in r.inputs.values()) else set()
+        assert {c.name for c in rep.checks} == {"forward"} | {f"grad {n}" for n in r.inputs} | stress
 
 
-@pytest.mark.parametrize("target,rule,hyper,dtype,caught", BROKEN, ids=[b[0] for b in BROKEN])
-def test_broken_layer_is_caught_where_it_is_broken(target, rule, hyper, dtype, caught):
+@pytest.mark.parametrize("target,rule,hyper,dtype,caught,kind", BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_layer_is_caught_where_it_is_broken(target, rule, hyper, dtype, caught, kind):
     rep = verify(str(EXAMPLES / "broken" / "layers.py") + ":" + target, derivcheck.load_rule(rule), hyper=hyper, dtype=dtype)
     failing = {c.name for c in rep.checks if not c.passed}
     if caught.startswith("warning:"):
@@ -44,6 +46,10 @@ def test_broken_layer_is_caught_where_it_is_broken(target, rule, hyper, dtype, c
     else:
         assert failing == set(caught.split(",")), failing
         assert rep.verdict == "fail" and rep.exit_code == 1
+        kinds = [d["kind"] for d in rep.diagnosis]
+        assert kind in kinds, rep.diagnosis
+        named = next(d for d in rep.diagnosis if d["kind"] == kind)
+        assert named["message"] and named["hint"] and "residual_over_tol" in named["evidence"] or kind == "numerical-stability"
 
 
 def run(*args):
@@ -169,3 +175,62 @@ def test_trial_shapes_include_distinct_equal_and_size_one():
     assert v.trial_dims(0) == {"N": 2, "D": 3, "H": 4}
     assert v.trial_dims(1) == {"N": 3, "D": 3, "H": 3}
     assert v.trial_dims(2) == {"N": 1, "D": 1, "H": 1}
+
+
+def test_stability_probe_separates_formula_from_numerics():
+    rule = derivcheck.load_rule("softmax_with_loss")
+    for dtype in ("float64", "float32"):
+        good = verify(str(EXAMPLES / "dlfs2" / "layers.py") + ":SoftmaxWithLoss", rule, dtype=dtype)
+        assert good.verdict == "pass" and any(c.name == "stability" and c.passed for c in good.checks)
+        bad = verify(str(EXAMPLES / "broken" / "layers.py") + ":SoftmaxWithLossNoShift", rule, dtype=dtype)
+        assert [c.name for c in bad.checks if not c.passed] == ["stability"]
+        assert "where the exact value is finite" in next(c.message for c in bad.checks if c.name == "stability")
+    skipped = verify(str(EXAMPLES / "broken" / "layers.py") + ":SoftmaxWithLossNoShift", rule, stress=False)
+    assert skipped.verdict == "pass"
+
+
+def test_exact_reference_at_extreme_logits():
+    import numpy as np
+
+    d = derivcheck.load_rule("softmax_with_loss").at(N=1, C=2)
+    x, t = np.array([[1000.0, 0.0]]), np.array([1])
+    assert np.isnan(d.forward(x=x, t=t))  # float64 evaluation of the reference overflows...
+    out, grads = d.exact(np.array(1.0), x=x, t=t)
+    assert abs(float(out) - 1000.0) < 1e-12  # ...the 50-digit one does not
+    assert abs(float(grads["x"][0, 0]) - 1.0) < 1e-12 and abs(float(grads["x"][0, 1]) + 1.0) < 1e-12
+
+
+def test_kink_convention_is_reported_on_request():
+    rule = derivcheck.load_rule("relu")
+    rep = verify(str(EXAMPLES / "dlfs1" / "layers.py") + ":Relu", rule, kinks=True, trials=2)
+    assert rep.verdict == "pass"
+    assert rep.notes == ["at the kink x = 0 the layer's derivative is 0 (the usual convention, as PyTorch's relu)"]
+    assert verify(str(EXAMPLES / "dlfs1" / "layers.py") + ":Relu", rule, trials=2).notes == []
+
+
+def test_non_smooth_rules_declare_their_kinks():
+    """A rule whose Jacobian has Heaviside/Max/Piecewise keeps random values away from the kink."""
+    import sympy
+
+    for name in RULES:
+        rule = derivcheck.load_rule(name)
+        d = rule.at(**rule.example_dims())
+        rough = any(e.has(sympy.Heaviside, sympy.Max, sympy.Min, sympy.Piecewise, sympy.sign, sympy.Abs)
+                    for n in rule.inputs for e in d.jacobian_array(n).ravel())
+        declared = any(i.domain.avoid and i.domain.margin > 0 for i in rule.inputs.values())
+        assert rough == declared, name
+
+
+def test_derivative_from_output_matches_the_jacobian():
+    import numpy as np
+
+    for name in RULES:
+        rule = derivcheck.load_rule(name)
+        if rule.from_output is None:
+            continue
+        d = rule.at(N=2, D=3)
+        x = rule.inputs["x"].domain.sample(np.random.default_rng(0), (2, 3))
+        out = d.forward(x=x)
+        env = rule.environment(d.dims, d.hyper, {"x": x, "out": out})
+        diag = np.diagonal(d.jacobians(x=x)["x"])
+        np.testing.assert_allclose(np.asarray(rule.from_output.evaluate(env, "numeric")).ravel(), diag, rtol=1e-12)

@@ -218,3 +218,33 @@ class SigmoidUpcasts:
 
     def backward(self, dout):
         return dout * (1.0 - self.out) * self.out
+
+
+class SoftmaxWithLossNoShift:
+    """BUG (numerical stability): softmax without the max shift. Right for ordinary
+    logits, but exp overflows to inf (and inf / inf = nan) for large ones."""
+
+    def forward(self, x, t):
+        e = np.exp(x)
+        self.y = e / e.sum(axis=1, keepdims=True)
+        self.t = t
+        N = x.shape[0]
+        return -np.log(self.y[np.arange(N), t]).sum() / N
+
+    def backward(self, dout=1):
+        N = self.t.shape[0]
+        dx = self.y.copy()
+        dx[np.arange(N), self.t] -= 1
+        return dx * dout / N
+
+
+class LogWithEpsilon:
+    """BUG (numerical stability): log(x + 1e-7), the book's guard against log(0),
+    is wrong by far more than rounding for inputs near 0."""
+
+    def forward(self, x):
+        self.x = x
+        return np.log(x + 1e-7)
+
+    def backward(self, dout):
+        return dout / (self.x + 1e-7)

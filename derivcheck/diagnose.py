@@ -1,0 +1,201 @@
+"""Diagnosis: name the bug behind a wrong gradient by testing structured hypotheses.
+
+Each hypothesis is a corrected candidate ("the layer returned the transpose
+of the right gradient", "... times 1/N", ...). It is tested against what the
+layer returned, with the same tolerance as the check itself (see verify.py). A
+hypothesis that holds is reported with its evidence: the residual after the
+correction, in units of the tolerance (≤ 1 means it explains every element).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Context:
+    """What a diagnosis may use about one step."""
+
+    rule: object
+    derivation: object
+    dims: dict
+    ref: dict  # reference input values (float64)
+    cot: np.ndarray
+    dtype: object
+    earlier: dict  # input -> [expected gradients of the earlier steps of this trial]
+    earlier_passed: bool  # the earlier steps of this trial passed this check
+
+
+def _ratio(candidate, got, scale, dtype) -> float:
+    from .verify import compare
+
+    candidate, got = np.asarray(candidate, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    if candidate.shape != got.shape:
+        return np.inf
+    scale = np.broadcast_to(np.abs(np.asarray(scale, dtype=np.float64)), candidate.shape)
+    c = compare("hypothesis", candidate, got, scale + np.abs(candidate), dtype)
+    return 0.0 if c.passed and c.abs_err == 0 else c.severity
+
+
+def _found(kind, check, message, hint, residual) -> dict:
+    return {"check": check, "kind": kind, "message": f"{check}: {message}", "hint": hint,
+            "evidence": {"residual_over_tol": float(residual)}}
+
+
+def _factor_name(k: float, dims: dict) -> str | None:
+    """'1/N (N=3)'; every reading when several fit ('2, which is also N here (N=2)')."""
+    names = []
+    for d, n in dims.items():
+        if n > 1:
+            for name, value in ((f"{d}", float(n)), (f"1/{d}", 1.0 / n)):
+                if abs(k - value) <= 1e-6 * abs(value):
+                    names.append(f"{name} ({d}={n})")
+    for name, value in (("2", 2.0), ("1/2", 0.5)):
+        if abs(k - value) <= 1e-6 * value:
+            return f"{name}, which is also {' or '.join(names)} here" if names else name
+    return " or ".join(names) or None
+
+
+def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dict]:
+    check = f"grad {name}"
+    E = np.asarray(expected, dtype=np.float64)
+    try:
+        G = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):
+        return []
+    dt, c = ctx.dtype, np.asarray(ctx.cot, dtype=np.float64)
+    out: list[dict] = []
+
+    def holds(candidate, sc=scale):
+        return _ratio(candidate, G, sc, dt)
+
+    if G.shape != E.shape:
+        if G.ndim == 2 and G.shape == E.shape[::-1] and (r := holds(E.T, np.abs(scale).T if np.ndim(scale) == 2 else scale)) <= 1:
+            out.append(_found("transposed", check, f"has shape {G.shape}, the transpose of {name}'s {E.shape}, and equals the right gradient transposed",
+                              "swap the operands' order or transpose (x.T @ dout, not dout.T @ x)", r))
+        elif G.ndim == E.ndim + 1 and G.shape[1:] == E.shape and (r := _ratio(E, G.sum(axis=0), np.abs(scale), dt)) <= 1:
+            out.append(_found("missing-reduction", check, f"has an extra leading axis of size {G.shape[0]}: it is not summed over the batch",
+                              f"sum over the batch axis: d{name} = dout.sum(axis=0)", r))
+        else:
+            axis_hit = _wrong_axis(E, G, c, dt)
+            if axis_hit:
+                out.append(_found("wrong-axis", check, axis_hit[0], axis_hit[1], 0.0))
+            elif G.ndim < E.ndim:
+                for a in range(E.ndim):
+                    if (r := _ratio(E.sum(axis=a), G, np.abs(scale).sum(axis=a), dt)) <= 1:
+                        out.append(_found("extra-reduction", check, f"is the right gradient summed over axis {a}: a reduction too many",
+                                          f"do not sum d{name} over axis {a}", r))
+                        break
+        if G.ndim == E.ndim > 2 and sorted(G.shape) == sorted(E.shape):
+            import itertools
+
+            for perm in itertools.permutations(range(E.ndim)):
+                if perm != tuple(range(E.ndim)) and (r := _ratio(E.transpose(perm), G, np.abs(scale).transpose(perm), dt)) <= 1:
+                    out.append(_found("transposed", check, f"equals the right gradient with its axes permuted by {list(perm)}",
+                                      f"apply the inverse permutation: np.transpose(gy, {[int(i) for i in np.argsort(perm)]})", r))
+                    break
+        if not out:
+            out.append(_found("shape", check, f"has shape {G.shape}, but {name} has shape {E.shape}",
+                              f"a gradient has its parameter's shape: {E.shape}", np.inf))
+        return out
+
+    if E.ndim == 2 and E.shape[0] == E.shape[1] and not np.allclose(E, E.T) and (r := holds(E.T, np.abs(scale).T)) <= 1:
+        out.append(_found("transposed", check, "equals the right gradient transposed", "swap the operands or transpose the result", r))
+    if (r := holds(-E)) <= 1:
+        out.append(_found("sign-flipped", check, "equals the right gradient with its sign flipped", "check the sign of each term", r))
+    denom = float(np.sum(E * E))
+    if denom > 0:
+        k = float(np.sum(G * E) / denom)
+        upstream = _upstream_ignored(name, E, G, c, ctx)
+        if upstream:
+            out.append(upstream)  # for a loss this is also a constant factor, 1/dout: say the specific thing
+        elif abs(k - 1) > 1e-6 and abs(k + 1) > 1e-6 and k != 0 and (r := holds(k * E, np.abs(k) * np.abs(scale))) <= 1:
+            named = _factor_name(k, ctx.dims)
+            what = f"a factor of {named}" if named else f"a constant factor {k:.6g}"
+            found = _found("constant-factor", check, f"is off by {what}",
+                           "look for a missing or extra division by the batch size (mean vs sum), or a stray 2 or 0.5", r)
+            found["evidence"]["factor"] = k
+            out.append(found)
+    from_output = _input_for_output(name, G, scale, ctx)
+    if from_output:
+        out.append(from_output)
+    earlier = ctx.earlier.get(name, [])
+    if earlier:
+        acc = E + np.sum(earlier, axis=0)
+        if (r := holds(acc, np.abs(scale) * (len(earlier) + 1))) <= 1:
+            out.append(_found("accumulates", check, "equals the sum of this and the earlier calls' gradients: it accumulates",
+                              "overwrite the gradient (grads[0][...] = dW), do not add to it (+=)", r))
+        elif ctx.earlier_passed and not out:
+            out.append(_found("stale-state", check, f"was right in the first {len(earlier)} call(s) and is wrong now: state from an earlier call is reused",
+                              "store what backward needs (x, y, masks) on every forward call", np.inf))
+    return out
+
+
+def _upstream_ignored(name, E, G, c, ctx) -> dict | None:
+    check = f"grad {name}"
+    if c.ndim == 0:
+        if c != 0 and _ratio(E / c, G, np.abs(E / c), ctx.dtype) <= 1:
+            return _found("upstream-ignored", check, f"is the gradient for dout = 1, but dout was {float(c):.6g}: it is not multiplied by dout",
+                          "multiply by the upstream gradient: dx = dx * dout", 0.0)
+        return None
+    ones = ctx.derivation.vjp(np.ones_like(c), **ctx.ref)[name]
+    if _ratio(ones, G, np.abs(ones), ctx.dtype) <= 1:
+        return _found("upstream-ignored", check, "is the gradient for dout = all ones: the upstream gradient is ignored",
+                      "multiply by dout", 0.0)
+    return None
+
+
+def _input_for_output(name, G, scale, ctx) -> dict | None:
+    rule = ctx.rule
+    if rule.from_output is None or name not in rule.inputs:
+        return None
+    x = np.asarray(ctx.ref[name], dtype=np.float64)
+    env = rule.environment(ctx.dims, ctx.derivation.hyper, {**ctx.ref, "out": x})
+    wrong = np.asarray(ctx.cot, dtype=np.float64) * np.asarray(rule.from_output.evaluate(env, backend="numeric"), dtype=np.float64)
+    if _ratio(wrong, G, np.abs(scale), ctx.dtype) <= 1:
+        formula = rule.from_output.text.strip()
+        return _found("input-instead-of-output", f"grad {name}",
+                      f"is dout * ({formula}) with the input {name} where the output belongs",
+                      f"save the forward output and use it: dout * ({formula}) with out = the forward's result", 0.0)
+    return None
+
+
+def _wrong_axis(E, G, c, dtype):
+    """E is a reduction of dout over some axes, and G the same reduction over others."""
+    if c.ndim == 0:
+        return None
+    right = wrong = None
+    for a in range(c.ndim):
+        for kd in (True, False):
+            R = c.sum(axis=a, keepdims=kd)
+            if R.shape == E.shape and right is None and _ratio(R, E, np.abs(c).sum(axis=a, keepdims=kd), dtype) <= 1:
+                right = (a, kd)
+            if R.shape == G.shape and wrong is None and _ratio(R, G, np.abs(c).sum(axis=a, keepdims=kd), dtype) <= 1:
+                wrong = (a, kd)
+    if right and wrong and right[0] != wrong[0]:
+        return (f"sums dout over axis {wrong[0]} where the forward repeated along axis {right[0]}",
+                f"sum over axis {right[0]}: np.sum(dout, axis={right[0]}{', keepdims=True' if right[1] else ''})")
+    return None
+
+
+def settle_factor(found: dict, seen: list[tuple[float, dict]]) -> None:
+    """Name a constant factor by the reading that fits every failing trial (2 vs N when N=2)."""
+    readings = {"2": lambda d: 2.0, "1/2": lambda d: 0.5}
+    for dim in seen[0][1]:
+        readings[dim] = lambda d, dim=dim: float(d[dim])
+        readings[f"1/{dim}"] = lambda d, dim=dim: 1.0 / d[dim]
+    fits = [name for name, value in readings.items()
+            if all(abs(k - value(d)) <= 1e-6 * abs(value(d)) for k, d in seen)]
+    if fits and len(seen) > 1:
+        found["message"] = f"{found['check']}: is off by a factor of {' or '.join(fits)} (in each of {len(seen)} failing trials)"
+
+
+def diagnose_forward(check) -> dict:
+    from .report import pair
+
+    e, g = pair(check.expected, check.got) if check.expected is not None else ("", "")
+    return {"check": "forward", "kind": "forward-wrong",
+            "message": f"forward: the output itself is wrong (out[{','.join(map(str, check.index or []))}]: expected {e}, got {g}); gradients built on it are suspect too"
+            if check.expected is not None else f"forward: {check.message}",
+            "hint": "fix the forward pass first", "evidence": {"residual_over_tol": float(check.severity)}}
