@@ -1,0 +1,16 @@
+"""The finite-difference comparison runs in one command and derivcheck makes no mistake in it."""
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "fd_vs_derivcheck.py"
+
+
+def test_bench_runs_and_derivcheck_catches_all_without_false_alarms():
+    out = subprocess.run([sys.executable, str(BENCH)], capture_output=True, text=True, check=True, timeout=600).stdout
+    summary = [line for line in out.splitlines() if line.startswith(("float64 ", "float32 "))]
+    assert len(summary) == 2
+    for line in summary:
+        derivcheck_column = line[11:47]  # the first column after the dtype
+        assert "missed 0, false alarms 0/33" in derivcheck_column, line
+    assert "ratio" in out.splitlines()[-1]
