@@ -100,7 +100,7 @@ def main() -> int:
         say = lambda flagged: ("caught" if flagged else "MISSED") if broken else ("FALSE ALARM" if flagged else "ok")  # noqa: E731
         print(f"{b.id:<58} {b.dtype:<8} {'yes' if broken else 'no':<7} {say(dc):<11} {say(fd)}")
     print()
-    print(f"{'':<10} {'derivcheck':<36} finite differences (gradcheck: eps={EPS:g}, atol={ATOL:g}, rtol={RTOL:g})")
+    print(f"{'':<8} | {'derivcheck':<42} | finite differences (gradcheck: eps={EPS:g}, atol={ATOL:g}, rtol={RTOL:g})")
     for dtype in ("float64", "float32"):
         sel = [r for r in rows if r[0].dtype == dtype]
         broken = [r for r in sel if r[0].expect == "fail"]
@@ -110,7 +110,7 @@ def main() -> int:
             caught = sum(1 for r in broken if r[i])
             return f"caught {caught}/{len(broken)}, missed {len(broken) - caught}, false alarms {sum(1 for r in good if r[i])}/{len(good)}"
 
-        print(f"{dtype:<10} {tally(1):<36} {tally(2)}")
+        print(f"{dtype:<8} | {tally(1):<42} | {tally(2)}")
     print()
     print(f"time: derivcheck {times['derivcheck']:.1f} s, finite differences {times['finite differences']:.1f} s, "
           f"ratio {times['derivcheck'] / times['finite differences']:.2f} (derivcheck / finite differences, same run)")
