@@ -10,13 +10,13 @@ SymPy and NumPy are imported when a name below is first used.
 """
 from .errors import DerivcheckError, RuleError
 
-__all__ = ["DerivcheckError", "RuleError", "assert_backward", "list_rules", "load_rule", "verify"]
+__all__ = ["DerivcheckError", "RuleError", "assert_backward", "explain", "list_rules", "load_rule"]
 
 _LAZY = {
     "load_rule": "rules",
     "list_rules": "rules",
-    "verify": "verify",
     "assert_backward": "verify",
+    "explain": "explanation",
 }
 
 

@@ -175,6 +175,36 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
     sys.exit(rep.exit_code)
 
 
+@main.command("explain")
+@click.argument("rule_name", metavar="RULE", required=False)
+@click.option("--rule", "rule_opt", help="The rule (with --layer, when it cannot be guessed from the layer's name).")
+@click.option("--shape", help="Sizes for the Jacobian section (default: tiny, 2 at most).")
+@click.option("--hyper", "hypers", multiple=True, metavar="NAME=VALUE")
+@click.option("--layer", "layer", metavar="FILE:Name", help="Put the formula at a failing layer's worst element next to its value.")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "latex"]), default="text", show_default=True)
+@click.pass_obj
+def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, fmt):
+    """Show how RULE's derivatives come about: graph, Jacobian, closed forms."""
+    from .explanation import explain, explain_layer
+    from .rules import guess_rule, load_rule
+
+    name = rule_name or rule_opt
+    if name is None:
+        if not layer:
+            raise DerivcheckError("name a rule (derivcheck explain affine) or a layer (--layer file.py:Name)")
+        from .adapters import load_target
+
+        load_target(layer)
+        name = guess_rule(layer, obj.rule_dirs)
+    rule = load_rule(name, obj.rule_dirs)
+    hyper = parse_hypers(hypers)
+    sizes = parse_pairs(shape, "--shape") if shape else None
+    exp = explain(rule, shape=sizes, hyper=hyper)
+    if layer:
+        explain_layer(exp, layer, rule, hyper=hyper, shape=sizes)
+    click.echo(exp.render(fmt))
+
+
 @main.command("check")
 @click.argument("path", required=False, type=click.Path(exists=True))
 @click.option("--group", "groups", multiple=True, help="Only the layers of this group (repeatable).")

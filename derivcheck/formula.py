@@ -167,6 +167,10 @@ class Formula:
 
     def evaluate(self, env: dict, backend: str = "symbolic"):
         """Evaluate with values for every known name; errors carry the rule's line."""
+        return self.evaluate_scope(env, backend)[0]
+
+    def evaluate_scope(self, env: dict, backend: str = "symbolic"):
+        """(output, every name in scope afterwards, the formula's own assignments included)."""
         ops = BACKENDS[backend]
         scope = dict(env)
         result = None
@@ -178,7 +182,7 @@ class Formula:
                 raise RuleError(self.path, self.line_of(exc.node), exc.message) from None
             if target is not None:
                 scope[target] = result
-        return result
+        return result, scope
 
 
 class _NodeError(Exception):

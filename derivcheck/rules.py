@@ -176,6 +176,7 @@ class Rule:
     output: tuple | None
     doc: str = ""
     from_output: Formula | None = None  # element-wise derivative in terms of `out` (sigmoid: out * (1 - out))
+    closed_forms: dict = field(default_factory=dict)  # input -> Formula of its gradient (candidates, proven by explain)
     _derivations: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -370,7 +371,8 @@ def parse_rule(text: str, path) -> Rule:
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         raise RuleError(path, int(m.group(1)) if m else None, f"not valid TOML: {msg}") from None
 
-    L.keys(data, {"name", "summary", "doc", "formula", "output", "inputs", "labels", "hyper", "dims", "derivative_from_output"}, "")
+    L.keys(data, {"name", "summary", "doc", "formula", "output", "inputs", "labels", "hyper", "dims", "derivative_from_output",
+                  "closed_form"}, "")
     for required in ("name", "summary", "formula", "inputs"):
         if required not in data:
             raise RuleError(path, None, f"missing required key '{required}'")
@@ -503,6 +505,15 @@ def parse_rule(text: str, path) -> Rule:
             L.fail("derivative_from_output must be a formula string, for a rule with one input", "", "derivative_from_output")
         from_output = Formula.parse(dtext, path, _locate(text, "", "derivative_from_output") or 1, known | {"out"})
 
+    closed_forms = {}
+    for n, ctext in L.table(data.get("closed_form", {}), "closed_form").items():
+        if n not in inputs:
+            L.fail(f"closed_form names '{n}', which is no input (inputs: {', '.join(inputs)})", "closed_form", n)
+        if not isinstance(ctext, str):
+            L.fail(f"closed_form {n} must be a formula string", "closed_form", n)
+        assigned = {t for t, _ in formula.statements if t}
+        closed_forms[n] = Formula.parse(ctext, path, _locate(text, "closed_form", n) or 1, known | assigned | {"dout", "out"})
+
     rule = Rule(
         name=name,
         summary=data["summary"].strip(),
@@ -516,6 +527,7 @@ def parse_rule(text: str, path) -> Rule:
         output=output,
         doc=data.get("doc", ""),
         from_output=from_output,
+        closed_forms=closed_forms,
     )
     _check_shapes(rule, L)
     return rule

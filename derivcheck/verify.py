@@ -507,8 +507,7 @@ class Verifier:
             adapter.update_params(va)
             adapter._forward(self._held_params(adapter, va))
             adapter.update_params(vb)
-            held = self._held_params(adapter, vb)
-            out = adapter._forward(held)
+            adapter._forward(self._held_params(adapter, vb))
             dx = adapter._backward(cot)
         except LayerError:
             return  # a layer that raises here already failed its trials

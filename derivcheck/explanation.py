@@ -1,0 +1,519 @@
+"""Teaching: show a rule's derivation, node by node, exactly.
+
+``explain(rule)`` gives
+1. the forward formula as a computational graph, node by node. Each node has
+   its local derivative and the backward signal flowing through it. Element-wise
+   chains are differentiated symbolically (the seed's sigmoid stages ``/``,
+   ``+``, ``exp``, ``x``); array operations state their standard rule;
+2. the Jacobian at a tiny shape;
+3. closed forms in array notation (``dx = dout Wᵀ``). These are candidates
+   written in the rule file. Each is proven against the Jacobian-derived VJP
+   at random shapes first, and one that does not hold is not shown.
+
+Renders as text (Unicode), markdown (with LaTeX maths) or LaTeX. In Jupyter
+the object renders itself (``_repr_markdown_``, ``_repr_latex_``).
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy
+
+from .errors import RuleError
+
+_SUB = str.maketrans("aehijklmnoprstuvx0123456789", "ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ₀₁₂₃₄₅₆₇₈₉")
+_PREC = {ast.Add: 1, ast.Sub: 1, ast.Mult: 2, ast.Div: 2, ast.MatMult: 2, ast.Pow: 4}
+
+
+_SUPER = {"2": "²", "3": "³"}
+
+
+def _rightmost(node):
+    """The operand printed just before a right-hand bracket: y in dout·y(1 - y)."""
+    while isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        node = node.right
+    return node
+
+
+class Printer:
+    """Formula trees in array notation: ``dout Wᵀ``, ``Σₙ dout``, ``dout·y(1 - y)``."""
+
+    def __init__(self, rule, latex: bool = False):
+        self.rule, self.latex = rule, latex
+        taken = set(rule.inputs) | set(rule.labels) | {t for t, _ in rule.formula.statements if t}
+        self.out_name = "L" if rule.output == () else ("y" if "y" not in taken else "out")
+        self.out_dims = list(rule.output) if rule.output is not None else None
+
+    def name(self, n: str) -> str:
+        n = self.out_name if n == "out" else n
+        if self.latex:
+            return rf"\mathrm{{{n}}}" if len(n) > 1 else n
+        return n
+
+    def axis_label(self, axis) -> str:
+        if isinstance(axis, int) and self.out_dims and -len(self.out_dims) <= axis < len(self.out_dims):
+            d = self.out_dims[axis]
+            if isinstance(d, str):
+                return d
+        return f"axis {axis}"
+
+    def __call__(self, node, parent: int = 0) -> str:
+        text, prec = self._node(node)
+        if prec < parent:
+            return rf"\left({text}\right)" if self.latex else f"({text})"
+        return text
+
+    def _node(self, node):
+        L = self.latex
+        if isinstance(node, ast.Constant):
+            return (str(node.value), 5)
+        if isinstance(node, ast.Name):
+            return (self.name(node.id), 5)
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return ("(" + ", ".join(self(e) for e in node.elts) + ")", 5)
+        if isinstance(node, ast.Attribute):
+            return (self(node.value, 5) + (r"^\top" if L else "ᵀ"), 5)
+        if isinstance(node, ast.UnaryOp):
+            return ("-" + self(node.operand, 3), 3)
+        if isinstance(node, ast.Compare):
+            op = {ast.Gt: ">", ast.GtE: r"\geq" if L else "≥", ast.Lt: "<", ast.LtE: r"\leq" if L else "≤"}[type(node.ops[0])]
+            return (f"{self(node.left, 2)} {op} {self(node.comparators[0], 2)}", 0)
+        if isinstance(node, ast.BinOp):
+            p = _PREC[type(node.op)]
+            if isinstance(node.op, ast.Div) and L:
+                return (rf"\frac{{{self(node.left)}}}{{{self(node.right)}}}", 5)
+            # * and @ are associative: a·(b·c) needs no brackets; - and / are not
+            left = self(node.left, p)
+            right = self(node.right, p if isinstance(node.op, (ast.Mult, ast.MatMult)) else p + 1)
+            if isinstance(node.op, ast.Pow):
+                power = self(node.right)
+                if not L and power in _SUPER:
+                    return (f"{self(node.left, 5)}{_SUPER[power]}", 4)
+                return (f"{self(node.left, 5)}^{{{power}}}" if L else f"{self(node.left, 5)}^{self(node.right, 5)}", 4)
+            if isinstance(node.op, ast.MatMult):
+                return (f"{left} {right}", 2)
+            if isinstance(node.op, ast.Mult):
+                # y(1 - y): a one-letter name juxtaposes a bracket, as the seed writes it
+                joined = right.startswith(("(", r"\left(")) and isinstance(_rightmost(node.left), ast.Name) and len(self(_rightmost(node.left))) == 1
+                return (left + ("" if joined else (r" \cdot " if L else "·")) + right, 2)
+            sym = {ast.Add: "+", ast.Sub: "-", ast.Div: "/"}[type(node.op)]
+            return (f"{left} {sym} {right}", p)
+        if isinstance(node, ast.Call):
+            fn = node.func.id
+            kw = {k.arg: k.value for k in node.keywords}
+            args = node.args
+            if fn == "sum" and "axis" in kw and isinstance(kw["axis"], (ast.Constant, ast.UnaryOp)):
+                axis = ast.literal_eval(kw["axis"])
+                label = self.axis_label(axis)
+                if L:
+                    return (rf"\sum_{{{label}}} {self(args[0], 3)}", 3)
+                sub = label.lower().translate(_SUB) if len(label) == 1 and label.lower().translate(_SUB) != label.lower() else f"_{label}"
+                return (f"Σ{sub} {self(args[0], 3)}", 3)
+            if fn == "where" and len(args) == 3 and isinstance(args[2], ast.Constant) and args[2].value == 0:
+                cond = self(args[0])
+                return ((rf"{self(args[1], 2)} \cdot \mathbb{{1}}[{cond}]" if L else f"{self(args[1], 2)}·[{cond}]"), 2)
+            inner = ", ".join([self(a) for a in args] + [f"{k}={self(v)}" for k, v in kw.items()])
+            name = rf"\operatorname{{{fn}}}" if L else fn
+            return (f"{name}({inner})", 5)
+        return (ast.unparse(node), 5)
+
+
+def _grad_name(n: str, latex: bool) -> str:
+    return (rf"\frac{{\partial L}}{{\partial {n}}}" if latex else f"d{n}")
+
+
+# ---------------------------------------------------------------------------
+# Proving closed forms
+
+
+def _sample_env(rule, dims, hyper, rng):
+    from .verify import Verifier
+
+    d = rule.at(hyper=hyper, **dims)
+    ref = {n: i.domain.sample(rng, d.shapes[n]) for n, i in rule.inputs.items()}
+    for n, lab in rule.labels.items():
+        ref[n] = rng.integers(0, dims[lab.classes], size=d.label_shapes[n]) if lab.kind == "classes" else lab.domain.sample(rng, d.label_shapes[n])
+    cot = rng.normal(size=d.output_shape) if d.output_shape else np.asarray(rng.uniform(1.5, 3.0))
+    formula_view = dict(ref)
+    for n in rule.labels:
+        formula_view[n] = d.encode_label(n, ref[n])
+    env = rule.environment(dims, hyper, formula_view)
+    out, scope = rule.formula.evaluate_scope(env, backend="numeric")
+    return ref, cot, {**scope, "out": np.asarray(out), "dout": cot}, Verifier.reference(d, ref, cot)
+
+
+def prove(rule, hyper: dict, seed: int = 0, trials: int = 4) -> dict[str, tuple[bool, str]]:
+    """input -> (holds, where it failed): each closed form checked against the exact VJP."""
+    from .verify import compare
+
+    results = {n: (True, "") for n in rule.closed_forms}
+    for k in range(trials):
+        rng = np.random.default_rng([seed, k])
+        dims = rule.example_dims() if k == 0 else {d: int(rng.integers(r.min, r.max + 1)) for d, r in rule.dims.items()}
+        ref, cot, env, (_, grads, scales) = _sample_env(rule, dims, hyper, rng)
+        for n, f in rule.closed_forms.items():
+            if not results[n][0]:
+                continue
+            try:
+                value = np.asarray(f.evaluate(env, backend="numeric"), dtype=np.float64)
+            except (RuleError, ValueError, TypeError):
+                results[n] = (False, f"cannot be evaluated at {dims}")
+                continue
+            if not compare(n, grads[n], value, scales[n], np.float64).passed:
+                results[n] = (False, f"does not hold at {dims}")
+    return results
+
+
+# ---------------------------------------------------------------------------
+# The graph
+
+
+_ELEMENTWISE = {"exp": sympy.exp, "log": sympy.log, "tanh": sympy.tanh, "sqrt": sympy.sqrt, "abs": sympy.Abs,
+                "sigmoid": lambda a: 1 / (1 + sympy.exp(-a))}
+_ARRAY_RULES = {
+    "matmul": "da = g bᵀ, db = aᵀ g",
+    "sum": "copies g back along the summed axes",
+    "mean": "copies g back along the averaged axes, divided by their size",
+    "max": "routes g to the maximum of each reduced group",
+    "softmax": "da = y·(g - Σ g·y) along the axis",
+    "log_softmax": "da = g - softmax(a)·Σ g along the axis",
+    "pick": "puts g at the picked positions, 0 elsewhere",
+    "repeat": "sums g over the repeated copies",
+    "reshape": "reshapes g back to a's shape",
+    "transpose": "transposes g with the inverse permutation",
+    "broadcast_to": "sums g back to a's shape (sum_to)",
+    "sum_to": "copies g back to a's shape (broadcast_to)",
+    "maximum": "passes g where a is the larger, else 0",
+    "minimum": "passes g where a is the smaller, else 0",
+    "where": "passes g to the chosen branch",
+    "onehot": "none (labels are not differentiated)",
+}
+
+
+@dataclass
+class Node:
+    label: str
+    text: str  # forward, in the operands' labels
+    shape: tuple
+    lines: list = field(default_factory=list)  # local derivative and backward signal
+
+
+def graph(rule, hyper: dict) -> tuple[list[Node], list[str]]:
+    """The formula node by node, and the chain rule result for element-wise formulas."""
+    dims = rule.example_dims()
+    pr = Printer(rule)
+    # numeric shapes of every node, at small distinct sizes
+    env = rule.environment(dims, hyper, {n: np.full(rule.shape_of(i.shape, dims), 0.5) for n, i in rule.inputs.items()}
+                           | {n: np.full(rule.shape_of(lab.symbolic_shape(), dims), 0.5) for n, lab in rule.labels.items()})
+    from .formula import BACKENDS, _eval
+
+    nodes: list[Node] = []
+    defs: dict[str, tuple] = {}  # label -> (op, operand labels, scalar local expr)
+    counter = [0]
+    scope = dict(env)
+
+    def visit(node, target=None):
+        if isinstance(node, ast.Name):
+            return node.id
+        if isinstance(node, ast.Constant) or not any(isinstance(n, ast.Name) for n in ast.walk(node)):
+            return None  # a constant, however written (-1)
+        operands = []
+        if isinstance(node, ast.BinOp):
+            operands = [visit(node.left), visit(node.right)]
+        elif isinstance(node, ast.UnaryOp):
+            operands = [visit(node.operand)]
+        elif isinstance(node, ast.Call):
+            operands = [visit(a) for a in node.args] + [visit(k.value) for k in node.keywords]
+        elif isinstance(node, ast.Attribute):
+            operands = [visit(node.value)]
+        elif isinstance(node, (ast.List, ast.Tuple, ast.Compare)):
+            return None
+        counter[0] += 1
+        label = target or f"v{counter[0]}"
+        value = np.asarray(_eval(node, scope, BACKENDS["numeric"]))
+        scope[label] = value
+        shown = _relabel(node, operands)
+        nodes.append(Node(label, pr(shown), value.shape))
+        op = _op_name(node)
+        # a scalar expression when every operand is element-wise in the inputs
+        args = []
+        for o, sub in zip(operands, _children(node)):
+            if o is None:
+                args.append(_const(sub))
+            else:
+                args.append(sympy.Symbol(o))
+        expr = _scalar_op(node, args)
+        defs[label] = (op, [o for o in operands if o is not None], expr)
+        return label
+
+    for target, node in rule.formula.statements:
+        visit(node, target or "out")
+    # backward: element-wise locals symbolically, array ops by their rule
+    g = {"out": sympy.Symbol("dout")}
+    final = []
+    differentiable = set(rule.inputs) | {n.label for n in nodes}
+    for n in reversed(nodes):
+        op, operands, expr = defs[n.label]
+        gn = g.get(n.label, sympy.Symbol(f"d{n.label}"))
+        wrt = [o for o in operands if o in differentiable]
+        if expr is None:  # an array operation: its standard rule; the signal goes on by name
+            n.lines.append(f"rule: {_ARRAY_RULES.get(op, 'passes g on')} (g = {_sx(gn, pr)})")
+            for o in wrt:
+                g[o] = sympy.Symbol(f"d{o}")
+            continue
+        for o in wrt:
+            local = _in_own_terms(sympy.diff(expr, sympy.Symbol(o)), expr, n.label)
+            g[o] = g.get(o, 0) + gn * local
+            n.lines.append(f"local ∂{_lbl(n.label, pr)}/∂{_lbl(o, pr)} = {_sx(local, pr)},  signal d{_lbl(o, pr)} = {_sx(g[o], pr)}")
+    # the chain rule all the way to the inputs (element-wise formulas): in the inputs and the output
+    if all(defs[n.label][2] is not None for n in nodes):
+        subs = {}
+        for n in nodes:  # forward order: each intermediate in terms of the inputs; the output stays a name
+            if n.label != "out":
+                subs[sympy.Symbol(n.label)] = defs[n.label][2].subs(subs)
+        for x in rule.inputs:
+            if x in g:
+                final.append(f"d{x} = {_sx(g[x].subs(subs), pr)}")
+    return nodes, final
+
+
+def _from_output_line(rule, hyper) -> str:
+    """d x = dout · φ(y), proven equal to the chain rule's result for every x."""
+    from . import symarray
+
+    (x,) = rule.inputs
+    xs = sympy.Symbol(x, real=True)
+    y = sympy.sympify(np.asarray(rule.formula.evaluate({x: symarray.asarray(xs), **rule.example_dims()}, backend="symbolic")).item())
+    env = rule.environment(rule.example_dims(), hyper, {x: symarray.asarray(xs), "out": symarray.asarray(y)})
+    phi = sympy.sympify(np.asarray(rule.from_output.evaluate(env, backend="symbolic")).item())
+    holds = sympy.simplify(phi - sympy.diff(y, xs)) == 0
+    shown = Printer(rule)(ast.BinOp(ast.Name("dout"), ast.Mult(), rule.from_output.statements[-1][1]))
+    return f"d{x} = {shown}" + ("    (proven: equal for every x)" if holds else "    (does NOT hold: not a closed form of this rule)")
+
+
+def _lbl(label, pr):
+    return pr.name(label)
+
+
+def _sx(expr, pr) -> str:
+    import re
+
+    s = re.sub(r"\bout\b", pr.out_name, sympy.sstr(expr))
+    return s.replace("**2", "²").replace("**", "^").replace("*", "·")
+
+
+def _const(node):
+    try:
+        return sympy.sympify(ast.literal_eval(node))
+    except (ValueError, SyntaxError, sympy.SympifyError):
+        return None
+
+
+def _children(node):
+    if isinstance(node, ast.BinOp):
+        return [node.left, node.right]
+    if isinstance(node, ast.UnaryOp):
+        return [node.operand]
+    if isinstance(node, ast.Call):
+        return list(node.args) + [k.value for k in node.keywords]
+    if isinstance(node, ast.Attribute):
+        return [node.value]
+    return []
+
+
+def _relabel(node, operands):
+    """The node with each operand replaced by its label (v1, y, ...)."""
+    node = ast.parse(ast.unparse(node), mode="eval").body
+    kids = _children(node)
+    for kid, label in zip(kids, operands):
+        if label is not None and not isinstance(kid, ast.Name):
+            new = ast.Name(id=label, ctx=ast.Load())
+            for parent in ast.walk(node):
+                for fname, value in ast.iter_fields(parent):
+                    if value is kid:
+                        setattr(parent, fname, new)
+                    elif isinstance(value, list):
+                        for i, v in enumerate(value):
+                            if v is kid:
+                                value[i] = new
+                            elif isinstance(v, ast.keyword) and v.value is kid:
+                                v.value = new
+    return node
+
+
+def _op_name(node) -> str:
+    if isinstance(node, ast.Call):
+        return node.func.id
+    if isinstance(node, ast.BinOp):
+        return "matmul" if isinstance(node.op, ast.MatMult) else type(node.op).__name__
+    if isinstance(node, ast.Attribute):
+        return "transpose"
+    return type(node).__name__
+
+
+def _scalar_op(node, args):
+    """The node as a scalar SymPy expression of its operands, if it is element-wise."""
+    if any(a is None for a in args):
+        return None
+    if isinstance(node, ast.BinOp) and not isinstance(node.op, ast.MatMult):
+        a, b = args
+        return {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b, ast.Div: a / b, ast.Pow: a ** b}[type(node.op)]
+    if isinstance(node, ast.UnaryOp):
+        return -args[0] if isinstance(node.op, ast.USub) else args[0]
+    if isinstance(node, ast.Call) and node.func.id in _ELEMENTWISE and len(args) == 1:
+        return _ELEMENTWISE[node.func.id](args[0])
+    if isinstance(node, ast.Call) and node.func.id == "maximum" and len(args) == 2:
+        return sympy.Max(*args)
+    return None
+
+
+def _in_own_terms(local, expr, label):
+    """exp(v1) is v2 itself; -1/v3**2 is -y**2 when y = 1/v3: say it the way the seed does."""
+    own = sympy.Symbol(label)
+    try:
+        shown = local.subs(expr, own)
+        if isinstance(expr, sympy.Pow) and expr.exp == -1:
+            shown = shown.subs(expr.base, 1 / own)
+    except (TypeError, ValueError):
+        return local
+    return shown if sympy.count_ops(shown) <= sympy.count_ops(local) else local
+
+
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Explanation:
+    rule: object
+    hyper: dict
+    dims: dict
+    nodes: list
+    chain: list
+    jacobian_text: str
+    jacobian_latex: str
+    closed: list  # [(input, Formula, holds, note)]
+    layer: list = field(default_factory=list)  # lines comparing a failing layer with the formula
+
+    def text(self) -> str:
+        r, pr = self.rule, Printer(self.rule)
+        lines = [f"{r.name}: {r.summary}", "", "forward formula:"]
+        lines += [f"  {ln}" for ln in r.formula.text.strip().splitlines()]
+        lines += ["", "computational graph, node by node (shapes at " + ", ".join(f"{k}={v}" for k, v in self.rule.example_dims().items()) + "):"]
+        for n in self.nodes:
+            lines.append(f"  {pr.name(n.label):<4} = {n.text}    {list(n.shape)}")
+        lines += ["", "backward, from dout at the output to the inputs:"]
+        for n in reversed(self.nodes):
+            lines.append(f"  at {pr.name(n.label)} = {n.text}:")
+            lines += [f"      {ln}" for ln in n.lines]
+        if self.chain:
+            lines += ["", "chain rule, all the way to the inputs:"] + [f"  {ln}" for ln in self.chain]
+        sizes = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+        lines += ["", f"Jacobian at {sizes}:", *[f"  {ln}" for ln in self.jacobian_text.splitlines()[2:]]]
+        lines += ["", "closed forms (each proven against the exact Jacobian at random shapes):"]
+        shown = [c for c in self.closed if c[2]]
+        for n, f, _, _ in shown:
+            lines.append(f"  {_grad_name(n, False)} = {Printer(r)(f.statements[-1][1])}")
+        if not shown:
+            lines.append("  (none that holds for these hyperparameters)")
+        if self.layer:
+            lines += ["", "your layer against the formula:"] + [f"  {ln}" for ln in self.layer]
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        r = self.rule
+        out = [f"## {r.name}", "", r.summary, "", "**Forward formula**", "", "```", r.formula.text.strip(), "```", "",
+               "**Computational graph**", ""]
+        pl = Printer(r, latex=True)
+        for n in self.nodes:
+            out.append(f"- ${pl.name(n.label)} = {pl(_parse(n))}$ — shape {list(n.shape)}; " + "; ".join(n.lines))
+        if self.chain:
+            out += ["", "**Chain rule**", ""] + [f"- `{c}`" for c in self.chain]
+        out += ["", f"**Jacobian** at {', '.join(f'{k}={v}' for k, v in self.dims.items())}", ""]
+        for part in self.jacobian_latex.split("\n\n"):  # one display block each: a blank line ends $$
+            out += ["$$", part, "$$", ""]
+        out += ["**Closed forms** (proven against the exact Jacobian)", ""]
+        out += [f"- ${_grad_name(n, True)} = {pl(f.statements[-1][1])}$" for n, f, ok, _ in self.closed if ok]
+        if self.layer:
+            out += ["", "**Your layer against the formula**", ""] + [f"- {ln}" for ln in self.layer]
+        return "\n".join(out)
+
+    def latex(self) -> str:
+        pl = Printer(self.rule, latex=True)
+        parts = [rf"% derivcheck explain {self.rule.name}", r"\begin{align*}"]
+        parts += [rf"{pl.name(n.label)} &= {pl(_parse(n))} \\" for n in self.nodes]
+        parts += [rf"{_grad_name(n, True)} &= {pl(f.statements[-1][1])} \\" for n, f, ok, _ in self.closed if ok]
+        parts += [r"\end{align*}", "", self.jacobian_latex]
+        return "\n".join(parts)
+
+    def render(self, fmt: str) -> str:
+        return {"text": self.text, "markdown": self.markdown, "latex": self.latex}[fmt]()
+
+    def _repr_markdown_(self):
+        return self.markdown()
+
+    def _repr_latex_(self):
+        return "$$" + self.latex().replace(r"\begin{align*}", r"\begin{aligned}").replace(r"\end{align*}", r"\end{aligned}").split("\n\n")[0] + "$$"
+
+
+def _parse(node: Node):
+    """A node's forward text back to a tree, for LaTeX (operand labels are plain names)."""
+    text = node.text.replace("ᵀ", ".T").replace("·", "*")
+    try:
+        return ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return ast.Constant(node.text)
+
+
+def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: int = 0) -> Explanation:
+    """The derivation of ``rule`` (a Rule or a rule's name); renders as text, markdown or LaTeX."""
+    from . import render
+    from .rules import load_rule
+
+    if isinstance(rule, str):
+        rule = load_rule(rule)
+    hyper = rule.resolve_hyper(hyper or {})
+    dims = rule.resolve_dims(shape) if shape else {d: min(n, 2) for d, n in rule.example_dims().items()}
+    d = rule.at(hyper=hyper, **dims)
+    nodes, chain = graph(rule, hyper)
+    proofs = prove(rule, hyper, seed)
+    closed = [(n, f, *proofs[n]) for n, f in rule.closed_forms.items()]
+    if rule.from_output is not None and chain:  # the seed's last step: dout * y * (1 - y), proven
+        chain.append(_from_output_line(rule, hyper))
+    return Explanation(rule, hyper, dims, nodes, chain, render.jacobians_text(d, list(rule.inputs), simplify=True),
+                       render.jacobians_latex(d, list(rule.inputs), simplify=True), closed)
+
+
+def explain_layer(exp: Explanation, target: str, rule, **options) -> Explanation:
+    """Put the formula at a failing layer's worst element next to what the layer returned."""
+    from .report import pair
+    from .verify import verify
+
+    rep = verify(target, rule, **options)
+    failing = [c for c in rep.checks if not c.passed and c.index is not None and c.dims]
+    if not failing:
+        exp.layer = [f"{target} passes every check ({rep.verdict}): nothing to compare"] if rep.verdict == "pass" else \
+            [f"{target} fails, but not at a single element: " + "; ".join(c.message for c in rep.checks if not c.passed)]
+        return exp
+    c = failing[0]
+    d = rule.at(hyper=exp.hyper, **c.dims)
+    idx = tuple(c.index)
+    if c.name == "forward":
+        expr = d.output[idx] if idx else d.output[()]
+        what = f"out[{','.join(map(str, idx))}]"
+    else:
+        n = c.name.split(" ", 1)[1]
+        dout = np.array([sympy.Symbol(f"dout_{'_'.join(map(str, o))}" if o else "dout") for o in np.ndindex(*d.output_shape)], dtype=object)
+        J = d.jacobian_array(n).reshape(len(dout), -1)
+        flat = int(np.ravel_multi_index(idx, d.shapes[n])) if idx else 0
+        expr = sympy.Add(*(dout[o] * J[o, flat] for o in range(len(dout))))
+        what = f"d{n}[{','.join(map(str, idx))}]"
+    e, g = pair(c.expected, c.got)
+    exp.layer = [
+        f"{c.name} fails at trial seed {c.seed}, " + ", ".join(f"{k}={v}" for k, v in c.dims.items()),
+        f"expected {what} = {sympy.sstr(sympy.simplify(expr))}",
+        f"         = {e} at the trial's values",
+        f"the layer returned {g}",
+    ] + [f"diagnosis: {dg['message']}" for dg in rep.diagnosis]
+    return exp

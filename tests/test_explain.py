@@ -1,0 +1,94 @@
+"""explain: the derivation shown node by node, with closed forms proven before they are printed."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import derivcheck
+from derivcheck.cli import main
+from derivcheck.explanation import explain, prove
+from derivcheck.rules import load_rule_file
+
+from bindings import EXAMPLES
+
+RULES = sorted(derivcheck.list_rules())
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "latex"])
+@pytest.mark.parametrize("name", RULES)
+def test_every_rule_in_every_format(name, fmt):
+    result = run("explain", name, "--format", fmt)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    if fmt == "text":
+        assert "computational graph, node by node" in out and "Jacobian at" in out and "closed forms" in out
+    elif fmt == "markdown":
+        assert out.startswith(f"## {name}") and "**Closed forms**" in out and "$$" in out
+    else:
+        assert r"\begin{align*}" in out and r"\end{align*}" in out
+
+
+def test_key_lines():
+    sigmoid = run("explain", "sigmoid").stdout
+    assert "dx = dout·y(1 - y)    (proven: equal for every x)" in sigmoid
+    assert "local ∂y/∂v3 = -y²" in sigmoid and "local ∂v2/∂v1 = v2" in sigmoid
+    affine = run("explain", "affine").stdout
+    assert all(line in affine for line in ("dx = dout Wᵀ", "dW = xᵀ dout", "db = Σₙ dout"))
+    assert "(y - t) / N" in run("explain", "softmax_with_loss").stdout
+    latex = run("explain", "affine", "--format", "latex").stdout
+    assert r"\frac{\partial L}{\partial W} &= x^\top \mathrm{dout}" in latex
+    assert r"\frac{\partial L}{\partial b} &= \sum_{N} \mathrm{dout}" in latex
+
+
+def test_a_closed_form_that_does_not_hold_is_not_shown(tmp_path):
+    text = (Path(derivcheck.load_rule("affine").path).read_text()
+            .replace('W = "x.T @ dout"', 'W = "dout.T @ x"'))  # transposed: wrong
+    (tmp_path / "affine.toml").write_text(text)
+    rule = load_rule_file(tmp_path / "affine.toml")
+    proofs = prove(rule, rule.resolve_hyper())
+    assert proofs["W"][0] is False and proofs["x"][0] is True
+    out = explain(rule).text()
+    assert "dx = dout Wᵀ" in out and "dW =" not in out.split("closed forms")[1]
+
+
+def test_closed_forms_are_proven_for_the_hyperparameters_given():
+    assert "dx = broadcast_to(dout, (N, D))" in explain("sum").text()
+    other = explain("sum", hyper={"axis": "1", "keepdims": "false"}).text()
+    assert "broadcast_to(dout" not in other.split("closed forms")[1]
+    assert "(none that holds for these hyperparameters)" in other
+
+
+def test_jupyter_reprs_and_python_api():
+    e = derivcheck.explain("affine", shape={"N": 1, "D": 2, "H": 1})
+    assert e._repr_markdown_().startswith("## affine")
+    assert e._repr_latex_().startswith("$$") and e._repr_latex_().endswith("$$")
+    assert e.dims == {"N": 1, "D": 2, "H": 1}
+
+
+def test_layer_mode_puts_formula_next_to_the_layer():
+    result = run("explain", "--layer", str(EXAMPLES / "broken" / "layers.py") + ":AffineMissingTranspose", "--rule", "affine",
+                 "--shape", "N=2,D=2,H=2")
+    assert result.exit_code == 0
+    out = result.stdout.split("your layer against the formula:")[1]
+    assert "expected dW[" in out and "at the trial's values" in out and "the layer returned" in out
+    assert "diagnosis: grad W: equals the right gradient transposed" in out
+    ok = run("explain", "--layer", str(EXAMPLES / "dlfs1" / "layers.py") + ":Affine")
+    assert ok.exit_code == 0 and "passes every check" in ok.stdout
+
+
+def test_explain_errors_exit_2():
+    assert run("explain").exit_code == 2
+    assert "no rule named 'sigmod'" in run("explain", "sigmod").stderr
+
+
+def test_walkthrough_runs_from_an_install():
+    out = subprocess.run([sys.executable, str(EXAMPLES / "walkthrough.py")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("all of the seed notes' results re-derived and checked")
+    assert "dx = dout·y(1 - y)    (proven: equal for every x)" in out.stdout
