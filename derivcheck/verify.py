@@ -401,6 +401,8 @@ class Verifier:
             for n, spec in self.rule.inputs.items():
                 if spec.stress:
                     v = spec.stress.sample(rng, d.shapes[n]).astype(self.dtype)
+                    if spec.stress.kind == "peaked" or (spec.stress.kind == "uniform" and spec.stress.low > 0):
+                        v = np.maximum(v, np.finfo(self.dtype).tiny)  # a positive domain stays positive in the dtype
                     values[n], ref[n] = v, v.astype(np.float64)
 
         try:

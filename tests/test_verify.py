@@ -234,3 +234,12 @@ def test_derivative_from_output_matches_the_jacobian():
         env = rule.environment(d.dims, d.hyper, {"x": x, "out": out})
         diag = np.diagonal(d.jacobians(x=x)["x"])
         np.testing.assert_allclose(np.asarray(rule.from_output.evaluate(env, "numeric")).ravel(), diag, rtol=1e-12)
+
+
+def test_stress_values_stay_in_the_domain_in_float32():
+    """Peaked probabilities underflow to 0 in float32; the probe keeps them positive (log's domain)."""
+    rule = derivcheck.load_rule("cross_entropy")
+    for seed in range(0, 40):
+        rep = verify(str(EXAMPLES / "functional" / "layers.py") + ":cross_entropy_loss", rule, dtype="float32",
+                     seed=seed, trials=1, steps=1)
+        assert rep.verdict == "pass", (seed, [(c.name, c.message) for c in rep.checks if not c.passed])

@@ -1,0 +1,58 @@
+"""What the derivation cache saves: cold (SymPy), from disk, and from memory.
+
+    python bench/cache.py
+
+Every rule is derived at its example sizes, three ways, in the same run:
+  cold    a fresh process with an empty cache folder: derive_by_array, then lambdify
+  disk    a fresh process with the folder the cold run filled: JSON trees, then lambdify
+  memory  the same process again: a dictionary look-up
+It prints seconds per rule and the ratios disk/cold and memory/cold.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import derivcheck
+times = {}
+for name, rule in sorted(derivcheck.list_rules().items()):
+    dims = {d: n + 1 for d, n in rule.example_dims().items()}  # one size up: 3, 4, 5, ...
+    t = time.perf_counter(); rule.at(**dims); first = time.perf_counter() - t
+    t = time.perf_counter(); rule.at(**dims); again = time.perf_counter() - t
+    times[name] = (first, again)
+print(json.dumps(times))
+"""
+
+
+def run(cache: str) -> dict:
+    env = dict(os.environ, DERIVCHECK_CACHE_DIR=cache)
+    out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT)], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as cache:
+        cold = run(cache)
+        warm = run(cache)
+    print(f"{'rule':<20} {'cold s':>8} {'disk s':>8} {'memory s':>9}")
+    for name in cold:
+        print(f"{name:<20} {cold[name][0]:8.3f} {warm[name][0]:8.3f} {warm[name][1]:9.5f}")
+    tc = sum(v[0] for v in cold.values())
+    td = sum(v[0] for v in warm.values())
+    tm = sum(v[1] for v in warm.values())
+    print(f"\n{'all rules':<20} {tc:8.3f} {td:8.3f} {tm:9.5f}")
+    print(f"ratios: disk/cold {td / tc:.2f}, memory/cold {tm / tc:.5f} (same run)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
