@@ -1,7 +1,6 @@
 """The ``derivcheck`` command line."""
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 
@@ -13,12 +12,12 @@ from .errors import DerivcheckError
 class Context:
     def __init__(self, debug: bool, rule_dirs: tuple, config_path):
         from .config import load_config
+        from .gate import use_config
 
         self.debug = debug
         self.config = load_config(config_path)
         self.rule_dirs = [*rule_dirs, *self.config.rules]
-        if self.config.cache_dir and "DERIVCHECK_CACHE_DIR" not in os.environ:
-            os.environ["DERIVCHECK_CACHE_DIR"] = str(self.config.cache_dir)
+        use_config(self.config)
 
 
 def parse_pairs(text: str | None, what: str) -> dict[str, str]:

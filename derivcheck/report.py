@@ -16,6 +16,10 @@ The JSON schema (``derivcheck verify --format json``)::
                     "message": "...", "trial": 0}],
       "diagnosis": [{"check": "grad W", "kind": "transposed", "message": "...", "hint": "...",
                      "evidence": {"residual_over_tol": 0.0}}],
+      # kinds: transposed, sign-flipped, constant-factor, missing-reduction, wrong-axis,
+      # extra-reduction, upstream-ignored, input-instead-of-output, accumulates, stale-state,
+      # shape, forward-wrong, numerical-stability
+      "notes": ["at the kink x = 0 the layer's derivative is 0 ..."],   # with --kinks
       "reproduce": "derivcheck verify ... --seed 1 --trials 1 --shape N=3,D=3,H=3"
     }
 
