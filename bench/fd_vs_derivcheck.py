@@ -53,8 +53,7 @@ def gradcheck(binding, rule, trials=3) -> bool:
 
             def loss(vals):
                 adapter.update_params(vals)
-                held = {**vals, **{n: adapter.param_arrays[n] for n in getattr(adapter, "params", [])}}
-                out = adapter.run(held, cot).output
+                out = adapter.run(adapter.held(vals), cot).output
                 return float(np.sum(np.asarray(cot, dtype=np.float64) * np.asarray(out, dtype=np.float64)))
 
             for n in rule.inputs:

@@ -337,6 +337,10 @@ class Adapter:
     def run(self, values: dict, cotangent) -> Outcome:
         raise NotImplementedError
 
+    def held(self, values: dict) -> dict:
+        """The values the layer computes with: for a layer that holds its parameters, its own arrays."""
+        return values
+
 
 def _call(fn, args, stage):
     try:
@@ -385,9 +389,15 @@ class Dlfs1Adapter(Adapter):
     def _backward(self, cotangent):
         return _call(self.instance.backward, [(None, cotangent)], f"{self.name}.backward")
 
+    def held(self, values):
+        return {**values, **{n: self.param_arrays[n] for n in self.params}}
+
     def run(self, values, cotangent) -> Outcome:
         out = self._forward(values)
-        dx = self._backward(cotangent)
+        return Outcome(out, self.gradients(self._backward(cotangent)))
+
+    def gradients(self, dx) -> dict:
+        """Every rule input's gradient after a backward call that returned ``dx``."""
         grads = {}
         data = [n for _, kind, n in self.binding.call if kind == "input"]
         if len(data) == 1:
@@ -397,7 +407,7 @@ class Dlfs1Adapter(Adapter):
             grads.update(zip(data, parts))
         for n in self.params:
             grads[n] = self._param_grad(n)
-        return Outcome(out, grads)
+        return grads
 
     def _param_grad(self, n):
         attr = self.attribute_of(n) or n
@@ -438,12 +448,14 @@ class Dlfs2Adapter(Dlfs1Adapter):
         for n, i in self.slots.items():
             params[i][...] = values[n]
 
+    def held(self, values):
+        return {**values, **{n: self.instance.params[i] for n, i in self.slots.items()}}
+
     def run(self, values, cotangent) -> Outcome:
         before = [id(g) for g in self.instance.grads]
         outcome = super().run(values, cotangent)
         grads = self.instance.grads
         for n, i in self.slots.items():
-            outcome.grads[n] = grads[i]
             if id(grads[i]) != before[i]:
                 outcome.warnings.append((
                     "rebinds-grads",
@@ -453,7 +465,7 @@ class Dlfs2Adapter(Dlfs1Adapter):
         return outcome
 
     def _param_grad(self, n):
-        return None  # filled from the grads slots in run()
+        return self.instance.grads[self.slots[n]]
 
     def grad_location(self, n) -> str:
         if n not in self.params:

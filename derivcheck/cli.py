@@ -154,15 +154,13 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
     verified, 1 when the layer is wrong, 2 when it could not run.
     """
     from . import report as render
-    from .rules import load_rule
-    from .verify import verify
-
     from .adapters import load_target
-    from .rules import guess_rule
+    from .rules import rule_for
+    from .verify import verify
 
     try:
         load_target(target)  # a typo in the target is the first thing to report
-        rule = load_rule(rule_name or guess_rule(target, obj.rule_dirs), obj.rule_dirs)
+        rule = rule_for(rule_name, target, obj.rule_dirs)
         rep = verify(target, rule, hyper=parse_hypers(hypers), style=style, dtype=dtype, seed=seed, trials=trials,
                      steps=steps, shape=parse_pairs(shape, "--shape") if shape else None, strict=strict,
                      kinks=kinks, stress=not no_stress)
@@ -184,18 +182,16 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
 @click.pass_obj
 def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, fmt):
     """Show how RULE's derivatives come about: graph, Jacobian, closed forms."""
+    from .adapters import load_target
     from .explanation import explain, explain_layer
-    from .rules import guess_rule, load_rule
+    from .rules import rule_for
 
     name = rule_name or rule_opt
-    if name is None:
-        if not layer:
-            raise DerivcheckError("name a rule (derivcheck explain affine) or a layer (--layer file.py:Name)")
-        from .adapters import load_target
-
-        load_target(layer)
-        name = guess_rule(layer, obj.rule_dirs)
-    rule = load_rule(name, obj.rule_dirs)
+    if name is None and not layer:
+        raise DerivcheckError("name a rule (derivcheck explain affine) or a layer (--layer file.py:Name)")
+    if layer:
+        load_target(layer)  # a typo in the layer is the first thing to report
+    rule = rule_for(name, layer or "", obj.rule_dirs)
     hyper = parse_hypers(hypers)
     sizes = parse_pairs(shape, "--shape") if shape else None
     exp = explain(rule, shape=sizes, hyper=hyper)

@@ -39,12 +39,15 @@ def use_config(config: Config) -> None:
         os.environ["DERIVCHECK_CACHE_DIR"] = str(config.cache_dir)
 
 
+_HOW = 'add rule = "..." to the layer'  # how a configuration names a rule
+
+
 def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None) -> Result:
-    from .rules import guess_rule, load_rule
+    from .rules import rule_for
     from .verify import verify
 
     try:
-        rule = load_rule(binding.rule or guess_rule(binding.target, rule_dirs, how='add rule = "..." to the layer'), rule_dirs)
+        rule = rule_for(binding.rule, binding.target, rule_dirs, _HOW)
         report = verify(binding.target, rule, hyper=binding.hyper, style=binding.style,
                         dtype=binding.dtype, seed=binding.seed if seed is None else seed, trials=binding.trials,
                         steps=binding.steps, strict=binding.strict)
@@ -56,12 +59,12 @@ def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None) -> Resu
 def validate(bindings: list[Binding], rule_dirs=()) -> None:
     """Bad configuration is found before anything runs: missing targets, unknown rules."""
     from .adapters import load_target
-    from .rules import guess_rule, load_rule
+    from .rules import rule_for
 
     for b in bindings:
         try:
             load_target(b.target)
-            rule = load_rule(b.rule or guess_rule(b.target, rule_dirs, how='add rule = "..." to the layer'), rule_dirs)
+            rule = rule_for(b.rule, b.target, rule_dirs, _HOW)
             rule.resolve_hyper(b.hyper)
         except DerivcheckError as exc:
             raise DerivcheckError(f"{b.where}: layer {b.target.rpartition(':')[2]}: {exc}") from None

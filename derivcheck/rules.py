@@ -607,6 +607,11 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule") -> str:
     return guess
 
 
+def rule_for(name: str | None, target: str, extra=(), how: str = "pass --rule") -> Rule:
+    """The rule called ``name`` or, without one, the rule ``target``'s name implies."""
+    return load_rule(name or guess_rule(target, extra, how), extra)
+
+
 _LOADED: dict[tuple, Rule] = {}
 
 

@@ -166,7 +166,7 @@ class Verifier:
     """One layer against one rule. ``run()`` returns a Report."""
 
     def __init__(self, target: str, rule, *, hyper=None, style=None, dtype="float64", seed=0, trials=5, steps=2,
-                 shape=None, strict=False, kinks=False, stress=True, rule_dirs=()):
+                 shape=None, strict=False, kinks=False, stress=True):
         if dtype not in DTYPES:
             raise DerivcheckError(f"--dtype must be one of {', '.join(DTYPES)}, not '{dtype}'")
         if trials < 1 or steps < 1:
@@ -179,9 +179,7 @@ class Verifier:
         self.shape = rule.resolve_dims(shape) if shape else None
         self.strict = strict
         self.kinks, self.stress = kinks, stress
-        self.rule_dirs = rule_dirs
         self.style = style
-        self._pending = []  # warnings found inside a step, flushed into the report after it
         # load the target now, so that a typo is an error (exit 2) before any trial
         self.adapter_for = lambda layer_hyper: make_adapter(target, rule, self.hyper, layer_hyper, style)  # noqa: E731
         self.probe = self.adapter_for({})
@@ -320,27 +318,20 @@ class Verifier:
                     adapter.build(values)
                 else:
                     adapter.update_params(values)
-                    values = self._held_params(adapter, values)
+                    values = adapter.held(values)
                 snapshot = {n: np.array(v, copy=True) for n, v in values.items()}
                 cot_copy = np.array(cot, copy=True)
                 outcome = adapter.run(values, cot)
             except LayerError as exc:
                 checks.append(Check("layer raised", False, message=str(exc), **ctx(step)))
                 return checks
-            checks += self.compare_outcome(d, ref, cot, outcome, adapter, ctx(step), history)
+            checks += self.compare_outcome(rep, d, ref, cot, outcome, adapter, ctx(step), history)
             self._side_effects(rep, k, values, snapshot, cot, cot_copy, outcome)
         if hasattr(adapter, "_forward") and all(c.passed for c in checks):
             self._stale_check(rep, k, d, adapter, rng)  # only meaningful for a layer that is right so far
         return checks
 
-    def _held_params(self, adapter, values):
-        """After an in-place update, the layer's own arrays are the parameter values."""
-        held = dict(values)
-        for n in getattr(adapter, "params", []):
-            held[n] = adapter.param_arrays[n]
-        return held
-
-    def compare_outcome(self, d, ref, cot, outcome, adapter, ctx, history) -> list[Check]:
+    def compare_outcome(self, rep, d, ref, cot, outcome, adapter, ctx, history) -> list[Check]:
         from .diagnose import Context, diagnose_forward, diagnose_gradient
 
         checks = []
@@ -349,7 +340,7 @@ class Verifier:
         if not fwd.passed:
             fwd.diagnosis = [diagnose_forward(fwd)]
         checks.append(fwd)
-        self._dtype_warning(outcome.output, "forward output", ctx)
+        self._dtype_warning(rep, outcome.output, "forward output", ctx["trial"])
         for n in self.rule.inputs:
             where = adapter.grad_location(n)
             got = outcome.grads.get(n)
@@ -361,7 +352,7 @@ class Verifier:
                                history["passed"].get(c.name, False))
                 c.diagnosis = diagnose_gradient(n, expected_grads[n], got, scales[n], dctx)
             checks.append(c)
-            self._dtype_warning(got, f"gradient of {n} ({where})", ctx)
+            self._dtype_warning(rep, got, f"gradient of {n} ({where})", ctx["trial"])
         for c in checks:
             history["passed"][c.name] = history["passed"].get(c.name, True) and c.passed
         for n in self.rule.inputs:
@@ -485,9 +476,9 @@ class Verifier:
         scales["forward"] = m_out + np.abs(out)
         return out, grads, scales
 
-    def _dtype_warning(self, value, what, ctx):
+    def _dtype_warning(self, rep, value, what, trial):
         if isinstance(value, np.ndarray) and value.dtype != self.dtype and value.ndim > 0:
-            self._pending.append(("dtype", f"{what} is {value.dtype} for {self.dtype_name} inputs", ctx["trial"]))
+            _warn(rep, "dtype", f"{what} is {value.dtype} for {self.dtype_name} inputs", trial)
 
     def _side_effects(self, rep, k, values, snapshot, cot, cot_copy, outcome):
         for n, before in snapshot.items():
@@ -497,9 +488,6 @@ class Verifier:
             _warn(rep, "mutates-input", "backward modified the caller's upstream gradient (dout) in place", k)
         for kind, message in outcome.warnings:
             _warn(rep, kind, message, k)
-        for kind, message, trial in self._pending:
-            _warn(rep, kind, message, trial)
-        self._pending.clear()
 
     def _stale_check(self, rep, k, d, adapter, rng):
         """forward(a); forward(b); backward(g) must give the gradients at b."""
@@ -507,16 +495,12 @@ class Verifier:
         cot = self.cotangent(d, rng)
         try:
             adapter.update_params(va)
-            adapter._forward(self._held_params(adapter, va))
+            adapter._forward(adapter.held(va))
             adapter.update_params(vb)
-            adapter._forward(self._held_params(adapter, vb))
-            dx = adapter._backward(cot)
+            adapter._forward(adapter.held(vb))
+            grads = adapter.gradients(adapter._backward(cot))
         except LayerError:
             return  # a layer that raises here already failed its trials
-        data = [n for _, kind, n in adapter.binding.call if kind == "input"]
-        grads = {data[0]: dx} if len(data) == 1 else {}
-        for n in adapter.params:
-            grads[n] = adapter.instance.grads[adapter.slots[n]] if hasattr(adapter, "slots") else adapter._param_grad(n)
         _, expected, scales = self.reference(d, refb, cot)
         for n, g in grads.items():
             if not compare(n, expected[n], g, scales[n], self.dtype).passed:
@@ -542,19 +526,20 @@ def verify(target: str, rule, **options) -> Report:
     return Verifier(target, rule, **options).run()
 
 
-def assert_backward(layer, rule=None, **options):
+def assert_backward(layer, rule=None, rule_dirs=(), **options):
     """For hand-written tests: verify ``layer`` (a class, a function or a target string).
 
     ``rule`` is a rule name or a loaded rule (default: guessed from the layer's
-    name); ``options`` are :class:`Verifier`'s (hyper, style, dtype, seed,
-    trials, steps, shape, strict). Raises AssertionError with the full report
-    when the layer is wrong; returns the report otherwise.
+    name), looked up in ``rule_dirs`` and the catalog; ``options`` are
+    :class:`Verifier`'s (hyper, style, dtype, seed, trials, steps, shape, strict).
+    Raises AssertionError with the full report when the layer is wrong; returns
+    the report otherwise.
     """
     from .report import text
-    from .rules import guess_rule, load_rule
+    from .rules import rule_for
 
     if rule is None or isinstance(rule, str):
-        rule = load_rule(rule or guess_rule(target_spec(layer), options.get("rule_dirs", ())), options.get("rule_dirs", ()))
+        rule = rule_for(rule, target_spec(layer), rule_dirs)
     report = verify(layer, rule, **options)
     if report.verdict != "pass":
         raise AssertionError("\n" + text(report))

@@ -243,3 +243,23 @@ def test_stress_values_stay_in_the_domain_in_float32():
         rep = verify(str(EXAMPLES / "functional" / "layers.py") + ":cross_entropy_loss", rule, dtype="float32",
                      seed=seed, trials=1, steps=1)
         assert rep.verdict == "pass", (seed, [(c.name, c.message) for c in rep.checks if not c.passed])
+
+
+def test_book2_layer_that_copies_its_parameters(tmp_path):
+    """From step 2 on the reference uses the arrays the layer holds, not the ones it was given."""
+    f = tmp_path / "copying.py"
+    f.write_text(
+        "import numpy as np\n"
+        "class MatMul:\n"
+        "    def __init__(self, W):\n"
+        "        self.params = [W.copy()]\n"
+        "        self.grads = [np.zeros_like(W)]\n"
+        "    def forward(self, x):\n"
+        "        self.x = x\n"
+        "        return x @ self.params[0]\n"
+        "    def backward(self, dout):\n"
+        "        self.grads[0][...] = self.x.T @ dout\n"
+        "        return dout @ self.params[0].T\n"
+    )
+    rep = verify(f"{f}:MatMul", derivcheck.load_rule("matmul"), trials=2, steps=3)
+    assert rep.verdict == "pass" and rep.style == "dlfs2", [(c.name, c.message, c.step) for c in rep.checks if not c.passed]
