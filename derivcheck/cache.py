@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +26,7 @@ import mpmath
 import numpy as np
 import sympy
 
-FORMAT = 1
+FORMAT = 2  # 2: sparse Jacobian triples; generic entries
 
 _FUNCS = {
     "Add": sympy.Add,
@@ -48,7 +49,9 @@ _FUNCS = {
     "And": sympy.And,
     "Or": sympy.Or,
     "Not": sympy.Not,
+    "KroneckerDelta": sympy.KroneckerDelta,
 }
+_INDEX_NAME = re.compile(r"^[a-z][0-9]{1,9}$")
 _CONSTANTS = {"true": sympy.true, "false": sympy.false, "E": sympy.E, "Half": sympy.S.Half}
 
 
@@ -58,7 +61,13 @@ class Unencodable(Exception):
 
 def encode(expr):
     if isinstance(expr, sympy.Symbol):
+        if expr.is_integer and not expr.is_positive:  # an index variable of the shape-generic tier
+            return ["X", expr.name]
         return ["S", expr.name]
+    if isinstance(expr, sympy.Indexed):
+        return ["Ix", str(expr.base.label)] + [encode(i) for i in expr.indices]
+    if isinstance(expr, sympy.Sum):
+        return ["Sum", encode(expr.function)] + [[encode(v), encode(lo), encode(hi)] for v, lo, hi in expr.limits]
     if isinstance(expr, sympy.Integer):
         return ["I", str(int(expr))]
     if isinstance(expr, sympy.Rational):
@@ -75,10 +84,23 @@ def encode(expr):
     raise Unencodable(name)
 
 
-def decode(tree, symbols: dict):
+def decode(tree, symbols: dict, bases: frozenset = frozenset()):
+    """Rebuild an expression; ``symbols`` by name, ``bases`` the array names Indexed may read."""
     if not isinstance(tree, list) or not tree or not isinstance(tree[0], str):
         raise ValueError("malformed node")
     tag, args = tree[0], tree[1:]
+    if tag == "X":
+        if len(args) != 1 or not isinstance(args[0], str) or not _INDEX_NAME.match(args[0]) or not bases:
+            raise ValueError(f"bad index {args!r}")
+        return sympy.Symbol(args[0], integer=True)
+    if tag == "Ix":
+        if not args or args[0] not in bases:
+            raise ValueError(f"foreign array {args[:1]!r}")
+        return sympy.IndexedBase(args[0], real=True)[tuple(decode(a, symbols, bases) for a in args[1:])]
+    if tag == "Sum":
+        if len(args) < 2 or not all(isinstance(lim, list) and len(lim) == 3 for lim in args[1:]):
+            raise ValueError("malformed sum")
+        return sympy.Sum(decode(args[0], symbols, bases), *(tuple(decode(x, symbols, bases) for x in lim) for lim in args[1:]))
     if tag == "S":
         if len(args) != 1 or args[0] not in symbols:
             raise ValueError(f"foreign symbol {args!r}")
@@ -95,7 +117,7 @@ def decode(tree, symbols: dict):
     if tag == "C":
         return _CONSTANTS[args[0]]
     if tag in _FUNCS:
-        return _FUNCS[tag](*(decode(a, symbols) for a in args))
+        return _FUNCS[tag](*(decode(a, symbols, bases) for a in args))
     raise ValueError(f"unknown node {tag!r}")
 
 
@@ -132,26 +154,25 @@ def _path(key: str) -> Path | None:
 
 def load(key: str, derivation) -> tuple | None:
     """The cached (output_shape, outputs, jacobians) for ``derivation``, or None."""
-    path = _path(key)
-    if path is None or not path.is_file():
+    data = load_entry(key)
+    if data is None:
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT or data.get("key") != key:
-            return None
         symbols = {s.name: s for arr in (*derivation.symbols.values(), *derivation.label_symbols.values()) for s in arr.ravel()}
         shape = tuple(int(n) for n in data["output_shape"])
         out = [decode(t, symbols) for t in data["out"]]
         if len(out) != int(np.prod(shape)):
             return None
-        jac = {}
-        for name, syms in derivation.symbols.items():
-            rows = [[sympy.Integer(0)] * syms.size for _ in out]
-            for o, i, tree in data["jac"][name]:
-                rows[o][i] = decode(tree, symbols)
-            jac[name] = rows
         if set(data["jac"]) != set(derivation.symbols):
             return None
+        jac = {}
+        for name, syms in derivation.symbols.items():
+            triples = []
+            for o, i, tree in data["jac"][name]:
+                if not (isinstance(o, int) and isinstance(i, int) and 0 <= o < len(out) and 0 <= i < syms.size):
+                    return None
+                triples.append((o, i, decode(tree, symbols)))
+            jac[name] = triples
         return shape, out, jac
     except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError, json.JSONDecodeError):
         return None  # corrupt or foreign: rebuild
@@ -159,24 +180,40 @@ def load(key: str, derivation) -> tuple | None:
 
 def store(key: str, rule_name: str, exprs: tuple) -> bool:
     """Write an entry atomically; False if it cannot be cached (unknown node, no folder)."""
-    path = _path(key)
-    if path is None:
-        return False
     shape, out, jac = exprs
     try:
         data = {
-            "format": FORMAT,
-            "key": key,
             "rule": rule_name,
             "output_shape": list(shape),
             "out": [encode(e) for e in out],
-            "jac": {
-                name: [[o, i, encode(e)] for o, row in enumerate(rows) for i, e in enumerate(row) if e != 0]
-                for name, rows in jac.items()
-            },
+            "jac": {name: [[o, i, encode(e)] for o, i, e in triples] for name, triples in jac.items()},
         }
     except Unencodable:
         return False
+    return store_entry(key, data)
+
+
+def load_entry(key: str) -> dict | None:
+    """The JSON payload stored under ``key`` (format and key checked), or None."""
+    path = _path(key)
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != key:
+        return None
+    return data
+
+
+def store_entry(key: str, data: dict) -> bool:
+    """Write ``data`` (JSON) under ``key`` atomically; False where there is no cache folder or it fails."""
+    path = _path(key)
+    if path is None:
+        return False
+    data = {"format": FORMAT, "key": key, **data}
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
@@ -185,8 +222,9 @@ def store(key: str, rule_name: str, exprs: tuple) -> bool:
         os.replace(tmp, path)
         return True
     except OSError:
-        try:
-            os.unlink(tmp)
-        except (OSError, UnboundLocalError):
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         return False

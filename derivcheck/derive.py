@@ -50,10 +50,14 @@ class Derivation:
         flat_out = list(out.ravel())
         jac = {}
         for name, syms in self.symbols.items():
-            flat_in = list(syms.ravel())
-            # derive_by_array(Y, X) has shape X.shape + Y.shape; store output-major rows
-            d = derive_by_array(ImmutableDenseNDimArray(flat_out), ImmutableDenseNDimArray(flat_in))
-            jac[name] = [[d[i, o] for i in range(len(flat_in))] for o in range(len(flat_out))]
+            position = {s: i for i, s in enumerate(syms.ravel())}
+            # sparse: each output is differentiated only by the input symbols it contains
+            jac[name] = [
+                (o, position[s], d)
+                for o, e in enumerate(flat_out)
+                for s in sorted(e.free_symbols & position.keys(), key=position.get)
+                if (d := e.diff(s)) != 0
+            ]
         return out.shape, flat_out, jac
 
     @property
@@ -68,7 +72,10 @@ class Derivation:
     def jacobian_array(self, name: str) -> np.ndarray:
         """d output / d ``name`` as an object array of shape ``output.shape + input.shape``."""
         self._check_input(name)
-        return np.array(self._jac[name], dtype=object).reshape(self.output_shape + self.shapes[name])
+        J = np.full((len(self._out), int(np.prod(self.shapes[name], dtype=int))), sympy.Integer(0), dtype=object)
+        for o, i, e in self._jac[name]:
+            J[o, i] = e
+        return J.reshape(self.output_shape + self.shapes[name])
 
     def _check_input(self, name):
         if name not in self._jac:
@@ -82,10 +89,9 @@ class Derivation:
         self._forward_fn = sympy.lambdify(args, self._out, modules="numpy", cse=True)
         self._nonzero = {}
         entries = []
-        for name, rows in self._jac.items():
-            idx = [(o, i) for o, row in enumerate(rows) for i, e in enumerate(row) if e != 0]
-            self._nonzero[name] = (np.array([o for o, _ in idx], dtype=np.intp), np.array([i for _, i in idx], dtype=np.intp))
-            entries += [rows[o][i] for o, i in idx]
+        for name, triples in self._jac.items():
+            self._nonzero[name] = (np.array([o for o, _, _ in triples], dtype=np.intp), np.array([i for _, i, _ in triples], dtype=np.intp))
+            entries += [e for _, _, e in triples]
         self._jac_fn = sympy.lambdify(args, entries, modules="numpy", cse=True)
         # running error bounds of the same expressions, for tolerances (see rounding.py)
         memo: dict = {}
@@ -110,17 +116,7 @@ class Derivation:
 
     def encode_label(self, name: str, value) -> np.ndarray:
         """Labels as the formula sees them: class indices become one-hot rows."""
-        lab = self.rule.labels[name]
-        value = np.asarray(value)
-        want = self.rule.shape_of(lab.symbolic_shape(), self.dims)
-        if lab.kind == "classes" and value.shape == self.label_shapes[name] and value.shape != want:
-            classes = self.dims[lab.classes]
-            if not np.issubdtype(value.dtype, np.integer) or value.min(initial=0) < 0 or value.max(initial=0) >= classes:
-                raise DerivcheckError(f"label '{name}' must hold class indices 0..{classes - 1}")
-            value = np.eye(classes)[value]
-        if value.shape != want:
-            raise DerivcheckError(f"label '{name}' has shape {value.shape}, expected {self.label_shapes[name]} or {want}")
-        return value.astype(np.float64)
+        return self.rule.encode_label(name, value, self.dims)
 
     def forward(self, **values) -> np.ndarray:
         """The rule's output at these input (and label) values, in float64."""
@@ -128,32 +124,37 @@ class Derivation:
             out = self._forward_fn(*self._args(values))
         return np.asarray(out, dtype=np.float64).reshape(self.output_shape)
 
-    def jacobians(self, **values) -> dict[str, np.ndarray]:
-        """Dense Jacobians, each of shape ``(output.size, input.size)``."""
+    def entries(self, bounds: bool = False, **values):
+        """Non-zero Jacobian entries at these values, ``{input: values}``.
+
+        The positions are ``self._nonzero[input] = (output rows, input columns)``.
+        With ``bounds``: also their running error bounds (same layout) and the
+        output's, as ``(entries, entry bounds, output bound)``.
+        """
+        args = self._args(values)
         with np.errstate(all="ignore"):
-            entries = np.asarray(self._jac_fn(*self._args(values)), dtype=np.float64)
-        out_size = int(np.prod(self.output_shape))
-        result, start = {}, 0
-        for name, (rows, cols) in self._nonzero.items():
-            J = np.zeros((out_size, int(np.prod(self.shapes[name]))))
-            J[rows, cols] = entries[start : start + len(rows)]
+            vals = np.asarray(self._jac_fn(*args), dtype=np.float64)
+            mags = np.asarray(self._mag_fn(*args), dtype=np.float64) if bounds else None
+        result, entry_bounds, start = {}, {}, 0
+        for name, (rows, _) in self._nonzero.items():
+            result[name] = vals[start : start + len(rows)]
+            if bounds:
+                entry_bounds[name] = mags[len(self._out) + start : len(self._out) + start + len(rows)]
             start += len(rows)
+        if not bounds:
+            return result
+        return result, entry_bounds, mags[: len(self._out)].reshape(self.output_shape)
+
+    def jacobians(self, **values) -> dict[str, np.ndarray]:
+        """Dense Jacobians, each of shape ``(output.size, input.size)`` (for small shapes: tests, teaching)."""
+        entries = self.entries(**values)
+        out_size = int(np.prod(self.output_shape, dtype=int))
+        result = {}
+        for name, (rows, cols) in self._nonzero.items():
+            J = np.zeros((out_size, int(np.prod(self.shapes[name], dtype=int))))
+            J[rows, cols] = entries[name]
             result[name] = J
         return result
-
-    def rounding(self, **values) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Running error bounds ``M`` of the output and of each Jacobian (dense), at these values."""
-        with np.errstate(all="ignore"):
-            mags = np.asarray(self._mag_fn(*self._args(values)), dtype=np.float64)
-        out_size = int(np.prod(self.output_shape))
-        out = mags[:out_size].reshape(self.output_shape)
-        result, start = {}, out_size
-        for name, (rows, cols) in self._nonzero.items():
-            J = np.zeros((out_size, int(np.prod(self.shapes[name]))))
-            J[rows, cols] = mags[start : start + len(rows)]
-            start += len(rows)
-            result[name] = J
-        return out, result
 
     def exact(self, cotangent, digits: int = 50, **values) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Output and VJP at ``digits`` significant digits (mpmath), as object arrays of mpf.
@@ -164,7 +165,7 @@ class Derivation:
 
         if not hasattr(self, "_mp_fn"):
             args = [list(s.ravel()) for s in self.symbols.values()] + [list(s.ravel()) for s in self.label_symbols.values()]
-            entries = [self._jac[n][o][i] for n, (rows, cols) in self._nonzero.items() for o, i in zip(rows, cols)]
+            entries = [e for triples in self._jac.values() for _, _, e in triples]
             self._mp_fn = sympy.lambdify(args, list(self._out) + entries, modules="mpmath")
         with mpmath.workdps(digits):
             args = [[mpmath.mpf(float(v)) for v in a] for a in self._args(values)]
@@ -186,8 +187,11 @@ class Derivation:
         cot = np.asarray(cotangent, dtype=np.float64)
         if cot.shape != self.output_shape:
             raise DerivcheckError(f"cotangent has shape {cot.shape}, the output has {self.output_shape}")
+        entries = self.entries(**values)
+        c = cot.ravel()
         return {
-            name: (cot.ravel() @ J).reshape(self.shapes[name]) for name, J in self.jacobians(**values).items()
+            name: np.bincount(cols, weights=c[rows] * entries[name], minlength=int(np.prod(self.shapes[name], dtype=int))).reshape(self.shapes[name])
+            for name, (rows, cols) in self._nonzero.items()
         }
 
     def _where(self) -> str:

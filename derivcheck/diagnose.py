@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import compare
+
 
 @dataclass
 class Context:
@@ -28,8 +30,6 @@ class Context:
 
 
 def _ratio(candidate, got, scale, dtype) -> float:
-    from .verify import compare
-
     candidate, got = np.asarray(candidate, dtype=np.float64), np.asarray(got, dtype=np.float64)
     if candidate.shape != got.shape:
         return np.inf

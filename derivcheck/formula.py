@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import sympy
 
-from . import symarray
+from . import indexed, symarray
 from .errors import RuleError
 
 
@@ -90,6 +90,16 @@ BACKENDS = {
         compare=symarray.compare,
         transpose=symarray.transpose,
         wrap=symarray.asarray,
+        exact=True,
+    ),
+    # shape-generic index notation (see indexed.py); names it lacks raise Unsupported
+    "generic": SimpleNamespace(
+        functions={k: getattr(indexed, {"abs": "abs_"}.get(k, k)) for k in FUNCTIONS},
+        matmul=indexed.matmul,
+        compare=indexed.compare,
+        transpose=indexed.transpose,
+        wrap=indexed.asarray,
+        exact=True,
     ),
     "numeric": SimpleNamespace(
         functions={k: v[1] for k, v in FUNCTIONS.items()},
@@ -97,6 +107,7 @@ BACKENDS = {
         compare=lambda op, a, b: _NP_RELATIONS[op](a, b),
         transpose=np.transpose,
         wrap=np.asarray,
+        exact=False,
     ),
 }
 
@@ -253,9 +264,9 @@ def _eval(node, scope, ops):
             left, right = _eval(node.left, scope, ops), _eval(node.right, scope, ops)
             if isinstance(node.op, ast.MatMult):
                 return ops.matmul(_array(left, ops), _array(right, ops))
-            if not isinstance(left, np.ndarray) and not isinstance(right, np.ndarray):
+            if not isinstance(left, (np.ndarray, indexed.TArray)) and not isinstance(right, (np.ndarray, indexed.TArray)):
                 if isinstance(node.op, ast.Div) and isinstance(left, int) and isinstance(right, int):
-                    return sympy.Rational(left, right) if ops is BACKENDS["symbolic"] else left / right
+                    return sympy.Rational(left, right) if ops.exact else left / right
                 return _BINOPS[type(node.op)](left, right)  # plain numbers: sizes, constants
             return _BINOPS[type(node.op)](_array(left, ops), _array(right, ops))
         if isinstance(node, ast.Compare):

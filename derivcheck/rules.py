@@ -249,6 +249,21 @@ class Rule:
         env.update(arrays)
         return env
 
+    def encode_label(self, name: str, value, dims: dict) -> np.ndarray:
+        """A label as formulas see it, in float64: class indices (N,) become one-hot rows (N, C)."""
+        lab = self.labels[name]
+        value = np.asarray(value)
+        given = self.shape_of(lab.shape, dims)
+        want = self.shape_of(lab.symbolic_shape(), dims)
+        if lab.kind == "classes" and value.shape == given and value.shape != want:
+            classes = dims[lab.classes]
+            if not np.issubdtype(value.dtype, np.integer) or value.min(initial=0) < 0 or value.max(initial=0) >= classes:
+                raise DerivcheckError(f"label '{name}' must hold class indices 0..{classes - 1}")
+            value = np.eye(classes)[value]
+        if value.shape != want:
+            raise DerivcheckError(f"label '{name}' has shape {value.shape}, expected {given} or {want}")
+        return value.astype(np.float64)
+
     def at(self, hyper: dict | None = None, **sizes):
         """The derivation at concrete sizes: ``rule.at(N=2, D=3, H=4)``.
 

@@ -5,22 +5,8 @@ builds one layer instance and runs ``steps`` forward/backward passes on it,
 writing new parameter values into the same arrays between steps, as a training
 loop would. Every value and cotangent comes from the trial's seed.
 
-Tolerances come from the dtype's unit roundoff ``u`` and a running error
-bound of the exact reference, never from a constant picked by hand. For
-element ``i``:
-
-    tol_i = κ · u · (s_i + max_k s_k),   κ = 4
-
-For the forward output, ``s = M(out)``: the first-order rounding bound of the
-reference expression (see :mod:`derivcheck.rounding`). For a gradient,
-``s_i = Σ_o |c_o| (M(J_oi) + m_i |J_oi| + |out_o|)`` over the outputs ``o``
-that depend on input ``i``. Here ``c`` is the cotangent and ``m_i`` the number
-of terms summed. ``M`` counts rounding at the size of every intermediate of
-the reference, so cancellation is covered. ``|out_o|`` counts the forward
-output that a backward pass may reuse: the book's ``dout * y * (1 - y)``
-cancels at the size of ``y``, not of the gradient. The ``max_k s_k`` floor admits
-algorithms that differ from the reference but are as sound (a max-shifted or
-tanh-based formula).
+Tolerances are set in :mod:`derivcheck.checks`; the exact reference and its
+rounding scales come from :mod:`derivcheck.reference`.
 """
 from __future__ import annotations
 
@@ -29,36 +15,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import reference
 from .adapters import LayerError, make_adapter, target_spec
+from .checks import Check, compare, unit_roundoff
 from .errors import DerivcheckError
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
-
-
-@dataclass
-class Check:
-    name: str  # "forward", "grad x", "shape", "layer raised"
-    passed: bool
-    trial: int | None = None
-    step: int | None = None
-    seed: int | None = None
-    dims: dict | None = None
-    where: str | None = None  # where the layer keeps it: "Affine.dW", "grads[0]"
-    index: list | None = None
-    expected: float | None = None
-    got: float | None = None
-    abs_err: float | None = None
-    rel_err: float | None = None
-    tol: float | None = None
-    message: str = ""
-    diagnosis: list | None = None
-
-    @property
-    def severity(self) -> float:
-        """How far past its tolerance the worst element is (0 when passing)."""
-        if self.abs_err is None or self.tol is None:
-            return np.inf if not self.passed else 0.0
-        return self.abs_err / self.tol if self.tol > 0 else np.inf
 
 
 @dataclass
@@ -117,51 +79,6 @@ class Report:
 # ---------------------------------------------------------------------------
 
 
-def unit_roundoff(dtype) -> float:
-    return float(np.finfo(dtype).eps) / 2
-
-
-KAPPA = 4
-
-
-def compare(name, expected, got, scale, dtype, **context) -> Check:
-    """Compare one result with the exact reference; the tolerance is set as in the module doc."""
-    if got is None:
-        return Check(name, False, message=f"the layer gave no value for {name}", **context)
-    try:
-        got_arr = np.asarray(got, dtype=np.float64)
-    except (TypeError, ValueError):
-        return Check(name, False, message=f"{name} is a {type(got).__name__}, not an array of numbers", **context)
-    expected = np.asarray(expected, dtype=np.float64)
-    if got_arr.shape != expected.shape:
-        if got_arr.size == expected.size == 1:
-            got_arr = got_arr.reshape(expected.shape)
-        else:
-            return Check(name, False, message=f"{name} has shape {got_arr.shape}, expected {expected.shape}", **context)
-    u = unit_roundoff(dtype)
-    scale = np.asarray(scale, dtype=np.float64).reshape(expected.shape)
-    tol = KAPPA * u * (scale + (scale.max() if scale.size else 0.0))
-    tol = np.maximum(tol, np.finfo(np.float64).tiny)
-    with np.errstate(all="ignore"):
-        err = np.abs(got_arr - expected)
-        err = np.where(np.isnan(err), np.inf, err)
-        ratio = err / tol
-    worst = np.unravel_index(int(np.argmax(ratio)), expected.shape) if expected.size else ()
-    passed = bool(np.all(err <= tol))
-    e, g = float(expected[worst]), float(got_arr[worst])
-    return Check(
-        name,
-        passed,
-        index=[int(i) for i in worst],
-        expected=e,
-        got=g,
-        abs_err=float(err[worst]),
-        rel_err=float(err[worst] / abs(e)) if e != 0 else (0.0 if err[worst] == 0 else float("inf")),
-        tol=float(tol[worst]),
-        **context,
-    )
-
-
 class Verifier:
     """One layer against one rule. ``run()`` returns a Report."""
 
@@ -208,22 +125,13 @@ class Verifier:
                 out[name] = tuple(v) if isinstance(v, list) else v
         return out
 
-    def sample(self, derivation, rng) -> tuple[dict, dict]:
+    def sample(self, bound, rng) -> tuple[dict, dict]:
         """(values for the layer, in dtype; the same values for the reference, float64)."""
-        rule, dt = self.rule, self.dtype
-        layer, ref = {}, {}
-        for n, spec in rule.inputs.items():
-            v = spec.domain.sample(rng, derivation.shapes[n]).astype(dt)
-            layer[n], ref[n] = v, v.astype(np.float64)
-        for n, lab in rule.labels.items():
-            shape = derivation.label_shapes[n]
-            if lab.kind == "classes":
-                idx = rng.integers(0, derivation.dims[lab.classes], size=shape)
-                ref[n] = idx
-                layer[n] = idx if self.hyper.get("labels", "index") == "index" else np.eye(derivation.dims[lab.classes], dtype=dt)[idx]
-            else:
-                v = lab.domain.sample(rng, shape).astype(dt)
-                layer[n], ref[n] = v, v.astype(np.float64)
+        layer, ref = reference.draw(self.rule, bound.shapes, bound.label_shapes, bound.dims, rng, self.dtype)
+        if self.hyper.get("labels", "index") != "index":
+            for n, lab in self.rule.labels.items():
+                if lab.kind == "classes":
+                    layer[n] = np.eye(bound.dims[lab.classes], dtype=self.dtype)[ref[n]]
         return layer, ref
 
     def cotangent(self, derivation, rng):
@@ -239,6 +147,9 @@ class Verifier:
     def run(self) -> Report:
         rep = Report(self.target, self.rule.name, self.probe.style, self.dtype_name, self.seed, self.trials,
                      self.steps, {k: v for k, v in self.given_hyper.items()}, strict=self.strict)
+        note = reference.note_for(self.rule, self.hyper)
+        if note:
+            rep.notes.append(note)
         results: dict[str, Check] = {}
         factors: dict[str, list] = {}  # check -> [(factor, dims)] of every failing trial
         first_failure = None
@@ -305,7 +216,7 @@ class Verifier:
 
     def run_trial(self, k: int, dims: dict, trial_seed: int, rep: Report) -> list[Check]:
         rng = np.random.default_rng(trial_seed)
-        d = self.rule.at(hyper=self.hyper, **dims)
+        d = reference.at(self.rule, self.hyper, dims)
         adapter = self.adapter_for(self.layer_hyper(dims))
         checks = []
         ctx = lambda step: dict(trial=k, step=step, seed=trial_seed, dims=dict(dims))  # noqa: E731
@@ -335,7 +246,7 @@ class Verifier:
         from .diagnose import Context, diagnose_forward, diagnose_gradient
 
         checks = []
-        expected_out, expected_grads, scales = self.reference(d, ref, cot)
+        expected_out, expected_grads, scales = d.evaluate(cot, **ref)
         fwd = compare("forward", expected_out, outcome.output, scales["forward"], self.dtype, where="forward output", **ctx)
         if not fwd.passed:
             fwd.diagnosis = [diagnose_forward(fwd)]
@@ -366,7 +277,7 @@ class Verifier:
 
         dims = dict(self.shape) if self.shape else self.rule.example_dims()
         rng = np.random.default_rng(seed)
-        d = self.rule.at(hyper=self.hyper, **dims)
+        d = reference.at(self.rule, self.hyper, dims)
         values, ref = self.sample(d, rng)
         perturb(d, values, ref, rng)
         cot = self.cotangent(d, rng)
@@ -459,23 +370,6 @@ class Verifier:
                              + (" (the usual convention, as PyTorch's relu)" if slopes == [0.0] else ""))
         return notes
 
-    @staticmethod
-    def reference(d, ref: dict, cot):
-        """Exact output and gradients at these values, with the rounding scales of each."""
-        J = d.jacobians(**ref)
-        out = d.forward(**ref)
-        m_out, m_jac = d.rounding(**ref)
-        c = np.asarray(cot, dtype=np.float64).ravel()
-        grads, scales = {}, {}
-        for n, Jn in J.items():
-            grads[n] = (c @ Jn).reshape(d.shapes[n])
-            terms = np.count_nonzero(Jn, axis=0)
-            reused = (Jn != 0) * np.abs(out).reshape(-1, 1)
-            # + |g_i|: whatever the algorithm, its last operation rounds the result
-            scales[n] = (np.abs(c) @ (m_jac[n] + terms * np.abs(Jn) + reused)).reshape(d.shapes[n]) + np.abs(grads[n])
-        scales["forward"] = m_out + np.abs(out)
-        return out, grads, scales
-
     def _dtype_warning(self, rep, value, what, trial):
         if isinstance(value, np.ndarray) and value.dtype != self.dtype and value.ndim > 0:
             _warn(rep, "dtype", f"{what} is {value.dtype} for {self.dtype_name} inputs", trial)
@@ -501,7 +395,7 @@ class Verifier:
             grads = adapter.gradients(adapter._backward(cot))
         except LayerError:
             return  # a layer that raises here already failed its trials
-        _, expected, scales = self.reference(d, refb, cot)
+        _, expected, scales = d.evaluate(cot, **refb)
         for n, g in grads.items():
             if not compare(n, expected[n], g, scales[n], self.dtype).passed:
                 _warn(rep, "stale-state", f"after two forward calls, backward's gradient of '{n}' does not belong to the latest call (state kept from an earlier call)", k)

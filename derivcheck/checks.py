@@ -1,0 +1,95 @@
+"""Checks: one result compared with the exact reference, under a tolerance from rounding analysis.
+
+Tolerances come from the dtype's unit roundoff ``u`` and a running error
+bound of the exact reference (:mod:`derivcheck.reference`), never from a constant picked by hand. For
+element ``i``:
+
+    tol_i = κ · u · (s_i + max_k s_k),   κ = 4
+
+For the forward output, ``s = M(out)``: the first-order rounding bound of the
+reference expression (see :mod:`derivcheck.rounding`). For a gradient,
+``s_i = Σ_o |c_o| (M(J_oi) + m_i |J_oi| + |out_o|)`` over the outputs ``o``
+that depend on input ``i``. Here ``c`` is the cotangent and ``m_i`` the number
+of terms summed. ``M`` counts rounding at the size of every intermediate of
+the reference, so cancellation is covered. ``|out_o|`` counts the forward
+output that a backward pass may reuse: the book's ``dout * y * (1 - y)``
+cancels at the size of ``y``, not of the gradient. The ``max_k s_k`` floor admits
+algorithms that differ from the reference but are as sound (a max-shifted or
+tanh-based formula).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Check:
+    name: str  # "forward", "grad x", "shape", "layer raised"
+    passed: bool
+    trial: int | None = None
+    step: int | None = None
+    seed: int | None = None
+    dims: dict | None = None
+    where: str | None = None  # where the layer keeps it: "Affine.dW", "grads[0]"
+    index: list | None = None
+    expected: float | None = None
+    got: float | None = None
+    abs_err: float | None = None
+    rel_err: float | None = None
+    tol: float | None = None
+    message: str = ""
+    diagnosis: list | None = None
+
+    @property
+    def severity(self) -> float:
+        """How far past its tolerance the worst element is (0 when passing)."""
+        if self.abs_err is None or self.tol is None:
+            return np.inf if not self.passed else 0.0
+        return self.abs_err / self.tol if self.tol > 0 else np.inf
+
+
+def unit_roundoff(dtype) -> float:
+    return float(np.finfo(dtype).eps) / 2
+
+
+KAPPA = 4
+
+
+def compare(name, expected, got, scale, dtype, **context) -> Check:
+    """Compare one result with the exact reference; the tolerance is set as in the module doc."""
+    if got is None:
+        return Check(name, False, message=f"the layer gave no value for {name}", **context)
+    try:
+        got_arr = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):
+        return Check(name, False, message=f"{name} is a {type(got).__name__}, not an array of numbers", **context)
+    expected = np.asarray(expected, dtype=np.float64)
+    if got_arr.shape != expected.shape:
+        if got_arr.size == expected.size == 1:
+            got_arr = got_arr.reshape(expected.shape)
+        else:
+            return Check(name, False, message=f"{name} has shape {got_arr.shape}, expected {expected.shape}", **context)
+    u = unit_roundoff(dtype)
+    scale = np.asarray(scale, dtype=np.float64).reshape(expected.shape)
+    tol = KAPPA * u * (scale + (scale.max() if scale.size else 0.0))
+    tol = np.maximum(tol, np.finfo(np.float64).tiny)
+    with np.errstate(all="ignore"):
+        err = np.abs(got_arr - expected)
+        err = np.where(np.isnan(err), np.inf, err)
+        ratio = err / tol
+    worst = np.unravel_index(int(np.argmax(ratio)), expected.shape) if expected.size else ()
+    passed = bool(np.all(err <= tol))
+    e, g = float(expected[worst]), float(got_arr[worst])
+    return Check(
+        name,
+        passed,
+        index=[int(i) for i in worst],
+        expected=e,
+        got=g,
+        abs_err=float(err[worst]),
+        rel_err=float(err[worst] / abs(e)) if e != 0 else (0.0 if err[worst] == 0 else float("inf")),
+        tol=float(tol[worst]),
+        **context,
+    )

@@ -1,0 +1,209 @@
+"""The shape-generic tier: derive a rule's forward and VJP once, for every size.
+
+The rule's formula is evaluated on :mod:`derivcheck.indexed` arrays (index
+notation, symbolic sizes). Its vector-Jacobian product is SymPy's ``diff`` of
+
+    L = Σ_o dout[o] · out[o]
+
+by one element ``x[p]`` of each input, with the ``KroneckerDelta`` sums that
+``diff`` leaves collapsed (:func:`collapse`). Affine's ``dW`` comes out as
+``Σ_n dout[n, l] · x[n, k]``; softmax-with-loss's ``dx`` as the exact
+derivative of the rule's formula, never a hand-typed closed form. The
+running error bounds (:mod:`derivcheck.rounding`) are taken of the same
+expressions, so tolerances at any size come from the same place.
+
+Every expression is compiled once into NumPy closures
+(:mod:`derivcheck.indexeval`) and evaluated at any size: the cost of a
+trial follows the layer's own cost, not |input| x |output|.
+
+A generic derivation is trusted only after :func:`prove` has compared it
+with the concrete tier (:mod:`derivcheck.derive`) at several small shapes.
+"""
+from __future__ import annotations
+
+import sympy
+from sympy import Indexed, IndexedBase, KroneckerDelta, Sum
+
+from . import indexed
+from .errors import DerivcheckError, RuleError
+from .indexed import TArray, Unsupported, fresh_index
+from .indexeval import Compiled
+from .rounding import magnitude
+
+DOUT = "dout_"  # the cotangent's name in expressions (rule names cannot end in _)
+WEIGHT = "w_"  # the reuse term's weights |dout| * |out| (see reference.py)
+
+
+def size_symbol(name: str) -> sympy.Symbol:
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+# ---------------------------------------------------------------------------
+# KroneckerDelta sums
+
+
+def _terms(expr) -> tuple:
+    """``expr`` as a sum of products: products distributed over sums, nothing else rewritten."""
+    expanded = sympy.expand(expr, deep=False, mul=True, multinomial=False, power_exp=False, power_base=False,
+                            log=False, basic=False)
+    return sympy.Add.make_args(expanded)
+
+
+def _same_range(a, var, ranges) -> bool:
+    """``a`` takes only values in ``var``'s range 0..size-1."""
+    size = ranges.get(var)
+    if size is None:
+        return False
+    if a.is_Integer:
+        return a == 0 or (size.is_Integer and 0 <= a < size)
+    return isinstance(a, sympy.Symbol) and a in ranges and sympy.simplify(ranges[a] - size) == 0
+
+
+def _sum_one(body, var, hi, ranges):
+    """``Sum(body, (var, 0, hi))`` with any ``KroneckerDelta(var, a)`` factor summed away."""
+    if hi == 0:  # a sum of one term
+        return body.xreplace({var: sympy.Integer(0)})
+    out = []
+    for term in _terms(body):
+        factors = sympy.Mul.make_args(term)
+        indep = [f for f in factors if var not in f.free_symbols]
+        dep = [f for f in factors if var in f.free_symbols]
+        if not dep:
+            out.append(sympy.Mul(*indep) * (hi + 1))
+            continue
+        done = False
+        for f in dep:
+            if isinstance(f, KroneckerDelta) and var in f.args:
+                a = f.args[1] if f.args[0] == var else f.args[0]
+                if var not in a.free_symbols and _same_range(a, var, ranges):
+                    rest = sympy.Mul(*(g for g in dep if g is not f)).xreplace({var: a})
+                    out.append(sympy.Mul(*indep) * rest)
+                    done = True
+                    break
+        if not done:
+            out.append(sympy.Mul(*indep) * Sum(sympy.Mul(*dep), (var, 0, hi)))
+    return sympy.Add(*out)
+
+
+def collapse(expr, ranges: dict):
+    """Sum away every ``KroneckerDelta`` whose index runs over a sum; bottom-up."""
+    if isinstance(expr, Sum):
+        inner = dict(ranges)
+        for var, lo, hi in expr.limits:
+            if lo != 0:
+                raise Unsupported(f"a sum from {lo}")
+            inner[var] = sympy.sympify(hi) + 1
+        result = collapse(expr.function, inner)
+        for var, _, hi in expr.limits:  # innermost first
+            result = _sum_one(result, var, hi, inner)
+        return result
+    if isinstance(expr, KroneckerDelta):
+        a, b = expr.args
+        for x, y in ((a, b), (b, a)):
+            if x == 0 and isinstance(y, sympy.Symbol) and ranges.get(y) == 1:
+                return sympy.Integer(1)
+        return expr
+    if not expr.args or isinstance(expr, Indexed):
+        return expr
+    return expr.func(*(collapse(a, ranges) for a in expr.args))
+
+
+def support(expr, cot: str = DOUT, weight: str = WEIGHT):
+    """Σ of ``weight`` over the outputs each term of a VJP reads, for every input element.
+
+    ``expr`` is linear in the cotangent. Each factor that does not read the
+    cotangent is replaced by 1 and the cotangent by ``weight``: the result
+    bounds Σ_o weight_o over the outputs o that the input element reaches
+    (terms that reach the same output count it once each).
+    """
+    def reads(e):
+        return any(str(getattr(s, "label", s)) == cot for s in e.atoms(sympy.Symbol, IndexedBase))
+
+    def walk(e):
+        if isinstance(e, Indexed) and str(e.base.label) == cot:
+            return IndexedBase(weight, real=True)[e.indices]
+        if isinstance(e, sympy.Symbol) and str(e) == cot:
+            return sympy.Symbol(weight, real=True)
+        if e.is_Mul:
+            return sympy.Mul(*(walk(f) for f in e.args if reads(f)))
+        if e.is_Add:
+            return sympy.Add(*(walk(t) for t in e.args if reads(t)))
+        if isinstance(e, Sum):
+            return Sum(walk(e.function), *e.limits)
+        raise Unsupported(f"the cotangent appears inside {type(e).__name__}")
+
+    return walk(expr) if reads(expr) else sympy.Integer(0)
+
+
+# ---------------------------------------------------------------------------
+
+
+class GenericDerivation:
+    """A rule's forward, VJP and error bounds at symbolic sizes, compiled to NumPy."""
+
+    def __init__(self, rule, hyper: dict, exprs: dict | None = None):
+        self.rule, self.hyper = rule, dict(hyper)
+        self.exprs = exprs if exprs is not None else self._derive()
+        self._compile()
+
+    # -- symbolic ------------------------------------------------------------
+    def _derive(self) -> dict:
+        rule = self.rule
+        sizes = {d: size_symbol(d) for d in rule.dims}
+        arrays = {n: indexed.variable(n, rule.shape_of(i.shape, sizes)) for n, i in rule.inputs.items()}
+        for n, lab in rule.labels.items():
+            arrays[n] = indexed.variable(n, rule.shape_of(lab.symbolic_shape(), sizes))
+        env = rule.environment(sizes, self.hyper, arrays)
+        try:
+            out = indexed.asarray(rule.formula.evaluate(env, backend="generic"))
+        except RuleError as exc:
+            raise Unsupported(f"{exc.message} (line {exc.line})") from None
+        except DerivcheckError as exc:
+            raise Unsupported(str(exc)) from None
+        ranges = dict(zip(out.indices, out.shape))
+        if out.ndim:
+            L = Sum(IndexedBase(DOUT, real=True)[out.indices] * out.expr, *((i, 0, s - 1) for i, s in zip(out.indices, out.shape)))
+        else:
+            L = sympy.Symbol(DOUT, real=True) * out.expr
+        exprs = {"out_indices": list(out.indices), "out_shape": list(out.shape), "out": out.expr,
+                 "out_M": magnitude(out.expr), "vjp": {}}
+        for n, spec in rule.inputs.items():
+            shape = rule.shape_of(spec.shape, sizes)
+            p = tuple(fresh_index("p") for _ in shape)
+            element = IndexedBase(n, real=True)[p] if p else sympy.Symbol(n, real=True)
+            r = {**ranges, **dict(zip(p, shape))}
+            v = collapse(L.diff(element), r)
+            exprs["vjp"][n] = {"indices": list(p), "shape": list(shape), "expr": v, "M": magnitude(v), "support": support(v)}
+        return exprs
+
+    # -- numeric ---------------------------------------------------------------
+    def _compile(self):
+        e = self.exprs
+        out_ranges = dict(zip(e["out_indices"], e["out_shape"]))
+        self._out = Compiled(e["out"], e["out_indices"], out_ranges)
+        self._out_M = Compiled(e["out_M"], e["out_indices"], out_ranges)
+        self._vjp, self._M, self._support = {}, {}, {}
+        for n, v in e["vjp"].items():
+            ranges = {**out_ranges, **dict(zip(v["indices"], v["shape"]))}
+            self._vjp[n] = Compiled(v["expr"], v["indices"], ranges)
+            self._M[n] = Compiled(v["M"], v["indices"], ranges)
+            self._support[n] = Compiled(v["support"], v["indices"], ranges)
+
+    def forward(self, env, backend="numpy"):
+        return self._out(env, backend)
+
+    def forward_bound(self, env):
+        return self._out_M(env)
+
+    def vjp(self, env, backend="numpy") -> dict:
+        return {n: f(env, backend) for n, f in self._vjp.items()}
+
+    def vjp_bounds(self, env) -> dict:
+        return {n: f(env) for n, f in self._M.items()}
+
+    def vjp_support(self, env) -> dict:
+        return {n: f(env) for n, f in self._support.items()}
+
+    def output_shape(self, dims: dict) -> tuple:
+        return tuple(int(sympy.sympify(s).subs({size_symbol(d): v for d, v in dims.items()})) for s in self.exprs["out_shape"])
+

@@ -1,0 +1,319 @@
+"""Shape-generic symbolic arrays: index notation with symbolic sizes.
+
+The concrete tier (:mod:`derivcheck.symarray`) gives every element of an array
+its own symbol, so its cost grows with the shape. Here an array is one SymPy
+expression in *index variables*, one per axis, and its sizes are symbols
+(``N``, ``D``): ``x @ W`` at any size is the single expression
+``Sum(x[i0, k] * W[k, i1], (k, 0, D - 1))`` with free indices ``(i0, i1)``.
+
+A :class:`TArray` is ``(expr, indices, shape)``. The functions below mirror
+the formula language's functions; an operation that cannot be written in
+index notation (a reshape that flattens axes, a max over an axis) raises
+:class:`Unsupported`, and the rule falls back to the concrete tier.
+"""
+from __future__ import annotations
+
+import builtins
+import itertools
+
+import sympy
+from sympy import Indexed, IndexedBase, KroneckerDelta, Sum
+
+from .errors import DerivcheckError
+
+
+class Unsupported(Exception):
+    """The operation has no shape-generic form here; the concrete tier must be used."""
+
+
+_COUNTER = itertools.count()
+
+
+def fresh_index(prefix: str = "i") -> sympy.Symbol:
+    """A new integer index variable, unique in this process."""
+    return sympy.Symbol(f"{prefix}{next(_COUNTER)}", integer=True)
+
+
+class TArray:
+    """An array as one expression in its free index variables."""
+
+    __array_priority__ = 1000  # so that numpy scalars defer to our operators
+
+    def __init__(self, expr, indices: tuple, shape: tuple):
+        if len(indices) != len(shape):
+            raise ValueError("one index per axis")
+        self.expr = sympy.sympify(expr) if not isinstance(expr, sympy.Basic) else expr
+        self.indices = tuple(indices)
+        self.shape = tuple(sympy.Integer(s) if isinstance(s, int) else s for s in shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def at(self, indices) -> sympy.Expr:
+        """The expression with its free indices replaced by ``indices`` (symbols or integers)."""
+        return self.expr.xreplace(dict(zip(self.indices, indices)))
+
+    def ranges(self) -> dict:
+        return dict(zip(self.indices, self.shape))
+
+    # -- arithmetic --------------------------------------------------------------
+    def _binary(self, other, op):
+        return broadcast_apply(op, self, other)
+
+    def __add__(self, other):
+        return self._binary(other, lambda a, b: a + b)
+
+    def __radd__(self, other):
+        return broadcast_apply(lambda a, b: a + b, other, self)
+
+    def __sub__(self, other):
+        return self._binary(other, lambda a, b: a - b)
+
+    def __rsub__(self, other):
+        return broadcast_apply(lambda a, b: a - b, other, self)
+
+    def __mul__(self, other):
+        return self._binary(other, lambda a, b: a * b)
+
+    def __rmul__(self, other):
+        return broadcast_apply(lambda a, b: a * b, other, self)
+
+    def __truediv__(self, other):
+        return self._binary(other, lambda a, b: a / b)
+
+    def __rtruediv__(self, other):
+        return broadcast_apply(lambda a, b: a / b, other, self)
+
+    def __pow__(self, other):
+        return self._binary(other, lambda a, b: a**b)
+
+    def __rpow__(self, other):
+        return broadcast_apply(lambda a, b: a**b, other, self)
+
+    def __neg__(self):
+        return TArray(-self.expr, self.indices, self.shape)
+
+    def __pos__(self):
+        return self
+
+    def __repr__(self):
+        return f"TArray({self.expr}, indices={self.indices}, shape={self.shape})"
+
+
+def asarray(value) -> TArray:
+    """A number, an expression or a nested list as a TArray."""
+    if isinstance(value, TArray):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [asarray(v) for v in value]
+        if not items:
+            raise Unsupported("empty list")
+        if any(i.ndim for i in items):
+            raise Unsupported("nested list literals")
+        # a literal vector: select its entries with KroneckerDelta
+        i = fresh_index()
+        expr = sympy.Add(*(v.expr * KroneckerDelta(i, k) for k, v in enumerate(items)))
+        return TArray(expr, (i,), (len(items),))
+    if isinstance(value, bool):
+        return TArray(sympy.true if value else sympy.false, (), ())
+    if isinstance(value, (int, float, sympy.Basic)):
+        return TArray(sympy.sympify(value) if not isinstance(value, sympy.Basic) else value, (), ())
+    raise Unsupported(f"value of type {type(value).__name__}")
+
+
+def variable(name: str, shape: tuple) -> TArray:
+    """An input array ``name`` of symbolic ``shape``: ``name[i0, i1, ...]``."""
+    if not shape:
+        return TArray(sympy.Symbol(name, real=True), (), ())
+    idx = tuple(fresh_index() for _ in shape)
+    return TArray(IndexedBase(name, real=True)[idx], idx, shape)
+
+
+def _broadcast_shape(shapes):
+    nd = builtins.max((len(s) for s in shapes), default=0)
+    out = []
+    for axis in range(nd):
+        sizes = {s[len(s) - nd + axis] for s in shapes if len(s) - nd + axis >= 0}
+        non_one = {s for s in sizes if s != 1}
+        if len(non_one) > 1:
+            raise DerivcheckError(f"shapes {', '.join(str(tuple(s)) for s in shapes)} do not broadcast")
+        out.append(non_one.pop() if non_one else sympy.Integer(1))
+    return tuple(out)
+
+
+def _placed(a: TArray, shape: tuple, indices: tuple):
+    """``a``'s expression broadcast to ``shape`` with free ``indices``."""
+    lead = len(shape) - a.ndim
+    sub = {}
+    for axis, (idx, size) in enumerate(zip(a.indices, a.shape)):
+        target = shape[lead + axis]
+        sub[idx] = indices[lead + axis] if size == target else sympy.Integer(0)
+    return a.expr.xreplace(sub)
+
+
+def broadcast_apply(fn, *args) -> TArray:
+    """Element-wise ``fn`` of the arguments' expressions, with NumPy broadcasting."""
+    arrays = [asarray(a) for a in args]
+    shape = _broadcast_shape([a.shape for a in arrays])
+    indices = tuple(fresh_index() for _ in shape)
+    return TArray(fn(*(_placed(a, shape, indices) for a in arrays)), indices, shape)
+
+
+def _elementwise(fn):
+    return lambda *args: broadcast_apply(fn, *args)
+
+
+exp = _elementwise(sympy.exp)
+log = _elementwise(sympy.log)
+tanh = _elementwise(sympy.tanh)
+sqrt = _elementwise(sympy.sqrt)
+abs_ = _elementwise(sympy.Abs)
+maximum = _elementwise(sympy.Max)
+minimum = _elementwise(sympy.Min)
+
+
+def sigmoid(x):
+    return 1 / (1 + exp(-asarray(x)))
+
+
+_RELATIONS = {">": sympy.StrictGreaterThan, ">=": sympy.GreaterThan, "<": sympy.StrictLessThan, "<=": sympy.LessThan}
+
+
+def compare(op: str, a, b) -> TArray:
+    return broadcast_apply(_RELATIONS[op], a, b)
+
+
+def where(cond, a, b) -> TArray:
+    return broadcast_apply(lambda c, x, y: sympy.Piecewise((x, c), (y, True)), cond, a, b)
+
+
+def _axes(axis, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    norm = []
+    for a in axes:
+        if not isinstance(a, int) or not -ndim <= a < ndim:
+            raise DerivcheckError(f"axis {a} is out of range for an array of {ndim} dimension(s)")
+        norm.append(a % ndim)
+    return tuple(sorted(set(norm)))
+
+
+def sum(x, axis=None, keepdims: bool = False) -> TArray:  # noqa: A001 - mirrors numpy
+    x = asarray(x)
+    axes = _axes(axis, x.ndim)
+    expr = x.expr
+    for a in reversed(axes):
+        expr = Sum(expr, (x.indices[a], 0, x.shape[a] - 1))
+    if keepdims:
+        kept = tuple(fresh_index() if a in axes else x.indices[a] for a in range(x.ndim))
+        shape = tuple(sympy.Integer(1) if a in axes else x.shape[a] for a in range(x.ndim))
+        return TArray(expr, kept, shape)
+    rest = [a for a in range(x.ndim) if a not in axes]
+    return TArray(expr, tuple(x.indices[a] for a in rest), tuple(x.shape[a] for a in rest))
+
+
+def mean(x, axis=None, keepdims: bool = False) -> TArray:
+    x = asarray(x)
+    count = sympy.Mul(*(x.shape[a] for a in _axes(axis, x.ndim)))
+    return sum(x, axis, keepdims) / count
+
+
+def max(x, axis=None, keepdims: bool = False):  # noqa: A001
+    raise Unsupported("max over an axis (its derivative routes to the argmax)")
+
+
+def matmul(a, b) -> TArray:
+    a, b = asarray(a), asarray(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise DerivcheckError("matmul: scalar operands are not allowed, use *")
+    if a.ndim > 2 or b.ndim > 2:
+        raise Unsupported("batched matmul")
+    inner_a, inner_b = a.shape[-1], b.shape[0]
+    if inner_a != inner_b:
+        raise DerivcheckError(f"matmul: shapes {a.shape} and {b.shape} do not line up")
+    k = fresh_index("k")
+    ea = a.expr.xreplace({a.indices[-1]: k})
+    eb = b.expr.xreplace({b.indices[0]: k})
+    expr = Sum(ea * eb, (k, 0, inner_a - 1))
+    indices = a.indices[:-1] + b.indices[1:]
+    shape = a.shape[:-1] + b.shape[1:]
+    return TArray(expr, indices, shape)
+
+
+def transpose(x, axes=None) -> TArray:
+    x = asarray(x)
+    perm = tuple(reversed(range(x.ndim))) if axes is None else tuple(a % x.ndim for a in axes)
+    if sorted(perm) != list(range(x.ndim)):
+        raise DerivcheckError(f"axes {axes} are not a permutation of {x.ndim} axes")
+    return TArray(x.expr, tuple(x.indices[a] for a in perm), tuple(x.shape[a] for a in perm))
+
+
+def reshape(x, shape):
+    x = asarray(x)
+    shape = tuple(shape)
+    if len(shape) == x.ndim and all(s == t for s, t in zip(shape, x.shape)):
+        return x
+    raise Unsupported("reshape that changes the shape (flat indices need floor and mod)")
+
+
+def repeat(x, repeats, axis=None) -> TArray:
+    x = asarray(x)
+    if axis is None or not isinstance(axis, int):
+        raise Unsupported("repeat without an axis")
+    a = axis % x.ndim
+    if x.shape[a] != 1:
+        raise Unsupported("repeat along an axis longer than 1")
+    shape = x.shape[:a] + (sympy.sympify(repeats),) + x.shape[a + 1 :]
+    return broadcast_to(x, shape)
+
+
+def broadcast_to(x, shape) -> TArray:
+    x = asarray(x)
+    shape = tuple(sympy.sympify(s) for s in shape)
+    if len(shape) < x.ndim or any(s != 1 and s != t for s, t in zip(x.shape, shape[len(shape) - x.ndim :])):
+        raise DerivcheckError(f"shape {x.shape} does not broadcast to {shape}")
+    indices = tuple(fresh_index() for _ in shape)
+    return TArray(_placed(x, shape, indices), indices, shape)
+
+
+def sum_to(x, shape) -> TArray:
+    x = asarray(x)
+    shape = tuple(sympy.sympify(s) for s in shape)
+    lead = x.ndim - len(shape)
+    if lead < 0:
+        raise DerivcheckError(f"sum_to: cannot sum shape {x.shape} to the longer shape {shape}")
+    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1 and x.shape[i + lead] != 1)
+    y = sum(x, axes, keepdims=True) if axes else x
+    if lead:
+        y = TArray(y.expr, y.indices[lead:], y.shape[lead:])
+    if any(a != b for a, b in zip(y.shape, shape)):
+        raise DerivcheckError(f"sum_to: shape {x.shape} does not broadcast to {shape}")
+    return y
+
+
+def softmax(x, axis=-1) -> TArray:
+    e = exp(asarray(x))
+    return e / sum(e, axis, keepdims=True)
+
+
+def log_softmax(x, axis=-1) -> TArray:
+    x = asarray(x)
+    return x - log(sum(exp(x), axis, keepdims=True))
+
+
+def pick(y, t) -> TArray:
+    y, t = asarray(y), asarray(t)
+    if y.shape != t.shape:
+        raise DerivcheckError(f"pick: labels of shape {t.shape} do not match scores of shape {y.shape}")
+    return sum(y * t, axis=-1)
+
+
+def onehot(t) -> TArray:
+    return asarray(t)
+
+
+def indexed_base(expr) -> set:
+    """Names of the arrays an expression reads."""
+    return {str(i.base.label) for i in expr.atoms(Indexed)}

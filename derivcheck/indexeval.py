@@ -1,0 +1,354 @@
+"""Compile index-notation expressions into NumPy code, once; evaluate at any size.
+
+An expression such as ``Sum(g[n, l] * x[n, k], (n, 0, N - 1))`` with free
+indices ``(k, l)`` becomes a tree of small Python closures over NumPy
+(``einsum`` for a sum of products, ufuncs, reductions). The tree is built
+from the SymPy expression without generating or executing source code, so an
+expression read from the cache needs no ``lambdify``; SymPy is not touched
+when the closures run.
+
+Every intermediate is an array whose axes are labelled by index variables;
+operands are aligned by label and broadcast. ``backend="mpmath"`` evaluates
+the same tree on object arrays of ``mpmath.mpf`` (the 50-digit reference of
+the stability probe).
+"""
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import sympy
+from sympy import Indexed, KroneckerDelta, Sum
+
+from .indexed import Unsupported
+
+
+class Labelled:
+    """An array and the index variable of each of its axes (every axis full size)."""
+
+    __slots__ = ("array", "labels")
+
+    def __init__(self, array, labels: tuple):
+        self.array, self.labels = array, labels
+
+
+def _align(items: list[Labelled]) -> tuple[list, tuple]:
+    """The arrays transposed and expanded so that they broadcast over the union of labels."""
+    labels: list = []
+    for it in items:
+        labels += [lab for lab in it.labels if lab not in labels]
+    out = []
+    for it in items:
+        a = it.array
+        if it.labels:
+            order = [it.labels.index(lab) for lab in labels if lab in it.labels]
+            a = np.transpose(a, order)
+        shape = [a.shape[[lab for lab in labels if lab in it.labels].index(lab)] if lab in it.labels else 1 for lab in labels]
+        out.append(np.reshape(a, shape) if labels else a)
+    return out, tuple(labels)
+
+
+def _mp_ufunc(name):
+    import mpmath
+
+    fn = {"exp": mpmath.exp, "log": mpmath.log, "tanh": mpmath.tanh, "abs": abs, "sqrt": mpmath.sqrt}[name]
+    return np.frompyfunc(fn, 1, 1)
+
+
+def _heaviside(x):
+    x = np.asarray(x)
+    return np.where(x > 0, 1.0, np.where(x < 0, 0.0, 0.5)).astype(x.dtype if x.dtype != object else object)
+
+
+class Backend:
+    def __init__(self, name: str):
+        self.name = name
+        if name == "numpy":
+            self.ufunc = {"exp": np.exp, "log": np.log, "tanh": np.tanh, "abs": np.abs, "sqrt": np.sqrt}
+            self.float = np.float64
+        elif name == "mpmath":
+            self.ufunc = {k: _mp_ufunc(k) for k in ("exp", "log", "tanh", "abs", "sqrt")}
+            self.float = object
+        else:
+            raise ValueError(name)
+
+    def number(self, value):
+        if self.name == "numpy":
+            return np.asarray(float(value))
+        import mpmath
+
+        if isinstance(value, sympy.Rational):
+            return np.asarray(mpmath.mpf(value.p) / value.q, dtype=object)
+        return np.asarray(mpmath.mpf(str(value)) if isinstance(value, sympy.Float) else mpmath.mpf(float(value)), dtype=object)
+
+
+_BACKENDS = {"numpy": Backend("numpy")}
+
+
+def backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        _BACKENDS[name] = Backend(name)
+    return _BACKENDS[name]
+
+
+class Compiled:
+    """``fn(env, backend)`` -> array whose axes are ``free`` (in that order)."""
+
+    def __init__(self, expr, free: tuple, ranges: dict):
+        self.expr, self.free = expr, tuple(free)
+        self.ranges = dict(ranges)  # index variable -> size expression (free and bound)
+        self._node = _compile(expr, self.ranges)
+        self._sizes = {i: _size_fn(self.ranges[i]) for i in self.free}
+
+    def __call__(self, env: dict, backend_name: str = "numpy"):
+        be = backend(backend_name)
+        with np.errstate(all="ignore"):
+            res = self._node(env, be)
+        stray = [lab for lab in res.labels if lab not in self.free]
+        if stray:
+            raise Unsupported(f"index {stray[0]} is free in the expression but not an output index")
+        a = np.asarray(res.array)
+        present = [i for i in self.free if i in res.labels]
+        if present:
+            a = np.transpose(a, [res.labels.index(i) for i in present])
+        a = np.reshape(a, [a.shape[present.index(i)] if i in present else 1 for i in self.free]) if self.free else a
+        shape = tuple(self._sizes[i](env) for i in self.free)
+        return np.array(np.broadcast_to(a, shape), dtype=be.float)
+
+
+def _size_fn(size):
+    size = sympy.sympify(size)
+    if size.is_Integer:
+        n = int(size)
+        return lambda env: n
+    syms = sorted(size.free_symbols, key=str)
+    if len(syms) == 1 and size == syms[0]:
+        name = str(syms[0])
+        return lambda env: int(env[name])
+    node = _compile(size, {})
+
+    def fn(env):
+        return int(round(float(node(env, _BACKENDS["numpy"]).array)))
+
+    return fn
+
+
+def _compile(expr, ranges: dict):
+    """A closure ``(env, backend) -> Labelled`` for ``expr``."""
+    if expr.is_Number:
+        value = expr
+
+        def number(env, be):
+            return Labelled(be.number(value), ())
+
+        return number
+    if expr is sympy.true or expr is sympy.false:
+        flag = bool(expr)
+        return lambda env, be: Labelled(np.asarray(flag), ())
+    if isinstance(expr, sympy.Symbol):
+        if expr in ranges:  # an index variable used as a value
+            size = _size_fn(ranges[expr])
+            return lambda env, be: Labelled(np.arange(size(env)), (expr,))
+        name = str(expr)
+
+        def symbol(env, be):
+            v = env[name]
+            return Labelled(np.asarray(v, dtype=be.float) if be.float is not object else np.asarray(v, dtype=object), ())
+
+        return symbol
+    if isinstance(expr, Indexed):
+        return _compile_indexed(expr, ranges)
+    if expr.is_Add or expr.is_Mul:
+        parts = [_compile(a, ranges) for a in expr.args]
+        combine = np.add if expr.is_Add else np.multiply
+
+        def nary(env, be):
+            items = [p(env, be) for p in parts]
+            arrays, labels = _align(items)
+            acc = arrays[0]
+            for a in arrays[1:]:
+                acc = combine(acc, a)
+            return Labelled(np.broadcast_to(acc, np.broadcast_shapes(*(np.shape(a) for a in arrays))), labels)
+
+        return nary
+    if expr.is_Pow:
+        base, p = (_compile(a, ranges) for a in expr.args)
+        exponent = expr.args[1]
+
+        def power(env, be):
+            if exponent == -1:
+                r = base(env, be)
+                return Labelled(1 / r.array, r.labels)
+            if exponent == 2:
+                r = base(env, be)
+                return Labelled(r.array * r.array, r.labels)
+            arrays, labels = _align([base(env, be), p(env, be)])
+            return Labelled(np.power(arrays[0], arrays[1]), labels)
+
+        return power
+    for cls, name in ((sympy.exp, "exp"), (sympy.log, "log"), (sympy.tanh, "tanh"), (sympy.Abs, "abs")):
+        if isinstance(expr, cls):
+            if len(expr.args) != 1:
+                raise Unsupported(f"{name} with {len(expr.args)} arguments")
+            inner = _compile(expr.args[0], ranges)
+
+            def unary(env, be, inner=inner, name=name):
+                r = inner(env, be)
+                return Labelled(be.ufunc[name](r.array), r.labels)
+
+            return unary
+    if isinstance(expr, Sum):
+        return _compile_sum(expr, ranges)
+    if isinstance(expr, KroneckerDelta):
+        a, b = (_compile(x, ranges) for x in expr.args)
+
+        def delta(env, be):
+            arrays, labels = _align([a(env, be), b(env, be)])
+            return Labelled((arrays[0] == arrays[1]).astype(be.float), labels)
+
+        return delta
+    if isinstance(expr, (sympy.Max, sympy.Min)):
+        parts = [_compile(a, ranges) for a in expr.args]
+        pick = np.maximum if isinstance(expr, sympy.Max) else np.minimum
+
+        def extreme(env, be):
+            arrays, labels = _align([p(env, be) for p in parts])
+            acc = arrays[0]
+            for a in arrays[1:]:
+                acc = pick(acc, a)
+            return Labelled(acc, labels)
+
+        return extreme
+    if isinstance(expr, sympy.Heaviside):
+        inner = _compile(expr.args[0], ranges)
+        if len(expr.args) > 1 and expr.args[1] != sympy.Rational(1, 2):
+            raise Unsupported("Heaviside with a value at 0 other than 1/2")
+
+        def heaviside(env, be):
+            r = inner(env, be)
+            return Labelled(_heaviside(r.array), r.labels)
+
+        return heaviside
+    if isinstance(expr, sympy.sign):
+        inner = _compile(expr.args[0], ranges)
+        return lambda env, be: (lambda r: Labelled(np.sign(r.array), r.labels))(inner(env, be))
+    if isinstance(expr, sympy.Piecewise):
+        pieces = [(_compile(e, ranges), _compile(c, ranges)) for e, c in expr.args]
+
+        def piecewise(env, be):
+            # the last piece whose condition holds is overwritten by earlier ones: first match wins
+            items = []
+            for e, c in pieces:
+                items += [e(env, be), c(env, be)]
+            arrays, labels = _align(items)
+            shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
+            out = np.broadcast_to(arrays[-2], shape).copy()
+            for k in range(len(pieces) - 2, -1, -1):
+                cond = np.broadcast_to(arrays[2 * k + 1], shape).astype(bool)
+                out = np.where(cond, np.broadcast_to(arrays[2 * k], shape), out)
+            return Labelled(out, labels)
+
+        return piecewise
+    if isinstance(expr, sympy.core.relational.Relational) and expr.rel_op in (">", ">=", "<", "<="):
+        left, right = (_compile(a, ranges) for a in expr.args)
+        op = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal}[expr.rel_op]
+
+        def relation(env, be):
+            arrays, labels = _align([left(env, be), right(env, be)])
+            return Labelled(op(arrays[0], arrays[1]), labels)
+
+        return relation
+    if isinstance(expr, (sympy.And, sympy.Or)):
+        parts = [_compile(a, ranges) for a in expr.args]
+        op = np.logical_and if isinstance(expr, sympy.And) else np.logical_or
+
+        def logic(env, be):
+            arrays, labels = _align([p(env, be) for p in parts])
+            acc = np.asarray(arrays[0], dtype=bool)
+            for a in arrays[1:]:
+                acc = op(acc, np.asarray(a, dtype=bool))
+            return Labelled(acc, labels)
+
+        return logic
+    if isinstance(expr, sympy.Not):
+        inner = _compile(expr.args[0], ranges)
+        return lambda env, be: (lambda r: Labelled(np.logical_not(r.array), r.labels))(inner(env, be))
+    raise Unsupported(f"no NumPy form for {type(expr).__name__}")
+
+
+def _compile_indexed(expr: Indexed, ranges: dict):
+    name = str(expr.base.label)
+    positions = []  # per axis: ("label", symbol) or ("fixed", int)
+    for idx in expr.indices:
+        if isinstance(idx, sympy.Symbol) and idx in ranges:
+            positions.append(("label", idx))
+        elif idx.is_Integer:
+            positions.append(("fixed", int(idx)))
+        else:
+            raise Unsupported(f"index expression {idx} in {expr}")
+    labels_in = [p[1] for p in positions if p[0] == "label"]
+    unique = tuple(dict.fromkeys(labels_in))
+    fixed = tuple(slice(None) if kind == "label" else v for kind, v in positions)
+    needs_fix = any(kind == "fixed" for kind, _ in positions)
+    diagonal = len(unique) != len(labels_in)
+    letters = {lab: string.ascii_letters[i] for i, lab in enumerate(unique)}
+    spec = "".join(letters[lab] for lab in labels_in) + "->" + "".join(letters[lab] for lab in unique)
+
+    def indexed(env, be):
+        a = env[name]
+        if needs_fix:
+            a = a[fixed]
+        if diagonal:
+            a = np.einsum(spec, a)
+        return Labelled(a, unique)
+
+    return indexed
+
+
+def _factors(expr) -> list:
+    return list(expr.args) if expr.is_Mul else [expr]
+
+
+def _compile_sum(expr: Sum, ranges: dict):
+    """Sum over one or more indices; a sum of a product is one ``einsum``."""
+    body = expr.function
+    limits = list(expr.limits)
+    inner_ranges = dict(ranges)
+    bound = []
+    for var, lo, hi in limits:
+        if lo != 0:
+            raise Unsupported(f"a sum from {lo}")
+        inner_ranges[var] = sympy.sympify(hi) + 1
+        bound.append(var)
+    factors = [_compile(f, inner_ranges) for f in _factors(body)]
+    counts = {var: _size_fn(inner_ranges[var]) for var in bound}
+
+    def summed(env, be):
+        items = [f(env, be) for f in factors]
+        present = set().union(*(it.labels for it in items))
+        scale = 1
+        for var in bound:
+            if var not in present:  # the body does not depend on it: n equal terms
+                scale *= counts[var](env)
+        all_labels = list(dict.fromkeys(lab for it in items for lab in it.labels))
+        keep = tuple(lab for lab in all_labels if lab not in bound)
+        if be.float is not object and len(all_labels) <= 52:
+            ids = {lab: i for i, lab in enumerate(all_labels)}
+            operands = []
+            for it in items:
+                operands += [np.asarray(it.array, dtype=np.float64), [ids[lab] for lab in it.labels]]
+            out = np.einsum(*operands, [ids[lab] for lab in keep], optimize=len(items) > 2)
+        else:
+            arrays, labels = _align(items)
+            prod = arrays[0]
+            for a in arrays[1:]:
+                prod = prod * a
+            prod = np.broadcast_to(prod, np.broadcast_shapes(*(np.shape(a) for a in arrays)))
+            axes = tuple(labels.index(v) for v in bound if v in labels)
+            out = prod.sum(axis=axes) if axes else prod
+            keep = tuple(lab for lab in labels if lab not in bound)
+        if scale != 1:
+            out = out * scale
+        return Labelled(out, keep)
+
+    return summed

@@ -1,0 +1,299 @@
+"""The exact reference a layer is compared with: output, VJP and rounding scales.
+
+``at(rule, hyper, dims)`` gives a :class:`Bound` reference at those sizes. It
+comes from one of two tiers:
+
+- **shape-generic** (:mod:`derivcheck.generic`): derived once per rule text and
+  hyperparameters, evaluated by compiled NumPy code at any size. Before it is
+  used it is compared with the concrete tier at small shapes (:func:`prove`);
+  a disagreement is an error that names the rule.
+- **concrete** (:mod:`derivcheck.derive`): one symbol per element at the given
+  sizes. Used where the generic tier has no form for an operation (a reshape
+  that flattens axes, a max over an axis), with a one-line note saying why.
+
+Rounding scales (the ``s`` of :mod:`derivcheck.checks`):
+
+- forward: ``M(out) + |out|``;
+- gradient of input ``x``: ``M(v) + |v| + R``, where ``v = Σ_o c_o J_o`` is the
+  VJP expression with the cotangent ``c`` exact, ``M`` its running error
+  bound (which counts ``m_i |c_o J_oi|`` for the ``m_i`` terms summed), and
+  ``R_i = Σ_o |c_o| |out_o|`` over the outputs that reach ``x_i``: the forward
+  output a backward pass may reuse (the book's ``dout * y * (1 - y)``).
+  The generic tier bounds ``R`` from above: an output reached through
+  several terms of ``v`` is counted once per term.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import cache
+from .checks import compare
+from .errors import DerivcheckError
+from .generic import DOUT, WEIGHT, GenericDerivation, size_symbol
+from .indexed import Unsupported
+from .progress import status
+
+
+def draw(rule, shapes: dict, label_shapes: dict, dims: dict, rng, dtype=np.float64) -> tuple[dict, dict]:
+    """Random values from the rule's domains: (in ``dtype``, the same in float64); labels as class indices."""
+    values, ref = {}, {}
+    for n, spec in rule.inputs.items():
+        v = spec.domain.sample(rng, shapes[n]).astype(dtype)
+        values[n], ref[n] = v, v.astype(np.float64)
+    for n, lab in rule.labels.items():
+        if lab.kind == "classes":
+            idx = rng.integers(0, dims[lab.classes], size=label_shapes[n])
+            values[n] = ref[n] = idx
+        else:
+            v = lab.domain.sample(rng, label_shapes[n]).astype(dtype)
+            values[n], ref[n] = v, v.astype(np.float64)
+    return values, ref
+
+
+class Bound:
+    """The reference at one set of sizes; ``tier`` says which engine serves it."""
+
+    tier = ""
+
+    def __init__(self, rule, hyper: dict, dims: dict):
+        self.rule, self.hyper, self.dims = rule, dict(hyper), dict(dims)
+        self.shapes = {n: rule.shape_of(i.shape, dims) for n, i in rule.inputs.items()}
+        self.label_shapes = {n: rule.shape_of(lab.shape, dims) for n, lab in rule.labels.items()}
+
+    def _values(self, values: dict) -> dict:
+        out = {}
+        for name, shape in self.shapes.items():
+            if name not in values:
+                raise DerivcheckError(f"missing value for input '{name}'")
+            v = np.asarray(values[name], dtype=np.float64)
+            if v.shape != shape:
+                raise DerivcheckError(f"input '{name}' has shape {v.shape}, the reference is at {shape}")
+            out[name] = v
+        for name in self.rule.labels:
+            if name not in values:
+                raise DerivcheckError(f"missing value for label '{name}'")
+            out[name] = self.rule.encode_label(name, values[name], self.dims)
+        return out
+
+    def _cotangent(self, cotangent) -> np.ndarray:
+        cot = np.asarray(cotangent, dtype=np.float64)
+        if cot.shape != self.output_shape:
+            raise DerivcheckError(f"cotangent has shape {cot.shape}, the output has {self.output_shape}")
+        return cot
+
+
+class GenericBound(Bound):
+    tier = "shape-generic"
+
+    def __init__(self, rule, hyper, dims, derivation: GenericDerivation):
+        super().__init__(rule, hyper, dims)
+        self.derivation = derivation
+        self.output_shape = derivation.output_shape(dims)
+
+    def _env(self, values, cot=None, **extra) -> dict:
+        env = {**self.dims, **self._values(values), **extra}
+        if cot is not None:
+            env[DOUT] = self._cotangent(cot)
+        return env
+
+    def forward(self, **values) -> np.ndarray:
+        return self.derivation.forward(self._env(values))
+
+    def vjp(self, cotangent, **values) -> dict[str, np.ndarray]:
+        return self.derivation.vjp(self._env(values, cotangent))
+
+    def evaluate(self, cotangent, **values):
+        """(output, gradients, rounding scales) at these values: the module doc's formulas."""
+        env = self._env(values, cotangent)
+        g = self.derivation
+        out = g.forward(env)
+        grads = g.vjp(env)
+        bounds = g.vjp_bounds(env)
+        env[WEIGHT] = np.abs(env[DOUT]) * np.abs(out)
+        reuse = g.vjp_support(env)
+        scales = {n: bounds[n] + np.abs(grads[n]) + reuse[n] for n in grads}
+        scales["forward"] = g.forward_bound(env) + np.abs(out)
+        return out, grads, scales
+
+    def exact(self, cotangent, digits: int = 50, **values):
+        """Output and VJP at ``digits`` significant digits (mpmath), as object arrays of mpf."""
+        import mpmath
+
+        with mpmath.workdps(digits):
+            to_mp = np.frompyfunc(lambda v: mpmath.mpf(float(v)), 1, 1)
+            env = {**self.dims, **{n: to_mp(v) if v.ndim else np.asarray(mpmath.mpf(float(v)), dtype=object)
+                                   for n, v in self._values(values).items()}}
+            cot = self._cotangent(cotangent)
+            env[DOUT] = to_mp(cot) if cot.ndim else np.asarray(mpmath.mpf(float(cot)), dtype=object)
+            out = self.derivation.forward(env, "mpmath")
+            grads = self.derivation.vjp(env, "mpmath")
+        return out, grads
+
+
+class ConcreteBound(Bound):
+    tier = "concrete"
+
+    def __init__(self, rule, hyper, dims):
+        super().__init__(rule, hyper, dims)
+        with status(f"deriving {rule.name} element by element at {', '.join(f'{k}={v}' for k, v in dims.items())}"):
+            self.derivation = rule.at(hyper=hyper, **dims)
+        self.output_shape = self.derivation.output_shape
+
+    def forward(self, **values) -> np.ndarray:
+        return self.derivation.forward(**values)
+
+    def vjp(self, cotangent, **values) -> dict[str, np.ndarray]:
+        return self.derivation.vjp(cotangent, **values)
+
+    def evaluate(self, cotangent, **values):
+        d = self.derivation
+        entries, bounds, out_bound = d.entries(bounds=True, **values)
+        out = d.forward(**values)
+        c = self._cotangent(cotangent).ravel()
+        o_abs = np.abs(out).ravel()
+        grads, scales = {}, {}
+        for n, (rows, cols) in d._nonzero.items():
+            size = int(np.prod(self.shapes[n], dtype=int))
+            J = entries[n]
+            grads[n] = np.bincount(cols, weights=c[rows] * J, minlength=size).reshape(self.shapes[n])
+            nonzero = J != 0
+            terms = np.bincount(cols, weights=nonzero, minlength=size)
+            s = np.abs(c[rows]) * (bounds[n] + terms[cols] * np.abs(J) + nonzero * o_abs[rows])
+            scales[n] = np.bincount(cols, weights=s, minlength=size).reshape(self.shapes[n]) + np.abs(grads[n])
+        scales["forward"] = out_bound + np.abs(out)
+        return out, grads, scales
+
+    def exact(self, cotangent, digits: int = 50, **values):
+        return self.derivation.exact(cotangent, digits=digits, **values)
+
+
+# ---------------------------------------------------------------------------
+
+_GENERIC: dict[tuple, tuple] = {}  # key -> (GenericDerivation or None, note)
+
+
+def _key(rule, hyper: dict) -> tuple:
+    used = {k: v for k, v in hyper.items() if k in rule.formula.names}
+    return ("generic", rule.digest, repr(sorted(used.items())))
+
+
+def proof_dims(rule) -> list[dict]:
+    """The small shapes the generic tier is proven at: distinct sizes, all equal, all minimal."""
+    plans = [rule.example_dims(),
+             {d: min(r.max, max(r.min, 3)) for d, r in rule.dims.items()},
+             {d: r.min for d, r in rule.dims.items()}]
+    return [p for i, p in enumerate(plans) if p not in plans[:i]]
+
+
+def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> list[dict]:
+    """Compare the generic tier with the concrete one at :func:`proof_dims`; raise on disagreement.
+
+    At each shape: the output shape, and the forward value and VJP at random
+    values and cotangent (from ``seed``), within the checks' tolerance for
+    float64 taken over both tiers' rounding (twice the generic scale).
+    """
+    for k, dims in enumerate(proof_dims(rule)):
+        conc = ConcreteBound(rule, hyper, dims)
+        gen = GenericBound(rule, hyper, dims, g)
+        where = f"rule '{rule.name}' at {', '.join(f'{d}={n}' for d, n in dims.items())}"
+        if gen.output_shape != conc.output_shape:
+            raise DerivcheckError(f"the shape-generic derivation of {where} gives output shape {gen.output_shape}, "
+                                  f"the element-by-element one {conc.output_shape}: please report this")
+        rng = np.random.default_rng([seed, k, 99])
+        _, ref = draw(rule, conc.shapes, conc.label_shapes, dims, rng)
+        cot = rng.normal(size=conc.output_shape)
+        out, grads, scales = gen.evaluate(cot, **ref)
+        want_grads = conc.vjp(cot, **ref)
+        pairs = [("forward", conc.forward(**ref), out)] + [(f"gradient of {n}", want_grads[n], grads[n]) for n in grads]
+        for (what, want, got), scale in zip(pairs, [scales["forward"]] + [scales[n] for n in grads]):
+            c = compare(what, want, got, 2 * scale, np.float64)
+            if not c.passed:
+                raise DerivcheckError(
+                    f"the shape-generic derivation of {where} disagrees with the element-by-element one: "
+                    f"{what}[{','.join(map(str, c.index))}] is {c.got!r}, expected {c.expected!r}: please report this")
+    return proof_dims(rule)
+
+
+def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:
+    """The proven generic derivation (memory, disk, or derived and proven now), or None and why not."""
+    key = _key(rule, hyper)
+    if key in _GENERIC:
+        return _GENERIC[key]
+    disk_key = cache.entry_key(key)
+    g = _load(rule, hyper, disk_key)
+    note = ""
+    if g is None:
+        try:
+            with status(f"deriving {rule.name} shape-generically"):
+                g = GenericDerivation(rule, hyper)
+            with status(f"proving the {rule.name} derivation against the element-by-element one"):
+                prove(rule, hyper, g)
+            _store(rule, disk_key, g)
+        except Unsupported as exc:
+            g, note = None, f"reference: the element-by-element tier, at each trial's sizes (no shape-generic form: {exc})"
+    _GENERIC[key] = (g, note)
+    return g, note
+
+
+def _store(rule, disk_key: str, g: GenericDerivation) -> None:
+    from .cache import Unencodable, encode
+
+    e = g.exprs
+    try:
+        data = {
+            "rule": rule.name,
+            "out_indices": [encode(i) for i in e["out_indices"]],
+            "out_shape": [encode(s) for s in e["out_shape"]],
+            "out": encode(e["out"]),
+            "out_M": encode(e["out_M"]),
+            "vjp": {n: {"indices": [encode(i) for i in v["indices"]], "shape": [encode(s) for s in v["shape"]],
+                        **{part: encode(v[part]) for part in ("expr", "M", "support")}}
+                    for n, v in e["vjp"].items()},
+        }
+    except Unencodable:
+        return
+    cache.store_entry(disk_key, data)
+
+
+def _load(rule, hyper, disk_key: str) -> GenericDerivation | None:
+    data = cache.load_entry(disk_key)
+    if data is None:
+        return None
+    names = [*rule.inputs, *rule.labels]
+    symbols = {d: size_symbol(d) for d in rule.dims}
+    import sympy
+
+    symbols.update({n: sympy.Symbol(n, real=True) for n in (*names, DOUT, WEIGHT)})
+    bases = frozenset((*names, DOUT, WEIGHT))
+
+    def dec(tree):
+        return cache.decode(tree, symbols, bases)
+
+    try:
+        if set(data["vjp"]) != set(rule.inputs):
+            return None
+        exprs = {
+            "out_indices": [dec(i) for i in data["out_indices"]],
+            "out_shape": [dec(s) for s in data["out_shape"]],
+            "out": dec(data["out"]),
+            "out_M": dec(data["out_M"]),
+            "vjp": {n: {"indices": [dec(i) for i in v["indices"]], "shape": [dec(s) for s in v["shape"]],
+                        **{part: dec(v[part]) for part in ("expr", "M", "support")}}
+                    for n, v in data["vjp"].items()},
+        }
+        return GenericDerivation(rule, hyper, exprs)
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError, Unsupported):
+        return None  # corrupt or foreign: rebuild
+
+
+def at(rule, hyper: dict, dims: dict) -> Bound:
+    """The reference for ``rule`` with ``hyper`` at sizes ``dims``: generic where it can be."""
+    g, _ = generic_for(rule, hyper)
+    if g is not None:
+        return GenericBound(rule, hyper, dims, g)
+    return ConcreteBound(rule, hyper, dims)
+
+
+def note_for(rule, hyper: dict) -> str:
+    """'' when the generic tier serves this rule, else the one-line reason it does not."""
+    return generic_for(rule, hyper)[1]
