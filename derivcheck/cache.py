@@ -138,12 +138,21 @@ def _version(pkg: str) -> str:
 
 
 _VERSIONS = None
+# the modules whose code decides what a derivation is: an edit to any of them is a new cache
+_ENGINE = ("cache", "derive", "formula", "generic", "indexed", "indexeval", "rounding", "symarray")
+
+
+def _engine_digest() -> str:
+    h = hashlib.sha256()
+    for name in _ENGINE:
+        h.update((Path(__file__).parent / f"{name}.py").read_bytes())
+    return h.hexdigest()
 
 
 def entry_key(memory_key: tuple) -> str:
     global _VERSIONS
     if _VERSIONS is None:
-        _VERSIONS = (FORMAT, _version("derivcheck"), sympy.__version__, np.__version__)
+        _VERSIONS = (FORMAT, _version("derivcheck"), _engine_digest(), sympy.__version__, np.__version__)
     return hashlib.sha256(repr((_VERSIONS, memory_key)).encode()).hexdigest()
 
 

@@ -202,11 +202,16 @@ def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> list[dict]:
         rng = np.random.default_rng([seed, k, 99])
         _, ref = draw(rule, conc.shapes, conc.label_shapes, dims, rng)
         cot = rng.normal(size=conc.output_shape)
-        out, grads, scales = gen.evaluate(cot, **ref)
+        try:
+            out, grads, scales = gen.evaluate(cot, **ref)
+        except (ValueError, IndexError, KeyError, TypeError) as exc:
+            raise DerivcheckError(f"the shape-generic derivation of {where} cannot be evaluated ({exc}): please report this") from None
         want_grads = conc.vjp(cot, **ref)
         pairs = [("forward", conc.forward(**ref), out)] + [(f"gradient of {n}", want_grads[n], grads[n]) for n in grads]
         for (what, want, got), scale in zip(pairs, [scales["forward"]] + [scales[n] for n in grads]):
             c = compare(what, want, got, 2 * scale, np.float64)
+            if c.index is None:  # not even the shape agrees
+                raise DerivcheckError(f"the shape-generic derivation of {where} disagrees with the element-by-element one: {c.message}: please report this")
             if not c.passed:
                 raise DerivcheckError(
                     f"the shape-generic derivation of {where} disagrees with the element-by-element one: "

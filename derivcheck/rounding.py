@@ -9,6 +9,8 @@ are exact, and every operation rounds its own result:
     M(a * b) = |a| M(b) + |b| M(a) + |a b|
     M(a ** p) = |p a**(p-1)| M(a) + |a**p|
     M(f(a)) = |f'(a)| M(a) + |f(a)|        (exp, log, tanh, ...)
+    M(Σ_{j<n} a_j) = Σ_j M(a_j) + (n-1) Σ_j |a_j|   (a sum over indices, as the
+                                                     shape-generic tier writes it)
 
 Sums are charged their partial sums, so cancellation inside a layer (``y - t``
 for a confident softmax) is counted at the size of what cancels. A
@@ -20,7 +22,13 @@ import sympy
 
 
 def _abs(e):
-    """|e| without SymPy's sign analysis, which costs more than the rest of the bound together."""
+    """|e| without SymPy's sign analysis, which costs more than the rest of the bound together.
+
+    A product is split into the product of its factors' magnitudes, so that a sum
+    of |products| stays a sum of products (one einsum in the generic tier).
+    """
+    if e.is_Mul:
+        return sympy.Mul(*(_abs(a) for a in e.args))
     return e if e.is_number and e >= 0 else sympy.Abs(e, evaluate=False)
 
 
@@ -29,8 +37,13 @@ def magnitude(expr, memo: dict | None = None):
     if expr in memo:
         return memo[expr]
     M = lambda e: magnitude(e, memo)  # noqa: E731
-    if expr.is_Number or expr.is_Symbol or isinstance(expr, sympy.logic.boolalg.BooleanAtom):
-        out = sympy.Integer(0)
+    if expr.is_Number or expr.is_Symbol or isinstance(expr, (sympy.logic.boolalg.BooleanAtom, sympy.Indexed, sympy.KroneckerDelta)):
+        out = sympy.Integer(0)  # exact inputs, and a delta's 0 or 1
+    elif isinstance(expr, sympy.Sum):
+        # n terms over all the sum's indices together, as one Add of n terms would be charged
+        body, limits = expr.function, expr.limits
+        count_less_one = sympy.Mul(*(hi - lo + 1 for _, lo, hi in limits)) - 1
+        out = sympy.Sum(M(body), *limits) + count_less_one * sympy.Sum(_abs(body), *limits)
     elif expr.is_Add:
         n = len(expr.args)
         out = sympy.Add(*(M(a) for a in expr.args)) + (n - 1) * sympy.Add(*(_abs(a) for a in expr.args))
