@@ -133,8 +133,29 @@ def _size_fn(size):
     return fn
 
 
+MEMO = "__memo__"  # an env entry: {expression: result}, shared by the expressions of one evaluation
+
+
 def _compile(expr, ranges: dict):
-    """A closure ``(env, backend) -> Labelled`` for ``expr``."""
+    """A closure ``(env, backend) -> Labelled`` for ``expr``; a sub-expression met again in the
+    same evaluation (the env's ``MEMO`` dict) is not computed again."""
+    node = _compile_node(expr, ranges)
+    if expr.is_Atom:
+        return node
+
+    def memoized(env, be):
+        memo = env.get(MEMO)
+        if memo is None:
+            return node(env, be)
+        hit = memo.get(expr)
+        if hit is None:
+            hit = memo[expr] = node(env, be)
+        return hit
+
+    return memoized
+
+
+def _compile_node(expr, ranges: dict):
     if expr.is_Number:
         value = expr
 
@@ -337,7 +358,7 @@ def _compile_sum(expr: Sum, ranges: dict):
             operands = []
             for it in items:
                 operands += [np.asarray(it.array, dtype=np.float64), [ids[lab] for lab in it.labels]]
-            out = np.einsum(*operands, [ids[lab] for lab in keep], optimize=len(items) > 2)
+            out = np.einsum(*operands, [ids[lab] for lab in keep], optimize=True)  # BLAS where it can
         else:
             arrays, labels = _align(items)
             prod = arrays[0]

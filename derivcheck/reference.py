@@ -31,6 +31,7 @@ from .checks import compare
 from .errors import DerivcheckError
 from .generic import DOUT, WEIGHT, GenericDerivation, size_symbol
 from .indexed import Unsupported
+from .indexeval import MEMO
 from .progress import status
 
 
@@ -91,7 +92,7 @@ class GenericBound(Bound):
         self.output_shape = derivation.output_shape(dims)
 
     def _env(self, values, cot=None, **extra) -> dict:
-        env = {**self.dims, **self._values(values), **extra}
+        env = {**self.dims, **self._values(values), **extra, MEMO: {}}
         if cot is not None:
             env[DOUT] = self._cotangent(cot)
         return env
