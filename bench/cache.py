@@ -2,9 +2,12 @@
 
     python bench/cache.py
 
-Every rule is derived at its example sizes, three ways, in the same run:
-  cold    a fresh process with an empty cache folder: derive_by_array, then lambdify
-  disk    a fresh process with the folder the cold run filled: JSON trees, then lambdify
+Every rule's reference (what `verify` uses) is made three ways, in the same run:
+  cold    a fresh process with an empty cache folder: the shape-generic derivation, its
+          proof against the element-by-element tier at three small shapes (those
+          derivations lambdified), compiled to NumPy closures; reshape, which has no
+          generic form, derived element by element at the sizes asked for
+  disk    a fresh process with the folder the cold run filled: JSON trees, then compiled
   memory  the same process again: a dictionary look-up
 It prints seconds per rule and the ratios disk/cold and memory/cold.
 """
@@ -23,11 +26,13 @@ CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import derivcheck
+from derivcheck import reference
 times = {}
 for name, rule in sorted(derivcheck.list_rules().items()):
     dims = {d: n + 1 for d, n in rule.example_dims().items()}  # one size up: 3, 4, 5, ...
-    t = time.perf_counter(); rule.at(**dims); first = time.perf_counter() - t
-    t = time.perf_counter(); rule.at(**dims); again = time.perf_counter() - t
+    hyper = rule.resolve_hyper()
+    t = time.perf_counter(); reference.at(rule, hyper, dims); first = time.perf_counter() - t
+    t = time.perf_counter(); reference.at(rule, hyper, dims); again = time.perf_counter() - t
     times[name] = (first, again)
 print(json.dumps(times))
 """

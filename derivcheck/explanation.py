@@ -474,7 +474,10 @@ def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: in
     if isinstance(rule, str):
         rule = load_rule(rule)
     hyper = rule.resolve_hyper(hyper or {})
-    dims = rule.resolve_dims(shape) if shape else {d: min(n, 2) for d, n in rule.example_dims().items()}
+    tiny = {d: min(n, 2) for d, n in rule.example_dims().items()}
+    dims = rule.resolve_dims(shape) if shape else tiny
+    if _jacobian_size(rule, dims) > ELEMENTS_SPELLED_OUT:  # --shape for a layer at real size: the Jacobian at a tiny one
+        dims = tiny
     d = rule.at(hyper=hyper, **dims)
     nodes, chain = graph(rule, hyper)
     proofs = prove(rule, hyper, seed)
@@ -497,23 +500,51 @@ def explain_layer(exp: Explanation, target: str, rule, **options) -> Explanation
             [f"{target} fails, but not at a single element: " + "; ".join(c.message for c in rep.checks if not c.passed)]
         return exp
     c = failing[0]
-    d = rule.at(hyper=exp.hyper, **c.dims)
     idx = tuple(c.index)
+    what = f"out[{','.join(map(str, idx))}]" if c.name == "forward" else f"d{c.name.split(' ', 1)[1]}[{','.join(map(str, idx))}]"
+    expr = _expected_entry(rule, exp.hyper, c, idx)
+    e, g = pair(c.expected, c.got)
+    exp.layer = [
+        f"{c.name} fails at trial seed {c.seed}, " + ", ".join(f"{k}={v}" for k, v in c.dims.items()),
+        f"expected {what} = {expr}",
+        f"         = {e} at the trial's values",
+        f"the layer returned {g}",
+    ] + [f"diagnosis: {dg['message']}" for dg in rep.diagnosis]
+    return exp
+
+
+ELEMENTS_SPELLED_OUT = 10_000  # up to this many Jacobian entries, an element is written out symbol by symbol
+
+
+def _jacobian_size(rule, dims) -> int:
+    """|out| x Σ|input| at these sizes, from the formula's numeric shape check (no derivation)."""
+    import math
+
+    ins = sum(math.prod(rule.shape_of(i.shape, dims)) for i in rule.inputs.values())
+    try:
+        out = math.prod(rule.output_shape(dims, rule.resolve_hyper()))
+    except Exception:  # noqa: BLE001 - a size the formula refuses is reported by the derivation itself
+        return 0
+    return out * ins
+
+
+def _expected_entry(rule, hyper, c, idx) -> str:
+    """The failing element's exact formula: spelled out at small sizes, in index notation at large ones."""
+    from . import reference
+    from .generic import entry
+
+    g, _ = reference.generic_for(rule, hyper)
+    if g is not None:
+        if _jacobian_size(rule, c.dims) > ELEMENTS_SPELLED_OUT:
+            which = "forward" if c.name == "forward" else c.name.split(" ", 1)[1]
+            return sympy.sstr(entry(g, which, idx, c.dims))
+    d = rule.at(hyper=hyper, **c.dims)
     if c.name == "forward":
         expr = d.output[idx] if idx else d.output[()]
-        what = f"out[{','.join(map(str, idx))}]"
     else:
         n = c.name.split(" ", 1)[1]
         dout = np.array([sympy.Symbol(f"dout_{'_'.join(map(str, o))}" if o else "dout") for o in np.ndindex(*d.output_shape)], dtype=object)
         J = d.jacobian_array(n).reshape(len(dout), -1)
         flat = int(np.ravel_multi_index(idx, d.shapes[n])) if idx else 0
         expr = sympy.Add(*(dout[o] * J[o, flat] for o in range(len(dout))))
-        what = f"d{n}[{','.join(map(str, idx))}]"
-    e, g = pair(c.expected, c.got)
-    exp.layer = [
-        f"{c.name} fails at trial seed {c.seed}, " + ", ".join(f"{k}={v}" for k, v in c.dims.items()),
-        f"expected {what} = {sympy.sstr(sympy.simplify(expr))}",
-        f"         = {e} at the trial's values",
-        f"the layer returned {g}",
-    ] + [f"diagnosis: {dg['message']}" for dg in rep.diagnosis]
-    return exp
+    return sympy.sstr(sympy.simplify(expr))

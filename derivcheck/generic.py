@@ -207,3 +207,24 @@ class GenericDerivation:
     def output_shape(self, dims: dict) -> tuple:
         return tuple(int(sympy.sympify(s).subs({size_symbol(d): v for d, v in dims.items()})) for s in self.exprs["out_shape"])
 
+
+
+def entry(g: GenericDerivation, which: str, index: tuple, dims: dict):
+    """One element of the output (``which="forward"``) or of an input's VJP, in index notation.
+
+    The free indices take the values in ``index`` and the sizes the values in
+    ``dims``; sums stay sums (``Sum(dout[n, 7]*x[n, 3], (n, 0, 99))``), so an
+    element at any size prints in one line. ``dout_`` prints as ``dout``.
+    """
+    if which == "forward":
+        expr, free = g.exprs["out"], g.exprs["out_indices"]
+    else:
+        v = g.exprs["vjp"][which]
+        expr, free = v["expr"], v["indices"]
+    expr = expr.xreplace({i: sympy.Integer(k) for i, k in zip(free, index)})
+    expr = expr.xreplace({size_symbol(d): sympy.Integer(n) for d, n in dims.items()})
+    expr = expr.replace(lambda e: isinstance(e, IndexedBase) and str(e.label) == DOUT, lambda e: IndexedBase("dout", real=True))
+    expr = expr.xreplace({sympy.Symbol(DOUT, real=True): sympy.Symbol("dout", real=True)})
+    bound = sorted({v for s in expr.atoms(Sum) for v, _, _ in s.limits}, key=str)
+    names = iter("jmnqrsuvw")
+    return expr.xreplace({v: sympy.Symbol(next(names, str(v)), integer=True) for v in bound})

@@ -23,8 +23,15 @@ from sympy import Indexed, KroneckerDelta, Sum
 from .indexed import Unsupported
 
 
+_IDS: dict = {}  # SymPy index variables and sub-expressions -> small ints: cheap to compare at run time
+
+
+def _id(expr) -> int:
+    return _IDS.setdefault(expr, len(_IDS))
+
+
 class Labelled:
-    """An array and the index variable of each of its axes (every axis full size)."""
+    """An array and the index variable (its ``_id``) of each of its axes (every axis full size)."""
 
     __slots__ = ("array", "labels")
 
@@ -98,21 +105,23 @@ class Compiled:
         self.expr, self.free = expr, tuple(free)
         self.ranges = dict(ranges)  # index variable -> size expression (free and bound)
         self._node = _compile(expr, self.ranges)
-        self._sizes = {i: _size_fn(self.ranges[i]) for i in self.free}
+        self._free = tuple(_id(i) for i in self.free)
+        self._sizes = [_size_fn(self.ranges[i]) for i in self.free]
 
     def __call__(self, env: dict, backend_name: str = "numpy"):
         be = backend(backend_name)
         with np.errstate(all="ignore"):
             res = self._node(env, be)
-        stray = [lab for lab in res.labels if lab not in self.free]
+        free = self._free
+        stray = [lab for lab in res.labels if lab not in free]
         if stray:
-            raise Unsupported(f"index {stray[0]} is free in the expression but not an output index")
+            raise Unsupported("an index is free in the expression but not an output index")
         a = np.asarray(res.array)
-        present = [i for i in self.free if i in res.labels]
+        present = [i for i in free if i in res.labels]
         if present:
             a = np.transpose(a, [res.labels.index(i) for i in present])
-        a = np.reshape(a, [a.shape[present.index(i)] if i in present else 1 for i in self.free]) if self.free else a
-        shape = tuple(self._sizes[i](env) for i in self.free)
+        a = np.reshape(a, [a.shape[present.index(i)] if i in present else 1 for i in free]) if free else a
+        shape = tuple(size(env) for size in self._sizes)
         return np.array(np.broadcast_to(a, shape), dtype=be.float)
 
 
@@ -143,13 +152,15 @@ def _compile(expr, ranges: dict):
     if expr.is_Atom:
         return node
 
+    key = _id(expr)
+
     def memoized(env, be):
         memo = env.get(MEMO)
         if memo is None:
             return node(env, be)
-        hit = memo.get(expr)
+        hit = memo.get(key)
         if hit is None:
-            hit = memo[expr] = node(env, be)
+            hit = memo[key] = node(env, be)
         return hit
 
     return memoized
@@ -168,8 +179,8 @@ def _compile_node(expr, ranges: dict):
         return lambda env, be: Labelled(np.asarray(flag), ())
     if isinstance(expr, sympy.Symbol):
         if expr in ranges:  # an index variable used as a value
-            size = _size_fn(ranges[expr])
-            return lambda env, be: Labelled(np.arange(size(env)), (expr,))
+            size, lab = _size_fn(ranges[expr]), _id(expr)
+            return lambda env, be: Labelled(np.arange(size(env)), (lab,))
         name = str(expr)
 
         def symbol(env, be):
@@ -185,6 +196,12 @@ def _compile_node(expr, ranges: dict):
 
         def nary(env, be):
             items = [p(env, be) for p in parts]
+            full = max(items, key=lambda it: len(it.labels))
+            if all(not it.labels or it.labels == full.labels for it in items):  # element-wise: no alignment
+                acc = items[0].array
+                for it in items[1:]:
+                    acc = combine(acc, it.array)
+                return Labelled(acc if np.shape(acc) == np.shape(full.array) else np.broadcast_to(acc, np.shape(full.array)), full.labels)
             arrays, labels = _align(items)
             acc = arrays[0]
             for a in arrays[1:]:
@@ -302,7 +319,7 @@ def _compile_indexed(expr: Indexed, ranges: dict):
     positions = []  # per axis: ("label", symbol) or ("fixed", int)
     for idx in expr.indices:
         if isinstance(idx, sympy.Symbol) and idx in ranges:
-            positions.append(("label", idx))
+            positions.append(("label", _id(idx)))
         elif idx.is_Integer:
             positions.append(("fixed", int(idx)))
         else:
@@ -342,7 +359,8 @@ def _compile_sum(expr: Sum, ranges: dict):
         inner_ranges[var] = sympy.sympify(hi) + 1
         bound.append(var)
     factors = [_compile(f, inner_ranges) for f in _factors(body)]
-    counts = {var: _size_fn(inner_ranges[var]) for var in bound}
+    counts = {_id(var): _size_fn(inner_ranges[var]) for var in bound}
+    bound = [_id(var) for var in bound]
 
     def summed(env, be):
         items = [f(env, be) for f in factors]

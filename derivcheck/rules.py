@@ -249,6 +249,13 @@ class Rule:
         env.update(arrays)
         return env
 
+    def output_shape(self, dims: dict, hyper: dict) -> tuple[int, ...]:
+        """The output's shape at these sizes: the formula evaluated numerically on constant arrays."""
+        arrays = {n: np.full(self.shape_of(i.shape, dims), 0.5) for n, i in self.inputs.items()}
+        for n, lab in self.labels.items():
+            arrays[n] = np.full(self.shape_of(lab.symbolic_shape(), dims), 0.5)
+        return np.shape(self.formula.evaluate(self.environment(dims, hyper, arrays), backend="numeric"))
+
     def encode_label(self, name: str, value, dims: dict) -> np.ndarray:
         """A label as formulas see it, in float64: class indices (N,) become one-hot rows (N, C)."""
         lab = self.labels[name]
@@ -551,12 +558,7 @@ def parse_rule(text: str, path) -> Rule:
 def _check_shapes(rule: Rule, L: _Loader) -> None:
     """Evaluate the formula numerically at distinct sizes: a shape that cannot work fails here."""
     probe = rule.example_dims()
-    hyper = rule.resolve_hyper()
-    arrays = {n: np.full(rule.shape_of(i.shape, probe), 0.5) for n, i in rule.inputs.items()}
-    for n, lab in rule.labels.items():
-        arrays[n] = np.full(rule.shape_of(lab.symbolic_shape(), probe), 0.5)
-    out = rule.formula.evaluate(rule.environment(probe, hyper, arrays), backend="numeric")
-    out = np.asarray(out)
+    out = np.empty(rule.output_shape(probe, rule.resolve_hyper()))
     if rule.output is not None:
         want = rule.shape_of(rule.output, probe)
         if out.shape != want:

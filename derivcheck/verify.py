@@ -18,7 +18,9 @@ import numpy as np
 from . import reference
 from .adapters import LayerError, make_adapter, target_spec
 from .checks import Check, compare, unit_roundoff
+from .diagnose import Context, diagnose_forward, diagnose_gradient, settle_factor
 from .errors import DerivcheckError
+from .progress import status
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
@@ -156,7 +158,8 @@ class Verifier:
         for k in range(self.trials):
             dims = self.trial_dims(k)
             trial_seed = self.seed + k
-            checks = self.run_trial(k, dims, trial_seed, rep)
+            with status(f"trial {k + 1} of {self.trials} at {', '.join(f'{d}={n}' for d, n in dims.items())}"):
+                checks = self.run_trial(k, dims, trial_seed, rep)
             for c in checks:
                 # a failing check is shown at its first failure (what `reproduce` replays),
                 # a passing one at its closest call
@@ -177,8 +180,6 @@ class Verifier:
         if self.kinks:
             rep.notes += self.kink_notes()
         rep.checks = list(results.values())
-        from .diagnose import settle_factor
-
         rep.diagnosis = [d for c in rep.checks if not c.passed for d in (c.diagnosis or [])]
         for c in rep.checks:
             if c.name == "stability" and not c.passed:
@@ -243,8 +244,6 @@ class Verifier:
         return checks
 
     def compare_outcome(self, rep, d, ref, cot, outcome, adapter, ctx, history) -> list[Check]:
-        from .diagnose import Context, diagnose_forward, diagnose_gradient
-
         checks = []
         expected_out, expected_grads, scales = d.evaluate(cot, **ref)
         fwd = compare("forward", expected_out, outcome.output, scales["forward"], self.dtype, where="forward output", **ctx)

@@ -14,3 +14,15 @@ def test_bench_runs_and_derivcheck_catches_all_without_false_alarms():
         assert "missed 0, false alarms 0/33" in derivcheck_column, (dtype, derivcheck_column)
         assert "caught" in fd_column
     assert "ratio" in out.splitlines()[-1]
+
+
+SCALE = BENCH.parent / "scale.py"
+
+
+def test_scale_bench_prints_the_trial_cost_table():
+    out = subprocess.run([sys.executable, str(SCALE), "--only", "3"], capture_output=True, text=True, check=True, timeout=600).stdout
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("affine ", "softmax_with_loss ", "sigmoid "))]
+    assert [r[0] for r in rows] == ["affine", "softmax_with_loss", "sigmoid"]
+    for r in rows:
+        trial_ms, layer_ms, ratio = map(float, r[2:5])
+        assert trial_ms > 0 and layer_ms > 0 and abs(ratio - trial_ms / layer_ms) <= 0.1 * ratio + 0.1

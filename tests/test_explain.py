@@ -92,3 +92,14 @@ def test_walkthrough_runs_from_an_install():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("all of the seed notes' results re-derived and checked")
     assert "dx = dout·y(1 - y)    (proven: equal for every x)" in out.stdout
+
+
+def test_layer_mode_at_a_real_size_prints_the_element_in_index_notation():
+    """At N=100, D=H=50 the element is one sum in index notation; the Jacobian is shown at a tiny size."""
+    result = run("explain", "--layer", str(EXAMPLES / "broken" / "layers.py") + ":AffineMissingTranspose", "--rule", "affine",
+                 "--shape", "N=100,D=50,H=50")
+    assert result.exit_code == 0, result.stderr
+    assert "Jacobian at N=2, D=2, H=2:" in result.stdout
+    line = next(ln for ln in result.stdout.splitlines() if "expected dW[" in ln)
+    k, l = line.split("dW[")[1].split("]")[0].split(",")
+    assert line.endswith(f"= Sum(dout[j, {l}]*x[j, {k}], (j, 0, 99))")

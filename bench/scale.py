@@ -1,0 +1,301 @@
+"""How derivcheck scales: real sizes, cold and warm, against finite differences in the same run.
+
+    python bench/scale.py            # about two minutes
+    python bench/scale.py --full     # finite differences over every element (the affine alone takes minutes)
+
+Sections, each measured in this run on this machine:
+
+1. `derivcheck verify` of correct reference layers at the seed notes' sizes,
+   as a user runs it (a new process): cold (empty cache folder) and warm (the
+   same folder again), wall seconds and peak memory. The interpreter's own
+   start-up with derivcheck's imports is printed beside it.
+2. The same layers and shapes under a NumPy central-difference gradcheck
+   (every input element, two forwards each, eps 1e-6) and, where installed,
+   `torch.autograd.gradcheck` on torch's own version of the operation; the
+   ratio is their time over derivcheck's warm verify (in-process, without the
+   interpreter's start-up). Without --full the finite differences are timed on
+   a random sample of elements and scaled to all of them; the line says so.
+3. One trial's cost with the derivation in memory (exact reference, error
+   bound and comparison) over one forward+backward of the layer itself.
+4. How that cost grows with the size, next to the element-by-element
+   derivation it replaced (at the sizes where that finishes in seconds).
+5. Small-shape `verify` (default trials) of one reference layer per catalog
+   rule, warm, in a new process each, without the interpreter's start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from derivcheck import reference  # noqa: E402
+from derivcheck.adapters import make_adapter  # noqa: E402
+from derivcheck.checks import compare  # noqa: E402
+from derivcheck.config import load_config  # noqa: E402
+from derivcheck.rules import load_rule  # noqa: E402
+from derivcheck.verify import Verifier  # noqa: E402
+
+LAYERS = [  # (target, rule, sizes): the seed's MNIST network's layers
+    ("examples/dlfs2/layers.py:Affine", "affine", {"N": 100, "D": 784, "H": 50}),
+    ("examples/dlfs2/layers.py:SoftmaxWithLoss", "softmax_with_loss", {"N": 100, "C": 10}),
+    ("examples/dlfs2/layers.py:Sigmoid", "sigmoid", {"N": 100, "D": 50}),
+]
+EPS = 1e-6
+SAMPLE = 3000  # finite-difference elements timed without --full
+
+CHILD = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+from derivcheck.cli import main
+sys.argv = ["derivcheck"] + sys.argv[1:]
+code = 0
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code or 0
+print(json.dumps({"code": code, "seconds": time.perf_counter() - t0,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), file=sys.stderr)
+"""
+
+
+def shape_arg(dims: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in dims.items())
+
+
+def run_cli(args: list[str], cache: str) -> dict:
+    env = {**os.environ, "DERIVCHECK_CACHE_DIR": cache}
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - t
+    info = json.loads(p.stderr.strip().splitlines()[-1])
+    return {**info, "wall": wall, "verdict": "PASS" if info["code"] == 0 else f"exit {info['code']}"}
+
+
+def startup() -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import derivcheck.cli, derivcheck.verify, numpy, sympy"], check=True, cwd=ROOT)
+    return time.perf_counter() - t
+
+
+def section_cli():
+    print("1. derivcheck verify at the seed's sizes (new process each; wall seconds, peak memory)")
+    print(f"   interpreter start-up with derivcheck's imports: {startup():.2f} s")
+    print(f"   {'layer':<44} {'sizes':<20} {'cold s':>7} {'warm s':>7} {'peak MB':>8}  verdict")
+    rows = []
+    for target, rule, dims in LAYERS:
+        with tempfile.TemporaryDirectory() as cache:
+            args = ["verify", target, "--rule", rule, "--shape", shape_arg(dims)]
+            cold, warm = run_cli(args, cache), run_cli(args, cache)
+        peak = max(cold["peak_mb"], warm["peak_mb"])
+        print(f"   {target:<44} {shape_arg(dims):<20} {cold['wall']:7.2f} {warm['wall']:7.2f} {peak:8.0f}  {cold['verdict']}/{warm['verdict']}")
+        rows.append((target, rule, dims, cold, warm))
+    return rows
+
+
+def numpy_gradcheck_seconds(target, rule, dims, full: bool) -> tuple[float, str]:
+    """Central differences through derivcheck's adapter, every input element (or a timed sample, scaled)."""
+    r = load_rule(rule)
+    v = Verifier(target, r, shape=dims, trials=1)
+    d = reference.at(r, v.hyper, dims)
+    rng = np.random.default_rng(0)
+    values, _ = v.sample(d, rng)
+    cot = v.cotangent(d, rng)
+    adapter = make_adapter(target, r, v.hyper, v.layer_hyper(dims), None)
+    adapter.build(values)
+    adapter.run(values, cot)
+
+    def loss(vals):
+        adapter.update_params(vals)
+        return float(np.sum(cot * adapter.run(adapter.held(vals), cot).output))
+
+    elements = [(n, idx) for n in r.inputs for idx in np.ndindex(*values[n].shape)]
+    chosen = elements if full or len(elements) <= SAMPLE else [elements[i] for i in rng.choice(len(elements), SAMPLE, replace=False)]
+    t = time.perf_counter()
+    for n, idx in chosen:
+        plus = {m: np.array(x, copy=True) for m, x in values.items()}
+        minus = {m: np.array(x, copy=True) for m, x in values.items()}
+        plus[n][idx] += EPS
+        minus[n][idx] -= EPS
+        (loss(plus) - loss(minus)) / (2 * EPS)
+    seconds = (time.perf_counter() - t) * len(elements) / len(chosen)
+    how = "all elements" if len(chosen) == len(elements) else f"scaled from {len(chosen)} of {len(elements)} elements"
+    return seconds, how
+
+
+def torch_gradcheck_seconds(rule, dims) -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    g = torch.Generator().manual_seed(0)
+    dbl = {"dtype": torch.float64, "generator": g}
+    if rule == "affine":
+        args = (torch.randn(dims["N"], dims["D"], **dbl), torch.randn(dims["D"], dims["H"], **dbl), torch.randn(dims["H"], **dbl))
+        fn = lambda x, W, b: x @ W + b  # noqa: E731
+    elif rule == "softmax_with_loss":
+        t = torch.randint(0, dims["C"], (dims["N"],), generator=g)
+        args = (torch.randn(dims["N"], dims["C"], **dbl),)
+        fn = lambda x: torch.nn.functional.cross_entropy(x, t)  # noqa: E731
+    else:
+        args = (torch.randn(dims["N"], dims["D"], **dbl),)
+        fn = torch.sigmoid
+    args = tuple(a.requires_grad_() for a in args)
+    t0 = time.perf_counter()
+    torch.autograd.gradcheck(fn, args)
+    return time.perf_counter() - t0
+
+
+def verify_seconds(target, rule, dims) -> float:
+    """derivcheck verify in this process, derivation cached (what a warm run costs past start-up)."""
+    r = load_rule(rule)
+    Verifier(target, r, shape=dims).run()  # warm the derivation
+    t = time.perf_counter()
+    rep = Verifier(target, r, shape=dims).run()
+    assert rep.verdict == "pass", rep.verdict
+    return time.perf_counter() - t
+
+
+def section_fd(full: bool):
+    print("\n2. the same check by finite differences, same layers and sizes")
+    print(f"   {'layer':<44} {'derivcheck s':>12} {'numpy FD s':>11} {'FD/dc':>7} {'torch s':>8} {'torch/dc':>9}  numpy FD")
+    for target, rule, dims in LAYERS:
+        dc = verify_seconds(target, rule, dims)
+        fd, how = numpy_gradcheck_seconds(target, rule, dims, full)
+        tg = torch_gradcheck_seconds(rule, dims)
+        torch_cols = f"{tg:8.2f} {tg / dc:9.1f}" if tg is not None else f"{'n/a':>8} {'n/a':>9}"
+        print(f"   {target:<44} {dc:12.3f} {fd:11.2f} {fd / dc:7.0f} {torch_cols}  {how}")
+    print("   derivcheck: 5 trials x 2 steps + the extreme-input probe; finite differences: one cotangent, one point")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("   torch is not installed here: its column is n/a (pip install torch, then run again)")
+
+
+def trial_cost(rule, dims, reps=5) -> tuple[float, float]:
+    """(seconds of one trial's reference + bound + comparison, seconds of the layer's forward+backward)."""
+    target = {"affine": "examples/dlfs2/layers.py:Affine", "softmax_with_loss": "examples/dlfs2/layers.py:SoftmaxWithLoss",
+              "sigmoid": "examples/dlfs2/layers.py:Sigmoid"}[rule]
+    r = load_rule(rule)
+    v = Verifier(target, r, shape=dims, trials=1)
+    d = reference.at(r, v.hyper, dims)
+    rng = np.random.default_rng(0)
+    values, ref = v.sample(d, rng)
+    cot = v.cotangent(d, rng)
+    adapter = make_adapter(target, r, v.hyper, v.layer_hyper(dims), None)
+    adapter.build(values)
+
+    def layer():
+        return adapter.run(values, cot)
+
+    def check():
+        out, grads, scales = d.evaluate(cot, **ref)
+        compare("forward", out, out, scales["forward"], np.float64)
+        for n in grads:
+            compare(n, grads[n], grads[n], scales[n], np.float64)
+
+    result = []
+    for fn in (check, layer):
+        fn()
+        best = np.inf
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        result.append(best)
+    return result[0], result[1]
+
+
+def section_trial():
+    print("\n3. one trial with the derivation in memory: exact reference + error bound + comparison, over one forward+backward")
+    print(f"   {'rule':<20} {'sizes':<20} {'trial ms':>9} {'layer ms':>9} {'ratio':>6}")
+    for _, rule, dims in LAYERS:
+        check, layer = trial_cost(rule, dims)
+        print(f"   {rule:<20} {shape_arg(dims):<20} {check * 1e3:9.2f} {layer * 1e3:9.3f} {check / layer:6.1f}")
+
+
+def concrete_seconds(rule, dims) -> float:
+    from derivcheck import derive
+
+    r = load_rule(rule)
+    derive._MEMORY.clear()
+    old = os.environ.get("DERIVCHECK_CACHE")
+    os.environ["DERIVCHECK_CACHE"] = "0"
+    try:
+        t = time.perf_counter()
+        r.at(**dims)
+        return time.perf_counter() - t
+    finally:
+        os.environ.pop("DERIVCHECK_CACHE") if old is None else os.environ.__setitem__("DERIVCHECK_CACHE", old)
+
+
+def section_growth():
+    print("\n4. growth: one trial's cost against the layer's own; the element-by-element derivation it replaced")
+    print(f"   {'rule':<20} {'sizes':<24} {'trial ms':>9} {'layer ms':>9} {'ratio':>6} {'element-by-element derivation s':>33}")
+    plans = [("affine", {"N": n, "D": n, "H": n}) for n in (2, 4, 8, 16, 32, 64, 128)]
+    plans += [("softmax_with_loss", {"N": n, "C": 10}) for n in (2, 10, 100, 1000)]
+    for rule, dims in plans:
+        check, layer = trial_cost(rule, dims)
+        small = int(np.prod(list(dims.values()))) <= 512
+        conc = f"{concrete_seconds(rule, dims):33.2f}" if small else f"{'(not run: grows as |x|·|out|)':>33}"
+        print(f"   {rule:<20} {shape_arg(dims):<24} {check * 1e3:9.2f} {layer * 1e3:9.3f} {check / layer:6.1f} {conc}")
+
+
+SMALL = r"""
+import json, sys, time
+from derivcheck.rules import load_rule
+from derivcheck.verify import Verifier
+rule = load_rule(sys.argv[2])
+hyper = json.loads(sys.argv[3])
+Verifier(sys.argv[1], rule, hyper=hyper).run() if sys.argv[4] == "cold" else None
+t = time.perf_counter()
+rep = Verifier(sys.argv[1], rule, hyper=hyper).run()
+print(json.dumps({"seconds": time.perf_counter() - t, "verdict": rep.verdict}))
+"""
+
+
+def section_small():
+    print("\n5. small-shape verify (default trials) per catalog rule, warm, new process each, start-up excluded")
+    config = load_config(ROOT / "examples" / "derivcheck.toml")
+    seen, worst = set(), 0.0
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "DERIVCHECK_CACHE_DIR": cache}
+        print(f"   {'rule':<20} {'layer':<48} {'seconds':>8}")
+        for b in config.bindings:
+            if b.expect != "pass" or b.rule in seen or b.dtype != "float64":
+                continue
+            seen.add(b.rule)
+            path, _, name = b.target.rpartition(":")
+            target = f"{(ROOT / 'examples' / path) if not Path(path).is_absolute() else path}:{name}"
+            for phase in ("cold", "warm"):
+                p = subprocess.run([sys.executable, "-c", SMALL, target, b.rule, json.dumps(b.hyper), phase],
+                                   capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+            info = json.loads(p.stdout.strip().splitlines()[-1])
+            worst = max(worst, info["seconds"])
+            print(f"   {b.rule:<20} {os.path.relpath(target.rpartition(':')[0], ROOT) + ':' + name:<48} {info['seconds']:8.3f}  {info['verdict']}")
+    print(f"   slowest: {worst:.3f} s over {len(seen)} rules")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="finite differences over every element (slow)")
+    ap.add_argument("--only", type=int, action="append", help="run only these sections (1-5)")
+    args = ap.parse_args()
+    sections = {1: section_cli, 2: lambda: section_fd(args.full), 3: section_trial, 4: section_growth, 5: section_small}
+    for k, fn in sections.items():
+        if not args.only or k in args.only:
+            fn()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
