@@ -1,21 +1,20 @@
 """Checks: one result compared with the exact reference, under a tolerance from rounding analysis.
 
 Tolerances come from the dtype's unit roundoff ``u`` and a running error
-bound of the exact reference (:mod:`derivcheck.reference`), never from a constant picked by hand. For
-element ``i``:
+bound of the exact reference (:mod:`derivcheck.reference`). For element ``i``:
 
     tol_i = κ · u · (s_i + max_k s_k),   κ = 4
 
-For the forward output, ``s = M(out)``: the first-order rounding bound of the
-reference expression (see :mod:`derivcheck.rounding`). For a gradient,
-``s_i = Σ_o |c_o| (M(J_oi) + m_i |J_oi| + |out_o|)`` over the outputs ``o``
-that depend on input ``i``. Here ``c`` is the cotangent and ``m_i`` the number
-of terms summed. ``M`` counts rounding at the size of every intermediate of
-the reference, so cancellation is covered. ``|out_o|`` counts the forward
-output that a backward pass may reuse: the book's ``dout * y * (1 - y)``
-cancels at the size of ``y``, not of the gradient. The ``max_k s_k`` floor admits
-algorithms that differ from the reference but are as sound (a max-shifted or
-tanh-based formula).
+``s`` is the reference's rounding scale (:mod:`derivcheck.reference` says how
+it is made for the output and for each gradient): the first-order rounding
+bound ``M`` of the reference expression (:mod:`derivcheck.rounding`), which
+counts rounding at the size of every intermediate, so cancellation is
+covered. The ``max_k s_k`` floor admits algorithms that differ from the
+reference but are as sound (a max-shifted or tanh-based formula).
+
+Two constants are set by hand, not derived: κ = 4, a margin for the gap
+between a first-order bound and what an algorithm of the same family can
+round; and the floor's weight of 1 on ``max_k s_k``.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import sympy
-from sympy.tensor.array import ImmutableDenseNDimArray, derive_by_array
+from sympy.tensor.array import ImmutableDenseNDimArray
 
 from . import cache, symarray
 from .rounding import magnitude

@@ -26,7 +26,7 @@ from sympy import Indexed, IndexedBase, KroneckerDelta, Sum
 
 from . import indexed
 from .errors import DerivcheckError, RuleError
-from .indexed import TArray, Unsupported, fresh_index
+from .indexed import Unsupported, fresh_index
 from .indexeval import Compiled
 from .rounding import magnitude
 

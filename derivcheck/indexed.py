@@ -17,7 +17,7 @@ import builtins
 import itertools
 
 import sympy
-from sympy import Indexed, IndexedBase, KroneckerDelta, Sum
+from sympy import IndexedBase, KroneckerDelta, Sum
 
 from .errors import DerivcheckError
 
@@ -49,13 +49,6 @@ class TArray:
     @property
     def ndim(self) -> int:
         return len(self.shape)
-
-    def at(self, indices) -> sympy.Expr:
-        """The expression with its free indices replaced by ``indices`` (symbols or integers)."""
-        return self.expr.xreplace(dict(zip(self.indices, indices)))
-
-    def ranges(self) -> dict:
-        return dict(zip(self.indices, self.shape))
 
     # -- arithmetic --------------------------------------------------------------
     def _binary(self, other, op):
@@ -312,8 +305,3 @@ def pick(y, t) -> TArray:
 
 def onehot(t) -> TArray:
     return asarray(t)
-
-
-def indexed_base(expr) -> set:
-    """Names of the arrays an expression reads."""
-    return {str(i.base.label) for i in expr.atoms(Indexed)}

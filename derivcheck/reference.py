@@ -237,6 +237,9 @@ def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:
             _store(rule, disk_key, g)
         except Unsupported as exc:
             g, note = None, f"reference: the element-by-element tier, at each trial's sizes (no shape-generic form: {exc})"
+        except (TypeError, ValueError, NotImplementedError, RecursionError, AttributeError) as exc:  # SymPy could not do it
+            g, note = None, (f"reference: the element-by-element tier, at each trial's sizes (the shape-generic "
+                             f"derivation failed: {type(exc).__name__}: {exc})")
     _GENERIC[key] = (g, note)
     return g, note
 
