@@ -44,7 +44,7 @@ def draw(rule, shapes: dict, label_shapes: dict, dims: dict, rng, dtype=np.float
     for n, lab in rule.labels.items():
         if lab.kind == "classes":
             idx = rng.integers(0, dims[lab.classes], size=label_shapes[n])
-            values[n] = ref[n] = idx
+            values[n], ref[n] = idx, idx.copy()
         else:
             v = lab.domain.sample(rng, label_shapes[n]).astype(dtype)
             values[n], ref[n] = v, v.astype(np.float64)

@@ -237,7 +237,8 @@ class Verifier:
             except LayerError as exc:
                 checks.append(Check("layer raised", False, message=str(exc), **ctx(step)))
                 return checks
-            checks += self.compare_outcome(rep, d, ref, cot, outcome, adapter, ctx(step), history)
+            # the reference reads private copies: a layer that writes into dout cannot change what it is held to
+            checks += self.compare_outcome(rep, d, ref, cot_copy, outcome, adapter, ctx(step), history)
             self._side_effects(rep, k, values, snapshot, cot, cot_copy, outcome)
         if hasattr(adapter, "_forward") and all(c.passed for c in checks):
             self._stale_check(rep, k, d, adapter, rng)  # only meaningful for a layer that is right so far
@@ -284,7 +285,7 @@ class Verifier:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # overflow is what we are probing for
             adapter.build(values)
-            outcome = adapter.run(values, cot)
+            outcome = adapter.run(values, np.array(cot, copy=True))  # the layer may write into its dout
         return d, dims, ref, cot, outcome
 
     def stability_check(self) -> Check:
@@ -391,7 +392,7 @@ class Verifier:
             adapter._forward(adapter.held(va))
             adapter.update_params(vb)
             adapter._forward(adapter.held(vb))
-            grads = adapter.gradients(adapter._backward(cot))
+            grads = adapter.gradients(adapter._backward(np.array(cot, copy=True)))
         except LayerError:
             return  # a layer that raises here already failed its trials
         _, expected, scales = d.evaluate(cot, **refb)

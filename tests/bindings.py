@@ -52,6 +52,7 @@ BROKEN = [
     ("SigmoidFromInput", "sigmoid", {}, "float64", "grad x", "input-instead-of-output"),
     ("SoftmaxWithLossIgnoresDout", "softmax_with_loss", {}, "float64", "grad x", "upstream-ignored"),
     ("ReluWritesIntoDout", "relu", {}, "float64", "warning:mutates-input", None),
+    ("ReluInPlaceDoubled", "relu", {}, "float64", "grad x", "constant-factor"),
     ("TanhSignFlipped", "tanh", {}, "float64", "grad x", "sign-flipped"),
     ("TransposeSameAxes", "transpose", {"axes": "1,2,0"}, "float64", "grad x", "transposed"),
     ("softmax_loss_no_mean", "softmax_with_loss", {}, "float64", "grad x", "constant-factor"),

@@ -158,6 +158,19 @@ class ReluWritesIntoDout:
         return dout
 
 
+class ReluInPlaceDoubled:
+    """BUG: backward works in the caller's dout and doubles it: a reference read from dout afterwards would agree."""
+
+    def forward(self, x):
+        self.mask = x <= 0
+        return np.maximum(x, 0)
+
+    def backward(self, dout):
+        dout[self.mask] = 0
+        dout *= 2
+        return dout
+
+
 class TanhSignFlipped(Function):
     """BUG: gx = gy * (y^2 - 1), the sign flipped."""
 
