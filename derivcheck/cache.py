@@ -106,19 +106,34 @@ def decode(tree, symbols: dict, bases: frozenset = frozenset()):
             raise ValueError(f"foreign symbol {args!r}")
         return symbols[args[0]]
     if tag == "I":
-        return sympy.Integer(int(args[0]))
+        return sympy.Integer(_small_int(args[0]))
     if tag == "Q":
-        return sympy.Rational(int(args[0]), int(args[1]))
+        return sympy.Rational(_small_int(args[0]), _small_int(args[1]))
     if tag == "F":
-        man, exp, prec = int(args[0]), int(args[1]), int(args[2])
+        man, exp, prec = _small_int(args[0]), int(args[1]), int(args[2])
+        if abs(exp) > 100_000:
+            raise ValueError("float out of bounds")
         if not 1 <= prec <= 4096:
             raise ValueError("bad float precision")
         return sympy.Float(mpmath.mpf((man, exp)), precision=prec)
     if tag == "C":
         return _CONSTANTS[args[0]]
     if tag in _FUNCS:
-        return _FUNCS[tag](*(decode(a, symbols, bases) for a in args))
+        decoded = [decode(a, symbols, bases) for a in args]
+        if tag == "Pow" and (len(decoded) != 2 or (decoded[1].is_Number and abs(decoded[1]) > MAX_EXPONENT)):
+            raise ValueError("power out of bounds")  # Pow(3, 10**10) would never finish evaluating
+        return _FUNCS[tag](*decoded)
     raise ValueError(f"unknown node {tag!r}")
+
+
+MAX_DIGITS = 40  # integers in entries: the engine writes small ones; a huge one is an attack or corruption
+MAX_EXPONENT = 1024
+
+
+def _small_int(text) -> int:
+    if not isinstance(text, str) or len(text.lstrip("-")) > MAX_DIGITS:
+        raise ValueError("integer out of bounds")
+    return int(text)
 
 
 def cache_dir() -> Path | None:

@@ -285,9 +285,9 @@ def _from_output_line(rule, hyper) -> str:
 
     (x,) = rule.inputs
     xs = sympy.Symbol(x, real=True)
-    y = sympy.sympify(np.asarray(rule.formula.evaluate({x: symarray.asarray(xs), **rule.example_dims()}, backend="symbolic")).item())
+    y = symarray.exact(np.asarray(rule.formula.evaluate({x: symarray.asarray(xs), **rule.example_dims()}, backend="symbolic")).item())
     env = rule.environment(rule.example_dims(), hyper, {x: symarray.asarray(xs), "out": symarray.asarray(y)})
-    phi = sympy.sympify(np.asarray(rule.from_output.evaluate(env, backend="symbolic")).item())
+    phi = symarray.exact(np.asarray(rule.from_output.evaluate(env, backend="symbolic")).item())
     holds = sympy.simplify(phi - sympy.diff(y, xs)) == 0
     shown = Printer(rule)(ast.BinOp(ast.Name("dout"), ast.Mult(), rule.from_output.statements[-1][1]))
     return f"d{x} = {shown}" + ("    (proven: equal for every x)" if holds else "    (does NOT hold: not a closed form of this rule)")
@@ -305,9 +305,11 @@ def _sx(expr, pr) -> str:
 
 
 def _const(node):
+    from . import symarray
+
     try:
-        return sympy.sympify(ast.literal_eval(node))
-    except (ValueError, SyntaxError, sympy.SympifyError):
+        return symarray.exact(ast.literal_eval(node))
+    except (ValueError, SyntaxError):
         return None
 
 

@@ -265,6 +265,8 @@ def _eval(node, scope, ops):
             if isinstance(node.op, ast.MatMult):
                 return ops.matmul(_array(left, ops), _array(right, ops))
             if not isinstance(left, (np.ndarray, indexed.TArray)) and not isinstance(right, (np.ndarray, indexed.TArray)):
+                if isinstance(node.op, ast.Pow):
+                    _check_power(node, left, right)
                 if isinstance(node.op, ast.Div) and isinstance(left, int) and isinstance(right, int):
                     return sympy.Rational(left, right) if ops.exact else left / right
                 return _BINOPS[type(node.op)](left, right)  # plain numbers: sizes, constants
@@ -280,9 +282,25 @@ def _eval(node, scope, ops):
             return fn(*args, **kwargs)
     except _NodeError:
         raise
-    except (ValueError, TypeError, IndexError) as exc:  # numpy AxisError is a ValueError
+    except (ValueError, TypeError, IndexError, ArithmeticError) as exc:  # numpy AxisError is a ValueError
         raise _NodeError(node, f"cannot evaluate '{ast.unparse(node)}': {exc}") from None
     raise _NodeError(node, f"{type(node).__name__} is not allowed in a formula")
+
+
+MAX_EXPONENT = 1024  # constant folding of plain numbers: 2 ** 10 ** 10 would never finish
+
+
+def _check_power(node, base, exponent) -> None:
+    """Refuse a power of plain numbers too large to fold (sizes and constants only reach here)."""
+    for value in (base, exponent):
+        if isinstance(value, str):
+            raise _NodeError(node, f"'{ast.unparse(node)}': {value!r} is text, not a number")
+    try:
+        too_big = abs(exponent) > MAX_EXPONENT and abs(base) not in (0, 1)
+    except TypeError:  # a SymPy size symbol (the shape-generic tier): SymPy keeps N ** k unevaluated
+        return
+    if too_big:
+        raise _NodeError(node, f"'{ast.unparse(node)}': an exponent above {MAX_EXPONENT} is refused (the number would be too large)")
 
 
 def _array(value, ops):

@@ -29,6 +29,7 @@ from .errors import DerivcheckError, RuleError
 from .indexed import Unsupported, fresh_index
 from .indexeval import Compiled
 from .rounding import magnitude
+from .symarray import exact
 
 DOUT = "dout_"  # the cotangent's name in expressions (rule names cannot end in _)
 WEIGHT = "w_"  # the reuse term's weights |dout| * |out| (see reference.py)
@@ -92,7 +93,7 @@ def collapse(expr, ranges: dict):
         for var, lo, hi in expr.limits:
             if lo != 0:
                 raise Unsupported(f"a sum from {lo}")
-            inner[var] = sympy.sympify(hi) + 1
+            inner[var] = exact(hi) + 1
         result = collapse(expr.function, inner)
         for var, _, hi in expr.limits:  # innermost first
             result = _sum_one(result, var, hi, inner)
@@ -205,7 +206,7 @@ class GenericDerivation:
         return {n: f(env) for n, f in self._support.items()}
 
     def output_shape(self, dims: dict) -> tuple:
-        return tuple(int(sympy.sympify(s).subs({size_symbol(d): v for d, v in dims.items()})) for s in self.exprs["out_shape"])
+        return tuple(int(exact(s).subs({size_symbol(d): v for d, v in dims.items()})) for s in self.exprs["out_shape"])
 
 
 

@@ -20,6 +20,7 @@ import sympy
 from sympy import IndexedBase, KroneckerDelta, Sum
 
 from .errors import DerivcheckError
+from .symarray import exact
 
 
 class Unsupported(Exception):
@@ -42,9 +43,9 @@ class TArray:
     def __init__(self, expr, indices: tuple, shape: tuple):
         if len(indices) != len(shape):
             raise ValueError("one index per axis")
-        self.expr = sympy.sympify(expr) if not isinstance(expr, sympy.Basic) else expr
+        self.expr = exact(expr)
         self.indices = tuple(indices)
-        self.shape = tuple(sympy.Integer(s) if isinstance(s, int) else s for s in shape)
+        self.shape = tuple(exact(s) for s in shape)
 
     @property
     def ndim(self) -> int:
@@ -110,9 +111,7 @@ def asarray(value) -> TArray:
         return TArray(expr, (i,), (len(items),))
     if isinstance(value, bool):
         return TArray(sympy.true if value else sympy.false, (), ())
-    if isinstance(value, (int, float, sympy.Basic)):
-        return TArray(sympy.sympify(value) if not isinstance(value, sympy.Basic) else value, (), ())
-    raise Unsupported(f"value of type {type(value).__name__}")
+    return TArray(exact(value), (), ())  # a number; anything else (text) is refused
 
 
 def variable(name: str, shape: tuple) -> TArray:
@@ -258,13 +257,13 @@ def repeat(x, repeats, axis=None) -> TArray:
     a = axis % x.ndim
     if x.shape[a] != 1:
         raise Unsupported("repeat along an axis longer than 1")
-    shape = x.shape[:a] + (sympy.sympify(repeats),) + x.shape[a + 1 :]
+    shape = x.shape[:a] + (exact(repeats),) + x.shape[a + 1 :]
     return broadcast_to(x, shape)
 
 
 def broadcast_to(x, shape) -> TArray:
     x = asarray(x)
-    shape = tuple(sympy.sympify(s) for s in shape)
+    shape = tuple(exact(s) for s in shape)
     if len(shape) < x.ndim or any(s != 1 and s != t for s, t in zip(x.shape, shape[len(shape) - x.ndim :])):
         raise DerivcheckError(f"shape {x.shape} does not broadcast to {shape}")
     indices = tuple(fresh_index() for _ in shape)
@@ -273,7 +272,7 @@ def broadcast_to(x, shape) -> TArray:
 
 def sum_to(x, shape) -> TArray:
     x = asarray(x)
-    shape = tuple(sympy.sympify(s) for s in shape)
+    shape = tuple(exact(s) for s in shape)
     lead = x.ndim - len(shape)
     if lead < 0:
         raise DerivcheckError(f"sum_to: cannot sum shape {x.shape} to the longer shape {shape}")

@@ -21,6 +21,7 @@ import sympy
 from sympy import Indexed, KroneckerDelta, Sum
 
 from .indexed import Unsupported
+from .symarray import exact
 
 
 _IDS: dict = {}  # SymPy index variables and sub-expressions -> small ints: cheap to compare at run time
@@ -126,7 +127,7 @@ class Compiled:
 
 
 def _size_fn(size):
-    size = sympy.sympify(size)
+    size = exact(size)
     if size.is_Integer:
         n = int(size)
         return lambda env: n
@@ -356,7 +357,7 @@ def _compile_sum(expr: Sum, ranges: dict):
     for var, lo, hi in limits:
         if lo != 0:
             raise Unsupported(f"a sum from {lo}")
-        inner_ranges[var] = sympy.sympify(hi) + 1
+        inner_ranges[var] = exact(hi) + 1
         bound.append(var)
     factors = [_compile(f, inner_ranges) for f in _factors(body)]
     counts = {_id(var): _size_fn(inner_ranges[var]) for var in bound}

@@ -633,10 +633,14 @@ _LOADED: dict[tuple, Rule] = {}
 
 
 def _cached_load(path: Path) -> Rule:
+    import stat
+
     try:
         st = path.stat()
     except OSError as exc:
         raise RuleError(path, None, f"cannot read rule: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the read forever
+        raise RuleError(path, None, "not a regular file: a rule is a .toml file")
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if key not in _LOADED:
         _LOADED[key] = load_rule_file(path)

@@ -15,12 +15,32 @@ import sympy
 from sympy.tensor.array import ImmutableDenseNDimArray, tensorcontraction, tensorproduct
 
 
+def exact(value):
+    """A number or an expression as SymPy, and nothing else.
+
+    Strings are refused, never parsed: ``sympify("...")`` runs ``eval``, and a
+    rule file, a config or a command line could hand us one (a ``choice``
+    hyperparameter's value, say).
+    """
+    if isinstance(value, sympy.Basic):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return sympy.true if value else sympy.false
+    if isinstance(value, (int, np.integer)):
+        return sympy.Integer(int(value))
+    if isinstance(value, (float, np.floating)):
+        return sympy.Float(float(value))
+    raise ValueError(f"{value!r} is not a number (a {type(value).__name__})")
+
+
 def asarray(value) -> np.ndarray:
     """Wrap a number, an expression or a nested list as an object array."""
     if isinstance(value, np.ndarray) and value.dtype == object:
         return value
+    if isinstance(value, str):
+        raise ValueError(f"{value!r} is text, not a number")
     arr = np.asarray(value, dtype=object)
-    return _elementwise(sympy.sympify)(arr) if arr.size else arr
+    return _elementwise(exact)(arr) if arr.size else arr
 
 
 def symbols(name: str, shape: tuple[int, ...]) -> np.ndarray:
