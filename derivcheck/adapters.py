@@ -63,6 +63,46 @@ def target_spec(obj) -> str:
     return f"{path}:{name}" if path else f"{getattr(obj, '__module__', '?')}:{name}"
 
 
+def check_target(spec: str) -> None:
+    """The checks of :func:`load_target` that run none of the user's code.
+
+    The form, that a file exists and, read with ``ast`` (not imported), that it
+    defines the name. Whatever cannot be told this way is left to the worker.
+    """
+    import ast
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise DerivcheckError(f"target '{spec}' must look like path/to/layers.py:Affine or package.module:Affine")
+    if not (where.endswith(".py") or "/" in where or "\\" in where):
+        return
+    path = Path(where)
+    if not path.is_file():
+        raise DerivcheckError(f"target file '{where}' not found (from {Path.cwd()})")
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError, OSError):
+        return  # the worker's import says it best
+    defined, dynamic = [], False
+    for node in tree.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            defined.append(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            dynamic |= any(a.name == "*" for a in node.names)
+            defined += [(a.asname or a.name).split(".")[0] for a in node.names]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined += [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+        else:
+            dynamic |= not isinstance(node, ast.Expr)  # names made in if/try/for blocks: not told statically
+    if dynamic or name in defined or f"{name}_forward" in defined:
+        return
+    shown = [d for d in defined if not d.startswith("_") and d[:1].isupper() or d.endswith("_forward")]
+    close = difflib.get_close_matches(name, [d for d in defined if not d.startswith("_")], n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"it defines: {', '.join(shown) or 'no classes or functions'}"
+    raise DerivcheckError(f"'{where}' has no '{name}' ({hint})")
+
+
 def load_target(spec):
     """``path/to/file.py:Name``, ``package.module:Name`` or the object itself -> (object, module, name)."""
     if not isinstance(spec, str):
@@ -342,9 +382,18 @@ class Adapter:
         return values
 
 
+# Called with the name of each piece of the user's code about to run ("Affine.backward"); the
+# isolated worker (isolate.py) reports it, so that a layer that ends its process is named where.
+on_stage = None
+
+
 def _call(fn, args, stage):
+    if on_stage is not None:
+        on_stage(stage)
     try:
         return fn(*[v for p, v in args if p is None], **{p: v for p, v in args if p is not None})
+    except SystemExit as exc:  # sys.exit() in a layer is the layer stopping, never derivcheck finishing
+        raise LayerError(stage, exc) from exc
     except Exception as exc:
         raise LayerError(stage, exc) from exc
 

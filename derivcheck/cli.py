@@ -44,6 +44,9 @@ def parse_hypers(items) -> dict[str, str]:
     return out
 
 
+INTERNAL_ERROR = 3  # a bug of derivcheck's own, apart from bad input (2)
+
+
 class Group(click.Group):
     """Turns DerivcheckError into one line on stderr and exit code 2."""
 
@@ -55,16 +58,27 @@ class Group(click.Group):
         except BrokenPipeError:  # `derivcheck derive ... | head`: the reader has gone
             sys.stderr.close()
             sys.exit(0)
+        except KeyboardInterrupt:
+            click.echo("derivcheck: interrupted", err=True)
+            sys.exit(130)
         except DerivcheckError as exc:
             if ctx.meta.get("derivcheck.debug"):
                 traceback.print_exc()
             click.echo(f"derivcheck: error: {exc}", err=True)
             sys.exit(2)
         except Exception as exc:  # a bug of ours: still one line unless --debug
+            from .isolate import WorkerCrashed
+
             if ctx.meta.get("derivcheck.debug"):
                 traceback.print_exc()
-            click.echo(f"derivcheck: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
-            sys.exit(2)
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            if isinstance(exc, WorkerCrashed):
+                if ctx.meta.get("derivcheck.debug"):
+                    click.echo(str(exc), err=True)
+                click.echo(f"derivcheck: internal error in the worker: {first} (rerun with --debug for the traceback; please report it)", err=True)
+            else:
+                click.echo(f"derivcheck: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback; please report it)", err=True)
+            sys.exit(INTERNAL_ERROR)
 
 
 @click.group(cls=Group)
@@ -138,32 +152,36 @@ def derive_cmd(obj, rule_name, shape, hypers, wrt, fmt, simplify):
 @click.option("--style", type=click.Choice(["dlfs1", "dlfs2", "dezero", "functional"]), help="Layer convention (default: detected).")
 @click.option("--hyper", "hypers", multiple=True, metavar="NAME=VALUE", help="Hyperparameter for the rule and the layer (repeatable).")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Trial k uses seed + k.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Trial k uses seed + k.")
 @click.option("--trials", type=click.IntRange(min=1), default=5, show_default=True, help="Shapes to try.")
 @click.option("--steps", type=click.IntRange(min=1), default=2, show_default=True, help="Forward/backward passes per trial on one layer instance.")
 @click.option("--shape", help="Fix the sizes, e.g. N=3,D=3,H=3 (default: distinct, equal, size-1, then random).")
 @click.option("--strict", is_flag=True, help="Warnings (side effects, dtypes) fail too.")
 @click.option("--kinks", is_flag=True, help="Also report the layer's derivative at the rule's kinks (relu at 0).")
 @click.option("--no-stress", is_flag=True, help="Skip the extreme-input (numerical stability) probe.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds the check may take (default: the config's timeout, else 120); past it the layer fails.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.pass_obj
-def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps, shape, strict, kinks, no_stress, fmt):
+def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps, shape, strict, kinks, no_stress, timeout, fmt):
     """Verify a layer's forward and backward passes against a rule.
 
-    TARGET is path/to/file.py:Name or package.module:Name. Exit 0 when
-    verified, 1 when the layer is wrong, 2 when it could not run.
+    TARGET is path/to/file.py:Name or package.module:Name. The layer runs in
+    a worker process of its own, with a time limit. Exit 0 when verified, 1
+    when the layer is wrong (an exit, crash or hang in it included), 2 when it
+    could not run, 3 for an internal error, 130 when interrupted.
     """
     from . import report as render
-    from .adapters import load_target
+    from .adapters import check_target
+    from .isolate import verify_isolated
     from .rules import rule_for
-    from .verify import verify
 
     try:
-        load_target(target)  # a typo in the target is the first thing to report
+        check_target(target)  # a typo in the target is the first thing to report
         rule = rule_for(rule_name, target, obj.rule_dirs)
-        rep = verify(target, rule, hyper=parse_hypers(hypers), style=style, dtype=dtype, seed=seed, trials=trials,
-                     steps=steps, shape=parse_pairs(shape, "--shape") if shape else None, strict=strict,
-                     kinks=kinks, stress=not no_stress)
+        rep = verify_isolated(target, rule, timeout=timeout or obj.config.raw.get("timeout"), hyper=parse_hypers(hypers),
+                              style=style, dtype=dtype, seed=seed, trials=trials, steps=steps,
+                              shape=parse_pairs(shape, "--shape") if shape else None, strict=strict,
+                              kinks=kinks, stress=not no_stress)
     except DerivcheckError as exc:
         if fmt == "json":
             click.echo(render.error_json(target, rule_name, str(exc)))
@@ -203,11 +221,13 @@ def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, fmt):
 @main.command("check")
 @click.argument("path", required=False, type=click.Path(exists=True))
 @click.option("--group", "groups", multiple=True, help="Only the layers of this group (repeatable).")
-@click.option("--seed", type=int, help="Override every layer's seed.")
+@click.option("--seed", type=click.IntRange(min=0), help="Override every layer's seed.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Layer checks run at once, each in its own worker process (default: the number of CPUs).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds each layer check may take (default: the config's, else 120).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--junit-xml", "junit", type=click.Path(dir_okay=False), help="Also write JUnit XML here.")
 @click.pass_obj
-def check_cmd(obj, path, groups, seed, fmt, junit):
+def check_cmd(obj, path, groups, seed, jobs, timeout, fmt, junit):
     """Verify every layer bound in a configuration (the CI gate).
 
     PATH is a derivcheck.toml, a pyproject.toml with [tool.derivcheck], or a
@@ -221,22 +241,27 @@ def check_cmd(obj, path, groups, seed, fmt, junit):
     from . import report as render
     from .config import load_config
 
-    config = load_config(Path(path) if path else None, require=True)
+    if path:
+        config = load_config(Path(path), require=True)
+    elif obj.config.path is not None:  # --config FILE, or the one found from here
+        config = obj.config
+    else:
+        config = load_config(None, require=True)
     gate.use_config(config)
     rule_dirs = [*obj.rule_dirs, *config.rules]
     bindings = gate.select(config, groups)
     if not bindings:
         raise DerivcheckError(f"{config.path} binds no layers: add [[layers]] tables with a target each")
     gate.validate(bindings, rule_dirs)
-    results = []
+    import os
+
+    jobs = jobs or os.cpu_count() or 1
     if sys.stderr.isatty():
-        with click.progressbar(bindings, label="derivcheck", file=sys.stderr,
-                               item_show_func=lambda b: b.id if b else "") as bar:
-            results = [gate.run_binding(b, rule_dirs, seed) for b in bar]
+        with click.progressbar(length=len(bindings), label="derivcheck", file=sys.stderr) as bar:
+            results = gate.run_all(bindings, rule_dirs, seed, timeout, jobs, done=lambda r, i, n: bar.update(1))
     else:
-        for i, b in enumerate(bindings, 1):
-            results.append(gate.run_binding(b, rule_dirs, seed))
-            click.echo(f"[{i}/{len(bindings)}] {b.id}: {results[-1].verdict}", err=True)
+        results = gate.run_all(bindings, rule_dirs, seed, timeout, jobs,
+                               done=lambda r, i, n: click.echo(f"[{i}/{n}] {r.binding.id}: {r.verdict}", err=True))
     if junit:
         Path(junit).write_text(gate.junit_xml(results, config.path.stem), encoding="utf-8")
     bad = [r for r in results if not r.ok]
@@ -258,7 +283,10 @@ def check_cmd(obj, path, groups, seed, fmt, junit):
         expected = sum(1 for r in results if r.ok and r.binding.expect == "fail")
         click.echo(f"\n{len(results)} layer checks: {len(results) - len(bad) - expected} passed, "
                    f"{expected} failed as expected, {len(bad)} not as expected")
-    sys.exit(1 if bad else 0)
+    could_not_run = [r for r in results if r.report is None]
+    for r in could_not_run:  # the summary is written first: nothing is lost
+        click.echo(f"derivcheck: error: {r.error}", err=True)
+    sys.exit(2 if could_not_run else 1 if bad else 0)
 
 
 def _summary_table(results) -> str:

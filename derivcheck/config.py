@@ -14,13 +14,14 @@ start-up.
     steps = 2
     dtypes = ["float64", "float32"]
     strict = false
+    timeout = 120                 # seconds per layer check (each runs in a worker process)
 
     [[tool.derivcheck.layers]]
     target = "layers.py:Affine"   # required
     rule = "affine"               # default: from the name
     hyper = { axis = 1 }
     style = "dlfs2"
-    dtypes = ["float64"]          # and trials, steps, seed, strict as above
+    dtypes = ["float64"]          # and trials, steps, seed, strict, timeout as above
     group = "reference"           # for --group
     expect = "pass"               # or "fail": a layer known to be broken
     name = "Affine"               # the id's first part (default: the target's name)
@@ -35,7 +36,8 @@ from pathlib import Path
 from .errors import DerivcheckError
 
 DTYPES = ("float64", "float32")
-DEFAULTS = {"seed": 0, "trials": 5, "steps": 2, "dtypes": ["float64"], "strict": False}
+DEFAULTS = {"seed": 0, "trials": 5, "steps": 2, "dtypes": ["float64"], "strict": False, "timeout": None}
+OPTIONS = ("seed", "trials", "steps", "dtypes", "strict", "timeout")  # top-level defaults a layer may override
 KEYS = {
     "rules": "list of folders with rule files of your own",
     "cache-dir": "folder for the derivation cache",
@@ -44,6 +46,7 @@ KEYS = {
     "steps": "forward/backward passes per shape",
     "dtypes": 'list of "float64", "float32"',
     "strict": "true to make warnings fail",
+    "timeout": "seconds a layer check may take before it is stopped and fails (default 120)",
     "layers": "array of tables [[layers]], one per layer to verify",
 }
 LAYER_KEYS = {
@@ -56,6 +59,7 @@ LAYER_KEYS = {
     "trials": "number of shapes",
     "steps": "passes per shape",
     "strict": "true to make warnings fail",
+    "timeout": "seconds this layer's check may take",
     "group": "a name to select with --group",
     "expect": '"pass" (default) or "fail" for a layer known to be broken',
     "name": "the first part of the binding's id",
@@ -79,6 +83,7 @@ class Binding:
     group: str
     expect: str
     where: str  # "derivcheck.toml:12", for messages
+    timeout: float | None = None  # None: isolate.DEFAULT_TIMEOUT
 
 
 @dataclass
@@ -99,9 +104,14 @@ def has_derivcheck_table(path: Path) -> bool:
     if path.name != "pyproject.toml":
         return False
     try:
-        return "derivcheck" in tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {})
-    except (OSError, tomllib.TOMLDecodeError):
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
         return False
+    try:
+        return "derivcheck" in tomllib.loads(text).get("tool", {})
+    except tomllib.TOMLDecodeError:
+        # broken TOML that means to configure derivcheck is an error to report, never a file to skip
+        return re.search(r"^\s*\[+\s*tool\.derivcheck\b", text, re.MULTILINE) is not None
 
 
 def find_config(start: Path | None = None) -> Path | None:
@@ -163,7 +173,7 @@ def load_config(path: Path | None = None, *, require: bool = False) -> Config:
     if cache_dir is not None and not isinstance(cache_dir, str):
         fail("cache-dir", "cache-dir must be a folder path string")
     defaults = dict(DEFAULTS)
-    for key in ("seed", "trials", "steps", "dtypes", "strict"):
+    for key in OPTIONS:
         if key in table:
             defaults[key] = _value(key, table[key], lambda m, k=key: fail(k, m))
 
@@ -203,7 +213,7 @@ def load_config(path: Path | None = None, *, require: bool = False) -> Config:
         group = layer.get("group", "default")
         if not isinstance(group, str):
             lfail("group must be a string")
-        opts = {k: _value(k, layer[k], lfail) if k in layer else defaults[k] for k in ("seed", "trials", "steps", "dtypes", "strict")}
+        opts = {k: _value(k, layer[k], lfail) if k in layer else defaults[k] for k in OPTIONS}
         label = layer.get("name", name)
         if hyper:
             label += "[" + ",".join(f"{k}={_text(v)}" for k, v in hyper.items()) + "]"
@@ -212,7 +222,7 @@ def load_config(path: Path | None = None, *, require: bool = False) -> Config:
                 # the id's rule part is the guess from the name when no rule is given
                 id=f"{label}-{rule or _snake(name)}-{dtype}", target=target, rule=rule, hyper=dict(hyper), style=style,
                 dtype=dtype, seed=opts["seed"], trials=opts["trials"], steps=opts["steps"], strict=opts["strict"],
-                group=group, expect=expect, where=where,
+                group=group, expect=expect, where=where, timeout=opts["timeout"],
             ))
     _dedupe_ids(bindings)
     return Config(found, [base / r for r in rules], (base / cache_dir) if cache_dir else None, bindings, table)
@@ -222,6 +232,10 @@ def _value(key, value, fail):
     if key in ("seed", "trials", "steps"):
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "seed" else 1):
             fail(f"{key} must be {'a non-negative' if key == 'seed' else 'a positive'} integer, not {value!r}")
+    elif key == "timeout":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            fail(f"timeout must be a positive number of seconds, not {value!r}")
+        value = float(value)
     elif key == "strict":
         if not isinstance(value, bool):
             fail(f"strict must be true or false, not {value!r}")

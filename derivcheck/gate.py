@@ -42,28 +42,60 @@ def use_config(config: Config) -> None:
 _HOW = 'add rule = "..." to the layer'  # how a configuration names a rule
 
 
-def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None) -> Result:
+def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None, timeout: float | None = None) -> Result:
+    """One binding's check, in a worker process of its own (isolate.py); never raises for the layer's sake."""
+    from .isolate import verify_isolated
     from .rules import rule_for
-    from .verify import verify
 
     try:
         rule = rule_for(binding.rule, binding.target, rule_dirs, _HOW)
-        report = verify(binding.target, rule, hyper=binding.hyper, style=binding.style,
-                        dtype=binding.dtype, seed=binding.seed if seed is None else seed, trials=binding.trials,
-                        steps=binding.steps, strict=binding.strict)
+        report = verify_isolated(binding.target, rule, timeout=timeout or binding.timeout, hyper=binding.hyper,
+                                 style=binding.style, dtype=binding.dtype, seed=binding.seed if seed is None else seed,
+                                 trials=binding.trials, steps=binding.steps, strict=binding.strict)
         return Result(binding, report)
     except DerivcheckError as exc:
-        return Result(binding, None, f"{binding.where}: {exc}")
+        return Result(binding, None, f"{binding.where}: layer {binding.target.rpartition(':')[2]}: {exc}")
+
+
+def run_all(bindings: list[Binding], rule_dirs=(), seed: int | None = None, timeout: float | None = None,
+            jobs: int = 1, done=None) -> list[Result]:
+    """Every binding, ``jobs`` worker processes at a time; results in the bindings' order.
+
+    ``done(result, finished, total)`` is called as each one finishes (for progress).
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    if jobs < 1:
+        raise DerivcheckError(f"-j/--jobs must be at least 1, not {jobs}")
+    results: list[Result | None] = [None] * len(bindings)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each thread only waits on its worker process
+        futures = {pool.submit(run_binding, b, rule_dirs, seed, timeout): i for i, b in enumerate(bindings)}
+        try:
+            for finished, future in enumerate(as_completed(futures), 1):
+                results[futures[future]] = future.result()
+                if done is not None:
+                    done(results[futures[future]], finished, len(bindings))
+        except KeyboardInterrupt:
+            from .isolate import kill_all
+
+            for f in futures:
+                f.cancel()
+            kill_all()
+            raise
+    return results
 
 
 def validate(bindings: list[Binding], rule_dirs=()) -> None:
-    """Bad configuration is found before anything runs: missing targets, unknown rules."""
-    from .adapters import load_target
+    """Bad configuration is found before anything runs: missing target files, unknown rules, bad hyperparameters.
+
+    No layer is imported here: that happens in the layer's own worker process.
+    """
+    from .adapters import check_target
     from .rules import rule_for
 
     for b in bindings:
         try:
-            load_target(b.target)
+            check_target(b.target)
             rule = rule_for(b.rule, b.target, rule_dirs, _HOW)
             rule.resolve_hyper(b.hyper)
         except DerivcheckError as exc:

@@ -11,6 +11,7 @@ rounding scales come from :mod:`derivcheck.reference`.
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -59,6 +60,22 @@ class Report:
     def exit_code(self) -> int:
         return 0 if self.verdict == "pass" else 1
 
+    @classmethod
+    def from_json(cls, data: dict) -> "Report":
+        """The inverse of :meth:`to_json` (how a worker process hands its report back)."""
+        fields = {k: data[k] for k in ("target", "rule", "style", "dtype", "seed", "trials", "steps", "hyper",
+                                       "diagnosis", "notes", "reproduce")}
+        rep = cls(**fields, strict=data.get("strict", False))
+        rep.checks = [Check(**c) for c in data["checks"]]
+        rep.warnings = [Warning_(**w) for w in data["warnings"]]
+        by_check = {}
+        for dg in rep.diagnosis:
+            by_check.setdefault(dg["check"], []).append(dg)
+        for c in rep.checks:
+            if not c.passed and c.name in by_check:
+                c.diagnosis = by_check[c.name]
+        return rep
+
     def to_json(self) -> dict:
         return {
             "target": self.target,
@@ -75,6 +92,7 @@ class Report:
             "diagnosis": self.diagnosis,
             "notes": self.notes,
             "reproduce": self.reproduce,
+            "strict": self.strict,
         }
 
 
@@ -197,23 +215,9 @@ class Verifier:
         return rep
 
     def reproduce_command(self, failure: Check | None) -> str:
-        parts = ["derivcheck", "verify", self.target, "--rule", self.rule.name]
-        if self.style:
-            parts += ["--style", self.style]
-        for k, v in self.given_hyper.items():
-            parts += ["--hyper", f"{k}={_hyper_text(v)}"]
-        if self.dtype_name != "float64":
-            parts += ["--dtype", self.dtype_name]
-        if failure is not None and failure.dims is not None and failure.step is not None:
-            parts += ["--seed", str(failure.seed), "--trials", "1", "--steps", str(failure.step + 1),
-                      "--shape", ",".join(f"{d}={n}" for d, n in failure.dims.items())]
-        else:
-            parts += ["--seed", str(self.seed), "--trials", str(self.trials), "--steps", str(self.steps)]
-            if self.shape:
-                parts += ["--shape", ",".join(f"{d}={n}" for d, n in self.shape.items())]
-        if self.strict:
-            parts.append("--strict")
-        return " ".join(shlex.quote(p) for p in parts)
+        options = dict(style=self.style, hyper=self.given_hyper, dtype=self.dtype_name, seed=self.seed,
+                       trials=self.trials, steps=self.steps, shape=self.shape, strict=self.strict)
+        return reproduce_line(self.target, self.rule, options, failure)
 
     def run_trial(self, k: int, dims: dict, trial_seed: int, rep: Report) -> list[Check]:
         rng = np.random.default_rng(trial_seed)
@@ -239,10 +243,28 @@ class Verifier:
                 return checks
             # the reference reads private copies: a layer that writes into dout cannot change what it is held to
             checks += self.compare_outcome(rep, d, ref, cot_copy, outcome, adapter, ctx(step), history)
+            checks += self.rebound_slots(outcome, ctx(step))
             self._side_effects(rep, k, values, snapshot, cot, cot_copy, outcome)
         if hasattr(adapter, "_forward") and all(c.passed for c in checks):
             self._stale_check(rep, k, d, adapter, rng)  # only meaningful for a layer that is right so far
         return checks
+
+    @staticmethod
+    def rebound_slots(outcome, ctx) -> list[Check]:
+        """``grads[0] = dW`` in the book-2 convention: a failure, not a style issue.
+
+        A book-2 model gathers ``layer.grads`` once, at construction; a rebound slot
+        is never seen by the optimizer, so that parameter silently stops training.
+        """
+        rebound = [message for kind, message in outcome.warnings if kind == "rebinds-grads"]
+        outcome.warnings[:] = [(kind, message) for kind, message in outcome.warnings if kind != "rebinds-grads"]
+        if not rebound:
+            return []
+        check = Check("grads slots", False, message="; ".join(rebound), **ctx)
+        check.diagnosis = [{"check": "grads slots", "kind": "rebinds-grads", "message": f"grads slots: {rebound[0]}",
+                            "hint": "write into the slot: grads[0][...] = dW (an optimizer holds the list it got "
+                                    "at construction)", "evidence": {"residual_over_tol": float("inf")}}]
+        return [check]
 
     def compare_outcome(self, rep, d, ref, cot, outcome, adapter, ctx, history) -> list[Check]:
         checks = []
@@ -402,6 +424,34 @@ class Verifier:
                 return
 
 
+def reproduce_line(target: str, rule, options: dict, failure: Check | None = None) -> str:
+    """The command that replays a check (the failing trial alone when there is one), quoted for a shell."""
+    from .rules import builtin_rules_dir
+
+    parts = ["derivcheck"]
+    folder = Path(rule.path).resolve().parent
+    if folder != builtin_rules_dir().resolve():
+        parts += ["--rules", str(folder)]  # the user's rule, not a built-in one of the same name
+    parts += ["verify", target, "--rule", rule.name]
+    if options.get("style"):
+        parts += ["--style", options["style"]]
+    for k, v in (options.get("hyper") or {}).items():
+        parts += ["--hyper", f"{k}={_hyper_text(v)}"]
+    if options.get("dtype", "float64") != "float64":
+        parts += ["--dtype", options["dtype"]]
+    if failure is not None and failure.dims is not None and failure.step is not None:
+        parts += ["--seed", str(failure.seed), "--trials", "1", "--steps", str(failure.step + 1),
+                  "--shape", ",".join(f"{d}={n}" for d, n in failure.dims.items())]
+    else:
+        parts += ["--seed", str(options.get("seed", 0)), "--trials", str(options.get("trials", 5)),
+                  "--steps", str(options.get("steps", 2))]
+        if options.get("shape"):
+            parts += ["--shape", ",".join(f"{d}={n}" for d, n in options["shape"].items())]
+    if options.get("strict"):
+        parts.append("--strict")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def _warn(rep: Report, kind: str, message: str, trial):
     if not any(w.kind == kind and w.message == message for w in rep.warnings):
         rep.warnings.append(Warning_(kind, message, trial))
@@ -425,16 +475,24 @@ def assert_backward(layer, rule=None, rule_dirs=(), **options):
 
     ``rule`` is a rule name or a loaded rule (default: guessed from the layer's
     name), looked up in ``rule_dirs`` and the catalog; ``options`` are
-    :class:`Verifier`'s (hyper, style, dtype, seed, trials, steps, shape, strict).
+    :class:`Verifier`'s (hyper, style, dtype, seed, trials, steps, shape, strict) and
+    ``timeout`` (seconds; the check runs in a worker process, see isolate.py).
     Raises AssertionError with the full report when the layer is wrong; returns
     the report otherwise.
     """
+    from .isolate import importable, verify_isolated
     from .report import text
     from .rules import rule_for
 
     if rule is None or isinstance(rule, str):
         rule = rule_for(rule, target_spec(layer), rule_dirs)
-    report = verify(layer, rule, **options)
+    timeout = options.pop("timeout", None)
+    if importable(layer):
+        report = verify_isolated(target_spec(layer), rule, timeout=timeout, **options)
+    else:  # a class defined inside a function: a worker cannot import it by name
+        report = verify(layer, rule, **options)
+        report.notes.append("not isolated: the layer is defined inside a function, so it ran in this process "
+                            "(define it at a module's top level to run it in a worker with a time limit)")
     if report.verdict != "pass":
         raise AssertionError("\n" + text(report))
     return report

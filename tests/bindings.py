@@ -46,7 +46,7 @@ BROKEN = [
     ("AffineMissingTranspose", "affine", {}, "float64", "grad W", "transposed"),
     ("AffineBiasNotSummed", "affine", {}, "float64", "grad b", "missing-reduction"),
     ("AffineStaleInput", "affine", {}, "float64", "grad W", "stale-state"),
-    ("MatMulRebindsGrads", "matmul", {}, "float64", "warning:rebinds-grads", None),
+    ("MatMulRebindsGrads", "matmul", {}, "float64", "grads slots", "rebinds-grads"),
     ("AffineAccumulatesGrads", "affine", {}, "float64", "grad W", "accumulates"),
     ("SoftmaxUnshiftedSum", "softmax", {}, "float64", "forward,grad x", "forward-wrong"),  # backward reuses the wrong y
     ("SigmoidFromInput", "sigmoid", {}, "float64", "grad x", "input-instead-of-output"),

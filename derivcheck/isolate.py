@@ -1,0 +1,202 @@
+"""Each layer check in a worker process of its own, with a time limit.
+
+A layer is untrusted code. It may call ``sys.exit(0)`` or ``os._exit(0)``,
+loop forever, crash the interpreter, print into our JSON, change NumPy's
+error state or shadow a module another layer imports. So every check that
+``verify``, ``check``, the pytest plugin and ``assert_backward`` make runs in
+a fresh process (forked from a server that has imported derivcheck, NumPy
+and SymPy but no user code, so starting one costs milliseconds), with:
+
+- its standard output and error sent to a file, not to ours (the tail is
+  quoted when the worker dies);
+- a time limit (``timeout`` seconds, default :data:`DEFAULT_TIMEOUT`), after
+  which it is killed;
+- the name of each piece of user code it runs ("Affine.backward") sent back
+  as it goes, so a worker that dies is reported with where.
+
+The outcome is always a report: the worker's own, or a FAIL with one check
+named ``process`` that says what happened (exited with code N, killed by a
+signal, over time). Bad input found in the worker (a target that does not
+import, a binding mistake) comes back as a :class:`DerivcheckError`, exit 2,
+as it would in-process.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+from .errors import DerivcheckError
+
+DEFAULT_TIMEOUT = 120.0  # seconds per layer check; --timeout or the config's `timeout` change it
+_CONTEXT = None
+_LIVE: set = set()  # workers running now, so that an interrupt can stop them all
+
+
+def kill_all() -> None:
+    for worker in list(_LIVE):
+        try:
+            worker.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+class WorkerCrashed(Exception):
+    """Internal: derivcheck itself failed in the worker (a bug of ours, with its traceback)."""
+
+
+def _context():
+    global _CONTEXT
+    if _CONTEXT is None:
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            _CONTEXT = multiprocessing.get_context("forkserver")
+            _CONTEXT.set_forkserver_preload(["derivcheck.isolate", "derivcheck.verify", "derivcheck.reference", "sympy"])
+        else:  # Windows: a fresh interpreter each time
+            _CONTEXT = multiprocessing.get_context("spawn")
+    return _CONTEXT
+
+
+def _work(conn, request: dict) -> None:
+    """In the worker: redirect output, run the check, send back ("report" | "error" | "internal", payload)."""
+    out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    from . import adapters
+    from .rules import load_rule
+    from .verify import verify
+
+    adapters.on_stage = lambda stage: conn.send(("stage", stage))
+    try:
+        rule = load_rule(request["rule"])
+        if rule.digest != request["digest"]:
+            raise DerivcheckError(f"rule file {request['rule']} changed while derivcheck was running: run again")
+        report = verify(request["target"], rule, **request["options"])
+        conn.send(("report", report.to_json()))
+    except DerivcheckError as exc:
+        conn.send(("error", str(exc)))
+    except KeyboardInterrupt:
+        conn.send(("interrupted", None))
+    except SystemExit as exc:  # the layer's module called sys.exit() while it was imported
+        conn.send(("exited", exc.code))
+    except BaseException as exc:  # noqa: BLE001 - everything else is reported, never lost
+        conn.send(("internal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+def _tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4000))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    kept = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+    return " | ".join(kept)
+
+
+def _failed(target, rule, options, message: str):
+    from .checks import Check
+    from .verify import Report, reproduce_line
+
+    rep = Report(target, rule.name, options.get("style") or "?", options.get("dtype", "float64"), options.get("seed", 0),
+                 options.get("trials", 5), options.get("steps", 2), dict(options.get("hyper") or {}),
+                 strict=options.get("strict", False))
+    rep.checks = [Check("process", False, message=message)]
+    try:
+        rep.reproduce = reproduce_line(target, rule, options)
+    except Exception:  # noqa: BLE001 - the line is a help, the verdict stands without it
+        rep.reproduce = ""
+    return rep
+
+
+def verify_isolated(target: str, rule, timeout: float | None = None, **options):
+    """:func:`derivcheck.verify.verify` in a worker process; see the module doc."""
+    from .verify import Report
+
+    timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+    if timeout <= 0:
+        raise DerivcheckError(f"the time limit must be a positive number of seconds, not {timeout:g}")
+    fd, output = tempfile.mkstemp(prefix="derivcheck-layer-", suffix=".txt")
+    os.close(fd)
+    ctx = _context()
+    receive, send = ctx.Pipe(duplex=False)
+    request = {"target": target, "rule": rule.path, "digest": rule.digest, "options": options, "output": output}
+    worker = ctx.Process(target=_work, args=(send, request), daemon=True)
+    stage, outcome = "importing the target", None
+    try:
+        _LIVE.add(worker)
+        worker.start()
+        send.close()
+        deadline = time.monotonic() + timeout
+        while outcome is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                worker.kill()
+                outcome = ("timeout", None)
+                break
+            if receive.poll(min(left, 0.25)):
+                try:
+                    kind, payload = receive.recv()
+                except (EOFError, OSError):
+                    break  # the worker is gone without a word
+                if kind == "stage":
+                    stage = payload
+                else:
+                    outcome = (kind, payload)
+        worker.join(10)
+        if worker.exitcode is None:
+            worker.kill()
+            worker.join(10)
+    except KeyboardInterrupt:
+        worker.kill()
+        raise
+    finally:
+        _LIVE.discard(worker)
+        receive.close()
+        printed = _tail(output)
+        try:
+            os.unlink(output)
+        except OSError:
+            pass
+    said = f" (the layer printed: {printed})" if printed else ""
+    if outcome is None:
+        code = worker.exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return _failed(target, rule, options, f"the worker was killed by {name} during {stage}{said}")
+        return _failed(target, rule, options, f"the layer ended the process with exit code {code} during {stage} "
+                                              f"(os._exit or a crash), before the check could finish{said}")
+    kind, payload = outcome
+    if kind == "timeout":
+        return _failed(target, rule, options, f"did not finish within {timeout:g} s: stopped during {stage} "
+                                              f"(an endless loop? raise the limit with --timeout){said}")
+    if kind == "error":
+        raise DerivcheckError(payload)
+    if kind == "interrupted":
+        raise KeyboardInterrupt
+    if kind == "exited":
+        return _failed(target, rule, options, f"the layer's code called sys.exit({payload!r}) during {stage}: "
+                                              f"a check cannot pass without finishing{said}")
+    if kind == "internal":
+        raise WorkerCrashed(payload)
+    return Report.from_json(payload)
+
+
+def importable(target) -> bool:
+    """A target a worker can import by name: a string, or a class/function defined at a module's top level."""
+    if isinstance(target, str):
+        return True
+    qual = getattr(target, "__qualname__", "")
+    module = sys.modules.get(getattr(target, "__module__", ""), None)
+    return "<locals>" not in qual and getattr(module, "__file__", None) is not None

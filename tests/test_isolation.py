@@ -1,0 +1,191 @@
+"""A layer's exit, crash, hang, prints or global state can never turn into a pass: each from the outside."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RELU = """
+import numpy as np
+{prelude}
+
+class Relu:
+    def forward(self, x):
+        {forward}
+        self.mask = x <= 0
+        return np.maximum(x, 0)
+
+    def backward(self, dout):
+        {backward}
+        dx = dout.copy()
+        dx[self.mask] = 0
+        return dx
+"""
+
+
+def layer(tmp_path, prelude="", forward="pass", backward="pass", name="layers.py"):
+    path = tmp_path / name
+    path.write_text(RELU.format(prelude=prelude, forward=forward, backward=backward))
+    return f"{path}:Relu"
+
+
+def cli(*args, cwd, timeout=120):
+    env = {**os.environ, "DERIVCHECK_CACHE_DIR": os.environ.get("DERIVCHECK_CACHE_DIR", str(Path(cwd) / "cache"))}
+    return subprocess.run([sys.executable, "-m", "derivcheck.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_a_correct_layer_still_passes_in_its_worker(tmp_path):
+    p = cli("verify", layer(tmp_path), "--rule", "relu", cwd=tmp_path)
+    assert p.returncode == 0 and "verdict: PASS" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("where,code,expect", [
+    ("forward", "raise SystemExit(0)", "Relu.forward raised SystemExit"),
+    ("backward", "import sys; sys.exit(0)", "Relu.backward raised SystemExit"),
+    ("backward", "import os; os._exit(0)", "ended the process with exit code 0 during Relu.backward"),
+    ("forward", "import os; os._exit(3)", "ended the process with exit code 3 during Relu.forward"),
+    ("backward", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "killed by SIGSEGV during Relu.backward"),
+])
+def test_an_exit_or_crash_in_the_layer_is_a_fail_that_says_where(tmp_path, where, code, expect):
+    target = layer(tmp_path, **{where: code})
+    p = cli("verify", target, "--rule", "relu", cwd=tmp_path)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert "verdict: FAIL" in p.stdout and expect in p.stdout, p.stdout
+
+
+def test_an_exit_at_import_is_a_fail(tmp_path):
+    target = layer(tmp_path, prelude="import sys\nsys.exit(0)")
+    p = cli("verify", target, "--rule", "relu", cwd=tmp_path)
+    assert p.returncode == 1 and "called sys.exit(0) during importing the target" in p.stdout, p.stdout + p.stderr
+
+
+def test_a_hanging_layer_fails_at_the_time_limit(tmp_path):
+    target = layer(tmp_path, backward="while True: pass")
+    t = time.monotonic()
+    p = cli("verify", target, "--rule", "relu", "--timeout", "3", cwd=tmp_path)
+    assert time.monotonic() - t < 60
+    assert p.returncode == 1 and "did not finish within 3 s: stopped during Relu.backward" in p.stdout, p.stdout + p.stderr
+
+
+def test_layer_prints_never_reach_the_json_stream(tmp_path):
+    target = layer(tmp_path, prelude="print('chatty at import')", forward="print('chatty forward')")
+    p = cli("verify", target, "--rule", "relu", "--format", "json", cwd=tmp_path)
+    assert p.returncode == 0
+    assert json.loads(p.stdout)["verdict"] == "pass"
+    assert "chatty" not in p.stdout + p.stderr
+
+
+def test_the_gate_keeps_its_summary_and_junit_when_a_layer_exits(tmp_path):
+    good = layer(tmp_path, name="good.py")
+    bad = layer(tmp_path, name="bad.py", backward="import os; os._exit(0)")
+    quits = layer(tmp_path, name="quits.py", forward="raise SystemExit(0)")
+    (tmp_path / "derivcheck.toml").write_text(
+        "".join(f'[[layers]]\ntarget = "{t}"\nrule = "relu"\nname = "{n}"\n\n' for n, t in (("good", good), ("bad", bad), ("quits", quits)))
+    )
+    junit = tmp_path / "out.xml"
+    p = cli("check", str(tmp_path), "--junit-xml", str(junit), "-j", "2", cwd=tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "3 layer checks: 1 passed, 0 failed as expected, 2 not as expected" in p.stdout
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    assert suite.get("tests") == "3" and suite.get("failures") == "2"
+
+
+def test_layers_do_not_share_modules_or_numpy_state(tmp_path):
+    """Two folders each with their own helpers.py; one sets np.seterr(all='raise') at import."""
+    for name, value, prelude in (("a", "0.0", "np.seterr(all='raise')"), ("b", "1e9", "")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "helpers.py").write_text(f"SHIFT = {value}\n")
+        (folder / "layers.py").write_text(textwrap.dedent(f"""
+            import numpy as np
+            import helpers
+            {prelude}
+
+            class Relu:
+                def forward(self, x):
+                    self.mask = x <= 0
+                    return np.maximum(x, 0) + helpers.SHIFT
+
+                def backward(self, dout):
+                    dx = dout.copy()
+                    dx[self.mask] = 0
+                    return dx
+        """))
+    (tmp_path / "derivcheck.toml").write_text(
+        '[[layers]]\ntarget = "a/layers.py:Relu"\nrule = "relu"\nname = "A"\n\n'
+        '[[layers]]\ntarget = "b/layers.py:Relu"\nrule = "relu"\nname = "B"\n'
+    )
+    p = cli("check", str(tmp_path), "--format", "json", "-j", "1", cwd=tmp_path)
+    results = {r["id"]: r for r in json.loads(p.stdout)["results"]}
+    assert results["A-relu-float64"]["verdict"] == "pass", results["A-relu-float64"]
+    # B's own helpers (SHIFT = 1e9) are imported, not A's: its forward is wrong
+    assert results["B-relu-float64"]["verdict"] == "fail"
+    assert any(c["name"] == "forward" and not c["passed"] for c in results["B-relu-float64"]["checks"])
+
+
+def test_assert_backward_runs_a_module_level_layer_isolated(tmp_path):
+    target = layer(tmp_path, backward="import os; os._exit(0)")
+    code = (f"import derivcheck\n"
+            f"try:\n    derivcheck.assert_backward({target!r}, rule='relu')\n"
+            f"except AssertionError as e:\n    print('FAILED', 'ended the process' in str(e))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.stdout.strip() == "FAILED True", p.stdout + p.stderr
+
+
+def test_interrupt_exits_130(tmp_path):
+    target = layer(tmp_path, backward="import time; time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-m", "derivcheck.cli", "verify", target, "--rule", "relu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    time.sleep(4)
+    proc.send_signal(__import__("signal").SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, out, err)
+    assert "interrupted" in err
+
+
+def test_broken_toml_meant_for_derivcheck_is_loud_in_the_plugin_and_the_gate(tmp_path):
+    """A TOML error in a sub-folder's [tool.derivcheck] is an error, never skipped, never a parent's config."""
+    layer(tmp_path)
+    (tmp_path / "derivcheck.toml").write_text('[[layers]]\ntarget = "layers.py:Relu"\nrule = "relu"\n')
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "pyproject.toml").write_text('[tool.derivcheck]\ntrials = 2\n[[tool.derivcheck.layers]\n')
+    (sub / "test_nothing.py").write_text("def test_ok():\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # pytest's own configuration is elsewhere
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", "pytest.ini", "--rootdir", str(tmp_path), "sub"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode != 0 and "not valid TOML" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
+    q = cli("check", cwd=sub)
+    assert q.returncode == 2 and "pyproject.toml: not valid TOML" in q.stderr, q.stdout + q.stderr
+
+
+def test_check_honours_the_global_config_option(tmp_path):
+    layer(tmp_path)
+    (tmp_path / "other.toml").write_text('[[layers]]\ntarget = "layers.py:Relu"\nrule = "relu"\nname = "FromOther"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    p = cli("--config", str(tmp_path / "other.toml"), "check", cwd=elsewhere)
+    assert p.returncode == 0 and "FromOther-relu-float64" in p.stdout, p.stdout + p.stderr
+
+
+def test_reproduce_line_names_the_users_rule_folder(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "relu.toml").write_text('name = "relu"\nsummary = "doubled"\nformula = "2 * maximum(x, 0)"\noutput = ["N", "D"]\n'
+                                     '[inputs.x]\nshape = ["N", "D"]\ndomain = {kind = "normal", avoid = [0.0], margin = 0.05}\n')
+    p = cli("--rules", str(rules), "verify", layer(tmp_path), "--rule", "relu", cwd=tmp_path)
+    assert p.returncode == 1
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("reproduce: "))
+    assert f"--rules {rules}" in line
+    again = subprocess.run(line.removeprefix("reproduce: ").replace("derivcheck", f"{sys.executable} -m derivcheck.cli", 1),
+                           shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert again.returncode == 1 and "verdict: FAIL" in again.stdout
