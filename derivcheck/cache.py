@@ -11,16 +11,31 @@ Writes go to a temporary file in the same folder and are renamed into place
 
 The folder is ``$DERIVCHECK_CACHE_DIR``, else ``$XDG_CACHE_HOME/derivcheck``,
 else ``~/.cache/derivcheck``; ``DERIVCHECK_CACHE=0`` turns the disk cache off.
+
+The folder is untrusted: another user, or a repository that ships a
+``cache-dir``, may have written it. So an entry is used only if it carries an
+HMAC-SHA256 made with this user's secret key, which lives in the user's own
+cache home (``$XDG_CACHE_HOME/derivcheck/secret.key``, created 0600, whatever
+``cache-dir`` says), so a repository cannot ship it. Anything else is
+rebuilt. Entries are read without following symlinks and only when they are
+regular files of bounded size; sub-folders that are symlinks are neither read
+nor written; a cache folder that other users can write is refused with a
+message that says what to do.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import secrets
+import stat
 import os
 import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from .errors import DerivcheckError
 
 import mpmath
 import numpy as np
@@ -171,9 +186,92 @@ def entry_key(memory_key: tuple) -> str:
     return hashlib.sha256(repr((_VERSIONS, memory_key)).encode()).hexdigest()
 
 
-def _path(key: str) -> Path | None:
+MAX_ENTRY_BYTES = 64 * 2**20
+_CHECKED: dict = {}  # folder -> None (fine) or the DerivcheckError to raise
+
+
+def _user_home() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "derivcheck"
+
+
+def _private(path: Path, what: str) -> None:
+    """Refuse ``path`` if users other than its owner may write it, or if it is not ours."""
+    st = os.stat(path)
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise DerivcheckError(f"{what} {path} belongs to another user: derivcheck will not trust it "
+                              f"(set DERIVCHECK_CACHE_DIR to a folder of your own, or DERIVCHECK_CACHE=0)")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise DerivcheckError(f"{what} {path} can be written by other users (mode {stat.filemode(st.st_mode)}): "
+                              f"derivcheck will not trust it; run chmod go-w {path}, or set DERIVCHECK_CACHE_DIR "
+                              f"to a folder of your own, or DERIVCHECK_CACHE=0")
+
+
+_KEY: bytes | None = None
+
+
+def _secret() -> bytes:
+    """This user's key for entry MACs: made once, 0600, in the user's own cache home."""
+    global _KEY
+    if _KEY is None:
+        home = _user_home()
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private(home, "the cache home")
+        path = home / "secret.key"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+        except FileExistsError:
+            pass
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+                raise DerivcheckError(f"the cache key {path} must be a file of yours that only you can read "
+                                      f"(chmod 600 {path}, or delete it to make a new one)")
+            key = fh.read()
+        if len(key) < 32:
+            raise DerivcheckError(f"the cache key {path} is damaged: delete it and derivcheck makes a new one")
+        _KEY = key
+    return _KEY
+
+
+def _mac(payload: bytes) -> str:
+    return hmac.new(_secret(), payload, hashlib.sha256).hexdigest()
+
+
+def _folder() -> Path | None:
+    """The cache folder, made and checked (once per process); None when the disk cache is off."""
     d = cache_dir()
+    if d is None:
+        return None
+    if d not in _CHECKED:
+        try:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _private(d, "the cache folder")
+            _secret()
+            _CHECKED[d] = None
+        except DerivcheckError as exc:
+            _CHECKED[d] = exc
+        except OSError:
+            _CHECKED[d] = False  # cannot be made: run without a disk cache
+    problem = _CHECKED[d]
+    if isinstance(problem, DerivcheckError):
+        raise problem
+    return None if problem is False else d
+
+
+def _path(key: str) -> Path | None:
+    d = _folder()
     return None if d is None else d / key[:2] / f"{key}.json"
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)  # lstat: a symlink is not a folder of ours
+    except OSError:
+        return False
 
 
 def load(key: str, derivation) -> tuple | None:
@@ -218,12 +316,24 @@ def store(key: str, rule_name: str, exprs: tuple) -> bool:
 
 
 def load_entry(key: str) -> dict | None:
-    """The JSON payload stored under ``key`` (format and key checked), or None."""
+    """The JSON payload stored under ``key``, if its MAC is this user's (format and key checked), or None."""
     path = _path(key)
-    if path is None or not path.is_file():
+    if path is None or not _real_dir(path.parent):
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None  # missing, or a symlink
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES:
+                return None
+            raw = fh.read(MAX_ENTRY_BYTES + 1)
+        mac, sep, payload = raw.partition(b"\n")
+        if not sep or not hmac.compare_digest(mac.decode("ascii", "replace"), _mac(payload)):
+            return None  # not written by this user's derivcheck: rebuilt
+        data = json.loads(payload.decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != key:
@@ -232,17 +342,20 @@ def load_entry(key: str) -> dict | None:
 
 
 def store_entry(key: str, data: dict) -> bool:
-    """Write ``data`` (JSON) under ``key`` atomically; False where there is no cache folder or it fails."""
+    """Write ``data`` (JSON, with this user's MAC) under ``key`` atomically; False where it cannot."""
     path = _path(key)
     if path is None:
         return False
-    data = {"format": FORMAT, "key": key, **data}
+    payload = json.dumps({"format": FORMAT, "key": key, **data}, separators=(",", ":")).encode("utf-8")
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700)
+        if not _real_dir(path.parent):
+            return False  # a symlinked sub-folder would send our writes elsewhere
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, separators=(",", ":"))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(_mac(payload).encode("ascii") + b"\n" + payload)
         os.replace(tmp, path)
         return True
     except OSError:

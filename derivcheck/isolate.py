@@ -60,8 +60,19 @@ def _context():
     return _CONTEXT
 
 
+_ENV = ("DERIVCHECK_CACHE_DIR", "DERIVCHECK_CACHE", "DERIVCHECK_RULES", "XDG_CACHE_HOME", "HOME")
+
+
 def _work(conn, request: dict) -> None:
     """In the worker: redirect output, run the check, send back ("report" | "error" | "internal", payload)."""
+    # the server was forked earlier: take the caller's state as it is now
+    for name, value in request["env"].items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    os.chdir(request["cwd"])
+    sys.path[:] = request["sys_path"]
     out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -128,7 +139,8 @@ def verify_isolated(target: str, rule, timeout: float | None = None, **options):
     os.close(fd)
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)
-    request = {"target": target, "rule": rule.path, "digest": rule.digest, "options": options, "output": output}
+    request = {"target": target, "rule": rule.path, "digest": rule.digest, "options": options, "output": output,
+               "env": {name: os.environ.get(name) for name in _ENV}, "cwd": os.getcwd(), "sys_path": list(sys.path)}
     worker = ctx.Process(target=_work, args=(send, request), daemon=True)
     stage, outcome = "importing the target", None
     try:

@@ -22,10 +22,21 @@ def entries(root):
     return sorted(p for p in root.rglob("*.json"))
 
 
+def payload(path) -> str:
+    """An entry's JSON (an entry is this user's MAC, a newline, then the JSON)."""
+    return path.read_bytes().split(b"\n", 1)[1].decode()
+
+
+def write_signed(path, text: str) -> None:
+    """Damage that still carries a good MAC: what only the decoder's own checks can catch."""
+    data = text.encode()
+    path.write_bytes(cache._mac(data).encode() + b"\n" + data)
+
+
 def test_entry_is_written_and_reused(fresh, monkeypatch):
     d1 = derivcheck.load_rule("affine").at(N=2, D=3, H=2)
     (path,) = entries(fresh)
-    assert json.loads(path.read_text())["rule"] == "affine"
+    assert json.loads(payload(path))["rule"] == "affine"
     monkeypatch.setattr(derive, "_MEMORY", {})
     calls = []
     monkeypatch.setattr(derive.Derivation, "_derive", lambda self: calls.append(1) or pytest.fail("re-derived"))
@@ -51,11 +62,11 @@ def test_corrupt_entry_is_rebuilt(fresh, monkeypatch, damage):
     x, W, b = rng.normal(size=(2, 3)), rng.normal(size=(3, 2)), rng.normal(size=2)
     good = rule.at(N=2, D=3, H=2).forward(x=x, W=W, b=b)
     (path,) = entries(fresh)
-    path.write_text(damage(path.read_text()))
+    write_signed(path, damage(payload(path)))
     monkeypatch.setattr(derive, "_MEMORY", {})
     again = rule.at(N=2, D=3, H=2)
     np.testing.assert_array_equal(again.forward(x=x, W=W, b=b), good)
-    assert json.loads(path.read_text())["key"] == path.stem  # rewritten whole
+    assert json.loads(payload(path))["key"] == path.stem  # rewritten whole
 
 
 def test_key_covers_rule_text_sizes_and_hyper(fresh, tmp_path_factory):
@@ -95,7 +106,7 @@ def test_parallel_writers_leave_whole_entries(fresh):
     assert all(r == results[0] for r in results)
     files = entries(fresh)
     assert len(files) == 1 and not list(fresh.rglob(".tmp-*"))
-    json.loads(files[0].read_text())
+    json.loads(payload(files[0]))
 
 
 def test_encoding_round_trips_floats_and_piecewise():

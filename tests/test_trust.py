@@ -78,3 +78,70 @@ def test_cache_decoding_is_bounded(tree):
     with pytest.raises(ValueError):
         cache.decode(tree, {"x": __import__("sympy").Symbol("x")})
     assert time.monotonic() - t < 5
+
+
+POISON = r"""
+import json, os, sys
+from pathlib import Path
+os.environ["DERIVCHECK_CACHE_DIR"], os.environ["XDG_CACHE_HOME"] = sys.argv[1], sys.argv[2]
+from derivcheck import cache, reference
+from derivcheck.rules import load_rule
+rule = load_rule("relu")
+reference.generic_for(rule, rule.resolve_hyper())
+path = cache._path(cache.entry_key(reference._key(rule, rule.resolve_hyper())))
+data = json.loads(path.read_bytes().split(b"\n", 1)[1])
+data["vjp"]["x"]["expr"] = ["Mul", ["I", "2"], data["vjp"]["x"]["expr"]]  # a reference twice too large
+payload = json.dumps(data, separators=(",", ":")).encode()
+path.write_bytes(cache._mac(payload).encode() + b"\n" + payload)  # signed with the attacker's own key
+"""
+
+
+def verify_relu(cache_dir, home, cwd):
+    env = {**os.environ, "DERIVCHECK_CACHE_DIR": str(cache_dir), "XDG_CACHE_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "derivcheck.cli", "verify", str(EXAMPLES / "dlfs1/layers.py:Relu"),
+                           "--rule", "relu", "--no-stress"], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_another_users_cache_entry_cannot_flip_a_verdict(tmp_path):
+    shared, attacker, victim = tmp_path / "shared", tmp_path / "attacker", tmp_path / "victim"
+    shared.mkdir(mode=0o700)
+    subprocess.run([sys.executable, "-c", POISON, str(shared), str(attacker)], check=True, timeout=120)
+    # the attacker's own derivcheck trusts the poisoned entry (what the MAC is there to stop) ...
+    assert verify_relu(shared, attacker, tmp_path).returncode == 1
+    # ... the victim's, with its own key, does not: the entry is rebuilt and the correct layer passes
+    p = verify_relu(shared, victim, tmp_path)
+    assert p.returncode == 0 and "verdict: PASS" in p.stdout, p.stdout + p.stderr
+
+
+def test_a_repository_shipped_cache_dir_is_not_trusted(tmp_path):
+    """A cache-dir folder in the repository, with entries and even a key of its own: ignored."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run([sys.executable, "-c", POISON, str(repo / ".derivcheck"), str(repo / ".derivcheck")], check=True, timeout=120)
+    (repo / "derivcheck.toml").write_text(
+        f'cache-dir = ".derivcheck"\n[[layers]]\ntarget = "{EXAMPLES / "dlfs1/layers.py"}:Relu"\nrule = "relu"\n')
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "home")}
+    env.pop("DERIVCHECK_CACHE_DIR", None)
+    p = subprocess.run([sys.executable, "-m", "derivcheck.cli", "check"], capture_output=True, text=True, cwd=repo,
+                       env=env, timeout=300)
+    assert p.returncode == 0 and "1 passed" in p.stdout, p.stdout + p.stderr
+
+
+def test_a_cache_folder_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    p = verify_relu(shared, tmp_path / "home", tmp_path)
+    assert p.returncode == 2 and "can be written by other users" in p.stderr and "chmod go-w" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_symlinked_cache_subfolders_are_not_followed(tmp_path):
+    folder, outside = tmp_path / "cache", tmp_path / "outside"
+    folder.mkdir(mode=0o700)
+    outside.mkdir()
+    for i in range(256):  # every first-two-hex-digits sub-folder points outside
+        (folder / f"{i:02x}").symlink_to(outside, target_is_directory=True)
+    p = verify_relu(folder, tmp_path / "home", tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert list(outside.iterdir()) == []
