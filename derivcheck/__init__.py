@@ -10,6 +10,8 @@ SymPy and NumPy are imported when a name below is first used.
 """
 from .errors import DerivcheckError, RuleError
 
+DISTRIBUTION = "derivcheck-exact"  # the name to pip install; "derivcheck" on the package index is another project
+
 __all__ = ["DerivcheckError", "RuleError", "assert_backward", "explain", "list_rules", "load_rule"]
 
 _LAZY = {

@@ -35,6 +35,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from . import DISTRIBUTION
 from .errors import DerivcheckError
 
 import mpmath
@@ -182,7 +183,7 @@ def _engine_digest() -> str:
 def entry_key(memory_key: tuple) -> str:
     global _VERSIONS
     if _VERSIONS is None:
-        _VERSIONS = (FORMAT, _version("derivcheck"), _engine_digest(), sympy.__version__, np.__version__)
+        _VERSIONS = (FORMAT, _version(DISTRIBUTION), _engine_digest(), sympy.__version__, np.__version__)
     return hashlib.sha256(repr((_VERSIONS, memory_key)).encode()).hexdigest()
 
 

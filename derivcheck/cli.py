@@ -6,6 +6,7 @@ import traceback
 
 import click
 
+from . import DISTRIBUTION
 from .errors import DerivcheckError
 
 
@@ -85,7 +86,7 @@ class Group(click.Group):
 @click.option("--rules", "rule_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra folder of rule files (repeatable); first wins over the built-in catalog.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True), help="Configuration file (default: derivcheck.toml or pyproject.toml found upwards).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-@click.version_option(package_name="derivcheck")
+@click.version_option(package_name=DISTRIBUTION)
 @click.pass_context
 def main(ctx, rule_dirs, config_path, debug):
     """Verify NumPy layers against exact, symbolic derivatives."""
