@@ -588,11 +588,18 @@ class FunctionalAdapter(Adapter):
         pass
 
     def prepare(self):
+        if inspect.isclass(self.obj):
+            raise DerivcheckError(f"style functional needs functions, and '{self.name}' is a class: try --style dlfs1, dlfs2 or dezero")
         fwd = getattr(self.module, f"{self.name}_forward", None)
         base = self.name
         if fwd is None and self.name.endswith("_forward"):
             base = self.name[: -len("_forward")]
             fwd = getattr(self.module, self.name)
+        elif fwd is None and self.name.endswith("_backward"):  # the backward named: check it with its forward
+            base = self.name[: -len("_backward")]
+            fwd = getattr(self.module, f"{base}_forward", None)
+            if fwd is None:
+                raise DerivcheckError(f"found {self.name} but no {base}_forward next to it: a backward is checked with its forward")
         bwd = getattr(self.module, f"{base}_backward", None)
         if fwd is not None and bwd is None:
             raise DerivcheckError(f"found {base}_forward but no {base}_backward next to it")
@@ -612,7 +619,10 @@ class FunctionalAdapter(Adapter):
         args = self._call_args(self.binding, values)
         result = _call(self.fwd, args, f"{self.fwd.__name__}")
         if not isinstance(result, tuple) or len(result) != 2:
-            raise LayerError(self.fwd.__name__, TypeError("must return a pair: (out, cache), or (loss, dx) for a loss"))
+            raise DerivcheckError(
+                f"{self.fwd.__name__} returned a {type(result).__name__}, not a pair: the functional style is "
+                f"NAME_forward(...) -> (out, cache) with NAME_backward(dout, cache), or a loss NAME(x, y) -> (loss, dx). "
+                f"A function that only computes a value has no backward to check")
         data = [n for _, kind, n in self.binding.call if kind == "input"]
         if self.loss_fn is not None:
             out, dx = result
@@ -627,8 +637,11 @@ class FunctionalAdapter(Adapter):
 
     def grad_location(self, n) -> str:
         data = [m for _, kind, m in self.binding.call if kind == "input"]
-        fn = f"{self.base}_backward" if self.loss_fn is None else self.name
-        return f"{fn}(...)[{data.index(n)}]" if n in data else fn
+        if n not in data:
+            return f"{self.base}_backward" if self.loss_fn is None else self.name
+        if self.loss_fn is not None:  # (loss, dx): the gradient is the pair's second item
+            return f"{self.name}(...)[1]" + (f"[{data.index(n)}]" if len(data) > 1 else "")
+        return f"{self.base}_backward(...)[{data.index(n)}]"
 
 
 ADAPTERS = {"dlfs1": Dlfs1Adapter, "dlfs2": Dlfs2Adapter, "dezero": DezeroAdapter, "functional": FunctionalAdapter}
@@ -641,6 +654,11 @@ def make_adapter(spec: str, rule, hyper: dict, layer_hyper: dict, style: str | N
         raise DerivcheckError(f"unknown style '{style}' (known: {', '.join(STYLES)})")
     if style in ("dlfs1", "dlfs2") and not inspect.isclass(obj):
         raise DerivcheckError(f"style {style} needs a class, and '{name}' is a {type(obj).__name__}")
+    if style in ("dlfs1", "dlfs2"):
+        missing = [m for m in ("forward", "backward") if not callable(getattr(obj, m, None))]
+        if missing:
+            raise DerivcheckError(f"style {style} needs a class with forward and backward methods, and {name} has no "
+                                  f"{' or '.join(missing)}" + (": a forward-only layer has no backward to check" if missing == ["backward"] else ""))
     adapter = ADAPTERS[style](obj, module, name, rule, hyper, layer_hyper)
     adapter.prepare()
     return adapter

@@ -60,6 +60,8 @@ def compare(name, expected, got, scale, dtype, **context) -> Check:
     """Compare one result with the exact reference; the tolerance is set as in the module doc."""
     if got is None:
         return Check(name, False, message=f"the layer gave no value for {name}", **context)
+    if np.iscomplexobj(got):
+        return Check(name, False, message=f"{name} has complex values (dtype {np.asarray(got).dtype}); the exact result is real", **context)
     try:
         got_arr = np.asarray(got, dtype=np.float64)
     except (TypeError, ValueError):

@@ -296,6 +296,9 @@ def _summary_table(results) -> str:
         verdict = r.verdict.upper() if not r.ok else r.verdict
         if r.binding.expect == "fail":
             verdict += " (expected fail)" if r.ok else " (expected fail!)"
+        elif r.report is not None and r.report.warnings:  # shown even when they do not fail (no --strict)
+            n = len(r.report.warnings)
+            verdict += f" ({n} warning{'s' if n > 1 else ''})"
         worst = "-" if r.worst is None else ("inf" if r.worst == float("inf") else f"{r.worst:.3g}")
         rows.append((r.binding.id, r.binding.dtype, verdict, worst))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

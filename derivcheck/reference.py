@@ -209,6 +209,10 @@ def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> list[dict]:
             raise DerivcheckError(f"the shape-generic derivation of {where} cannot be evaluated ({exc}): please report this") from None
         want_grads = conc.vjp(cot, **ref)
         pairs = [("forward", conc.forward(**ref), out)] + [(f"gradient of {n}", want_grads[n], grads[n]) for n in grads]
+        for what, want, _ in pairs:
+            if not np.all(np.isfinite(want)):
+                raise DerivcheckError(f"rule '{rule.name}' gives a non-finite exact {what.replace('forward', 'output')} at values from its domain "
+                                      f"({where}): its formula or domain is wrong ({rule.path})")
         for (what, want, got), scale in zip(pairs, [scales["forward"]] + [scales[n] for n in grads]):
             c = compare(what, want, got, 2 * scale, np.float64)
             if c.index is None:  # not even the shape agrees

@@ -204,8 +204,7 @@ class Verifier:
                 rep.diagnosis.append({
                     "check": "stability", "kind": "numerical-stability",
                     "message": f"stability: {c.message} (a numerical-stability failure: the formula is right for ordinary inputs)",
-                    "hint": "use a form that cannot overflow or lose digits: subtract the row max before exp, "
-                            "log-softmax instead of log(softmax), no epsilon inside log",
+                    "hint": stability_hint(self.rule),
                     "evidence": {"expected": c.expected, "got": c.got},
                 })
         for dg in rep.diagnosis:
@@ -269,6 +268,7 @@ class Verifier:
     def compare_outcome(self, rep, d, ref, cot, outcome, adapter, ctx, history) -> list[Check]:
         checks = []
         expected_out, expected_grads, scales = d.evaluate(cot, **ref)
+        _finite_reference(self.rule, d, expected_out, expected_grads, scales)
         fwd = compare("forward", expected_out, outcome.output, scales["forward"], self.dtype, where="forward output", **ctx)
         if not fwd.passed:
             fwd.diagnosis = [diagnose_forward(fwd)]
@@ -393,7 +393,9 @@ class Verifier:
         return notes
 
     def _dtype_warning(self, rep, value, what, trial):
-        if isinstance(value, np.ndarray) and value.dtype != self.dtype and value.ndim > 0:
+        if isinstance(value, (list, tuple)):
+            _warn(rep, "dtype", f"{what} is a Python {type(value).__name__}, not a NumPy array", trial)
+        elif isinstance(value, np.ndarray) and value.dtype != self.dtype and value.ndim > 0:
             _warn(rep, "dtype", f"{what} is {value.dtype} for {self.dtype_name} inputs", trial)
 
     def _side_effects(self, rep, k, values, snapshot, cot, cot_copy, outcome):
@@ -422,6 +424,32 @@ class Verifier:
             if not compare(n, expected[n], g, scales[n], self.dtype).passed:
                 _warn(rep, "stale-state", f"after two forward calls, backward's gradient of '{n}' does not belong to the latest call (state kept from an earlier call)", k)
                 return
+
+
+def _finite_reference(rule, d, out, grads, scales) -> None:
+    """An exact value that is inf or NaN at ordinary inputs is a broken rule, not a broken layer (exit 2)."""
+    for what, value in [("output", out), *((f"gradient of {n}", g) for n, g in grads.items()),
+                        *((f"rounding scale of {n}", sc) for n, sc in scales.items())]:
+        value = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(value)):
+            idx = np.unravel_index(int(np.argmin(np.isfinite(value))), value.shape) if value.ndim else ()
+            raise DerivcheckError(
+                f"rule '{rule.name}' gives a non-finite exact {what} ({value[idx]} at [{','.join(map(str, idx))}], sizes "
+                f"{', '.join(f'{k}={v}' for k, v in d.dims.items())}) at values from its domain: its formula or domain "
+                f"is wrong ({rule.path})")
+
+
+def stability_hint(rule) -> str:
+    """What to do about an overflow or a loss of digits, for this rule's kind of formula."""
+    text = rule.formula.text
+    if "softmax" in text:
+        return "subtract the row max before exp, and use log-softmax instead of log(softmax)"
+    if "log" in text:
+        return "keep the argument of log away from 0 without adding an epsilon to it (log1p, logaddexp, log-softmax)"
+    if "exp" in text or "sigmoid" in text or "tanh" in text:
+        return ("evaluate it in a form that cannot overflow: np.tanh rather than (e^x - e^-x)/(e^x + e^-x); "
+                "for sigmoid, exp(-logaddexp(0, -x)) or a branch on the sign of x")
+    return "evaluate it in a form that cannot overflow or lose digits at these inputs"
 
 
 def reproduce_line(target: str, rule, options: dict, failure: Check | None = None) -> str:

@@ -1,0 +1,126 @@
+"""Mistakes in what was asked are exit 2 with a sentence, never a wrong layer; and what is reported is true."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+HELPERS = '''
+import numpy as np
+
+def sigmoid(x):                       # forward-only, as in rnn_layers.py and book 1's functions.py
+    return 1 / (1 + np.exp(-x))
+
+class Plain:                          # no forward at all
+    def __call__(self, x):
+        return x
+
+class Forward:                        # forward only (book 2's ch01)
+    def forward(self, x):
+        return x
+
+class TanhOverflows:
+    def forward(self, x):
+        e, f = np.exp(x), np.exp(-x)
+        self.out = (e - f) / (e + f)
+        return self.out
+    def backward(self, dout):
+        return dout * (1 - self.out ** 2)
+
+class ReluList:
+    def forward(self, x):
+        self.mask = x <= 0
+        return np.maximum(x, 0).tolist()
+    def backward(self, dout):
+        dx = dout.copy()
+        dx[self.mask] = 0
+        return dx
+
+class ReluComplex(ReluList):
+    def forward(self, x):
+        self.mask = x <= 0
+        return np.maximum(x, 0) + 0j
+
+def softmax_loss_wrong(x, y):
+    shifted = x - x.max(axis=1, keepdims=True)
+    p = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    n = x.shape[0]
+    loss = -np.log(p[np.arange(n), y]).sum() / n
+    dx = p.copy()
+    dx[np.arange(n), y] -= 1
+    return loss, dx            # not divided by n
+'''
+
+
+@pytest.fixture
+def helpers(tmp_path):
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    return tmp_path / "helpers.py"
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "derivcheck.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300, env={**os.environ})
+
+
+@pytest.mark.parametrize("target,extra,message", [
+    ("sigmoid", ["--rule", "sigmoid"], "returned a ndarray, not a pair"),
+    ("Plain", ["--rule", "relu", "--style", "dlfs1"], "needs a class with forward and backward methods, and Plain has no forward or backward"),
+    ("Forward", ["--rule", "relu", "--style", "dlfs2"], "a forward-only layer has no backward to check"),
+    ("TanhOverflows", ["--rule", "tanh", "--style", "functional"], "style functional needs functions, and 'TanhOverflows' is a class"),
+])
+def test_binding_mistakes_exit_2_with_a_sentence(helpers, target, extra, message):
+    p = cli("verify", f"{helpers}:{target}", *extra, cwd=helpers.parent)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_a_backward_named_as_the_target_is_checked_with_its_forward(tmp_path):
+    p = cli("verify", f"{EXAMPLES}/functional/layers.py:affine_backward", "--rule", "affine", cwd=tmp_path)
+    assert p.returncode == 0 and "verdict: PASS" in p.stdout, p.stdout + p.stderr
+
+
+def test_a_loss_gradient_is_located_in_the_pairs_second_item(helpers):
+    p = cli("verify", f"{helpers}:softmax_loss_wrong", "--rule", "softmax_with_loss", cwd=helpers.parent)
+    assert p.returncode == 1
+    line = next(ln for ln in p.stdout.splitlines() if "FAIL grad x" in ln)
+    assert line.rstrip().endswith("(softmax_loss_wrong(...)[1])"), line
+
+
+def test_the_stability_hint_fits_the_operation(helpers):
+    p = cli("verify", f"{helpers}:TanhOverflows", "--rule", "tanh", "--style", "dlfs1", cwd=helpers.parent)
+    assert "FAIL stability" in p.stdout
+    hint = next(ln for ln in p.stdout.splitlines() if "hint:" in ln and "overflow" in ln)
+    assert "softmax" not in hint and "np.tanh" in hint
+
+
+def test_a_list_output_is_a_warning_and_complex_values_a_failure(helpers):
+    listed = cli("verify", f"{helpers}:ReluList", "--rule", "relu", "--style", "dlfs1", cwd=helpers.parent)
+    assert listed.returncode == 0 and "is a Python list, not a NumPy array" in listed.stdout, listed.stdout
+    assert cli("verify", f"{helpers}:ReluList", "--rule", "relu", "--style", "dlfs1", "--strict", cwd=helpers.parent).returncode == 1
+    complex_ = cli("verify", f"{helpers}:ReluComplex", "--rule", "relu", "--style", "dlfs1", cwd=helpers.parent)
+    assert complex_.returncode == 1 and "forward has complex values" in complex_.stdout, complex_.stdout
+
+
+def test_the_gate_summary_shows_warnings_without_strict(helpers):
+    (helpers.parent / "derivcheck.toml").write_text(f'[[layers]]\ntarget = "{helpers}:ReluList"\nrule = "relu"\nstyle = "dlfs1"\n')
+    p = cli("check", cwd=helpers.parent)
+    assert p.returncode == 0
+    row = next(ln for ln in p.stdout.splitlines() if ln.startswith("ReluList"))
+    assert "pass (1 warning)" in row
+
+
+def test_a_rule_with_a_non_finite_reference_is_a_rule_error(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "logneg.toml").write_text('name = "logneg"\nsummary = "log of values that can be negative"\n'
+                                       'formula = "log(x)"\noutput = ["N", "D"]\n[inputs.x]\nshape = ["N", "D"]\n')
+    (tmp_path / "layers.py").write_text("import numpy as np\nclass Logneg:\n    def forward(self, x):\n        self.x = x\n"
+                                        "        return np.log(x)\n    def backward(self, dout):\n        return dout / self.x\n")
+    p = cli("--rules", rules, "verify", f"{tmp_path}/layers.py:Logneg", cwd=tmp_path)
+    assert p.returncode == 2 and "gives a non-finite exact output" in p.stderr and "logneg.toml" in p.stderr, p.stdout + p.stderr
+    assert "PASS" not in p.stdout
