@@ -178,11 +178,12 @@ def _key(rule, hyper: dict) -> tuple:
     return ("generic", rule.digest, repr(sorted(used.items())))
 
 
-def proof_dims(rule) -> list[dict]:
-    """The small shapes the generic tier is proven at: distinct sizes, all equal, all minimal."""
-    plans = [rule.example_dims(),
-             {d: min(r.max, max(r.min, 3)) for d, r in rule.dims.items()},
-             {d: r.min for d, r in rule.dims.items()}]
+def proof_dims(rule, hyper: dict) -> list[dict]:
+    """The small shapes the generic tier is proven at: distinct sizes, all equal, all minimal (pins kept)."""
+    pins = rule.pinned_dims(hyper)
+    plans = [{**p, **pins} for p in (rule.example_dims(),
+                                      {d: min(r.max, max(r.min, 3)) for d, r in rule.dims.items()},
+                                      {d: r.min for d, r in rule.dims.items()})]
     return [p for i, p in enumerate(plans) if p not in plans[:i]]
 
 
@@ -193,7 +194,7 @@ def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> list[dict]:
     values and cotangent (from ``seed``), within the checks' tolerance for
     float64 taken over both tiers' rounding (twice the generic scale).
     """
-    for k, dims in enumerate(proof_dims(rule)):
+    for k, dims in enumerate(proof_dims(rule, hyper)):
         conc = ConcreteBound(rule, hyper, dims)
         gen = GenericBound(rule, hyper, dims, g)
         where = f"rule '{rule.name}' at {', '.join(f'{d}={n}' for d, n in dims.items())}"
@@ -221,7 +222,7 @@ def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> list[dict]:
                 raise DerivcheckError(
                     f"the shape-generic derivation of {where} disagrees with the element-by-element one: "
                     f"{what}[{','.join(map(str, c.index))}] is {c.got!r}, expected {c.expected!r}: please report this")
-    return proof_dims(rule)
+    return proof_dims(rule, hyper)
 
 
 def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:

@@ -192,10 +192,10 @@ class Rule:
                 known = ", ".join(self.hyper) or "none"
                 raise DerivcheckError(f"rule '{self.name}' has no hyperparameter '{name}' (it has: {known})")
             h = self.hyper[name]
-            if h.type == "dim":
-                if value is None:
-                    continue
-                raise DerivcheckError(f"'{name}' of rule '{self.name}' is the size of dimension {h.dim}: set it with --shape {h.dim}={value}")
+            if h.type == "dim":  # a size: it pins its dimension (pinned_dims); the value is the dimension's
+                if value is not None:
+                    self.resolve_dims({h.dim: value}, partial=True)
+                continue
             if isinstance(value, str) and h.type not in ("choice",):
                 value = h.parse(value, set(self.dims))
             if not h.check(value):
@@ -204,8 +204,37 @@ class Rule:
         return values
 
     # -- shapes ------------------------------------------------------------
-    def resolve_dims(self, dims: dict, hyper: dict | None = None) -> dict:
-        """Check a full assignment of sizes to the rule's dimensions."""
+    def pinned_dims(self, given: dict) -> dict:
+        """Sizes that hyperparameters given by the user determine.
+
+        A ``dim`` hyperparameter (repeat's ``N``) is its dimension's size; a
+        ``shape`` one given concrete sizes where its default names dimensions
+        (broadcast_to's ``shape = 4,3`` for ``[N, D]``) pins those dimensions.
+        """
+        pins: dict = {}
+
+        def pin(d, v, name):
+            v = self.resolve_dims({d: v}, partial=True)[d]
+            if pins.get(d, v) != v:
+                raise DerivcheckError(f"hyperparameter '{name}' sets {d}={v}, but {d}={pins[d]} is set too")
+            pins[d] = v
+
+        for name, value in given.items():
+            h = self.hyper.get(name)
+            if h is None or value is None:
+                continue
+            if h.type == "dim":
+                pin(h.dim, value, name)
+            elif h.type == "shape" and isinstance(h.default, (list, tuple)):
+                value = h.parse(value, set(self.dims)) if isinstance(value, str) else value
+                if len(value) == len(h.default):
+                    for d, v in zip(h.default, value):
+                        if isinstance(d, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                            pin(d, v, name)
+        return pins
+
+    def resolve_dims(self, dims: dict, hyper: dict | None = None, partial: bool = False) -> dict:
+        """Check an assignment of sizes to the rule's dimensions (every one, unless ``partial``)."""
         missing = [d for d in self.dims if d not in dims]
         unknown = [d for d in dims if d not in self.dims]
         if unknown:
@@ -219,7 +248,7 @@ class Rule:
             if not isinstance(value, int) or value < 1:
                 raise DerivcheckError(f"dimension {d} must be a positive integer, not {value!r}")
             out[d] = value
-        if missing:
+        if missing and not partial:
             raise DerivcheckError(f"rule '{self.name}' needs a size for {', '.join(missing)} (as in --shape {self.example_shape()})")
         return out
 

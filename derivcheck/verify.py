@@ -113,7 +113,13 @@ class Verifier:
         self.hyper = rule.resolve_hyper(self.given_hyper)
         self.dtype_name, self.dtype = dtype, DTYPES[dtype]
         self.seed, self.trials, self.steps = seed, trials, steps
-        self.shape = rule.resolve_dims(shape) if shape else None
+        # sizes fixed in every trial: those --shape names, and those the hyperparameters determine
+        self.shape = rule.resolve_dims(shape or {}, partial=True) or None  # as given, for the reproduce line
+        self.pins = rule.pinned_dims(self.given_hyper)
+        for d, n in (self.shape or {}).items():
+            if self.pins.get(d, n) != n:
+                raise DerivcheckError(f"--shape sets {d}={n}, but a hyperparameter sets {d}={self.pins[d]}")
+            self.pins[d] = n
         self.strict = strict
         self.kinks, self.stress = kinks, stress
         self.style = style
@@ -123,17 +129,17 @@ class Verifier:
 
     # -- the trial plan ---------------------------------------------------------
     def trial_dims(self, k: int) -> dict:
-        """Distinct sizes, then all equal, then all minimal (size 1), then random."""
-        if self.shape:
-            return dict(self.shape)
+        """Distinct sizes, then all equal, then all minimal (size 1), then random; pinned sizes always."""
         r = self.rule
         if k == 0:
-            return r.example_dims()
-        if k == 1:
-            return {d: min(rg.max, max(rg.min, 3)) for d, rg in r.dims.items()}
-        if k == 2:
-            return {d: rg.min for d, rg in r.dims.items()}
-        return r.sample_dims(np.random.default_rng([self.seed, k, 7]))
+            plan = r.example_dims()
+        elif k == 1:
+            plan = {d: min(rg.max, max(rg.min, 3)) for d, rg in r.dims.items()}
+        elif k == 2:
+            plan = {d: rg.min for d, rg in r.dims.items()}
+        else:
+            plan = r.sample_dims(np.random.default_rng([self.seed, k, 7]))
+        return {**plan, **self.pins}
 
     def layer_hyper(self, dims: dict) -> dict:
         """Hyperparameters as a layer receives them: sizes resolved, lists as tuples."""
@@ -297,7 +303,7 @@ class Verifier:
         """Run the layer once at the example sizes with values changed by ``perturb``."""
         import warnings
 
-        dims = dict(self.shape) if self.shape else self.rule.example_dims()
+        dims = {**self.rule.example_dims(), **self.pins}
         rng = np.random.default_rng(seed)
         d = reference.at(self.rule, self.hyper, dims)
         values, ref = self.sample(d, rng)

@@ -124,3 +124,25 @@ def test_a_rule_with_a_non_finite_reference_is_a_rule_error(tmp_path):
     p = cli("--rules", rules, "verify", f"{tmp_path}/layers.py:Logneg", cwd=tmp_path)
     assert p.returncode == 2 and "gives a non-finite exact output" in p.stderr and "logneg.toml" in p.stderr, p.stdout + p.stderr
     assert "PASS" not in p.stdout
+
+
+@pytest.mark.parametrize("target,args", [
+    ("dlfs2/layers.py:Repeat", ["--hyper", "N=4"]),
+    ("dlfs2/layers.py:Repeat", ["--shape", "N=4"]),
+    ("dezero_style/functions.py:BroadcastTo", ["--hyper", "shape=4,3"]),
+    ("dlfs2/layers.py:Affine", ["--shape", "N=7"]),
+])
+def test_sizes_given_as_hyperparameters_or_a_partial_shape_are_pinned(tmp_path, target, args):
+    p = cli("verify", f"{EXAMPLES}/{target}", *args, "--format", "json", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    import json
+
+    dims = [c["dims"] for c in json.loads(p.stdout)["checks"] if "dims" in c]
+    key, value = args[1].split("=")[0], args[1].split("=")[1]
+    want = {"N": 4, "D": 3} if key == "shape" else {key: int(value)}
+    assert dims and all(all(d[k] == v for k, v in want.items()) for d in dims), dims
+
+
+def test_a_size_set_twice_differently_is_refused(tmp_path):
+    p = cli("verify", f"{EXAMPLES}/dlfs2/layers.py:Repeat", "--hyper", "N=4", "--shape", "N=3", cwd=tmp_path)
+    assert p.returncode == 2 and "--shape sets N=3, but a hyperparameter sets N=4" in p.stderr, p.stderr

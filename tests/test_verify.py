@@ -127,7 +127,7 @@ def test_module_target_and_script_folder_importable(tmp_path, monkeypatch):
         (["verify", "{ex}/dlfs1/layers.py:Affine", "--rule", "sigmoid"], "cannot bind Affine's parameter(s) W, b to rule 'sigmoid'"),
         (["verify", "no_such_pkg.layers:Affine", "--rule", "affine"], "module 'no_such_pkg.layers' not found"),
         (["verify", "{ex}/dlfs1/layers.py:Affine", "--hyper", "axis=0"], "rule 'affine' has no hyperparameter 'axis'"),
-        (["verify", "{ex}/dlfs1/layers.py:Affine", "--shape", "N=2"], "needs a size for D, H"),
+        (["verify", "{ex}/dlfs1/layers.py:Affine", "--shape", "Q=2"], "has no dimension Q"),
     ],
 )
 def test_user_mistakes_exit_2_with_a_sentence(args, message):
