@@ -238,6 +238,13 @@ def _secret() -> bytes:
     return _KEY
 
 
+def forget() -> None:
+    """Forget this process's key and folder checks (after the environment that chose them changed)."""
+    global _KEY
+    _KEY = None
+    _CHECKED.clear()
+
+
 def _mac(payload: bytes) -> str:
     return hmac.new(_secret(), payload, hashlib.sha256).hexdigest()
 

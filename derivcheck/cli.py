@@ -30,7 +30,11 @@ def parse_pairs(text: str | None, what: str) -> dict[str, str]:
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise DerivcheckError(f"{what} must look like N=2,D=3 (got '{part.strip()}')")
+        if key.strip() in pairs:
+            raise DerivcheckError(f"{what} sets {key.strip()} twice")
         pairs[key.strip()] = value.strip()
+    if text is not None and not pairs:
+        raise DerivcheckError(f"{what} must name at least one size, as in N=2,D=3 (got '{text}')")
     return pairs
 
 
@@ -49,7 +53,23 @@ INTERNAL_ERROR = 3  # a bug of derivcheck's own, apart from bad input (2)
 
 
 class Group(click.Group):
-    """Turns DerivcheckError into one line on stderr and exit code 2."""
+    """Turns DerivcheckError and usage errors into one line on stderr and exit code 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"derivcheck: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"derivcheck: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("derivcheck: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
         try:

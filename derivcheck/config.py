@@ -131,6 +131,8 @@ def _read(path: Path) -> tuple[dict, str]:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
         raise DerivcheckError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise DerivcheckError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise DerivcheckError(f"{path}: cannot read: {exc.strerror}") from None
 

@@ -147,6 +147,8 @@ class Formula:
             tree = ast.parse(text.strip("\n"), mode="exec")
         except SyntaxError as exc:
             raise RuleError(path, first_line + (exc.lineno or 1) - 1, f"formula is not valid syntax: {exc.msg}") from None
+        except (RecursionError, MemoryError):
+            raise RuleError(path, first_line, "formula is nested too deeply to parse: split it with assignments") from None
         if not tree.body:
             raise RuleError(path, first_line, "formula is empty: write the output expression")
         names = set(known)

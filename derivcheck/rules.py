@@ -655,7 +655,9 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule") -> str:
 
 def rule_for(name: str | None, target: str, extra=(), how: str = "pass --rule") -> Rule:
     """The rule called ``name`` or, without one, the rule ``target``'s name implies."""
-    return load_rule(name or guess_rule(target, extra, how), extra)
+    if name is not None and not name.strip():
+        raise DerivcheckError("--rule (or the config's rule) must name a rule; `derivcheck rules` lists them")
+    return load_rule(name if name is not None else guess_rule(target, extra, how), extra)
 
 
 _LOADED: dict[tuple, Rule] = {}
