@@ -189,8 +189,12 @@ def _variable_class(module, obj=None):
             return mod.Variable
     try:
         return importlib.import_module("dezero").Variable
-    except Exception:
-        return None
+    except ModuleNotFoundError as exc:
+        if exc.name == "dezero":
+            return None  # no dezero installed: the caller says there is no Variable class
+        raise DerivcheckError(f"importing the dezero package failed: {_describe(exc)}") from None
+    except Exception as exc:  # an installed dezero that is broken: say so, not "no Variable class"
+        raise DerivcheckError(f"importing the dezero package failed: {_describe(exc)}") from None
 
 
 def detect_style(obj, module, name) -> str:

@@ -68,8 +68,8 @@ def compare(name, expected, got, scale, dtype, **context) -> Check:
         return Check(name, False, message=f"{name} is a {type(got).__name__}, not an array of numbers", **context)
     expected = np.asarray(expected, dtype=np.float64)
     if got_arr.shape != expected.shape:
-        if got_arr.size == expected.size == 1:
-            got_arr = got_arr.reshape(expected.shape)
+        if expected.shape == () and got_arr.size == 1:  # a scalar (a loss) handed back as [value]
+            got_arr = got_arr.reshape(())
         else:
             return Check(name, False, message=f"{name} has shape {got_arr.shape}, expected {expected.shape}", **context)
     u = unit_roundoff(dtype)

@@ -347,10 +347,17 @@ class Verifier:
             ex = np.array([float(v) for v in np.asarray(exact, dtype=object).ravel()]).reshape(np.shape(exact))
             with np.errstate(all="ignore"):
                 ex = ex.astype(self.dtype).astype(np.float64)  # what the dtype can hold: 2e-139 is 0 in float32
+            shape = np.shape(got) if got is not None else None
+            if shape != ex.shape and not (ex.shape == () and shape is not None and np.size(got) == 1):
+                # right at ordinary values, so the extreme ones changed what it returns
+                return Check("stability", False, seed=seed, dims=dims, where=name,
+                             message=f"{name} at extreme inputs is " + ("no value" if got is None else f"shape {shape}")
+                             + f", where the exact value has shape {ex.shape}")
             try:
                 g = np.asarray(got, dtype=np.float64).reshape(ex.shape)
             except (TypeError, ValueError):
-                continue  # a missing or misshapen result fails the ordinary checks already
+                return Check("stability", False, seed=seed, dims=dims, where=name,
+                             message=f"{name} at extreme inputs is a {type(got).__name__}, not an array of numbers")
             finite = np.abs(ex) <= limit
             broken = finite & ~np.isfinite(g)
             ctx = dict(seed=seed, dims=dims, where=name)
@@ -391,8 +398,11 @@ class Verifier:
                     continue
                 g = outcome.grads.get(n)
                 c = np.broadcast_to(np.asarray(cot, dtype=np.float64), self._kink_mask.shape) if np.ndim(cot) else None
-                if g is None or c is None or np.shape(g) != self._kink_mask.shape:
+                if g is None or np.shape(g) != self._kink_mask.shape:
+                    notes.append(f"at the kink {n} = {point:g} the layer gave " + ("no gradient" if g is None else f"a gradient of shape {np.shape(g)}"))
                     continue
+                if c is None:
+                    continue  # a scalar cotangent: no per-element slope to read (no rule with a kink has one)
                 slopes = sorted({round(float(v), 12) + 0.0 for v in (np.asarray(g, dtype=np.float64)[self._kink_mask] / c[self._kink_mask])})
                 notes.append(f"at the kink {n} = {point:g} the layer's derivative is {', '.join(f'{v:g}' for v in slopes)}"
                              + (" (the usual convention, as PyTorch's relu)" if slopes == [0.0] else ""))
@@ -423,8 +433,9 @@ class Verifier:
             adapter.update_params(vb)
             adapter._forward(adapter.held(vb))
             grads = adapter.gradients(adapter._backward(np.array(cot, copy=True)))
-        except LayerError:
-            return  # a layer that raises here already failed its trials
+        except LayerError as exc:  # it passed its trials, so it is the second forward in a row that it cannot take
+            _warn(rep, "stale-state", f"forward called twice in a row, then backward: {exc}", k)
+            return
         _, expected, scales = d.evaluate(cot, **refb)
         for n, g in grads.items():
             if not compare(n, expected[n], g, scales[n], self.dtype).passed:

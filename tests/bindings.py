@@ -53,6 +53,7 @@ BROKEN = [
     ("SoftmaxWithLossIgnoresDout", "softmax_with_loss", {}, "float64", "grad x", "upstream-ignored"),
     ("ReluWritesIntoDout", "relu", {}, "float64", "warning:mutates-input", None),
     ("ReluInPlaceDoubled", "relu", {}, "float64", "grad x", "constant-factor"),
+    ("AffineSqueezes", "affine", {}, "float64", "grad x", "shape"),
     ("TanhSignFlipped", "tanh", {}, "float64", "grad x", "sign-flipped"),
     ("TransposeSameAxes", "transpose", {"axes": "1,2,0"}, "float64", "grad x", "transposed"),
     ("softmax_loss_no_mean", "softmax_with_loss", {}, "float64", "grad x", "constant-factor"),

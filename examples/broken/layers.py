@@ -171,6 +171,22 @@ class ReluInPlaceDoubled:
         return dout
 
 
+class AffineSqueezes:
+    """BUG: backward squeezes dx, so at N=1 it has shape (D,), not (1, D): only the size-1 trial sees it."""
+
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout):
+        self.dW = self.x.T @ dout
+        self.db = dout.sum(axis=0)
+        return (dout @ self.W.T).squeeze()
+
+
 class TanhSignFlipped(Function):
     """BUG: gx = gy * (y^2 - 1), the sign flipped."""
 

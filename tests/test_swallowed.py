@@ -1,0 +1,70 @@
+"""Failures are reported, never swallowed: the stale-state, stability and kink probes, a broken dezero."""
+import os
+import subprocess
+import sys
+
+import derivcheck
+from derivcheck.verify import verify
+
+LAYERS = '''
+import numpy as np
+
+class OneForwardOnly:                 # right, but refuses a second forward before backward
+    def forward(self, x):
+        if getattr(self, "pending", False):
+            raise RuntimeError("forward twice")
+        self.pending = True
+        self.out = np.exp(x)
+        return self.out
+    def backward(self, dout):
+        self.pending = False
+        return dout * self.out
+
+class ShapeAtExtremes:                # right at ordinary inputs, flattens its result at extreme ones
+    def forward(self, x):
+        self.out = 1 / (1 + np.exp(-x))
+        return self.out.ravel() if np.abs(x).max() > 100 else self.out
+    def backward(self, dout):
+        return dout * self.out * (1 - self.out)
+
+class ReluNoneAtKink:                 # gives no gradient when an input sits on the kink
+    def forward(self, x):
+        self.x = x
+        return np.maximum(x, 0)
+    def backward(self, dout):
+        if np.any(self.x == 0):
+            return None
+        return np.where(self.x > 0, dout, 0.0)
+'''
+
+
+def test_a_layer_that_cannot_take_two_forwards_in_a_row_is_reported(tmp_path):
+    (tmp_path / "l.py").write_text(LAYERS)
+    rep = verify(f"{tmp_path}/l.py:OneForwardOnly", derivcheck.load_rule("exp"), style="dlfs1", trials=3)
+    assert rep.verdict == "pass"
+    assert any(w.kind == "stale-state" and "forward called twice in a row" in w.message for w in rep.warnings), rep.warnings
+
+
+def test_a_misshapen_result_at_extreme_inputs_fails_stability(tmp_path):
+    (tmp_path / "l.py").write_text(LAYERS)
+    rep = verify(f"{tmp_path}/l.py:ShapeAtExtremes", derivcheck.load_rule("sigmoid"), style="dlfs1", trials=3)
+    stability = next(c for c in rep.checks if c.name == "stability")
+    assert not stability.passed and "at extreme inputs is shape" in stability.message, stability
+
+
+def test_a_missing_gradient_at_a_kink_is_noted(tmp_path):
+    (tmp_path / "l.py").write_text(LAYERS)
+    rep = verify(f"{tmp_path}/l.py:ReluNoneAtKink", derivcheck.load_rule("relu"), style="dlfs1", trials=3, kinks=True)
+    assert any("the layer gave no gradient" in n for n in rep.notes), rep.notes
+
+
+def test_a_broken_dezero_install_is_named(tmp_path):
+    (tmp_path / "dezero").mkdir()
+    (tmp_path / "dezero" / "__init__.py").write_text("raise ImportError('this dezero is broken')\n")
+    (tmp_path / "funcs.py").write_text(
+        "import numpy as np\nclass Function:\n    def __call__(self, *xs):\n        return self.forward(*xs)\n"
+        "class Exp(Function):\n    def forward(self, x):\n        return np.exp(x)\n    def backward(self, gy):\n        return gy\n")
+    p = subprocess.run([sys.executable, "-m", "derivcheck.cli", "verify", f"{tmp_path}/funcs.py:Exp", "--rule", "exp",
+                        "--style", "dezero"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert p.returncode == 2 and "importing the dezero package failed" in p.stderr and "this dezero is broken" in p.stderr, p.stderr
