@@ -4,7 +4,11 @@
 
 The finite-difference checker is torch.autograd.gradcheck's algorithm written
 in NumPy: central differences with eps = 1e-6, compared with the layer's own
-backward by allclose(analytical, numerical, rtol=1e-3, atol=1e-5). It runs
+backward by allclose(analytical, numerical, rtol=1e-3, atol=1e-5). In float32
+the step is cbrt(float32's machine epsilon) = 4.9e-3, the usual choice for
+central differences at that precision (a float64 step would drown in float32
+rounding). derivcheck runs with --strict here: its warnings (side effects,
+stale state, dtype) count as catches. It runs
 through derivcheck's adapters on the same layers, values and cotangents, at
 the layer's dtype (gradcheck itself insists on float64; people run the same
 idea in float32 anyway). It checks the backward against the layer's own
@@ -34,6 +38,7 @@ from derivcheck.rules import load_rule  # noqa: E402
 from derivcheck.verify import Verifier  # noqa: E402
 
 EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3  # torch.autograd.gradcheck's defaults
+STEPS = {"float64": EPS, "float32": float(np.cbrt(np.finfo(np.float32).eps))}  # a float32 step that float32 can resolve
 
 
 def gradcheck(binding, rule, trials=3) -> bool:
@@ -64,9 +69,10 @@ def gradcheck(binding, rule, trials=3) -> bool:
                 for idx in np.ndindex(*values[n].shape):
                     plus = {m: np.array(x, copy=True) for m, x in values.items()}
                     minus = {m: np.array(x, copy=True) for m, x in values.items()}
-                    plus[n][idx] += EPS
-                    minus[n][idx] -= EPS
-                    numeric[idx] = (loss(plus) - loss(minus)) / (2 * EPS)
+                    step = STEPS[binding.dtype]
+                    plus[n][idx] += step
+                    minus[n][idx] -= step
+                    numeric[idx] = (loss(plus) - loss(minus)) / (2 * step)
                 if not np.allclose(a, numeric, rtol=RTOL, atol=ATOL):
                     return True
         except LayerError:
@@ -99,7 +105,7 @@ def main() -> int:
         say = lambda flagged: ("caught" if flagged else "MISSED") if broken else ("FALSE ALARM" if flagged else "ok")  # noqa: E731
         print(f"{b.id:<58} {b.dtype:<8} {'yes' if broken else 'no':<7} {say(dc):<11} {say(fd)}")
     print()
-    print(f"{'':<8} | {'derivcheck':<42} | finite differences (gradcheck: eps={EPS:g}, atol={ATOL:g}, rtol={RTOL:g})")
+    print(f"{'':<8} | {'derivcheck (--strict)':<42} | finite differences (gradcheck: eps={EPS:g}, float32 {STEPS['float32']:.2g}, atol={ATOL:g}, rtol={RTOL:g})")
     for dtype in ("float64", "float32"):
         sel = [r for r in rows if r[0].dtype == dtype]
         broken = [r for r in sel if r[0].expect == "fail"]
