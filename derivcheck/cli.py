@@ -290,6 +290,7 @@ def check_cmd(obj, path, groups, seed, jobs, timeout, fmt, junit):
         click.echo(json.dumps({
             "config": str(config.path),
             "results": [{"id": r.binding.id, "group": r.binding.group, "expect": r.binding.expect, "ok": r.ok,
+                         **({"mismatch": r.mismatch} if r.mismatch else {}),
                          **(r.report.to_json() if r.report else {"verdict": "error", "error": r.error})} for r in results],
             "summary": {"total": len(results), "ok": len(results) - len(bad), "not_ok": len(bad),
                         "expected_failures": sum(1 for r in results if r.ok and r.binding.expect == "fail")},
@@ -299,7 +300,8 @@ def check_cmd(obj, path, groups, seed, jobs, timeout, fmt, junit):
         for r in results:
             if r.verdict != "pass":
                 click.echo("")
-                click.echo(f"--- {r.binding.id} ({r.binding.where})" + (" [expected to fail]" if r.ok else ""))
+                click.echo(f"--- {r.binding.id} ({r.binding.where})" + (" [expected to fail]" if r.ok else "")
+                           + (f" [{r.mismatch}]" if r.mismatch else ""))
                 click.echo(render.text(r.report) if r.report else r.error)
         expected = sum(1 for r in results if r.ok and r.binding.expect == "fail")
         click.echo(f"\n{len(results)} layer checks: {len(results) - len(bad) - expected} passed, "
@@ -315,7 +317,7 @@ def _summary_table(results) -> str:
     for r in results:
         verdict = r.verdict.upper() if not r.ok else r.verdict
         if r.binding.expect == "fail":
-            verdict += " (expected fail)" if r.ok else " (expected fail!)"
+            verdict += " (expected fail)" if r.ok else " (not where expected!)" if r.mismatch else " (expected fail!)"
         elif r.report is not None and r.report.warnings:  # shown even when they do not fail (no --strict)
             n = len(r.report.warnings)
             verdict += f" ({n} warning{'s' if n > 1 else ''})"

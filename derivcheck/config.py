@@ -24,6 +24,9 @@ start-up.
     dtypes = ["float64"]          # and trials, steps, seed, strict, timeout as above
     group = "reference"           # for --group
     expect = "pass"               # or "fail": a layer known to be broken
+    caught-by = ["grad W"]        # with expect = "fail": exactly the checks that must fail
+                                  # ("warning:KIND" for a warning under strict = true)
+    diagnosis = "transposed"      # with expect = "fail": the diagnosis that must name the bug
     name = "Affine"               # the id's first part (default: the target's name)
 """
 from __future__ import annotations
@@ -36,6 +39,10 @@ from pathlib import Path
 from .errors import DerivcheckError
 
 DTYPES = ("float64", "float32")
+# what verify's diagnosis can name (report.py documents each); kept here, where the config is checked
+DIAGNOSIS_KINDS = ("transposed", "sign-flipped", "constant-factor", "missing-reduction", "wrong-axis", "extra-reduction",
+                   "upstream-ignored", "input-instead-of-output", "accumulates", "stale-state", "shape", "forward-wrong",
+                   "numerical-stability", "rebinds-grads")
 DEFAULTS = {"seed": 0, "trials": 5, "steps": 2, "dtypes": ["float64"], "strict": False, "timeout": None}
 OPTIONS = ("seed", "trials", "steps", "dtypes", "strict", "timeout")  # top-level defaults a layer may override
 KEYS = {
@@ -62,6 +69,8 @@ LAYER_KEYS = {
     "timeout": "seconds this layer's check may take",
     "group": "a name to select with --group",
     "expect": '"pass" (default) or "fail" for a layer known to be broken',
+    "caught-by": 'with expect = "fail": the checks that must fail, as in ["grad W"] ("warning:KIND" for a warning)',
+    "diagnosis": 'with expect = "fail": the diagnosis kind that must name the bug, as in "transposed"',
     "name": "the first part of the binding's id",
 }
 
@@ -84,6 +93,8 @@ class Binding:
     expect: str
     where: str  # "derivcheck.toml:12", for messages
     timeout: float | None = None  # None: isolate.DEFAULT_TIMEOUT
+    caught_by: tuple | None = None  # expect = "fail": exactly these checks fail ("warning:KIND" for warnings)
+    diagnosis: str | None = None  # expect = "fail": this diagnosis kind names the bug
 
 
 @dataclass
@@ -212,6 +223,16 @@ def load_config(path: Path | None = None, *, require: bool = False) -> Config:
         expect = layer.get("expect", "pass")
         if expect not in ("pass", "fail"):
             lfail(f'expect must be "pass" or "fail", not {expect!r}')
+        caught_by = layer.get("caught-by")
+        if caught_by is not None:
+            if isinstance(caught_by, str):
+                caught_by = [caught_by]
+            if expect != "fail" or not isinstance(caught_by, list) or not caught_by or not all(isinstance(c, str) and c for c in caught_by):
+                lfail('caught-by goes with expect = "fail" and is a list of check names, as in caught-by = ["grad W"]')
+            caught_by = tuple(caught_by)
+        diagnosis = layer.get("diagnosis")
+        if diagnosis is not None and (expect != "fail" or diagnosis not in DIAGNOSIS_KINDS):
+            lfail(f'diagnosis goes with expect = "fail" and is one of {", ".join(DIAGNOSIS_KINDS)}, not {diagnosis!r}')
         group = layer.get("group", "default")
         if not isinstance(group, str):
             lfail("group must be a string")
@@ -224,7 +245,7 @@ def load_config(path: Path | None = None, *, require: bool = False) -> Config:
                 # the id's rule part is the guess from the name when no rule is given
                 id=f"{label}-{rule or _snake(name)}-{dtype}", target=target, rule=rule, hyper=dict(hyper), style=style,
                 dtype=dtype, seed=opts["seed"], trials=opts["trials"], steps=opts["steps"], strict=opts["strict"],
-                group=group, expect=expect, where=where, timeout=opts["timeout"],
+                group=group, expect=expect, where=where, timeout=opts["timeout"], caught_by=caught_by, diagnosis=diagnosis,
             ))
     _dedupe_ids(bindings)
     return Config(found, [base / r for r in rules], (base / cache_dir) if cache_dir else None, bindings, table)

@@ -20,10 +20,29 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        """As the configuration expects: a pass, or a failure of a layer marked expect = "fail"."""
+        """As the configuration expects: a pass, or a failure of a layer marked expect = "fail" where it says."""
         if self.report is None:
             return False
-        return self.report.verdict == self.binding.expect
+        return self.report.verdict == self.binding.expect and self.mismatch is None
+
+    @property
+    def mismatch(self) -> str | None:
+        """How an expected failure differs from its caught-by and diagnosis (None when it does not)."""
+        b, rep = self.binding, self.report
+        if rep is None or b.expect != "fail" or rep.verdict != "fail":
+            return None
+        failing = sorted(c.name for c in rep.checks if not c.passed)
+        if b.caught_by is not None:
+            want_checks = sorted(c for c in b.caught_by if not c.startswith("warning:"))
+            want_warnings = {c.split(":", 1)[1] for c in b.caught_by if c.startswith("warning:")}
+            warned = {w.kind for w in rep.warnings}
+            if failing != want_checks or not want_warnings <= warned:
+                got = ", ".join(failing + [f"warning:{k}" for k in sorted(warned)]) or "nothing"
+                return f"caught by {got}, where the catalogue says {', '.join(b.caught_by)}"
+        if b.diagnosis is not None and b.diagnosis not in {d["kind"] for d in rep.diagnosis}:
+            named = ", ".join(sorted({d["kind"] for d in rep.diagnosis})) or "nothing"
+            return f"diagnosed as {named}, where the catalogue says {b.diagnosis}"
+        return None
 
     @property
     def worst(self) -> float | None:
@@ -117,7 +136,7 @@ def junit_xml(results: list[Result], name: str) -> str:
         if r.report is None:
             ET.SubElement(case, "error", message=r.error or "could not run").text = r.error
         elif not r.ok:
-            what = "expected to fail but passed" if r.binding.expect == "fail" else first_failure(r.report)
+            what = (r.mismatch or "expected to fail but passed") if r.binding.expect == "fail" else first_failure(r.report)
             ET.SubElement(case, "failure", message=what).text = text(r.report)
         elif r.binding.expect == "fail":
             ET.SubElement(case, "skipped", message=f"expected failure: {first_failure(r.report)}")

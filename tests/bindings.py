@@ -40,26 +40,19 @@ REFERENCE = [
     ("functional/layers.py:mean_squared_error", "mean_squared_error", {}),
 ]
 
-BROKEN = [
-    # (target, rule, hyperparameters, dtype, the checks that must fail (comma-separated) or the
-    #  warning kind, the diagnosis kind that must name the bug)
-    ("AffineMissingTranspose", "affine", {}, "float64", "grad W", "transposed"),
-    ("AffineBiasNotSummed", "affine", {}, "float64", "grad b", "missing-reduction"),
-    ("AffineStaleInput", "affine", {}, "float64", "grad W", "stale-state"),
-    ("MatMulRebindsGrads", "matmul", {}, "float64", "grads slots", "rebinds-grads"),
-    ("AffineAccumulatesGrads", "affine", {}, "float64", "grad W", "accumulates"),
-    ("SoftmaxUnshiftedSum", "softmax", {}, "float64", "forward,grad x", "forward-wrong"),  # backward reuses the wrong y
-    ("SigmoidFromInput", "sigmoid", {}, "float64", "grad x", "input-instead-of-output"),
-    ("SoftmaxWithLossIgnoresDout", "softmax_with_loss", {}, "float64", "grad x", "upstream-ignored"),
-    ("ReluWritesIntoDout", "relu", {}, "float64", "warning:mutates-input", None),
-    ("ReluInPlaceDoubled", "relu", {}, "float64", "grad x", "constant-factor"),
-    ("AffineSqueezes", "affine", {}, "float64", "grad x", "shape"),
-    ("TanhSignFlipped", "tanh", {}, "float64", "grad x", "sign-flipped"),
-    ("TransposeSameAxes", "transpose", {"axes": "1,2,0"}, "float64", "grad x", "transposed"),
-    ("softmax_loss_no_mean", "softmax_with_loss", {}, "float64", "grad x", "constant-factor"),
-    ("mean_squared_error_factor_two", "mean_squared_error", {}, "float64", "grad y", "constant-factor"),
-    ("repeat", "repeat", {}, "float64", "grad x", "wrong-axis"),
-    ("SigmoidUpcasts", "sigmoid", {}, "float32", "warning:dtype", None),
-    ("SoftmaxWithLossNoShift", "softmax_with_loss", {}, "float64", "stability", "numerical-stability"),
-    ("LogWithEpsilon", "log", {}, "float64", "forward,grad x", "forward-wrong"),
-]
+
+def _broken():
+    """The broken examples as examples/derivcheck.toml catalogues them (the one source of truth)."""
+    from derivcheck.config import load_config
+
+    rows = []
+    for b in load_config(EXAMPLES / "derivcheck.toml").bindings:
+        if b.expect == "fail":
+            rows.append((b.target.rpartition(":")[2], b.rule, dict(b.hyper), b.dtype,
+                         ",".join(b.caught_by), b.diagnosis))
+    return rows
+
+
+# (target in broken/layers.py, rule, hyperparameters, dtype, the checks that must fail (comma-separated) or
+#  the warning kind, the diagnosis kind that must name the bug)
+BROKEN = _broken()

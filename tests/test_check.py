@@ -140,3 +140,35 @@ def test_duplicate_names_need_a_name(project):
     (project / "derivcheck.toml").write_text('[[layers]]\ntarget = "layers.py:Affine"\n\n[[layers]]\ntarget = "layers.py:Affine"\n')
     with pytest.raises(DerivcheckError, match='give one of them name = "..."'):
         load_config(project / "derivcheck.toml")
+
+
+def test_the_broken_examples_readme_is_the_catalogue():
+    """examples/broken/README.md has one row per broken binding, naming the checks that catch it."""
+    import re
+
+    from bindings import BROKEN
+
+    rows = {m.group(1): line for line in (EXAMPLES / "broken" / "README.md").read_text().splitlines()
+            if (m := re.match(r"^\| `(\w+)` \|", line))}
+    assert set(rows) == {b[0] for b in BROKEN}
+    for target, _, _, _, caught, _ in BROKEN:
+        for check in caught.split(","):
+            assert check.removeprefix("warning:") in rows[target], (target, check, rows[target])
+
+
+def test_an_expected_failure_caught_elsewhere_than_catalogued_fails_the_gate(project):
+    (project / "broken.py").write_text(
+        "import numpy as np\nclass Affine:\n    def __init__(self, W, b):\n        self.W, self.b = W, b\n"
+        "    def forward(self, x):\n        self.x = x\n        return x @ self.W + self.b\n"
+        "    def backward(self, dout):\n        self.dW = dout.T @ self.x\n        self.db = dout.sum(axis=0)\n"
+        "        return dout @ self.W.T\n")
+    base = '[[layers]]\ntarget = "broken.py:Affine"\nexpect = "fail"\n'
+    (project / "derivcheck.toml").write_text(base + 'caught-by = ["grad b"]\n')
+    wrong_check = run("check", str(project))
+    assert wrong_check.exit_code == 1 and "not where expected" in wrong_check.output
+    assert "caught by grad W, where the catalogue says grad b" in wrong_check.output
+    (project / "derivcheck.toml").write_text(base + 'caught-by = ["grad W"]\ndiagnosis = "sign-flipped"\n')
+    wrong_kind = run("check", str(project))
+    assert wrong_kind.exit_code == 1 and "diagnosed as transposed, where the catalogue says sign-flipped" in wrong_kind.output
+    (project / "derivcheck.toml").write_text(base + 'caught-by = ["grad W"]\ndiagnosis = "transposed"\n')
+    assert run("check", str(project)).exit_code == 0
