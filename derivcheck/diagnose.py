@@ -80,7 +80,7 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
         else:
             axis_hit = _wrong_axis(E, G, c, dt)
             if axis_hit:
-                out.append(_found("wrong-axis", check, axis_hit[0], axis_hit[1], 0.0))
+                out.append(_found("wrong-axis", check, *axis_hit))
             elif G.ndim < E.ndim:
                 for a in range(E.ndim):
                     if (r := _ratio(E.sum(axis=a), G, np.abs(scale).sum(axis=a), dt)) <= 1:
@@ -135,14 +135,14 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
 def _upstream_ignored(name, E, G, c, ctx) -> dict | None:
     check = f"grad {name}"
     if c.ndim == 0:
-        if c != 0 and _ratio(E / c, G, np.abs(E / c), ctx.dtype) <= 1:
+        if c != 0 and (r := _ratio(E / c, G, np.abs(E / c), ctx.dtype)) <= 1:
             return _found("upstream-ignored", check, f"is the gradient for dout = 1, but dout was {float(c):.6g}: it is not multiplied by dout",
-                          "multiply by the upstream gradient: dx = dx * dout", 0.0)
+                          "multiply by the upstream gradient: dx = dx * dout", r)
         return None
     ones = ctx.derivation.vjp(np.ones_like(c), **ctx.ref)[name]
-    if _ratio(ones, G, np.abs(ones), ctx.dtype) <= 1:
+    if (r := _ratio(ones, G, np.abs(ones), ctx.dtype)) <= 1:
         return _found("upstream-ignored", check, "is the gradient for dout = all ones: the upstream gradient is ignored",
-                      "multiply by dout", 0.0)
+                      "multiply by dout", r)
     return None
 
 
@@ -153,11 +153,11 @@ def _input_for_output(name, G, scale, ctx) -> dict | None:
     x = np.asarray(ctx.ref[name], dtype=np.float64)
     env = rule.environment(ctx.dims, ctx.derivation.hyper, {**ctx.ref, "out": x})
     wrong = np.asarray(ctx.cot, dtype=np.float64) * np.asarray(rule.from_output.evaluate(env, backend="numeric"), dtype=np.float64)
-    if _ratio(wrong, G, np.abs(scale), ctx.dtype) <= 1:
+    if (r := _ratio(wrong, G, np.abs(scale), ctx.dtype)) <= 1:
         formula = rule.from_output.text.strip()
         return _found("input-instead-of-output", f"grad {name}",
                       f"is dout * ({formula}) with the input {name} where the output belongs",
-                      f"save the forward output and use it: dout * ({formula}) with out = the forward's result", 0.0)
+                      f"save the forward output and use it: dout * ({formula}) with out = the forward's result", r)
     return None
 
 
@@ -171,11 +171,11 @@ def _wrong_axis(E, G, c, dtype):
             R = c.sum(axis=a, keepdims=kd)
             if R.shape == E.shape and right is None and _ratio(R, E, np.abs(c).sum(axis=a, keepdims=kd), dtype) <= 1:
                 right = (a, kd)
-            if R.shape == G.shape and wrong is None and _ratio(R, G, np.abs(c).sum(axis=a, keepdims=kd), dtype) <= 1:
-                wrong = (a, kd)
+            if R.shape == G.shape and wrong is None and (r := _ratio(R, G, np.abs(c).sum(axis=a, keepdims=kd), dtype)) <= 1:
+                wrong = (a, kd, r)
     if right and wrong and right[0] != wrong[0]:
         return (f"sums dout over axis {wrong[0]} where the forward repeated along axis {right[0]}",
-                f"sum over axis {right[0]}: np.sum(dout, axis={right[0]}{', keepdims=True' if right[1] else ''})")
+                f"sum over axis {right[0]}: np.sum(dout, axis={right[0]}{', keepdims=True' if right[1] else ''})", wrong[2])
     return None
 
 

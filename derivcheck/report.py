@@ -12,13 +12,17 @@ The JSON schema (``derivcheck verify --format json``)::
                   "index": [2, 1], "expected": 0.52, "got": -1.2,
                   "abs_err": 1.7, "rel_err": 3.3, "tol": 4.4e-15,
                   "message": "..."}],
-      "warnings": [{"kind": "mutates-input" | "rebinds-grads" | "stale-state" | "dtype",
+      "warnings": [{"kind": "mutates-input" | "stale-state" | "dtype",
                     "message": "...", "trial": 0}],
       "diagnosis": [{"check": "grad W", "kind": "transposed", "message": "...", "hint": "...",
                      "evidence": {"residual_over_tol": 0.0}}],
       # kinds: transposed, sign-flipped, constant-factor, missing-reduction, wrong-axis,
       # extra-reduction, upstream-ignored, input-instead-of-output, accumulates, stale-state,
-      # shape, forward-wrong, numerical-stability
+      # shape, forward-wrong, numerical-stability, rebinds-grads
+      # residual_over_tol: the corrected candidate's worst error over the check's tolerance
+      # (<= 1: it explains every element); inf for kinds found by elimination or by shape,
+      # which have no corrected candidate (stale-state, shape, rebinds-grads); for
+      # forward-wrong, the forward check's own error over tolerance
       "notes": ["at the kink x = 0 the layer's derivative is 0 ..."],   # with --kinks
       "reproduce": "derivcheck verify ... --seed 1 --trials 1 --shape N=3,D=3,H=3"
     }

@@ -38,6 +38,7 @@ def test_broken_layer_is_caught_where_it_is_broken(target, rule, hyper, dtype, c
     failing = {c.name for c in rep.checks if not c.passed}
     if caught.startswith("warning:"):
         assert failing == set(), failing
+        assert rep.diagnosis == []
         assert caught.split(":", 1)[1] in {w.kind for w in rep.warnings}
         assert rep.verdict == "pass" and rep.exit_code == 0
         strict = verify(str(EXAMPLES / "broken" / "layers.py") + ":" + target, derivcheck.load_rule(rule), hyper=hyper,
@@ -47,7 +48,10 @@ def test_broken_layer_is_caught_where_it_is_broken(target, rule, hyper, dtype, c
         assert failing == set(caught.split(",")), failing
         assert rep.verdict == "fail" and rep.exit_code == 1
         kinds = [d["kind"] for d in rep.diagnosis]
-        assert kind in kinds, rep.diagnosis
+        assert kinds == [kind], rep.diagnosis  # the right hypothesis, and no other
+        for d in rep.diagnosis:  # a hypothesis that holds explains every element: residual <= 1, computed
+            r = d["evidence"].get("residual_over_tol")
+            assert r is None or r <= 1 or d["kind"] in ("stale-state", "shape", "rebinds-grads", "forward-wrong"), d
         named = next(d for d in rep.diagnosis if d["kind"] == kind)
         assert named["message"] and named["hint"] and "residual_over_tol" in named["evidence"] or kind == "numerical-stability"
 
