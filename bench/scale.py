@@ -109,16 +109,23 @@ def section_cli():
     return rows
 
 
-def numpy_gradcheck_seconds(target, rule, dims, full: bool) -> tuple[float, str]:
-    """Central differences through derivcheck's adapter, every input element (or a timed sample, scaled)."""
+def setup(target, rule, dims):
+    """(rule, reference, layer values, reference values, cotangent, built adapter) for one layer at ``dims``."""
     r = load_rule(rule)
     v = Verifier(target, r, shape=dims, trials=1)
     d = reference.at(r, v.hyper, dims)
     rng = np.random.default_rng(0)
-    values, _ = v.sample(d, rng)
+    values, ref = v.sample(d, rng)
     cot = v.cotangent(d, rng)
     adapter = make_adapter(target, r, v.hyper, v.layer_hyper(dims), None)
     adapter.build(values)
+    return r, d, values, ref, cot, adapter
+
+
+def numpy_gradcheck_seconds(target, rule, dims, full: bool) -> tuple[float, str]:
+    """Central differences through derivcheck's adapter, every input element (or a timed sample, scaled)."""
+    r, _, values, _, cot, adapter = setup(target, rule, dims)
+    rng = np.random.default_rng(1)
     adapter.run(values, cot)
 
     def loss(vals):
@@ -198,14 +205,7 @@ def trial_cost(rule, dims, reps=5) -> tuple[float, float]:
     """(seconds of one trial's reference + bound + comparison, seconds of the layer's forward+backward)."""
     target = {"affine": "examples/dlfs2/layers.py:Affine", "softmax_with_loss": "examples/dlfs2/layers.py:SoftmaxWithLoss",
               "sigmoid": "examples/dlfs2/layers.py:Sigmoid"}[rule]
-    r = load_rule(rule)
-    v = Verifier(target, r, shape=dims, trials=1)
-    d = reference.at(r, v.hyper, dims)
-    rng = np.random.default_rng(0)
-    values, ref = v.sample(d, rng)
-    cot = v.cotangent(d, rng)
-    adapter = make_adapter(target, r, v.hyper, v.layer_hyper(dims), None)
-    adapter.build(values)
+    _, d, values, ref, cot, adapter = setup(target, rule, dims)
 
     def layer():
         return adapter.run(values, cot)

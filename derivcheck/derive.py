@@ -100,19 +100,7 @@ class Derivation:
         )
 
     def _args(self, values: dict) -> list:
-        args = []
-        for name, shape in self.shapes.items():
-            if name not in values:
-                raise DerivcheckError(f"missing value for input '{name}'")
-            v = np.asarray(values[name], dtype=np.float64)
-            if v.shape != shape:
-                raise DerivcheckError(f"input '{name}' has shape {v.shape}, the derivation is at {shape}")
-            args.append(v.ravel())
-        for name, lab in self.rule.labels.items():
-            if name not in values:
-                raise DerivcheckError(f"missing value for label '{name}'")
-            args.append(self.encode_label(name, values[name]).ravel())
-        return args
+        return [v.ravel() for v in self.rule.formula_values(values, self.dims).values()]
 
     def encode_label(self, name: str, value) -> np.ndarray:
         """Labels as the formula sees them: class indices become one-hot rows."""

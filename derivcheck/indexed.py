@@ -20,7 +20,7 @@ import sympy
 from sympy import IndexedBase, KroneckerDelta, Sum
 
 from .errors import DerivcheckError
-from .symarray import exact
+from .symarray import exact, normalize_axes
 
 
 class Unsupported(Exception):
@@ -180,21 +180,9 @@ def where(cond, a, b) -> TArray:
     return broadcast_apply(lambda c, x, y: sympy.Piecewise((x, c), (y, True)), cond, a, b)
 
 
-def _axes(axis, ndim: int) -> tuple[int, ...]:
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    norm = []
-    for a in axes:
-        if not isinstance(a, int) or not -ndim <= a < ndim:
-            raise DerivcheckError(f"axis {a} is out of range for an array of {ndim} dimension(s)")
-        norm.append(a % ndim)
-    return tuple(sorted(set(norm)))
-
-
 def sum(x, axis=None, keepdims: bool = False) -> TArray:  # noqa: A001 - mirrors numpy
     x = asarray(x)
-    axes = _axes(axis, x.ndim)
+    axes = normalize_axes(axis, x.ndim)
     expr = x.expr
     for a in reversed(axes):
         expr = Sum(expr, (x.indices[a], 0, x.shape[a] - 1))
@@ -208,7 +196,7 @@ def sum(x, axis=None, keepdims: bool = False) -> TArray:  # noqa: A001 - mirrors
 
 def mean(x, axis=None, keepdims: bool = False) -> TArray:
     x = asarray(x)
-    count = sympy.Mul(*(x.shape[a] for a in _axes(axis, x.ndim)))
+    count = sympy.Mul(*(x.shape[a] for a in normalize_axes(axis, x.ndim)))
     return sum(x, axis, keepdims) / count
 
 

@@ -192,24 +192,7 @@ def _compile_node(expr, ranges: dict):
     if isinstance(expr, Indexed):
         return _compile_indexed(expr, ranges)
     if expr.is_Add or expr.is_Mul:
-        parts = [_compile(a, ranges) for a in expr.args]
-        combine = np.add if expr.is_Add else np.multiply
-
-        def nary(env, be):
-            items = [p(env, be) for p in parts]
-            full = max(items, key=lambda it: len(it.labels))
-            if all(not it.labels or it.labels == full.labels for it in items):  # element-wise: no alignment
-                acc = items[0].array
-                for it in items[1:]:
-                    acc = combine(acc, it.array)
-                return Labelled(acc if np.shape(acc) == np.shape(full.array) else np.broadcast_to(acc, np.shape(full.array)), full.labels)
-            arrays, labels = _align(items)
-            acc = arrays[0]
-            for a in arrays[1:]:
-                acc = combine(acc, a)
-            return Labelled(np.broadcast_to(acc, np.broadcast_shapes(*(np.shape(a) for a in arrays))), labels)
-
-        return nary
+        return _fold([_compile(a, ranges) for a in expr.args], np.add if expr.is_Add else np.multiply)
     if expr.is_Pow:
         base, p = (_compile(a, ranges) for a in expr.args)
         exponent = expr.args[1]
@@ -247,17 +230,7 @@ def _compile_node(expr, ranges: dict):
 
         return delta
     if isinstance(expr, (sympy.Max, sympy.Min)):
-        parts = [_compile(a, ranges) for a in expr.args]
-        pick = np.maximum if isinstance(expr, sympy.Max) else np.minimum
-
-        def extreme(env, be):
-            arrays, labels = _align([p(env, be) for p in parts])
-            acc = arrays[0]
-            for a in arrays[1:]:
-                acc = pick(acc, a)
-            return Labelled(acc, labels)
-
-        return extreme
+        return _fold([_compile(a, ranges) for a in expr.args], np.maximum if isinstance(expr, sympy.Max) else np.minimum)
     if isinstance(expr, sympy.Heaviside):
         inner = _compile(expr.args[0], ranges)
         if len(expr.args) > 1 and expr.args[1] != sympy.Rational(1, 2):
@@ -298,21 +271,32 @@ def _compile_node(expr, ranges: dict):
 
         return relation
     if isinstance(expr, (sympy.And, sympy.Or)):
-        parts = [_compile(a, ranges) for a in expr.args]
         op = np.logical_and if isinstance(expr, sympy.And) else np.logical_or
-
-        def logic(env, be):
-            arrays, labels = _align([p(env, be) for p in parts])
-            acc = np.asarray(arrays[0], dtype=bool)
-            for a in arrays[1:]:
-                acc = op(acc, np.asarray(a, dtype=bool))
-            return Labelled(acc, labels)
-
-        return logic
+        return _fold([_compile(a, ranges) for a in expr.args], lambda a, b: op(np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)))
     if isinstance(expr, sympy.Not):
         inner = _compile(expr.args[0], ranges)
         return lambda env, be: (lambda r: Labelled(np.logical_not(r.array), r.labels))(inner(env, be))
     raise Unsupported(f"no NumPy form for {type(expr).__name__}")
+
+
+def _fold(parts: list, combine):
+    """``combine`` over the parts' values, aligned by label (element-wise parts need no alignment)."""
+    def fold(env, be):
+        items = [p(env, be) for p in parts]
+        full = max(items, key=lambda it: len(it.labels))
+        if all(not it.labels or it.labels == full.labels for it in items):
+            acc = items[0].array
+            for it in items[1:]:
+                acc = combine(acc, it.array)
+            shape = np.shape(full.array)
+            return Labelled(acc if np.shape(acc) == shape else np.broadcast_to(acc, shape), full.labels)
+        arrays, labels = _align(items)
+        acc = arrays[0]
+        for a in arrays[1:]:
+            acc = combine(acc, a)
+        return Labelled(np.broadcast_to(acc, np.broadcast_shapes(*(np.shape(a) for a in arrays))), labels)
+
+    return fold
 
 
 def _compile_indexed(expr: Indexed, ranges: dict):

@@ -62,19 +62,7 @@ class Bound:
         self.label_shapes = {n: rule.shape_of(lab.shape, dims) for n, lab in rule.labels.items()}
 
     def _values(self, values: dict) -> dict:
-        out = {}
-        for name, shape in self.shapes.items():
-            if name not in values:
-                raise DerivcheckError(f"missing value for input '{name}'")
-            v = np.asarray(values[name], dtype=np.float64)
-            if v.shape != shape:
-                raise DerivcheckError(f"input '{name}' has shape {v.shape}, the reference is at {shape}")
-            out[name] = v
-        for name in self.rule.labels:
-            if name not in values:
-                raise DerivcheckError(f"missing value for label '{name}'")
-            out[name] = self.rule.encode_label(name, values[name], self.dims)
-        return out
+        return self.rule.formula_values(values, self.dims)
 
     def _cotangent(self, cotangent) -> np.ndarray:
         cot = np.asarray(cotangent, dtype=np.float64)

@@ -285,6 +285,23 @@ class Rule:
             arrays[n] = np.full(self.shape_of(lab.symbolic_shape(), dims), 0.5)
         return np.shape(self.formula.evaluate(self.environment(dims, hyper, arrays), backend="numeric"))
 
+    def formula_values(self, values: dict, dims: dict) -> dict:
+        """The inputs (then the labels) as the formula reads them at ``dims``: float64, labels one-hot; checked."""
+        out = {}
+        for name, spec in self.inputs.items():
+            if name not in values:
+                raise DerivcheckError(f"missing value for input '{name}'")
+            v = np.asarray(values[name], dtype=np.float64)
+            shape = self.shape_of(spec.shape, dims)
+            if v.shape != shape:
+                raise DerivcheckError(f"input '{name}' has shape {v.shape}, the reference is at {shape}")
+            out[name] = v
+        for name in self.labels:
+            if name not in values:
+                raise DerivcheckError(f"missing value for label '{name}'")
+            out[name] = self.encode_label(name, values[name], dims)
+        return out
+
     def encode_label(self, name: str, value, dims: dict) -> np.ndarray:
         """A label as formulas see it, in float64: class indices (N,) become one-hot rows (N, C)."""
         lab = self.labels[name]

@@ -92,13 +92,14 @@ def where(cond, a, b) -> np.ndarray:
     return _elementwise(lambda c, x, y: sympy.Piecewise((x, c), (y, True)), 3)(cond, asarray(a), asarray(b))
 
 
-def _axes(axis, ndim: int) -> tuple[int, ...]:
+def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
+    """NumPy's ``axis`` argument (None, an int or several) as sorted non-negative axes."""
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     norm = []
     for a in axes:
-        if not -ndim <= a < ndim:
+        if not isinstance(a, int) or not -ndim <= a < ndim:
             raise ValueError(f"axis {a} is out of range for an array of {ndim} dimension(s)")
         norm.append(a % ndim)
     return tuple(sorted(set(norm)))
@@ -106,7 +107,7 @@ def _axes(axis, ndim: int) -> tuple[int, ...]:
 
 def _reduce(x, axis, keepdims: bool, combine) -> np.ndarray:
     x = asarray(x)
-    axes = _axes(axis, x.ndim)
+    axes = normalize_axes(axis, x.ndim)
     rest = [a for a in range(x.ndim) if a not in axes]
     moved = np.transpose(x, rest + list(axes))
     kept_shape = tuple(x.shape[a] for a in rest)
@@ -125,7 +126,7 @@ def sum(x, axis=None, keepdims: bool = False) -> np.ndarray:  # noqa: A001 - mir
 
 def mean(x, axis=None, keepdims: bool = False) -> np.ndarray:
     x = asarray(x)
-    count = functools.reduce(operator.mul, (x.shape[a] for a in _axes(axis, x.ndim)), 1)
+    count = functools.reduce(operator.mul, (x.shape[a] for a in normalize_axes(axis, x.ndim)), 1)
     return sum(x, axis, keepdims) / sympy.Integer(count)
 
 
