@@ -15,7 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(os.environ.get("DERIVCHECK_SKIP_DEZERO") == "1", reason="DERIVCHECK_SKIP_DEZERO=1")
+pytestmark = [
+    pytest.mark.skipif(os.environ.get("DERIVCHECK_SKIP_DEZERO") == "1", reason="DERIVCHECK_SKIP_DEZERO=1"),
+    pytest.mark.xdist_group("dezero"),  # one worker runs them all: the environment is built once per run
+]
 
 
 @pytest.fixture(scope="session")
