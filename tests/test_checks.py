@@ -69,8 +69,10 @@ def test_a_zero_scale_keeps_a_positive_tolerance():
 ])
 def test_what_is_not_a_comparable_array_fails_with_a_sentence(got, message):
     c = compare("grad x", np.zeros(2), got, np.ones(2), np.float64, seed=3)
-    assert isinstance(c, Check) and c.name == "grad x" and not c.passed and c.seed == 3
+    assert isinstance(c, Check) and c.name == "grad x" and c.passed is False and c.seed == 3
     assert c.message.startswith(message), c.message
+    if message.endswith("complex values"):
+        assert "(dtype complex128)" in c.message
 
 
 def test_a_scalar_may_come_back_as_one_element_but_a_size_one_array_keeps_its_shape():
@@ -84,3 +86,28 @@ def test_severity_is_error_over_tolerance():
     assert c.severity == 1.5
     assert Check("x", True).severity == 0.0 and Check("x", False).severity == np.inf
     assert Check("x", False, abs_err=1.0, tol=0.0).severity == np.inf
+
+
+def test_an_error_exactly_at_the_tolerance_passes():
+    tol = 4 * U64 * 2.0
+    c = compare("forward", np.array([0.0]), np.array([tol]), np.array([1.0]), np.float64)
+    assert c.abs_err == c.tol == tol and c.passed
+
+
+def test_the_scale_takes_the_results_shape():
+    c = compare("forward", np.array([0.0, 1.0]), np.array([0.0, 2.0]), np.array([[1.0, 1.0]]), np.float64)
+    assert c.index == [1] and c.passed is False
+
+
+def test_no_elements_is_nothing_to_compare():
+    c = compare("forward", np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3)), np.float64, seed=5)
+    assert c.passed and c.message == "no elements" and c.name == "forward" and c.seed == 5
+
+
+def test_comparing_infinities_raises_no_floating_point_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = compare("forward", np.array([np.inf, 1.0]), np.array([np.inf, np.inf]), np.array([np.inf, 1.0]), np.float64)
+    assert c.passed is False
