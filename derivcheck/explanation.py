@@ -492,10 +492,10 @@ def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: in
 
 def explain_layer(exp: Explanation, target: str, rule, **options) -> Explanation:
     """Put the formula at a failing layer's worst element next to what the layer returned."""
+    from .isolate import verify_isolated
     from .report import pair
-    from .verify import verify
 
-    rep = verify(target, rule, **options)
+    rep = verify_isolated(target, rule, **options)  # the layer runs in a worker, as for verify
     failing = [c for c in rep.checks if not c.passed and c.index is not None and c.dims]
     if not failing:
         exp.layer = [f"{target} passes every check ({rep.verdict}): nothing to compare"] if rep.verdict == "pass" else \
