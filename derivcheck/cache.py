@@ -51,6 +51,8 @@ _FUNCS = {
     "exp": sympy.exp,
     "log": sympy.log,
     "tanh": sympy.tanh,
+    "sin": sympy.sin,
+    "cos": sympy.cos,
     "Abs": sympy.Abs,
     "sign": sympy.sign,
     "Max": sympy.Max,

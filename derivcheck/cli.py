@@ -122,7 +122,8 @@ def rules_cmd(obj):
     """List the rules with their summaries, inputs and hyperparameters."""
     from .rules import list_rules
 
-    for name, rule in sorted(list_rules(obj.rule_dirs).items()):
+    errors: list = []
+    for name, rule in sorted(list_rules(obj.rule_dirs, errors).items()):
         click.echo(f"{name}: {rule.summary}")
         ins = ", ".join(f"{n}[{','.join(map(str, i.shape))}]" for n, i in rule.inputs.items())
         labels = ", ".join(f"{n}[{','.join(map(str, l.shape))}] ({l.kind})" for n, l in rule.labels.items())
@@ -135,6 +136,10 @@ def rules_cmd(obj):
             click.echo(f"    hyper: {hs}")
         if not rule.path.startswith(str(_builtin())):
             click.echo(f"    from: {rule.path}")
+    if errors:  # the rest is listed; each file that could not be read is named once
+        for exc in errors:
+            click.echo(f"derivcheck: error: {exc}", err=True)
+        sys.exit(2)
 
 
 def _builtin():

@@ -57,6 +57,8 @@ FUNCTIONS = {
     "exp": (symarray.exp, np.exp),
     "log": (symarray.log, np.log),
     "tanh": (symarray.tanh, np.tanh),
+    "sin": (symarray.sin, np.sin),
+    "cos": (symarray.cos, np.cos),
     "sqrt": (symarray.sqrt, np.sqrt),
     "abs": (symarray.abs_, np.abs),
     "sigmoid": (symarray.sigmoid, lambda x: 1 / (1 + np.exp(-x))),

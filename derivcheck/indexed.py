@@ -159,6 +159,8 @@ def _elementwise(fn):
 exp = _elementwise(sympy.exp)
 log = _elementwise(sympy.log)
 tanh = _elementwise(sympy.tanh)
+sin = _elementwise(sympy.sin)
+cos = _elementwise(sympy.cos)
 sqrt = _elementwise(sympy.sqrt)
 abs_ = _elementwise(sympy.Abs)
 maximum = _elementwise(sympy.Max)

@@ -59,7 +59,8 @@ def _align(items: list[Labelled]) -> tuple[list, tuple]:
 def _mp_ufunc(name):
     import mpmath
 
-    fn = {"exp": mpmath.exp, "log": mpmath.log, "tanh": mpmath.tanh, "abs": abs, "sqrt": mpmath.sqrt}[name]
+    fn = {"exp": mpmath.exp, "log": mpmath.log, "tanh": mpmath.tanh, "sin": mpmath.sin, "cos": mpmath.cos, "abs": abs,
+          "sqrt": mpmath.sqrt}[name]
     return np.frompyfunc(fn, 1, 1)
 
 
@@ -72,10 +73,11 @@ class Backend:
     def __init__(self, name: str):
         self.name = name
         if name == "numpy":
-            self.ufunc = {"exp": np.exp, "log": np.log, "tanh": np.tanh, "abs": np.abs, "sqrt": np.sqrt}
+            self.ufunc = {"exp": np.exp, "log": np.log, "tanh": np.tanh, "sin": np.sin, "cos": np.cos, "abs": np.abs,
+                          "sqrt": np.sqrt}
             self.float = np.float64
         elif name == "mpmath":
-            self.ufunc = {k: _mp_ufunc(k) for k in ("exp", "log", "tanh", "abs", "sqrt")}
+            self.ufunc = {k: _mp_ufunc(k) for k in ("exp", "log", "tanh", "sin", "cos", "abs", "sqrt")}
             self.float = object
         else:
             raise ValueError(name)
@@ -208,7 +210,8 @@ def _compile_node(expr, ranges: dict):
             return Labelled(np.power(arrays[0], arrays[1]), labels)
 
         return power
-    for cls, name in ((sympy.exp, "exp"), (sympy.log, "log"), (sympy.tanh, "tanh"), (sympy.Abs, "abs")):
+    for cls, name in ((sympy.exp, "exp"), (sympy.log, "log"), (sympy.tanh, "tanh"), (sympy.sin, "sin"), (sympy.cos, "cos"),
+                      (sympy.Abs, "abs")):
         if isinstance(expr, cls):
             if len(expr.args) != 1:
                 raise Unsupported(f"{name} with {len(expr.args)} arguments")

@@ -63,7 +63,7 @@ def magnitude(expr, memo: dict | None = None):
             out = _abs(p * base ** (p - 1)) * dbase + _abs(expr)
         else:  # a ** b with a symbolic exponent: treat as exp(b log a)
             out = _abs(expr) * (_abs(p / base) * dbase + _abs(sympy.log(base)) * M(p) + 1)
-    elif isinstance(expr, (sympy.exp, sympy.log, sympy.tanh, sympy.sinh, sympy.cosh, sympy.Abs)):
+    elif isinstance(expr, (sympy.exp, sympy.log, sympy.tanh, sympy.sinh, sympy.cosh, sympy.sin, sympy.cos, sympy.Abs)):
         (arg,) = expr.args
         slope = _abs(expr.fdiff()) if not isinstance(expr, sympy.Abs) else sympy.Integer(1)
         out = slope * M(arg) + _abs(expr)

@@ -636,13 +636,25 @@ def rule_dirs(extra=()) -> list[Path]:
     return dirs + [builtin_rules_dir()]
 
 
-def list_rules(extra=()) -> dict[str, Rule]:
-    """Every rule by name; a user's rule shadows a built-in one of the same name."""
-    found: dict[str, Rule] = {}
+def rule_files(extra=()) -> dict[str, Path]:
+    """Every rule file by name, none of them read; a user's shadows a built-in one of the same name."""
+    found: dict[str, Path] = {}
     for d in rule_dirs(extra):
         for f in sorted(d.glob("*.toml")):
-            if f.stem not in found:
-                found[f.stem] = _cached_load(f)
+            found.setdefault(f.stem, f)
+    return found
+
+
+def list_rules(extra=(), errors: list | None = None) -> dict[str, Rule]:
+    """Every rule by name. With ``errors``, a rule file that cannot be loaded is added there and skipped."""
+    found: dict[str, Rule] = {}
+    for name, f in rule_files(extra).items():
+        try:
+            found[name] = _cached_load(f)
+        except RuleError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
     return found
 
 
@@ -663,7 +675,7 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule") -> str:
     """The rule a target implements, from its name: Affine, SoftmaxWithLoss, affine_forward, MatMul."""
     name = target.rpartition(":")[2]
     base = re.sub(r"(_forward|_backward)$", "", name)
-    known = {n.replace("_", ""): n for n in list_rules(extra)}
+    known = {n.replace("_", ""): n for n in rule_files(extra)}  # names only: a broken file elsewhere does not matter
     guess = known.get(base.replace("_", "").lower())
     if guess is None:
         raise DerivcheckError(f"cannot tell which rule {name} implements: {how} (known: {', '.join(sorted(known.values()))})")

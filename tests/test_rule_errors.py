@@ -3,6 +3,7 @@ import textwrap
 
 import pytest
 
+import derivcheck
 from derivcheck import RuleError
 from derivcheck.rules import load_rule_file
 
@@ -85,3 +86,36 @@ def test_multiline_formula_errors_point_at_their_own_line(tmp_path):
     body = GOOD_HEAD + 'formula = """\ny = exp(x)\nz = y + q\nz\n"""\n[inputs.x]\nshape = ["N"]\n'
     err = refused(tmp_path, body)
     assert err.line == 5 and "undefined name 'q'" in str(err)
+
+
+def test_sin_and_cos_are_in_the_formula_language(tmp_path):
+    """DeZero's first functions: derived shape-generically, proven, and a layer verifies against them."""
+    from derivcheck import reference
+    from derivcheck.verify import verify
+
+    (tmp_path / "sin.toml").write_text('name = "sin"\nsummary = "sine"\nformula = "sin(x) * cos(x)"\noutput = ["N", "D"]\n'
+                                       '[inputs.x]\nshape = ["N", "D"]\n')
+    rule = derivcheck.load_rule(str(tmp_path / "sin.toml"))
+    g, note = reference.generic_for(rule, rule.resolve_hyper())
+    assert g is not None and note == ""
+    (tmp_path / "layers.py").write_text(
+        "import numpy as np\nclass Sin:\n    def forward(self, x):\n        self.x = x\n        return np.sin(x) * np.cos(x)\n"
+        "    def backward(self, dout):\n        return dout * np.cos(2 * self.x)\n")
+    assert verify(f"{tmp_path}/layers.py:Sin", rule, style="dlfs1").verdict == "pass"
+
+
+def test_one_broken_rule_file_does_not_stop_the_others(tmp_path):
+    from click.testing import CliRunner
+
+    from derivcheck.cli import main
+
+    (tmp_path / "broken.toml").write_text("name = \n")
+    (tmp_path / "square.toml").write_text('name = "square"\nsummary = "x squared"\nformula = "x ** 2"\noutput = ["N"]\n'
+                                          '[inputs.x]\nshape = ["N"]\n')
+    listed = CliRunner().invoke(main, ["--rules", str(tmp_path), "rules"])
+    assert listed.exit_code == 2 and "square: x squared" in listed.stdout and "affine:" in listed.stdout
+    assert listed.stderr.count("broken.toml") == 1
+    # a check against a built-in rule, guessed from the layer's name, is not stopped by it
+    examples = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples"
+    ok = CliRunner().invoke(main, ["--rules", str(tmp_path), "verify", str(examples / "dlfs1/layers.py") + ":Affine"])
+    assert ok.exit_code == 0, ok.output
