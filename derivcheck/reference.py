@@ -161,7 +161,7 @@ class ConcreteBound(Bound):
 _GENERIC: dict[tuple, tuple] = {}  # key -> (GenericDerivation or None, note)
 
 
-def _key(rule, hyper: dict) -> tuple:
+def cache_key(rule, hyper: dict) -> tuple:
     used = {k: v for k, v in hyper.items() if k in rule.formula.names}
     return ("generic", rule.digest, repr(sorted(used.items())))
 
@@ -215,7 +215,7 @@ def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> list[dict]:
 
 def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:
     """The proven generic derivation (memory, disk, or derived and proven now), or None and why not."""
-    key = _key(rule, hyper)
+    key = cache_key(rule, hyper)
     if key in _GENERIC:
         return _GENERIC[key]
     disk_key = cache.entry_key(key)

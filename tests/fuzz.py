@@ -203,7 +203,7 @@ def cache_cases() -> list[Case]:
             from derivcheck.rules import load_rule
 
             rule = load_rule("exp")
-            key = cache.entry_key(reference._key(rule, rule.resolve_hyper()))
+            key = cache.entry_key(reference.cache_key(rule, rule.resolve_hyper()))
             path = folder / "cache" / key[:2] / f"{key}.json"
             path.parent.mkdir(parents=True, mode=0o700)
             (folder / "cache").chmod(0o700)

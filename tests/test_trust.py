@@ -88,7 +88,7 @@ from derivcheck import cache, reference
 from derivcheck.rules import load_rule
 rule = load_rule("relu")
 reference.generic_for(rule, rule.resolve_hyper())
-path = cache._path(cache.entry_key(reference._key(rule, rule.resolve_hyper())))
+path = cache._path(cache.entry_key(reference.cache_key(rule, rule.resolve_hyper())))
 data = json.loads(path.read_bytes().split(b"\n", 1)[1])
 data["vjp"]["x"]["expr"] = ["Mul", ["I", "2"], data["vjp"]["x"]["expr"]]  # a reference twice too large
 payload = json.dumps(data, separators=(",", ":")).encode()
