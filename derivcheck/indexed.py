@@ -20,7 +20,7 @@ import sympy
 from sympy import IndexedBase, KroneckerDelta, Sum
 
 from .errors import DerivcheckError
-from .symarray import exact, normalize_axes
+from .symarray import RELATIONS, exact, normalize_axes
 
 
 class Unsupported(Exception):
@@ -171,11 +171,8 @@ def sigmoid(x):
     return 1 / (1 + exp(-asarray(x)))
 
 
-_RELATIONS = {">": sympy.StrictGreaterThan, ">=": sympy.GreaterThan, "<": sympy.StrictLessThan, "<=": sympy.LessThan}
-
-
 def compare(op: str, a, b) -> TArray:
-    return broadcast_apply(_RELATIONS[op], a, b)
+    return broadcast_apply(RELATIONS[op], a, b)
 
 
 def where(cond, a, b) -> TArray:

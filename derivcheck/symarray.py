@@ -77,7 +77,7 @@ def sigmoid(x):
     return 1 / (1 + exp(-x))
 
 
-_RELATIONS = {
+RELATIONS = {  # the formula language's comparisons, for both symbolic tiers
     ">": sympy.StrictGreaterThan,
     ">=": sympy.GreaterThan,
     "<": sympy.StrictLessThan,
@@ -87,7 +87,7 @@ _RELATIONS = {
 
 def compare(op: str, a, b) -> np.ndarray:
     """Element-wise relation (kept symbolic; NumPy would ask for its truth value)."""
-    return _elementwise(_RELATIONS[op], 2)(asarray(a), asarray(b))
+    return _elementwise(RELATIONS[op], 2)(asarray(a), asarray(b))
 
 
 def where(cond, a, b) -> np.ndarray:
