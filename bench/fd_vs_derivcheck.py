@@ -38,6 +38,8 @@ from derivcheck.rules import load_rule  # noqa: E402
 from derivcheck.verify import Verifier  # noqa: E402
 
 EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3  # torch.autograd.gradcheck's defaults
+# broken layers whose bug is below float32's precision (an error of 1e-12): correct in float32, so not copied there
+BELOW_FLOAT32 = {"AffineOffByTiny"}
 STEPS = {"float64": EPS, "float32": float(np.cbrt(np.finfo(np.float32).eps))}  # a float32 step that float32 can resolve
 
 
@@ -84,7 +86,7 @@ def main() -> int:
     config = load_config(ROOT / "examples" / "derivcheck.toml")
     bindings = list(config.bindings)
     for b in config.bindings:  # broken layers in the other dtype too, unless the bug is the dtype itself
-        if b.expect == "fail" and b.dtype == "float64":
+        if b.expect == "fail" and b.dtype == "float64" and b.target.rpartition(":")[2] not in BELOW_FLOAT32:
             bindings.append(dataclasses.replace(b, dtype="float32", id=b.id.replace("float64", "float32")))
     rows, times = [], {"derivcheck": 0.0, "finite differences": 0.0}
     for b in bindings:

@@ -48,12 +48,12 @@ def test_broken_layer_is_caught_where_it_is_broken(target, rule, hyper, dtype, c
         assert failing == set(caught.split(",")), failing
         assert rep.verdict == "fail" and rep.exit_code == 1
         kinds = [d["kind"] for d in rep.diagnosis]
-        assert kinds == [kind], rep.diagnosis  # the right hypothesis, and no other
+        assert kinds == ([kind] if kind else []), rep.diagnosis  # the right hypothesis, and no other
         for d in rep.diagnosis:  # a hypothesis that holds explains every element: residual <= 1, computed
             r = d["evidence"].get("residual_over_tol")
             assert r is None or r <= 1 or d["kind"] in ("stale-state", "shape", "rebinds-grads", "forward-wrong"), d
-        named = next(d for d in rep.diagnosis if d["kind"] == kind)
-        assert named["message"] and named["hint"] and "residual_over_tol" in named["evidence"] or kind == "numerical-stability"
+        for named in rep.diagnosis:
+            assert named["message"] and named["hint"] and "residual_over_tol" in named["evidence"] or kind == "numerical-stability"
 
 
 def run(*args):

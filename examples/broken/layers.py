@@ -187,6 +187,51 @@ class AffineSqueezes:
         return (dout @ self.W.T).squeeze()
 
 
+class AffineWritesIntoX:
+    """BUG (side effect): forward keeps a copy of x, then zeroes the caller's array "to free it"."""
+
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        self.x = x.copy()
+        out = x @ self.W + self.b
+        x[...] = 0  # the caller's x, which the previous layer may still need
+        return out
+
+    def backward(self, dout):
+        self.dW = self.x.T @ dout
+        self.db = dout.sum(axis=0)
+        return dout @ self.W.T
+
+
+class SigmoidIgnoresDout:
+    """BUG: backward returns y (1 - y), the local derivative alone, without multiplying by dout."""
+
+    def forward(self, x):
+        self.out = 1 / (1 + np.exp(-x))
+        return self.out
+
+    def backward(self, dout):
+        return self.out * (1 - self.out)
+
+
+class AffineOffByTiny:
+    """BUG: dW is off by one part in 10^12, far below what finite differences can see."""
+
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout):
+        self.dW = (self.x.T @ dout) * (1 + 1e-12)
+        self.db = dout.sum(axis=0)
+        return dout @ self.W.T
+
+
 class TanhSignFlipped(Function):
     """BUG: gx = gy * (y^2 - 1), the sign flipped."""
 
