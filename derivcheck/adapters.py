@@ -340,7 +340,7 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
 class Outcome:
     output: object
     grads: dict  # rule input -> array (or None when the layer gave none)
-    warnings: list = field(default_factory=list)  # (kind, message)
+    rebound: list = field(default_factory=list)  # book 2: messages for grads slots that backward rebound
 
 
 class Adapter:
@@ -510,11 +510,9 @@ class Dlfs2Adapter(Dlfs1Adapter):
         grads = self.instance.grads
         for n, i in self.slots.items():
             if id(grads[i]) != before[i]:
-                outcome.warnings.append((
-                    "rebinds-grads",
+                outcome.rebound.append(
                     f"backward rebinds grads[{i}] (grads[{i}] = d{n}) instead of writing into it "
-                    f"(grads[{i}][...] = d{n}): an optimizer holding the old grads list never sees the new gradient",
-                ))
+                    f"(grads[{i}][...] = d{n}): an optimizer holding the old grads list never sees the new gradient")
         return outcome
 
     def _param_grad(self, n):

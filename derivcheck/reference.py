@@ -169,13 +169,23 @@ def cache_key(rule, hyper: dict) -> tuple:
 def proof_dims(rule, hyper: dict) -> list[dict]:
     """The small shapes the generic tier is proven at: distinct sizes, all equal, all minimal (pins kept)."""
     pins = rule.pinned_dims(hyper)
-    plans = [{**p, **pins} for p in (rule.example_dims(),
-                                      {d: min(r.max, max(r.min, 3)) for d, r in rule.dims.items()},
-                                      {d: r.min for d, r in rule.dims.items()})]
+    plans = [{**rule.planned_dims(k), **pins} for k in range(3)]  # the first three trials' sizes
     return [p for i, p in enumerate(plans) if p not in plans[:i]]
 
 
-def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> list[dict]:
+def require_finite(rule, dims: dict, named_values) -> None:
+    """An exact value that is inf or NaN at values from the rule's domain is a broken rule (exit 2), not a layer."""
+    for what, value in named_values:
+        value = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(value)):
+            idx = np.unravel_index(int(np.argmin(np.isfinite(value))), value.shape) if value.ndim else ()
+            raise DerivcheckError(
+                f"rule '{rule.name}' gives a non-finite exact {what} ({value[idx]} at [{','.join(map(str, idx))}], sizes "
+                f"{', '.join(f'{k}={v}' for k, v in dims.items())}) at values from its domain: its formula or domain "
+                f"is wrong ({rule.path})")
+
+
+def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> None:
     """Compare the generic tier with the concrete one at :func:`proof_dims`; raise on disagreement.
 
     At each shape: the output shape, and the forward value and VJP at random
@@ -197,11 +207,8 @@ def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> list[dict]:
         except (ValueError, IndexError, KeyError, TypeError) as exc:
             raise DerivcheckError(f"the shape-generic derivation of {where} cannot be evaluated ({exc}): please report this") from None
         want_grads = conc.vjp(cot, **ref)
-        pairs = [("forward", conc.forward(**ref), out)] + [(f"gradient of {n}", want_grads[n], grads[n]) for n in grads]
-        for what, want, _ in pairs:
-            if not np.all(np.isfinite(want)):
-                raise DerivcheckError(f"rule '{rule.name}' gives a non-finite exact {what.replace('forward', 'output')} at values from its domain "
-                                      f"({where}): its formula or domain is wrong ({rule.path})")
+        pairs = [("output", conc.forward(**ref), out)] + [(f"gradient of {n}", want_grads[n], grads[n]) for n in grads]
+        require_finite(rule, dims, [(what, want) for what, want, _ in pairs])
         for (what, want, got), scale in zip(pairs, [scales["forward"]] + [scales[n] for n in grads]):
             c = compare(what, want, got, 2 * scale, np.float64)
             if c.index is None:  # not even the shape agrees
@@ -210,7 +217,6 @@ def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> list[dict]:
                 raise DerivcheckError(
                     f"the shape-generic derivation of {where} disagrees with the element-by-element one: "
                     f"{what}[{','.join(map(str, c.index))}] is {c.got!r}, expected {c.expected!r}: please report this")
-    return proof_dims(rule, hyper)
 
 
 def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:

@@ -265,6 +265,16 @@ class Rule:
     def sample_dims(self, rng: np.random.Generator) -> dict:
         return {d: int(rng.integers(r.min, r.max + 1)) for d, r in self.dims.items()}
 
+    def planned_dims(self, k: int, seed: int = 0) -> dict:
+        """Trial ``k``'s sizes: distinct, then all equal, then all minimal (size 1), then random from ``seed``."""
+        if k == 0:
+            return self.example_dims()
+        if k == 1:
+            return {d: min(r.max, max(r.min, 3)) for d, r in self.dims.items()}
+        if k == 2:
+            return {d: r.min for d, r in self.dims.items()}
+        return self.sample_dims(np.random.default_rng([seed, k, 7]))
+
     def environment(self, dims: dict, hyper: dict, arrays: dict) -> dict:
         """Names a formula can read: arrays, dimensions and hyperparameters."""
         env = dict(dims)

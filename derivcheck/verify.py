@@ -129,17 +129,8 @@ class Verifier:
 
     # -- the trial plan ---------------------------------------------------------
     def trial_dims(self, k: int) -> dict:
-        """Distinct sizes, then all equal, then all minimal (size 1), then random; pinned sizes always."""
-        r = self.rule
-        if k == 0:
-            plan = r.example_dims()
-        elif k == 1:
-            plan = {d: min(rg.max, max(rg.min, 3)) for d, rg in r.dims.items()}
-        elif k == 2:
-            plan = {d: rg.min for d, rg in r.dims.items()}
-        else:
-            plan = r.sample_dims(np.random.default_rng([self.seed, k, 7]))
-        return {**plan, **self.pins}
+        """The rule's planned sizes for trial ``k`` (Rule.planned_dims), pinned sizes always."""
+        return {**self.rule.planned_dims(k, self.seed), **self.pins}
 
     def layer_hyper(self, dims: dict) -> dict:
         """Hyperparameters as a layer receives them: sizes resolved, lists as tuples."""
@@ -249,7 +240,7 @@ class Verifier:
             # the reference reads private copies: a layer that writes into dout cannot change what it is held to
             checks += self.compare_outcome(rep, d, ref, cot_copy, outcome, adapter, ctx(step), history)
             checks += self.rebound_slots(outcome, ctx(step))
-            self._side_effects(rep, k, values, snapshot, cot, cot_copy, outcome)
+            self._side_effects(rep, k, values, snapshot, cot, cot_copy)
         if hasattr(adapter, "_forward") and all(c.passed for c in checks):
             self._stale_check(rep, k, d, adapter, rng)  # only meaningful for a layer that is right so far
         return checks
@@ -261,12 +252,10 @@ class Verifier:
         A book-2 model gathers ``layer.grads`` once, at construction; a rebound slot
         is never seen by the optimizer, so that parameter silently stops training.
         """
-        rebound = [message for kind, message in outcome.warnings if kind == "rebinds-grads"]
-        outcome.warnings[:] = [(kind, message) for kind, message in outcome.warnings if kind != "rebinds-grads"]
-        if not rebound:
+        if not outcome.rebound:
             return []
-        check = Check("grads slots", False, message="; ".join(rebound), **ctx)
-        check.diagnosis = [{"check": "grads slots", "kind": "rebinds-grads", "message": f"grads slots: {rebound[0]}",
+        check = Check("grads slots", False, message="; ".join(outcome.rebound), **ctx)
+        check.diagnosis = [{"check": "grads slots", "kind": "rebinds-grads", "message": f"grads slots: {outcome.rebound[0]}",
                             "hint": "write into the slot: grads[0][...] = dW (an optimizer holds the list it got "
                                     "at construction)", "evidence": {"residual_over_tol": float("inf")}}]
         return [check]
@@ -274,7 +263,11 @@ class Verifier:
     def compare_outcome(self, rep, d, ref, cot, outcome, adapter, ctx, history) -> list[Check]:
         checks = []
         expected_out, expected_grads, scales = d.evaluate(cot, **ref)
-        _finite_reference(self.rule, d, expected_out, expected_grads, scales)
+        reference.require_finite(self.rule, d.dims, [
+            ("output", expected_out),
+            *((f"gradient of {n}", g) for n, g in expected_grads.items()),
+            *((f"rounding scale of {n}", sc) for n, sc in scales.items()),
+        ])
         fwd = compare("forward", expected_out, outcome.output, scales["forward"], self.dtype, where="forward output", **ctx)
         if not fwd.passed:
             fwd.diagnosis = [diagnose_forward(fwd)]
@@ -414,14 +407,12 @@ class Verifier:
         elif isinstance(value, np.ndarray) and value.dtype != self.dtype and value.ndim > 0:
             _warn(rep, "dtype", f"{what} is {value.dtype} for {self.dtype_name} inputs", trial)
 
-    def _side_effects(self, rep, k, values, snapshot, cot, cot_copy, outcome):
+    def _side_effects(self, rep, k, values, snapshot, cot, cot_copy):
         for n, before in snapshot.items():
             if not np.array_equal(np.asarray(values[n]), before, equal_nan=True):
                 _warn(rep, "mutates-input", f"forward/backward modified the caller's '{n}' in place", k)
         if not np.array_equal(np.asarray(cot), cot_copy, equal_nan=True):
             _warn(rep, "mutates-input", "backward modified the caller's upstream gradient (dout) in place", k)
-        for kind, message in outcome.warnings:
-            _warn(rep, kind, message, k)
 
     def _stale_check(self, rep, k, d, adapter, rng):
         """forward(a); forward(b); backward(g) must give the gradients at b."""
@@ -441,19 +432,6 @@ class Verifier:
             if not compare(n, expected[n], g, scales[n], self.dtype).passed:
                 _warn(rep, "stale-state", f"after two forward calls, backward's gradient of '{n}' does not belong to the latest call (state kept from an earlier call)", k)
                 return
-
-
-def _finite_reference(rule, d, out, grads, scales) -> None:
-    """An exact value that is inf or NaN at ordinary inputs is a broken rule, not a broken layer (exit 2)."""
-    for what, value in [("output", out), *((f"gradient of {n}", g) for n, g in grads.items()),
-                        *((f"rounding scale of {n}", sc) for n, sc in scales.items())]:
-        value = np.asarray(value, dtype=np.float64)
-        if not np.all(np.isfinite(value)):
-            idx = np.unravel_index(int(np.argmin(np.isfinite(value))), value.shape) if value.ndim else ()
-            raise DerivcheckError(
-                f"rule '{rule.name}' gives a non-finite exact {what} ({value[idx]} at [{','.join(map(str, idx))}], sizes "
-                f"{', '.join(f'{k}={v}' for k, v in d.dims.items())}) at values from its domain: its formula or domain "
-                f"is wrong ({rule.path})")
 
 
 def stability_hint(rule) -> str:
