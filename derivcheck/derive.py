@@ -20,6 +20,35 @@ from .errors import DerivcheckError, RuleError
 _FROM_DISK = object()  # sentinel: expressions will be supplied by derive()
 
 
+
+def _select(condlist, choicelist, default=0):
+    """np.select for SymPy's printed Piecewise, whose last condition is Python's True (NumPy 2 wants arrays)."""
+    return np.select([np.asarray(c, dtype=bool) for c in condlist], choicelist, default)
+
+
+# Heaviside and Max/Min (a max's derivative is Heaviside(x_i - Max(others))) are printed
+# through Piecewise, whose printing runs simplify_logic: seconds for a max over six
+# elements, minutes for twelve. They go to lambdify as plain functions instead.
+_HEAVISIDE, _MAX, _MIN = (sympy.Function(n) for n in ("heaviside_", "amax_", "amin_"))
+
+
+def _plain(exprs):
+    return [sympy.sympify(e).replace(sympy.Heaviside, lambda a, *h: _HEAVISIDE(a))
+            .replace(sympy.Max, lambda *a: _MAX(*a)).replace(sympy.Min, lambda *a: _MIN(*a)) for e in exprs]
+
+
+def _np_reduce(ufunc):
+    return lambda *args: ufunc.reduce(np.broadcast_arrays(*args)) if len(args) > 1 else args[0]
+
+
+def _mp_heaviside(a):
+    return 1 if a > 0 else 0 if a < 0 else 0.5
+
+
+_NUMPY = [{"select": _select, "heaviside_": lambda a: np.heaviside(a, 0.5),
+           "amax_": _np_reduce(np.maximum), "amin_": _np_reduce(np.minimum)}, "numpy"]  # lambdify's modules
+_MPMATH = [{"heaviside_": _mp_heaviside, "amax_": max, "amin_": min}, "mpmath"]
+
 class Derivation:
     """Exact derivatives of one rule at one set of sizes and hyperparameters."""
 
@@ -86,17 +115,17 @@ class Derivation:
     # -- numeric -------------------------------------------------------------
     def _compile(self):
         args = [list(s.ravel()) for s in self.symbols.values()] + [list(s.ravel()) for s in self.label_symbols.values()]
-        self._forward_fn = sympy.lambdify(args, self._out, modules="numpy", cse=True)
+        self._forward_fn = sympy.lambdify(args, _plain(self._out), modules=_NUMPY, cse=True)
         self._nonzero = {}
         entries = []
         for name, triples in self._jac.items():
             self._nonzero[name] = (np.array([o for o, _, _ in triples], dtype=np.intp), np.array([i for _, i, _ in triples], dtype=np.intp))
             entries += [e for _, _, e in triples]
-        self._jac_fn = sympy.lambdify(args, entries, modules="numpy", cse=True)
+        self._jac_fn = sympy.lambdify(args, _plain(entries), modules=_NUMPY, cse=True)
         # running error bounds of the same expressions, for tolerances (see rounding.py)
         memo: dict = {}
         self._mag_fn = sympy.lambdify(
-            args, [magnitude(e, memo) for e in self._out] + [magnitude(e, memo) for e in entries], modules="numpy", cse=True
+            args, _plain([magnitude(e, memo) for e in self._out] + [magnitude(e, memo) for e in entries]), modules=_NUMPY, cse=True
         )
 
     def _args(self, values: dict) -> list:
@@ -154,7 +183,7 @@ class Derivation:
         if not hasattr(self, "_mp_fn"):
             args = [list(s.ravel()) for s in self.symbols.values()] + [list(s.ravel()) for s in self.label_symbols.values()]
             entries = [e for triples in self._jac.values() for _, _, e in triples]
-            self._mp_fn = sympy.lambdify(args, list(self._out) + entries, modules="mpmath")
+            self._mp_fn = sympy.lambdify(args, _plain(list(self._out) + entries), modules=_MPMATH)
         with mpmath.workdps(digits):
             args = [[mpmath.mpf(float(v)) for v in a] for a in self._args(values)]
             vals = self._mp_fn(*args)

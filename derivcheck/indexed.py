@@ -200,7 +200,7 @@ def mean(x, axis=None, keepdims: bool = False) -> TArray:
 
 
 def max(x, axis=None, keepdims: bool = False):  # noqa: A001
-    raise Unsupported("max over an axis (its derivative routes to the argmax)")
+    raise Unsupported("max (its derivative routes to the argmax)")
 
 
 def matmul(a, b) -> TArray:
