@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 import traceback
 
 import click
@@ -110,18 +111,26 @@ class Group(click.Group):
 @click.pass_context
 def main(ctx, rule_dirs, config_path, debug):
     """Verify NumPy layers against exact, symbolic derivatives."""
-    from pathlib import Path
 
     ctx.meta["derivcheck.debug"] = debug
     ctx.obj = Context(debug, rule_dirs, Path(config_path) if config_path else None)
 
 
 @main.command("rules")
+@click.argument("name", required=False)
 @click.pass_obj
-def rules_cmd(obj):
-    """List the rules with their summaries, inputs and hyperparameters."""
-    from .rules import list_rules
+def rules_cmd(obj, name):
+    """List the rules with their summaries, inputs and hyperparameters.
 
+    With NAME, print that rule's file: a start for a rule of your own
+    (`derivcheck rules affine > myrules/dropout.toml`; docs/rules.md says what goes in it).
+    """
+    from .rules import list_rules, load_rule
+
+    if name is not None:
+        rule = load_rule(name, obj.rule_dirs)
+        click.echo(Path(rule.path).read_text(encoding="utf-8"), nl=False)
+        return
     errors: list = []
     for name, rule in sorted(list_rules(obj.rule_dirs, errors).items()):
         click.echo(f"{name}: {rule.summary}")

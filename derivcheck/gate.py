@@ -58,7 +58,7 @@ def use_config(config: Config) -> None:
         os.environ["DERIVCHECK_CACHE_DIR"] = str(config.cache_dir)
 
 
-_HOW = 'add rule = "..." to the layer'  # how a configuration names a rule
+_HOW = 'add rule = "NAME" to its [[layer]] entry'  # how a configuration names a rule
 
 
 def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None, timeout: float | None = None) -> Result:

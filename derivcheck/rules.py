@@ -18,6 +18,7 @@ See ``docs/rules.md`` for every key. Errors name the file and the line.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -31,7 +32,10 @@ import numpy as np
 from .errors import DerivcheckError, RuleError
 from .formula import Formula
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+# letters and digits, with single underscores before a letter (prev_h, x_min): never before a
+# digit or at the end, so an element's symbol name_i_j (symarray.symbols) names one element only
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*(_[A-Za-z][A-Za-z0-9]*)*$")
+_NAME_RULE = "letters and digits, starting with a letter; an underscore must be followed by a letter (prev_h, x_min)"
 DOMAIN_KINDS = ("normal", "uniform", "simplex", "peaked")
 LABEL_KINDS = ("classes", "real")
 HYPER_TYPES = ("int", "float", "bool", "axis", "shape", "dim", "choice")
@@ -99,6 +103,7 @@ class Hyper:
     choices: tuple = ()
     dim: str | None = None
     to_layer: bool = True  # False: for derivcheck only (say, how labels are encoded)
+    also: tuple = ()  # values a layer may use instead of the default (log(y + 1e-7)): see Rule.alternatives
 
     def parse(self, text: str, dims: set[str]):
         """A value from the command line: ``1``, ``1,0,2``, ``true``, ``none``."""
@@ -202,6 +207,17 @@ class Rule:
                 raise DerivcheckError(f"hyperparameter '{name}' of rule '{self.name}' takes {h.describe()}, not {value!r}")
             values[name] = value
         return values
+
+    def alternatives(self, given: dict | None = None) -> list[dict]:
+        """Other hyperparameter values a layer may use, for those the user did not set.
+
+        A hyperparameter with ``also = [1e-7]`` (the books' ``log(y + 1e-7)``) lets
+        each check pass against the rule at those values too, with a note: the
+        forward may use the epsilon and the backward be the exact gradient without it.
+        """
+        given = given or {}
+        base = self.resolve_hyper(given)
+        return [{**base, name: v} for name, h in self.hyper.items() if name not in given for v in h.also]
 
     # -- shapes ------------------------------------------------------------
     def pinned_dims(self, given: dict) -> dict:
@@ -393,7 +409,7 @@ class _Loader:
             self.fail('shape must be a list of dimension names and sizes, as in ["N", "D"]', table, "shape")
         for v in value:
             if isinstance(v, str) and not _NAME.match(v):
-                self.fail(f"dimension name '{v}' must be letters and digits, starting with a letter", table, "shape")
+                self.fail(f"dimension name '{v}' must be {_NAME_RULE}", table, "shape")
             if isinstance(v, int) and v < 1:
                 self.fail(f"literal size {v} must be positive", table, "shape")
         return tuple(value)
@@ -467,7 +483,7 @@ def parse_rule(text: str, path) -> Rule:
 
     def claim(n, what, table, key):
         if not _NAME.match(n):
-            L.fail(f"{what} name '{n}' must be letters and digits, starting with a letter", table, key)
+            L.fail(f"{what} name '{n}' must be {_NAME_RULE}", table, key)
         if n in names and not (what == "dimension" and names[n] == "dimension"):
             L.fail(f"'{n}' is used both as {names[n]} and as {what}", table, key)
         names[n] = what
@@ -527,7 +543,7 @@ def parse_rule(text: str, path) -> Rule:
     for n, spec in L.table(data.get("hyper", {}), "hyper").items():
         t = f"hyper.{n}"
         spec = L.table(spec, t)
-        L.keys(spec, {"type", "default", "doc", "choices", "dim", "layer"}, t)
+        L.keys(spec, {"type", "default", "doc", "choices", "dim", "layer", "also"}, t)
         to_layer = spec.get("layer", True)
         if not isinstance(to_layer, bool):
             L.fail(f"'layer' of hyperparameter '{n}' must be true or false", t, "layer")
@@ -550,10 +566,16 @@ def parse_rule(text: str, path) -> Rule:
                 default = None
             choices = tuple(spec.get("choices", ()))
             h = Hyper(n, kind, default, spec.get("doc", ""), choices=choices, to_layer=to_layer)
+            also = spec.get("also", [])
+            if not isinstance(also, list) or len(also) > 3 or not all(h.check(v) and v != default for v in also):
+                L.fail(f"'also' of hyperparameter '{n}' must be a list of up to 3 values other than the default, "
+                       f"each {h.describe()}", t, "also")
+            h = dataclasses.replace(h, also=tuple(also))
             if kind == "choice" and not choices:
                 L.fail(f"hyperparameter '{n}' of type choice needs choices = [...]", t)
             if not h.check(default):
                 L.fail(f"default {default!r} of hyperparameter '{n}' is not {h.describe()}", t, "default")
+
             if kind == "shape":
                 for v in default:
                     if isinstance(v, str) and v not in dims:
@@ -681,18 +703,23 @@ def load_rule(name: str, extra=()) -> Rule:
     raise DerivcheckError(f"no rule named '{name}' (known: {', '.join(close)}; `derivcheck rules` lists them all)")
 
 
-def guess_rule(target: str, extra=(), how: str = "pass --rule") -> str:
+def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
     """The rule a target implements, from its name: Affine, SoftmaxWithLoss, affine_forward, MatMul."""
     name = target.rpartition(":")[2]
     base = re.sub(r"(_forward|_backward)$", "", name)
     known = {n.replace("_", ""): n for n in rule_files(extra)}  # names only: a broken file elsewhere does not matter
     guess = known.get(base.replace("_", "").lower())
     if guess is None:
-        raise DerivcheckError(f"cannot tell which rule {name} implements: {how} (known: {', '.join(sorted(known.values()))})")
+        stem = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", base).lower()
+        raise DerivcheckError(
+            f"cannot tell which rule {name} implements (a rule is matched by name, ignoring case and underscores; "
+            f"known: {', '.join(sorted(known.values()))}): if one fits, {how}; for another operation, write one: "
+            f"`derivcheck rules affine > myrules/{stem}.toml` prints a rule to start from, docs/rules.md says what goes in it, "
+            f"and --rules myrules makes it known")
     return guess
 
 
-def rule_for(name: str | None, target: str, extra=(), how: str = "pass --rule") -> Rule:
+def rule_for(name: str | None, target: str, extra=(), how: str = "pass --rule NAME") -> Rule:
     """The rule called ``name`` or, without one, the rule ``target``'s name implies."""
     if name is not None and not name.strip():
         raise DerivcheckError("--rule (or the config's rule) must name a rule; `derivcheck rules` lists them")
