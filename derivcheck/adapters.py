@@ -119,11 +119,14 @@ def load_target(spec):
             raise DerivcheckError(f"target file '{where}' not found (from {Path.cwd()})")
         module = _import_file(path)
     else:
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))  # as `python -m package.module` run from here
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as exc:
             if exc.name and where.startswith(exc.name):
-                raise DerivcheckError(f"module '{where}' not found: is it installed, or did you mean a file path like {where.replace('.', '/')}.py?") from None
+                raise DerivcheckError(f"module '{where}' not found in {Path.cwd()} or the installed packages: "
+                                      f"run from the folder holding it, install it, or name the file, like {where.replace('.', '/')}.py") from None
             raise DerivcheckError(f"importing '{where}' failed: {_describe(exc)}") from None
         except Exception as exc:  # the user's module itself is broken
             raise DerivcheckError(f"importing '{where}' failed: {_describe(exc)}") from None
@@ -149,11 +152,57 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def import_roots(path: Path) -> list[Path]:
+    """The folders a target file needs importable, as when the project's own scripts run.
+
+    The file's folder (Python puts a script's folder first), the folder holding the
+    file's top-level package (``__init__.py`` files up the chain), and for each
+    absolute import the file makes that is not importable yet, the nearest folder
+    above the file holding that name: ``from common.functions import *`` in
+    ``book/common/layers.py`` makes ``book/`` importable, with or without
+    ``common/__init__.py``. Read with ``ast``: nothing of the user's runs here.
+    """
+    import ast
+
+    path = path.resolve()
+    roots = [path.parent]
+    top = path.parent
+    while (top / "__init__.py").is_file() and top.parent != top:
+        top = top.parent
+    roots.append(top)
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError, OSError):
+        tree = None  # the import itself reports it
+    names = []
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.Import):
+            names += [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module.split(".")[0])
+    for name in dict.fromkeys(names):
+        if name in sys.modules or _findable(name):
+            continue
+        for folder in path.parents:
+            if (folder / name).is_dir() or (folder / f"{name}.py").is_file():
+                roots.append(folder)
+                break
+    return list(dict.fromkeys(roots))
+
+
+def _findable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None  # a top-level name: no code runs
+    except (ImportError, ValueError):
+        return False
+
+
 def _import_file(path: Path):
     path = path.resolve()
-    folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # the file's folder is importable, as when Python runs a script
+    roots = import_roots(path)
+    for folder in reversed(roots):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
     modname = f"_derivcheck_target_{abs(hash(str(path)))}_{path.stem}"
     if modname in sys.modules:
         return sys.modules[modname]
@@ -164,7 +213,10 @@ def _import_file(path: Path):
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[modname]
-        raise DerivcheckError(f"importing '{path}' failed: {_describe(exc)}") from None
+        tried = ""
+        if isinstance(exc, ModuleNotFoundError):
+            tried = f"; importable were {', '.join(str(r) for r in roots)} (the file's folder, its project root, and any folder above it holding the names it imports) and the installed packages"
+        raise DerivcheckError(f"importing '{path}' failed: {_describe(exc)}{tried}") from None
     return module
 
 
@@ -205,7 +257,8 @@ def detect_style(obj, module, name) -> str:
     if _is_dezero_function_class(obj):
         return "dezero"
     if inspect.isfunction(obj):
-        # a function that applies a DeZero Function (MatMul()(x, W)); otherwise a loss (x, y) -> (loss, dx)
+        # a function of a DeZero-like module (it applies or composes Functions: MatMul()(x, W),
+        # linear_simple); otherwise a loss (x, y) -> (loss, dx) or a function computing a value
         return "dezero" if _applies_function(obj, module) else "functional"
     if inspect.isclass(obj):
         if not hasattr(obj, "forward"):
@@ -214,9 +267,14 @@ def detect_style(obj, module, name) -> str:
     raise DerivcheckError(f"'{name}' is neither a class nor a function (it is a {type(obj).__name__})")
 
 
-def _applies_function(fn, module) -> bool:
+def _applies_function(fn, module, depth: int = 3) -> bool:
+    """``fn`` applies a DeZero Function, makes Variables, or calls a function of its module that does
+    (``flatten`` calls ``reshape``, which applies ``Reshape``), up to ``depth`` calls deep."""
     names = set(getattr(fn, "__code__", None).co_names if hasattr(fn, "__code__") else ())
-    return any(_is_dezero_function_class(getattr(module, n, None)) or n in ("Variable", "as_variable") for n in names)
+    if any(_is_dezero_function_class(getattr(module, n, None)) or n in ("Variable", "as_variable") for n in names):
+        return True
+    return depth > 0 and any(inspect.isfunction(f := getattr(module, n, None)) and f is not fn
+                             and _applies_function(f, module, depth - 1) for n in names)
 
 
 def _mentions(cls, attr: str) -> bool:
@@ -341,12 +399,14 @@ class Outcome:
     output: object
     grads: dict  # rule input -> array (or None when the layer gave none)
     rebound: list = field(default_factory=list)  # book 2: messages for grads slots that backward rebound
+    forward_only: str = ""  # why there is no backward to check (a layer or function that only computes a value)
 
 
 class Adapter:
     """Build once per shape; then ``run(values, cotangent)`` per step, as training would."""
 
     style = ""
+    forward_only = ""  # set by prepare() for a layer with no backward: why
 
     def __init__(self, obj, module, name, rule, hyper: dict, layer_hyper: dict):
         self.obj, self.module, self.name, self.rule = obj, module, name, rule
@@ -386,20 +446,29 @@ class Adapter:
         return values
 
 
-# Called with the name of each piece of the user's code about to run ("Affine.backward"); the
-# isolated worker (isolate.py) reports it, so that a layer that ends its process is named where.
+# Called with the name of each piece of the user's code about to run ("Affine.backward"), and
+# with OWN_WORK when it returns; the isolated worker (isolate.py) reports it, so that a layer
+# that ends its process is named where, and a time limit reached in derivcheck's own
+# computation is not blamed on the layer.
 on_stage = None
+OWN_WORK = "derivcheck's own computation"
+
+
+def _stage(stage):
+    if on_stage is not None:
+        on_stage(stage)
 
 
 def _call(fn, args, stage):
-    if on_stage is not None:
-        on_stage(stage)
+    _stage(stage)
     try:
         return fn(*[v for p, v in args if p is None], **{p: v for p, v in args if p is not None})
     except SystemExit as exc:  # sys.exit() in a layer is the layer stopping, never derivcheck finishing
         raise LayerError(stage, exc) from exc
     except Exception as exc:
         raise LayerError(stage, exc) from exc
+    finally:
+        _stage(OWN_WORK)
 
 
 def _same_array(a, b) -> bool:
@@ -411,13 +480,12 @@ class Dlfs1Adapter(Adapter):
 
     def prepare(self):
         self.binding = bind(self.rule, self.obj.__init__, self.obj.forward, self.name, call_takes_all_inputs=False)
+        if not callable(getattr(self.obj, "backward", None)):
+            self.forward_only = f"{self.name} has a forward method and no backward"
 
     def build(self, values):
         args = self._ctor_args(self.binding, values)
-        try:
-            self.instance = self.obj(**args)
-        except Exception as exc:
-            raise LayerError(f"{self.name}({', '.join(args)})", exc) from exc
+        self.instance = _call(self.obj, list(args.items()), f"{self.name}({', '.join(args)})")
         self.param_arrays = {n: values[n] for n in self.params}  # the arrays handed over
 
     def attribute_of(self, name: str) -> str | None:
@@ -447,6 +515,8 @@ class Dlfs1Adapter(Adapter):
 
     def run(self, values, cotangent) -> Outcome:
         out = self._forward(values)
+        if self.forward_only:
+            return Outcome(out, {}, forward_only=self.forward_only)
         return Outcome(out, self.gradients(self._backward(cotangent)))
 
     def gradients(self, dx) -> dict:
@@ -485,6 +555,10 @@ class Dlfs2Adapter(Dlfs1Adapter):
         self.slots = {}
         params = getattr(self.instance, "params", None)
         grads = getattr(self.instance, "grads", None)
+        if self.forward_only and params is None and not self.params:
+            params = []  # nothing held: nothing to find
+        if self.forward_only and isinstance(params, list) and grads is None:
+            grads = [None] * len(params)  # nothing is read from it
         if not isinstance(params, list) or not isinstance(grads, list):
             raise DerivcheckError(f"{self.name} has no params/grads lists after construction: is it --style dlfs1?")
         for n in self.params:
@@ -495,16 +569,18 @@ class Dlfs2Adapter(Dlfs1Adapter):
                 raise DerivcheckError(f"{self.name}.params holds no array equal to the '{n}' it was constructed with")
             self.slots[n] = idx
         self.grad_arrays = list(grads)  # what an optimizer that collected layer.grads holds
+        self.param_list = params
 
     def update_params(self, values):
-        params = self.instance.params
         for n, i in self.slots.items():
-            params[i][...] = values[n]
+            self.param_list[i][...] = values[n]
 
     def held(self, values):
-        return {**values, **{n: self.instance.params[i] for n, i in self.slots.items()}}
+        return {**values, **{n: self.param_list[i] for n, i in self.slots.items()}}
 
     def run(self, values, cotangent) -> Outcome:
+        if self.forward_only:
+            return super().run(values, cotangent)
         before = [id(g) for g in self.instance.grads]
         outcome = super().run(values, cotangent)
         grads = self.instance.grads
@@ -549,10 +625,7 @@ class DezeroAdapter(Adapter):
         hypers = {p: self.layer_hyper[n] for p, kind, n in self.binding.call if kind == "hyper"}
         if inspect.isclass(self.obj):  # Function(hyper...)(*inputs)
             ctor = {p: self.layer_hyper[n] for p, (kind, n) in self.binding.ctor.items()}
-            try:
-                fn = self.obj(**ctor)
-            except Exception as exc:
-                raise LayerError(f"{self.name}({', '.join(ctor)})", exc) from exc
+            fn = _call(self.obj, list(ctor.items()), f"{self.name}({', '.join(ctor)})")
             y = _call(fn, [(None, a) for a in arrays], f"{self.name}.forward")
         else:  # a function applying a Function: f(x, W), reshape(x, shape=...)
             y = _call(self.obj, [(None, a) for a in arrays] + list(hypers.items()), self.name)
@@ -561,10 +634,7 @@ class DezeroAdapter(Adapter):
         if not hasattr(y, "data") or not hasattr(y, "backward"):
             raise LayerError(self.name, TypeError(f"returned {type(y).__name__}, not a Variable"))
         y.grad = self._as_grad(cotangent, y)
-        try:
-            y.backward()
-        except Exception as exc:
-            raise LayerError(f"{self.name}.backward", exc) from exc
+        _call(y.backward, [], f"{self.name}.backward")
         grads = {n: getattr(getattr(v, "grad", None), "data", getattr(v, "grad", None)) for n, v in variables.items()}
         return Outcome(y.data, grads)
 
@@ -620,6 +690,8 @@ class FunctionalAdapter(Adapter):
     def run(self, values, cotangent) -> Outcome:
         args = self._call_args(self.binding, values)
         result = _call(self.fwd, args, f"{self.fwd.__name__}")
+        if self.loss_fn is not None and isinstance(result, (np.ndarray, np.generic, float, int)) and not isinstance(result, bool):
+            return Outcome(result, {}, forward_only=f"{self.name} returns one value and has no {self.name}_backward next to it")
         if not isinstance(result, tuple) or len(result) != 2:
             raise DerivcheckError(
                 f"{self.fwd.__name__} returned a {type(result).__name__}, not a pair: the functional style is "
@@ -651,16 +723,14 @@ ADAPTERS = {"dlfs1": Dlfs1Adapter, "dlfs2": Dlfs2Adapter, "dezero": DezeroAdapte
 
 def make_adapter(spec: str, rule, hyper: dict, layer_hyper: dict, style: str | None = None) -> Adapter:
     obj, module, name = load_target(spec)
+    _stage(OWN_WORK)
     style = style or detect_style(obj, module, name)
     if style not in ADAPTERS:
         raise DerivcheckError(f"unknown style '{style}' (known: {', '.join(STYLES)})")
     if style in ("dlfs1", "dlfs2") and not inspect.isclass(obj):
         raise DerivcheckError(f"style {style} needs a class, and '{name}' is a {type(obj).__name__}")
-    if style in ("dlfs1", "dlfs2"):
-        missing = [m for m in ("forward", "backward") if not callable(getattr(obj, m, None))]
-        if missing:
-            raise DerivcheckError(f"style {style} needs a class with forward and backward methods, and {name} has no "
-                                  f"{' or '.join(missing)}" + (": a forward-only layer has no backward to check" if missing == ["backward"] else ""))
+    if style in ("dlfs1", "dlfs2") and not callable(getattr(obj, "forward", None)):
+        raise DerivcheckError(f"style {style} needs a class with a forward method (and a backward, to check one), and {name} has none")
     adapter = ADAPTERS[style](obj, module, name, rule, hyper, layer_hyper)
     adapter.prepare()
     return adapter

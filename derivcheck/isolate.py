@@ -31,6 +31,7 @@ import time
 import traceback
 
 from .errors import DerivcheckError
+from . import adapters
 
 DEFAULT_TIMEOUT = 120.0  # seconds per layer check; --timeout or the config's `timeout` change it
 _CONTEXT = None
@@ -78,7 +79,6 @@ def _work(conn, request: dict) -> None:
     sys.stderr.flush()
     os.dup2(out, 1)
     os.dup2(out, 2)
-    from . import adapters
     from .rules import load_rule
     from .verify import verify
 
@@ -190,6 +190,9 @@ def verify_isolated(target: str, rule, timeout: float | None = None, **options):
         return _failed(target, rule, options, f"the layer ended the process with exit code {code} during {stage} "
                                               f"(os._exit or a crash), before the check could finish{said}")
     kind, payload = outcome
+    if kind == "timeout" and stage == adapters.OWN_WORK:  # not the layer's doing: no verdict on it
+        raise DerivcheckError(f"derivcheck's own computation (the exact reference) did not finish within {timeout:g} s: "
+                              f"check at smaller sizes (--shape) or raise the limit with --timeout")
     if kind == "timeout":
         return _failed(target, rule, options, f"did not finish within {timeout:g} s: stopped during {stage} "
                                               f"(an endless loop? raise the limit with --timeout){said}")

@@ -24,7 +24,8 @@ The JSON schema (``derivcheck verify --format json``)::
       # which have no corrected candidate (stale-state, shape, rebinds-grads); for
       # forward-wrong, the forward check's own error over tolerance
       "notes": ["at the kink x = 0 the layer's derivative is 0 ..."],   # with --kinks
-      "reproduce": "derivcheck verify ... --seed 1 --trials 1 --shape N=3,D=3,H=3"
+      "reproduce": "derivcheck verify ... --seed 1 --trials 1 --shape N=3,D=3,H=3",
+      "forward_only": ""    # or why only the forward was checked: "Sigmoid has a forward method and no backward"
     }
 
 A check's ``index``/``expected``/``got`` describe its worst element (largest
@@ -90,7 +91,8 @@ def text(report) -> str:
     if report.notes:
         lines.append("notes:")
         lines += [f"  - {n}" for n in report.notes]
-    lines.append(f"verdict: {report.verdict.upper()}")
+    only = f" (forward only: {report.forward_only}, so there is no gradient to check)" if report.forward_only else ""
+    lines.append(f"verdict: {report.verdict.upper()}{only}")
     if report.verdict != "pass":
         lines.append(f"reproduce: {report.reproduce}")
     return "\n".join(lines)

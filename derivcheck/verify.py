@@ -49,6 +49,7 @@ class Report:
     reproduce: str = ""
     strict: bool = False
     notes: list = field(default_factory=list)  # information, never a failure (the kink convention)
+    forward_only: str = ""  # why only the forward was checked (the layer has no backward), or ""
 
     @property
     def verdict(self) -> str:
@@ -65,7 +66,7 @@ class Report:
         """The inverse of :meth:`to_json` (how a worker process hands its report back)."""
         fields = {k: data[k] for k in ("target", "rule", "style", "dtype", "seed", "trials", "steps", "hyper",
                                        "diagnosis", "notes", "reproduce")}
-        rep = cls(**fields, strict=data.get("strict", False))
+        rep = cls(**fields, strict=data.get("strict", False), forward_only=data.get("forward_only", ""))
         rep.checks = [Check(**c) for c in data["checks"]]
         rep.warnings = [Warning_(**w) for w in data["warnings"]]
         by_check = {}
@@ -93,6 +94,7 @@ class Report:
             "notes": self.notes,
             "reproduce": self.reproduce,
             "strict": self.strict,
+            "forward_only": self.forward_only,
         }
 
 
@@ -111,6 +113,8 @@ class Verifier:
         self.target, self.rule = target_spec(target), rule
         self.given_hyper = dict(hyper or {})
         self.hyper = rule.resolve_hyper(self.given_hyper)
+        self.alternatives = rule.alternatives(self.given_hyper)  # other values a layer may use (also = [...])
+        self.ignores_dout = False  # a loss whose gradient is right for dout = 1 only (_final_loss)
         self.dtype_name, self.dtype = dtype, DTYPES[dtype]
         self.seed, self.trials, self.steps = seed, trials, steps
         # sizes fixed in every trial: those --shape names, and those the hyperparameters determine
@@ -189,9 +193,13 @@ class Verifier:
         # the probe speaks of numerics only: a layer whose formula is already wrong is not probed
         if self.stress and any(i.stress for i in self.rule.inputs.values()) and first_failure is None:
             stability = self.stability_check()
-            results[stability.name] = stability
-            if not stability.passed and first_failure is None:
-                first_failure = stability
+            if stability.passed or self.strict:
+                results[stability.name] = stability
+                if not stability.passed:
+                    first_failure = stability
+            else:  # the ordinary trials decide the verdict; an overflow only at extreme inputs is a warning
+                _warn(rep, "numerical-stability", f"{stability.message}; the ordinary trials pass, so this fails only "
+                                                  f"under --strict (hint: {stability_hint(self.rule)})", None)
         if self.kinks:
             rep.notes += self.kink_notes()
         rep.checks = list(results.values())
@@ -235,13 +243,20 @@ class Verifier:
                 cot_copy = np.array(cot, copy=True)
                 outcome = adapter.run(values, cot)
             except LayerError as exc:
+                if k == 0 and step == 0 and not exc.stage.endswith("backward") and _rank_mismatch(exc.exc):
+                    shapes = ", ".join(f"{n} {tuple(np.shape(v))}" for n, v in values.items())
+                    raise DerivcheckError(
+                        f"{self.probe.name} does not fit rule '{self.rule.name}': given the rule's inputs ({shapes}), {exc}. "
+                        f"It takes arrays of other ranks, so it implements another operation: pick the rule that fits "
+                        f"(--rule NAME; `derivcheck rules` lists them) or write one (`derivcheck rules {self.rule.name}` "
+                        f"prints this one to start from; docs/rules.md)") from None
                 checks.append(Check("layer raised", False, message=str(exc), **ctx(step)))
                 return checks
             # the reference reads private copies: a layer that writes into dout cannot change what it is held to
             checks += self.compare_outcome(rep, d, ref, cot_copy, outcome, adapter, ctx(step), history)
             checks += self.rebound_slots(outcome, ctx(step))
             self._side_effects(rep, k, values, snapshot, cot, cot_copy)
-        if hasattr(adapter, "_forward") and all(c.passed for c in checks):
+        if hasattr(adapter, "_forward") and not adapter.forward_only and all(c.passed for c in checks):
             self._stale_check(rep, k, d, adapter, rng)  # only meaningful for a layer that is right so far
         return checks
 
@@ -268,21 +283,29 @@ class Verifier:
             *((f"gradient of {n}", g) for n, g in expected_grads.items()),
             *((f"rounding scale of {n}", sc) for n, sc in scales.items()),
         ])
-        fwd = compare("forward", expected_out, outcome.output, scales["forward"], self.dtype, where="forward output", **ctx)
+        fwd = compare("forward", expected_out, outcome.output, scales["forward"], self.judged_in(outcome.output), where="forward output", **ctx)
+        if not fwd.passed:
+            fwd = self._alternative(rep, fwd, "forward", expected_out, outcome.output, d.dims, ref, cot, ctx)
         if not fwd.passed:
             fwd.diagnosis = [diagnose_forward(fwd)]
         checks.append(fwd)
         self._dtype_warning(rep, outcome.output, "forward output", ctx["trial"])
+        if outcome.forward_only:  # nothing to compare the gradients with
+            rep.forward_only = outcome.forward_only
+            return checks
         for n in self.rule.inputs:
             where = adapter.grad_location(n)
             got = outcome.grads.get(n)
-            c = compare(f"grad {n}", expected_grads[n], got, scales[n], self.dtype, where=where, **ctx)
+            c = compare(f"grad {n}", expected_grads[n], got, scales[n], self.judged_in(got), where=where, **ctx)
+            if got is not None and not c.passed:
+                c = self._alternative(rep, c, n, expected_grads[n], got, d.dims, ref, cot, ctx)
             if got is None:
                 c.message = f"no gradient for '{n}' where {adapter.style} keeps it ({where})"
             elif not c.passed:
                 dctx = Context(self.rule, d, ctx["dims"], ref, cot, self.dtype, history["expected"],
                                history["passed"].get(c.name, False))
                 c.diagnosis = diagnose_gradient(n, expected_grads[n], got, scales[n], dctx)
+                c = self._final_loss(rep, c, n, expected_grads[n], got, scales[n], cot, ctx)
             checks.append(c)
             self._dtype_warning(rep, got, f"gradient of {n} ({where})", ctx["trial"])
         for c in checks:
@@ -332,45 +355,59 @@ class Verifier:
             d, dims, ref, cot, outcome = self._probe(seed, stress)
         except LayerError as exc:
             return Check("stability", False, seed=seed, message=f"at extreme inputs, {exc}")
-        exact_out, exact_grads = d.exact(cot, **ref)
-        pairs = [("forward", exact_out, outcome.output)] + [(f"grad {n}", exact_grads[n], outcome.grads.get(n)) for n in self.rule.inputs]
+        bounds = [d] + [reference.at(self.rule, alt, dims) for alt in self.alternatives]  # also = [...] values too
+        exacts = []
+        for bound in bounds:
+            exact_out, exact_grads = bound.exact(cot, **ref)
+            if self.ignores_dout and np.ndim(cot) == 0:  # a final loss, held to dout = 1 as in its trials (_final_loss)
+                exact_grads = {n: np.asarray(g, dtype=object) / float(cot) for n, g in exact_grads.items()}
+            exacts.append({"forward": exact_out, **{f"grad {n}": g for n, g in exact_grads.items()}})
+        pairs = [("forward", outcome.output)] + [(f"grad {n}", outcome.grads.get(n))
+                                                 for n in self.rule.inputs if not outcome.forward_only]
+        for name, got in pairs:
+            found = [self._stability_of(name, ex[name], got, ref, dims, seed) for ex in exacts]
+            if all(f is not None for f in found):
+                return found[0]
+        return Check("stability", True, seed=seed, dims=dims, message="extreme inputs handled")
+
+    def _stability_of(self, name, exact, got, ref, dims, seed) -> Check | None:
+        """The failure of one result at extreme inputs, or None."""
         limit = float(np.finfo(self.dtype).max)
         root_u = np.sqrt(unit_roundoff(self.dtype))
-        for name, exact, got in pairs:
-            ex = np.array([float(v) for v in np.asarray(exact, dtype=object).ravel()]).reshape(np.shape(exact))
-            with np.errstate(all="ignore"):
-                ex = ex.astype(self.dtype).astype(np.float64)  # what the dtype can hold: 2e-139 is 0 in float32
-            shape = np.shape(got) if got is not None else None
-            if shape != ex.shape and not (ex.shape == () and shape is not None and np.size(got) == 1):
-                # right at ordinary values, so the extreme ones changed what it returns
-                return Check("stability", False, seed=seed, dims=dims, where=name,
-                             message=f"{name} at extreme inputs is " + ("no value" if got is None else f"shape {shape}")
-                             + f", where the exact value has shape {ex.shape}")
-            try:
-                g = np.asarray(got, dtype=np.float64).reshape(ex.shape)
-            except (TypeError, ValueError):
-                return Check("stability", False, seed=seed, dims=dims, where=name,
-                             message=f"{name} at extreme inputs is a {type(got).__name__}, not an array of numbers")
-            finite = np.abs(ex) <= limit
-            broken = finite & ~np.isfinite(g)
-            ctx = dict(seed=seed, dims=dims, where=name)
-            inputs = ", ".join(f"{n} in [{ref[n].min():.3g}, {ref[n].max():.3g}]" for n, i in self.rule.inputs.items() if i.stress)
-            if broken.any():
-                idx = np.unravel_index(int(np.argmax(broken)), ex.shape) if ex.ndim else ()
+        ex = np.array([float(v) for v in np.asarray(exact, dtype=object).ravel()]).reshape(np.shape(exact))
+        with np.errstate(all="ignore"):
+            ex = ex.astype(self.dtype).astype(np.float64)  # what the dtype can hold: 2e-139 is 0 in float32
+        shape = np.shape(got) if got is not None else None
+        if shape != ex.shape and not (ex.shape == () and shape is not None and np.size(got) == 1):
+            # right at ordinary values, so the extreme ones changed what it returns
+            return Check("stability", False, seed=seed, dims=dims, where=name,
+                         message=f"{name} at extreme inputs is " + ("no value" if got is None else f"shape {shape}")
+                         + f", where the exact value has shape {ex.shape}")
+        try:
+            g = np.asarray(got, dtype=np.float64).reshape(ex.shape)
+        except (TypeError, ValueError):
+            return Check("stability", False, seed=seed, dims=dims, where=name,
+                         message=f"{name} at extreme inputs is a {type(got).__name__}, not an array of numbers")
+        finite = np.abs(ex) <= limit
+        broken = finite & ~np.isfinite(g)
+        ctx = dict(seed=seed, dims=dims, where=name)
+        inputs = ", ".join(f"{n} in [{ref[n].min():.3g}, {ref[n].max():.3g}]" for n, i in self.rule.inputs.items() if i.stress)
+        if broken.any():
+            idx = np.unravel_index(int(np.argmax(broken)), ex.shape) if ex.ndim else ()
+            return Check("stability", False, index=[int(i) for i in idx], expected=float(ex[idx]), got=float(g[idx]),
+                         message=f"{name} is {g[idx]} where the exact value is finite ({float(ex[idx]):.6g}), at extreme inputs ({inputs})", **ctx)
+        ok = finite & np.isfinite(g)
+        if ok.any():
+            err = np.where(ok, np.abs(g - ex), 0.0)
+            tol = root_u * (np.abs(ex) + max(np.abs(ex[ok]).max(), 1.0))
+            ratio = np.where(ok, err / np.maximum(tol, np.finfo(np.float64).tiny), 0.0)
+            if ratio.max() > 1:
+                idx = np.unravel_index(int(np.argmax(ratio)), ex.shape) if ex.ndim else ()
                 return Check("stability", False, index=[int(i) for i in idx], expected=float(ex[idx]), got=float(g[idx]),
-                             message=f"{name} is {g[idx]} where the exact value is finite ({float(ex[idx]):.6g}), at extreme inputs ({inputs})", **ctx)
-            ok = finite & np.isfinite(g)
-            if ok.any():
-                err = np.where(ok, np.abs(g - ex), 0.0)
-                tol = root_u * (np.abs(ex) + max(np.abs(ex[ok]).max(), 1.0))
-                ratio = np.where(ok, err / np.maximum(tol, np.finfo(np.float64).tiny), 0.0)
-                if ratio.max() > 1:
-                    idx = np.unravel_index(int(np.argmax(ratio)), ex.shape) if ex.ndim else ()
-                    return Check("stability", False, index=[int(i) for i in idx], expected=float(ex[idx]), got=float(g[idx]),
-                                 abs_err=float(err[idx]), tol=float(tol[idx]),
-                                 rel_err=float(err[idx] / abs(ex[idx])) if ex[idx] else float("inf"),
-                                 message=f"{name} loses more than half its digits at extreme inputs ({inputs})", **ctx)
-        return Check("stability", True, seed=seed, dims=dims, message="extreme inputs handled")
+                             abs_err=float(err[idx]), tol=float(tol[idx]),
+                             rel_err=float(err[idx] / abs(ex[idx])) if ex[idx] else float("inf"),
+                             message=f"{name} loses more than half its digits at extreme inputs ({inputs})", **ctx)
+        return None
 
     def kink_notes(self) -> list[str]:
         """Where a rule is not differentiable (its domain's ``avoid`` points), report the layer's convention."""
@@ -389,6 +426,8 @@ class Verifier:
                 except LayerError as exc:
                     notes.append(f"{n} = {point:g} (a kink): the layer raised: {exc}")
                     continue
+                if outcome.forward_only:
+                    continue  # no derivative to read
                 g = outcome.grads.get(n)
                 c = np.broadcast_to(np.asarray(cot, dtype=np.float64), self._kink_mask.shape) if np.ndim(cot) else None
                 if g is None or np.shape(g) != self._kink_mask.shape:
@@ -401,11 +440,63 @@ class Verifier:
                              + (" (the usual convention, as PyTorch's relu)" if slopes == [0.0] else ""))
         return notes
 
+    def _alternative(self, rep, check, which, expected, got, dims, ref, cot, ctx) -> Check:
+        """The check against the rule at its ``also`` hyperparameter values (Rule.alternatives), if one fits."""
+        for alt in self.alternatives:
+            out, grads, scales = reference.at(self.rule, alt, dims).evaluate(cot, **ref)
+            other = out if which == "forward" else grads[which]
+            c = compare(check.name, other, got, scales[which], self.judged_in(got), where=check.where, **ctx)
+            if c.passed:
+                changed = {k: v for k, v in alt.items() if v != self.hyper[k]}
+                diff = float(np.max(np.abs(np.asarray(other, dtype=np.float64) - np.asarray(expected, dtype=np.float64)), initial=0.0))
+                said = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in changed.items())
+                note = (f"{check.name} is the rule's with {said} (the default is "
+                        f"{', '.join(f'{k} = {self.hyper[k]}' for k in changed)}); the two differ by up to {diff:.2g} here")
+                if not any(n.split(";")[0] == note.split(";")[0] for n in rep.notes):
+                    rep.notes.append(note)
+                return c
+        return check
+
+    def _final_loss(self, rep, check, n, expected, got, scale, cot, ctx) -> Check:
+        """A loss whose backward ignores dout: right as the graph's end (backward(dout=1)), so a warning.
+
+        Book 1's SoftmaxWithLoss.backward(dout=1) returns (y - t) / N whatever dout is.
+        The gradient is held to the exact gradient at dout = 1 instead; if it is that,
+        the check passes and a warning says what was not multiplied (FAIL under --strict).
+        """
+        c = float(cot) if np.ndim(cot) == 0 else 0.0
+        if not c or not any(dg["kind"] == "upstream-ignored" for dg in check.diagnosis or []):
+            return check
+        at_one = compare(check.name, np.asarray(expected) / c, got, np.asarray(scale) / abs(c), self.judged_in(got),
+                         where=check.where, **ctx)
+        if not at_one.passed:
+            return check
+        self.ignores_dout = True
+        _warn(rep, "upstream-ignored", f"{check.where} is the gradient for dout = 1 whatever dout is: right for a loss "
+                                       f"that ends the graph (backward(dout=1)), wrong if anything scales the loss "
+                                       f"(multiply by dout)", ctx["trial"])
+        return at_one
+
+    def judged_in(self, value):
+        """The dtype a result is judged in: the run's, or the result's own when it is less precise.
+
+        A layer that computes in float32 whatever it is given (book 2's Time layers
+        allocate ``dtype='f'`` buffers) cannot give float64 digits; it is held to
+        float32's precision, and a warning says so.
+        """
+        dt = getattr(value, "dtype", None)
+        if dt is not None and np.issubdtype(dt, np.floating) and np.finfo(dt).eps > np.finfo(self.dtype).eps:
+            return dt.type
+        return self.dtype
+
     def _dtype_warning(self, rep, value, what, trial):
         if isinstance(value, (list, tuple)):
             _warn(rep, "dtype", f"{what} is a Python {type(value).__name__}, not a NumPy array", trial)
         elif isinstance(value, np.ndarray) and value.dtype != self.dtype and value.ndim > 0:
-            _warn(rep, "dtype", f"{what} is {value.dtype} for {self.dtype_name} inputs", trial)
+            lower = self.judged_in(value) is not self.dtype
+            _warn(rep, "dtype", f"{what} is {value.dtype} for {self.dtype_name} inputs" + (
+                f": the layer computes in {value.dtype} (a buffer made with dtype='f'?), so it is judged with "
+                f"{value.dtype}'s precision" if lower else ""), trial)
 
     def _side_effects(self, rep, k, values, snapshot, cot, cot_copy):
         for n, before in snapshot.items():
@@ -428,10 +519,25 @@ class Verifier:
             _warn(rep, "stale-state", f"forward called twice in a row, then backward: {exc}", k)
             return
         _, expected, scales = d.evaluate(cot, **refb)
+        refs = [(expected, scales)] + [reference.at(self.rule, alt, d.dims).evaluate(cot, **refb)[1:] for alt in self.alternatives]
+        if self.ignores_dout and np.ndim(cot) == 0:  # judged at dout = 1, as its trials were
+            refs = [({n: e / float(cot) for n, e in ex.items()}, {n: sc / abs(float(cot)) for n, sc in scs.items()})
+                    for ex, scs in refs]
         for n, g in grads.items():
-            if not compare(n, expected[n], g, scales[n], self.dtype).passed:
+            if not any(compare(n, ex[n], g, scs[n], self.judged_in(g)).passed for ex, scs in refs):
                 _warn(rep, "stale-state", f"after two forward calls, backward's gradient of '{n}' does not belong to the latest call (state kept from an earlier call)", k)
                 return
+
+
+_AXIS_ERROR = getattr(getattr(np, "exceptions", np), "AxisError")  # np.AxisError before NumPy 1.25
+
+
+def _rank_mismatch(exc: BaseException) -> bool:
+    """An exception that says the layer wanted arrays of another rank (N, T, D = x.shape on a 2-D x)."""
+    text = str(exc)
+    return ((isinstance(exc, ValueError) and "values to unpack" in text)
+            or (isinstance(exc, IndexError) and "tuple index out of range" in text)
+            or isinstance(exc, _AXIS_ERROR))
 
 
 def stability_hint(rule) -> str:

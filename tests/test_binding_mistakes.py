@@ -21,7 +21,11 @@ class Plain:                          # no forward at all
 
 class Forward:                        # forward only (book 2's ch01)
     def forward(self, x):
-        return x
+        return np.maximum(x, 0)
+
+class ForwardWrong:
+    def forward(self, x):
+        return np.maximum(x, 0.1)
 
 class TanhOverflows:
     def forward(self, x):
@@ -68,9 +72,7 @@ def cli(*args, cwd):
 
 
 @pytest.mark.parametrize("target,extra,message", [
-    ("sigmoid", ["--rule", "sigmoid"], "returned a ndarray, not a pair"),
-    ("Plain", ["--rule", "relu", "--style", "dlfs1"], "needs a class with forward and backward methods, and Plain has no forward or backward"),
-    ("Forward", ["--rule", "relu", "--style", "dlfs2"], "a forward-only layer has no backward to check"),
+    ("Plain", ["--rule", "relu", "--style", "dlfs1"], "needs a class with a forward method (and a backward, to check one), and Plain has none"),
     ("TanhOverflows", ["--rule", "tanh", "--style", "functional"], "style functional needs functions, and 'TanhOverflows' is a class"),
 ])
 def test_binding_mistakes_exit_2_with_a_sentence(helpers, target, extra, message):
@@ -92,10 +94,13 @@ def test_a_loss_gradient_is_located_in_the_pairs_second_item(helpers):
 
 
 def test_the_stability_hint_fits_the_operation(helpers):
-    p = cli("verify", f"{helpers}:TanhOverflows", "--rule", "tanh", "--style", "dlfs1", cwd=helpers.parent)
-    assert "FAIL stability" in p.stdout
+    p = cli("verify", f"{helpers}:TanhOverflows", "--rule", "tanh", "--style", "dlfs1", "--strict", cwd=helpers.parent)
+    assert p.returncode == 1 and "FAIL stability" in p.stdout
     hint = next(ln for ln in p.stdout.splitlines() if "hint:" in ln and "overflow" in ln)
     assert "softmax" not in hint and "np.tanh" in hint
+    # without --strict: the ordinary trials pass, so the probe's finding is a warning carrying the same hint
+    lenient = cli("verify", f"{helpers}:TanhOverflows", "--rule", "tanh", "--style", "dlfs1", cwd=helpers.parent)
+    assert lenient.returncode == 0 and "- numerical-stability:" in lenient.stdout and "np.tanh" in lenient.stdout
 
 
 def test_a_list_output_is_a_warning_and_complex_values_a_failure(helpers):
@@ -146,3 +151,25 @@ def test_sizes_given_as_hyperparameters_or_a_partial_shape_are_pinned(tmp_path, 
 def test_a_size_set_twice_differently_is_refused(tmp_path):
     p = cli("verify", f"{EXAMPLES}/dlfs2/layers.py:Repeat", "--hyper", "N=4", "--shape", "N=3", cwd=tmp_path)
     assert p.returncode == 2 and "--shape sets N=3, but a hyperparameter sets N=4" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("target,extra,why", [
+    ("sigmoid", ["--rule", "sigmoid"], "sigmoid returns one value and has no sigmoid_backward next to it"),
+    ("Forward", ["--rule", "relu", "--style", "dlfs2"], "Forward has a forward method and no backward"),
+    ("Forward", ["--rule", "relu"], "Forward has a forward method and no backward"),
+])
+def test_a_forward_only_layer_has_its_forward_checked_and_says_so(helpers, target, extra, why):
+    p = cli("verify", f"{helpers}:{target}", *extra, "--format", "json", cwd=helpers.parent)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    import json
+
+    rep = json.loads(p.stdout)
+    assert rep["verdict"] == "pass" and rep["forward_only"] == why
+    assert [c["name"] for c in rep["checks"] if not c["name"] == "stability"] == ["forward"]
+    text = cli("verify", f"{helpers}:{target}", *extra, cwd=helpers.parent).stdout
+    assert f"verdict: PASS (forward only: {why}, so there is no gradient to check)" in text
+
+
+def test_a_wrong_forward_only_layer_fails(helpers):
+    p = cli("verify", f"{helpers}:ForwardWrong", "--rule", "relu", cwd=helpers.parent)
+    assert p.returncode == 1 and "FAIL forward" in p.stdout, p.stdout

@@ -17,6 +17,22 @@ def sum_to(x, shape):
     return y
 
 
+class Sin(Function):
+    def forward(self, x):
+        return np.sin(x)
+
+    def backward(self, gy):
+        return gy * np.cos(self.inputs[0].data)
+
+
+class Cos(Function):
+    def forward(self, x):
+        return np.cos(x)
+
+    def backward(self, gy):
+        return gy * -np.sin(self.inputs[0].data)
+
+
 class Exp(Function):
     def forward(self, x):
         return np.exp(x)
