@@ -634,7 +634,10 @@ class DezeroAdapter(Adapter):
         if not hasattr(y, "data") or not hasattr(y, "backward"):
             raise LayerError(self.name, TypeError(f"returned {type(y).__name__}, not a Variable"))
         y.grad = self._as_grad(cotangent, y)
-        _call(y.backward, [], f"{self.name}.backward")
+        if not any(v is y for v in variables.values()):
+            _call(y.backward, [], f"{self.name}.backward")
+        # else: y is an input handed back (DeZero's sum_to(x, x.shape) returns x): a leaf whose
+        # gradient is the cotangent itself; DeZero's backward() on a leaf would fail on its missing creator
         grads = {n: getattr(getattr(v, "grad", None), "data", getattr(v, "grad", None)) for n, v in variables.items()}
         return Outcome(y.data, grads)
 

@@ -208,7 +208,7 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
     from . import report as render
     from .adapters import check_target
     from .isolate import verify_isolated
-    from .rules import rule_for
+    from .rules import rule_for, variants_for
 
     try:
         check_target(target)  # a typo in the target is the first thing to report
@@ -216,7 +216,7 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
         rep = verify_isolated(target, rule, timeout=timeout or obj.config.raw.get("timeout"), hyper=parse_hypers(hypers),
                               style=style, dtype=dtype, seed=seed, trials=trials, steps=steps,
                               shape=parse_pairs(shape, "--shape") if shape else None, strict=strict,
-                              kinks=kinks, stress=not no_stress)
+                              kinks=kinks, stress=not no_stress, variants=variants_for(rule_name, rule, obj.rule_dirs))
     except DerivcheckError as exc:
         if fmt == "json":
             click.echo(render.error_json(target, rule_name, str(exc)))

@@ -486,8 +486,8 @@ def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: in
     closed = [(n, f, *proofs[n]) for n, f in rule.closed_forms.items()]
     if rule.from_output is not None and chain:  # the seed's last step: dout * y * (1 - y), proven
         chain.append(_from_output_line(rule, hyper))
-    return Explanation(rule, hyper, dims, nodes, chain, render.jacobians_text(d, list(rule.inputs), simplify=True),
-                       render.jacobians_latex(d, list(rule.inputs), simplify=True), closed)
+    return Explanation(rule, hyper, dims, nodes, chain, render.jacobians_text(d, list(rule.inputs), simplify="small"),
+                       render.jacobians_latex(d, list(rule.inputs), simplify="small"), closed)
 
 
 def explain_layer(exp: Explanation, target: str, rule, **options) -> Explanation:

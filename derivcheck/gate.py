@@ -64,13 +64,14 @@ _HOW = 'add rule = "NAME" to its [[layer]] entry'  # how a configuration names a
 def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None, timeout: float | None = None) -> Result:
     """One binding's check, in a worker process of its own (isolate.py); never raises for the layer's sake."""
     from .isolate import verify_isolated
-    from .rules import rule_for
+    from .rules import rule_for, variants_for
 
     try:
         rule = rule_for(binding.rule, binding.target, rule_dirs, _HOW)
         report = verify_isolated(binding.target, rule, timeout=timeout or binding.timeout, hyper=binding.hyper,
                                  style=binding.style, dtype=binding.dtype, seed=binding.seed if seed is None else seed,
-                                 trials=binding.trials, steps=binding.steps, strict=binding.strict)
+                                 trials=binding.trials, steps=binding.steps, strict=binding.strict,
+                                 variants=variants_for(binding.rule, rule, rule_dirs))
         return Result(binding, report)
     except DerivcheckError as exc:
         return Result(binding, None, f"{binding.where}: layer {binding.target.rpartition(':')[2]}: {exc}")

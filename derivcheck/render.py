@@ -7,9 +7,23 @@ import numpy as np
 import sympy
 
 
-def _jacobian(d, name, simplify: bool) -> np.ndarray:
+# SymPy's simplify is for display only, and its cost explodes with the number of symbols: 17 s
+# for one entry of the rnn rule (six symbols in a tanh), with a result no shorter. Entries
+# with more symbols than this are shown as derived.
+SIMPLIFY_SYMBOLS = 3
+
+
+def _tidy(e):
+    return sympy.simplify(e) if len(getattr(e, "free_symbols", ())) <= SIMPLIFY_SYMBOLS else e
+
+
+def _jacobian(d, name, simplify) -> np.ndarray:
+    """``simplify``: True for every entry (derive --simplify asks for it), "small" for entries
+    of few symbols (explain's tiny-shape Jacobian), False for none."""
     J = d.jacobian_array(name)
-    return np.vectorize(sympy.simplify, otypes=[object])(J) if simplify and J.size else J
+    if not simplify or not J.size:
+        return J
+    return np.vectorize(_tidy if simplify == "small" else sympy.simplify, otypes=[object])(J)
 
 
 def _index(idx) -> str:

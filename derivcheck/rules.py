@@ -726,6 +726,18 @@ def rule_for(name: str | None, target: str, extra=(), how: str = "pass --rule NA
     return load_rule(name if name is not None else guess_rule(target, extra, how), extra)
 
 
+def variants_for(name: str | None, rule: Rule, extra=()) -> dict[str, str]:
+    """For a rule guessed from a target's name (``name`` None), the same operation in a convention's
+    own form: ``{style: path}`` for each rule file named ``RULE_STYLE`` (mean_squared_error_dezero:
+    DeZero's sum / N, where book 1's is half the sum). The worker picks one by the detected style."""
+    if name is not None:
+        return {}
+    from .adapters import STYLES
+
+    files = rule_files(extra)
+    return {s: str(files[f"{rule.name}_{s}"]) for s in STYLES if f"{rule.name}_{s}" in files}
+
+
 _LOADED: dict[tuple, Rule] = {}
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import reference
-from .adapters import LayerError, make_adapter, target_spec
+from .adapters import LayerError, detect_style, load_target, make_adapter, target_spec
 from .checks import Check, compare, unit_roundoff
 from .diagnose import Context, diagnose_forward, diagnose_gradient, settle_factor
 from .errors import DerivcheckError
@@ -105,11 +105,20 @@ class Verifier:
     """One layer against one rule. ``run()`` returns a Report."""
 
     def __init__(self, target: str, rule, *, hyper=None, style=None, dtype="float64", seed=0, trials=5, steps=2,
-                 shape=None, strict=False, kinks=False, stress=True):
+                 shape=None, strict=False, kinks=False, stress=True, variants=None):
         if dtype not in DTYPES:
             raise DerivcheckError(f"--dtype must be one of {', '.join(DTYPES)}, not '{dtype}'")
         if trials < 1 or steps < 1:
             raise DerivcheckError("--trials and --steps must be at least 1")
+        self.variant_note = ""
+        if variants:  # a guessed rule with a form of its own in the layer's convention (rules.variants_for)
+            detected = style or detect_style(*load_target(target))
+            if detected in variants:
+                from .rules import load_rule_file
+
+                base, rule = rule.name, load_rule_file(Path(variants[detected]))
+                self.variant_note = (f"rule: {rule.name}, the {detected} convention's {base} (guessed from the "
+                                     f"layer's name and style; --rule names another)")
         self.target, self.rule = target_spec(target), rule
         self.given_hyper = dict(hyper or {})
         self.hyper = rule.resolve_hyper(self.given_hyper)
@@ -168,9 +177,7 @@ class Verifier:
     def run(self) -> Report:
         rep = Report(self.target, self.rule.name, self.probe.style, self.dtype_name, self.seed, self.trials,
                      self.steps, {k: v for k, v in self.given_hyper.items()}, strict=self.strict)
-        note = reference.note_for(self.rule, self.hyper)
-        if note:
-            rep.notes.append(note)
+        rep.notes += [n for n in (self.variant_note, reference.note_for(self.rule, self.hyper)) if n]
         results: dict[str, Check] = {}
         factors: dict[str, list] = {}  # check -> [(factor, dims)] of every failing trial
         first_failure = None
@@ -611,9 +618,10 @@ def assert_backward(layer, rule=None, rule_dirs=(), **options):
     """
     from .isolate import importable, verify_isolated
     from .report import text
-    from .rules import rule_for
+    from .rules import rule_for, variants_for
 
     if rule is None or isinstance(rule, str):
+        options.setdefault("variants", variants_for(rule, rule_for(rule, target_spec(layer), rule_dirs), rule_dirs))
         rule = rule_for(rule, target_spec(layer), rule_dirs)
     timeout = options.pop("timeout", None)
     if importable(layer):

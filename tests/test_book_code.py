@@ -335,3 +335,38 @@ def test_sin_and_cos_are_rules():
         d = rule.at(N=2, D=3)
         x = np.linspace(-2, 2, 6).reshape(2, 3)
         assert np.allclose(d.forward(x=x), layer(x))
+
+
+IDENTITY = '''from core import Function, as_variable
+from functions import BroadcastTo
+
+
+def broadcast_to(x, shape):           # DeZero's: the input itself when nothing is to be broadcast
+    if x.shape == shape:
+        return as_variable(x)
+    return BroadcastTo(shape)(x)
+'''
+
+
+def test_a_dezero_function_that_hands_back_its_input_is_checked(tmp_path):
+    """DeZero's backward() on a leaf fails on its missing creator; the gradient of the identity is dout."""
+    for name in ("core.py", "functions.py"):
+        (tmp_path / name).write_text((EXAMPLES / "dezero_style" / name).read_text())
+    (tmp_path / "ops.py").write_text(IDENTITY)
+    rule = derivcheck.load_rule("broadcast_to")
+    rep = verify(f"{tmp_path}/ops.py:broadcast_to", rule, shape={"N": 1, "D": 3}, trials=2)
+    assert rep.verdict == "pass", [(c.name, c.message) for c in rep.checks]
+
+
+def test_a_guessed_rule_takes_the_conventions_own_form(tmp_path):
+    """mean_squared_error is book 1's half sum; a DeZero MeanSquaredError gets sum / N without --rule."""
+    p = cli("verify", f"{EXAMPLES}/dezero_style/functions.py:MeanSquaredError", "--format", "json", cwd=tmp_path)
+    rep = json.loads(p.stdout)
+    assert p.returncode == 0 and rep["rule"] == "mean_squared_error_dezero", (p.stdout, p.stderr)
+    assert any("the dezero convention's mean_squared_error" in n for n in rep["notes"])
+    book1 = cli("verify", f"{EXAMPLES}/functional/layers.py:mean_squared_error", "--format", "json", cwd=tmp_path)
+    assert json.loads(book1.stdout)["rule"] == "mean_squared_error"
+    # named, the rule is the one named
+    named = cli("verify", f"{EXAMPLES}/dezero_style/functions.py:MeanSquaredError", "--rule", "mean_squared_error",
+                "--format", "json", cwd=tmp_path)
+    assert named.returncode == 1 and json.loads(named.stdout)["rule"] == "mean_squared_error"  # half sum vs sum / N

@@ -243,6 +243,19 @@ class TanhSignFlipped(Function):
         return gy * (y * y - 1)
 
 
+class MeanSquaredErrorSameSign(Function):
+    """BUG: DeZero's mean squared error with gx1 = gx0: x1 enters as -x1, so its gradient is -gx0."""
+
+    def forward(self, x0, x1):
+        diff = x0 - x1
+        return (diff ** 2).sum() / len(diff)
+
+    def backward(self, gy):
+        diff = self.inputs[0].data - self.inputs[1].data
+        gx0 = gy * diff * (2.0 / len(diff))
+        return gx0, gx0
+
+
 class TransposeSameAxes(Function):
     """BUG: backward applies the same permutation instead of its inverse (hidden when axes reverse)."""
 
@@ -278,6 +291,29 @@ def repeat_forward(x, N):
 def repeat_backward(dy, cache):
     """BUG: sums over the wrong axis (axis=1), so dx has shape (N, 1), not (1, D)."""
     return np.sum(dy, axis=1, keepdims=True)
+
+
+class RNNBiasSkipsTanh:
+    """BUG: db sums dh_next, the gradient at the tanh's output, not dt at its input."""
+
+    def __init__(self, Wx, Wh, b):
+        self.params = [Wx, Wh, b]
+        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+
+    def forward(self, x, h_prev):
+        Wx, Wh, b = self.params
+        h_next = np.tanh(np.dot(h_prev, Wh) + np.dot(x, Wx) + b)
+        self.cache = (x, h_prev, h_next)
+        return h_next
+
+    def backward(self, dh_next):
+        Wx, Wh, b = self.params
+        x, h_prev, h_next = self.cache
+        dt = dh_next * (1 - h_next ** 2)
+        self.grads[0][...] = np.dot(x.T, dt)
+        self.grads[1][...] = np.dot(h_prev.T, dt)
+        self.grads[2][...] = np.sum(dh_next, axis=0)
+        return np.dot(dt, Wx.T), np.dot(dt, Wh.T)
 
 
 class SigmoidUpcasts:

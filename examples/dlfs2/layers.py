@@ -138,3 +138,27 @@ class Sum:
 
     def backward(self, dy):
         return np.repeat(dy, self.N, axis=0)
+
+
+class RNN:
+    """One step of book 2's simple RNN: h_next = tanh(h_prev Wh + x Wx + b)."""
+
+    def __init__(self, Wx, Wh, b):
+        self.params = [Wx, Wh, b]
+        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+        self.cache = None
+
+    def forward(self, x, h_prev):
+        Wx, Wh, b = self.params
+        h_next = np.tanh(np.dot(h_prev, Wh) + np.dot(x, Wx) + b)
+        self.cache = (x, h_prev, h_next)
+        return h_next
+
+    def backward(self, dh_next):
+        Wx, Wh, b = self.params
+        x, h_prev, h_next = self.cache
+        dt = dh_next * (1 - h_next ** 2)
+        self.grads[0][...] = np.dot(x.T, dt)
+        self.grads[1][...] = np.dot(h_prev.T, dt)
+        self.grads[2][...] = np.sum(dt, axis=0)
+        return np.dot(dt, Wx.T), np.dot(dt, Wh.T)
