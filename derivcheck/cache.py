@@ -42,6 +42,8 @@ import mpmath
 import numpy as np
 import sympy
 
+from .indexed import IsMax, ReduceMax
+
 FORMAT = 2  # 2: sparse Jacobian triples; generic entries
 
 _FUNCS = {
@@ -68,6 +70,7 @@ _FUNCS = {
     "Or": sympy.Or,
     "Not": sympy.Not,
     "KroneckerDelta": sympy.KroneckerDelta,
+    "IsMax": IsMax,
 }
 _INDEX_NAME = re.compile(r"^[a-z][0-9]{1,9}$")
 _CONSTANTS = {"true": sympy.true, "false": sympy.false, "E": sympy.E, "Half": sympy.S.Half}
@@ -84,8 +87,9 @@ def encode(expr):
         return ["S", expr.name]
     if isinstance(expr, sympy.Indexed):
         return ["Ix", str(expr.base.label)] + [encode(i) for i in expr.indices]
-    if isinstance(expr, sympy.Sum):
-        return ["Sum", encode(expr.function)] + [[encode(v), encode(lo), encode(hi)] for v, lo, hi in expr.limits]
+    if isinstance(expr, (sympy.Sum, ReduceMax)):
+        tag = "Sum" if isinstance(expr, sympy.Sum) else "RMax"
+        return [tag, encode(expr.function)] + [[encode(v), encode(lo), encode(hi)] for v, lo, hi in expr.limits]
     if isinstance(expr, sympy.Integer):
         return ["I", str(int(expr))]
     if isinstance(expr, sympy.Rational):
@@ -115,10 +119,11 @@ def decode(tree, symbols: dict, bases: frozenset = frozenset()):
         if not args or args[0] not in bases:
             raise ValueError(f"foreign array {args[:1]!r}")
         return sympy.IndexedBase(args[0], real=True)[tuple(decode(a, symbols, bases) for a in args[1:])]
-    if tag == "Sum":
+    if tag in ("Sum", "RMax"):
         if len(args) < 2 or not all(isinstance(lim, list) and len(lim) == 3 for lim in args[1:]):
             raise ValueError("malformed sum")
-        return sympy.Sum(decode(args[0], symbols, bases), *(tuple(decode(x, symbols, bases) for x in lim) for lim in args[1:]))
+        return (sympy.Sum if tag == "Sum" else ReduceMax)(
+            decode(args[0], symbols, bases), *(tuple(decode(x, symbols, bases) for x in lim) for lim in args[1:]))
     if tag == "S":
         if len(args) != 1 or args[0] not in symbols:
             raise ValueError(f"foreign symbol {args!r}")

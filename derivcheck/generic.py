@@ -131,6 +131,9 @@ def support(expr, cot: str = DOUT, weight: str = WEIGHT):
             return sympy.Add(*(walk(t) for t in e.args if reads(t)))
         if isinstance(e, Sum):
             return Sum(walk(e.function), *e.limits)
+        if isinstance(e, sympy.Piecewise) and not any(reads(c) for _, c in e.args):
+            # a term that applies where its condition holds (expand moves factors into the pieces)
+            return sympy.Piecewise(*((walk(x) if reads(x) else sympy.Integer(0), c) for x, c in e.args))
         raise Unsupported(f"the cotangent appears inside {type(e).__name__}")
 
     return walk(expr) if reads(expr) else sympy.Integer(0)

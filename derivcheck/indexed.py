@@ -8,7 +8,7 @@ expression in *index variables*, one per axis, and its sizes are symbols
 
 A :class:`TArray` is ``(expr, indices, shape)``. The functions below mirror
 the formula language's functions; an operation that cannot be written in
-index notation (a reshape that flattens axes, a max over an axis) raises
+index notation (a reshape that flattens axes, a batched matmul) raises
 :class:`Unsupported`, and the rule falls back to the concrete tier.
 """
 from __future__ import annotations
@@ -18,6 +18,8 @@ import itertools
 
 import sympy
 from sympy import IndexedBase, KroneckerDelta, Sum
+from sympy.concrete.expr_with_intlimits import ExprWithIntLimits
+from sympy.concrete.expr_with_limits import _common_new
 
 from .errors import DerivcheckError
 from .symarray import RELATIONS, exact, normalize_axes
@@ -199,8 +201,58 @@ def mean(x, axis=None, keepdims: bool = False) -> TArray:
     return sum(x, axis, keepdims) / count
 
 
+class ReduceMax(ExprWithIntLimits):
+    """``max`` of ``function`` over the limits' indices, as ``Sum`` is their sum.
+
+    Its derivative routes to the argmax: d/ds max_j f(j) = Σ_j [f(j) = max] ∂f(j)/∂s,
+    exact wherever the maximum is attained once (random values never tie; at a
+    tie the element-by-element tier's Heaviside splits evenly, this one does not).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, function, *symbols, **assumptions):
+        pre = _common_new(cls, function, *symbols, discrete=True, **assumptions)
+        if not isinstance(pre, tuple):
+            return pre
+        function, limits, _ = pre
+        obj = sympy.Expr.__new__(cls, **assumptions)
+        obj._args = (function, *limits)
+        obj.is_commutative = function.is_commutative
+        return obj
+
+    def _eval_derivative(self, s):
+        f = self.function
+        # the maximum again under fresh names: the sum below binds this one's indices
+        rename = {v: fresh_index("m") for v, _, _ in self.limits}
+        return Sum(IsMax(f, self.xreplace(rename)) * f.diff(s), *self.limits)
+
+
+class IsMax(sympy.Function):
+    """1 where its arguments are equal (an element is the maximum), else 0: ReduceMax's routing.
+
+    Not a Piecewise: SymPy folds a Piecewise out of the Sum that binds its index.
+    Piecewise constant, so its derivative is 0 and it rounds nothing.
+    """
+
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        return sympy.Integer(0)
+
+
 def max(x, axis=None, keepdims: bool = False):  # noqa: A001
-    raise Unsupported("max (its derivative routes to the argmax)")
+    x = asarray(x)
+    axes = normalize_axes(axis, x.ndim)
+    if not axes:
+        return x
+    expr = ReduceMax(x.expr, *((x.indices[a], 0, x.shape[a] - 1) for a in axes))
+    if keepdims:
+        kept = tuple(fresh_index() if a in axes else x.indices[a] for a in range(x.ndim))
+        shape = tuple(sympy.Integer(1) if a in axes else x.shape[a] for a in range(x.ndim))
+        return TArray(expr, kept, shape)
+    rest = [a for a in range(x.ndim) if a not in axes]
+    return TArray(expr, tuple(x.indices[a] for a in rest), tuple(x.shape[a] for a in rest))
 
 
 def matmul(a, b) -> TArray:

@@ -20,7 +20,7 @@ import numpy as np
 import sympy
 from sympy import Indexed, KroneckerDelta, Sum
 
-from .indexed import Unsupported
+from .indexed import IsMax, ReduceMax, Unsupported
 from .symarray import exact
 
 
@@ -224,6 +224,16 @@ def _compile_node(expr, ranges: dict):
             return unary
     if isinstance(expr, Sum):
         return _compile_sum(expr, ranges)
+    if isinstance(expr, ReduceMax):
+        return _compile_max(expr, ranges)
+    if isinstance(expr, IsMax):
+        a, b = (_compile(x, ranges) for x in expr.args)
+
+        def is_max(env, be):
+            arrays, labels = _align([a(env, be), b(env, be)])
+            return Labelled((arrays[0] == arrays[1]).astype(be.float), labels)
+
+        return is_max
     if isinstance(expr, KroneckerDelta):
         a, b = (_compile(x, ranges) for x in expr.args)
 
@@ -264,9 +274,9 @@ def _compile_node(expr, ranges: dict):
             return Labelled(out, labels)
 
         return piecewise
-    if isinstance(expr, sympy.core.relational.Relational) and expr.rel_op in (">", ">=", "<", "<="):
+    if isinstance(expr, sympy.core.relational.Relational) and expr.rel_op in (">", ">=", "<", "<=", "=="):
         left, right = (_compile(a, ranges) for a in expr.args)
-        op = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal}[expr.rel_op]
+        op = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal}[expr.rel_op]
 
         def relation(env, be):
             arrays, labels = _align([left(env, be), right(env, be)])
@@ -379,3 +389,23 @@ def _compile_sum(expr: Sum, ranges: dict):
         return Labelled(out, keep)
 
     return summed
+
+
+def _compile_max(expr, ranges: dict):
+    """The maximum over one or more indices (indexed.ReduceMax): NumPy's max over their axes."""
+    inner_ranges = dict(ranges)
+    bound = []
+    for var, lo, hi in expr.limits:
+        if lo != 0:
+            raise Unsupported(f"a max from {lo}")
+        inner_ranges[var] = exact(hi) + 1
+        bound.append(_id(var))
+    body = _compile(expr.function, inner_ranges)
+
+    def maximum(env, be):
+        r = body(env, be)
+        axes = tuple(r.labels.index(v) for v in bound if v in r.labels)
+        out = np.max(r.array, axis=axes) if axes else r.array  # a body free of an index: the same value throughout
+        return Labelled(out, tuple(lab for lab in r.labels if lab not in bound))
+
+    return maximum

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import sympy
 
+from .indexed import IsMax
+
 
 def _abs(e):
     """|e| without SymPy's sign analysis, which costs more than the rest of the bound together.
@@ -71,7 +73,7 @@ def magnitude(expr, memo: dict | None = None):
         out = sympy.Max(*(M(a) for a in expr.args))
     elif isinstance(expr, sympy.Piecewise):
         out = sympy.Piecewise(*((M(e), c) for e, c in expr.args))
-    elif isinstance(expr, (sympy.Heaviside, sympy.sign)):
+    elif isinstance(expr, (sympy.Heaviside, sympy.sign, IsMax)):
         out = sympy.Integer(0)  # piecewise constant away from its kink
     else:  # an unknown node: charge one rounding of its value
         out = _abs(expr)

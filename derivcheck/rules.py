@@ -182,6 +182,7 @@ class Rule:
     doc: str = ""
     from_output: Formula | None = None  # element-wise derivative in terms of `out` (sigmoid: out * (1 - out))
     closed_forms: dict = field(default_factory=dict)  # input -> Formula of its gradient (candidates, proven by explain)
+    aliases: tuple = ()  # other names of the operation, for guessing a rule from a target's name (affine: linear)
     _derivations: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -466,7 +467,7 @@ def parse_rule(text: str, path) -> Rule:
         raise RuleError(path, int(m.group(1)) if m else None, f"not valid TOML: {msg}") from None
 
     L.keys(data, {"name", "summary", "doc", "formula", "output", "inputs", "labels", "hyper", "dims", "derivative_from_output",
-                  "closed_form"}, "")
+                  "closed_form", "aliases"}, "")
     for required in ("name", "summary", "formula", "inputs"):
         if required not in data:
             raise RuleError(path, None, f"missing required key '{required}'")
@@ -477,6 +478,9 @@ def parse_rule(text: str, path) -> Rule:
         L.fail(f"name '{name}' must match the file name '{path.stem}.toml'", "", "name")
     if not isinstance(data["summary"], str) or not data["summary"].strip():
         L.fail("summary must be a non-empty one-line string", "", "summary")
+    aliases = data.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and re.match(r"^[a-z][a-z0-9_]*$", a) for a in aliases):
+        L.fail('aliases must be a list of lower-case names, as in ["linear"]', "", "aliases")
 
     dims: dict[str, DimRange] = {}
     names: dict[str, str] = {}  # name -> what it is, to refuse clashes
@@ -628,6 +632,7 @@ def parse_rule(text: str, path) -> Rule:
         doc=data.get("doc", ""),
         from_output=from_output,
         closed_forms=closed_forms,
+        aliases=tuple(aliases),
     )
     _check_shapes(rule, L)
     return rule
@@ -707,8 +712,14 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
     """The rule a target implements, from its name: Affine, SoftmaxWithLoss, affine_forward, MatMul."""
     name = target.rpartition(":")[2]
     base = re.sub(r"(_forward|_backward)$", "", name)
+    base = re.sub(r"_(simple|naive|alt)$", "", base)  # DeZero's linear_simple, CS231n's conv_forward_naive
     known = {n.replace("_", ""): n for n in rule_files(extra)}  # names only: a broken file elsewhere does not matter
     guess = known.get(base.replace("_", "").lower())
+    if guess is None:  # another name for a rule's operation (DeZero's Linear is affine): read the rules' aliases
+        for rule_name, rule in list_rules(extra, errors=[]).items():
+            if base.replace("_", "").lower() in {a.replace("_", "") for a in rule.aliases}:
+                guess = rule_name
+                break
     if guess is None:
         stem = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", base).lower()
         raise DerivcheckError(

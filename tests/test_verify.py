@@ -221,10 +221,15 @@ def test_kink_convention_is_reported_on_request():
 
 
 def test_non_smooth_rules_declare_their_kinks():
-    """A rule whose Jacobian has Heaviside/Max/Piecewise keeps random values away from the kink."""
+    """A rule whose Jacobian has Heaviside/Max/Piecewise keeps random values away from the kink.
+
+    max and min are not smooth where two elements tie, not at a point a domain could avoid;
+    random values drawn from a continuous distribution do not tie.
+    """
     import sympy
 
-    for name in RULES:
+    ties = {"max", "min"}
+    for name in sorted(set(RULES) - ties):
         rule = derivcheck.load_rule(name)
         d = rule.at(**rule.example_dims())
         rough = any(e.has(sympy.Heaviside, sympy.Max, sympy.Min, sympy.Piecewise, sympy.sign, sympy.Abs)

@@ -256,6 +256,31 @@ class MeanSquaredErrorSameSign(Function):
         return gx0, gx0
 
 
+class LeakyReLUForgetsSlope(Function):
+    """BUG: backward passes gy through on both sides, as if the slope were 1."""
+
+    def __init__(self, slope=0.2):
+        self.slope = slope
+
+    def forward(self, x):
+        return np.where(x > 0, x, x * self.slope)
+
+    def backward(self, gy):
+        return gy * np.ones_like(self.inputs[0].data)
+
+
+class MaxRoutesToFirst(Function):
+    """BUG: max over axis 1 whose gradient goes to the first element of each row, not the largest."""
+
+    def forward(self, x):
+        return x.max(axis=1)
+
+    def backward(self, gy):
+        gx = np.zeros_like(self.inputs[0].data)
+        gx[:, 0] = gy
+        return gx
+
+
 class TransposeSameAxes(Function):
     """BUG: backward applies the same permutation instead of its inverse (hidden when axes reverse)."""
 

@@ -168,3 +168,64 @@ class MeanSquaredError(Function):
         diff = x0 - x1
         gx0 = gy * diff * (2.0 / len(diff))
         return gx0, -gx0
+
+
+class LogSoftmax(Function):
+    def __init__(self, axis=1):
+        self.axis = axis
+
+    def forward(self, x):
+        m = x.max(axis=self.axis, keepdims=True)
+        return x - (m + np.log(np.exp(x - m).sum(axis=self.axis, keepdims=True)))
+
+    def backward(self, gy):
+        y = self.outputs[0]().data
+        return gy - np.exp(y) * gy.sum(axis=self.axis, keepdims=True)
+
+
+class LeakyReLU(Function):
+    def __init__(self, slope=0.2):
+        self.slope = slope
+
+    def forward(self, x):
+        return np.where(x > 0, x, x * self.slope)
+
+    def backward(self, gy):
+        x = self.inputs[0].data
+        return gy * np.where(x > 0, 1.0, self.slope)
+
+
+class Clip(Function):
+    def __init__(self, x_min, x_max):
+        self.x_min, self.x_max = x_min, x_max
+
+    def forward(self, x):
+        return np.clip(x, self.x_min, self.x_max)
+
+    def backward(self, gy):
+        x = self.inputs[0].data
+        return gy * ((x >= self.x_min) & (x <= self.x_max))
+
+
+class Max(Function):
+    """The gradient goes to the element that is the max (DeZero's Max)."""
+
+    def __init__(self, axis=None, keepdims=False):
+        self.axis, self.keepdims = axis, keepdims
+
+    def _reduce(self, x):
+        return x.max(axis=self.axis, keepdims=True)
+
+    def forward(self, x):
+        return x.max(axis=self.axis, keepdims=self.keepdims) if type(self) is Max else x.min(axis=self.axis, keepdims=self.keepdims)
+
+    def backward(self, gy):
+        x = self.inputs[0].data
+        y = self._reduce(x)
+        gy = np.reshape(gy, y.shape)  # the reduced axes back, with size 1
+        return gy * (x == y)
+
+
+class Min(Max):
+    def _reduce(self, x):
+        return x.min(axis=self.axis, keepdims=True)
