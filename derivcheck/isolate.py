@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -44,6 +45,28 @@ def kill_all() -> None:
             worker.kill()
         except (OSError, ValueError, AttributeError):
             pass
+
+
+def _start(worker) -> None:
+    """Start ``worker`` with Ctrl-C held back until it has started.
+
+    An interrupt in the middle of the forkserver's handshake left a running worker
+    whose pid was never learnt: it could not be killed, and the interpreter's exit
+    waited for it (a layer sleeping 60 s kept `derivcheck` from exiting for 60 s).
+    Held back, the interrupt is raised as soon as the pid is known, and kills it.
+    (A handler, not a signal mask: NumPy's BLAS threads would take a masked signal.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        worker.start()  # the gate's threads: Ctrl-C reaches the main thread, which kills every started worker
+        return
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        worker.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 class WorkerCrashed(Exception):
@@ -145,7 +168,7 @@ def verify_isolated(target: str, rule, timeout: float | None = None, **options):
     stage, outcome = "importing the target", None
     try:
         _LIVE.add(worker)
-        worker.start()
+        _start(worker)
         send.close()
         deadline = time.monotonic() + timeout
         while outcome is None:
@@ -168,7 +191,8 @@ def verify_isolated(target: str, rule, timeout: float | None = None, **options):
             worker.kill()
             worker.join(10)
     except KeyboardInterrupt:
-        worker.kill()
+        if worker.pid is not None:
+            worker.kill()
         raise
     finally:
         _LIVE.discard(worker)

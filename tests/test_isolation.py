@@ -189,3 +189,24 @@ def test_reproduce_line_names_the_users_rule_folder(tmp_path):
     again = subprocess.run(line.removeprefix("reproduce: ").replace("derivcheck", f"{sys.executable} -m derivcheck.cli", 1),
                            shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert again.returncode == 1 and "verdict: FAIL" in again.stdout
+
+
+def test_an_interrupt_while_a_worker_starts_waits_until_its_pid_is_known():
+    """Ctrl-C in the forkserver's handshake left a worker nobody could kill, and exit waited for it."""
+    import os
+    import signal
+
+    from derivcheck.isolate import _start
+
+    class Worker:
+        started = False
+
+        def start(self):
+            os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of start()
+            time.sleep(0.2)
+            self.started = True
+
+    w = Worker()
+    with pytest.raises(KeyboardInterrupt):
+        _start(w)
+    assert w.started
