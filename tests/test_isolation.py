@@ -142,9 +142,14 @@ def test_assert_backward_runs_a_module_level_layer_isolated(tmp_path):
 
 
 def test_interrupt_exits_130(tmp_path):
+    import signal
+
     target = layer(tmp_path, backward="import time; time.sleep(60)")
+    # Ctrl-C's default action in the child, whatever this process inherited: a test run started
+    # in the background of a shell ignores SIGINT, and so would every process it starts
     proc = subprocess.Popen([sys.executable, "-m", "derivcheck.cli", "verify", target, "--rule", "relu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(4)
     proc.send_signal(__import__("signal").SIGINT)
     out, err = proc.communicate(timeout=60)
