@@ -154,7 +154,9 @@ class GenericDerivation:
     def _derive(self) -> dict:
         rule = self.rule
         # sizes a concrete hyperparameter fixes (broadcast_to's shape = [4, 3]) are numbers, the rest symbols
-        sizes = {d: size_symbol(d) for d in rule.dims} | {d: sympy.Integer(n) for d, n in rule.pinned_dims(self.hyper).items()}
+        sizes = ({d: size_symbol(d) for d in rule.dims}
+                 | {d: sympy.Integer(r.min) for d, r in rule.dims.items() if r.min == r.max}  # a size the rule fixes
+                 | {d: sympy.Integer(n) for d, n in rule.pinned_dims(self.hyper).items()})
         arrays = {n: indexed.variable(n, rule.shape_of(i.shape, sizes)) for n, i in rule.inputs.items()}
         for n, lab in rule.labels.items():
             arrays[n] = indexed.variable(n, rule.shape_of(lab.symbolic_shape(), sizes))

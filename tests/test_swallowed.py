@@ -20,6 +20,28 @@ class OneForwardOnly:                 # right, but refuses a second forward befo
         self.pending = False
         return dout * self.out
 
+class QueuedInput:                   # right when forward and backward alternate; after two forwards, uses the first
+    def __init__(self):
+        self.queue = []
+    def forward(self, x):
+        self.queue.append(x)
+        return np.exp(x)
+    def backward(self, dout):
+        x = self.queue[0]
+        self.queue.clear()
+        return dout * np.exp(x)
+
+class RepeatsLost:                    # wrong only where an id repeats: the probe's values, not the trials' own
+    def __init__(self, W):
+        self.params, self.grads = [W], [np.zeros_like(W)]
+    def forward(self, idx):
+        self.idx = idx
+        return self.params[0][idx]
+    def backward(self, dout):
+        self.grads[0][...] = 0
+        self.grads[0][self.idx] = dout
+        return None
+
 class ShapeAtExtremes:                # right at ordinary inputs, flattens its result at extreme ones
     def forward(self, x):
         self.out = 1 / (1 + np.exp(-x))
@@ -71,3 +93,15 @@ def test_a_broken_dezero_install_is_named(tmp_path):
                         "--style", "dezero"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert p.returncode == 2 and "importing the dezero package failed" in p.stderr and "this dezero is broken" in p.stderr, p.stderr
+
+
+def test_the_stale_state_probe_names_a_layer_that_keeps_an_earlier_call(tmp_path):
+    (tmp_path / "l.py").write_text(LAYERS)
+    rep = verify(f"{tmp_path}/l.py:QueuedInput", derivcheck.load_rule("exp"), style="dlfs1", trials=2)
+    assert rep.verdict == "pass" and [w.kind for w in rep.warnings] == ["stale-state"], rep.warnings
+
+
+def test_a_gradient_wrong_at_the_probes_values_is_not_called_stale(tmp_path):
+    (tmp_path / "l.py").write_text(LAYERS)
+    rep = verify(f"{tmp_path}/l.py:RepeatsLost", derivcheck.load_rule("embedding"), style="dlfs2")
+    assert rep.verdict == "fail" and not any(w.kind == "stale-state" for w in rep.warnings), rep.warnings

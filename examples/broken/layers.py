@@ -341,6 +341,47 @@ class RNNBiasSkipsTanh:
         return np.dot(dt, Wx.T), np.dot(dt, Wh.T)
 
 
+class BatchNormNoMeanTerm:
+    """BUG: batchnorm backward without the mean term: dx = dxc, the - dmu / N left out."""
+
+    def __init__(self, gamma, beta, eps=1e-5):
+        self.gamma, self.beta, self.eps = gamma, beta, eps
+
+    def forward(self, x):
+        self.xc = x - x.mean(axis=0)
+        self.std = np.sqrt(np.mean(self.xc ** 2, axis=0) + self.eps)
+        self.xn = self.xc / self.std
+        return self.gamma * self.xn + self.beta
+
+    def backward(self, dout):
+        n = dout.shape[0]
+        self.dbeta = dout.sum(axis=0)
+        self.dgamma = np.sum(self.xn * dout, axis=0)
+        dxn = self.gamma * dout
+        dxc = dxn / self.std
+        dstd = -np.sum((dxn * self.xc) / (self.std * self.std), axis=0)
+        dxc += (2.0 / n) * self.xc * (0.5 * dstd / self.std)
+        return dxc
+
+
+class EmbeddingOverwrites:
+    """BUG: dW[idx] = dout, where an id that repeats must add up its rows (np.add.at)."""
+
+    def __init__(self, W):
+        self.params = [W]
+        self.grads = [np.zeros_like(W)]
+
+    def forward(self, idx):
+        self.idx = idx
+        return self.params[0][idx]
+
+    def backward(self, dout):
+        dW = self.grads[0]
+        dW[...] = 0
+        dW[self.idx] = dout
+        return None
+
+
 class SigmoidUpcasts:
     """BUG (dtype): computes in float64 and returns float64 for float32 inputs."""
 

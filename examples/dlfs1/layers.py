@@ -100,3 +100,30 @@ class SoftmaxWithLoss:
             dx[np.arange(batch_size), self.t] -= 1
             dx = dx / batch_size
         return dx * dout
+
+
+class BatchNormalization:
+    """Train mode, as book 1's: normalize each feature over the batch, then scale and shift."""
+
+    def __init__(self, gamma, beta, eps=1e-5):
+        self.gamma, self.beta, self.eps = gamma, beta, eps
+        self.dgamma = self.dbeta = None
+
+    def forward(self, x):
+        mu = x.mean(axis=0)
+        self.xc = x - mu
+        self.std = np.sqrt(np.mean(self.xc ** 2, axis=0) + self.eps)
+        self.xn = self.xc / self.std
+        return self.gamma * self.xn + self.beta
+
+    def backward(self, dout):
+        n = dout.shape[0]
+        self.dbeta = dout.sum(axis=0)
+        self.dgamma = np.sum(self.xn * dout, axis=0)
+        dxn = self.gamma * dout
+        dxc = dxn / self.std
+        dstd = -np.sum((dxn * self.xc) / (self.std * self.std), axis=0)
+        dvar = 0.5 * dstd / self.std
+        dxc += (2.0 / n) * self.xc * dvar
+        dmu = np.sum(dxc, axis=0)
+        return dxc - dmu / n

@@ -162,3 +162,42 @@ class RNN:
         self.grads[1][...] = np.dot(h_prev.T, dt)
         self.grads[2][...] = np.sum(dt, axis=0)
         return np.dot(dt, Wx.T), np.dot(dt, Wh.T)
+
+
+class Embedding:
+    """out = W[idx]; W's gradient adds dout up over repeated ids (np.add.at)."""
+
+    def __init__(self, W):
+        self.params = [W]
+        self.grads = [np.zeros_like(W)]
+        self.idx = None
+
+    def forward(self, idx):
+        (W,) = self.params
+        self.idx = idx
+        return W[idx]
+
+    def backward(self, dout):
+        (dW,) = self.grads
+        dW[...] = 0
+        np.add.at(dW, self.idx, dout)
+        return None
+
+
+class SigmoidWithLoss:
+    """Binary cross-entropy of sigmoid(x) against 0/1 labels, mean over the batch (x and t of shape (N,))."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+
+    def forward(self, x, t):
+        self.t = t
+        self.y = 1 / (1 + np.exp(-x))
+        n = x.shape[0]
+        # log(sigmoid(x)) and log(1 - sigmoid(x)) without the overflow of exp(-x)
+        return (np.sum(np.logaddexp(0, -x) * t) + np.sum(np.logaddexp(0, x) * (1 - t))) / n
+
+    def backward(self, dout=1):
+        dx = self.y.copy()
+        dx -= self.t  # in y's dtype: the labels are integers
+        return dx * dout / self.t.shape[0]
