@@ -187,6 +187,11 @@ def sum(x, axis=None, keepdims: bool = False) -> TArray:  # noqa: A001 - mirrors
     expr = x.expr
     for a in reversed(axes):
         expr = Sum(expr, (x.indices[a], 0, x.shape[a] - 1))
+    return _reduced(x, expr, axes, keepdims)
+
+
+def _reduced(x: TArray, expr, axes, keepdims: bool) -> TArray:
+    """``expr``, a reduction of ``x`` over ``axes``, with the axes kept at size 1 or dropped."""
     if keepdims:
         kept = tuple(fresh_index() if a in axes else x.indices[a] for a in range(x.ndim))
         shape = tuple(sympy.Integer(1) if a in axes else x.shape[a] for a in range(x.ndim))
@@ -246,13 +251,7 @@ def max(x, axis=None, keepdims: bool = False):  # noqa: A001
     axes = normalize_axes(axis, x.ndim)
     if not axes:
         return x
-    expr = ReduceMax(x.expr, *((x.indices[a], 0, x.shape[a] - 1) for a in axes))
-    if keepdims:
-        kept = tuple(fresh_index() if a in axes else x.indices[a] for a in range(x.ndim))
-        shape = tuple(sympy.Integer(1) if a in axes else x.shape[a] for a in range(x.ndim))
-        return TArray(expr, kept, shape)
-    rest = [a for a in range(x.ndim) if a not in axes]
-    return TArray(expr, tuple(x.indices[a] for a in rest), tuple(x.shape[a] for a in rest))
+    return _reduced(x, ReduceMax(x.expr, *((x.indices[a], 0, x.shape[a] - 1) for a in axes)), axes, keepdims)
 
 
 def matmul(a, b) -> TArray:

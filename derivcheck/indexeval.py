@@ -226,15 +226,7 @@ def _compile_node(expr, ranges: dict):
         return _compile_sum(expr, ranges)
     if isinstance(expr, ReduceMax):
         return _compile_max(expr, ranges)
-    if isinstance(expr, IsMax):
-        a, b = (_compile(x, ranges) for x in expr.args)
-
-        def is_max(env, be):
-            arrays, labels = _align([a(env, be), b(env, be)])
-            return Labelled((arrays[0] == arrays[1]).astype(be.float), labels)
-
-        return is_max
-    if isinstance(expr, KroneckerDelta):
+    if isinstance(expr, (KroneckerDelta, IsMax)):  # 1 where the two arguments are equal, else 0
         a, b = (_compile(x, ranges) for x in expr.args)
 
         def delta(env, be):
