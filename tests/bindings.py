@@ -51,6 +51,7 @@ REFERENCE = [
     ("functional/layers.py:softmax_loss", "softmax_with_loss", {}),
     ("functional/layers.py:cross_entropy_loss", "cross_entropy", {}),
     ("functional/layers.py:mean_squared_error", "mean_squared_error", {}),
+    ("functional/layers.py:linear_softmax_loss", "linear_softmax_loss", {}),
 ]
 
 

@@ -382,6 +382,18 @@ class EmbeddingOverwrites:
         return None
 
 
+def linear_softmax_loss_reg_missing(W, X, y, reg):
+    """BUG: reg * sum(W * W) is in the loss, but dW has no 2 * reg * W (seen in students' CS231n code)."""
+    N = X.shape[0]
+    scores = X @ W
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -log_probs[np.arange(N), y].sum() / N + reg * np.sum(W * W)
+    dscores = np.exp(log_probs)
+    dscores[np.arange(N), y] -= 1
+    return loss, X.T @ dscores / N
+
+
 class SigmoidUpcasts:
     """BUG (dtype): computes in float64 and returns float64 for float32 inputs."""
 

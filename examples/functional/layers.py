@@ -63,3 +63,15 @@ def mean_squared_error(y, t):
     """0.5 * sum((y - t)^2), as in DLFS book 1."""
     diff = y - t
     return 0.5 * np.sum(diff**2), diff
+
+
+def linear_softmax_loss(W, X, y, reg):
+    """CS231n assignment 1: softmax classifier loss and dW, with reg * sum(W * W)."""
+    N = X.shape[0]
+    scores = X @ W
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -log_probs[np.arange(N), y].sum() / N + reg * np.sum(W * W)
+    dscores = np.exp(log_probs)
+    dscores[np.arange(N), y] -= 1
+    return loss, X.T @ dscores / N + 2 * reg * W
