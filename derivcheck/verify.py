@@ -10,6 +10,7 @@ rounding scales come from :mod:`derivcheck.reference`.
 """
 from __future__ import annotations
 
+import functools
 import shlex
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -285,6 +286,7 @@ class Verifier:
     def compare_outcome(self, rep, d, ref, cot, outcome, adapter, ctx, history) -> list[Check]:
         checks = []
         expected_out, expected_grads, scales = d.evaluate(cot, **ref)
+        alternatives = self._alternatives_at(d.dims, cot, ref)
         reference.require_finite(self.rule, d.dims, [
             ("output", expected_out),
             *((f"gradient of {n}", g) for n, g in expected_grads.items()),
@@ -292,7 +294,7 @@ class Verifier:
         ])
         fwd = compare("forward", expected_out, outcome.output, scales["forward"], self.judged_in(outcome.output), where="forward output", **ctx)
         if not fwd.passed:
-            fwd = self._alternative(rep, fwd, "forward", expected_out, outcome.output, d.dims, ref, cot, ctx)
+            fwd = self._alternative(rep, fwd, "forward", expected_out, outcome.output, alternatives, ctx)
         if not fwd.passed:
             fwd.diagnosis = [diagnose_forward(fwd)]
         checks.append(fwd)
@@ -305,7 +307,7 @@ class Verifier:
             got = outcome.grads.get(n)
             c = compare(f"grad {n}", expected_grads[n], got, scales[n], self.judged_in(got), where=where, **ctx)
             if got is not None and not c.passed:
-                c = self._alternative(rep, c, n, expected_grads[n], got, d.dims, ref, cot, ctx)
+                c = self._alternative(rep, c, n, expected_grads[n], got, alternatives, ctx)
             if got is None:
                 c.message = f"no gradient for '{n}' where {adapter.style} keeps it ({where})"
             elif not c.passed:
@@ -362,19 +364,21 @@ class Verifier:
             d, dims, ref, cot, outcome = self._probe(seed, stress)
         except LayerError as exc:
             return Check("stability", False, seed=seed, message=f"at extreme inputs, {exc}")
-        bounds = [d] + [reference.at(self.rule, alt, dims) for alt in self.alternatives]  # also = [...] values too
-        exacts = []
-        for bound in bounds:
+        @functools.cache
+        def exact(k):  # the 50-digit reference at the default (0) or the k-th also = [...] value, when first needed
+            bound = d if k == 0 else reference.at(self.rule, self.alternatives[k - 1], dims)
             exact_out, exact_grads = bound.exact(cot, **ref)
             if self.ignores_dout and np.ndim(cot) == 0:  # a final loss, held to dout = 1 as in its trials (_final_loss)
                 exact_grads = {n: np.asarray(g, dtype=object) / float(cot) for n, g in exact_grads.items()}
-            exacts.append({"forward": exact_out, **{f"grad {n}": g for n, g in exact_grads.items()}})
+            return {"forward": exact_out, **{f"grad {n}": g for n, g in exact_grads.items()}}
+
         pairs = [("forward", outcome.output)] + [(f"grad {n}", outcome.grads.get(n))
                                                  for n in self.rule.inputs if not outcome.forward_only]
         for name, got in pairs:
-            found = [self._stability_of(name, ex[name], got, ref, dims, seed) for ex in exacts]
-            if all(f is not None for f in found):
-                return found[0]
+            first = self._stability_of(name, exact(0)[name], got, ref, dims, seed)
+            if first is not None and all(self._stability_of(name, exact(k)[name], got, ref, dims, seed) is not None
+                                         for k in range(1, len(self.alternatives) + 1)):
+                return first
         return Check("stability", True, seed=seed, dims=dims, message="extreme inputs handled")
 
     def _stability_of(self, name, exact, got, ref, dims, seed) -> Check | None:
@@ -447,10 +451,15 @@ class Verifier:
                              + (" (the usual convention, as PyTorch's relu)" if slopes == [0.0] else ""))
         return notes
 
-    def _alternative(self, rep, check, which, expected, got, dims, ref, cot, ctx) -> Check:
-        """The check against the rule at its ``also`` hyperparameter values (Rule.alternatives), if one fits."""
-        for alt in self.alternatives:
-            out, grads, scales = reference.at(self.rule, alt, dims).evaluate(cot, **ref)
+    def _alternatives_at(self, dims, cot, ref):
+        """The rule's (hyper, out, grads, scales) at each ``also`` value (Rule.alternatives), evaluated
+        once, when a check first asks: most steps pass against the default and never do."""
+        return functools.cache(lambda: [(alt, *reference.at(self.rule, alt, dims).evaluate(cot, **ref))
+                                        for alt in self.alternatives])
+
+    def _alternative(self, rep, check, which, expected, got, alternatives, ctx) -> Check:
+        """The check against the rule at its ``also`` hyperparameter values, if one fits."""
+        for alt, out, grads, scales in alternatives():
             other = out if which == "forward" else grads[which]
             c = compare(check.name, other, got, scales[which], self.judged_in(got), where=check.where, **ctx)
             if c.passed:
@@ -525,14 +534,19 @@ class Verifier:
         except LayerError as exc:  # it passed its trials, so it is the second forward in a row that it cannot take
             _warn(rep, "stale-state", f"forward called twice in a row, then backward: {exc}", k)
             return
-        _, expected, scales = d.evaluate(cot, **refb)
-        refs = [(expected, scales)] + [reference.at(self.rule, alt, d.dims).evaluate(cot, **refb)[1:] for alt in self.alternatives]
-        if self.ignores_dout and np.ndim(cot) == 0:  # judged at dout = 1, as its trials were
-            refs = [({n: e / float(cot) for n, e in ex.items()}, {n: sc / abs(float(cot)) for n, sc in scs.items()})
-                    for ex, scs in refs]
+        alternatives = self._alternatives_at(d.dims, cot, refb)
+
+        def references():  # the default first; the also = [...] values only if it is needed
+            yield d.evaluate(cot, **refb)[1:]
+            yield from ((grads, scales) for _, _, grads, scales in alternatives())
+
+        def matches(n, g, expected, scales):
+            if self.ignores_dout and np.ndim(cot) == 0:  # judged at dout = 1, as its trials were
+                expected, scales = {n: expected[n] / float(cot)}, {n: scales[n] / abs(float(cot))}
+            return compare(n, expected[n], g, scales[n], self.judged_in(g)).passed
+
         def wrong(grads):
-            return [n for n, g in grads.items()
-                    if not any(compare(n, ex[n], g, scs[n], self.judged_in(g)).passed for ex, scs in refs)]
+            return [n for n, g in grads.items() if not any(matches(n, g, ex, scs) for ex, scs in references())]
 
         stale = wrong(grads)
         if stale:
