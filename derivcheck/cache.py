@@ -226,12 +226,19 @@ def _secret() -> bytes:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         _private(home, "the cache home")
         path = home / "secret.key"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(secrets.token_bytes(32))
-        except FileExistsError:
-            pass
+        if not path.exists():
+            # written whole under a name of its own, then linked into place: a process starting at the
+            # same moment (the gate's -j workers on a fresh machine) sees no key or the whole key, never
+            # a half-written one, and the first link wins
+            fd, tmp = tempfile.mkstemp(dir=home, prefix=".secret-")  # 0600
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(secrets.token_bytes(32))
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())

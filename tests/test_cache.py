@@ -115,3 +115,30 @@ def test_encoding_round_trips_floats_and_piecewise():
     x = sympy.Symbol("x_0", real=True)
     expr = sympy.Piecewise((sympy.Float("0.1") * x, x > 0), (sympy.Rational(1, 3), True)) + sympy.Heaviside(x)
     assert cache.decode(cache.encode(expr), {"x_0": x}) == expr
+
+
+_KEY_SCRIPT = """
+import sys, time
+from derivcheck import cache
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # all start at once
+sys.stdout.write(cache._secret().hex())
+"""
+
+
+def test_processes_starting_together_on_a_fresh_machine_agree_on_one_whole_key(tmp_path):
+    """The gate's -j workers on a fresh machine: none may read a key another is still writing."""
+    import subprocess
+    import sys
+    import time
+
+    for attempt in range(3):
+        home = tmp_path / f"home{attempt}"
+        env = {**os.environ, "XDG_CACHE_HOME": str(home)}
+        start = time.time() + 1.5
+        procs = [subprocess.Popen([sys.executable, "-c", _KEY_SCRIPT, str(start)], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)]
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+        keys = {out for out, _ in outs}
+        assert len(keys) == 1 and len(bytes.fromhex(keys.pop())) == 32
+        assert sorted(p.name for p in (home / "derivcheck").iterdir()) == ["secret.key"]  # no temporary file left
