@@ -1,7 +1,8 @@
 """The real dezero package (PyPI), verified through the dezero adapter.
 
 dezero needs numpy<1.24 (and matplotlib at import), so it gets a virtual
-environment of its own, built once per test session (about 30 s). Set
+environment of its own, built once per test run and shared by the xdist
+workers (about 30 s). Set
 DERIVCHECK_SKIP_DEZERO=1 to skip it on a machine without PyPI.
 """
 import json
@@ -13,21 +14,32 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_lock, shared_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("DERIVCHECK_SKIP_DEZERO") == "1", reason="DERIVCHECK_SKIP_DEZERO=1"),
-    pytest.mark.xdist_group("dezero"),  # one worker runs them all: the environment is built once per run
+    pytest.mark.xdist_group("dezero"),  # kept together where xdist groups; dezero_env is built once either way
 ]
 
 
 @pytest.fixture(scope="session")
 def dezero_env(tmp_path_factory):
-    venv = tmp_path_factory.mktemp("dezero-venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(pip + ["numpy<1.24", "dezero", "matplotlib"], check=True)
-    subprocess.run(pip + ["-e", str(ROOT)], check=True)
+    """Built once per run: the first worker to need it builds it, the others wait and reuse it.
+
+    (The xdist_group mark alone no longer keeps these tests on one worker: with pytest 9.2,
+    xdist's loadgroup does not group, pytest-dev/pytest-xdist#1386.)
+    """
+    folder = shared_dir(tmp_path_factory, "dezero-env")
+    venv = folder / "venv"
+    with run_lock(folder):
+        if not (folder / "ready").exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            subprocess.run(pip + ["numpy<1.24", "dezero", "matplotlib"], check=True)
+            subprocess.run(pip + ["-e", str(ROOT)], check=True)
+            (folder / "ready").touch()
     return venv
 
 
