@@ -7,8 +7,11 @@
    ``+``, ``exp``, ``x``); array operations state their standard rule;
 2. the Jacobian at a tiny shape;
 3. closed forms in array notation (``dx = dout Wᵀ``). These are candidates
-   written in the rule file. Each is proven against the Jacobian-derived VJP
-   at random shapes first, and one that does not hold is not shown.
+   written in the rule file. Each is checked numerically against the exact VJP
+   at four shapes (the example sizes and three random ones, random values,
+   the comparison's tolerance) and one that fails is not shown: evidence, not
+   a symbolic proof. Only the element-wise ``dout · φ(y)`` line is proven
+   (SymPy simplifies its difference from the chain rule's result to 0).
 
 Renders as text (Unicode), markdown (with LaTeX maths) or LaTeX. In Jupyter
 the object renders itself (``_repr_markdown_``, ``_repr_latex_``).
@@ -125,7 +128,7 @@ def _grad_name(n: str, latex: bool) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Proving closed forms
+# Checking closed forms
 
 
 def _sample_env(rule, dims, hyper, rng):
@@ -145,7 +148,8 @@ def _sample_env(rule, dims, hyper, rng):
 
 
 def prove(rule, hyper: dict, seed: int = 0, trials: int = 4) -> dict[str, tuple[bool, str]]:
-    """input -> (holds, where it failed): each closed form checked against the exact VJP."""
+    """input -> (holds, where it failed): each closed form checked numerically against the exact VJP
+    at ``trials`` shapes (the example sizes, then random ones); not a symbolic proof."""
     from .checks import compare
 
     results = {n: (True, "") for n in rule.closed_forms}
@@ -413,7 +417,7 @@ class Explanation:
             lines += ["", "chain rule, all the way to the inputs:"] + [f"  {ln}" for ln in self.chain]
         sizes = ", ".join(f"{k}={v}" for k, v in self.dims.items())
         lines += ["", f"Jacobian at {sizes}:", *[f"  {ln}" for ln in self.jacobian_text.splitlines()[2:]]]
-        lines += ["", "closed forms (each proven against the exact Jacobian at random shapes):"]
+        lines += ["", "closed forms (each checked against the exact Jacobian at 4 shapes, random values):"]
         shown = [c for c in self.closed if c[2]]
         for n, f, _, _ in shown:
             lines.append(f"  {_grad_name(n, False)} = {Printer(r)(f.statements[-1][1])}")
@@ -435,7 +439,7 @@ class Explanation:
         out += ["", f"**Jacobian** at {', '.join(f'{k}={v}' for k, v in self.dims.items())}", ""]
         for part in self.jacobian_latex.split("\n\n"):  # one display block each: a blank line ends $$
             out += ["$$", part, "$$", ""]
-        out += ["**Closed forms** (proven against the exact Jacobian)", ""]
+        out += ["**Closed forms** (checked against the exact Jacobian at 4 shapes, random values)", ""]
         out += [f"- ${_grad_name(n, True)} = {pl(f.statements[-1][1])}$" for n, f, ok, _ in self.closed if ok]
         if self.layer:
             out += ["", "**Your layer against the formula**", ""] + [f"- {ln}" for ln in self.layer]

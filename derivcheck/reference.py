@@ -167,7 +167,7 @@ def cache_key(rule, hyper: dict) -> tuple:
 
 
 def proof_dims(rule, hyper: dict) -> list[dict]:
-    """The small shapes the generic tier is proven at: distinct sizes, all equal, all minimal (pins kept)."""
+    """The small shapes the generic tier is checked at: distinct sizes, all equal, all minimal (pins kept)."""
     pins = rule.pinned_dims(hyper)
     plans = [{**rule.planned_dims(k), **pins} for k in range(3)]  # the first three trials' sizes
     return [p for i, p in enumerate(plans) if p not in plans[:i]]
@@ -220,7 +220,7 @@ def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> None:
 
 
 def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:
-    """The proven generic derivation (memory, disk, or derived and proven now), or None and why not."""
+    """The checked generic derivation (memory, disk, or derived and checked now), or None and why not."""
     key = cache_key(rule, hyper)
     if key in _GENERIC:
         return _GENERIC[key]

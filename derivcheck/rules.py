@@ -181,7 +181,7 @@ class Rule:
     output: tuple | None
     doc: str = ""
     from_output: Formula | None = None  # element-wise derivative in terms of `out` (sigmoid: out * (1 - out))
-    closed_forms: dict = field(default_factory=dict)  # input -> Formula of its gradient (candidates, proven by explain)
+    closed_forms: dict = field(default_factory=dict)  # input -> Formula of its gradient (candidates, checked by explain)
     aliases: tuple = ()  # other names of the operation, for guessing a rule from a target's name (affine: linear)
     _derivations: dict = field(default_factory=dict, repr=False)
 

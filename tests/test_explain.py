@@ -1,4 +1,4 @@
-"""explain: the derivation shown node by node, with closed forms proven before they are printed."""
+"""explain: the derivation shown node by node, with closed forms checked before they are printed."""
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +57,7 @@ def test_a_closed_form_that_does_not_hold_is_not_shown(tmp_path):
     assert "dx = dout Wᵀ" in out and "dW =" not in out.split("closed forms")[1]
 
 
-def test_closed_forms_are_proven_for_the_hyperparameters_given():
+def test_closed_forms_are_checked_for_the_hyperparameters_given():
     assert "dx = broadcast_to(dout, (N, D))" in explain("sum").text()
     other = explain("sum", hyper={"axis": "1", "keepdims": "false"}).text()
     assert "broadcast_to(dout" not in other.split("closed forms")[1]

@@ -1,4 +1,4 @@
-"""The shape-generic tier: derived once per rule, proven against the concrete tier, exact at any size."""
+"""The shape-generic tier: derived once per rule, checked against the concrete tier, exact at any size."""
 import io
 import subprocess
 import sys
@@ -22,7 +22,7 @@ FLATTENING = {"reshape"}  # default shape [-1] flattens: no index-notation form
 
 
 @pytest.mark.parametrize("name", RULES)
-def test_every_rule_but_flattening_reshape_is_generic_and_proven(name):
+def test_every_rule_but_flattening_reshape_is_generic_and_checked(name):
     rule = derivcheck.load_rule(name)
     g, note = reference.generic_for(rule, rule.resolve_hyper())
     if name in FLATTENING:

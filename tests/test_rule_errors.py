@@ -89,7 +89,7 @@ def test_multiline_formula_errors_point_at_their_own_line(tmp_path):
 
 
 def test_sin_and_cos_are_in_the_formula_language(tmp_path):
-    """DeZero's first functions: derived shape-generically, proven, and a layer verifies against them."""
+    """DeZero's first functions: derived shape-generically, checked against the concrete tier, and a layer verifies against them."""
     from derivcheck import reference
     from derivcheck.verify import verify
 
