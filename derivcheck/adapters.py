@@ -455,21 +455,23 @@ on_stage = None
 OWN_WORK = "derivcheck's own computation"
 
 
-def _stage(stage):
+def stage(name: str) -> None:
+    """Say that the user's code ``name`` runs now (or OWN_WORK: derivcheck's own again)."""
     if on_stage is not None:
-        on_stage(stage)
+        on_stage(name)
 
 
-def _call(fn, args, stage):
-    _stage(stage)
+def call_user(fn, args, stage_name):
+    """Run the user's ``fn`` as ``stage_name`` (reported to the worker); what it raises is a LayerError."""
+    stage(stage_name)
     try:
         return fn(*[v for p, v in args if p is None], **{p: v for p, v in args if p is not None})
     except SystemExit as exc:  # sys.exit() in a layer is the layer stopping, never derivcheck finishing
-        raise LayerError(stage, exc) from exc
+        raise LayerError(stage_name, exc) from exc
     except Exception as exc:
-        raise LayerError(stage, exc) from exc
+        raise LayerError(stage_name, exc) from exc
     finally:
-        _stage(OWN_WORK)
+        stage(OWN_WORK)
 
 
 def _same_array(a, b) -> bool:
@@ -486,7 +488,7 @@ class Dlfs1Adapter(Adapter):
 
     def build(self, values):
         args = self._ctor_args(self.binding, values)
-        self.instance = _call(self.obj, list(args.items()), f"{self.name}({', '.join(args)})")
+        self.instance = call_user(self.obj, list(args.items()), f"{self.name}({', '.join(args)})")
         self.param_arrays = {n: values[n] for n in self.params}  # the arrays handed over
 
     def attribute_of(self, name: str) -> str | None:
@@ -506,10 +508,10 @@ class Dlfs1Adapter(Adapter):
             self.param_arrays[n][...] = values[n]
 
     def _forward(self, values):
-        return _call(self.instance.forward, self._call_args(self.binding, values), f"{self.name}.forward")
+        return call_user(self.instance.forward, self._call_args(self.binding, values), f"{self.name}.forward")
 
     def _backward(self, cotangent):
-        return _call(self.instance.backward, [(None, cotangent)], f"{self.name}.backward")
+        return call_user(self.instance.backward, [(None, cotangent)], f"{self.name}.backward")
 
     def held(self, values):
         return {**values, **{n: self.param_arrays[n] for n in self.params}}
@@ -626,17 +628,17 @@ class DezeroAdapter(Adapter):
         hypers = {p: self.layer_hyper[n] for p, kind, n in self.binding.call if kind == "hyper"}
         if inspect.isclass(self.obj):  # Function(hyper...)(*inputs)
             ctor = {p: self.layer_hyper[n] for p, (kind, n) in self.binding.ctor.items()}
-            fn = _call(self.obj, list(ctor.items()), f"{self.name}({', '.join(ctor)})")
-            y = _call(fn, [(None, a) for a in arrays], f"{self.name}.forward")
+            fn = call_user(self.obj, list(ctor.items()), f"{self.name}({', '.join(ctor)})")
+            y = call_user(fn, [(None, a) for a in arrays], f"{self.name}.forward")
         else:  # a function applying a Function: f(x, W), reshape(x, shape=...)
-            y = _call(self.obj, [(None, a) for a in arrays] + list(hypers.items()), self.name)
+            y = call_user(self.obj, [(None, a) for a in arrays] + list(hypers.items()), self.name)
         if isinstance(y, (list, tuple)):
             y = y[0]
         if not hasattr(y, "data") or not hasattr(y, "backward"):
             raise LayerError(self.name, TypeError(f"returned {type(y).__name__}, not a Variable"))
         y.grad = self._as_grad(cotangent, y)
         if not any(v is y for v in variables.values()):
-            _call(y.backward, [], f"{self.name}.backward")
+            call_user(y.backward, [], f"{self.name}.backward")
         # else: y is an input handed back (DeZero's sum_to(x, x.shape) returns x): a leaf whose
         # gradient is the cotangent itself; DeZero's backward() on a leaf would fail on its missing creator
         grads = {n: getattr(getattr(v, "grad", None), "data", getattr(v, "grad", None)) for n, v in variables.items()}
@@ -693,7 +695,7 @@ class FunctionalAdapter(Adapter):
 
     def run(self, values, cotangent) -> Outcome:
         args = self._call_args(self.binding, values)
-        result = _call(self.fwd, args, f"{self.fwd.__name__}")
+        result = call_user(self.fwd, args, f"{self.fwd.__name__}")
         if self.loss_fn is not None and isinstance(result, (np.ndarray, np.generic, float, int)) and not isinstance(result, bool):
             return Outcome(result, {}, forward_only=f"{self.name} returns one value and has no {self.name}_backward next to it")
         if not isinstance(result, tuple) or len(result) != 2:
@@ -709,7 +711,7 @@ class FunctionalAdapter(Adapter):
             grads = {n: None if g is None else np.asarray(g) * np.asarray(cotangent) for n, g in zip(data, parts)}
             return Outcome(out, grads)
         out, cache = result
-        back = _call(self.bwd, [(None, cotangent), (None, cache)], f"{self.base}_backward")
+        back = call_user(self.bwd, [(None, cotangent), (None, cache)], f"{self.base}_backward")
         parts = back if isinstance(back, tuple) else (back,)
         return Outcome(out, dict(zip(data, parts)))
 
@@ -727,7 +729,7 @@ ADAPTERS = {"dlfs1": Dlfs1Adapter, "dlfs2": Dlfs2Adapter, "dezero": DezeroAdapte
 
 def make_adapter(spec: str, rule, hyper: dict, layer_hyper: dict, style: str | None = None) -> Adapter:
     obj, module, name = load_target(spec)
-    _stage(OWN_WORK)
+    stage(OWN_WORK)
     style = style or detect_style(obj, module, name)
     if style not in ADAPTERS:
         raise DerivcheckError(f"unknown style '{style}' (known: {', '.join(STYLES)})")

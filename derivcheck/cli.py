@@ -208,10 +208,19 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
     from . import report as render
     from .adapters import check_target
     from .isolate import verify_isolated
+    from .network import model_convention
     from .rules import rule_for, variants_for
 
     try:
         check_target(target)  # a typo in the target is the first thing to report
+        if rule_name is None and model_convention(target):  # a whole network: each layer against its rule
+            if hypers or style or kinks:
+                raise DerivcheckError(f"{target} is a network: --hyper, --style and --kinks are for one layer")
+            rep = verify_isolated(target, None, timeout=timeout or obj.config.raw.get("timeout"), dtype=dtype, seed=seed,
+                                  trials=trials, steps=steps, shape=parse_pairs(shape, "--shape") if shape else None,
+                                  strict=strict, rule_dirs=[str(d) for d in obj.rule_dirs])
+            click.echo(render.as_json(rep) if fmt == "json" else render.text(rep))
+            sys.exit(rep.exit_code)
         rule = rule_for(rule_name, target, obj.rule_dirs)
         rep = verify_isolated(target, rule, timeout=timeout or obj.config.raw.get("timeout"), hyper=parse_hypers(hypers),
                               style=style, dtype=dtype, seed=seed, trials=trials, steps=steps,

@@ -64,9 +64,15 @@ _HOW = 'add rule = "NAME" to its [[layer]] entry'  # how a configuration names a
 def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None, timeout: float | None = None) -> Result:
     """One binding's check, in a worker process of its own (isolate.py); never raises for the layer's sake."""
     from .isolate import verify_isolated
+    from .network import model_convention
     from .rules import rule_for, variants_for
 
     try:
+        if binding.rule is None and model_convention(binding.target):  # a whole network
+            report = verify_isolated(binding.target, None, timeout=timeout or binding.timeout, dtype=binding.dtype,
+                                     seed=binding.seed if seed is None else seed, trials=binding.trials,
+                                     steps=binding.steps, strict=binding.strict, rule_dirs=[str(d) for d in rule_dirs])
+            return Result(binding, report)
         rule = rule_for(binding.rule, binding.target, rule_dirs, _HOW)
         report = verify_isolated(binding.target, rule, timeout=timeout or binding.timeout, hyper=binding.hyper,
                                  style=binding.style, dtype=binding.dtype, seed=binding.seed if seed is None else seed,
@@ -111,11 +117,16 @@ def validate(bindings: list[Binding], rule_dirs=()) -> None:
     No layer is imported here: that happens in the layer's own worker process.
     """
     from .adapters import check_target
+    from .network import model_convention
     from .rules import rule_for
 
     for b in bindings:
         try:
             check_target(b.target)
+            if b.rule is None and model_convention(b.target):
+                if b.hyper or b.style:
+                    raise DerivcheckError("is a network: hyper and style are for one layer")
+                continue
             rule = rule_for(b.rule, b.target, rule_dirs, _HOW)
             rule.resolve_hyper(b.hyper)
         except DerivcheckError as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -107,10 +108,15 @@ def _work(conn, request: dict) -> None:
 
     adapters.on_stage = lambda stage: conn.send(("stage", stage))
     try:
-        rule = load_rule(request["rule"])
-        if rule.digest != request["digest"]:
-            raise DerivcheckError(f"rule file {request['rule']} changed while derivcheck was running: run again")
-        report = verify(request["target"], rule, **request["options"])
+        if request["rule"] is None:  # a whole network: each layer against its own rule
+            from .network import verify_network
+
+            report = verify_network(request["target"], **request["options"])
+        else:
+            rule = load_rule(request["rule"])
+            if rule.digest != request["digest"]:
+                raise DerivcheckError(f"rule file {request['rule']} changed while derivcheck was running: run again")
+            report = verify(request["target"], rule, **request["options"])
         conn.send(("report", report.to_json()))
     except DerivcheckError as exc:
         conn.send(("error", str(exc)))
@@ -140,19 +146,22 @@ def _failed(target, rule, options, message: str):
     from .checks import Check
     from .verify import Report, reproduce_line
 
-    rep = Report(target, rule.name, options.get("style") or "?", options.get("dtype", "float64"), options.get("seed", 0),
+    rep = Report(target, rule.name if rule else "network", options.get("style") or "?", options.get("dtype", "float64"), options.get("seed", 0),
                  options.get("trials", 5), options.get("steps", 2), dict(options.get("hyper") or {}),
                  strict=options.get("strict", False))
     rep.checks = [Check("process", False, message=message)]
     try:
-        rep.reproduce = reproduce_line(target, rule, options)
+        rep.reproduce = reproduce_line(target, rule, options) if rule else shlex.join(["derivcheck", "verify", target])
     except Exception:  # noqa: BLE001 - the line is a help, the verdict stands without it
         rep.reproduce = ""
     return rep
 
 
 def verify_isolated(target: str, rule, timeout: float | None = None, **options):
-    """:func:`derivcheck.verify.verify` in a worker process; see the module doc."""
+    """:func:`derivcheck.verify.verify` in a worker process; see the module doc.
+
+    ``rule`` None: ``target`` is a network, checked by :func:`derivcheck.network.verify_network`.
+    """
     from .verify import Report
 
     timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
@@ -162,7 +171,8 @@ def verify_isolated(target: str, rule, timeout: float | None = None, **options):
     os.close(fd)
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)
-    request = {"target": target, "rule": rule.path, "digest": rule.digest, "options": options, "output": output,
+    request = {"target": target, "rule": rule.path if rule else None, "digest": rule.digest if rule else None,
+               "options": options, "output": output,
                "env": {name: os.environ.get(name) for name in _ENV}, "cwd": os.getcwd(), "sys_path": list(sys.path)}
     worker = ctx.Process(target=_work, args=(send, request), daemon=True)
     stage, outcome = "importing the target", None

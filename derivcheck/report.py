@@ -18,7 +18,7 @@ The JSON schema (``derivcheck verify --format json``)::
                      "evidence": {"residual_over_tol": 0.0}}],
       # kinds: transposed, sign-flipped, constant-factor, missing-reduction, wrong-axis,
       # extra-reduction, upstream-ignored, input-instead-of-output, accumulates, stale-state,
-      # shape, forward-wrong, numerical-stability, rebinds-grads
+      # shape, forward-wrong, numerical-stability, rebinds-grads, wiring (a network's connections)
       # residual_over_tol: the corrected candidate's worst error over the check's tolerance
       # (<= 1: it explains every element); inf for kinds found by elimination or by shape,
       # which have no corrected candidate (stale-state, shape, rebinds-grads); for
@@ -51,13 +51,14 @@ def pair(expected: float, got: float) -> tuple[str, str]:
 
 
 def _idx(check) -> str:
-    name = check.name.split(" ", 1)[1] if check.name.startswith("grad ") else "out"
+    name = check.name.rpartition("grad ")[2] if "grad " in check.name else "out"  # "grad W", "Affine1: grad W"
     return f"{name}[{','.join(map(str, check.index))}]" if check.index else name
 
 
 def text(report) -> str:
     lines = [
-        f"derivcheck verify {report.target} --rule {report.rule}",
+        f"derivcheck verify {report.target}" + (" (a network, each layer against its rule)" if report.rule == "network"
+                                                 else f" --rule {report.rule}"),
         f"style {report.style}, {report.dtype}, seed {report.seed}, {report.trials} trial(s) x {report.steps} step(s)",
     ]
     width = max((len(c.name) for c in report.checks), default=8)

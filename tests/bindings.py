@@ -59,14 +59,18 @@ def _broken():
     """The broken examples as examples/derivcheck.toml catalogues them (the one source of truth)."""
     from derivcheck.config import load_config
 
-    rows = []
+    layers, networks = [], []
     for b in load_config(EXAMPLES / "derivcheck.toml").bindings:
-        if b.expect == "fail":
-            rows.append((b.target.rpartition(":")[2], b.rule, dict(b.hyper), b.dtype,
-                         ",".join(b.caught_by), b.diagnosis, b.strict))
-    return rows
+        if b.expect != "fail":
+            continue
+        if "/networks/" in b.target:
+            networks.append((str(Path(b.target).relative_to(EXAMPLES)), b.caught_by, b.diagnosis))
+        else:
+            layers.append((b.target.rpartition(":")[2], b.rule, dict(b.hyper), b.dtype,
+                           ",".join(b.caught_by), b.diagnosis, b.strict))
+    return layers, networks
 
 
 # (target in broken/layers.py, rule, hyperparameters, dtype, the checks that must fail (comma-separated) or
 #  the warning kind, the diagnosis kind that must name the bug, whether it is checked with --strict)
-BROKEN = _broken()
+BROKEN, BROKEN_NETWORKS = _broken()  # networks: (target under examples/, the checks that fail, the diagnosis kind)

@@ -323,7 +323,7 @@ def test_time_in_derivchecks_own_work_is_not_blamed_on_the_layer():
     seen = []
     adapters.on_stage = seen.append
     try:
-        adapters._call(lambda: 1, [], "Layer.forward")
+        adapters.call_user(lambda: 1, [], "Layer.forward")
     finally:
         adapters.on_stage = None
     assert seen == ["Layer.forward", adapters.OWN_WORK]

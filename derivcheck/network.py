@@ -1,0 +1,682 @@
+"""Verify a whole network, link by link, and say which layer is wrong.
+
+A network's gradient is the chain rule applied to its layers. It is checked
+the same way, on one forward/backward of the model as its author wrote it
+(``gradient(x, t)`` in book 1, ``forward(x, t)`` then ``backward()`` in book 2):
+
+- each layer against its rule, on the activations that actually flowed through
+  the network: its output at the input it was given, its dx and parameter
+  gradients at the dout it was given, each compared with the exact values (the
+  rule's reference and tolerance, as ``verify`` does for one layer);
+- the wiring between them: each layer applied once, in order; its input is the
+  previous layer's output and its dout the next layer's dx; the loss layer's
+  dout is 1 and the model's loss is its output; the model's parameters are the
+  very arrays the layers hold, and the gradients the model hands back are the
+  layers' own.
+
+When every link and every connection holds, the model's gradient of every
+parameter is the exact gradient up to each layer's rounding; when one does not,
+the report names the first layer that disagrees (with that layer's diagnosis)
+or the connection that is wrong, and the parameters whose gradients it spoils.
+
+Models are built at small sizes: their constructor's size arguments
+(``input_size``, ``hidden_size``, ``output_size``, anything ending in ``_size``
+or ``_dim``, ``num_classes``) and the batch ``N`` take distinct small values,
+then all equal, then a batch of 1; ``--shape input_size=784,hidden_size=50,
+output_size=10,N=100`` checks the seed's MNIST network. The model's own random
+initialisation draws from NumPy's global generator, seeded with the trial's
+seed; every parameter is then overwritten in place with values from the seed,
+of scale 1/sqrt(fan-in) (weights of scale 0.01 give logits too small to tell a
+wrong layer apart; weights of scale 1 overflow the softmax at MNIST sizes).
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import reference
+from .adapters import Binding, LayerError, bind, call_user, load_target, stage
+from .checks import Check, compare
+from .diagnose import Context, diagnose_forward, diagnose_gradient
+from .errors import DerivcheckError
+from .rules import rule_for
+from .verify import DTYPES, Report
+
+CONVENTIONS = ("dlfs1", "dlfs2")
+LOSS_ATTRS = ("lastLayer", "last_layer", "loss_layer", "lossLayer")
+_SIZE_WORDS = ("num_classes", "n_classes", "num_class")
+
+
+# ---------------------------------------------------------------------------
+# Telling a model from a layer (without running it)
+
+
+def _model_shape(methods: set, attrs: set) -> str | None:
+    """The convention of a class with these methods and ``self.`` attributes, or None for a layer."""
+    if "layers" not in attrs:
+        return None
+    if "gradient" in methods and "loss" in methods:
+        return "dlfs1"
+    if "forward" in methods and "backward" in methods and attrs & set(LOSS_ATTRS):
+        return "dlfs2"
+    return None
+
+
+def model_convention(spec: str) -> str | None:
+    """'dlfs1' or 'dlfs2' when ``file.py:Name`` (or ``module:Name``) is a model class, read with ``ast``.
+
+    No user code runs: the parent process decides from the source whether a
+    target is a layer or a network; the worker then checks it.
+    """
+    where, _, name = spec.rpartition(":")
+    path = Path(where) if where.endswith(".py") or "/" in where or "\\" in where else _module_file(where)
+    if path is None or not path.is_file():
+        return None
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError, OSError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            methods = {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            attrs = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+                     and isinstance(n.value, ast.Name) and n.value.id == "self"}
+            return _model_shape(methods, attrs)
+    return None
+
+
+def _module_file(dotted: str) -> Path | None:
+    """Where ``package.module`` would be found from the current folder, without importing anything."""
+    rel = Path(*dotted.split("."))
+    for base in (Path.cwd(),):
+        for cand in (base / rel.with_suffix(".py"), base / rel / "__init__.py"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The links of a network
+
+
+@dataclass
+class Link:
+    """One layer of the network: its rule and where it keeps parameters and gradients."""
+
+    name: str  # as the model names it: "Affine1" (book 1's OrderedDict), "layers[0]", "lastLayer"
+    layer: object
+    style: str
+    rule: object = None
+    why: str = ""  # no rule: why
+    binding: Binding | None = None
+    slots: dict = field(default_factory=dict)  # rule input -> attribute name (dlfs1) or params index (dlfs2)
+    calls: list = field(default_factory=list)  # recorded calls of this trial
+
+    @property
+    def kind(self) -> str:
+        return type(self.layer).__name__
+
+    def label(self) -> str:
+        return self.name if self.name == self.kind or self.kind in self.name else f"{self.name} ({self.kind})"
+
+    def held(self, n):
+        """The array the layer computes with for parameter ``n``."""
+        if self.style == "dlfs2":
+            return self.layer.params[self.slots[n]]
+        return getattr(self.layer, self.slots[n])
+
+    def grad(self, n):
+        """The layer's gradient of parameter ``n`` after its backward."""
+        if self.style == "dlfs2":
+            grads = getattr(self.layer, "grads", None)
+            return grads[self.slots[n]] if isinstance(grads, list) and self.slots[n] < len(grads) else None
+        attr = self.slots[n]
+        for cand in (f"d{attr}", f"d{n}", f"grad_{attr}", f"{attr}_grad"):
+            if hasattr(self.layer, cand):
+                return getattr(self.layer, cand)
+        return None
+
+    def grad_where(self, n) -> str:
+        if self.style == "dlfs2":
+            return f"{self.name}.grads[{self.slots[n]}]"
+        return f"{self.name}.d{self.slots[n]}"
+
+
+def _bind_link(link: Link, rule_dirs) -> None:
+    try:
+        link.rule = rule_for(None, f"{link.kind}:{link.kind}", rule_dirs, how="name it after a rule")
+    except DerivcheckError as exc:
+        link.why = str(exc)
+        return
+    cls = type(link.layer)
+    try:
+        link.binding = bind(link.rule, cls.__init__, cls.forward, link.kind, call_takes_all_inputs=False)
+    except DerivcheckError as exc:
+        link.rule, link.why = None, str(exc)
+        return
+    held = [n for kind, n in link.binding.ctor.values() if kind == "input"]
+    if link.style == "dlfs2":
+        params = getattr(link.layer, "params", None)
+        if not isinstance(params, list) or len(params) < len(held):
+            link.rule, link.why = None, f"{link.kind}.params does not list its {len(held)} parameter(s) {', '.join(held)}"
+            return
+        link.slots = {n: i for i, n in enumerate(held)}
+        return
+    names = {p: n for p, (kind, n) in link.binding.ctor.items() if kind == "input"}
+    for p, n in names.items():
+        attr = next((a for a, v in vars(link.layer).items() if isinstance(v, np.ndarray)
+                     and a.lower().replace("_", "") in (p.lower().replace("_", ""), n.lower().replace("_", ""))), None)
+        if attr is None:
+            link.rule, link.why = None, f"{link.kind} keeps no attribute for its parameter {p}"
+            return
+        link.slots[n] = attr
+
+
+def discover(model, style: str, rule_dirs=()) -> tuple[list[Link], Link | None]:
+    """The model's layers in order, and its loss layer."""
+    raw = getattr(model, "layers", None)
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, (list, tuple)):
+        items = [(f"layers[{i}]", layer) for i, layer in enumerate(raw)]
+    else:
+        raise DerivcheckError(f"{type(model).__name__}.layers is a {type(raw).__name__}, not a list or dict of layers")
+    links = [Link(str(name), layer, style) for name, layer in items]
+    loss = next((Link(a, getattr(model, a), style) for a in LOSS_ATTRS if getattr(model, a, None) is not None), None)
+    for link in links + ([loss] if loss else []):
+        _bind_link(link, rule_dirs)
+    return links, loss
+
+
+# ---------------------------------------------------------------------------
+# Recording what flows
+
+
+def _snap(v):
+    return np.array(v, copy=True) if isinstance(v, np.ndarray) else v
+
+
+@dataclass
+class Call:
+    kind: str  # "forward" or "backward"
+    args: tuple
+    out: object = None
+    held: dict = field(default_factory=dict)  # parameters at the forward call
+    grads: dict = field(default_factory=dict)  # parameter gradients right after the backward call
+
+
+def _record(link: Link) -> None:
+    """Wrap the instance's forward and backward: each call is recorded (copies) and reported as a stage."""
+    layer = link.layer
+    fwd, bwd = layer.forward, getattr(layer, "backward", None)
+
+    def forward(*args, **kwargs):
+        call = Call("forward", tuple(_snap(a) for a in (*args, *kwargs.values())),
+                    held={n: _snap(link.held(n)) for n in link.slots} if link.rule else {})
+        stage(f"{link.name}.forward")
+        out = fwd(*args, **kwargs)
+        call.out = _snap(out)
+        link.calls.append(call)
+        return out
+
+    def backward(*args, **kwargs):
+        call = Call("backward", tuple(_snap(a) for a in (*args, *kwargs.values())))
+        stage(f"{link.name}.backward")
+        out = bwd(*args, **kwargs)
+        call.out = _snap(out)
+        call.grads = {n: _snap(link.grad(n)) for n in link.slots} if link.rule else {}
+        link.calls.append(call)
+        return out
+
+    layer.forward = forward
+    if bwd is not None:
+        layer.backward = backward
+
+
+# ---------------------------------------------------------------------------
+# Verifying
+
+
+def size_params(cls) -> list[str]:
+    """The constructor's size arguments (input_size, hidden_size, output_size, ..._dim, num_classes)."""
+    out = []
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.name.endswith(("_size", "_dim", "_dims")) or p.name in _SIZE_WORDS:
+            out.append(p.name)
+    return out
+
+
+def _plan(names: list[str], k: int, pinned: dict) -> dict:
+    """Trial k's sizes: distinct, then all equal, then a batch of 1 (classes stay >= 2)."""
+    if k % 3 == 0:
+        sizes = {n: 5 - min(i, 2) + (k // 3) for i, n in enumerate(names)}
+        sizes["N"] = 2 + k // 3
+    elif k % 3 == 1:
+        sizes = {n: 3 for n in names}
+        sizes["N"] = 3
+    else:
+        sizes = {n: 2 for n in names}
+        sizes["N"] = 1
+    sizes.update(pinned)
+    return sizes
+
+
+class NetworkVerifier:
+    """One model class; ``run()`` returns a Report whose checks are per link and per connection."""
+
+    def __init__(self, target: str, *, dtype="float64", seed=0, trials=3, steps=2, shape=None, strict=False,
+                 rule_dirs=(), **_ignored):
+        if dtype not in DTYPES:
+            raise DerivcheckError(f"--dtype must be one of {', '.join(DTYPES)}, not '{dtype}'")
+        self.target, self.dtype_name, self.dtype = target, dtype, DTYPES[dtype]
+        self.seed, self.trials, self.steps, self.strict = seed, trials, steps, strict
+        self.rule_dirs = rule_dirs
+        self.cls, self.module, self.name = load_target(target)
+        if not inspect.isclass(self.cls):
+            raise DerivcheckError(f"{self.name} is not a class: a network is checked as a model class")
+        methods = {n for n, _ in inspect.getmembers(self.cls, callable)}
+        attrs = set()
+        try:
+            src = ast.parse(_dedent(self.cls))
+            attrs = {n.attr for n in ast.walk(src) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"}
+        except (OSError, TypeError, SyntaxError):
+            pass
+        self.style = _model_shape(methods, attrs)
+        if self.style is None:
+            raise DerivcheckError(f"{self.name} is not a network derivcheck knows: a book-1 model has layers, loss() and "
+                                  f"gradient(); a book-2 model has layers, a loss_layer, forward() and backward()")
+        self.sizes = size_params(self.cls)
+        self.shape = {}
+        for k, v in (shape or {}).items():
+            if not str(v).strip().isdigit() or int(v) < 1:
+                raise DerivcheckError(f"--shape {k} must be a positive integer, not '{v}'")
+            self.shape[k] = int(v)
+        unknown = [k for k in self.shape if k not in self.sizes and k != "N"]
+        if unknown:
+            raise DerivcheckError(f"--shape names {', '.join(unknown)}, but {self.name}'s constructor has the sizes "
+                                  f"{', '.join(self.sizes) or 'none'} (and N, the batch)")
+
+    # -- one trial ------------------------------------------------------------
+    def build(self, sizes: dict, trial_seed: int):
+        np.random.seed(trial_seed % 2**32)  # the model's own initialisation (np.random.randn) follows the seed
+        args = {n: sizes[n] for n in self.sizes}
+        return call_user(self.cls, list(args.items()), f"{self.name}({', '.join(f'{k}={v}' for k, v in args.items())})")
+
+    def model_params(self, model) -> list[tuple[str, np.ndarray]]:
+        params = getattr(model, "params", None)
+        if isinstance(params, dict):
+            return [(f"params['{k}']", v) for k, v in params.items() if isinstance(v, np.ndarray)]
+        if isinstance(params, list):
+            return [(f"params[{i}]", v) for i, v in enumerate(params) if isinstance(v, np.ndarray)]
+        raise DerivcheckError(f"{self.name} has no params dict or list after construction")
+
+    def run(self) -> Report:
+        rep = Report(self.target, "network", self.style, self.dtype_name, self.seed, self.trials, self.steps, {},
+                     strict=self.strict)
+        results: dict[str, Check] = {}
+        first_bad = None
+        for k in range(self.trials):
+            sizes = _plan(self.sizes, k, self.shape)
+            trial_seed = self.seed + k
+            checks, chain = self.run_trial(k, sizes, trial_seed, rep)
+            if k == 0 and chain:
+                rep.notes.append("network: " + " -> ".join(chain))
+            for c in checks:
+                keep = results.get(c.name)
+                if keep is None or (not c.passed and keep.passed):
+                    results[c.name] = c
+                if not c.passed and first_bad is None:
+                    first_bad = c
+        rep.checks = list(results.values())
+        rep.diagnosis = [d for c in rep.checks if not c.passed for d in (c.diagnosis or [])]
+        layer_bad = [c.name for c in rep.checks if not c.passed and ": " in c.name]  # in the order the layers run
+        if layer_bad:
+            rep.notes.insert(0, f"first layer that disagrees with its rule: {layer_bad[0]} (layers in forward order)")
+        rep.reproduce = self.reproduce(first_bad)
+        return rep
+
+    def reproduce(self, failure: Check | None) -> str:
+        import shlex
+
+        parts = ["derivcheck", "verify", self.target]
+        if self.dtype_name != "float64":
+            parts += ["--dtype", self.dtype_name]
+        if failure is not None and failure.trial is not None:
+            parts += ["--seed", str(failure.seed), "--trials", "1", "--shape",
+                      ",".join(f"{d}={n}" for d, n in (failure.dims or {}).items())]
+        else:
+            parts += ["--seed", str(self.seed), "--trials", str(self.trials)]
+            if self.shape:
+                parts += ["--shape", ",".join(f"{d}={n}" for d, n in self.shape.items())]
+        if self.strict:
+            parts.append("--strict")
+        return " ".join(shlex.quote(p) for p in parts)
+
+    def run_trial(self, k: int, sizes: dict, trial_seed: int, rep: Report) -> tuple[list[Check], list[str]]:
+        ctx = dict(trial=k, seed=trial_seed, dims=dict(sizes))
+        try:
+            model = self.build(sizes, trial_seed)
+        except LayerError as exc:
+            return [Check("model raised", False, message=str(exc), step=0, **ctx)], []
+        links, loss = discover(model, self.style, self.rule_dirs)
+        if loss is None:
+            raise DerivcheckError(f"{self.name} has no loss layer ({', '.join(LOSS_ATTRS)})")
+        chain = [f"{l.label()}: {l.rule.name if l.rule else 'no rule'}" for l in links + [loss]]
+        unknown = [l for l in links + [loss] if l.rule is None]
+        checks = [Check(f"{l.label()}: no rule", False, message=f"{l.label()} cannot be checked: {l.why}", **ctx)
+                  for l in unknown]
+        rng = np.random.default_rng([trial_seed, 11])
+        params = self.model_params(model)
+        out_size = sizes.get(self.sizes[-1], 2) if self.sizes else 2
+        for step in range(self.steps):
+            for _, arr in params:  # what an optimizer does: new values into the same arrays
+                fan_in = arr.shape[0] if arr.ndim >= 2 else 4  # weights of scale 1/sqrt(fan-in): O(1) logits at any size
+                arr[...] = rng.normal(size=arr.shape) / np.sqrt(fan_in)
+            wrapped = set()
+            for link in links + [loss]:
+                link.calls = []
+                if step == 0 and id(link.layer) not in wrapped:  # one instance in two places is wrapped once
+                    _record(link)
+                    wrapped.add(id(link.layer))
+            width = _input_width(links, params)
+            x = rng.normal(size=(sizes["N"], width)).astype(self.dtype)
+            t = rng.integers(0, out_size, size=sizes["N"])
+            try:
+                model_loss, model_grads = self.forward_backward(model, x, t)
+            except LayerError as exc:
+                checks.append(Check("model raised", False, message=str(exc), step=step, **ctx))
+                return checks, chain
+            checks += self.judge(links, loss, params, x, t, model_loss, model_grads, dict(ctx, step=step), rep)
+        return checks, chain
+
+    def forward_backward(self, model, x, t):
+        """Run the model as its author does: (the loss it returned, the gradients it hands back)."""
+        if self.style == "dlfs1":
+            seen = {}
+            loss_fn = model.loss
+
+            def loss(*args, **kwargs):
+                seen["loss"] = _snap(loss_fn(*args, **kwargs))
+                return seen["loss"]
+
+            model.loss = loss
+            grads = call_user(model.gradient, [(None, x), (None, t)], f"{self.name}.gradient")
+            return seen.get("loss"), grads
+        value = call_user(model.forward, [(None, x), (None, t)], f"{self.name}.forward")
+        call_user(model.backward, [], f"{self.name}.backward")
+        return _snap(value), getattr(model, "grads", None)
+
+    # -- judging one step -----------------------------------------------------
+    def judge(self, links, loss, params, x, t, model_loss, model_grads, ctx, rep) -> list[Check]:
+        """Every link and connection of one step; the wiring mistakes found make one check, "wiring"."""
+        checks = self._judge(links, loss, params, x, t, model_loss, model_grads, ctx, rep)
+        wires = [c for c in checks if c.name == "wiring"]
+        if not wires:
+            return checks
+        if not any(c.name == "network gradients" for c in checks):  # judging stopped at the wiring
+            checks.append(Check("network gradients", False, message="not one can be trusted: the wiring is wrong", **ctx))
+        merged = wires[0]
+        merged.message = "; ".join(dict.fromkeys(c.message for c in wires))
+        merged.diagnosis = [d for c in wires for d in c.diagnosis]
+        return [c for c in checks if c.name != "wiring"] + [merged]
+
+    def _judge(self, links, loss, params, x, t, model_loss, model_grads, ctx, rep) -> list[Check]:
+        checks = []
+        order = links + [loss]
+        first_use = {}
+        for link in order:
+            if id(link.layer) in first_use:
+                other = first_use[id(link.layer)]
+                return [self.wiring(f"{other.name} and {link.name} are one {link.kind} instance: what it saves in forward "
+                                    f"is the later call's when either backward runs; make one instance per place in "
+                                    f"the network", ctx)]
+            first_use[id(link.layer)] = link
+        spoiled: dict[str, str] = {}  # network parameter -> why its gradient is wrong
+        owner = self.owners(order, params, checks, ctx)
+        for pname, _ in params:
+            if pname not in owner.values():
+                spoiled[pname] = "no layer computes with it"
+        # the order the layers ran in
+        fwd = [l for l in order if sum(c.kind == "forward" for c in l.calls) != 1]
+        for l in fwd:
+            n = sum(c.kind == "forward" for c in l.calls)
+            what = "never applied" if n == 0 else f"applied {n} times in one forward pass"
+            checks.append(self.wiring(f"{l.label()} is {what}: each layer of the list is applied once, in order", ctx,
+                                      spoil=spoiled, params=owner.values(), why=f"{l.name} {what}"))
+        if fwd:
+            return checks
+        upstream = x
+        for i, link in enumerate(order):
+            f = next(c for c in link.calls if c.kind == "forward")
+            data = f.args[0] if f.args else None
+            if not _same(data, upstream):
+                was = "x" if i == 0 else f"{order[i - 1].name}'s output"
+                checks.append(self.wiring(f"{link.label()}'s input is not {was}: something between them changed it",
+                                          ctx, spoil=spoiled, params=owner.values(), why=f"{link.name}'s input"))
+            upstream = f.out
+        if model_loss is not None and not _same(np.asarray(model_loss), np.asarray(loss.calls[0].out)):
+            checks.append(self.wiring(f"the loss {self.name} returned is not {loss.name}'s output", ctx))
+        # backward: loss first with dout = 1, then each layer with the next one's dx
+        dout = 1.0
+        for i, link in reversed(list(enumerate(order))):
+            b = [c for c in link.calls if c.kind == "backward"]
+            if len(b) != 1:
+                what = "never back-propagated" if not b else f"back-propagated {len(b)} times"
+                checks.append(self.wiring(f"{link.label()} is {what} in one backward pass", ctx, spoil=spoiled,
+                                          params=[p for l in order[:i + 1] for p in self.params_of(l, owner)],
+                                          why=f"{link.name} {what}"))
+                return checks
+            got = b[0].args[0] if b[0].args else 1.0
+            if not _same(np.asarray(got, dtype=np.float64), np.asarray(dout, dtype=np.float64)):
+                was = "1" if link is loss else f"{order[i + 1].name}'s dx"
+                checks.append(self.wiring(f"{link.label()}'s dout is not {was}", ctx, spoil=spoiled,
+                                          params=[p for l in order[:i + 1] for p in self.params_of(l, owner)],
+                                          why=f"{link.name}'s dout"))
+            dout = b[0].out
+        # each link on what flowed through it
+        for i, link in enumerate(order):
+            if link.rule is None:
+                continue
+            bad = self.check_link(link, ctx, checks, rep)
+            if bad == "forward":
+                mine = [p for l in order for p in self.params_of(l, owner)]
+            else:
+                mine = [p for n in bad for p in self.params_of(link, owner, only=n)]
+                if any(n not in link.slots for n in bad):  # its dx: every parameter before it
+                    mine += [p for l in order[:i] for p in self.params_of(l, owner)]
+            for p in mine:
+                spoiled.setdefault(p, f"{link.name}'s {'forward' if bad == 'forward' else 'backward'}")
+        checks += self.model_gradients(order, params, owner, model_grads, ctx, spoiled)
+        if spoiled:
+            said = ", ".join(f"{p} ({why})" for p, why in spoiled.items())
+            checks.append(Check("network gradients", False, message=f"parameters whose gradients are wrong: {said}", **ctx))
+        else:
+            checks.append(Check("network gradients", True, message="every parameter's gradient checked link by link", **ctx))
+        return checks
+
+    def owners(self, order, params, checks, ctx) -> dict:
+        """(link name, rule input) -> the model's name for that parameter; a layer holding a copy is a wiring mistake."""
+        owner = {}
+        for link in order:
+            for n in link.slots:
+                arr = link.held(n)
+                name = next((pn for pn, p in params if p is arr), None)
+                if name is None:
+                    same = next((pn for pn, p in params if _same(p, arr)), None)
+                    said = (f"it equals {same} but is another array (a copy?)" if same else "no model parameter is it")
+                    checks.append(self.wiring(
+                        f"{link.label()}'s {n} is not one of the model's params: {said}; an optimizer updating "
+                        f"params never changes what the layer computes with", ctx))
+                    continue
+                owner[(link.name, n)] = name
+        return owner
+
+    def params_of(self, link, owner, only=None) -> list[str]:
+        return [owner[(link.name, n)] for n in link.slots if (link.name, n) in owner and (only is None or n == only)]
+
+    def wiring(self, message, ctx, spoil=None, params=(), why="", kind="wiring", hint=None) -> Check:
+        c = Check("wiring", False, message=message, **ctx)
+        c.diagnosis = [{"check": "wiring", "kind": kind, "message": f"wiring: {message}",
+                        "hint": hint or "the layers may well be right; how the model connects them is not",
+                        "evidence": {}}]
+        if spoil is not None:
+            for p in params:
+                spoil.setdefault(p, why)
+        return c
+
+    def check_link(self, link: Link, ctx, checks, rep):
+        """Compare one layer with its rule on what flowed through it; returns 'forward', or the inputs that fail."""
+        rule = link.rule
+        f = next(c for c in link.calls if c.kind == "forward")
+        b = next(c for c in link.calls if c.kind == "backward")
+        data = [n for _, kind, n in link.binding.call if kind == "input"]
+        labels = [n for _, kind, n in link.binding.call if kind == "label"]
+        args = dict(zip([n for _, _, n in link.binding.call], f.args))
+        values = {n: args[n] for n in data}
+        values.update(f.held)
+        ref = {n: np.asarray(v, dtype=np.float64) for n, v in values.items()}
+        hyper = rule.resolve_hyper({})
+        for n in labels:
+            lab = np.asarray(args[n])
+            if lab.ndim == len(rule.labels[n].shape) + 1:  # one-hot rows
+                lab = lab.argmax(axis=-1)
+            ref[n] = lab
+        try:
+            dims = _dims(rule, ref)
+        except ValueError as exc:
+            checks.append(Check(f"{link.label()}: forward", False, message=f"{link.label()} does not fit rule '{rule.name}': {exc}", **ctx))
+            return "forward"
+        cot = np.asarray(b.args[0] if b.args else 1.0, dtype=np.float64)
+        pairs = [("forward", f.out)] + [(n, b.out if len(data) == 1 else None) for n in data] + [(n, b.grads.get(n)) for n in link.slots]
+        where = {"forward": f"{link.name}.forward", **{n: f"{link.name}.backward(dout)" for n in data},
+                 **{n: link.grad_where(n) for n in link.slots}}
+        candidates = [hyper] + rule.alternatives({})
+        results = None
+        for h in candidates:  # the rule, or one of its also = [...] values (log(y + 1e-7))
+            d = reference.at(rule, h, dims)
+            out, grads, scales = d.evaluate(cot, **ref)
+            expected = {"forward": out, **grads}
+            scales = {"forward": scales["forward"], **{n: scales[n] for n in grads}}
+            now = [compare(f"{link.label()}: {'forward' if n == 'forward' else 'grad ' + n}", expected[n], got, scales[n],
+                           _judged(got, self.dtype), where=where[n], **ctx) for n, got in pairs]
+            if results is None:
+                results, kept = now, (d, expected, scales)
+            if all(c.passed for c in now):
+                results, kept = now, (d, expected, scales)
+                if h is not hyper:
+                    changed = ", ".join(f"{k} = {v}" for k, v in h.items() if v != hyper[k])
+                    note = f"{link.label()} matches its rule with {changed}"
+                    if note not in rep.notes:
+                        rep.notes.append(note)
+                break
+        d, expected, scales = kept
+        bad = []
+        for (n, got), c in zip(pairs, results):
+            if not c.passed:
+                if n == "forward":
+                    c.diagnosis = [diagnose_forward(c)]
+                elif got is not None:
+                    dctx = Context(rule, d, dims, ref, cot, self.dtype, {n: []}, False)
+                    c.diagnosis = diagnose_gradient(n, expected[n], got, scales[n], dctx)
+                    for dg in c.diagnosis:
+                        dg["check"] = c.name
+                        dg["message"] = f"{link.label()}: {dg['message']}"
+                bad.append(n)
+            checks.append(c)
+        if "forward" in bad:
+            return "forward"
+        return bad
+
+    def model_gradients(self, order, params, owner, model_grads, ctx, spoiled) -> list[Check]:
+        """The gradients the model hands back are its layers' own, for the right parameters."""
+        checks = []
+        by_name = {owner[key]: key for key in owner}
+        link_of = {l.name: l for l in order}
+        if self.style == "dlfs1":
+            if not isinstance(model_grads, dict):
+                return [self.wiring(f"{self.name}.gradient returned a {type(model_grads).__name__}, not a dict of gradients", ctx)]
+            for pname, _ in params:
+                key = pname[len("params['"):-2]
+                if pname not in by_name:
+                    continue
+                lname, n = by_name[pname]
+                layer_grad = link_of[lname].grad(n)
+                got = model_grads.get(key)
+                if got is None or not _same(np.asarray(got), np.asarray(layer_grad)):
+                    other = next((f"{link_of[ln].grad_where(m)}" for (ln, m) in owner
+                                  if _same(np.asarray(got), np.asarray(link_of[ln].grad(m)))), None) if got is not None else None
+                    said = "missing" if got is None else (f"{other}" if other else "not any layer's gradient")
+                    checks.append(self.wiring(f"gradient()['{key}'] is {said}, not {link_of[lname].grad_where(n)} "
+                                              f"(the gradient of {pname})", ctx, spoil=spoiled, params=[pname],
+                                              why=f"gradient()['{key}']"))
+            return checks
+        if not isinstance(model_grads, list):
+            return [self.wiring(f"{self.name}.grads is a {type(model_grads).__name__}, not a list", ctx)]
+        for i, (pname, _) in enumerate(params):
+            if pname not in by_name:
+                continue
+            lname, n = by_name[pname]
+            link = link_of[lname]
+            slot = link.layer.grads[link.slots[n]] if isinstance(getattr(link.layer, "grads", None), list) else None
+            got = model_grads[i] if i < len(model_grads) else None
+            if got is None or got is not slot:
+                checks.append(self.wiring(
+                    f"{self.name}.grads[{i}] is not {link.grad_where(n)} (the gradient of {pname}): the model gathered "
+                    f"the layers' grads once and the layer has since rebound its slot", ctx, spoil=spoiled,
+                    params=[pname], why=f"grads[{i}] rebound", kind="rebinds-grads",
+                    hint=f"write into the slot: grads[{link.slots[n]}][...] = d{n} (the model holds the list it got at construction)"))
+        return checks
+
+
+def _dedent(cls) -> str:
+    import textwrap
+
+    return textwrap.dedent(inspect.getsource(cls))
+
+
+def _input_width(links, params) -> int:
+    """The width of x: the first parametrised layer's first parameter's rows (W is D x H)."""
+    for link in links:
+        for n in link.slots:
+            return int(np.shape(link.held(n))[0])
+    raise DerivcheckError("the network has no layer with parameters, so the width of its input cannot be told")
+
+
+def _judged(value, dtype):
+    dt = getattr(value, "dtype", None)
+    if dt is not None and np.issubdtype(dt, np.floating) and np.finfo(dt).eps > np.finfo(dtype).eps:
+        return dt.type
+    return dtype
+
+
+def _same(a, b) -> bool:
+    try:
+        a, b = np.asarray(a), np.asarray(b)
+        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
+    except (TypeError, ValueError):
+        return False
+
+
+def _dims(rule, arrays: dict) -> dict:
+    """The rule's sizes read off the arrays' shapes; ValueError when they do not fit its shapes."""
+    dims = {}
+    specs = [(n, i.shape) for n, i in rule.inputs.items()] + [(n, lab.shape) for n, lab in rule.labels.items()]
+    for n, spec in specs:
+        shape = np.shape(arrays[n])
+        if len(shape) != len(spec):
+            raise ValueError(f"{n} has shape {shape}, the rule's {n} has {len(spec)} axes ({', '.join(map(str, spec))})")
+        for s, v in zip(spec, shape):
+            if isinstance(s, str):
+                if dims.setdefault(s, v) != v:
+                    raise ValueError(f"{n} has shape {shape}: {s} is {dims[s]} elsewhere")
+            elif s != v:
+                raise ValueError(f"{n} has shape {shape}, the rule's {n} has {s} there")
+    return dims
+
+
+def verify_network(target: str, **options) -> Report:
+    return NetworkVerifier(target, **options).run()

@@ -1,0 +1,188 @@
+"""Whole networks: each layer against its rule on what flows through the model, and the wiring between them."""
+import json
+import re
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from derivcheck.cli import main
+
+from bindings import BROKEN_NETWORKS, EXAMPLES
+
+NETWORKS = EXAMPLES / "networks"
+
+
+def verify(*args):
+    result = CliRunner().invoke(main, ["verify", *map(str, args), "--format", "json"])
+    data = json.loads(result.stdout) if result.stdout.strip().startswith("{") else None
+    return result, data
+
+
+def failing(data):
+    return sorted(c["name"] for c in data["checks"] if not c["passed"])
+
+
+@pytest.mark.parametrize("target", ["dlfs1_net.py:TwoLayerNet", "dlfs2_net.py:TwoLayerNet"])
+def test_the_example_networks_verify_layer_by_layer(target):
+    result, data = verify(NETWORKS / target, "--trials", "3")
+    assert result.exit_code == 0, result.output[-2000:]
+    assert data["rule"] == "network" and data["verdict"] == "pass"
+    names = {c["name"] for c in data["checks"]}
+    assert "network gradients" in names and any(n.endswith(": grad W") for n in names)
+    assert any(n.startswith("network: ") and "affine" in n and "softmax_with_loss" in n for n in data["notes"])
+
+
+@pytest.mark.parametrize("target,caught,kind", BROKEN_NETWORKS, ids=[b[0].rpartition("/")[2] for b in BROKEN_NETWORKS])
+def test_each_broken_network_fails_where_the_catalogue_says(target, caught, kind):
+    result, data = verify(EXAMPLES / target, "--trials", "3")
+    assert result.exit_code == 1, result.output[-2000:]
+    assert failing(data) == sorted(caught)
+    if kind:
+        assert kind in {d["kind"] for d in data["diagnosis"]}
+
+
+def test_a_wrong_layer_is_named_first_and_only_the_spoiled_parameters_listed():
+    result, data = verify(NETWORKS / "broken" / "wrong_layer.py:TwoLayerNet")
+    assert data["notes"][0] == "first layer that disagrees with its rule: Affine1: grad W (layers in forward order)"
+    grads = next(c for c in data["checks"] if c["name"] == "network gradients")
+    assert re.findall(r"params\['(\w+)'\]", grads["message"]) == ["W1", "W2"]  # not the biases
+    assert {d["kind"] for d in data["diagnosis"]} == {"constant-factor"}
+    assert all(d["message"].startswith("Affine") for d in data["diagnosis"])
+
+
+def test_a_layer_wrong_in_its_dx_spoils_every_parameter_before_it(tmp_path):
+    result, data = verify(net(tmp_path, relu_backward="return dout  # BUG: the mask is not applied"))
+    assert result.exit_code == 1
+    assert failing(data) == ["Relu1: grad x", "network gradients"]
+    grads = next(c for c in data["checks"] if c["name"] == "network gradients")
+    assert re.findall(r"params\['(\w+)'\]", grads["message"]) == ["W1", "b1"]
+
+
+NET_TEMPLATE = textwrap.dedent('''
+    from collections import OrderedDict
+    import numpy as np
+
+    class Affine:
+        def __init__(self, W, b):
+            self.W, self.b = W, b
+        def forward(self, x):
+            self.x = x
+            return x @ self.W + self.b
+        def backward(self, dout):
+            self.dW, self.db = self.x.T @ dout, dout.sum(axis=0)
+            return dout @ self.W.T
+
+    class Relu:
+        def forward(self, x):
+            self.mask = x <= 0
+            return np.where(self.mask, 0.0, x)
+        def backward(self, dout):
+            {relu_backward}
+
+    class SoftmaxWithLoss:
+        def forward(self, x, t):
+            e = np.exp(x - x.max(axis=1, keepdims=True))
+            self.y, self.t = e / e.sum(axis=1, keepdims=True), t
+            return -np.log(self.y[np.arange(len(t)), t]).mean()
+        def backward(self, dout=1):
+            dx = self.y.copy()
+            dx[np.arange(len(self.t)), self.t] -= 1
+            return dx * dout / len(self.t)
+
+    class {extra_class}:
+        def __init__(self):
+            pass
+        def forward(self, x):
+            return x
+        def backward(self, dout):
+            return dout
+
+    class TwoLayerNet:
+        def __init__(self, input_size, hidden_size, output_size):
+            self.params = {{"W1": np.random.randn(input_size, hidden_size), "b1": np.zeros(hidden_size),
+                           "W2": np.random.randn(hidden_size, output_size), "b2": np.zeros(output_size)}}
+            self.layers = OrderedDict()
+            self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
+            self.layers["Relu1"] = Relu()
+            {extra_layer}
+            self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"])
+            self.lastLayer = SoftmaxWithLoss()
+        def predict(self, x):
+            for layer in self.layers.values():
+                x = {apply}
+            return x
+        def loss(self, x, t):
+            return {loss}
+        def gradient(self, x, t):
+            self.loss(x, t)
+            dout = self.lastLayer.backward(1)
+            for layer in reversed(list(self.layers.values())):
+                dout = layer.backward(dout)
+            return {{"W1": self.layers["Affine1"].dW, "b1": self.layers["Affine1"].db,
+                    "W2": self.layers["Affine2"].dW, "b2": self.layers["Affine2"].db}}
+''')
+_DEFAULTS = dict(relu_backward="return np.where(self.mask, 0.0, dout)", extra_class="Unused", extra_layer="",
+                 apply="layer.forward(x)", loss="self.lastLayer.forward(self.predict(x), t)")
+
+
+def net(tmp_path, **changes):
+    (tmp_path / "net.py").write_text(NET_TEMPLATE.format(**{**_DEFAULTS, **changes}))
+    return tmp_path / "net.py:TwoLayerNet"
+
+
+def test_a_correct_hand_written_network_passes(tmp_path):
+    result, data = verify(net(tmp_path))
+    assert result.exit_code == 0, result.output[-2000:]
+
+
+def test_something_between_two_layers_is_a_wiring_mistake(tmp_path):
+    result, data = verify(net(tmp_path, apply="layer.forward(x) * 1.5  # BUG: a stray scale"))
+    assert result.exit_code == 1
+    assert failing(data) == ["network gradients", "wiring"]
+    wiring = next(c for c in data["checks"] if c["name"] == "wiring")
+    assert "Relu1's input is not Affine1's output" in wiring["message"]
+
+
+def test_a_loss_that_is_not_the_loss_layers_output_is_a_wiring_mistake(tmp_path):
+    result, data = verify(net(tmp_path, loss="self.lastLayer.forward(self.predict(x), t) * 2"))
+    assert result.exit_code == 1
+    wiring = next(c for c in data["checks"] if c["name"] == "wiring")
+    assert "the loss TwoLayerNet returned is not lastLayer's output" in wiring["message"]
+
+
+def test_an_unknown_layer_is_named_and_the_rest_still_checked(tmp_path):
+    target = net(tmp_path, extra_class="Dropout", extra_layer='self.layers["Dropout1"] = Dropout()')
+    result, data = verify(target)
+    assert result.exit_code == 1
+    assert failing(data) == ["Dropout1: no rule"]
+    unknown = next(c for c in data["checks"] if c["name"] == "Dropout1: no rule")
+    assert "cannot tell which rule Dropout implements" in unknown["message"] and "derivcheck rules" in unknown["message"]
+    assert {"Affine1: grad W", "Affine2: grad W", "Relu1: grad x"} <= {c["name"] for c in data["checks"] if c["passed"]}
+
+
+def test_mnist_sizes_on_request(tmp_path):
+    result, data = verify(NETWORKS / "dlfs1_net.py:TwoLayerNet", "--shape", "input_size=784,hidden_size=50,output_size=10,N=100",
+                          "--trials", "1")
+    assert result.exit_code == 0, result.output[-2000:]
+    grad = next(c for c in data["checks"] if c["name"] == "Affine1: grad W")
+    assert grad["dims"] == {"input_size": 784, "hidden_size": 50, "output_size": 10, "N": 100}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--shape", "width=3"], "--shape names width, but TwoLayerNet's constructor has the sizes input_size, hidden_size, output_size"),
+    (["--shape", "N=0"], "--shape N must be a positive integer"),
+    (["--hyper", "eps=1"], "is a network: --hyper, --style and --kinks are for one layer"),
+])
+def test_network_option_mistakes_exit_2(args, message):
+    result = CliRunner().invoke(main, ["verify", str(NETWORKS / "dlfs1_net.py:TwoLayerNet"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_the_broken_networks_readme_is_the_catalogue():
+    rows = {m.group(1): line for line in (NETWORKS / "broken" / "README.md").read_text().splitlines()
+            if (m := re.match(r"^\| `([\w.:]+)` \|", line))}
+    assert set(rows) == {t.removeprefix("networks/broken/") for t, _, _ in BROKEN_NETWORKS}
+    for target, caught, _ in BROKEN_NETWORKS:
+        for check in caught:
+            assert check in rows[target.removeprefix("networks/broken/")], (target, check)
