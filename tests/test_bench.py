@@ -28,3 +28,16 @@ def test_scale_bench_prints_the_trial_cost_table():
     for r in rows:
         trial_ms, layer_ms, ratio = map(float, r[2:5])
         assert trial_ms > 0 and layer_ms > 0 and abs(ratio - trial_ms / layer_ms) <= 0.1 * ratio + 0.1
+
+
+NETWORK = BENCH.parent / "network.py"
+
+
+def test_network_bench_verifies_the_mnist_network_and_prints_the_ratio_to_the_books_check():
+    out = subprocess.run([sys.executable, str(NETWORK), "--sample", "20"], capture_output=True, text=True, check=True,
+                         timeout=600).stdout
+    lines = out.splitlines()
+    assert lines[0] == "book 1 TwoLayerNet(784, 50, 10), batch 100: 39760 parameters"
+    assert "derivcheck verify" in lines[1] and lines[1].endswith("verdict: PASS")
+    m = re.search(r"numerical_gradient: +([\d.]+) s \(scaled from \d+ of 39760 parameters\) +ratio to derivcheck warm: (\d+)x", lines[2])
+    assert m and float(m.group(1)) > 0
