@@ -1,0 +1,220 @@
+"""Each diagnosis, exactly: kind, message, hint and residual, from synthetic gradients (no layer runs).
+
+These pin what a user reads. They are fast, so mutation testing (bench/mutation.py)
+runs them first and a changed word or a changed branch fails here at once.
+"""
+import numpy as np
+import pytest
+
+import derivcheck
+from derivcheck import reference
+from derivcheck.checks import Check
+from derivcheck.diagnose import Context, diagnose_forward, diagnose_gradient, settle_factor
+
+
+def ctx(rule_name, dims, cot, ref=None, earlier=None, earlier_passed=False, dtype=np.float64, hyper=None):
+    rule = derivcheck.load_rule(rule_name)
+    h = rule.resolve_hyper(hyper or {})
+    d = reference.at(rule, h, dims)
+    return Context(rule, d, dims, ref or {}, np.asarray(cot, dtype=np.float64), dtype, earlier or {}, earlier_passed)
+
+
+class Explains:
+    """A residual of a corrected candidate that explains every element: in [0, 1]."""
+
+    def __eq__(self, other):
+        return isinstance(other, float) and 0.0 <= other <= 1.0
+
+    def __repr__(self):
+        return "<residual in [0, 1]>"
+
+
+def found(kind, check, message, hint, residual=0.0, **evidence):
+    return {"check": check, "kind": kind, "message": f"{check}: {message}", "hint": hint,
+            "evidence": {"residual_over_tol": residual, **evidence}}
+
+
+RNG = np.random.default_rng(5)
+E23 = RNG.normal(size=(2, 3))
+S23 = np.abs(E23) + 1.0
+DIMS = {"N": 2, "D": 3, "H": 4}
+
+
+def test_a_transposed_gradient_of_the_other_shape():
+    got = diagnose_gradient("W", E23, E23.T.copy(), S23, ctx("affine", DIMS, RNG.normal(size=(2, 4))))
+    assert got == [found("transposed", "grad W", "has shape (3, 2), the transpose of W's (2, 3), and equals the right gradient transposed",
+                         "swap the operands' order or transpose (x.T @ dout, not dout.T @ x)")]
+
+
+def test_a_gradient_not_summed_over_the_batch():
+    E = RNG.normal(size=4)
+    G = np.stack([E * 0.25, E * 0.75])  # sums to E
+    got = diagnose_gradient("b", E, G, np.abs(E) + 1, ctx("affine", DIMS, RNG.normal(size=(2, 4))))
+    assert got == [found("missing-reduction", "grad b", "has an extra leading axis of size 2: it is not summed over the batch",
+                         "sum over the batch axis: db = dout.sum(axis=0)")]
+
+
+def test_a_sum_over_the_wrong_axis():
+    c = RNG.normal(size=(2, 4))
+    got = diagnose_gradient("b", c.sum(axis=0), c.sum(axis=1), np.abs(c).sum(axis=0), ctx("affine", DIMS, c))
+    assert got == [found("wrong-axis", "grad b", "sums dout over axis 1 where the forward repeated along axis 0",
+                         "sum over axis 0: np.sum(dout, axis=0)")]
+
+
+def test_a_sum_over_the_wrong_axis_kept_as_a_row():
+    c = RNG.normal(size=(3, 2))
+    E = c.sum(axis=1, keepdims=True)  # (3, 1)
+    G = c.sum(axis=0, keepdims=True)  # (1, 2)
+    got = diagnose_gradient("x", E, G, np.abs(E) + 1, ctx("affine", DIMS, c))
+    assert got == [found("wrong-axis", "grad x", "sums dout over axis 0 where the forward repeated along axis 1",
+                         "sum over axis 1: np.sum(dout, axis=1, keepdims=True)")]
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_a_reduction_too_many(axis):
+    got = diagnose_gradient("x", E23, E23.sum(axis=axis), S23, ctx("affine", DIMS, np.asarray(1.7)))
+    assert got == [found("extra-reduction", "grad x", f"is the right gradient summed over axis {axis}: a reduction too many",
+                         f"do not sum dx over axis {axis}")]
+
+
+def test_axes_permuted_in_three_dimensions():
+    E = RNG.normal(size=(2, 3, 4))
+    G = E.transpose(1, 2, 0).copy()
+    got = diagnose_gradient("x", E, G, np.abs(E) + 1, ctx("affine", DIMS, np.asarray(2.0)))
+    assert got == [found("transposed", "grad x", "equals the right gradient with its axes permuted by [1, 2, 0]",
+                         "apply the inverse permutation: np.transpose(gy, [2, 0, 1])")]
+
+
+def test_a_shape_nothing_explains():
+    got = diagnose_gradient("W", E23, np.ones(5), S23, ctx("affine", DIMS, np.asarray(2.0)))
+    assert got == [found("shape", "grad W", "has shape (5,), but W has shape (2, 3)", "a gradient has its parameter's shape: (2, 3)",
+                         float("inf"))]
+
+
+def test_a_square_gradient_transposed():
+    E = RNG.normal(size=(3, 3))
+    got = diagnose_gradient("W", E, E.T.copy(), np.abs(E) + 1, ctx("affine", DIMS, np.asarray(2.0)))
+    assert got == [found("transposed", "grad W", "equals the right gradient transposed", "swap the operands or transpose the result")]
+
+
+def test_a_symmetric_gradient_is_not_called_transposed():
+    E = RNG.normal(size=(3, 3))
+    E = E + E.T
+    got = diagnose_gradient("W", E, 3 * E, np.abs(E) + 1, ctx("affine", {"N": 5, "D": 3, "H": 4}, np.asarray(2.0)))
+    assert [g["kind"] for g in got] == ["constant-factor"]
+
+
+def test_a_flipped_sign():
+    got = diagnose_gradient("x", E23, -E23, S23, ctx("affine", DIMS, np.asarray(2.0)))
+    assert got == [found("sign-flipped", "grad x", "equals the right gradient with its sign flipped", "check the sign of each term")]
+
+
+HINT = "look for a missing or extra division by the batch size (mean vs sum), or a stray 2 or 0.5"
+
+
+@pytest.mark.parametrize("k,dims,named", [
+    (2.0, {"N": 2, "D": 3}, "a factor of 2, which is also N (N=2) here"),
+    (0.5, {"N": 2, "D": 5}, "a factor of 1/2, which is also 1/N (N=2) here"),
+    (0.5, {"N": 3, "D": 5}, "a factor of 1/2"),
+    (2.0, {"N": 1, "D": 3}, "a factor of 2"),  # a size of 1 names nothing
+    (1 / 3, {"N": 3, "D": 3}, "a factor of 1/N (N=3) or 1/D (D=3)"),
+    (5.0, {"N": 2, "D": 5}, "a factor of D (D=5)"),
+    (1.7, {"N": 2, "D": 3}, "a constant factor 1.7"),
+    (-3.0, {"N": 2, "D": 3}, "a constant factor -3"),
+])
+def test_a_constant_factor_named_by_the_sizes(k, dims, named):
+    got = diagnose_gradient("W", E23, k * E23, S23,  # dout 3.7: no factor here is 1/dout (that would be upstream-ignored)
+                            Context(derivcheck.load_rule("affine"), None, dims, {}, np.asarray(3.7), np.float64, {}, False))
+    assert got == [found("constant-factor", "grad W", f"is off by {named}", HINT, Explains(), factor=pytest.approx(k))]
+
+
+def test_a_factor_within_a_millionth_of_one_names_nothing():
+    got = diagnose_gradient("W", E23, (1 + 1e-7) * E23, S23 * 1e-12,
+                            Context(derivcheck.load_rule("affine"), None, DIMS, {}, np.asarray(3.7), np.float64, {}, False))
+    assert got == []
+
+
+def test_a_loss_that_ignores_a_scalar_dout():
+    got = diagnose_gradient("x", E23 * 2.5, E23, S23, ctx("softmax_with_loss", {"N": 2, "C": 3}, np.asarray(2.5)))
+    assert got == [found("upstream-ignored", "grad x", "is the gradient for dout = 1, but dout was 2.5: it is not multiplied by dout",
+                         "multiply by the upstream gradient: dx = dx * dout", Explains())]
+
+
+def test_a_layer_that_ignores_dout():
+    dims = {"N": 2, "D": 3}
+    x = RNG.normal(size=(2, 3))
+    c = ctx("sigmoid", dims, RNG.normal(size=(2, 3)), ref={"x": x})
+    y = 1 / (1 + np.exp(-x))
+    ones_grad = y * (1 - y)
+    right = c.cot * ones_grad
+    got = diagnose_gradient("x", right, ones_grad, np.abs(right) + 1e-3, c)
+    assert got == [found("upstream-ignored", "grad x", "is the gradient for dout = all ones: the upstream gradient is ignored",
+                         "multiply by dout", Explains())]
+
+
+def test_the_input_used_where_the_output_belongs():
+    dims = {"N": 2, "D": 3}
+    x = RNG.uniform(0.1, 0.9, size=(2, 3))
+    c = ctx("sigmoid", dims, RNG.normal(size=(2, 3)), ref={"x": x})
+    y = 1 / (1 + np.exp(-x))
+    right = c.cot * y * (1 - y)
+    wrong = c.cot * x * (1 - x)
+    got = diagnose_gradient("x", right, wrong, np.abs(right) + 1e-3, c)
+    assert got == [found("input-instead-of-output", "grad x", "is dout * (out * (1 - out)) with the input x where the output belongs",
+                         "save the forward output and use it: dout * (out * (1 - out)) with out = the forward's result",
+                         Explains())]
+
+
+def test_a_gradient_that_accumulates_over_calls():
+    earlier = [RNG.normal(size=(2, 3)), RNG.normal(size=(2, 3))]
+    acc = E23 + earlier[0] + earlier[1]
+    got = diagnose_gradient("W", E23, acc, S23, ctx("affine", DIMS, np.asarray(2.0), earlier={"W": earlier}))
+    assert got == [found("accumulates", "grad W", "equals the sum of this and the earlier calls' gradients: it accumulates",
+                         "overwrite the gradient (grads[0][...] = dW), do not add to it (+=)", Explains())]
+
+
+def test_stale_state_only_when_the_earlier_calls_passed():
+    earlier = [RNG.normal(size=(2, 3))]
+    other = RNG.normal(size=(2, 3))
+    stale = diagnose_gradient("W", E23, other, S23, ctx("affine", DIMS, np.asarray(2.0), earlier={"W": earlier}, earlier_passed=True))
+    assert stale == [found("stale-state", "grad W", "was right in the first 1 call(s) and is wrong now: state from an earlier call is reused",
+                           "store what backward needs (x, y, masks) on every forward call", float("inf"))]
+    assert diagnose_gradient("W", E23, other, S23, ctx("affine", DIMS, np.asarray(2.0), earlier={"W": earlier})) == []
+
+
+def test_a_residual_is_the_candidates_error_over_the_tolerance():
+    noisy = -E23 + 1e-15 * np.sign(E23)
+    (got,) = diagnose_gradient("x", E23, noisy, S23, ctx("affine", DIMS, np.asarray(2.0)))
+    assert got["kind"] == "sign-flipped" and 0 < got["evidence"]["residual_over_tol"] <= 1
+
+
+def test_values_that_are_not_numbers_get_no_diagnosis():
+    assert diagnose_gradient("x", E23, "nonsense", S23, ctx("affine", DIMS, np.asarray(2.0))) == []
+
+
+def test_a_factor_is_settled_by_every_failing_trial():
+    f = found("constant-factor", "grad W", "is off by a factor of 2, which is also N (N=2) here", HINT, factor=2.0)
+    settle_factor(f, [(2.0, {"N": 2, "D": 3}), (2.0, {"N": 3, "D": 2})])
+    assert f["message"] == "grad W: is off by a factor of 2 (in each of 2 failing trials)"
+    g = dict(f, message="unchanged")
+    settle_factor(g, [(3.0, {"N": 3, "D": 2}), (5.0, {"N": 5, "D": 2})])
+    assert g["message"] == "grad W: is off by a factor of N (in each of 2 failing trials)"
+    h = dict(f, message="unchanged")
+    settle_factor(h, [(0.25, {"N": 4, "D": 2}), (1 / 3, {"N": 3, "D": 2})])
+    assert h["message"] == "grad W: is off by a factor of 1/N (in each of 2 failing trials)"
+    one = dict(f, message="unchanged")
+    settle_factor(one, [(2.0, {"N": 2})])  # one trial cannot tell 2 from N
+    assert one["message"] == "unchanged"
+    none = dict(f, message="unchanged")
+    settle_factor(none, [(2.0, {"N": 2}), (7.0, {"N": 3})])
+    assert none["message"] == "unchanged"
+
+
+def test_a_wrong_forward():
+    c = Check("forward", False, index=[1, 2], expected=0.5, got=0.25, abs_err=0.25, tol=1e-15)
+    assert diagnose_forward(c) == {"check": "forward", "kind": "forward-wrong",
+                                   "message": "forward: the output itself is wrong (out[1,2]: expected 0.5, got 0.25); "
+                                              "gradients built on it are suspect too",
+                                   "hint": "fix the forward pass first", "evidence": {"residual_over_tol": c.severity}}
+    shape = Check("forward", False, message="forward output has shape (3,), expected (2,)")
+    assert diagnose_forward(shape)["message"] == "forward: forward output has shape (3,), expected (2,)"

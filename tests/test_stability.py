@@ -1,0 +1,121 @@
+"""The extreme-input probe's judgement of one result, exactly (Verifier._stability_of), and the probe's inputs.
+
+Fast: no layer runs in the unit cases, so mutation testing runs them first.
+"""
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+import derivcheck
+from derivcheck.verify import Verifier, verify
+
+from bindings import EXAMPLES
+
+SIGMOID = str(EXAMPLES / "dlfs1" / "layers.py") + ":Sigmoid"
+REF = {"x": np.array([[-800.0, 3.0, 800.0], [-2.0, 0.0, 1.0]])}
+DIMS = {"N": 2, "D": 3}
+EXACT = np.array([[0.0, 0.95, 1.0], [0.12, 0.5, 0.73]], dtype=object)
+RANGE = "x in [-800, 800]"
+
+
+def judge(got, exact=EXACT, dtype="float64", name="forward"):
+    v = Verifier(SIGMOID, derivcheck.load_rule("sigmoid"), dtype=dtype)
+    c = v._stability_of(name, exact, got, REF, DIMS, 7)
+    return None if c is None else {k: val for k, val in asdict(c).items() if val is not None}
+
+
+def test_right_to_half_the_digits_passes():
+    ex = np.array(EXACT, dtype=np.float64)
+    assert judge(ex * (1 + 1e-9)) is None
+    assert judge(ex) is None
+
+
+def test_a_misshapen_result_fails():
+    assert judge(np.zeros(3)) == {"name": "stability", "passed": False, "seed": 7, "dims": DIMS, "where": "forward",
+                                  "message": "forward at extreme inputs is shape (3,), where the exact value has shape (2, 3)"}
+    assert judge(None, name="grad x")["message"] == "grad x at extreme inputs is no value, where the exact value has shape (2, 3)"
+
+
+def test_a_scalar_may_come_back_as_one_element():
+    assert judge(np.array([0.25]), exact=np.array(0.25, dtype=object)) is None
+    assert judge(np.array([0.25, 0.25]), exact=np.array(0.25, dtype=object))["message"] == (
+        "forward at extreme inputs is shape (2,), where the exact value has shape ()")
+
+
+def test_something_that_is_not_numbers_fails():
+    got = np.array([["a", "b", "c"], ["d", "e", "f"]])
+    assert judge(got)["message"] == "forward at extreme inputs is a ndarray, not an array of numbers"
+
+
+def test_inf_where_the_exact_value_is_finite_names_the_element():
+    got = np.array(EXACT, dtype=np.float64)
+    got[0, 2] = np.inf
+    assert judge(got) == {"name": "stability", "passed": False, "seed": 7, "dims": DIMS, "where": "forward",
+                          "index": [0, 2], "expected": 1.0, "got": float("inf"),
+                          "message": f"forward is inf where the exact value is finite (1), at extreme inputs ({RANGE})"}
+
+
+def test_nan_is_not_finite_either():
+    got = np.array(EXACT, dtype=np.float64)
+    got[1, 0] = np.nan
+    c = judge(got)
+    assert c["index"] == [1, 0] and c["message"].startswith("forward is nan where the exact value is finite (0.12)")
+
+
+def test_an_exact_value_beyond_the_dtype_may_be_inf():
+    import mpmath
+
+    exact = np.array([[mpmath.mpf("1e400"), 0.5, 0.5], [0.5, 0.5, 0.5]], dtype=object)
+    got = np.array([[np.inf, 0.5, 0.5], [0.5, 0.5, 0.5]])
+    assert judge(got, exact=exact) is None  # the dtype cannot hold it: inf is all a layer can give
+    got[1, 2] = np.inf
+    assert judge(got, exact=exact)["index"] == [1, 2]
+
+
+def test_losing_more_than_half_the_digits_fails_with_the_numbers():
+    ex = np.array(EXACT, dtype=np.float64)
+    got = ex.copy()
+    got[1, 1] = 0.5 + 1e-6
+    root_u = np.sqrt(np.finfo(np.float64).eps / 2)
+    tol = root_u * (0.5 + 1.0)  # |exact| + max(max |exact|, 1)
+    assert judge(got) == {"name": "stability", "passed": False, "seed": 7, "dims": DIMS, "where": "forward",
+                          "index": [1, 1], "expected": 0.5, "got": 0.5 + 1e-6, "abs_err": pytest.approx(1e-6),
+                          "tol": pytest.approx(tol), "rel_err": pytest.approx(2e-6),
+                          "message": f"forward loses more than half its digits at extreme inputs ({RANGE})"}
+    got[1, 1] = 0.5 + 0.9 * tol
+    assert judge(got) is None
+
+
+def test_an_error_on_an_exact_zero_has_an_infinite_relative_error():
+    ex = np.array(EXACT, dtype=np.float64)
+    got = ex.copy()
+    got[0, 0] = 1e-3
+    c = judge(got)
+    assert c["index"] == [0, 0] and c["rel_err"] == float("inf")
+
+
+def test_the_tolerance_is_relative_to_one_for_small_results():
+    tiny = np.array([[1e-12, 2e-12, 3e-12], [1e-12, 1e-12, 1e-12]], dtype=object)
+    got = np.array(tiny, dtype=np.float64) + 5e-9  # under sqrt(u) * 1
+    assert judge(got, exact=tiny) is None
+    assert judge(got + 1e-7, exact=tiny)["message"].startswith("forward loses more than half its digits")
+
+
+def test_float32_is_judged_with_float32s_digits():
+    ex = np.array(EXACT, dtype=np.float64)
+    got = (ex * (1 + 1e-5)).astype(np.float32)  # half of float32's digits are about 3.5
+    assert judge(got, dtype="float32") is None
+    assert judge(ex * (1 + 1e-5)) is not None
+    # an exact value too small for float32 is 0 there, so a layer returning 0 is right
+    small = np.array([[2e-139, 0.5, 0.5], [0.5, 0.5, 0.5]], dtype=object)
+    assert judge(np.array([[0.0, 0.5, 0.5], [0.5, 0.5, 0.5]], dtype=np.float32), exact=small, dtype="float32") is None
+
+
+def test_the_probe_feeds_the_rules_extreme_values_in_the_runs_dtype():
+    """sigmoid's stress is uniform in [-800, 800]: the failure message quotes the range the layer got."""
+    rule = derivcheck.load_rule("softmax_with_loss")
+    for dtype in ("float64", "float32"):
+        rep = verify(str(EXAMPLES / "broken" / "layers.py") + ":SoftmaxWithLossNoShift", rule, dtype=dtype, strict=True)
+        (c,) = [c for c in rep.checks if not c.passed]
+        assert c.seed == 5 and "at extreme inputs (x in [71" in c.message and "76" in c.message, c.message
