@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from derivcheck.adapters import LayerError, make_adapter  # noqa: E402
 from derivcheck.config import load_config  # noqa: E402
-from derivcheck.network import model_convention  # noqa: E402
+from derivcheck.adapters import model_convention  # noqa: E402
 from derivcheck.rules import rule_for, variants_for  # noqa: E402
 from derivcheck.verify import Verifier  # noqa: E402
 

@@ -17,6 +17,7 @@ parameters by name, then by position.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import importlib.util
@@ -69,8 +70,6 @@ def check_target(spec: str) -> None:
     The form, that a file exists and, read with ``ast`` (not imported), that it
     defines the name. Whatever cannot be told this way is left to the worker.
     """
-    import ast
-
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name:
         raise DerivcheckError(f"target '{spec}' must look like path/to/layers.py:Affine or package.module:Affine")
@@ -142,6 +141,58 @@ def load_target(spec):
     return obj, module, name
 
 
+LOSS_ATTRS = ("lastLayer", "last_layer", "loss_layer", "lossLayer")  # where a model keeps its loss layer
+
+
+# ---------------------------------------------------------------------------
+# Telling a model (a network) from a layer, without running it
+
+
+def model_shape(methods: set, attrs: set) -> str | None:
+    """The convention of a class with these methods and ``self.`` attributes, or None for a layer."""
+    if "layers" not in attrs:
+        return None
+    if "gradient" in methods and "loss" in methods:
+        return "dlfs1"
+    if "forward" in methods and "backward" in methods and attrs & set(LOSS_ATTRS):
+        return "dlfs2"
+    return None
+
+
+def model_convention(spec: str) -> str | None:
+    """'dlfs1' or 'dlfs2' when ``file.py:Name`` (or ``module:Name``) is a model class, read with ``ast``.
+
+    No user code runs: the parent process decides from the source whether a
+    target is a layer or a network; the worker then checks it.
+    """
+    where, _, name = spec.rpartition(":")
+    path = Path(where) if where.endswith(".py") or "/" in where or "\\" in where else _module_file(where)
+    if path is None or not path.is_file():
+        return None
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError, OSError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            methods = {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            attrs = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+                     and isinstance(n.value, ast.Name) and n.value.id == "self"}
+            return model_shape(methods, attrs)
+    return None
+
+
+def _module_file(dotted: str) -> Path | None:
+    """Where ``package.module`` would be found from the current folder, without importing anything."""
+    rel = Path(*dotted.split("."))
+    for base in (Path.cwd(),):
+        for cand in (base / rel.with_suffix(".py"), base / rel / "__init__.py"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+
 def _describe(exc: BaseException) -> str:
     frames = _frames(exc.__traceback__)
     where = ""
@@ -162,8 +213,6 @@ def import_roots(path: Path) -> list[Path]:
     ``book/common/layers.py`` makes ``book/`` importable, with or without
     ``common/__init__.py``. Read with ``ast``: nothing of the user's runs here.
     """
-    import ast
-
     path = path.resolve()
     roots = [path.parent]
     top = path.parent

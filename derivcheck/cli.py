@@ -206,9 +206,8 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
     could not run, 3 for an internal error, 130 when interrupted.
     """
     from . import report as render
-    from .adapters import check_target
+    from .adapters import check_target, model_convention
     from .isolate import verify_isolated
-    from .network import model_convention
     from .rules import rule_for, variants_for
 
     try:

@@ -64,7 +64,7 @@ _HOW = 'add rule = "NAME" to its [[layer]] entry'  # how a configuration names a
 def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None, timeout: float | None = None) -> Result:
     """One binding's check, in a worker process of its own (isolate.py); never raises for the layer's sake."""
     from .isolate import verify_isolated
-    from .network import model_convention
+    from .adapters import model_convention
     from .rules import rule_for, variants_for
 
     try:
@@ -116,8 +116,7 @@ def validate(bindings: list[Binding], rule_dirs=()) -> None:
 
     No layer is imported here: that happens in the layer's own worker process.
     """
-    from .adapters import check_target
-    from .network import model_convention
+    from .adapters import check_target, model_convention
     from .rules import rule_for
 
     for b in bindings:

@@ -34,69 +34,18 @@ from __future__ import annotations
 import ast
 import inspect
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from . import reference
-from .adapters import Binding, LayerError, bind, call_user, load_target, stage
+from .adapters import LOSS_ATTRS, Binding, LayerError, bind, call_user, load_target, model_shape, stage
 from .checks import Check, compare
 from .diagnose import Context, diagnose_forward, diagnose_gradient
 from .errors import DerivcheckError
 from .rules import rule_for
 from .verify import DTYPES, Report
 
-CONVENTIONS = ("dlfs1", "dlfs2")
-LOSS_ATTRS = ("lastLayer", "last_layer", "loss_layer", "lossLayer")
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
-
-
-# ---------------------------------------------------------------------------
-# Telling a model from a layer (without running it)
-
-
-def _model_shape(methods: set, attrs: set) -> str | None:
-    """The convention of a class with these methods and ``self.`` attributes, or None for a layer."""
-    if "layers" not in attrs:
-        return None
-    if "gradient" in methods and "loss" in methods:
-        return "dlfs1"
-    if "forward" in methods and "backward" in methods and attrs & set(LOSS_ATTRS):
-        return "dlfs2"
-    return None
-
-
-def model_convention(spec: str) -> str | None:
-    """'dlfs1' or 'dlfs2' when ``file.py:Name`` (or ``module:Name``) is a model class, read with ``ast``.
-
-    No user code runs: the parent process decides from the source whether a
-    target is a layer or a network; the worker then checks it.
-    """
-    where, _, name = spec.rpartition(":")
-    path = Path(where) if where.endswith(".py") or "/" in where or "\\" in where else _module_file(where)
-    if path is None or not path.is_file():
-        return None
-    try:
-        tree = ast.parse(path.read_bytes())
-    except (SyntaxError, ValueError, OSError):
-        return None
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            methods = {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
-            attrs = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
-                     and isinstance(n.value, ast.Name) and n.value.id == "self"}
-            return _model_shape(methods, attrs)
-    return None
-
-
-def _module_file(dotted: str) -> Path | None:
-    """Where ``package.module`` would be found from the current folder, without importing anything."""
-    rel = Path(*dotted.split("."))
-    for base in (Path.cwd(),):
-        for cand in (base / rel.with_suffix(".py"), base / rel / "__init__.py"):
-            if cand.is_file():
-                return cand
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -285,7 +234,7 @@ class NetworkVerifier:
             attrs = {n.attr for n in ast.walk(src) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"}
         except (OSError, TypeError, SyntaxError):
             pass
-        self.style = _model_shape(methods, attrs)
+        self.style = model_shape(methods, attrs)
         if self.style is None:
             raise DerivcheckError(f"{self.name} is not a network derivcheck knows: a book-1 model has layers, loss() and "
                                   f"gradient(); a book-2 model has layers, a loss_layer, forward() and backward()")

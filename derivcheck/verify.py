@@ -634,7 +634,10 @@ def verify(target: str, rule, **options) -> Report:
 
 
 def assert_backward(layer, rule=None, rule_dirs=(), **options):
-    """For hand-written tests: verify ``layer`` (a class, a function or a target string).
+    """For hand-written tests: verify ``layer`` (a class, a function or a target string), or a network.
+
+    A model class at a module's top level (book 1 or 2, see :mod:`derivcheck.network`)
+    with no ``rule`` is checked as a network, layer by layer.
 
     ``rule`` is a rule name or a loaded rule (default: guessed from the layer's
     name), looked up in ``rule_dirs`` and the catalog; ``options`` are
@@ -643,10 +646,17 @@ def assert_backward(layer, rule=None, rule_dirs=(), **options):
     Raises AssertionError with the full report when the layer is wrong; returns
     the report otherwise.
     """
+    from .adapters import model_convention
     from .isolate import importable, verify_isolated
     from .report import text
     from .rules import rule_for, variants_for
 
+    if rule is None and importable(layer) and model_convention(target_spec(layer)):  # a whole network
+        report = verify_isolated(target_spec(layer), None, timeout=options.pop("timeout", None),
+                                 rule_dirs=[str(d) for d in rule_dirs], **options)
+        if report.verdict != "pass":
+            raise AssertionError("\n" + text(report))
+        return report
     if rule is None or isinstance(rule, str):
         options.setdefault("variants", variants_for(rule, rule_for(rule, target_spec(layer), rule_dirs), rule_dirs))
         rule = rule_for(rule, target_spec(layer), rule_dirs)

@@ -186,3 +186,21 @@ def test_the_broken_networks_readme_is_the_catalogue():
     for target, caught, _ in BROKEN_NETWORKS:
         for check in caught:
             assert check in rows[target.removeprefix("networks/broken/")], (target, check)
+
+
+def test_assert_backward_checks_a_network_in_a_hand_written_test(tmp_path, monkeypatch):
+    import sys
+
+    import derivcheck
+
+    (tmp_path / "mynet.py").write_text(NET_TEMPLATE.format(**_DEFAULTS))
+    (tmp_path / "badnet.py").write_text(NET_TEMPLATE.format(**{**_DEFAULTS, "relu_backward": "return dout"}))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import badnet
+    import mynet
+
+    report = derivcheck.assert_backward(mynet.TwoLayerNet, trials=2)
+    assert report.rule == "network" and report.verdict == "pass"
+    with pytest.raises(AssertionError, match="first layer that disagrees with its rule: Relu1: grad x"):
+        derivcheck.assert_backward(badnet.TwoLayerNet, trials=2)
+    sys.modules.pop("mynet"), sys.modules.pop("badnet")
