@@ -239,14 +239,24 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
 @click.option("--shape", help="Sizes for the Jacobian section (default: tiny, 2 at most).")
 @click.option("--hyper", "hypers", multiple=True, metavar="NAME=VALUE")
 @click.option("--layer", "layer", metavar="FILE:Name", help="Put the formula at a failing layer's worst element next to its value.")
+@click.option("--model", "model", metavar="FILE:Name", help="A network: its layers' rules as one chain, forward and backward.")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "latex"]), default="text", show_default=True)
 @click.pass_obj
-def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, fmt):
-    """Show how RULE's derivatives come about: graph, Jacobian, closed forms."""
-    from .adapters import load_target
-    from .explanation import explain, explain_layer
+def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, model, fmt):
+    """Show how RULE's derivatives come about: graph, Jacobian, closed forms (or a network's, with --model)."""
+    from .adapters import check_target, load_target, model_convention
+    from .explanation import explain, explain_layer, explain_model
     from .rules import rule_for
 
+    if model:
+        if rule_name or rule_opt or layer or shape or hypers or fmt != "text":
+            raise DerivcheckError("--model takes no rule, --layer, --shape, --hyper or --format (its text is the chain of its layers)")
+        check_target(model)
+        if not model_convention(model):
+            raise DerivcheckError(f"{model} is not a network derivcheck knows: a book-1 model has layers, loss() and "
+                                  f"gradient(); a book-2 model has layers, a loss_layer, forward() and backward()")
+        click.echo(explain_model(model, obj.rule_dirs, obj.config.raw.get("timeout")))
+        return
     name = rule_name or rule_opt
     if name is None and not layer:
         raise DerivcheckError("name a rule (derivcheck explain affine) or a layer (--layer file.py:Name)")

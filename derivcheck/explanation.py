@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy
 
-from .errors import RuleError
+from .errors import DerivcheckError, RuleError
 
 _SUB = str.maketrans("aehijklmnoprstuvx0123456789", "ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ₀₁₂₃₄₅₆₇₈₉")
 _PREC = {ast.Add: 1, ast.Sub: 1, ast.Mult: 2, ast.Div: 2, ast.MatMult: 2, ast.Pow: 4}
@@ -554,3 +554,51 @@ def _expected_entry(rule, hyper, c, idx) -> str:
         flat = int(np.ravel_multi_index(idx, d.shapes[n])) if idx else 0
         expr = sympy.Add(*(dout[o] * J[o, flat] for o in range(len(dout))))
     return sympy.sstr(sympy.simplify(expr))
+
+
+def explain_model(target: str, rule_dirs=(), timeout=None) -> str:
+    """A network as the chain of its layers' rules: forward layer by layer, backward from the loss.
+
+    The model is built and run once in a worker (as ``verify`` does) to learn its
+    layers; each layer's closed forms are its rule's, checked as ``explain`` checks them.
+    """
+    from .isolate import verify_isolated
+    from .rules import load_rule
+
+    rep = verify_isolated(target, None, timeout=timeout, trials=1, steps=1, rule_dirs=[str(d) for d in rule_dirs])
+    if not rep.layers:
+        raise DerivcheckError(f"{target} could not be run to learn its layers: "
+                              + "; ".join(c.message for c in rep.checks if not c.passed))
+    name = target.rpartition(":")[2]
+
+    def label(l):
+        shown = l["name"] if l["kind"] in l["name"] else f"{l['name']} {l['kind']}"
+        return f"{shown} ({l['rule'] or 'no rule'})"
+
+    width = max(len(label(l)) for l in rep.layers)
+    lines = [f"{name}, a network ({rep.style}): x -> " + " -> ".join(l["name"] for l in rep.layers) + " -> loss", "",
+             "forward, layer by layer (each layer's output is the next one's x):"]
+    rules = {}
+    for l in rep.layers:
+        if l["rule"] is None:
+            lines.append(f"  {label(l):<{width}}  {l['kind']} has no rule: `derivcheck rules affine` prints one to start from")
+            continue
+        rule = rules[l["rule"]] = load_rule(l["rule"], rule_dirs)
+        stmts = [ln.strip() for ln in rule.formula.text.strip().splitlines() if ln.strip()]
+        lines.append(f"  {label(l):<{width}}  " + "; ".join(stmts[:-1] + [f"out = {stmts[-1]}"]))
+    lines += ["", "backward, from dout = 1 at the loss to x (each layer's dout is the dx of the layer after it):"]
+    for l in reversed(rep.layers):
+        if l["rule"] is None:
+            lines.append(f"  {label(l):<{width}}  (no rule: not derived)")
+            continue
+        rule = rules[l["rule"]]
+        hyper = rule.resolve_hyper({})
+        proofs = prove(rule, hyper)
+        forms = [f"{_grad_name(n, False)} = {Printer(rule)(f.statements[-1][1])}" for n, f in rule.closed_forms.items()
+                 if proofs[n][0]]
+        lines.append(f"  {label(l):<{width}}  " + (",  ".join(forms) if forms else
+                                                  f"no closed form in its rule: derivcheck explain {rule.name} shows the derivation"))
+    lines += ["", "each closed form is checked against its rule's exact Jacobian at 4 shapes (random values);",
+              f"derivcheck verify {target} checks the network itself, layer by layer "
+              f"(this run: {rep.verdict.upper()})"]
+    return "\n".join(lines)

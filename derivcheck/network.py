@@ -274,6 +274,8 @@ class NetworkVerifier:
             checks, chain = self.run_trial(k, sizes, trial_seed, rep)
             if k == 0 and chain:
                 rep.notes.append("network: " + " -> ".join(chain))
+                rep.layers = [{"name": l.name, "kind": l.kind, "rule": l.rule.name if l.rule else None}
+                              for l in self.last_links]
             for c in checks:
                 keep = results.get(c.name)
                 if keep is None or (not c.passed and keep.passed):
@@ -314,6 +316,7 @@ class NetworkVerifier:
         links, loss = discover(model, self.style, self.rule_dirs)
         if loss is None:
             raise DerivcheckError(f"{self.name} has no loss layer ({', '.join(LOSS_ATTRS)})")
+        self.last_links = links + [loss]
         chain = [f"{l.label()}: {l.rule.name if l.rule else 'no rule'}" for l in links + [loss]]
         unknown = [l for l in links + [loss] if l.rule is None]
         checks = [Check(f"{l.label()}: no rule", False, message=f"{l.label()} cannot be checked: {l.why}", **ctx)

@@ -25,7 +25,9 @@ The JSON schema (``derivcheck verify --format json``)::
       # forward-wrong, the forward check's own error over tolerance
       "notes": ["at the kink x = 0 the layer's derivative is 0 ..."],   # with --kinks
       "reproduce": "derivcheck verify ... --seed 1 --trials 1 --shape N=3,D=3,H=3",
-      "forward_only": ""    # or why only the forward was checked: "Sigmoid has a forward method and no backward"
+      "forward_only": "",   # or why only the forward was checked: "Sigmoid has a forward method and no backward"
+      "layers": [{"name": "Affine1", "kind": "Affine", "rule": "affine"}, ...]   # a network's only (rule "network"):
+                            # its layers in forward order, the loss layer last; rule null for a layer with no rule
     }
 
 A check's ``index``/``expected``/``got`` describe its worst element (largest

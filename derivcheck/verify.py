@@ -51,6 +51,7 @@ class Report:
     strict: bool = False
     notes: list = field(default_factory=list)  # information, never a failure (the kink convention)
     forward_only: str = ""  # why only the forward was checked (the layer has no backward), or ""
+    layers: list = field(default_factory=list)  # a network's: [{"name", "kind", "rule"}] in forward order, loss last
 
     @property
     def verdict(self) -> str:
@@ -67,7 +68,8 @@ class Report:
         """The inverse of :meth:`to_json` (how a worker process hands its report back)."""
         fields = {k: data[k] for k in ("target", "rule", "style", "dtype", "seed", "trials", "steps", "hyper",
                                        "diagnosis", "notes", "reproduce")}
-        rep = cls(**fields, strict=data.get("strict", False), forward_only=data.get("forward_only", ""))
+        rep = cls(**fields, strict=data.get("strict", False), forward_only=data.get("forward_only", ""),
+                  layers=data.get("layers", []))
         rep.checks = [Check(**c) for c in data["checks"]]
         rep.warnings = [Warning_(**w) for w in data["warnings"]]
         by_check = {}
@@ -96,6 +98,7 @@ class Report:
             "reproduce": self.reproduce,
             "strict": self.strict,
             "forward_only": self.forward_only,
+            **({"layers": self.layers} if self.layers else {}),
         }
 
 

@@ -204,3 +204,32 @@ def test_assert_backward_checks_a_network_in_a_hand_written_test(tmp_path, monke
     with pytest.raises(AssertionError, match="first layer that disagrees with its rule: Relu1: grad x"):
         derivcheck.assert_backward(badnet.TwoLayerNet, trials=2)
     sys.modules.pop("mynet"), sys.modules.pop("badnet")
+
+
+def test_explain_model_prints_the_network_as_the_chain_of_its_layers_rules():
+    result = CliRunner().invoke(main, ["explain", "--model", str(NETWORKS / "dlfs1_net.py:TwoLayerNet")])
+    assert result.exit_code == 0, result.output
+    lines = [ln.strip() for ln in result.output.splitlines()]
+    assert lines[0] == "TwoLayerNet, a network (dlfs1): x -> Affine1 -> Relu1 -> Affine2 -> lastLayer -> loss"
+    forward = lines[lines.index("forward, layer by layer (each layer's output is the next one's x):") + 1:][:4]
+    assert [re.split(r"\s{2,}", ln) for ln in forward] == [
+        ["Affine1 (affine)", "out = x @ W + b"], ["Relu1 (relu)", "out = maximum(x, 0)"], ["Affine2 (affine)", "out = x @ W + b"],
+        ["lastLayer SoftmaxWithLoss (softmax_with_loss)", "y = softmax(x, axis=-1); out = -sum(t * log(y + eps)) / N"]]
+    backward = lines[lines.index("backward, from dout = 1 at the loss to x (each layer's dout is the dx of the layer after it):") + 1:][:4]
+    assert [re.split(r"\s{2,}", ln, maxsplit=1) for ln in backward] == [
+        ["lastLayer SoftmaxWithLoss (softmax_with_loss)", "dx = dout·(y - t) / N"],
+        ["Affine2 (affine)", "dx = dout Wᵀ,  dW = xᵀ dout,  db = Σₙ dout"],
+        ["Relu1 (relu)", "dx = dout·[x > 0]"],
+        ["Affine1 (affine)", "dx = dout Wᵀ,  dW = xᵀ dout,  db = Σₙ dout"]]
+    assert lines[-1].endswith("(this run: PASS)")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "examples/dlfs1/layers.py:Affine"], "is not a network derivcheck knows"),
+    (["affine", "--model", "examples/networks/dlfs1_net.py:TwoLayerNet"], "--model takes no rule"),
+    (["--model", "examples/networks/nothere.py:Net"], "not found"),
+])
+def test_explain_model_mistakes_exit_2(args, message, monkeypatch):
+    monkeypatch.chdir(EXAMPLES.parent)
+    result = CliRunner().invoke(main, ["explain", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
