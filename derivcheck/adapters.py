@@ -156,11 +156,13 @@ def model_shape(methods: set, attrs: set) -> str | None:
         return "dlfs1"
     if "forward" in methods and "backward" in methods and attrs & set(LOSS_ATTRS):
         return "dlfs2"
+    if "predict" in methods:  # layers and predict(x), no loss: its forward alone (seed 000, book 1 ch. 3)
+        return "predict"
     return None
 
 
 def model_convention(spec: str) -> str | None:
-    """'dlfs1' or 'dlfs2' when ``file.py:Name`` (or ``module:Name``) is a model class, read with ``ast``.
+    """'dlfs1', 'dlfs2' or 'predict' (forward only) when ``file.py:Name`` (or ``module:Name``) is a model class, read with ``ast``.
 
     No user code runs: the parent process decides from the source whether a
     target is a layer or a network; the worker then checks it.

@@ -125,8 +125,8 @@ def _bind_link(link: Link, rule_dirs) -> None:
         link.slots[n] = attr
 
 
-def discover(model, style: str, rule_dirs=()) -> tuple[list[Link], Link | None]:
-    """The model's layers in order, and its loss layer."""
+def discover(model, style: str, rule_dirs=(), with_loss: bool = True) -> tuple[list[Link], Link | None]:
+    """The model's layers in order, and its loss layer (None when it has none, or ``with_loss`` is false)."""
     raw = getattr(model, "layers", None)
     if isinstance(raw, dict):
         items = list(raw.items())
@@ -135,7 +135,8 @@ def discover(model, style: str, rule_dirs=()) -> tuple[list[Link], Link | None]:
     else:
         raise DerivcheckError(f"{type(model).__name__}.layers is a {type(raw).__name__}, not a list or dict of layers")
     links = [Link(str(name), layer, style) for name, layer in items]
-    loss = next((Link(a, getattr(model, a), style) for a in LOSS_ATTRS if getattr(model, a, None) is not None), None)
+    loss = next((Link(a, getattr(model, a), style) for a in LOSS_ATTRS if getattr(model, a, None) is not None), None) \
+        if with_loss else None
     for link in links + ([loss] if loss else []):
         _bind_link(link, rule_dirs)
     return links, loss
@@ -235,6 +236,9 @@ class NetworkVerifier:
         except (OSError, TypeError, SyntaxError):
             pass
         self.style = model_shape(methods, attrs)
+        self.forward_only = ""
+        if self.style == "predict":
+            self.forward_only = f"{self.name} has layers and predict() and no loss: each layer's forward is checked"
         if self.style is None:
             raise DerivcheckError(f"{self.name} is not a network derivcheck knows: a book-1 model has layers, loss() and "
                                   f"gradient(); a book-2 model has layers, a loss_layer, forward() and backward()")
@@ -313,6 +317,8 @@ class NetworkVerifier:
             model = self.build(sizes, trial_seed)
         except LayerError as exc:
             return [Check("model raised", False, message=str(exc), step=0, **ctx)], []
+        if self.forward_only:
+            return self.run_forward_trial(model, sizes, trial_seed, rep, ctx)
         links, loss = discover(model, self.style, self.rule_dirs)
         if loss is None:
             raise DerivcheckError(f"{self.name} has no loss layer ({', '.join(LOSS_ATTRS)})")
@@ -344,6 +350,70 @@ class NetworkVerifier:
                 return checks, chain
             checks += self.judge(links, loss, params, x, t, model_loss, model_grads, dict(ctx, step=step), rep)
         return checks, chain
+
+    def run_forward_trial(self, model, sizes, trial_seed, rep, ctx) -> tuple[list[Check], list[str]]:
+        """A model with predict() and no loss: each layer's forward on what flows, and the forward wiring."""
+        raw = getattr(model, "layers", None)
+        first = next(iter(raw.values() if isinstance(raw, dict) else raw or []), None)
+        style = "dlfs2" if isinstance(getattr(first, "params", None), list) else "dlfs1"
+        links, _ = discover(model, style, self.rule_dirs, with_loss=False)
+        self.last_links = links
+        rep.forward_only = self.forward_only
+        chain = [f"{l.label()}: {l.rule.name if l.rule else 'no rule'}" for l in links]
+        checks = [Check(f"{l.label()}: no rule", False, message=f"{l.label()} cannot be checked: {l.why}", **ctx)
+                  for l in links if l.rule is None]
+        rng = np.random.default_rng([trial_seed, 11])
+        held = [(f"{l.name}.{n}", l.held(n)) for l in links if l.rule for n in l.slots]
+        for step in range(self.steps):
+            for _, arr in held:  # new values into the arrays the layers hold, as training would
+                fan_in = arr.shape[0] if arr.ndim >= 2 else 4
+                arr[...] = rng.normal(size=arr.shape) / np.sqrt(fan_in)
+            for link in links:
+                link.calls = []
+            if step == 0:
+                for link in {id(l.layer): l for l in links}.values():
+                    _record(link)
+            x = rng.normal(size=(sizes["N"], _input_width(links, held))).astype(self.dtype)
+            try:
+                out = call_user(model.predict, [(None, x)], f"{self.name}.predict")
+            except LayerError as exc:
+                checks.append(Check("model raised", False, message=str(exc), step=step, **ctx))
+                return checks, chain
+            sctx = dict(ctx, step=step)
+            wires = self.forward_wiring(links, x, sctx)
+            if not wires and not _same(np.asarray(out), np.asarray(links[-1].calls[0].out)):
+                wires.append(self.wiring(f"what {self.name}.predict returned is not {links[-1].label()}'s output", sctx))
+            checks += wires
+            if not any(c.name == "wiring" for c in wires) or all(len(l.calls) == 1 for l in links):
+                for link in links:
+                    if link.rule is not None and len(link.calls) == 1:
+                        self.check_link(link, sctx, checks, rep)
+        return checks, chain
+
+    def forward_wiring(self, order, x, ctx) -> list[Check]:
+        """Each layer applied once, in order, each one's input the previous one's output (the first one's x)."""
+        checks, first_use = [], {}
+        for link in order:
+            if id(link.layer) in first_use:
+                return [self.wiring(f"{first_use[id(link.layer)].name} and {link.name} are one {link.kind} instance: what it "
+                                    f"saves in forward is the later call's when either backward runs; make one instance "
+                                    f"per place in the network", ctx)]
+            first_use[id(link.layer)] = link
+        for link in order:
+            n = sum(c.kind == "forward" for c in link.calls)
+            if n != 1:
+                what = "never applied" if n == 0 else f"applied {n} times in one forward pass"
+                checks.append(self.wiring(f"{link.label()} is {what}: each layer of the list is applied once, in order", ctx))
+        if checks:
+            return checks
+        upstream = x
+        for i, link in enumerate(order):
+            f = next(c for c in link.calls if c.kind == "forward")
+            if not _same(f.args[0] if f.args else None, upstream):
+                was = "x" if i == 0 else f"{order[i - 1].name}'s output"
+                checks.append(self.wiring(f"{link.label()}'s input is not {was}: something between them changed it", ctx))
+            upstream = f.out
+        return checks
 
     def forward_backward(self, model, x, t):
         """Run the model as its author does: (the loss it returned, the gradients it hands back)."""
@@ -484,7 +554,7 @@ class NetworkVerifier:
         """Compare one layer with its rule on what flowed through it; returns 'forward', or the inputs that fail."""
         rule = link.rule
         f = next(c for c in link.calls if c.kind == "forward")
-        b = next(c for c in link.calls if c.kind == "backward")
+        b = next((c for c in link.calls if c.kind == "backward"), None)  # None: a forward-only network
         data = [n for _, kind, n in link.binding.call if kind == "input"]
         labels = [n for _, kind, n in link.binding.call if kind == "label"]
         args = dict(zip([n for _, _, n in link.binding.call], f.args))
@@ -502,8 +572,12 @@ class NetworkVerifier:
         except ValueError as exc:
             checks.append(Check(f"{link.label()}: forward", False, message=f"{link.label()} does not fit rule '{rule.name}': {exc}", **ctx))
             return "forward"
-        cot = np.asarray(b.args[0] if b.args else 1.0, dtype=np.float64)
-        pairs = [("forward", f.out)] + [(n, b.out if len(data) == 1 else None) for n in data] + [(n, b.grads.get(n)) for n in link.slots]
+        if b is None:
+            cot, pairs = np.ones(np.shape(f.out)), [("forward", f.out)]
+        else:
+            cot = np.asarray(b.args[0] if b.args else 1.0, dtype=np.float64)
+            pairs = [("forward", f.out)] + [(n, b.out if len(data) == 1 else None) for n in data] + \
+                [(n, b.grads.get(n)) for n in link.slots]
         where = {"forward": f"{link.name}.forward", **{n: f"{link.name}.backward(dout)" for n in data},
                  **{n: link.grad_where(n) for n in link.slots}}
         candidates = [hyper] + rule.alternatives({})
@@ -534,9 +608,9 @@ class NetworkVerifier:
                 elif got is not None:
                     dctx = Context(rule, d, dims, ref, cot, self.dtype, {n: []}, False)
                     c.diagnosis = diagnose_gradient(n, expected[n], got, scales[n], dctx)
-                    for dg in c.diagnosis:
-                        dg["check"] = c.name
-                        dg["message"] = f"{link.label()}: {dg['message']}"
+                for dg in c.diagnosis or []:  # named after the layer: "Affine1: grad W: is off by ..."
+                    dg["check"] = c.name
+                    dg["message"] = f"{link.label()}: {dg['message']}"
                 bad.append(n)
             checks.append(c)
         if "forward" in bad:

@@ -233,3 +233,18 @@ def test_explain_model_mistakes_exit_2(args, message, monkeypatch):
     monkeypatch.chdir(EXAMPLES.parent)
     result = CliRunner().invoke(main, ["explain", *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_network_with_predict_and_no_loss_has_each_layers_forward_checked():
+    result, data = verify(NETWORKS / "dlfs2_predict.py:TwoLayerNet", "--trials", "3")
+    assert result.exit_code == 0, result.output[-2000:]
+    assert data["forward_only"] == "TwoLayerNet has layers and predict() and no loss: each layer's forward is checked"
+    assert sorted(c["name"] for c in data["checks"]) == ["layers[0] (Affine): forward", "layers[1] (Sigmoid): forward",
+                                                         "layers[2] (Affine): forward"]
+    assert [layer["rule"] for layer in data["layers"]] == ["affine", "sigmoid", "affine"]
+
+
+def test_a_forward_only_networks_wrong_layer_is_named_with_its_diagnosis():
+    result, data = verify(NETWORKS / "broken" / "seed_softmax.py:TwoLayerNet")
+    assert data["notes"][0] == "first layer that disagrees with its rule: layers[3] (Softmax): forward (layers in forward order)"
+    assert [d["message"].split(": forward: ")[0] for d in data["diagnosis"]] == ["layers[3] (Softmax)"]
