@@ -148,8 +148,10 @@ LOSS_ATTRS = ("lastLayer", "last_layer", "loss_layer", "lossLayer")  # where a m
 # Telling a model (a network) from a layer, without running it
 
 
-def model_shape(methods: set, attrs: set) -> str | None:
-    """The convention of a class with these methods and ``self.`` attributes, or None for a layer."""
+def model_shape(methods: set, attrs: set, bases: set = frozenset()) -> str | None:
+    """The convention of a class with these methods, ``self.`` attributes and base class names, or None for a layer."""
+    if "Model" in bases and "forward" in methods:  # DeZero: class Net(Model), layers as attributes
+        return "dezero"
     if "layers" not in attrs:
         return None
     if "gradient" in methods and "loss" in methods:
@@ -162,7 +164,7 @@ def model_shape(methods: set, attrs: set) -> str | None:
 
 
 def model_convention(spec: str) -> str | None:
-    """'dlfs1', 'dlfs2' or 'predict' (forward only) when ``file.py:Name`` (or ``module:Name``) is a model class, read with ``ast``.
+    """'dlfs1', 'dlfs2', 'predict' (forward only) or 'dezero' when ``file.py:Name`` (or ``module:Name``) is a model class, read with ``ast``.
 
     No user code runs: the parent process decides from the source whether a
     target is a layer or a network; the worker then checks it.
@@ -175,13 +177,20 @@ def model_convention(spec: str) -> str | None:
         tree = ast.parse(path.read_bytes())
     except (SyntaxError, ValueError, OSError):
         return None
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            methods = {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
-            attrs = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
-                     and isinstance(n.value, ast.Name) and n.value.id == "self"}
-            return model_shape(methods, attrs)
-    return None
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    if name not in classes:
+        return None
+    methods, attrs, bases, todo, seen = set(), set(), set(), [name], set()
+    while todo:  # the class and its bases defined in the same file (class BadNet(TwoLayerNet))
+        node = classes[todo.pop()]
+        seen.add(node.name)
+        methods |= {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        attrs |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+                  and isinstance(n.value, ast.Name) and n.value.id == "self"}
+        names = {b.id if isinstance(b, ast.Name) else b.attr for b in node.bases if isinstance(b, (ast.Name, ast.Attribute))}
+        bases |= names
+        todo += [b for b in names if b in classes and b not in seen]
+    return model_shape(methods, attrs, bases)
 
 
 def _module_file(dotted: str) -> Path | None:

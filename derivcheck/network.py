@@ -201,7 +201,11 @@ def size_params(cls) -> list[str]:
 
 
 def _plan(names: list[str], k: int, pinned: dict) -> dict:
-    """Trial k's sizes: distinct, then all equal, then a batch of 1 (classes stay >= 2)."""
+    """Trial k's sizes: distinct, then all equal, then a batch of 1 (classes stay >= 2).
+
+    ``names`` are the constructor's sizes, then N (the batch) and, for a model whose
+    input width is not a constructor argument (DeZero's Linear learns it), D.
+    """
     if k % 3 == 0:
         sizes = {n: 5 - min(i, 2) + (k // 3) for i, n in enumerate(names)}
         sizes["N"] = 2 + k // 3
@@ -230,12 +234,14 @@ class NetworkVerifier:
             raise DerivcheckError(f"{self.name} is not a class: a network is checked as a model class")
         methods = {n for n, _ in inspect.getmembers(self.cls, callable)}
         attrs = set()
-        try:
-            src = ast.parse(_dedent(self.cls))
-            attrs = {n.attr for n in ast.walk(src) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"}
-        except (OSError, TypeError, SyntaxError):
-            pass
-        self.style = model_shape(methods, attrs)
+        for klass in self.cls.__mro__[:-1]:  # its own source and its bases' (class BadNet(TwoLayerNet))
+            try:
+                src = ast.parse(_dedent(klass))
+            except (OSError, TypeError, SyntaxError):
+                continue
+            attrs |= {n.attr for n in ast.walk(src) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                      and n.value.id == "self"}
+        self.style = model_shape(methods, attrs, {b.__name__ for b in self.cls.__mro__[1:]})
         self.forward_only = ""
         if self.style == "predict":
             self.forward_only = f"{self.name} has layers and predict() and no loss: each layer's forward is checked"
@@ -248,10 +254,12 @@ class NetworkVerifier:
             if not str(v).strip().isdigit() or int(v) < 1:
                 raise DerivcheckError(f"--shape {k} must be a positive integer, not '{v}'")
             self.shape[k] = int(v)
-        unknown = [k for k in self.shape if k not in self.sizes and k != "N"]
+        extra = ["N", "D"] if self.style == "dezero" else ["N"]
+        unknown = [k for k in self.shape if k not in self.sizes and k not in extra]
         if unknown:
             raise DerivcheckError(f"--shape names {', '.join(unknown)}, but {self.name}'s constructor has the sizes "
-                                  f"{', '.join(self.sizes) or 'none'} (and N, the batch)")
+                                  f"{', '.join(self.sizes) or 'none'} (and N, the batch"
+                                  + (", and D, the input's width)" if self.style == "dezero" else ")"))
 
     # -- one trial ------------------------------------------------------------
     def build(self, sizes: dict, trial_seed: int):
@@ -273,7 +281,9 @@ class NetworkVerifier:
         results: dict[str, Check] = {}
         first_bad = None
         for k in range(self.trials):
-            sizes = _plan(self.sizes, k, self.shape)
+            sizes = _plan(self.sizes + (["D"] if self.style == "dezero" else []), k, self.shape)
+            if self.style == "dezero":  # N and D are not the constructor's
+                sizes["N"], sizes["D"] = sizes.pop("N"), sizes.pop("D")
             trial_seed = self.seed + k
             checks, chain = self.run_trial(k, sizes, trial_seed, rep)
             if k == 0 and chain:
@@ -319,6 +329,8 @@ class NetworkVerifier:
             return [Check("model raised", False, message=str(exc), step=0, **ctx)], []
         if self.forward_only:
             return self.run_forward_trial(model, sizes, trial_seed, rep, ctx)
+        if self.style == "dezero":
+            return self.run_dezero_trial(model, sizes, trial_seed, rep, ctx)
         links, loss = discover(model, self.style, self.rule_dirs)
         if loss is None:
             raise DerivcheckError(f"{self.name} has no loss layer ({', '.join(LOSS_ATTRS)})")
@@ -389,6 +401,100 @@ class NetworkVerifier:
                     if link.rule is not None and len(link.calls) == 1:
                         self.check_link(link, sctx, checks, rep)
         return checks, chain
+
+    def run_dezero_trial(self, model, sizes, trial_seed, rep, ctx) -> tuple[list[Check], list[str]]:
+        """A DeZero Model: call it, walk the graph of Functions it recorded, check each node and each Parameter.
+
+        The graph is the wiring (DeZero's backward walks it), so what is checked is
+        each Function against its rule on the values that reached it, and that each
+        Parameter's gradient is the sum of what the nodes using it handed back.
+        """
+        rng = np.random.default_rng([trial_seed, 11])
+        width = sizes.get("D", 3)
+        checks, chain = [], []
+        for step in range(self.steps):
+            sctx = dict(ctx, step=step)
+            x = rng.normal(size=(sizes["N"], width)).astype(self.dtype)
+            try:
+                if step == 0:  # a first call makes the parameters a layer sizes from its input (DeZero's Linear)
+                    call_user(model, [(None, x)], f"{self.name}(x)")
+                params = _dezero_params(model)
+                for _, p in params:  # new values into the same arrays, as an optimizer writes them
+                    fan_in = p.data.shape[0] if p.data.ndim >= 2 else 4
+                    p.data[...] = rng.normal(size=p.data.shape) / np.sqrt(fan_in)
+                    p.grad = None
+                y = call_user(model, [(None, x)], f"{self.name}(x)")
+                if not hasattr(y, "creator") or y.creator is None:
+                    raise DerivcheckError(f"{self.name}(x) returned {type(y).__name__} with no graph behind it: a "
+                                          f"DeZero model returns the Variable its Functions made")
+                nodes = _graph(y)
+                links = [Link(f"{type(f).__name__}#{i}", f, "dezero") for i, f in enumerate(nodes)]
+                owners = {id(p): n for n, p in params}
+                for link in links:
+                    link.name = _node_name(link, owners)
+                    _bind_node(link, self.rule_dirs)
+                    _record_node(link)
+                if step == 0:
+                    self.last_links = links
+                    chain = [f"{l.label()}: {l.rule.name if l.rule else 'no rule'}" for l in links]
+                    checks += [Check(f"{l.label()}: no rule", False, message=f"{l.label()} cannot be checked: {l.why}", **ctx)
+                               for l in links if l.rule is None]
+                cot = rng.normal(size=y.data.shape).astype(y.data.dtype)
+                y.grad = _as_grad(y, cot)
+                call_user(y.backward, [], f"{self.name}: y.backward()")
+            except LayerError as exc:
+                checks.append(Check("model raised", False, message=str(exc), **sctx))
+                return checks, chain
+            checks += self.judge_dezero(links, params, sctx, rep)
+        return checks, chain
+
+    def judge_dezero(self, links, params, ctx, rep) -> list[Check]:
+        checks, spoiled = [], {}
+        var_of = {}  # id(input Variable) -> [(link, position)]
+        for link in links:
+            for i, v in enumerate(link.layer.inputs):
+                var_of.setdefault(id(v), []).append((link, i))
+        pnames = {id(p): n for n, p in params}
+        for link in links:
+            if link.rule is None or len(link.calls) != 2:
+                continue
+            bad = self.check_link(link, ctx, checks, rep)
+            wrong = [i for i, (kind, n) in enumerate(link.node_inputs) if bad == "forward" or n in bad]
+            for i in wrong:  # a wrong gradient of an input spoils every parameter upstream of it
+                for pid in _upstream_params(link.layer.inputs[i], pnames):
+                    spoiled.setdefault(pnames[pid], f"{link.name}'s {'forward' if bad == 'forward' else 'backward'}")
+        for name, p in params:
+            uses = var_of.get(id(p), [])
+            if not uses:
+                checks.append(self.wiring(f"parameter {name} is not used by the model's forward: its gradient is "
+                                          f"{'None' if p.grad is None else 'left over'}", ctx))
+                continue
+            parts = [link.calls[1].out[i] for link, i in uses if len(link.calls) == 2]
+            got = getattr(p.grad, "data", p.grad)
+            if not parts or got is None:
+                checks.append(self.wiring(f"parameter {name} got no gradient from backward", ctx, spoil=spoiled,
+                                          params=[name], why="no gradient"))
+                continue
+            want = np.sum([np.asarray(g, dtype=np.float64) for g in parts], axis=0)
+            c = compare(f"{name}.grad", want, got, np.sum([np.abs(np.asarray(g, dtype=np.float64)) for g in parts], axis=0),
+                        _judged(got, self.dtype), **ctx)
+            if not c.passed:
+                checks.append(self.wiring(f"{name}.grad is not the sum of what the {len(parts)} node(s) using it "
+                                          f"returned for it", ctx, spoil=spoiled, params=[name], why=f"{name}.grad"))
+        if spoiled:
+            said = ", ".join(f"{p} ({why})" for p, why in spoiled.items())
+            checks.append(Check("network gradients", False, message=f"parameters whose gradients are wrong: {said}", **ctx))
+        elif not any(c.name == "wiring" for c in checks):
+            checks.append(Check("network gradients", True, message="every parameter's gradient checked node by node", **ctx))
+        wires = [c for c in checks if c.name == "wiring"]
+        if wires:
+            merged = wires[0]
+            merged.message = "; ".join(dict.fromkeys(c.message for c in wires))
+            merged.diagnosis = [d for c in wires for d in c.diagnosis]
+            checks = [c for c in checks if c.name != "wiring"] + [merged]
+            if not any(c.name == "network gradients" for c in checks):
+                checks.append(Check("network gradients", False, message="not one can be trusted: the wiring is wrong", **ctx))
+        return checks
 
     def forward_wiring(self, order, x, ctx) -> list[Check]:
         """Each layer applied once, in order, each one's input the previous one's output (the first one's x)."""
@@ -557,7 +663,10 @@ class NetworkVerifier:
         b = next((c for c in link.calls if c.kind == "backward"), None)  # None: a forward-only network
         data = [n for _, kind, n in link.binding.call if kind == "input"]
         labels = [n for _, kind, n in link.binding.call if kind == "label"]
-        args = dict(zip([n for _, _, n in link.binding.call], f.args))
+        if link.style == "dezero":  # a Function node: every array is an input, in the order it was called with
+            args = dict(zip([n for _, n in link.node_inputs], f.args))
+        else:
+            args = dict(zip([n for _, _, n in link.binding.call], f.args))
         values = {n: args[n] for n in data}
         values.update(f.held)
         ref = {n: np.asarray(v, dtype=np.float64) for n, v in values.items()}
@@ -574,11 +683,17 @@ class NetworkVerifier:
             return "forward"
         if b is None:
             cot, pairs = np.ones(np.shape(f.out)), [("forward", f.out)]
+        elif link.style == "dezero":  # backward(gy) returns one gradient per input, in the inputs' order
+            pos = {n: i for i, (_, n) in enumerate(link.node_inputs)}
+            cot = np.asarray(b.args[0], dtype=np.float64)
+            pairs = [("forward", f.out)] + [(n, b.out[pos[n]] if pos[n] < len(b.out) else None) for n in data]
         else:
             cot = np.asarray(b.args[0] if b.args else 1.0, dtype=np.float64)
             pairs = [("forward", f.out)] + [(n, b.out if len(data) == 1 else None) for n in data] + \
                 [(n, b.grads.get(n)) for n in link.slots]
-        where = {"forward": f"{link.name}.forward", **{n: f"{link.name}.backward(dout)" for n in data},
+        where = {"forward": f"{link.name}.forward",
+                 **{n: f"{link.kind}.backward(gy)[{i}] ({link.name})" if link.style == "dezero" else f"{link.name}.backward(dout)"
+                    for i, n in enumerate(data)},
                  **{n: link.grad_where(n) for n in link.slots}}
         candidates = [hyper] + rule.alternatives({})
         results = None
@@ -702,6 +817,106 @@ def _dims(rule, arrays: dict) -> dict:
             elif s != v:
                 raise ValueError(f"{n} has shape {shape}, the rule's {n} has {s} there")
     return dims
+
+
+# ---------------------------------------------------------------------------
+# DeZero models: the graph of Functions
+
+
+def _dezero_params(model) -> list[tuple[str, object]]:
+    """(name, Parameter) of a DeZero model: 'l1.W' for the W of its attribute l1."""
+    out, seen = [], set()
+
+    def walk(obj, prefix, depth=0):
+        for attr, value in sorted(vars(obj).items()):
+            if attr.startswith("_") or id(value) in seen:
+                continue
+            if type(value).__name__ == "Parameter" and isinstance(getattr(value, "data", None), np.ndarray):
+                seen.add(id(value))
+                out.append((f"{prefix}{attr}", value))
+            elif callable(getattr(value, "params", None)) and depth < 5:  # a Layer
+                seen.add(id(value))
+                walk(value, f"{prefix}{attr}.", depth + 1)
+
+    walk(model, "")
+    return out
+
+
+def _graph(y) -> list:
+    """The Functions behind ``y``, in the order they ran (DeZero's generation, then creation)."""
+    funcs, seen, todo = [], set(), [y.creator]
+    while todo:
+        f = todo.pop()
+        if f is None or id(f) in seen:
+            continue
+        seen.add(id(f))
+        funcs.append(f)
+        todo += [getattr(v, "creator", None) for v in f.inputs]
+    return sorted(funcs, key=lambda f: getattr(f, "generation", 0))
+
+
+def _node_name(link, owners) -> str:
+    """'l1' when a node uses layer l1's parameters (shown as 'l1 (Linear)'), else 'Sigmoid#2' (its place in the graph)."""
+    layers = sorted({owners[id(v)].rpartition(".")[0] for v in link.layer.inputs if id(v) in owners} - {""})
+    return ", ".join(layers) if layers else link.name
+
+
+def _bind_node(link, rule_dirs) -> None:
+    """A Function node's rule (from its class name) and which of its inputs is which of the rule's."""
+    try:
+        link.rule = rule_for(None, f"{link.kind}:{link.kind}", rule_dirs, how="name it after a rule")
+        link.binding = bind(link.rule, type(link.layer).__init__, type(link.layer).forward, link.kind, call_takes_all_inputs=True)
+    except DerivcheckError as exc:
+        link.rule, link.why = None, str(exc)
+        return
+    link.node_inputs = [(kind, n) for _, kind, n in link.binding.call if kind != "hyper"]
+    if len(link.node_inputs) != len(link.layer.inputs):
+        link.rule, link.why = None, f"{link.kind} took {len(link.layer.inputs)} inputs; rule '{link.rule.name}' has {len(link.node_inputs)}"
+
+
+def _record_node(link) -> None:
+    """A node's forward as it ran (its inputs and output), and its backward when DeZero calls it."""
+    node = link.layer
+    out = node.outputs[0]() if node.outputs else None
+    link.calls = [Call("forward", tuple(_snap(getattr(v, "data", v)) for v in node.inputs),
+                       out=_snap(getattr(out, "data", None)))]
+    bwd = node.backward
+
+    def backward(*gys):
+        stage(f"{link.name}.backward")
+        gxs = bwd(*gys)
+        parts = gxs if isinstance(gxs, (tuple, list)) else (gxs,)
+        link.calls.append(Call("backward", tuple(_snap(getattr(g, "data", g)) for g in gys),
+                               out=tuple(_snap(getattr(g, "data", g)) for g in parts)))
+        return gxs
+
+    node.backward = backward
+
+
+def _as_grad(y, cot):
+    """A cotangent as the Variable's grad: a Variable from DeZero's step 32 on, an array before it."""
+    try:
+        if "create_graph" in inspect.signature(y.backward).parameters:
+            return type(y)(cot)
+    except (TypeError, ValueError):
+        pass
+    return cot
+
+
+def _upstream_params(v, pnames) -> set:
+    """The ids of the Parameters ``v`` depends on (itself included)."""
+    found, seen, todo = set(), set(), [v]
+    while todo:
+        u = todo.pop()
+        if id(u) in seen:
+            continue
+        seen.add(id(u))
+        if id(u) in pnames:
+            found.add(id(u))
+        creator = getattr(u, "creator", None)
+        if creator is not None:
+            todo += list(creator.inputs)
+    return found
 
 
 def verify_network(target: str, **options) -> Report:

@@ -130,3 +130,48 @@ def test_broken_function_on_real_dezero_fails(dezero_env, tmp_path):
     data = json.loads(result.stdout)
     assert data["style"] == "dezero"
     assert [c["name"] for c in data["checks"] if not c["passed"]] == ["grad x"]
+
+
+_NET = """
+import numpy as np
+import dezero.functions as F
+import dezero.layers as L
+from dezero import Function, Model
+
+
+class Sigmoid(Function):
+    def forward(self, x):
+        return 1 / (1 + np.exp(-x))
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        return gy * x * (1 - x)  # BUG: y * (1 - y), with y the output
+
+
+class TwoLayerNet(Model):
+    def __init__(self, hidden_size, out_size):
+        super().__init__()
+        self.l1 = L.Linear(hidden_size)
+        self.l2 = L.Linear(out_size)
+
+    def forward(self, x):
+        return self.l2(F.sigmoid(self.l1(x)))
+
+
+class BadNet(TwoLayerNet):
+    def forward(self, x):
+        return self.l2(Sigmoid()(self.l1(x)))
+"""
+
+
+def test_a_real_dezero_model_is_checked_node_by_node(dezero_env, tmp_path):
+    (tmp_path / "net.py").write_text(_NET)
+    good = derivcheck(dezero_env, "verify", "net.py:TwoLayerNet", "--trials", "3", "--format", "json", cwd=tmp_path)
+    assert good.returncode == 0, good.stdout[-2000:] + good.stderr[-2000:]
+    data = json.loads(good.stdout)
+    assert [(layer["name"], layer["rule"]) for layer in data["layers"]] == [("l1", "affine"), ("Sigmoid#1", "sigmoid"), ("l2", "affine")]
+    bad = derivcheck(dezero_env, "verify", "net.py:BadNet", "--trials", "3", "--format", "json", cwd=tmp_path)
+    assert bad.returncode == 1, bad.stderr[-2000:]
+    data = json.loads(bad.stdout)
+    assert sorted(c["name"] for c in data["checks"] if not c["passed"]) == ["Sigmoid#1: grad x", "network gradients"]
+    assert [d["kind"] for d in data["diagnosis"]] == ["input-instead-of-output"]

@@ -229,3 +229,22 @@ class Max(Function):
 class Min(Max):
     def _reduce(self, x):
         return x.min(axis=self.axis, keepdims=True)
+
+
+class Linear(Function):
+    """DeZero's F.linear as a Function: x W + b, with b broadcast over the batch."""
+
+    def forward(self, x, W, b):
+        return x.dot(W) + b
+
+    def backward(self, gy):
+        x, W, b = self.inputs
+        return gy.dot(W.data.T), x.data.T.dot(gy), sum_to(gy, b.shape)
+
+
+def linear(x, W, b):
+    return Linear()(x, W, b)
+
+
+def sigmoid(x):
+    return Sigmoid()(x)
