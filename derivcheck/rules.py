@@ -711,15 +711,21 @@ def load_rule(name: str, extra=()) -> Rule:
 def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
     """The rule a target implements, from its name: Affine, SoftmaxWithLoss, affine_forward, MatMul."""
     name = target.rpartition(":")[2]
-    base = re.sub(r"(_forward|_backward)$", "", name)
-    base = re.sub(r"_(simple|naive|alt)$", "", base)  # DeZero's linear_simple, CS231n's conv_forward_naive
+    full = re.sub(r"(_forward|_backward)$", "", name)
+    base = re.sub(r"_(simple|naive|alt)$", "", full)  # DeZero's linear_simple, CS231n's conv_forward_naive
     known = {n.replace("_", ""): n for n in rule_files(extra)}  # names only: a broken file elsewhere does not matter
-    guess = known.get(base.replace("_", "").lower())
-    if guess is None:  # another name for a rule's operation (DeZero's Linear is affine): read the rules' aliases
-        for rule_name, rule in list_rules(extra, errors=[]).items():
-            if base.replace("_", "").lower() in {a.replace("_", "") for a in rule.aliases}:
-                guess = rule_name
-                break
+    guess = None
+    # the whole name first (CS231n's svm_loss_naive(W, X, y, reg) is an alias of linear_svm_loss, where
+    # svm_loss(x, y) is another operation), then without the suffix; a rule's name, then its aliases
+    # (another name for its operation: DeZero's Linear is affine)
+    for cand in dict.fromkeys([full, base]):
+        key = cand.replace("_", "").lower()
+        guess = known.get(key)
+        if guess is None:
+            guess = next((rule_name for rule_name, rule in list_rules(extra, errors=[]).items()
+                          if key in {a.replace("_", "") for a in rule.aliases}), None)
+        if guess is not None:
+            break
     if guess is None:
         stem = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", base).lower()
         raise DerivcheckError(

@@ -394,6 +394,28 @@ def linear_softmax_loss_reg_missing(W, X, y, reg):
     return loss, X.T @ dscores / N
 
 
+def svm_loss_correct_class_skipped(x, y):
+    """BUG: dx counts the violated margins but never subtracts their number at the correct class."""
+    N = x.shape[0]
+    correct = x[np.arange(N), y]
+    margins = np.maximum(0, x - correct[:, np.newaxis] + 1.0)
+    margins[np.arange(N), y] = 0
+    dx = (margins > 0).astype(x.dtype)
+    return np.sum(margins) / N, dx / N
+
+
+def svm_loss_vectorized_reg_once(W, X, y, reg):
+    """BUG: dW carries reg * W where the loss's reg * sum(W * W) needs 2 * reg * W (seen in students' CS231n code)."""
+    N = X.shape[0]
+    scores = X @ W
+    correct = scores[np.arange(N), y][:, np.newaxis]
+    margins = np.maximum(0, scores - correct + 1.0)
+    margins[np.arange(N), y] = 0
+    mask = (margins > 0).astype(scores.dtype)
+    mask[np.arange(N), y] = -mask.sum(axis=1)
+    return margins.sum() / N + reg * np.sum(W * W), X.T @ mask / N + reg * W
+
+
 class SigmoidUpcasts:
     """BUG (dtype): computes in float64 and returns float64 for float32 inputs."""
 

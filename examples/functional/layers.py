@@ -75,3 +75,30 @@ def linear_softmax_loss(W, X, y, reg):
     dscores = np.exp(log_probs)
     dscores[np.arange(N), y] -= 1
     return loss, X.T @ dscores / N + 2 * reg * W
+
+
+def svm_loss(x, y):
+    """CS231n layers.svm_loss: multiclass hinge loss, mean over the batch; y holds class indices."""
+    N = x.shape[0]
+    correct = x[np.arange(N), y]
+    margins = np.maximum(0, x - correct[:, np.newaxis] + 1.0)
+    margins[np.arange(N), y] = 0
+    loss = np.sum(margins) / N
+    num_pos = np.sum(margins > 0, axis=1)
+    dx = np.zeros_like(x)
+    dx[margins > 0] = 1
+    dx[np.arange(N), y] -= num_pos
+    return loss, dx / N
+
+
+def svm_loss_vectorized(W, X, y, reg):
+    """CS231n assignment 1: linear SVM loss and dW, with reg * sum(W * W)."""
+    N = X.shape[0]
+    scores = X @ W
+    correct = scores[np.arange(N), y][:, np.newaxis]
+    margins = np.maximum(0, scores - correct + 1.0)
+    margins[np.arange(N), y] = 0
+    loss = margins.sum() / N + reg * np.sum(W * W)
+    mask = (margins > 0).astype(scores.dtype)
+    mask[np.arange(N), y] = -mask.sum(axis=1)
+    return loss, X.T @ mask / N + 2 * reg * W
