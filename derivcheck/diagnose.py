@@ -30,12 +30,12 @@ class Context:
 
 
 def _ratio(candidate, got, scale, dtype) -> float:
-    candidate, got = np.asarray(candidate, dtype=np.float64), np.asarray(got, dtype=np.float64)
-    if candidate.shape != got.shape:
+    """The candidate's worst error over the check's tolerance (compare's, in ``dtype``): <= 1 explains every element."""
+    if np.shape(candidate) != np.shape(got):
         return np.inf
-    scale = np.broadcast_to(np.abs(np.asarray(scale, dtype=np.float64)), candidate.shape)
-    c = compare("hypothesis", candidate, got, scale + np.abs(candidate), dtype)
-    return 0.0 if c.passed and c.abs_err == 0 else c.severity
+    candidate = np.asarray(candidate, dtype=np.float64)
+    c = compare("hypothesis", candidate, got, np.abs(scale) + np.abs(candidate), dtype)
+    return c.severity
 
 
 def _found(kind, check, message, hint, residual) -> dict:
@@ -194,8 +194,11 @@ def settle_factor(found: dict, seen: list[tuple[float, dict]]) -> None:
 def diagnose_forward(check) -> dict:
     from .report import pair
 
-    e, g = pair(check.expected, check.got) if check.expected is not None else ("", "")
-    return {"check": "forward", "kind": "forward-wrong",
-            "message": f"forward: the output itself is wrong (out[{','.join(map(str, check.index or []))}]: expected {e}, got {g}); gradients built on it are suspect too"
-            if check.expected is not None else f"forward: {check.message}",
+    if check.expected is None:  # no element to show (a shape, or no value)
+        message = f"forward: {check.message}"
+    else:
+        e, g = pair(check.expected, check.got)
+        message = (f"forward: the output itself is wrong (out[{','.join(map(str, check.index or []))}]: expected {e}, "
+                   f"got {g}); gradients built on it are suspect too")
+    return {"check": "forward", "kind": "forward-wrong", "message": message,
             "hint": "fix the forward pass first", "evidence": {"residual_over_tol": float(check.severity)}}

@@ -218,3 +218,187 @@ def test_a_wrong_forward():
                                    "hint": "fix the forward pass first", "evidence": {"residual_over_tol": c.severity}}
     shape = Check("forward", False, message="forward output has shape (3,), expected (2,)")
     assert diagnose_forward(shape)["message"] == "forward: forward output has shape (3,), expected (2,)"
+
+
+# -- where "explains every element" ends: each hypothesis at 0.5 and 1.5 of its tolerance ----------------
+# A candidate explains the layer when its worst error is within the check's tolerance in the run's dtype
+# (residual <= 1). float32 is used so that a residual of 0.5 there is far past float64's tolerance.
+
+from derivcheck.checks import KAPPA, unit_roundoff  # noqa: E402
+
+
+def _tol(candidate, scale, dtype):
+    s = np.broadcast_to(np.abs(np.asarray(scale, dtype=np.float64)), np.shape(candidate)) + np.abs(candidate)
+    return KAPPA * unit_roundoff(dtype) * (s + s.max())
+
+
+def _nudge(candidate, scale, dtype, ratio, at=0):
+    """``candidate`` with element ``at`` moved by ``ratio`` times its tolerance there (the worst element)."""
+    out = np.array(candidate, dtype=np.float64, copy=True)
+    out.flat[at] += ratio * _tol(candidate, scale, dtype).flat[at]
+    return out
+
+
+def _case_transposed_shape(ratio, dt):
+    G = _nudge(E23.T, S23.T, dt, ratio)
+    return "W", E23, G, S23, ctx("affine", DIMS, np.asarray(2.0), dtype=dt), "transposed"
+
+
+def _case_missing_reduction(ratio, dt):
+    E, S = RNG.normal(size=4), np.abs(RNG.normal(size=4)) + 1
+    bump = _nudge(E, S, dt, ratio) - E  # the error lands on the summed result
+    G = np.stack([E * 0.25, E * 0.75 + bump])
+    return "b", E, G, S, ctx("affine", DIMS, np.asarray(2.0), dtype=dt), "missing-reduction"
+
+
+def _case_wrong_axis(ratio, dt):
+    c = RNG.normal(size=(2, 4))
+    R = c.sum(axis=1)
+    G = _nudge(R, np.abs(c).sum(axis=1), dt, ratio)
+    return "b", c.sum(axis=0), G, np.abs(c).sum(axis=0), ctx("affine", DIMS, c, dtype=dt), "wrong-axis"
+
+
+def _case_extra_reduction(ratio, dt):
+    G = _nudge(E23.sum(axis=0), S23.sum(axis=0), dt, ratio)
+    return "x", E23, G, S23, ctx("affine", DIMS, np.asarray(1.7), dtype=dt), "extra-reduction"
+
+
+def _case_permuted(ratio, dt):
+    E = RNG.normal(size=(2, 3, 4))
+    S = np.abs(E) + 1
+    G = _nudge(E.transpose(1, 2, 0), S.transpose(1, 2, 0), dt, ratio)
+    return "x", E, G, S, ctx("affine", DIMS, np.asarray(2.0), dtype=dt), "transposed"
+
+
+def _case_square_transposed(ratio, dt):
+    E = RNG.normal(size=(3, 3))
+    S = np.abs(RNG.normal(size=(3, 3))) + 1
+    G = _nudge(E.T, S.T, dt, ratio)
+    return "W", E, G, S, ctx("affine", DIMS, np.asarray(2.0), dtype=dt), "transposed"
+
+
+def _case_sign(ratio, dt):
+    return "x", E23, _nudge(-E23, S23, dt, ratio), S23, ctx("affine", DIMS, np.asarray(2.0), dtype=dt), "sign-flipped"
+
+
+def _case_factor(ratio, dt):
+    k = 5.0  # the candidate's scale is |k| times the check's
+    G = _nudge(k * E23, k * S23, dt, ratio)
+    c = Context(derivcheck.load_rule("affine"), None, {"N": 2, "D": 5}, {}, np.asarray(3.7), dt, {}, False)
+    return "W", E23, G, S23, c, "constant-factor"
+
+
+def _case_upstream_scalar(ratio, dt):
+    c = 2.5
+    G = _nudge(E23 / c, np.abs(E23 / c), dt, ratio)
+    return "x", E23, G, S23, ctx("softmax_with_loss", {"N": 2, "C": 3}, np.asarray(c), dtype=dt), "upstream-ignored"
+
+
+def _case_upstream_ones(ratio, dt):
+    x = RNG.normal(size=(2, 3))
+    c = ctx("sigmoid", {"N": 2, "D": 3}, RNG.normal(size=(2, 3)), ref={"x": x}, dtype=dt)
+    y = 1 / (1 + np.exp(-x))
+    ones = y * (1 - y)
+    return "x", c.cot * ones, _nudge(ones, np.abs(ones), dt, ratio), np.abs(c.cot * ones) + 1e-3, c, "upstream-ignored"
+
+
+def _case_input_for_output(ratio, dt):
+    x = RNG.uniform(0.1, 0.9, size=(2, 3))
+    c = ctx("sigmoid", {"N": 2, "D": 3}, RNG.normal(size=(2, 3)), ref={"x": x}, dtype=dt)
+    y = 1 / (1 + np.exp(-x))
+    right, wrong = c.cot * y * (1 - y), c.cot * x * (1 - x)
+    S = np.abs(right) + 1e-3
+    return "x", right, _nudge(wrong, S, dt, ratio), S, c, "input-instead-of-output"
+
+
+def _case_accumulates(ratio, dt):
+    earlier = [RNG.normal(size=(2, 3)), RNG.normal(size=(2, 3))]
+    acc = E23 + earlier[0] + earlier[1]
+    G = _nudge(acc, S23 * 3, dt, ratio)
+    return "W", E23, G, S23, ctx("affine", DIMS, np.asarray(2.0), earlier={"W": earlier}, dtype=dt), "accumulates"
+
+
+CASES = [_case_transposed_shape, _case_missing_reduction, _case_wrong_axis, _case_extra_reduction, _case_permuted,
+         _case_square_transposed, _case_sign, _case_factor, _case_upstream_scalar, _case_upstream_ones,
+         _case_input_for_output, _case_accumulates]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__[6:] for c in CASES])
+def test_a_hypothesis_holds_within_its_tolerance_in_the_runs_dtype(case):
+    name, E, G, S, c, kind = case(0.5, np.float32)
+    got = diagnose_gradient(name, E, G, S, c)
+    assert kind in [g["kind"] for g in got], got
+    (residual,) = [g["evidence"]["residual_over_tol"] for g in got if g["kind"] == kind]
+    assert 0.2 < residual <= 1.0
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__[6:] for c in CASES])
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_a_hypothesis_past_its_tolerance_is_not_claimed(case, dt):
+    name, E, G, S, c, kind = case(1.5, dt)
+    assert kind not in [g["kind"] for g in diagnose_gradient(name, E, G, S, c)]
+
+
+def test_a_wrong_axis_needs_the_right_gradient_to_be_the_sum_over_the_other_axis():
+    c = RNG.normal(size=(2, 4))
+    E = _nudge(c.sum(axis=0), np.abs(c).sum(axis=0), np.float64, 1.5)  # not quite dout summed over axis 0
+    got = diagnose_gradient("b", E, c.sum(axis=1), np.abs(c).sum(axis=0), ctx("affine", DIMS, c))
+    assert "wrong-axis" not in [g["kind"] for g in got]
+
+
+def test_a_gradient_of_the_wrong_shape_that_no_sum_of_dout_gives_is_a_shape_mistake():
+    c = RNG.normal(size=(2, 4))
+    got = diagnose_gradient("b", c.sum(axis=0), RNG.normal(size=2), np.abs(c).sum(axis=0), ctx("affine", DIMS, c))
+    assert [g["kind"] for g in got] == ["shape"]
+
+
+@pytest.mark.parametrize("k,dims,named", [
+    (2 * (1 + 7e-7), {"N": 5}, "a factor of 2"),  # within a millionth of 2: named
+    (3 * (1 + 7e-7), {"N": 3}, "a factor of N (N=3)"),
+    ((1 / 3) * (1 + 5e-6), {"N": 3}, "a constant factor 0.333335"),  # five millionths off 1/3: not named
+    (2.0, {"N": 2, "D": 2}, "a factor of 2, which is also N (N=2) or D (D=2) here"),
+])
+def test_a_factor_is_named_within_a_millionth(k, dims, named):
+    got = diagnose_gradient("W", E23, k * E23, S23,
+                            Context(derivcheck.load_rule("affine"), None, dims, {}, np.asarray(3.7), np.float64, {}, False))
+    assert [g["message"] for g in got] == [f"grad W: is off by {named}"]
+
+
+def test_settling_a_factor_takes_halves_and_tolerates_a_millionth():
+    half = found("constant-factor", "grad W", "m", HINT, factor=0.5)
+    settle_factor(half, [(0.5, {"N": 2}), (0.5, {"N": 3})])
+    assert half["message"] == "grad W: is off by a factor of 1/2 (in each of 2 failing trials)"
+    near = found("constant-factor", "grad W", "m", HINT, factor=2.0)
+    settle_factor(near, [(2 * (1 + 7e-7), {"N": 2}), (2 * (1 + 7e-7), {"N": 3})])
+    assert near["message"] == "grad W: is off by a factor of 2 (in each of 2 failing trials)"
+
+
+SCALED_TANH = """
+name = "scaled_tanh"
+summary = "tanh(a x)"
+formula = "tanh(a * x)"
+output = ["N", "D"]
+derivative_from_output = "a * (1 - out ** 2)"
+
+[inputs.x]
+shape = ["N", "D"]
+
+[hyper.a]
+type = "float"
+default = 0.5
+"""
+
+
+def test_the_input_for_the_output_under_a_rule_with_a_hyperparameter(tmp_path):
+    from derivcheck.rules import load_rule_file
+
+    (tmp_path / "scaled_tanh.toml").write_text(SCALED_TANH)
+    rule = load_rule_file(tmp_path / "scaled_tanh.toml")
+    dims = {"N": 2, "D": 3}
+    x = RNG.uniform(-0.9, 0.9, size=(2, 3))
+    d = reference.at(rule, rule.resolve_hyper({"a": 0.5}), dims)
+    c = Context(rule, d, dims, {"x": x}, RNG.normal(size=(2, 3)), np.float64, {}, False)
+    y = np.tanh(0.5 * x)
+    right, wrong = c.cot * 0.5 * (1 - y ** 2), c.cot * 0.5 * (1 - x ** 2)
+    got = diagnose_gradient("x", right, wrong, np.abs(right) + 1e-3, c)
+    assert [g["kind"] for g in got] == ["input-instead-of-output"]

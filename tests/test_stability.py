@@ -119,3 +119,84 @@ def test_the_probe_feeds_the_rules_extreme_values_in_the_runs_dtype():
         rep = verify(str(EXAMPLES / "broken" / "layers.py") + ":SoftmaxWithLossNoShift", rule, dtype=dtype, strict=True)
         (c,) = [c for c in rep.checks if not c.passed]
         assert c.seed == 5 and "at extreme inputs (x in [71" in c.message and "76" in c.message, c.message
+
+
+LAYERS = '''
+import numpy as np
+
+
+class Log:
+    def forward(self, x):
+        self.x = x
+        return np.log(x)
+
+    def backward(self, dout):
+        return dout / self.x
+
+
+class Sigmoid:
+    """The backward as the seed's stages give it: dout * exp(-x) / (1 + exp(-x))^2, inf / inf for large negative x."""
+
+    def forward(self, x):
+        assert x.dtype == np.float64, x.dtype  # the run's dtype, in the probe too
+        self.x = x
+        return 1 / (1 + np.exp(-x))
+
+    def backward(self, dout):
+        e = np.exp(-self.x)
+        return dout * e / (1 + e) ** 2
+
+
+class Tanh:
+    """Refuses inputs past 100, as some layers check their range."""
+
+    def forward(self, x):
+        if np.abs(x).max() > 100:
+            raise ValueError("input out of range")
+        self.out = np.tanh(x)
+        return self.out
+
+    def backward(self, dout):
+        return dout * (1 - self.out ** 2)
+'''
+
+TINY_LOG = """
+name = "log"
+summary = "log of values down to float32's smallest"
+formula = "log(x)"
+output = ["N", "D"]
+
+[inputs.x]
+shape = ["N", "D"]
+domain = {kind = "uniform", low = 0.2, high = 3.0}
+stress = {kind = "uniform", low = 1e-50, high = 1e-46}  # below the smallest float32 (0 there without the lift)
+"""
+
+
+def _layers(tmp_path):
+    (tmp_path / "layers.py").write_text(LAYERS)
+    return str(tmp_path / "layers.py")
+
+
+def test_a_positive_stress_domain_stays_positive_in_float32(tmp_path):
+    """Values under float32's smallest normal are lifted to it: a correct log is not blamed for log(0)."""
+    from derivcheck.rules import load_rule_file
+
+    (tmp_path / "log.toml").write_text(TINY_LOG)
+    rep = verify(_layers(tmp_path) + ":Log", load_rule_file(tmp_path / "log.toml"), dtype="float32", trials=1, steps=1,
+                 strict=True)
+    assert rep.verdict == "pass", [(c.name, c.message) for c in rep.checks if not c.passed]
+
+
+def test_the_probe_reaches_both_ends_of_the_stress_range_in_the_runs_dtype(tmp_path):
+    rep = verify(_layers(tmp_path) + ":Sigmoid", derivcheck.load_rule("sigmoid"), trials=1, steps=1, strict=True)
+    (c,) = [c for c in rep.checks if not c.passed]
+    assert c.name == "stability" and c.message.startswith("grad x is nan where the exact value is finite")  # x = -800
+    assert "x in [-" in c.message
+
+
+def test_a_layer_that_raises_at_extreme_inputs_fails_stability_and_says_so(tmp_path):
+    rep = verify(_layers(tmp_path) + ":Tanh", derivcheck.load_rule("tanh"), trials=1, steps=1, strict=True)
+    (c,) = [c for c in rep.checks if not c.passed]
+    assert (c.name, c.passed, c.seed) == ("stability", False, 1)
+    assert c.message.startswith("at extreme inputs, Tanh.forward raised ValueError at ") and c.message.endswith("input out of range")

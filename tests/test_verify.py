@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 import derivcheck
 from derivcheck.cli import main
+from derivcheck.errors import DerivcheckError
 from derivcheck.verify import verify
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
@@ -281,3 +282,40 @@ def test_book2_layer_that_copies_its_parameters(tmp_path):
     )
     rep = verify(f"{f}:MatMul", derivcheck.load_rule("matmul"), trials=2, steps=3)
     assert rep.verdict == "pass" and rep.style == "dlfs2", [(c.name, c.message, c.step) for c in rep.checks if not c.passed]
+
+
+def test_book2_copied_parameters_are_found_by_value_whatever_their_order(tmp_path):
+    """A layer that copies its parameters and lists them [b, W] has W found at params[1], b at params[0]."""
+    f = tmp_path / "swapped.py"
+    f.write_text(
+        "import numpy as np\n"
+        "class Affine:\n"
+        "    def __init__(self, W, b):\n"
+        "        self.params = [np.array(b), np.array(W)]\n"
+        "        self.grads = [np.zeros_like(b), np.zeros_like(W)]\n"
+        "    def forward(self, x):\n"
+        "        self.x = x\n"
+        "        return x @ self.params[1] + self.params[0]\n"
+        "    def backward(self, dout):\n"
+        "        self.grads[0][...] = dout.sum(axis=0)\n"
+        "        self.grads[1][...] = self.x.T @ dout\n"
+        "        return dout @ self.params[1].T\n"
+    )
+    rep = verify(f"{f}:Affine", derivcheck.load_rule("affine"), trials=3)
+    assert rep.verdict == "pass", [(c.name, c.message) for c in rep.checks if not c.passed]
+    assert {c.name: c.where for c in rep.checks}["grad W"] == "Affine.grads[1]"
+
+
+def test_book2_parameters_kept_as_lists_are_not_found(tmp_path):
+    f = tmp_path / "lists.py"
+    f.write_text(
+        "import numpy as np\n"
+        "class MatMul:\n"
+        "    def __init__(self, W):\n"
+        "        self.params = [W.tolist()]\n"
+        "        self.grads = [np.zeros_like(W)]\n"
+        "    def forward(self, x):\n"
+        "        return x @ np.array(self.params[0])\n"
+    )
+    with pytest.raises(DerivcheckError, match="MatMul.params holds no array equal to the 'W' it was constructed with"):
+        verify(f"{f}:MatMul", derivcheck.load_rule("matmul"), trials=1)
