@@ -343,9 +343,7 @@ class NetworkVerifier:
         params = self.model_params(model)
         out_size = sizes.get(self.sizes[-1], 2) if self.sizes else 2
         for step in range(self.steps):
-            for _, arr in params:  # what an optimizer does: new values into the same arrays
-                fan_in = arr.shape[0] if arr.ndim >= 2 else 4  # weights of scale 1/sqrt(fan-in): O(1) logits at any size
-                arr[...] = rng.normal(size=arr.shape) / np.sqrt(fan_in)
+            _fresh_values([arr for _, arr in params], rng)
             wrapped = set()
             for link in links + [loss]:
                 link.calls = []
@@ -377,9 +375,7 @@ class NetworkVerifier:
         rng = np.random.default_rng([trial_seed, 11])
         held = [(f"{l.name}.{n}", l.held(n)) for l in links if l.rule for n in l.slots]
         for step in range(self.steps):
-            for _, arr in held:  # new values into the arrays the layers hold, as training would
-                fan_in = arr.shape[0] if arr.ndim >= 2 else 4
-                arr[...] = rng.normal(size=arr.shape) / np.sqrt(fan_in)
+            _fresh_values([arr for _, arr in held], rng)
             for link in links:
                 link.calls = []
             if step == 0:
@@ -419,9 +415,8 @@ class NetworkVerifier:
                 if step == 0:  # a first call makes the parameters a layer sizes from its input (DeZero's Linear)
                     call_user(model, [(None, x)], f"{self.name}(x)")
                 params = _dezero_params(model)
-                for _, p in params:  # new values into the same arrays, as an optimizer writes them
-                    fan_in = p.data.shape[0] if p.data.ndim >= 2 else 4
-                    p.data[...] = rng.normal(size=p.data.shape) / np.sqrt(fan_in)
+                _fresh_values([p.data for _, p in params], rng)
+                for _, p in params:
                     p.grad = None
                 y = call_user(model, [(None, x)], f"{self.name}(x)")
                 if not hasattr(y, "creator") or y.creator is None:
@@ -486,15 +481,7 @@ class NetworkVerifier:
             checks.append(Check("network gradients", False, message=f"parameters whose gradients are wrong: {said}", **ctx))
         elif not any(c.name == "wiring" for c in checks):
             checks.append(Check("network gradients", True, message="every parameter's gradient checked node by node", **ctx))
-        wires = [c for c in checks if c.name == "wiring"]
-        if wires:
-            merged = wires[0]
-            merged.message = "; ".join(dict.fromkeys(c.message for c in wires))
-            merged.diagnosis = [d for c in wires for d in c.diagnosis]
-            checks = [c for c in checks if c.name != "wiring"] + [merged]
-            if not any(c.name == "network gradients" for c in checks):
-                checks.append(Check("network gradients", False, message="not one can be trusted: the wiring is wrong", **ctx))
-        return checks
+        return _one_wiring_check(checks, ctx)
 
     def forward_wiring(self, order, x, ctx) -> list[Check]:
         """Each layer applied once, in order, each one's input the previous one's output (the first one's x)."""
@@ -541,16 +528,7 @@ class NetworkVerifier:
     # -- judging one step -----------------------------------------------------
     def judge(self, links, loss, params, x, t, model_loss, model_grads, ctx, rep) -> list[Check]:
         """Every link and connection of one step; the wiring mistakes found make one check, "wiring"."""
-        checks = self._judge(links, loss, params, x, t, model_loss, model_grads, ctx, rep)
-        wires = [c for c in checks if c.name == "wiring"]
-        if not wires:
-            return checks
-        if not any(c.name == "network gradients" for c in checks):  # judging stopped at the wiring
-            checks.append(Check("network gradients", False, message="not one can be trusted: the wiring is wrong", **ctx))
-        merged = wires[0]
-        merged.message = "; ".join(dict.fromkeys(c.message for c in wires))
-        merged.diagnosis = [d for c in wires for d in c.diagnosis]
-        return [c for c in checks if c.name != "wiring"] + [merged]
+        return _one_wiring_check(self._judge(links, loss, params, x, t, model_loss, model_grads, ctx, rep), ctx)
 
     def _judge(self, links, loss, params, x, t, model_loss, model_grads, ctx, rep) -> list[Check]:
         checks = []
@@ -771,6 +749,29 @@ class NetworkVerifier:
                     params=[pname], why=f"grads[{i}] rebound", kind="rebinds-grads",
                     hint=f"write into the slot: grads[{link.slots[n]}][...] = d{n} (the model holds the list it got at construction)"))
         return checks
+
+
+def _fresh_values(arrays, rng) -> None:
+    """What an optimizer does: new values written into the same arrays, of scale 1/sqrt(fan-in)
+    (O(1) logits at any size: weights of scale 1 overflow a softmax at MNIST sizes, 0.01 hides a wrong layer)."""
+    for arr in arrays:
+        fan_in = arr.shape[0] if arr.ndim >= 2 else 4
+        arr[...] = rng.normal(size=arr.shape) / np.sqrt(fan_in)
+
+
+def _one_wiring_check(checks: list, ctx) -> list:
+    """The wiring mistakes of one step as one check, "wiring", with every message and diagnosis;
+    "network gradients" fails with it (no gradient can be trusted when the wiring is wrong)."""
+    wires = [c for c in checks if c.name == "wiring"]
+    if not wires:
+        return checks
+    merged = wires[0]
+    merged.message = "; ".join(dict.fromkeys(c.message for c in wires))
+    merged.diagnosis = [d for c in wires for d in c.diagnosis]
+    checks = [c for c in checks if c.name != "wiring"] + [merged]
+    if not any(c.name == "network gradients" for c in checks):  # judging stopped at the wiring
+        checks.append(Check("network gradients", False, message="not one can be trusted: the wiring is wrong", **ctx))
+    return checks
 
 
 def _dedent(cls) -> str:
