@@ -105,3 +105,71 @@ def test_a_gradient_wrong_at_the_probes_values_is_not_called_stale(tmp_path):
     (tmp_path / "l.py").write_text(LAYERS)
     rep = verify(f"{tmp_path}/l.py:RepeatsLost", derivcheck.load_rule("embedding"), style="dlfs2")
     assert rep.verdict == "fail" and not any(w.kind == "stale-state" for w in rep.warnings), rep.warnings
+
+
+LOSSES = '''
+import numpy as np
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class QueuedSoftmaxWithLoss:          # a loss that, after two forwards, backpropagates the first
+    def __init__(self):
+        self.queue = []
+
+    def forward(self, x, t):
+        self.queue.append((softmax(x), t))
+        y = self.queue[-1][0]
+        return -np.log(y[np.arange(len(t)), t]).mean()
+
+    def backward(self, dout=1):
+        y, t = self.queue[0]
+        self.queue.clear()
+        dx = y.copy()
+        dx[np.arange(len(t)), t] -= 1
+        return dx * dout / len(t)
+
+
+class QueuedFinalLoss(QueuedSoftmaxWithLoss):   # the same, and book 1's backward(dout=1) that ignores dout
+    def backward(self, dout=1):
+        return super().backward(1)
+
+
+class SoftmaxWithLossEps:             # the books' log(y + 1e-7); a right backward
+    def forward(self, x, t):
+        self.y, self.t = softmax(x), t
+        return -np.log(self.y[np.arange(len(t)), t] + 1e-7).mean()
+
+    def backward(self, dout=1):
+        dx = self.y.copy()
+        dx[np.arange(len(self.t)), self.t] -= 1
+        return dx * dout / len(self.t)
+'''
+
+STALE = ("after two forward calls, backward's gradient of 'x' does not belong to the latest call "
+         "(state kept from an earlier call)")
+
+
+def test_the_stale_state_probe_holds_a_loss_to_the_dout_it_was_given(tmp_path):
+    (tmp_path / "losses.py").write_text(LOSSES)
+    rule = derivcheck.load_rule("softmax_with_loss")
+    rep = verify(f"{tmp_path}/losses.py:QueuedSoftmaxWithLoss", rule, style="dlfs1", trials=2, steps=1)
+    assert rep.verdict == "pass" and [(w.kind, w.message, w.trial) for w in rep.warnings] == [("stale-state", STALE, 0)]
+
+
+def test_the_stale_state_probe_holds_a_final_loss_to_dout_1(tmp_path):
+    (tmp_path / "losses.py").write_text(LOSSES)
+    rule = derivcheck.load_rule("softmax_with_loss")
+    rep = verify(f"{tmp_path}/losses.py:QueuedFinalLoss", rule, style="dlfs1", trials=2, steps=1)
+    assert rep.verdict == "pass" and [w.kind for w in rep.warnings] == ["upstream-ignored", "stale-state"], rep.warnings
+
+
+def test_the_stale_state_probe_accepts_the_rules_also_values(tmp_path):
+    """log(y + 1e-7) matches the rule's eps = 1e-7: neither a failure nor stale state."""
+    (tmp_path / "losses.py").write_text(LOSSES)
+    rep = verify(f"{tmp_path}/losses.py:SoftmaxWithLossEps", derivcheck.load_rule("softmax_with_loss"), style="dlfs1")
+    assert rep.verdict == "pass" and rep.warnings == [], rep.warnings
+    assert any("eps = 1e-07" in n for n in rep.notes)
