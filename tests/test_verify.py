@@ -21,16 +21,17 @@ def test_every_rule_has_a_reference_layer():
     assert {rule for _, rule, _ in REFERENCE} == set(RULES)
 
 
+@pytest.mark.parametrize("seed", [0, 17, 123], ids=lambda s: f"seed{s}")
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("target,rule,hyper", REFERENCE, ids=[f"{t}-{r}-{'-'.join(h.values())}" for t, r, h in REFERENCE])
-def test_reference_layer_passes_across_seeds(target, rule, hyper, dtype):
-    for seed in (0, 17, 123):
-        rep = verify(str(EXAMPLES / target), derivcheck.load_rule(rule), hyper=hyper, dtype=dtype, seed=seed, trials=6)
-        failing = [(c.name, c.message, c.index, c.expected, c.got, c.tol) for c in rep.checks if not c.passed]
-        assert rep.verdict == "pass" and not rep.warnings, (seed, failing, rep.warnings, rep.reproduce)
-        r = derivcheck.load_rule(rule)
-        stress = {"stability"} if any(i.stress for i in r.inputs.values()) else set()
-        assert {c.name for c in rep.checks} == {"forward"} | {f"grad {n}" for n in r.inputs} | stress
+def test_reference_layer_passes_across_seeds(target, rule, hyper, dtype, seed):
+    """One seed per test, so that mutation testing (bench/mutation.py) can run seed 0 alone."""
+    rep = verify(str(EXAMPLES / target), derivcheck.load_rule(rule), hyper=hyper, dtype=dtype, seed=seed, trials=6)
+    failing = [(c.name, c.message, c.index, c.expected, c.got, c.tol) for c in rep.checks if not c.passed]
+    assert rep.verdict == "pass" and not rep.warnings, (seed, failing, rep.warnings, rep.reproduce)
+    r = derivcheck.load_rule(rule)
+    stress = {"stability"} if any(i.stress for i in r.inputs.values()) else set()
+    assert {c.name for c in rep.checks} == {"forward"} | {f"grad {n}" for n in r.inputs} | stress
 
 
 @pytest.mark.parametrize("target,rule,hyper,dtype,caught,kind,strict", BROKEN, ids=[b[0] for b in BROKEN])
