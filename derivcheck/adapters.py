@@ -363,6 +363,9 @@ def _norm(s: str) -> str:
     return s.lower().replace("_", "")
 
 
+DICT = "(the rule's hyperparameters as a dict)"  # what a NAME_param parameter binds to
+
+
 @dataclass
 class Binding:
     """Which rule names go to the constructor and which to the call (forward)."""
@@ -387,7 +390,7 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
     taken: set[str] = set()
 
     def kind_of(n):
-        return "input" if n in rule.inputs else "label" if n in rule.labels else "hyper"
+        return "dict" if n == DICT else "input" if n in rule.inputs else "label" if n in rule.labels else "hyper"
 
     def by_name(p, pool):
         for n in pool:
@@ -420,6 +423,10 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
             n = free_ctor.pop(0)
             taken.add(n)
             ctor_slots[i] = (p, n)
+    # CS231n's conv_param, bn_param, dropout_param: a dict of the rule's hyperparameters (_call_args)
+    dicts = {p.name for p, n in call_slots + ctor_slots if n is None and p.default is p.empty and p.name.endswith("_param")}
+    call_slots = [(p, DICT if p.name in dicts else n) for p, n in call_slots]
+    ctor_slots = [(p, DICT if p.name in dicts else n) for p, n in ctor_slots]
     missing_ctor = [p.name for p, n in ctor_slots if n is None and p.default is p.empty]
     missing_call = [p.name for p, n in call_slots if n is None and p.default is p.empty]
     if call_takes_all_inputs:
@@ -475,17 +482,18 @@ class Adapter:
         self.layer_hyper = layer_hyper  # hyperparameters as the layer receives them
         self.instance = None
 
+    def _value(self, kind, n, values):
+        if kind == "hyper":
+            return self.layer_hyper[n]
+        if kind == "dict":  # bn_param: every hyperparameter by name (mode, eps, ...), a fresh dict per call
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in self.hyper.items()}
+        return values[n]
+
     def _ctor_args(self, binding: Binding, values: dict) -> dict:
-        args = {}
-        for p, (kind, n) in binding.ctor.items():
-            args[p] = values[n] if kind != "hyper" else self.layer_hyper[n]
-        return args
+        return {p: self._value(kind, n, values) for p, (kind, n) in binding.ctor.items()}
 
     def _call_args(self, binding: Binding, values: dict) -> list:
-        out = []
-        for p, kind, n in binding.call:
-            out.append((p, values[n] if kind != "hyper" else self.layer_hyper[n]))
-        return out
+        return [(p, self._value(kind, n, values)) for p, kind, n in binding.call]
 
     @property
     def params(self) -> list[str]:
@@ -684,8 +692,8 @@ class DezeroAdapter(Adapter):
 
     def run(self, values, cotangent) -> Outcome:
         variables = {n: self.Variable(values[n]) for _, kind, n in self.binding.call if kind == "input"}
-        arrays = [variables.get(n, values.get(n)) for _, kind, n in self.binding.call if kind != "hyper"]
-        hypers = {p: self.layer_hyper[n] for p, kind, n in self.binding.call if kind == "hyper"}
+        arrays = [variables.get(n, values.get(n)) for _, kind, n in self.binding.call if kind in ("input", "label")]
+        hypers = {p: self._value(kind, n, values) for p, kind, n in self.binding.call if kind in ("hyper", "dict")}
         if inspect.isclass(self.obj):  # Function(hyper...)(*inputs)
             ctor = {p: self.layer_hyper[n] for p, (kind, n) in self.binding.ctor.items()}
             fn = call_user(self.obj, list(ctor.items()), f"{self.name}({', '.join(ctor)})")

@@ -53,6 +53,7 @@ REFERENCE = [
     ("functional/layers.py:mean_squared_error", "mean_squared_error", {}),
     ("functional/layers.py:linear_softmax_loss", "linear_softmax_loss", {}),
     ("functional/layers.py:svm_loss", "svm_loss", {}),
+    ("functional/layers.py:batchnorm_forward", "batchnorm", {}),
     ("functional/layers.py:svm_loss_vectorized", "linear_svm_loss", {}),
 ]
 

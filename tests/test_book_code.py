@@ -9,12 +9,15 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import derivcheck
+from derivcheck.cli import main
 from derivcheck.errors import DerivcheckError
 from derivcheck.verify import verify
 
@@ -370,3 +373,30 @@ def test_a_guessed_rule_takes_the_conventions_own_form(tmp_path):
     named = cli("verify", f"{EXAMPLES}/dezero_style/functions.py:MeanSquaredError", "--rule", "mean_squared_error",
                 "--format", "json", cwd=tmp_path)
     assert named.returncode == 1 and json.loads(named.stdout)["rule"] == "mean_squared_error"  # half sum vs sum / N
+
+
+def test_a_cs231n_param_dict_is_built_from_the_rules_hyperparameters(tmp_path):
+    """batchnorm_forward(x, gamma, beta, bn_param): bn_param gets every hyperparameter (mode, eps) by name."""
+    (tmp_path / "layers.py").write_text(textwrap.dedent('''
+        import numpy as np
+
+        seen = []
+
+        def batchnorm_forward(x, gamma, beta, bn_param):
+            seen.append(dict(bn_param))
+            if bn_param["mode"] != "train":
+                raise ValueError(bn_param["mode"])
+            mu, var = x.mean(axis=0), x.var(axis=0)
+            xhat = (x - mu) / np.sqrt(var + bn_param["eps"])
+            return gamma * xhat + beta, (xhat, gamma, np.sqrt(var + bn_param["eps"]))
+
+        def batchnorm_backward(dout, cache):
+            xhat, gamma, std = cache
+            dxhat = dout * gamma
+            dx = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) / std
+            return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)
+    '''))
+    result = CliRunner().invoke(main, ["verify", str(tmp_path / "layers.py:batchnorm_forward"), "--hyper", "eps=1e-6",
+                                       "--format", "json"])
+    data = json.loads(result.stdout)
+    assert result.exit_code == 0 and data["rule"] == "batchnorm" and data["style"] == "functional", result.output

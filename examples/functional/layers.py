@@ -102,3 +102,32 @@ def svm_loss_vectorized(W, X, y, reg):
     mask = (margins > 0).astype(scores.dtype)
     mask[np.arange(N), y] = -mask.sum(axis=1)
     return loss, X.T @ mask / N + 2 * reg * W
+
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """CS231n: batch normalization with its settings in a dict (mode, eps, momentum, running statistics)."""
+    mode = bn_param["mode"]
+    eps = bn_param.get("eps", 1e-5)
+    momentum = bn_param.get("momentum", 0.9)
+    running_mean = bn_param.get("running_mean", np.zeros(x.shape[1], dtype=x.dtype))
+    running_var = bn_param.get("running_var", np.zeros(x.shape[1], dtype=x.dtype))
+    if mode != "train":
+        raise ValueError(f"invalid batchnorm mode {mode!r}")
+    mu = x.mean(axis=0)
+    xc = x - mu
+    var = (xc ** 2).mean(axis=0)
+    std = np.sqrt(var + eps)
+    xhat = xc / std
+    bn_param["running_mean"] = momentum * running_mean + (1 - momentum) * mu
+    bn_param["running_var"] = momentum * running_var + (1 - momentum) * var
+    return gamma * xhat + beta, (xhat, gamma, std)
+
+
+def batchnorm_backward(dout, cache):
+    """The simplified form: dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std."""
+    xhat, gamma, std = cache
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xhat).sum(axis=0)
+    dxhat = dout * gamma
+    dx = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) / std
+    return dx, dgamma, dbeta
