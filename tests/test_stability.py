@@ -45,7 +45,14 @@ def test_a_scalar_may_come_back_as_one_element():
 
 def test_something_that_is_not_numbers_fails():
     got = np.array([["a", "b", "c"], ["d", "e", "f"]])
-    assert judge(got)["message"] == "forward at extreme inputs is a ndarray, not an array of numbers"
+    assert judge(got) == {"name": "stability", "passed": False, "seed": 7, "dims": DIMS, "where": "forward",
+                          "message": "forward at extreme inputs is a ndarray, not an array of numbers"}
+
+
+def test_no_value_for_a_scalar_fails():
+    assert judge(None, exact=np.array(0.25, dtype=object), name="grad x") == {
+        "name": "stability", "passed": False, "seed": 7, "dims": DIMS, "where": "grad x",
+        "message": "grad x at extreme inputs is no value, where the exact value has shape ()"}
 
 
 def test_inf_where_the_exact_value_is_finite_names_the_element():
@@ -69,8 +76,17 @@ def test_an_exact_value_beyond_the_dtype_may_be_inf():
     exact = np.array([[mpmath.mpf("1e400"), 0.5, 0.5], [0.5, 0.5, 0.5]], dtype=object)
     got = np.array([[np.inf, 0.5, 0.5], [0.5, 0.5, 0.5]])
     assert judge(got, exact=exact) is None  # the dtype cannot hold it: inf is all a layer can give
+    got[0, 0] = np.finfo(np.float64).max  # nor is a finite value there judged
+    assert judge(got, exact=exact) is None
     got[1, 2] = np.inf
     assert judge(got, exact=exact)["index"] == [1, 2]
+
+
+def test_beyond_float32_inf_is_all_a_float32_layer_can_give():
+    exact = np.array([[1e39, 0.5, 0.5], [0.5, 0.5, 0.5]], dtype=object)  # finite in float64, past float32's max
+    got = np.array([[np.inf, 0.5, 0.5], [0.5, 0.5, 0.5]], dtype=np.float32)
+    assert judge(got, exact=exact, dtype="float32") is None
+    assert judge(got.astype(np.float64), exact=exact) is not None  # in a float64 run, 1e39 is a value to give
 
 
 def test_losing_more_than_half_the_digits_fails_with_the_numbers():
@@ -85,6 +101,8 @@ def test_losing_more_than_half_the_digits_fails_with_the_numbers():
                           "message": f"forward loses more than half its digits at extreme inputs ({RANGE})"}
     got[1, 1] = 0.5 + 0.9 * tol
     assert judge(got) is None
+    got[1, 1] = 0.5 + 1.5 * tol  # just past it
+    assert judge(got)["message"].startswith("forward loses more than half its digits")
 
 
 def test_an_error_on_an_exact_zero_has_an_infinite_relative_error():
@@ -127,6 +145,7 @@ import numpy as np
 
 class Log:
     def forward(self, x):
+        assert x.dtype == np.float32, x.dtype  # its test runs in float32: the probe's values too
         self.x = x
         return np.log(x)
 
@@ -145,6 +164,18 @@ class Sigmoid:
     def backward(self, dout):
         e = np.exp(-self.x)
         return dout * e / (1 + e) ** 2
+
+
+class Exp32:
+    """Takes float32 only, as a layer with float32 buffers might."""
+
+    def forward(self, x):
+        assert x.dtype == np.float32, x.dtype  # the run's dtype, in the probe too
+        self.out = np.exp(x)
+        return self.out
+
+    def backward(self, dout):
+        return dout * self.out
 
 
 class Tanh:
@@ -200,3 +231,8 @@ def test_a_layer_that_raises_at_extreme_inputs_fails_stability_and_says_so(tmp_p
     (c,) = [c for c in rep.checks if not c.passed]
     assert (c.name, c.passed, c.seed) == ("stability", False, 1)
     assert c.message.startswith("at extreme inputs, Tanh.forward raised ValueError at ") and c.message.endswith("input out of range")
+
+
+def test_the_probe_gives_a_float32_run_float32_values(tmp_path):
+    rep = verify(_layers(tmp_path) + ":Exp32", derivcheck.load_rule("exp"), dtype="float32", trials=1, steps=1, strict=True)
+    assert rep.verdict == "pass", [(c.name, c.message) for c in rep.checks if not c.passed]

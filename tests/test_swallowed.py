@@ -64,7 +64,9 @@ def test_a_layer_that_cannot_take_two_forwards_in_a_row_is_reported(tmp_path):
     (tmp_path / "l.py").write_text(LAYERS)
     rep = verify(f"{tmp_path}/l.py:OneForwardOnly", derivcheck.load_rule("exp"), style="dlfs1", trials=3)
     assert rep.verdict == "pass"
-    assert any(w.kind == "stale-state" and "forward called twice in a row" in w.message for w in rep.warnings), rep.warnings
+    assert [(w.kind, w.trial) for w in rep.warnings] == [("stale-state", 0)], rep.warnings
+    assert rep.warnings[0].message.startswith("forward called twice in a row, then backward: OneForwardOnly.forward "
+                                              "raised RuntimeError at ") and rep.warnings[0].message.endswith("forward twice")
 
 
 def test_a_misshapen_result_at_extreme_inputs_fails_stability(tmp_path):

@@ -320,3 +320,29 @@ def test_book2_parameters_kept_as_lists_are_not_found(tmp_path):
     )
     with pytest.raises(DerivcheckError, match="MatMul.params holds no array equal to the 'W' it was constructed with"):
         verify(f"{f}:MatMul", derivcheck.load_rule("matmul"), trials=1)
+
+
+def test_book2_forward_only_layer_in_process(tmp_path):
+    """Book 2's ch01 layers: params, a forward and no backward."""
+    f = tmp_path / "forward_net.py"
+    f.write_text(
+        "import numpy as np\n"
+        "class Affine:\n"
+        "    def __init__(self, W, b):\n"
+        "        self.params = [W, b]\n"
+        "    def forward(self, x):\n"
+        "        W, b = self.params\n"
+        "        return np.dot(x, W) + b\n"
+    )
+    rep = verify(f"{f}:Affine", derivcheck.load_rule("affine"), trials=3)
+    assert rep.verdict == "pass" and rep.forward_only == "Affine has a forward method and no backward"
+    assert [c.name for c in rep.checks] == ["forward"]
+
+
+def test_every_rebound_slot_is_named():
+    from derivcheck.adapters import Outcome
+    from derivcheck.verify import Verifier
+
+    (check,) = Verifier.rebound_slots(Outcome(None, {}, rebound=["slot 0", "slot 1"]), dict(trial=0, step=1, seed=0, dims={}))
+    assert (check.name, check.passed, check.message, check.step) == ("grads slots", False, "slot 0; slot 1", 1)
+    assert [d["kind"] for d in check.diagnosis] == ["rebinds-grads"]
