@@ -317,7 +317,7 @@ class Verifier:
                 dctx = Context(self.rule, d, ctx["dims"], ref, cot, self.dtype, history["expected"],
                                history["passed"].get(c.name, False))
                 c.diagnosis = diagnose_gradient(n, expected_grads[n], got, scales[n], dctx)
-                c = self._final_loss(rep, c, n, expected_grads[n], got, scales[n], cot, ctx)
+                c = self._final_loss(rep, c, expected_grads[n], got, scales[n], cot, ctx)
             checks.append(c)
             self._dtype_warning(rep, got, f"gradient of {n} ({where})", ctx["trial"])
         for c in checks:
@@ -476,7 +476,7 @@ class Verifier:
                 return c
         return check
 
-    def _final_loss(self, rep, check, n, expected, got, scale, cot, ctx) -> Check:
+    def _final_loss(self, rep, check, expected, got, scale, cot, ctx) -> Check:
         """A loss whose backward ignores dout: right as the graph's end (backward(dout=1)), so a warning.
 
         Book 1's SoftmaxWithLoss.backward(dout=1) returns (y - t) / N whatever dout is.

@@ -28,7 +28,7 @@ def setup(got_ratio, dtype=np.float64, got_dtype=np.float64, diagnosed=True):
                   diagnosis=[{"kind": "upstream-ignored" if diagnosed else "sign-flipped"}])
     tol = KAPPA * unit_roundoff(got_dtype) * (SCALE + SCALE.max())
     got = (E + got_ratio * tol).astype(got_dtype)
-    out = v._final_loss(rep, check, "x", E * COT, got, SCALE * COT, np.asarray(COT), CTX)
+    out = v._final_loss(rep, check, E * COT, got, SCALE * COT, np.asarray(COT), CTX)
     return v, rep, check, out
 
 

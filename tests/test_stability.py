@@ -2,6 +2,7 @@
 
 Fast: no layer runs in the unit cases, so mutation testing runs them first.
 """
+import re
 from dataclasses import asdict
 
 import numpy as np
@@ -236,3 +237,42 @@ def test_a_layer_that_raises_at_extreme_inputs_fails_stability_and_says_so(tmp_p
 def test_the_probe_gives_a_float32_run_float32_values(tmp_path):
     rep = verify(_layers(tmp_path) + ":Exp32", derivcheck.load_rule("exp"), dtype="float32", trials=1, steps=1, strict=True)
     assert rep.verdict == "pass", [(c.name, c.message) for c in rep.checks if not c.passed]
+
+
+MUL = """
+name = "mul"
+summary = "x * y"
+formula = "x * y"
+output = ["N", "D"]
+
+[inputs.x]
+shape = ["N", "D"]
+stress = {kind = "uniform", low = 100.0, high = 200.0}
+
+[inputs.y]
+shape = ["N", "D"]
+stress = {kind = "uniform", low = 300.0, high = 400.0}
+"""
+
+MUL_LAYER = '''
+import numpy as np
+
+
+class Mul:
+    def forward(self, x, y):
+        self.x, self.y = x, y
+        return np.where(x > 50, np.inf, x * y)  # gives up on large inputs
+
+    def backward(self, dout):
+        return dout * self.y, dout * self.x
+'''
+
+
+def test_the_failure_names_the_range_of_every_stressed_input(tmp_path):
+    from derivcheck.rules import load_rule_file
+
+    (tmp_path / "mul.toml").write_text(MUL)
+    (tmp_path / "mul.py").write_text(MUL_LAYER)
+    rep = verify(str(tmp_path / "mul.py") + ":Mul", load_rule_file(tmp_path / "mul.toml"), trials=1, steps=1, strict=True)
+    (c,) = [c for c in rep.checks if not c.passed]
+    assert re.search(r"at extreme inputs \(x in \[1\d\d, 1\d\d\], y in \[3\d\d, 3\d\d\]\)$", c.message), c.message

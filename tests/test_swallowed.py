@@ -1,5 +1,6 @@
 """Failures are reported, never swallowed: the stale-state, stability and kink probes, a broken dezero."""
 import os
+import re
 import subprocess
 import sys
 
@@ -140,6 +141,40 @@ class QueuedFinalLoss(QueuedSoftmaxWithLoss):   # the same, and book 1's backwar
         return super().backward(1)
 
 
+class CrossEntropyEps:                # log(y + 1e-7), and a backward that is its exact gradient
+    def forward(self, y, t):
+        self.y, self.t = y, t
+        return -np.log(y[np.arange(len(t)), t] + 1e-7).mean()
+
+    def backward(self, dout=1):
+        dy = np.zeros_like(self.y)
+        n = np.arange(len(self.t))
+        dy[n, self.t] = -1 / ((self.y[n, self.t] + 1e-7) * len(self.t))
+        return dy * dout
+
+
+class Sigmoid32:                      # computes in float32 whatever it is given (book 2's dtype='f' buffers)
+    def forward(self, x):
+        self.out = (1 / (1 + np.exp(-x))).astype(np.float32)
+        return self.out
+
+    def backward(self, dout):
+        return (dout * self.out * (1 - self.out)).astype(np.float32)
+
+
+class AffineNoDb:                     # never sets db
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout):
+        self.dW = self.x.T @ dout
+        return dout @ self.W.T
+
+
 class SoftmaxWithLossEps:             # the books' log(y + 1e-7); a right backward
     def forward(self, x, t):
         self.y, self.t = softmax(x), t
@@ -174,4 +209,27 @@ def test_the_stale_state_probe_accepts_the_rules_also_values(tmp_path):
     (tmp_path / "losses.py").write_text(LOSSES)
     rep = verify(f"{tmp_path}/losses.py:SoftmaxWithLossEps", derivcheck.load_rule("softmax_with_loss"), style="dlfs1")
     assert rep.verdict == "pass" and rep.warnings == [], rep.warnings
-    assert any("eps = 1e-07" in n for n in rep.notes)
+    (note,) = [n for n in rep.notes if "eps = 1e-07" in n]
+    assert re.fullmatch(r"forward is the rule's with eps = 1e-07 \(the default is eps = 0\.0\); the two differ by "
+                        r"up to \d(\.\d)?e-0[78] here", note), note
+
+
+def test_a_gradient_that_is_the_rules_at_an_also_value_passes_with_a_note(tmp_path):
+    (tmp_path / "losses.py").write_text(LOSSES)
+    rep = verify(f"{tmp_path}/losses.py:CrossEntropyEps", derivcheck.load_rule("cross_entropy"), style="dlfs1")
+    assert rep.verdict == "pass" and rep.warnings == [], ([(c.name, c.message) for c in rep.checks], rep.warnings)
+    assert [n.split(" is the rule's")[0] for n in rep.notes if "eps = 1e-07" in n] == ["forward", "grad y"]
+
+
+def test_a_layer_computing_in_float32_in_a_float64_run_is_judged_in_float32(tmp_path):
+    (tmp_path / "losses.py").write_text(LOSSES)
+    rep = verify(f"{tmp_path}/losses.py:Sigmoid32", derivcheck.load_rule("sigmoid"), style="dlfs1")
+    assert rep.verdict == "pass", [(c.name, c.message) for c in rep.checks if not c.passed]
+    assert {w.kind for w in rep.warnings} == {"dtype"}
+
+
+def test_a_missing_gradient_says_where_it_was_looked_for(tmp_path):
+    (tmp_path / "losses.py").write_text(LOSSES)
+    rep = verify(f"{tmp_path}/losses.py:AffineNoDb", derivcheck.load_rule("affine"), style="dlfs1", trials=1)
+    (c,) = [c for c in rep.checks if not c.passed]
+    assert (c.name, c.message) == ("grad b", "no gradient for 'b' where dlfs1 keeps it (AffineNoDb.db)")
