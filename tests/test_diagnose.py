@@ -326,7 +326,7 @@ CASES = [_case_transposed_shape, _case_missing_reduction, _case_wrong_axis, _cas
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[6:] for c in CASES])
 def test_a_hypothesis_holds_within_its_tolerance_in_the_runs_dtype(case):
-    name, E, G, S, c, kind = case(0.5, np.float32)
+    name, E, G, S, c, kind = case(0.7, np.float32)
     got = diagnose_gradient(name, E, G, S, c)
     assert kind in [g["kind"] for g in got], got
     (residual,) = [g["evidence"]["residual_over_tol"] for g in got if g["kind"] == kind]

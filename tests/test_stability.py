@@ -87,6 +87,8 @@ def test_beyond_float32_inf_is_all_a_float32_layer_can_give():
     exact = np.array([[1e39, 0.5, 0.5], [0.5, 0.5, 0.5]], dtype=object)  # finite in float64, past float32's max
     got = np.array([[np.inf, 0.5, 0.5], [0.5, 0.5, 0.5]], dtype=np.float32)
     assert judge(got, exact=exact, dtype="float32") is None
+    got[0, 0] = np.finfo(np.float32).max  # nor is a finite value there judged
+    assert judge(got, exact=exact, dtype="float32") is None
     assert judge(got.astype(np.float64), exact=exact) is not None  # in a float64 run, 1e39 is a value to give
 
 

@@ -330,13 +330,20 @@ def test_book2_forward_only_layer_in_process(tmp_path):
         "class Affine:\n"
         "    def __init__(self, W, b):\n"
         "        self.params = [W, b]\n"
+        "        self.grads = [np.zeros_like(W), np.zeros_like(b)]  # made, never filled\n"
         "    def forward(self, x):\n"
         "        W, b = self.params\n"
         "        return np.dot(x, W) + b\n"
     )
     rep = verify(f"{f}:Affine", derivcheck.load_rule("affine"), trials=3)
-    assert rep.verdict == "pass" and rep.forward_only == "Affine has a forward method and no backward"
+    assert rep.verdict == "pass" and rep.style == "dlfs2" and rep.forward_only == "Affine has a forward method and no backward"
     assert [c.name for c in rep.checks] == ["forward"]
+
+
+def test_a_float32_run_is_diagnosed_in_float32():
+    rep = verify(str(EXAMPLES / "broken" / "layers.py") + ":AffineMissingTranspose", derivcheck.load_rule("affine"),
+                 dtype="float32")
+    assert [d["kind"] for d in rep.diagnosis] == ["transposed"], rep.diagnosis
 
 
 def test_every_rebound_slot_is_named():
