@@ -48,6 +48,10 @@ CHECKING = [
 _RESIDUAL = "a residual of exactly 1.0 (the worst error equal to the tolerance to the last bit) does not occur"
 _FLOAT64 = "every caller passes float64 arrays, so the conversion changes nothing"
 EQUIVALENT = [
+    ("derivcheck.checks.*", "dtype=None)", _FLOAT64),
+    ("derivcheck.checks.*", "np.asarray(expected, )", _FLOAT64),
+    ("derivcheck.checks.*", "np.asarray(scale, )", _FLOAT64),
+    ("derivcheck.checks.*", 'float("INF")', "the same number"),
     ("derivcheck.diagnose.*", ") < 1:", _RESIDUAL),
     ("derivcheck.diagnose.*", "dtype=None)", _FLOAT64),
     ("derivcheck.diagnose.*", "np.asarray(expected, )", _FLOAT64),
