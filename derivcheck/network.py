@@ -43,7 +43,7 @@ from .checks import Check, compare
 from .diagnose import Context, diagnose_forward, diagnose_gradient
 from .errors import DerivcheckError
 from .rules import rule_for
-from .verify import DTYPES, Report
+from .verify import DTYPES, Report, judged_dtype
 
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
 
@@ -472,7 +472,7 @@ class NetworkVerifier:
                 continue
             want = np.sum([np.asarray(g, dtype=np.float64) for g in parts], axis=0)
             c = compare(f"{name}.grad", want, got, np.sum([np.abs(np.asarray(g, dtype=np.float64)) for g in parts], axis=0),
-                        _judged(got, self.dtype), **ctx)
+                        judged_dtype(got, self.dtype), **ctx)
             if not c.passed:
                 checks.append(self.wiring(f"{name}.grad is not the sum of what the {len(parts)} node(s) using it "
                                           f"returned for it", ctx, spoil=spoiled, params=[name], why=f"{name}.grad"))
@@ -681,7 +681,7 @@ class NetworkVerifier:
             expected = {"forward": out, **grads}
             scales = {"forward": scales["forward"], **{n: scales[n] for n in grads}}
             now = [compare(f"{link.label()}: {'forward' if n == 'forward' else 'grad ' + n}", expected[n], got, scales[n],
-                           _judged(got, self.dtype), where=where[n], **ctx) for n, got in pairs]
+                           judged_dtype(got, self.dtype), where=where[n], **ctx) for n, got in pairs]
             if results is None:
                 results, kept = now, (d, expected, scales)
             if all(c.passed for c in now):
@@ -786,13 +786,6 @@ def _input_width(links, params) -> int:
         for n in link.slots:
             return int(np.shape(link.held(n))[0])
     raise DerivcheckError("the network has no layer with parameters, so the width of its input cannot be told")
-
-
-def _judged(value, dtype):
-    dt = getattr(value, "dtype", None)
-    if dt is not None and np.issubdtype(dt, np.floating) and np.finfo(dt).eps > np.finfo(dtype).eps:
-        return dt.type
-    return dtype
 
 
 def _same(a, b) -> bool:

@@ -497,16 +497,8 @@ class Verifier:
         return at_one
 
     def judged_in(self, value):
-        """The dtype a result is judged in: the run's, or the result's own when it is less precise.
-
-        A layer that computes in float32 whatever it is given (book 2's Time layers
-        allocate ``dtype='f'`` buffers) cannot give float64 digits; it is held to
-        float32's precision, and a warning says so.
-        """
-        dt = getattr(value, "dtype", None)
-        if dt is not None and np.issubdtype(dt, np.floating) and np.finfo(dt).eps > np.finfo(self.dtype).eps:
-            return dt.type
-        return self.dtype
+        """The dtype a result is judged in (:func:`judged_dtype` for this run's dtype)."""
+        return judged_dtype(value, self.dtype)
 
     def _dtype_warning(self, rep, value, what, trial):
         if isinstance(value, (list, tuple)):
@@ -563,6 +555,19 @@ class Verifier:
             if not set(stale) & set(again):
                 _warn(rep, "stale-state", f"after two forward calls, backward's gradient of '{stale[0]}' does not "
                                           f"belong to the latest call (state kept from an earlier call)", k)
+
+
+def judged_dtype(value, dtype):
+    """The dtype a result is judged in: the run's ``dtype``, or the result's own when it is less precise.
+
+    A layer that computes in float32 whatever it is given (book 2's Time layers
+    allocate ``dtype='f'`` buffers) cannot give float64 digits; it is held to
+    float32's precision, and a warning says so.
+    """
+    dt = getattr(value, "dtype", None)
+    if dt is not None and np.issubdtype(dt, np.floating) and np.finfo(dt).eps > np.finfo(dtype).eps:
+        return dt.type
+    return dtype
 
 
 _AXIS_ERROR = getattr(getattr(np, "exceptions", np), "AxisError")  # np.AxisError before NumPy 1.25
