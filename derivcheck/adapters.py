@@ -359,7 +359,8 @@ def _params(fn, skip_self: bool):
     return ps
 
 
-def _norm(s: str) -> str:
+def norm_name(s: str) -> str:
+    """A name as binding compares it: case and underscores ignored (dW, d_w and DW are one)."""
     return s.lower().replace("_", "")
 
 
@@ -394,7 +395,7 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
 
     def by_name(p, pool):
         for n in pool:
-            if n not in taken and (p.name == n or _norm(p.name) == _norm(n)):
+            if n not in taken and (p.name == n or norm_name(p.name) == norm_name(n)):
                 return n
         return None
 
@@ -546,6 +547,25 @@ def _same_array(a, b) -> bool:
     return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b)
 
 
+def dlfs1_gradient(layer, attr: str, n: str):
+    """Book 1's gradient of the parameter held in ``layer.attr`` (rule input ``n``): dW, or grad_W, or W_grad."""
+    for cand in (f"d{attr}", f"d{n}", f"grad_{attr}", f"{attr}_grad"):
+        if hasattr(layer, cand):
+            return getattr(layer, cand)
+    return None
+
+
+def dezero_grad(cotangent, y):
+    """A cotangent as ``y.grad``: a Variable from DeZero's step 32 on (backward takes create_graph), an array before."""
+    cot = np.asarray(cotangent, dtype=np.asarray(y.data).dtype)
+    try:
+        if "create_graph" in inspect.signature(y.backward).parameters:
+            return type(y)(cot)
+    except (TypeError, ValueError):
+        pass
+    return cot
+
+
 class Dlfs1Adapter(Adapter):
     style = "dlfs1"
 
@@ -604,11 +624,7 @@ class Dlfs1Adapter(Adapter):
         return grads
 
     def _param_grad(self, n):
-        attr = self.attribute_of(n) or n
-        for cand in (f"d{attr}", f"d{n}", f"grad_{attr}", f"{attr}_grad"):
-            if hasattr(self.instance, cand):
-                return getattr(self.instance, cand)
-        return None
+        return dlfs1_gradient(self.instance, self.attribute_of(n) or n, n)
 
     def grad_location(self, n) -> str:
         if n not in self.params:
@@ -704,24 +720,13 @@ class DezeroAdapter(Adapter):
             y = y[0]
         if not hasattr(y, "data") or not hasattr(y, "backward"):
             raise LayerError(self.name, TypeError(f"returned {type(y).__name__}, not a Variable"))
-        y.grad = self._as_grad(cotangent, y)
+        y.grad = dezero_grad(cotangent, y)
         if not any(v is y for v in variables.values()):
             call_user(y.backward, [], f"{self.name}.backward")
         # else: y is an input handed back (DeZero's sum_to(x, x.shape) returns x): a leaf whose
         # gradient is the cotangent itself; DeZero's backward() on a leaf would fail on its missing creator
         grads = {n: getattr(getattr(v, "grad", None), "data", getattr(v, "grad", None)) for n, v in variables.items()}
         return Outcome(y.data, grads)
-
-    def _as_grad(self, cotangent, y):
-        # DeZero from step 32 on keeps gradients as Variables; earlier steps as arrays
-        cot = np.asarray(cotangent, dtype=np.asarray(y.data).dtype)
-        try:
-            probe = self.Variable(np.ones(1))
-            if hasattr(probe, "backward") and "create_graph" in inspect.signature(probe.backward).parameters:
-                return self.Variable(cot)
-        except (TypeError, ValueError):
-            pass
-        return cot
 
     def grad_location(self, n) -> str:
         return f"{n}.grad"

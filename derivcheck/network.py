@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import reference
-from .adapters import LOSS_ATTRS, Binding, LayerError, bind, call_user, load_target, model_shape, stage
+from .adapters import (LOSS_ATTRS, Binding, LayerError, bind, call_user, dezero_grad, dlfs1_gradient, load_target,
+                       model_shape, norm_name, stage)
 from .checks import Check, compare
 from .diagnose import Context, diagnose_forward, diagnose_gradient
 from .errors import DerivcheckError
@@ -83,11 +84,7 @@ class Link:
         if self.style == "dlfs2":
             grads = getattr(self.layer, "grads", None)
             return grads[self.slots[n]] if isinstance(grads, list) and self.slots[n] < len(grads) else None
-        attr = self.slots[n]
-        for cand in (f"d{attr}", f"d{n}", f"grad_{attr}", f"{attr}_grad"):
-            if hasattr(self.layer, cand):
-                return getattr(self.layer, cand)
-        return None
+        return dlfs1_gradient(self.layer, self.slots[n], n)
 
     def grad_where(self, n) -> str:
         if self.style == "dlfs2":
@@ -118,7 +115,7 @@ def _bind_link(link: Link, rule_dirs) -> None:
     names = {p: n for p, (kind, n) in link.binding.ctor.items() if kind == "input"}
     for p, n in names.items():
         attr = next((a for a, v in vars(link.layer).items() if isinstance(v, np.ndarray)
-                     and a.lower().replace("_", "") in (p.lower().replace("_", ""), n.lower().replace("_", ""))), None)
+                     and norm_name(a) in (norm_name(p), norm_name(n))), None)
         if attr is None:
             link.rule, link.why = None, f"{link.kind} keeps no attribute for its parameter {p}"
             return
@@ -435,7 +432,7 @@ class NetworkVerifier:
                     checks += [Check(f"{l.label()}: no rule", False, message=f"{l.label()} cannot be checked: {l.why}", **ctx)
                                for l in links if l.rule is None]
                 cot = rng.normal(size=y.data.shape).astype(y.data.dtype)
-                y.grad = _as_grad(y, cot)
+                y.grad = dezero_grad(cot, y)
                 call_user(y.backward, [], f"{self.name}: y.backward()")
             except LayerError as exc:
                 checks.append(Check("model raised", False, message=str(exc), **sctx))
@@ -885,16 +882,6 @@ def _record_node(link) -> None:
         return gxs
 
     node.backward = backward
-
-
-def _as_grad(y, cot):
-    """A cotangent as the Variable's grad: a Variable from DeZero's step 32 on, an array before it."""
-    try:
-        if "create_graph" in inspect.signature(y.backward).parameters:
-            return type(y)(cot)
-    except (TypeError, ValueError):
-        pass
-    return cot
 
 
 def _upstream_params(v, pnames) -> set:
