@@ -385,7 +385,8 @@ class NetworkVerifier:
                 checks.append(Check("model raised", False, message=str(exc), step=step, **ctx))
                 return checks, chain
             sctx = dict(ctx, step=step)
-            wires = self.forward_wiring(links, x, sctx)
+            shared = self.shared_instance(links, sctx)
+            wires = [shared] if shared else self.forward_wiring(links, x, sctx)
             if not wires and not _same(np.asarray(out), np.asarray(links[-1].calls[0].out)):
                 wires.append(self.wiring(f"what {self.name}.predict returned is not {links[-1].label()}'s output", sctx))
             checks += wires
@@ -473,27 +474,33 @@ class NetworkVerifier:
             if not c.passed:
                 checks.append(self.wiring(f"{name}.grad is not the sum of what the {len(parts)} node(s) using it "
                                           f"returned for it", ctx, spoil=spoiled, params=[name], why=f"{name}.grad"))
-        if spoiled:
-            said = ", ".join(f"{p} ({why})" for p, why in spoiled.items())
-            checks.append(Check("network gradients", False, message=f"parameters whose gradients are wrong: {said}", **ctx))
-        elif not any(c.name == "wiring" for c in checks):
-            checks.append(Check("network gradients", True, message="every parameter's gradient checked node by node", **ctx))
+        if spoiled or not any(c.name == "wiring" for c in checks):  # else _one_wiring_check fails it
+            checks.append(_network_gradients(spoiled, "node by node", ctx))
         return _one_wiring_check(checks, ctx)
 
-    def forward_wiring(self, order, x, ctx) -> list[Check]:
-        """Each layer applied once, in order, each one's input the previous one's output (the first one's x)."""
-        checks, first_use = [], {}
+    def shared_instance(self, order, ctx) -> Check | None:
+        """One layer object in two places of the list: a wiring mistake that makes every other check moot."""
+        first_use = {}
         for link in order:
             if id(link.layer) in first_use:
-                return [self.wiring(f"{first_use[id(link.layer)].name} and {link.name} are one {link.kind} instance: what it "
-                                    f"saves in forward is the later call's when either backward runs; make one instance "
-                                    f"per place in the network", ctx)]
+                return self.wiring(f"{first_use[id(link.layer)].name} and {link.name} are one {link.kind} instance: what it "
+                                   f"saves in forward is the later call's when either backward runs; make one instance "
+                                   f"per place in the network", ctx)
             first_use[id(link.layer)] = link
+        return None
+
+    def forward_wiring(self, order, x, ctx, spoil=None, params=()) -> list[Check]:
+        """Each layer applied once, in order, each one's input the previous one's output (the first one's x).
+
+        With ``spoil``, each mistake marks ``params`` (every gradient of the network) as spoiled.
+        """
+        checks = []
         for link in order:
-            n = sum(c.kind == "forward" for c in link.calls)
+            n = _forwards(link)
             if n != 1:
                 what = "never applied" if n == 0 else f"applied {n} times in one forward pass"
-                checks.append(self.wiring(f"{link.label()} is {what}: each layer of the list is applied once, in order", ctx))
+                checks.append(self.wiring(f"{link.label()} is {what}: each layer of the list is applied once, in order", ctx,
+                                          spoil=spoil, params=params, why=f"{link.name} {what}"))
         if checks:
             return checks
         upstream = x
@@ -501,7 +508,8 @@ class NetworkVerifier:
             f = next(c for c in link.calls if c.kind == "forward")
             if not _same(f.args[0] if f.args else None, upstream):
                 was = "x" if i == 0 else f"{order[i - 1].name}'s output"
-                checks.append(self.wiring(f"{link.label()}'s input is not {was}: something between them changed it", ctx))
+                checks.append(self.wiring(f"{link.label()}'s input is not {was}: something between them changed it", ctx,
+                                          spoil=spoil, params=params, why=f"{link.name}'s input"))
             upstream = f.out
         return checks
 
@@ -530,37 +538,17 @@ class NetworkVerifier:
     def _judge(self, links, loss, params, x, t, model_loss, model_grads, ctx, rep) -> list[Check]:
         checks = []
         order = links + [loss]
-        first_use = {}
-        for link in order:
-            if id(link.layer) in first_use:
-                other = first_use[id(link.layer)]
-                return [self.wiring(f"{other.name} and {link.name} are one {link.kind} instance: what it saves in forward "
-                                    f"is the later call's when either backward runs; make one instance per place in "
-                                    f"the network", ctx)]
-            first_use[id(link.layer)] = link
+        shared = self.shared_instance(order, ctx)
+        if shared:
+            return [shared]
         spoiled: dict[str, str] = {}  # network parameter -> why its gradient is wrong
         owner = self.owners(order, params, checks, ctx)
         for pname, _ in params:
             if pname not in owner.values():
                 spoiled[pname] = "no layer computes with it"
-        # the order the layers ran in
-        fwd = [l for l in order if sum(c.kind == "forward" for c in l.calls) != 1]
-        for l in fwd:
-            n = sum(c.kind == "forward" for c in l.calls)
-            what = "never applied" if n == 0 else f"applied {n} times in one forward pass"
-            checks.append(self.wiring(f"{l.label()} is {what}: each layer of the list is applied once, in order", ctx,
-                                      spoil=spoiled, params=owner.values(), why=f"{l.name} {what}"))
-        if fwd:
+        checks += self.forward_wiring(order, x, ctx, spoil=spoiled, params=list(owner.values()))
+        if not all(_forwards(l) == 1 for l in order):  # the order they ran in cannot be told
             return checks
-        upstream = x
-        for i, link in enumerate(order):
-            f = next(c for c in link.calls if c.kind == "forward")
-            data = f.args[0] if f.args else None
-            if not _same(data, upstream):
-                was = "x" if i == 0 else f"{order[i - 1].name}'s output"
-                checks.append(self.wiring(f"{link.label()}'s input is not {was}: something between them changed it",
-                                          ctx, spoil=spoiled, params=owner.values(), why=f"{link.name}'s input"))
-            upstream = f.out
         if model_loss is not None and not _same(np.asarray(model_loss), np.asarray(loss.calls[0].out)):
             checks.append(self.wiring(f"the loss {self.name} returned is not {loss.name}'s output", ctx))
         # backward: loss first with dout = 1, then each layer with the next one's dx
@@ -594,11 +582,7 @@ class NetworkVerifier:
             for p in mine:
                 spoiled.setdefault(p, f"{link.name}'s {'forward' if bad == 'forward' else 'backward'}")
         checks += self.model_gradients(order, params, owner, model_grads, ctx, spoiled)
-        if spoiled:
-            said = ", ".join(f"{p} ({why})" for p, why in spoiled.items())
-            checks.append(Check("network gradients", False, message=f"parameters whose gradients are wrong: {said}", **ctx))
-        else:
-            checks.append(Check("network gradients", True, message="every parameter's gradient checked link by link", **ctx))
+        checks.append(_network_gradients(spoiled, "link by link", ctx))
         return checks
 
     def owners(self, order, params, checks, ctx) -> dict:
@@ -746,6 +730,19 @@ class NetworkVerifier:
                     params=[pname], why=f"grads[{i}] rebound", kind="rebinds-grads",
                     hint=f"write into the slot: grads[{link.slots[n]}][...] = d{n} (the model holds the list it got at construction)"))
         return checks
+
+
+def _forwards(link) -> int:
+    """How many times the layer's forward ran in this step."""
+    return sum(c.kind == "forward" for c in link.calls)
+
+
+def _network_gradients(spoiled: dict, how: str, ctx) -> Check:
+    """The network's verdict on its parameters' gradients: the spoiled ones and why, or all checked ``how``."""
+    if spoiled:
+        said = ", ".join(f"{p} ({why})" for p, why in spoiled.items())
+        return Check("network gradients", False, message=f"parameters whose gradients are wrong: {said}", **ctx)
+    return Check("network gradients", True, message=f"every parameter's gradient checked {how}", **ctx)
 
 
 def _fresh_values(arrays, rng) -> None:
