@@ -714,6 +714,7 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
     full = re.sub(r"(_forward|_backward)$", "", name)
     base = re.sub(r"_(simple|naive|alt)$", "", full)  # DeZero's linear_simple, CS231n's conv_forward_naive
     known = {n.replace("_", ""): n for n in rule_files(extra)}  # names only: a broken file elsewhere does not matter
+    aliases = None  # alias -> rule, read from the rule files only if a name is not a rule's own
     guess = None
     # the whole name first (CS231n's svm_loss_naive(W, X, y, reg) is an alias of linear_svm_loss, where
     # svm_loss(x, y) is another operation), then without the suffix; a rule's name, then its aliases
@@ -722,8 +723,12 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
         key = cand.replace("_", "").lower()
         guess = known.get(key)
         if guess is None:
-            guess = next((rule_name for rule_name, rule in list_rules(extra, errors=[]).items()
-                          if key in {a.replace("_", "") for a in rule.aliases}), None)
+            if aliases is None:
+                aliases = {}
+                for rule_name, rule in list_rules(extra, errors=[]).items():
+                    for a in rule.aliases:
+                        aliases.setdefault(a.replace("_", ""), rule_name)  # the first rule listing it, as before
+            guess = aliases.get(key)
         if guess is not None:
             break
     if guess is None:
