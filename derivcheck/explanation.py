@@ -587,17 +587,19 @@ def explain_model(target: str, rule_dirs=(), timeout=None) -> str:
         stmts = [ln.strip() for ln in rule.formula.text.strip().splitlines() if ln.strip()]
         lines.append(f"  {label(l):<{width}}  " + "; ".join(stmts[:-1] + [f"out = {stmts[-1]}"]))
     lines += ["", "backward, from dout = 1 at the loss to x (each layer's dout is the dx of the layer after it):"]
+    backward = {}  # rule name -> its closed forms, checked once however many layers use it (Affine1, Affine2)
     for l in reversed(rep.layers):
         if l["rule"] is None:
             lines.append(f"  {label(l):<{width}}  (no rule: not derived)")
             continue
-        rule = rules[l["rule"]]
-        hyper = rule.resolve_hyper({})
-        proofs = prove(rule, hyper)
-        forms = [f"{_grad_name(n, False)} = {Printer(rule)(f.statements[-1][1])}" for n, f in rule.closed_forms.items()
-                 if proofs[n][0]]
-        lines.append(f"  {label(l):<{width}}  " + (",  ".join(forms) if forms else
-                                                  f"no closed form in its rule: derivcheck explain {rule.name} shows the derivation"))
+        if l["rule"] not in backward:
+            rule = rules[l["rule"]]
+            proofs = prove(rule, rule.resolve_hyper({}))
+            forms = [f"{_grad_name(n, False)} = {Printer(rule)(f.statements[-1][1])}"
+                     for n, f in rule.closed_forms.items() if proofs[n][0]]
+            backward[l["rule"]] = (",  ".join(forms) if forms else
+                                   f"no closed form in its rule: derivcheck explain {rule.name} shows the derivation")
+        lines.append(f"  {label(l):<{width}}  {backward[l['rule']]}")
     lines += ["", "each closed form is checked against its rule's exact Jacobian at 4 shapes (random values);",
               f"derivcheck verify {target} checks the network itself, layer by layer "
               f"(this run: {rep.verdict.upper()})"]
