@@ -110,6 +110,11 @@ EQUIVALENT = [
     ("derivcheck.verify.xǁVerifierǁcompare_outcome*", '("OUTPUT"', "only the error on a non-finite exact value says it"),
     ("derivcheck.verify.xǁVerifierǁ_side_effects*", "before, equal_nan=", "inputs come from finite domains: there is no NaN to compare"),
     ("derivcheck.verify.xǁVerifierǁ_side_effects*", "np.asarray(values[n]), before, )", "inputs come from finite domains: there is no NaN to compare"),
+    ("derivcheck.verify.xǁVerifierǁcotangent*", "/ rng.choice([-1.0, 1.0])", "dividing by -1 or 1 is multiplying by it"),
+    ("derivcheck.verify.xǁVerifierǁ_side_effects*", "cot_copy, equal_nan=", "dout is drawn finite: its copy has no NaN to match"),
+    ("derivcheck.verify.xǁVerifierǁ_side_effects*", "cot_copy, )", "dout is drawn finite: its copy has no NaN to match"),
+    ("derivcheck.verify.xǁVerifierǁrun_trial*", "np.array(v, )", "np.array copies by default"),
+    ("derivcheck.verify.xǁVerifierǁrun_trial*", "np.array(cot, )", "np.array copies by default"),
     ("derivcheck.verify.xǁVerifierǁcompare_outcome*", "require_finite(None,",
      "the rule is read only to name it in the error for a non-finite exact value; tests/test_binding_mistakes.py "
      "checks that message through the CLI, in a subprocess mutmut cannot see"),

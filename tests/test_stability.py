@@ -123,6 +123,16 @@ def test_the_tolerance_is_relative_to_one_for_small_results():
     assert judge(got + 1e-7, exact=tiny)["message"].startswith("forward loses more than half its digits")
 
 
+def test_an_exact_value_the_dtype_cannot_hold_does_not_hide_a_loss_elsewhere():
+    """1e40 is beyond float32: that element is not judged, and does not set the others' tolerance."""
+    big = np.array([[1e40, 0.95, 1.0], [0.12, 0.5, 0.73]], dtype=object)
+    got = np.array([[3e38, 0.95, 1.0], [0.12, 0.5 + 1e-2, 0.73]], dtype=np.float32)
+    c = judge(got, exact=big, dtype="float32")
+    assert c["index"] == [1, 1] and c["message"].startswith("forward loses more than half its digits"), c
+    got[1, 1] = 0.5
+    assert judge(got, exact=big, dtype="float32") is None
+
+
 def test_float32_is_judged_with_float32s_digits():
     ex = np.array(EXACT, dtype=np.float64)
     got = (ex * (1 + 1e-5)).astype(np.float32)  # half of float32's digits are about 3.5
