@@ -465,7 +465,7 @@ class Explanation:
 
 def _parse(node: Node):
     """A node's forward text back to a tree, for LaTeX (operand labels are plain names)."""
-    text = node.text.replace("ᵀ", ".T").replace("·", "*")
+    text = node.text.replace("ᵀ", ".T").replace("·", "*").replace("^", "**")
     try:
         return ast.parse(text, mode="eval").body
     except SyntaxError:
