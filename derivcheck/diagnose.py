@@ -8,7 +8,7 @@ correction, in units of the tolerance (≤ 1 means it explains every element).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,7 @@ class Context:
     dtype: object
     earlier: dict  # input -> [expected gradients of the earlier steps of this trial]
     earlier_passed: bool  # the earlier steps of this trial passed this check
+    others: dict = field(default_factory=dict)  # every other input -> (its right gradient, its rounding scale) at this step
 
 
 def _ratio(candidate, got, scale, dtype) -> float:
@@ -70,7 +71,10 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
     def holds(candidate, sc=scale):
         return _ratio(candidate, G, sc, dt)
 
+    swapped = _swapped(name, G, ctx)
     if G.shape != E.shape:
+        if swapped:  # a gradient of another input's shape, and its value
+            return [swapped]
         if G.ndim == 2 and G.shape == E.shape[::-1] and (r := holds(E.T, np.abs(scale).T if np.ndim(scale) == 2 else scale)) <= 1:
             out.append(_found("transposed", check, f"has shape {G.shape}, the transpose of {name}'s {E.shape}, and equals the right gradient transposed",
                               "swap the operands' order or transpose (x.T @ dout, not dout.T @ x)", r))
@@ -104,6 +108,8 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
         out.append(_found("transposed", check, "equals the right gradient transposed", "swap the operands or transpose the result", r))
     if (r := holds(-E)) <= 1:
         out.append(_found("sign-flipped", check, "equals the right gradient with its sign flipped", "check the sign of each term", r))
+    elif swapped:  # where the other input's gradient is -E (x - y), the sign says it more simply
+        out.append(swapped)
     denom = float(np.sum(E * E))
     if denom > 0:
         k = float(np.sum(G * E) / denom)
@@ -130,6 +136,16 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
             out.append(_found("stale-state", check, f"was right in the first {len(earlier)} call(s) and is wrong now: state from an earlier call is reused",
                               "store what backward needs (x, y, masks) on every forward call", np.inf))
     return out
+
+
+def _swapped(name, G, ctx) -> dict | None:
+    """The layer returned another input's right gradient for ``name`` (MulLayer without its swap, a tuple out of order)."""
+    for other, (E, scale) in ctx.others.items():
+        if other != name and (r := _ratio(E, G, np.abs(scale), ctx.dtype)) <= 1:
+            return _found("swapped", f"grad {name}", f"equals the right gradient of {other}: the two are swapped",
+                          f"return each input's own gradient, in the inputs' order (d{name} goes with {name}); "
+                          f"a product's gradient takes the other factor (dx = dout * y, dy = dout * x)", r)
+    return None
 
 
 def _upstream_ignored(name, E, G, c, ctx) -> dict | None:

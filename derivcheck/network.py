@@ -680,7 +680,8 @@ class NetworkVerifier:
                 if n == "forward":
                     c.diagnosis = [diagnose_forward(c)]
                 elif got is not None:
-                    dctx = Context(rule, d, dims, ref, cot, self.dtype, {n: []}, False)
+                    dctx = Context(rule, d, dims, ref, cot, self.dtype, {n: []}, False,
+                                   {m: (expected[m], scales[m]) for m in rule.inputs if m != n})
                     c.diagnosis = diagnose_gradient(n, expected[n], got, scales[n], dctx)
                 for dg in c.diagnosis or []:  # named after the layer: "Affine1: grad W: is off by ..."
                     dg["check"] = c.name

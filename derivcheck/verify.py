@@ -313,7 +313,8 @@ class Verifier:
                 c.message = f"no gradient for '{n}' where {adapter.style} keeps it ({where})"
             elif not c.passed:
                 dctx = Context(self.rule, d, ctx["dims"], ref, cot, self.dtype, history["expected"],
-                               history["passed"].get(c.name, False))
+                               history["passed"].get(c.name, False),
+                               {m: (expected_grads[m], scales[m]) for m in self.rule.inputs if m != n})
                 c.diagnosis = diagnose_gradient(n, expected_grads[n], got, scales[n], dctx)
                 c = self._final_loss(rep, c, expected_grads[n], got, scales[n], cot, ctx)
             checks.append(c)

@@ -12,11 +12,12 @@ from derivcheck.checks import Check
 from derivcheck.diagnose import Context, diagnose_forward, diagnose_gradient, settle_factor
 
 
-def ctx(rule_name, dims, cot, ref=None, earlier=None, earlier_passed=False, dtype=np.float64, hyper=None):
+def ctx(rule_name, dims, cot, ref=None, earlier=None, earlier_passed=False, dtype=np.float64, hyper=None, others=None):
     rule = derivcheck.load_rule(rule_name)
     h = rule.resolve_hyper(hyper or {})
     d = reference.at(rule, h, dims)
-    return Context(rule, d, dims, ref or {}, np.asarray(cot, dtype=np.float64), dtype, earlier or {}, earlier_passed)
+    return Context(rule, d, dims, ref or {}, np.asarray(cot, dtype=np.float64), dtype, earlier or {}, earlier_passed,
+                   others or {})
 
 
 class Explains:
@@ -107,6 +108,29 @@ def test_a_symmetric_gradient_is_not_called_transposed():
 def test_a_flipped_sign():
     got = diagnose_gradient("x", E23, -E23, S23, ctx("affine", DIMS, np.asarray(2.0)))
     assert got == [found("sign-flipped", "grad x", "equals the right gradient with its sign flipped", "check the sign of each term")]
+
+
+SWAP_HINT = ("return each input's own gradient, in the inputs' order (d{0} goes with {0}); "
+             "a product's gradient takes the other factor (dx = dout * y, dy = dout * x)")
+
+
+def test_another_inputs_gradient_is_swapped():
+    """Book 1's MulLayer without its swap: dx = dout * x is y's right gradient."""
+    Ey = RNG.normal(size=(2, 3))
+    c = ctx("mul", {"N": 2, "D": 3}, np.asarray(2.0), others={"y": (Ey, np.abs(Ey) + 1)})
+    got = diagnose_gradient("x", E23, Ey.copy(), S23, c)
+    assert got == [found("swapped", "grad x", "equals the right gradient of y: the two are swapped", SWAP_HINT.format("x"))]
+    # judged with the other gradient's scale, and not claimed past it
+    assert diagnose_gradient("x", E23, Ey + 1e-6, S23, c) == []
+
+
+def test_a_gradient_of_another_inputs_shape_and_value_is_swapped_not_misshapen():
+    """Affine's backward returning (dW, dx) where (dx, dW) belongs: a swap, not merely a wrong shape."""
+    EW = RNG.normal(size=(3, 4))
+    c = ctx("affine", DIMS, RNG.normal(size=(2, 4)), others={"W": (EW, np.abs(EW)), "b": (E23[0], S23[0])})
+    got = diagnose_gradient("x", E23, EW.copy(), S23, c)
+    assert got == [found("swapped", "grad x", "equals the right gradient of W: the two are swapped", SWAP_HINT.format("x"))]
+    assert [g["kind"] for g in diagnose_gradient("x", E23, EW + 1.0, S23, c)] == ["shape"]
 
 
 HINT = "look for a missing or extra division by the batch size (mean vs sum), or a stray 2 or 0.5"
@@ -319,9 +343,15 @@ def _case_accumulates(ratio, dt):
     return "W", E23, G, S23, ctx("affine", DIMS, np.asarray(2.0), earlier={"W": earlier}, dtype=dt), "accumulates"
 
 
+def _case_swapped(ratio, dt):
+    Ey, Sy = RNG.normal(size=(2, 3)), np.abs(RNG.normal(size=(2, 3))) + 1  # the other input's gradient and scale
+    G = _nudge(Ey, Sy, dt, ratio)
+    return "x", E23, G, S23, ctx("mul", {"N": 2, "D": 3}, np.asarray(2.0), dtype=dt, others={"y": (Ey, Sy)}), "swapped"
+
+
 CASES = [_case_transposed_shape, _case_missing_reduction, _case_wrong_axis, _case_extra_reduction, _case_permuted,
          _case_square_transposed, _case_sign, _case_factor, _case_upstream_scalar, _case_upstream_ones,
-         _case_input_for_output, _case_accumulates]
+         _case_input_for_output, _case_accumulates, _case_swapped]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[6:] for c in CASES])
