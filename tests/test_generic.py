@@ -47,14 +47,18 @@ def test_generic_equals_concrete_at_random_larger_sizes(name):
     want = conc.vjp(cot, **ref)
     for n, got in gen.vjp(cot, **ref).items():
         np.testing.assert_allclose(got, want[n], rtol=1e-11, atol=1e-12, err_msg=f"{name} d{n} at {dims}")
-    # the tolerance scales agree in size with the concrete tier's (same analysis, other algebra)
+    # the tolerance scales agree in size with the concrete tier's (same analysis, other algebra). The bound of
+    # 100 is set by hand: the generic tier bounds each operation's rounding, the concrete one the simplified
+    # expression, so where x - mean(x) cancels (layernorm here draws D=2, N=1 with near-equal values; batchnorm
+    # at N=2 alike) the generic scale of d gamma is 55x the concrete one, still a ~1e-12 relative tolerance.
+    # Smaller than the concrete scale would mean false alarms; that side stays at 0.2.
     _, _, s_gen = gen.evaluate(cot, **ref)
     _, _, s_conc = conc.evaluate(cot, **ref)
     for n in s_gen:
         if s_conc[n].max() == 0:  # the concrete tier simplified the entry to 0 (softmax at C=1)
             continue
         ratio = s_gen[n].max() / s_conc[n].max()
-        assert 0.2 < ratio < 10, f"{name} {n}: generic scale {s_gen[n].max():.3g} vs concrete {s_conc[n].max():.3g}"
+        assert 0.2 < ratio < 100, f"{name} {n}: generic scale {s_gen[n].max():.3g} vs concrete {s_conc[n].max():.3g}"
 
 
 def test_affine_vjp_is_the_seed_contraction():

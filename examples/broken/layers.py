@@ -458,3 +458,42 @@ class LogWithEpsilon:
 
     def backward(self, dout):
         return dout / (self.x + 1e-7)
+
+
+class MulLayerNotSwapped:
+    """BUG: book 1's MulLayer without the swap: dx = dout * x, dy = dout * y."""
+
+    def forward(self, x, y):
+        self.x, self.y = x, y
+        return x * y
+
+    def backward(self, dout):
+        return dout * self.x, dout * self.y
+
+
+class DivLosesSign(Function):
+    """BUG: DeZero's Div with gx1 = gy * x0 / x1^2: the minus sign of d(x0/x1)/dx1 is lost."""
+
+    def forward(self, x0, x1):
+        return x0 / x1
+
+    def backward(self, gy):
+        x0, x1 = self.inputs[0].data, self.inputs[1].data
+        return gy / x1, gy * x0 / x1 ** 2
+
+
+def layernorm_batch_axis_forward(x, gamma, beta, ln_param):
+    eps = ln_param.get("eps", 1e-5)
+    mu = x.mean(axis=1, keepdims=True)
+    xc = x - mu
+    std = np.sqrt((xc ** 2).mean(axis=1, keepdims=True) + eps)
+    xhat = xc / std
+    return gamma * xhat + beta, (xhat, gamma, std)
+
+
+def layernorm_batch_axis_backward(dout, cache):
+    """BUG: batchnorm's backward copied for layernorm, with its means still over the batch (axis 0)."""
+    xhat, gamma, std = cache
+    dxhat = dout * gamma
+    dx = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) / std
+    return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)

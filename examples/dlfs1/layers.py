@@ -127,3 +127,29 @@ class BatchNormalization:
         dxc += (2.0 / n) * self.xc * dvar
         dmu = np.sum(dxc, axis=0)
         return dxc - dmu / n
+
+
+class MulLayer:
+    """Book 1's ch05/layer_naive.py: each input's gradient is dout times the other input."""
+
+    def __init__(self):
+        self.x = self.y = None
+
+    def forward(self, x, y):
+        self.x, self.y = x, y
+        return x * y
+
+    def backward(self, dout):
+        dx = dout * self.y  # x and y swapped
+        dy = dout * self.x
+        return dx, dy
+
+
+class AddLayer:
+    """Book 1's ch05/layer_naive.py: dout passes to both inputs unchanged."""
+
+    def forward(self, x, y):
+        return x + y
+
+    def backward(self, dout):
+        return dout * 1, dout * 1

@@ -131,3 +131,23 @@ def batchnorm_backward(dout, cache):
     dxhat = dout * gamma
     dx = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) / std
     return dx, dgamma, dbeta
+
+
+def layernorm_forward(x, gamma, beta, ln_param):
+    """CS231n: layer normalization, each sample over its features (the same in train and test)."""
+    eps = ln_param.get("eps", 1e-5)
+    mu = x.mean(axis=1, keepdims=True)
+    xc = x - mu
+    std = np.sqrt((xc ** 2).mean(axis=1, keepdims=True) + eps)
+    xhat = xc / std
+    return gamma * xhat + beta, (xhat, gamma, std)
+
+
+def layernorm_backward(dout, cache):
+    """batchnorm_backward's simplified form, with the means over axis 1."""
+    xhat, gamma, std = cache
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xhat).sum(axis=0)
+    dxhat = dout * gamma
+    dx = (dxhat - dxhat.mean(axis=1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=1, keepdims=True)) / std
+    return dx, dgamma, dbeta
