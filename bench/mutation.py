@@ -110,6 +110,11 @@ EQUIVALENT = [
     ("derivcheck.verify.xǁVerifierǁcompare_outcome*", '("OUTPUT"', "only the error on a non-finite exact value says it"),
     ("derivcheck.verify.xǁVerifierǁ_side_effects*", "before, equal_nan=", "inputs come from finite domains: there is no NaN to compare"),
     ("derivcheck.verify.xǁVerifierǁ_side_effects*", "np.asarray(values[n]), before, )", "inputs come from finite domains: there is no NaN to compare"),
+    ("derivcheck.adapters.xǁDlfs2Adapterǁrun*", "super().run(values, None)", "a forward-only layer never reads dout"),
+    ("derivcheck.verify.x_judged_dtype*", "np.finfo(dt).eps >= np.finfo(dtype).eps",
+     "a result exactly as precise as the run is judged in the run's dtype either way"),
+    ("derivcheck.verify.x_judged_dtype*", "np.finfo(None).eps", "runs are float64 or float32: a result less precise than "
+     "float64 but not than the run is in the run's own dtype"),
     ("derivcheck.verify.xǁVerifierǁcotangent*", "/ rng.choice([-1.0, 1.0])", "dividing by -1 or 1 is multiplying by it"),
     ("derivcheck.verify.xǁVerifierǁ_side_effects*", "cot_copy, equal_nan=", "dout is drawn finite: its copy has no NaN to match"),
     ("derivcheck.verify.xǁVerifierǁ_side_effects*", "cot_copy, )", "dout is drawn finite: its copy has no NaN to match"),

@@ -282,7 +282,7 @@ class Rule:
     def sample_dims(self, rng: np.random.Generator) -> dict:
         return {d: int(rng.integers(r.min, r.max + 1)) for d, r in self.dims.items()}
 
-    def planned_dims(self, k: int, seed: int = 0) -> dict:
+    def planned_dims(self, k: int, seed: int) -> dict:
         """Trial ``k``'s sizes: distinct, then all equal, then all minimal (size 1), then random from ``seed``."""
         if k == 0:
             return self.example_dims()

@@ -111,3 +111,13 @@ def test_comparing_infinities_raises_no_floating_point_warning():
         warnings.simplefilter("error")
         c = compare("forward", np.array([np.inf, 1.0]), np.array([np.inf, np.inf]), np.array([np.inf, 1.0]), np.float64)
     assert c.passed is False
+
+
+def test_a_result_that_is_not_floating_point_is_judged_in_the_runs_dtype():
+    """An integer array (a layer returning argmax indices, or ints by mistake) has no float precision of its own."""
+    from derivcheck.verify import judged_dtype
+
+    assert judged_dtype(np.arange(3), np.float64) is np.float64
+    assert judged_dtype(np.arange(3, dtype=np.int8), np.float32) is np.float32
+    assert judged_dtype(np.ones(2, dtype=np.float16), np.float32) is np.float16
+    assert judged_dtype([1.0, 2.0], np.float32) is np.float32  # a list has no dtype

@@ -37,6 +37,19 @@ class Sequence:
         return dout * ~self.mask
 
 
+class AffineSequence:
+    """Book 2's TimeAffine takes x of shape (N, T, D): on the affine rule's 2-D x this is another operation."""
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        N, T, D = x.shape
+        return x.reshape(N * T, D) @ self.W + self.b
+
+    def backward(self, dout):
+        return dout
+
+
 class BackwardUnpacks:
     """The same unpacking, in backward: the forward already fit the rule, so the layer is wrong."""
     def forward(self, x):
@@ -88,7 +101,8 @@ RELU = derivcheck.load_rule("relu")
 
 
 def _only_failure(rep):
-    (c,) = [c for c in rep.checks if not c.passed]
+    (c,) = [c for c in rep.checks if c.passed is not True]
+    assert c.passed is False
     return c
 
 
@@ -96,7 +110,7 @@ def test_a_layer_that_raises_fails_with_the_exception_where_and_when(layers):
     rep = verify(f"{layers}:Divides", RELU, seed=4, trials=3)
     assert rep.verdict == "fail" and [c.name for c in rep.checks] == ["layer raised"]
     c = _only_failure(rep)
-    assert (c.trial, c.step, c.seed, c.dims) == (0, 0, 4, RELU.planned_dims(0))
+    assert (c.trial, c.step, c.seed, c.dims) == (0, 0, 4, RELU.planned_dims(0, 4))
     assert re.fullmatch(r"Divides\.forward raised ZeroDivisionError at .*raising\.py:8: no batch to average over",
                         c.message), c.message
     assert "--seed 4 --trials 1 --steps 1 --shape N=2,D=3" in rep.reproduce
@@ -110,6 +124,13 @@ def test_a_layer_of_other_ranks_at_the_first_call_is_another_operation(layers):
         f"{layers}:17: not enough values to unpack (expected 3, got 2). It takes arrays of other ranks, so it "
         "implements another operation: pick the rule that fits (--rule NAME; `derivcheck rules` lists them) or write "
         "one (`derivcheck rules relu` prints this one to start from; docs/rules.md)")
+
+
+def test_another_operation_is_told_every_input_it_was_given(layers):
+    with pytest.raises(DerivcheckError, match=re.escape(
+            "AffineSequence does not fit rule 'affine': given the rule's inputs (x (2, 3), W (3, 4), b (4,)), "
+            "AffineSequence.forward raised ValueError")):
+        verify(f"{layers}:AffineSequence", derivcheck.load_rule("affine"))
 
 
 def test_the_same_error_in_backward_is_the_layers_failure(layers):
