@@ -79,8 +79,9 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
             out.append(_found("transposed", check, f"has shape {G.shape}, the transpose of {name}'s {E.shape}, and equals the right gradient transposed",
                               "swap the operands' order or transpose (x.T @ dout, not dout.T @ x)", r))
         elif G.ndim == E.ndim + 1 and G.shape[1:] == E.shape and (r := _ratio(E, G.sum(axis=0), np.abs(scale), dt)) <= 1:
-            out.append(_found("missing-reduction", check, f"has an extra leading axis of size {G.shape[0]}: it is not summed over the batch",
-                              f"sum over the batch axis: d{name} = dout.sum(axis=0)", r))
+            out.append(_found("missing-reduction", check, f"has an extra leading axis of size {G.shape[0]}: one gradient per position that shares {name}, not their sum",
+                              f"sum over every axis that shares {name}: d{name} = dout.sum(axis=0) for a batch, "
+                              f"dout.sum(axis=(0, 1)) for a batch of sequences", r))
         else:
             axis_hit = _wrong_axis(E, G, c, dt)
             if axis_hit:

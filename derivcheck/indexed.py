@@ -8,7 +8,7 @@ expression in *index variables*, one per axis, and its sizes are symbols
 
 A :class:`TArray` is ``(expr, indices, shape)``. The functions below mirror
 the formula language's functions; an operation that cannot be written in
-index notation (a reshape that flattens axes, a batched matmul) raises
+index notation (a reshape that flattens axes, a matmul whose right operand is a stack of matrices) raises
 :class:`Unsupported`, and the rule falls back to the concrete tier.
 """
 from __future__ import annotations
@@ -258,8 +258,9 @@ def matmul(a, b) -> TArray:
     a, b = asarray(a), asarray(b)
     if a.ndim == 0 or b.ndim == 0:
         raise DerivcheckError("matmul: scalar operands are not allowed, use *")
-    if a.ndim > 2 or b.ndim > 2:
+    if b.ndim > 2:  # a stack of matrices on the right: broadcasting batch axes has no form here yet
         raise Unsupported("batched matmul")
+    # a of any rank against a matrix contracts a's last axis with b's first: (N, T, D) @ (D, H) is (N, T, H)
     inner_a, inner_b = a.shape[-1], b.shape[0]
     if inner_a != inner_b:
         raise DerivcheckError(f"matmul: shapes {a.shape} and {b.shape} do not line up")

@@ -9,7 +9,8 @@ comes from one of two tiers:
   a disagreement is an error that names the rule.
 - **concrete** (:mod:`derivcheck.derive`): one symbol per element at the given
   sizes. Used where the generic tier has no form for an operation (a reshape
-  that flattens axes, a batched matmul), with a one-line note saying why.
+  that flattens axes, a matmul whose right operand is a stack of matrices),
+  with a one-line note saying why.
 
 Rounding scales (the ``s`` of :mod:`derivcheck.checks`):
 

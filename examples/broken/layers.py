@@ -497,3 +497,14 @@ def layernorm_batch_axis_backward(dout, cache):
     dxhat = dout * gamma
     dx = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) / std
     return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)
+
+
+
+def temporal_affine_bias_per_step_forward(x, w, b):
+    return x @ w + b, (x, w)
+
+
+def temporal_affine_bias_per_step_backward(dout, cache):
+    """BUG: db summed over the batch only, not over time: one bias gradient per step, shape (T, M)."""
+    x, w = cache
+    return dout @ w.T, np.einsum("ntd,ntm->dm", x, dout), dout.sum(axis=0)

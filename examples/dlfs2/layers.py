@@ -201,3 +201,26 @@ class SigmoidWithLoss:
         dx = self.y.copy()
         dx -= self.t  # in y's dtype: the labels are integers
         return dx * dout / self.t.shape[0]
+
+
+class TimeAffine:
+    """Book 2's TimeAffine: one Affine applied at every time step, as a single matrix product."""
+
+    def __init__(self, W, b):
+        self.params = [W, b]
+        self.grads = [np.zeros_like(W), np.zeros_like(b)]
+        self.x = None
+
+    def forward(self, x):
+        N, T, D = x.shape
+        W, b = self.params
+        self.x = x
+        return (x.reshape(N * T, D) @ W + b).reshape(N, T, -1)
+
+    def backward(self, dout):
+        N, T, D = self.x.shape
+        W, _ = self.params
+        flat = dout.reshape(N * T, -1)
+        self.grads[0][...] = self.x.reshape(N * T, D).T @ flat
+        self.grads[1][...] = flat.sum(axis=0)
+        return (flat @ W.T).reshape(N, T, D)

@@ -151,3 +151,16 @@ def layernorm_backward(dout, cache):
     dxhat = dout * gamma
     dx = (dxhat - dxhat.mean(axis=1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=1, keepdims=True)) / std
     return dx, dgamma, dbeta
+
+
+def temporal_affine_forward(x, w, b):
+    """CS231n (assignment 3): x of shape (N, T, D) through one affine map, (out, cache)."""
+    out = x.reshape(x.shape[0] * x.shape[1], -1).dot(w).reshape(x.shape[0], x.shape[1], -1) + b
+    return out, (x, w)
+
+
+def temporal_affine_backward(dout, cache):
+    x, w = cache
+    N, T, D = x.shape
+    flat = dout.reshape(N * T, -1)
+    return (flat @ w.T).reshape(N, T, D), x.reshape(N * T, D).T @ flat, flat.sum(axis=0)
