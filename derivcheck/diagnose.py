@@ -28,6 +28,7 @@ class Context:
     earlier: dict  # input -> [expected gradients of the earlier steps of this trial]
     earlier_passed: bool  # the earlier steps of this trial passed this check
     others: dict = field(default_factory=dict)  # every other input -> (its right gradient, its rounding scale) at this step
+    earlier_ref: list = field(default_factory=list)  # the reference values of this trial's earlier steps, in order
 
 
 def _ratio(candidate, got, scale, dtype) -> float:
@@ -127,16 +128,48 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
     from_output = _input_for_output(name, G, scale, ctx)
     if from_output:
         out.append(from_output)
+    unmasked = _mask_ignored(name, G, scale, ctx)
+    if unmasked:
+        out.append(unmasked)
     earlier = ctx.earlier.get(name, [])
     if earlier:
         acc = E + np.sum(earlier, axis=0)
         if (r := holds(acc, np.abs(scale) * (len(earlier) + 1))) <= 1:
             out.append(_found("accumulates", check, "equals the sum of this and the earlier calls' gradients: it accumulates",
                               "overwrite the gradient (grads[0][...] = dW), do not add to it (+=)", r))
-        elif ctx.earlier_passed and not out:
-            out.append(_found("stale-state", check, f"was right in the first {len(earlier)} call(s) and is wrong now: state from an earlier call is reused",
-                              "store what backward needs (x, y, masks) on every forward call", np.inf))
+        elif ctx.earlier_passed and not out and (stale := _stale(name, G, scale, ctx)):
+            out.append(stale)
     return out
+
+
+def _mask_ignored(name, G, scale, ctx) -> dict | None:
+    """The gradient with a mask label all True: the mask applied to the loss but not to the gradient."""
+    for m, lab in ctx.rule.labels.items():
+        if lab.kind != "mask" or m not in ctx.ref or np.all(ctx.ref[m]):
+            continue
+        candidate = ctx.derivation.vjp(ctx.cot, **{**ctx.ref, m: np.ones_like(ctx.ref[m])})[name]
+        if (r := _ratio(candidate, G, np.abs(scale), ctx.dtype)) <= 1:
+            return _found("mask-ignored", f"grad {name}", f"is the gradient with every {m} True: the positions {m} leaves "
+                          f"out still get a gradient", f"multiply d{name} by the mask too, as the loss is", r)
+    return None
+
+
+def _stale(name, G, scale, ctx) -> dict | None:
+    """The gradient at this call's dout with an earlier call's values: one value (the cached x), then all of them."""
+    if ctx.derivation is None:
+        return None
+    for step, old in enumerate(ctx.earlier_ref):
+        trials = [([n], {**ctx.ref, n: old[n]}) for n in old if not np.array_equal(old[n], ctx.ref[n])]
+        trials.append((sorted(old), old))
+        for names, values in trials:
+            candidate = ctx.derivation.vjp(ctx.cot, **values)[name]
+            if (r := _ratio(candidate, G, np.abs(scale), ctx.dtype)) <= 1:
+                what = f"{names[0]} from call {step + 1}" if len(names) == 1 else f"every value from call {step + 1}"
+                return _found("stale-state", f"grad {name}",
+                              f"was right in the first {len(ctx.earlier_ref)} call(s) and is now the gradient with {what}: "
+                              f"state from an earlier call is reused",
+                              "store what backward needs (x, y, masks) on every forward call", r)
+    return None
 
 
 def _swapped(name, G, ctx) -> dict | None:

@@ -137,7 +137,7 @@ def _sample_env(rule, dims, hyper, rng):
     d = reference.at(rule, hyper, dims)
     ref = {n: i.domain.sample(rng, d.shapes[n]) for n, i in rule.inputs.items()}
     for n, lab in rule.labels.items():
-        ref[n] = rng.integers(0, dims[lab.classes], size=d.label_shapes[n]) if lab.kind == "classes" else lab.domain.sample(rng, d.label_shapes[n])
+        ref[n] = reference.draw_label(lab, d.label_shapes[n], dims, rng)[0]
     cot = rng.normal(size=d.output_shape) if d.output_shape else np.asarray(rng.uniform(1.5, 3.0))
     formula_view = dict(ref)
     for n in rule.labels:

@@ -43,13 +43,25 @@ def draw(rule, shapes: dict, label_shapes: dict, dims: dict, rng, dtype=np.float
         v = spec.domain.sample(rng, shapes[n]).astype(dtype)
         values[n], ref[n] = v, v.astype(np.float64)
     for n, lab in rule.labels.items():
-        if lab.kind == "classes":
-            idx = rng.integers(0, dims[lab.classes], size=label_shapes[n])
-            values[n], ref[n] = idx, idx.copy()
-        else:
-            v = lab.domain.sample(rng, label_shapes[n]).astype(dtype)
-            values[n], ref[n] = v, v.astype(np.float64)
+        values[n], ref[n] = draw_label(lab, label_shapes[n], dims, rng, dtype)
     return values, ref
+
+
+MASK_KEPT = 0.7  # set by hand: the fraction of a mask's positions that are True, so both values occur at small sizes
+
+
+def draw_label(lab, shape, dims: dict, rng, dtype=np.float64) -> tuple:
+    """(the label as the layer gets it, as the reference reads it): class indices, a boolean mask, or reals."""
+    if lab.kind == "classes":
+        idx = rng.integers(0, dims[lab.classes], size=shape)
+        return idx, idx.copy()
+    if lab.kind == "mask":  # CS231n's temporal_softmax_loss: which time steps count
+        m = rng.random(shape) < MASK_KEPT
+        if m.size:
+            m.flat[0] = True  # at least one position counts, so the loss depends on the input
+        return m, m.astype(np.float64)
+    v = lab.domain.sample(rng, shape).astype(dtype)
+    return v, v.astype(np.float64)
 
 
 class Bound:

@@ -37,7 +37,7 @@ from .formula import Formula
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*(_[A-Za-z][A-Za-z0-9]*)*$")
 _NAME_RULE = "letters and digits, starting with a letter; an underscore must be followed by a letter (prev_h, x_min)"
 DOMAIN_KINDS = ("normal", "uniform", "simplex", "peaked")
-LABEL_KINDS = ("classes", "real")
+LABEL_KINDS = ("classes", "real", "mask")
 HYPER_TYPES = ("int", "float", "bool", "axis", "shape", "dim", "choice")
 
 
@@ -82,7 +82,7 @@ class Input:
 
 @dataclass(frozen=True)
 class Label:
-    """A non-differentiable input: class labels (one-hot in formulas) or real targets."""
+    """A non-differentiable input: class labels (one-hot in formulas), real targets, or a boolean mask (0/1 in formulas)."""
 
     name: str
     kind: str

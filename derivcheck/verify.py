@@ -238,7 +238,7 @@ class Verifier:
         adapter = self.adapter_for(self.layer_hyper(dims))
         checks = []
         ctx = lambda step: dict(trial=k, step=step, seed=trial_seed, dims=dict(dims))  # noqa: E731
-        history = {"expected": {n: [] for n in self.rule.inputs}, "passed": {}}  # for diagnosis
+        history = {"expected": {n: [] for n in self.rule.inputs}, "passed": {}, "ref": []}  # for diagnosis
         for step in range(self.steps):
             values, ref = self.sample(d, rng)
             cot = self.cotangent(d, rng)
@@ -314,7 +314,7 @@ class Verifier:
             elif not c.passed:
                 dctx = Context(self.rule, d, ctx["dims"], ref, cot, self.dtype, history["expected"],
                                history["passed"].get(c.name, False),
-                               {m: (expected_grads[m], scales[m]) for m in self.rule.inputs if m != n})
+                               {m: (expected_grads[m], scales[m]) for m in self.rule.inputs if m != n}, list(history["ref"]))
                 c.diagnosis = diagnose_gradient(n, expected_grads[n], got, scales[n], dctx)
                 c = self._final_loss(rep, c, expected_grads[n], got, scales[n], cot, ctx)
             checks.append(c)
@@ -323,6 +323,7 @@ class Verifier:
             history["passed"][c.name] = history["passed"].get(c.name, True) and c.passed
         for n in self.rule.inputs:
             history["expected"][n].append(expected_grads[n])
+        history["ref"].append(ref)
         return checks
 
     # -- extreme inputs and kinks -------------------------------------------------

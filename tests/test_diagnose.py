@@ -199,13 +199,50 @@ def test_a_gradient_that_accumulates_over_calls():
                          "overwrite the gradient (grads[0][...] = dW), do not add to it (+=)", Explains())]
 
 
-def test_stale_state_only_when_the_earlier_calls_passed():
-    earlier = [RNG.normal(size=(2, 3))]
-    other = RNG.normal(size=(2, 3))
-    stale = diagnose_gradient("W", E23, other, S23, ctx("affine", DIMS, np.asarray(2.0), earlier={"W": earlier}, earlier_passed=True))
-    assert stale == [found("stale-state", "grad W", "was right in the first 1 call(s) and is wrong now: state from an earlier call is reused",
-                           "store what backward needs (x, y, masks) on every forward call", float("inf"))]
-    assert diagnose_gradient("W", E23, other, S23, ctx("affine", DIMS, np.asarray(2.0), earlier={"W": earlier})) == []
+STALE_HINT = "store what backward needs (x, y, masks) on every forward call"
+
+
+def _affine_steps():
+    """Two calls' values of an affine layer and this call's right dW."""
+    old = {"x": RNG.normal(size=(2, 3)), "W": RNG.normal(size=(3, 4)), "b": RNG.normal(size=4)}
+    now = {"x": RNG.normal(size=(2, 3)), "W": RNG.normal(size=(3, 4)), "b": RNG.normal(size=4)}
+    return old, now, RNG.normal(size=(2, 4))
+
+
+def _stale_ctx(now, cot, old, earlier_passed=True):
+    c = ctx("affine", {"N": 2, "D": 3, "H": 4}, cot, ref=now, earlier={"W": [old["x"].T @ cot]}, earlier_passed=earlier_passed)
+    c.earlier_ref = [old]
+    return c
+
+
+def test_stale_state_names_the_value_kept_from_an_earlier_call():
+    """AffineStaleInput: x cached on the first call only, so dW = x_old.T @ dout."""
+    old, now, cot = _affine_steps()
+    right, stale = now["x"].T @ cot, old["x"].T @ cot
+    got = diagnose_gradient("W", right, stale, np.abs(right) + 1, _stale_ctx(now, cot, old))
+    assert got == [found("stale-state", "grad W", "was right in the first 1 call(s) and is now the gradient with x from "
+                         "call 1: state from an earlier call is reused", STALE_HINT, Explains())]
+
+
+def test_stale_state_needs_the_earlier_calls_to_have_passed_and_a_value_that_explains_it():
+    old, now, cot = _affine_steps()
+    right, stale = now["x"].T @ cot, old["x"].T @ cot
+    assert diagnose_gradient("W", right, stale, np.abs(right) + 1, _stale_ctx(now, cot, old, earlier_passed=False)) == []
+    other = RNG.normal(size=(3, 4))  # wrong now, right before, and no earlier value explains it: nothing is claimed
+    assert diagnose_gradient("W", right, other, np.abs(right) + 1, _stale_ctx(now, cot, old)) == []
+
+
+def test_a_mask_applied_to_the_loss_only():
+    x = RNG.normal(size=(2, 3, 4))
+    y, mask = RNG.integers(0, 4, size=(2, 3)), np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    c = ctx("temporal_softmax_loss", {"N": 2, "T": 3, "V": 4}, np.asarray(1.5), ref={"x": x, "y": y, "mask": mask})
+    right = c.derivation.vjp(c.cot, **c.ref)["x"]
+    unmasked = c.derivation.vjp(c.cot, x=x, y=y, mask=np.ones_like(mask))["x"]
+    got = diagnose_gradient("x", right, unmasked, np.abs(right) + 1e-3, c)
+    assert got == [found("mask-ignored", "grad x", "is the gradient with every mask True: the positions mask leaves out "
+                         "still get a gradient", "multiply dx by the mask too, as the loss is", Explains())]
+    c.ref["mask"] = np.ones_like(mask)  # a mask that leaves nothing out: no such hypothesis to test
+    assert "mask-ignored" not in [g["kind"] for g in diagnose_gradient("x", right, unmasked * 0.5, np.abs(right), c)]
 
 
 def test_a_residual_is_the_candidates_error_over_the_tolerance():
@@ -350,9 +387,25 @@ def _case_swapped(ratio, dt):
     return "x", E23, G, S23, ctx("mul", {"N": 2, "D": 3}, np.asarray(2.0), dtype=dt, others={"y": (Ey, Sy)}), "swapped"
 
 
+def _case_stale(ratio, dt):
+    old, now, cot = _affine_steps()
+    right, S = now["x"].T @ cot, np.abs(now["x"].T @ cot) + 1
+    c = _stale_ctx(now, cot, old)
+    c.dtype = dt
+    return "W", right, _nudge(old["x"].T @ cot, S, dt, ratio), S, c, "stale-state"
+
+
+def _case_mask(ratio, dt):
+    x, y, mask = RNG.normal(size=(2, 3, 4)), RNG.integers(0, 4, size=(2, 3)), np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    c = ctx("temporal_softmax_loss", {"N": 2, "T": 3, "V": 4}, np.asarray(1.5), ref={"x": x, "y": y, "mask": mask}, dtype=dt)
+    right = c.derivation.vjp(c.cot, **c.ref)["x"]
+    S = np.abs(right) + 1e-3
+    return "x", right, _nudge(c.derivation.vjp(c.cot, x=x, y=y, mask=np.ones_like(mask))["x"], S, dt, ratio), S, c, "mask-ignored"
+
+
 CASES = [_case_transposed_shape, _case_missing_reduction, _case_wrong_axis, _case_extra_reduction, _case_permuted,
          _case_square_transposed, _case_sign, _case_factor, _case_upstream_scalar, _case_upstream_ones,
-         _case_input_for_output, _case_accumulates, _case_swapped]
+         _case_input_for_output, _case_accumulates, _case_swapped, _case_stale, _case_mask]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[6:] for c in CASES])

@@ -508,3 +508,30 @@ def temporal_affine_bias_per_step_backward(dout, cache):
     """BUG: db summed over the batch only, not over time: one bias gradient per step, shape (T, M)."""
     x, w = cache
     return dout @ w.T, np.einsum("ntd,ntm->dm", x, dout), dout.sum(axis=0)
+
+
+def temporal_softmax_loss_mask_forward_only(x, y, mask):
+    """BUG: the mask is applied to the loss but not to dx: steps that do not count still get a gradient."""
+    N, T, V = x.shape
+    flat, y_flat, mask_flat = x.reshape(N * T, V), y.reshape(N * T), mask.reshape(N * T)
+    p = _softmax(flat)
+    loss = -np.sum(mask_flat * np.log(p[np.arange(N * T), y_flat])) / N
+    dx = p.copy()
+    dx[np.arange(N * T), y_flat] -= 1
+    return loss, dx.reshape(N, T, V) / N
+
+
+class TimeSoftmaxWithLossPerSequence:
+    """BUG: the loss is a mean over the N * T steps, but dx is divided by N only."""
+
+    def forward(self, xs, ts):
+        N, T, V = xs.shape
+        self.ts, self.ys = ts, _softmax(xs)
+        picked = np.take_along_axis(self.ys, ts[..., None], axis=-1)
+        return -np.log(picked).sum() / (N * T)
+
+    def backward(self, dout=1):
+        N = self.ts.shape[0]
+        dx = self.ys.copy()
+        np.put_along_axis(dx, self.ts[..., None], np.take_along_axis(dx, self.ts[..., None], axis=-1) - 1, axis=-1)
+        return dx * dout / N

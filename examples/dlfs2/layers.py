@@ -224,3 +224,29 @@ class TimeAffine:
         self.grads[0][...] = self.x.reshape(N * T, D).T @ flat
         self.grads[1][...] = flat.sum(axis=0)
         return (flat @ W.T).reshape(N, T, D)
+
+
+class TimeSoftmaxWithLoss:
+    """Book 2's TimeSoftmaxWithLoss: SoftmaxWithLoss at every step, steps labelled ignore_label not counted."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.cache = None
+        self.ignore_label = -1
+
+    def forward(self, xs, ts):
+        N, T, V = xs.shape
+        mask = (ts != self.ignore_label).reshape(N * T)
+        ys = softmax(xs.reshape(N * T, V))
+        flat_ts = ts.reshape(N * T)
+        ls = np.log(ys[np.arange(N * T), flat_ts]) * mask
+        self.cache = (flat_ts, ys, mask, (N, T, V))
+        return -ls.sum() / mask.sum()
+
+    def backward(self, dout=1):
+        ts, ys, mask, (N, T, V) = self.cache
+        dx = ys.copy()
+        dx[np.arange(N * T), ts] -= 1
+        dx *= dout / mask.sum()
+        dx *= mask[:, np.newaxis]
+        return dx.reshape(N, T, V)

@@ -164,3 +164,16 @@ def temporal_affine_backward(dout, cache):
     N, T, D = x.shape
     flat = dout.reshape(N * T, -1)
     return (flat @ w.T).reshape(N, T, D), x.reshape(N * T, D).T @ flat, flat.sum(axis=0)
+
+
+def temporal_softmax_loss(x, y, mask):
+    """CS231n (assignment 3): softmax loss at every step where mask is True, summed over time, mean over the batch."""
+    N, T, V = x.shape
+    flat, y_flat, mask_flat = x.reshape(N * T, V), y.reshape(N * T), mask.reshape(N * T)
+    shifted = flat - flat.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -np.sum(mask_flat * log_probs[np.arange(N * T), y_flat]) / N
+    dx = np.exp(log_probs)
+    dx[np.arange(N * T), y_flat] -= 1
+    dx *= mask_flat[:, None] / N
+    return loss, dx.reshape(N, T, V)
