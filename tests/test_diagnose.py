@@ -224,6 +224,18 @@ def test_stale_state_names_the_value_kept_from_an_earlier_call():
                          "call 1: state from an earlier call is reused", STALE_HINT, Explains())]
 
 
+def test_stale_state_with_every_value_from_an_earlier_call():
+    """Div's dy = -dout x / y^2 reads x and y: a layer that kept both from call 2 of 3 (the latest before this one)."""
+    calls = [{"x": RNG.normal(size=(2, 3)), "y": RNG.uniform(0.5, 2.0, size=(2, 3))} for _ in range(3)]
+    cot = RNG.normal(size=(2, 3))
+    right, stale = -cot * calls[2]["x"] / calls[2]["y"] ** 2, -cot * calls[1]["x"] / calls[1]["y"] ** 2
+    c = ctx("div", {"N": 2, "D": 3}, cot, ref=calls[2], earlier={"y": [right, right]}, earlier_passed=True)
+    c.earlier_ref = calls[:2]
+    got = diagnose_gradient("y", right, stale, np.abs(right) + 1, c)
+    assert got == [found("stale-state", "grad y", "was right in the first 2 call(s) and is now the gradient with every "
+                         "value from call 2: state from an earlier call is reused", STALE_HINT, Explains())]
+
+
 def test_stale_state_needs_the_earlier_calls_to_have_passed_and_a_value_that_explains_it():
     old, now, cot = _affine_steps()
     right, stale = now["x"].T @ cot, old["x"].T @ cot
