@@ -1,6 +1,6 @@
 """derivcheck against a finite-difference checker, on the bundled examples.
 
-    python bench/fd_vs_derivcheck.py            # about a minute
+    python bench/fd_vs_derivcheck.py            # about a minute; --dtype float64 for one dtype
 
 The finite-difference checker is torch.autograd.gradcheck's algorithm written
 in NumPy: central differences with eps = 1e-6, compared with the layer's own
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from derivcheck.adapters import LayerError, make_adapter  # noqa: E402
-from derivcheck.config import load_config  # noqa: E402
+from derivcheck.config import DTYPES, load_config  # noqa: E402
 from derivcheck.adapters import model_convention  # noqa: E402
 from derivcheck.rules import rule_for, variants_for  # noqa: E402
 from derivcheck.verify import Verifier  # noqa: E402
@@ -84,11 +84,17 @@ def gradcheck(binding, rule, trials=3) -> bool:
 
 
 def main() -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtype", choices=DTYPES, action="append", help="only this dtype (repeatable; default: both)")
+    dtypes = ap.parse_args().dtype or list(DTYPES)
     config = load_config(ROOT / "examples" / "derivcheck.toml")
     bindings = [b for b in config.bindings if not model_convention(b.target)]  # one layer at a time (not networks)
     for b in list(bindings):  # broken layers in the other dtype too, unless the bug is the dtype itself
         if b.expect == "fail" and b.dtype == "float64" and b.target.rpartition(":")[2] not in BELOW_FLOAT32:
             bindings.append(dataclasses.replace(b, dtype="float32", id=b.id.replace("float64", "float32")))
+    bindings = [b for b in bindings if b.dtype in dtypes]
     rows, times = [], {"derivcheck": 0.0, "finite differences": 0.0}
     for b in bindings:
         rule = rule_for(b.rule, b.target)  # a binding without a rule: guessed, as the gate does
@@ -111,7 +117,7 @@ def main() -> int:
         print(f"{b.id:<58} {b.dtype:<8} {'yes' if broken else 'no':<7} {say(dc):<11} {say(fd)}")
     print()
     print(f"{'':<8} | {'derivcheck (--strict)':<42} | finite differences (gradcheck: eps={EPS:g}, float32 {STEPS['float32']:.2g}, atol={ATOL:g}, rtol={RTOL:g})")
-    for dtype in ("float64", "float32"):
+    for dtype in dtypes:
         sel = [r for r in rows if r[0].dtype == dtype]
         broken = [r for r in sel if r[0].expect == "fail"]
         good = [r for r in sel if r[0].expect == "pass"]

@@ -8,9 +8,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "fd_vs_derivcheck.py"
 
 
 def test_bench_runs_and_derivcheck_catches_all_without_false_alarms():
-    out = subprocess.run([sys.executable, str(BENCH)], capture_output=True, text=True, check=True, timeout=600).stdout
+    """In float64 (half the bench's time): float32 is covered layer by layer in test_verify and by the gate test."""
+    out = subprocess.run([sys.executable, str(BENCH), "--dtype", "float64"], capture_output=True, text=True, check=True,
+                         timeout=600).stdout
     summary = [line.split(" | ") for line in out.splitlines() if line.startswith(("float64 ", "float32 "))]
-    assert len(summary) == 2
+    assert [s[0].strip() for s in summary] == ["float64"]
     for dtype, derivcheck_column, fd_column in summary:
         m = re.search(r"caught (\d+)/(\d+), missed 0, false alarms 0/(\d+)", derivcheck_column)
         assert m and m.group(1) == m.group(2) and int(m.group(3)) > 0, (dtype, derivcheck_column)
