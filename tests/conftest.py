@@ -1,6 +1,9 @@
 import contextlib
 import fcntl
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,32 @@ def _private_cache(tmp_path_factory):
     mp.delenv("DERIVCHECK_RULES", raising=False)
     yield
     mp.undo()
+
+
+DEZERO_ENV = "dezero-env"  # the shared folder of the real dezero package's environment
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _dezero_env_in_background(request, tmp_path_factory):
+    """Start building the dezero environment as the run begins, if a dezero test was collected.
+
+    Building is mostly pip waiting on downloads; started here, it overlaps the tests
+    before the first dezero test instead of stalling the worker that reaches it.
+    Every worker starts one; all but the first find it built (dezero_env.py holds the lock).
+    """
+    wanted = any(item.path.name == "test_dezero_package.py" for item in request.session.items)
+    if not wanted or os.environ.get("DERIVCHECK_SKIP_DEZERO") == "1":
+        yield
+        return
+    folder = shared_dir(tmp_path_factory, DEZERO_ENV)
+    log = open(folder / f"build-{os.getpid()}.log", "w")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("dezero_env.py")), str(folder)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    yield
+    if proc.poll() is None:  # the run ended first (interrupted, or -x): leave no pip behind
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+    log.close()
 
 
 pytest_plugins = ["pytester"]

@@ -1,8 +1,8 @@
 """The real dezero package (PyPI), verified through the dezero adapter.
 
 dezero needs numpy<1.24 (and matplotlib at import), so it gets a virtual
-environment of its own, built once per test run and shared by the xdist
-workers (about 30 s). Set
+environment of its own, built once per test run in the background and shared
+by the xdist workers (tests/dezero_env.py). Set
 DERIVCHECK_SKIP_DEZERO=1 to skip it on a machine without PyPI.
 """
 import json
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_lock, shared_dir
+from conftest import DEZERO_ENV, shared_dir
+from dezero_env import build as dezero_env_build
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,21 +27,12 @@ pytestmark = [
 
 @pytest.fixture(scope="session")
 def dezero_env(tmp_path_factory):
-    """Built once per run: the first worker to need it builds it, the others wait and reuse it.
+    """Built once per run (see dezero_env.py): usually already under way in the background.
 
     (The xdist_group mark alone no longer keeps these tests on one worker: with pytest 9.2,
     xdist's loadgroup does not group, pytest-dev/pytest-xdist#1386.)
     """
-    folder = shared_dir(tmp_path_factory, "dezero-env")
-    venv = folder / "venv"
-    with run_lock(folder):
-        if not (folder / "ready").exists():
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-            subprocess.run(pip + ["numpy<1.24", "dezero", "matplotlib"], check=True)
-            subprocess.run(pip + ["-e", str(ROOT)], check=True)
-            (folder / "ready").touch()
-    return venv
+    return dezero_env_build(shared_dir(tmp_path_factory, DEZERO_ENV))
 
 
 def derivcheck(venv, *args, cwd=None):
