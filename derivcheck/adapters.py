@@ -148,12 +148,18 @@ LOSS_ATTRS = ("lastLayer", "last_layer", "loss_layer", "lossLayer")  # where a m
 # Telling a model (a network) from a layer, without running it
 
 
+KNOWN_NETWORKS = ("a book-1 model has layers, loss() and gradient(); a book-2 model has layers, a loss_layer, forward() "
+                  "and backward(); a DeZero model subclasses Model; a CS231n model has a params dict and loss(X, y) "
+                  "returning (loss, grads)")
+
+
 def model_shape(methods: set, attrs: set, bases: set = frozenset()) -> str | None:
     """The convention of a class with these methods, ``self.`` attributes and base class names, or None for a layer."""
     if "Model" in bases and "forward" in methods:  # DeZero: class Net(Model), layers as attributes
         return "dezero"
     if "layers" not in attrs:
-        return None
+        # CS231n: a params dict and loss(X, y) -> (loss, grads), made of layer functions
+        return "functional" if "loss" in methods and "params" in attrs and "gradient" not in methods else None
     if "gradient" in methods and "loss" in methods:
         return "dlfs1"
     if "forward" in methods and "backward" in methods and attrs & set(LOSS_ATTRS):
@@ -164,7 +170,7 @@ def model_shape(methods: set, attrs: set, bases: set = frozenset()) -> str | Non
 
 
 def model_convention(spec: str) -> str | None:
-    """'dlfs1', 'dlfs2', 'predict' (forward only) or 'dezero' when ``file.py:Name`` (or ``module:Name``) is a model class, read with ``ast``.
+    """'dlfs1', 'dlfs2', 'predict' (forward only), 'dezero' or 'functional' (CS231n) when ``file.py:Name`` (or ``module:Name``) is a model class, read with ``ast``.
 
     No user code runs: the parent process decides from the source whether a
     target is a layer or a network; the worker then checks it.

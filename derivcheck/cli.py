@@ -244,7 +244,7 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
 @click.pass_obj
 def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, model, fmt):
     """Show how RULE's derivatives come about: graph, Jacobian, closed forms (or a network's, with --model)."""
-    from .adapters import check_target, load_target, model_convention
+    from .adapters import KNOWN_NETWORKS, check_target, load_target, model_convention
     from .explanation import explain, explain_layer, explain_model
     from .rules import rule_for
 
@@ -253,8 +253,7 @@ def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, model, fmt):
             raise DerivcheckError("--model takes no rule, --layer, --shape, --hyper or --format (its text is the chain of its layers)")
         check_target(model)
         if not model_convention(model):
-            raise DerivcheckError(f"{model} is not a network derivcheck knows: a book-1 model has layers, loss() and "
-                                  f"gradient(); a book-2 model has layers, a loss_layer, forward() and backward()")
+            raise DerivcheckError(f"{model} is not a network derivcheck knows: {KNOWN_NETWORKS}")
         click.echo(explain_model(model, obj.rule_dirs, obj.config.raw.get("timeout")))
         return
     name = rule_name or rule_opt

@@ -563,6 +563,7 @@ def explain_model(target: str, rule_dirs=(), timeout=None) -> str:
     layers; each layer's closed forms are its rule's, checked as ``explain`` checks them.
     """
     from .isolate import verify_isolated
+    from .network import REGULARIZATION_NOTE
     from .rules import load_rule
 
     rep = verify_isolated(target, None, timeout=timeout, trials=1, steps=1, rule_dirs=[str(d) for d in rule_dirs])
@@ -586,6 +587,7 @@ def explain_model(target: str, rule_dirs=(), timeout=None) -> str:
         rule = rules[l["rule"]] = load_rule(l["rule"], rule_dirs)
         stmts = [ln.strip() for ln in rule.formula.text.strip().splitlines() if ln.strip()]
         lines.append(f"  {label(l):<{width}}  " + "; ".join(stmts[:-1] + [f"out = {stmts[-1]}"]))
+    lines += [f"  {note}" for note in rep.notes if note.startswith(REGULARIZATION_NOTE)]  # a CS231n model's L2 term
     lines += ["", "backward, from dout = 1 at the loss to x (each layer's dout is the dx of the layer after it):"]
     backward = {}  # rule name -> its closed forms, checked once however many layers use it (Affine1, Affine2)
     for l in reversed(rep.layers):

@@ -37,16 +37,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import reference
-from .adapters import (LOSS_ATTRS, Binding, LayerError, bind, call_user, dezero_grad, dlfs1_gradient, load_target,
+from . import calls, reference
+from .adapters import (KNOWN_NETWORKS, LOSS_ATTRS, Binding, LayerError, bind, call_user, dezero_grad, dlfs1_gradient, load_target,
                        model_shape, norm_name, stage)
-from .checks import Check, compare
+from .checks import KAPPA, Check, compare, unit_roundoff
 from .diagnose import Context, diagnose_forward, diagnose_gradient
 from .errors import DerivcheckError
 from .rules import rule_for
 from .verify import DTYPES, Report, judged_dtype
 
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
+# a CS231n model's regularization strength (its constructor's reg), set by hand: any value far from 0 makes
+# the term's gradient, 2c·reg·W, stand far above rounding, so a missing or wrong term is seen
+REG = 0.1
+REGULARIZATION_NOTE = "regularization in "  # how the report's note on a CS231n model's L2 term begins
 
 
 # ---------------------------------------------------------------------------
@@ -65,10 +69,12 @@ class Link:
     binding: Binding | None = None
     slots: dict = field(default_factory=dict)  # rule input -> attribute name (dlfs1) or params index (dlfs2)
     calls: list = field(default_factory=list)  # recorded calls of this trial
+    fn_call: object = None  # functional: the recorded forward (or loss) call (calls.FnCall)
+    grad_at: list = field(default_factory=list)  # functional: where each input's gradient came from ("affine_backward#2[1]")
 
     @property
     def kind(self) -> str:
-        return type(self.layer).__name__
+        return self.layer.__name__ if self.style == "functional" else type(self.layer).__name__
 
     def label(self) -> str:
         return self.name if self.name == self.kind or self.kind in self.name else f"{self.name} ({self.kind})"
@@ -243,8 +249,7 @@ class NetworkVerifier:
         if self.style == "predict":
             self.forward_only = f"{self.name} has layers and predict() and no loss: each layer's forward is checked"
         if self.style is None:
-            raise DerivcheckError(f"{self.name} is not a network derivcheck knows: a book-1 model has layers, loss() and "
-                                  f"gradient(); a book-2 model has layers, a loss_layer, forward() and backward()")
+            raise DerivcheckError(f"{self.name} is not a network derivcheck knows: {KNOWN_NETWORKS}")
         self.sizes = size_params(self.cls)
         self.shape = {}
         for k, v in (shape or {}).items():
@@ -261,7 +266,12 @@ class NetworkVerifier:
     # -- one trial ------------------------------------------------------------
     def build(self, sizes: dict, trial_seed: int):
         np.random.seed(trial_seed % 2**32)  # the model's own initialisation (np.random.randn) follows the seed
-        args = {n: sizes[n] for n in self.sizes}
+        args = {n: [sizes[n]] * 2 if n.endswith("_dims") else sizes[n] for n in self.sizes}  # hidden_dims: two layers
+        ctor = inspect.signature(self.cls.__init__).parameters
+        if self.style == "functional" and "reg" in ctor:
+            args["reg"] = REG
+        if "dtype" in ctor:  # CS231n's FullyConnectedNet(dtype=np.float32) casts its params
+            args["dtype"] = self.dtype
         return call_user(self.cls, list(args.items()), f"{self.name}({', '.join(f'{k}={v}' for k, v in args.items())})")
 
     def model_params(self, model) -> list[tuple[str, np.ndarray]]:
@@ -328,6 +338,8 @@ class NetworkVerifier:
             return self.run_forward_trial(model, sizes, trial_seed, rep, ctx)
         if self.style == "dezero":
             return self.run_dezero_trial(model, sizes, trial_seed, rep, ctx)
+        if self.style == "functional":
+            return self.run_functional_trial(model, sizes, trial_seed, rep, ctx)
         links, loss = discover(model, self.style, self.rule_dirs)
         if loss is None:
             raise DerivcheckError(f"{self.name} has no loss layer ({', '.join(LOSS_ATTRS)})")
@@ -477,6 +489,276 @@ class NetworkVerifier:
         if spoiled or not any(c.name == "wiring" for c in checks):  # else _one_wiring_check fails it
             checks.append(_network_gradients(spoiled, "node by node", ctx))
         return _one_wiring_check(checks, ctx)
+
+    # -- CS231n: loss(X, y) -> (loss, grads), made of layer functions ------------
+    def run_functional_trial(self, model, sizes, trial_seed, rep, ctx) -> tuple[list[Check], list[str]]:
+        """A CS231n model: its loss(X, y) is run with every layer function it reaches recorded (calls.py).
+
+        Each forward/backward pair (and the loss function) is checked against its rule on what
+        flowed through it; the wiring is that each layer's data input is X or an earlier layer's
+        output, its dout the sum of the dx's of the layers using its output, the loss the data
+        loss plus a regularization term, and grads[k] the sum of the layers' gradients of
+        params[k] plus that term's gradient.
+        """
+        rng = np.random.default_rng([trial_seed, 11])
+        params = self.model_params(model)
+        width = next((int(a.shape[0]) for _, a in params if a.ndim >= 2), None)
+        if width is None:
+            raise DerivcheckError(f"{self.name}.params has no weight matrix, so the width of X cannot be told")
+        classes = sizes.get(self.sizes[-1], 2) if self.sizes else 2
+        checks, chain = [], []
+        for step in range(self.steps):
+            sctx = dict(ctx, step=step)
+            _fresh_values([a for _, a in params], rng)
+            x = rng.normal(size=(sizes["N"], width)).astype(self.dtype)
+            t = rng.integers(0, classes, size=sizes["N"])
+            try:
+                with calls.Recorder(self.module) as rec:
+                    result = call_user(model.loss, [(None, x), (None, t)], f"{self.name}.loss")
+            except LayerError as exc:
+                checks.append(Check("model raised", False, message=str(exc), **sctx))
+                return checks, chain
+            if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
+                raise DerivcheckError(f"{self.name}.loss(X, y) returned a {type(result).__name__}, not (loss, grads): a "
+                                      f"CS231n model returns the loss and a dict of gradients keyed as its params")
+            calls.pair(rec.calls)
+            links = self.functional_links(rec.calls)
+            if not any(link.rule and link.fn_call.role == "loss" for link in links):
+                raise DerivcheckError(
+                    f"{self.name}.loss called no loss function with a rule (softmax_loss(x, y), svm_loss(x, y)), so the "
+                    f"model's gradient cannot be composed from rules; it called "
+                    f"{', '.join(dict.fromkeys(c.name for c in rec.calls)) or 'no layer function at all (an inline network?)'}")
+            if step == 0:
+                self.last_links = links
+                chain = [f"{l.label()}: {l.rule.name if l.rule else 'no rule'}" for l in links]
+                checks += [Check(f"{l.label()}: no rule", False, message=f"{l.label()} cannot be checked: {l.why}", **ctx)
+                           for l in links if l.rule is None]
+            checks += _one_wiring_check(self.judge_functional(links, params, x, result, model, sctx, rep), sctx)
+        return checks, chain
+
+    def functional_links(self, recorded) -> list[Link]:
+        """The layers of one run: each top-level forward or loss call with a rule; one without a rule is
+        looked into (affine_relu_forward is affine_forward then relu_forward), or is a link with no rule."""
+        links = []
+
+        def visit(c):
+            link = Link(c.label, c.fn, "functional", fn_call=c)
+            try:
+                link.rule = rule_for(None, f"{c.name}:{c.name}", self.rule_dirs, how="name it after a rule")
+                link.binding = bind(link.rule, None, c.fn, c.name, call_takes_all_inputs=True)
+            except DerivcheckError as exc:
+                inner = [ch for ch in c.children if ch.role in ("forward", "loss")]
+                if inner:
+                    for ch in inner:
+                        visit(ch)
+                    return
+                link.rule, link.why = None, str(exc)  # a boundary: NAME_forward(x, ...) and NAME_backward(dout, cache) -> dx
+            if c.role == "loss":  # (loss, dx): the gradient for an upstream gradient of 1
+                out = c.out if isinstance(c.out, tuple) and len(c.out) == 2 else (c.out, None)
+                grads = out[1] if isinstance(out[1], tuple) else (out[1],)
+                link.calls = [Call("forward", c.args, out=out[0]), Call("backward", (1.0,), out=grads)]
+                link.grad_at = [f"{c.label}[1]" + (f"[{i}]" if len(grads) > 1 else "") for i in range(len(grads))]
+            else:
+                out = c.out[0] if isinstance(c.out, tuple) and len(c.out) == 2 else c.out
+                link.calls = [Call("forward", c.args, out=out)]
+                if c.pair is not None:
+                    link.calls.append(Call("backward", c.pair.args[:1], out=c.pair.out))
+                    n = len(c.pair.out) if isinstance(c.pair.out, tuple) else 1
+                    link.grad_at = [f"{c.pair.label}" + (f"[{i}]" if n > 1 else "") for i in range(n)]
+            links.append(link)
+
+        for c in recorded:
+            if c.parent is None and c.role in ("forward", "loss"):
+                visit(c)
+        return links
+
+    def judge_functional(self, links, params, x, result, model, ctx, rep) -> list[Check]:
+        checks, spoiled = [], {}
+        model_loss, model_grads = result
+        pnames = [n for n, _ in params]
+        owner = {}  # (link name, rule input) -> params name
+        produced = []  # (link, output): what each layer handed on, in forward order
+        inputs_of = {}  # link name -> {rule input: (producer link or None for X)}
+        ruled = [l for l in links if l.rule is not None]
+        for link in links:
+            c = link.fn_call
+            names = [n for _, _, n in link.binding.call] if link.rule else ["x"] + [f"arg{i}" for i in range(1, len(c.raw))]
+            args = dict(zip(names, c.raw))
+            inputs_of[link.name] = {}
+            for n in _data_inputs(link) if link.rule is None else link.rule.inputs:
+                raw = args.get(n)
+                pname = next((pn for pn, p in params if raw is p), None) or \
+                    next((pn for pn, p in params if _same(p, raw)), None)  # a copy computes with the same values
+                if pname is not None:
+                    owner[(link.name, n)] = pname
+                    continue
+                if _same(raw, x):
+                    inputs_of[link.name][n] = None
+                    continue
+                src = next((l for l, out in reversed(produced) if _same(out, raw)), None)
+                if src is None:
+                    checks.append(self.wiring(f"{link.label()}'s {n} is neither X, nor an earlier layer's output, nor one "
+                                              f"of {self.name}.params", ctx, spoil=spoiled, params=pnames,
+                                              why=f"{link.name}'s {n}"))
+                    continue
+                inputs_of[link.name][n] = src
+            produced.append((link, link.calls[0].out))
+            if link.rule is None:  # its gradients cannot be checked: what flows back through it is taken as it is
+                for (ln, _), p in owner.items():
+                    if ln == link.name:
+                        spoiled.setdefault(p, f"{link.name} has no rule")
+        for pname in pnames:
+            if pname not in owner.values():
+                spoiled[pname] = "no layer computes with it"
+        loss = [l for l in ruled if l.fn_call.role == "loss"][-1]
+        upstream = {}  # link name -> params whose gradient flows through its dx
+        for link in links:
+            mine = {p for (ln, _), p in owner.items() if ln == link.name}
+            for src in inputs_of[link.name].values():
+                if src is not None:
+                    mine |= upstream.get(src.name, set()) | {p for (ln, _), p in owner.items() if ln == src.name}
+            upstream[link.name] = mine
+        # backward: each layer back-propagated once, with the dx's of the layers that used its output
+        for link in links:
+            if link is loss or link.fn_call.role == "loss":
+                continue
+            c = link.fn_call
+            users = [(l, n) for l in links for n, src in inputs_of[l.name].items() if src is link]
+            mine = sorted(upstream[link.name] | {p for (ln, _), p in owner.items() if ln == link.name}, key=pnames.index)
+            if not users:
+                checks.append(self.wiring(f"{link.label()}'s output is used by no layer", ctx, spoil=spoiled, params=mine,
+                                          why=f"{link.name}'s output unused"))
+                continue
+            if c.pair is None:
+                checks.append(self.wiring(f"{link.label()} is never back-propagated: no {c.stem}_backward was given its "
+                                          f"cache", ctx, spoil=spoiled, params=mine, why=f"{link.name} not back-propagated"))
+                continue
+            if c.pair.paired_by == "order":
+                note = (f"{c.pair.label} was given something other than the cache {c.label} returned; it is taken as "
+                        f"{c.label}'s backward, by order")
+                if note not in rep.notes:
+                    rep.notes.append(note)
+            parts = []
+            for user, n in users:
+                i = _data_inputs(user).index(n)
+                g = user.calls[1].out if len(user.calls) > 1 else None
+                g = g if isinstance(g, tuple) else (g,)
+                parts.append(g[i] if i < len(g) else None)
+            dout = link.calls[1].args[0] if link.calls[1].args else None
+            if any(p is None for p in parts) or dout is None:
+                continue  # the user's check reports the missing gradient
+            want = np.sum([np.asarray(p, dtype=np.float64) for p in parts], axis=0)
+            ok = _same(dout, parts[0]) if len(parts) == 1 else compare(
+                "dout", want, dout, np.sum([np.abs(np.asarray(p, dtype=np.float64)) for p in parts], axis=0),
+                judged_dtype(dout, self.dtype)).passed
+            if not ok:
+                was = " + ".join(f"{user.name}'s d{n}" for user, n in users)
+                checks.append(self.wiring(f"{c.pair.label}'s dout is not {was}", ctx, spoil=spoiled, params=mine,
+                                          why=f"{link.name}'s dout"))
+        # each layer on what flowed through it
+        for link in ruled:
+            if len(link.calls) < 2:
+                continue
+            bad = self.check_link(link, ctx, checks, rep)
+            if bad == "forward":
+                mine = pnames
+            else:
+                mine = [p for n in bad for (ln, m), p in owner.items() if ln == link.name and m == n]
+                if any((link.name, n) not in owner for n in bad):  # a wrong dx spoils everything upstream
+                    mine += sorted(upstream[link.name], key=pnames.index)
+            for p in mine:
+                spoiled.setdefault(p, f"{link.name}'s {'forward' if bad == 'forward' else 'backward'}")
+        checks += self.regularized(links, loss, params, owner, model_loss, model_grads, model, ctx, spoiled, rep)
+        checks.append(_network_gradients(spoiled, "link by link", ctx))
+        return checks
+
+    def regularized(self, links, loss, params, owner, model_loss, model_grads, model, ctx, spoiled, rep) -> list[Check]:
+        """The model's loss is the data loss plus c·reg·Σ p² over some params, and grads[k] the sum of the
+        layers' gradients of params[k] plus 2c·reg·params[k]; the term's form is read off the loss's value."""
+        reg = float(getattr(model, "reg", 0.0) or 0.0)
+        data_loss = float(np.asarray(loss.calls[0].out, dtype=np.float64))
+        try:
+            total = float(np.asarray(model_loss, dtype=np.float64))
+        except (TypeError, ValueError):
+            return [self.wiring(f"the loss {self.name}.loss returned is a {type(model_loss).__name__}, not a number", ctx)]
+        names = [n for n, _ in params]
+        weights = [n for n, p in params if p.ndim >= 2]
+        squares = {n: float(np.sum(np.asarray(p, dtype=np.float64) ** 2)) for n, p in params}
+        # the rounding of the model's own sums: each of its n squares and the two additions (a first-order bound)
+        u = unit_roundoff(self.dtype)
+        slack = KAPPA * u * (abs(total) + abs(data_loss) + reg * sum(squares.values()) * max(p.size for _, p in params))
+        forms = [(0.0, [])] + ([(c, which) for c in (0.5, 1.0) for which in (weights, names)] if reg else [])
+        extra = total - data_loss
+        form = next(((c, which) for c, which in forms if abs(extra - c * reg * sum(squares[n] for n in which)) <= slack), None)
+        if form is None:
+            return [self.wiring(
+                f"{self.name}'s loss is {loss.name}'s data loss plus {extra:.6g}, which is no L2 term c·reg·Σ W² (c = ½ or 1, "
+                f"reg = {reg:g}, over the weights or all params)", ctx, spoil=spoiled, params=names,
+                why="the loss's regularization", kind="regularization",
+                hint="loss += 0.5 * self.reg * np.sum(W * W) for each weight W, and grads[W] += self.reg * W")]
+        c, which = form
+        said = f"{'½·' if c == 0.5 else ''}reg·Σ p² over {', '.join(which)} (reg = {reg:g})" if which else "none"
+        note = f"{REGULARIZATION_NOTE}{self.name}'s loss: {said}, read from its value; the gradients are checked with it"
+        if note not in rep.notes:
+            rep.notes.append(note)
+        by_link = {l.name: l for l in links}
+        expected = {}  # params name -> (the sum of its layers' gradients, the regularization's gradient, scale)
+        for pname, p in params:
+            parts = []
+            for (lname, n), owned in owner.items():
+                link = by_link[lname]
+                if owned != pname or len(link.calls) < 2 or link.rule is None:  # no rule: spoiled, not judged
+                    continue
+                i = _data_inputs(link).index(n)
+                g = link.calls[1].out if isinstance(link.calls[1].out, tuple) else (link.calls[1].out,)
+                if i < len(g) and g[i] is not None and np.shape(g[i]) == p.shape:
+                    parts.append(np.asarray(g[i], dtype=np.float64))
+            if parts:  # else no layer computes with it (spoiled above), or its layer's check reports the gradient
+                term = 2 * c * reg * np.asarray(p, dtype=np.float64) if pname in which else np.zeros(p.shape)
+                expected[pname] = (np.sum(parts, axis=0), term, np.sum(np.abs(parts), axis=0) + np.abs(term))
+        checks = []
+        for pname, (chained, term, scale) in expected.items():
+            key = pname[len("params['"):-2]
+            got = model_grads.get(key)
+            if got is None:
+                checks.append(self.wiring(f"grads has no '{key}' (the gradient of {pname})", ctx, spoil=spoiled,
+                                          params=[pname], why=f"grads['{key}'] missing"))
+                continue
+            if compare(key, chained + term, got, scale, judged_dtype(got, self.dtype)).passed:
+                continue
+            other = next((o for o, (ch, te, sc) in expected.items() if o != pname and np.shape(got) == ch.shape
+                          and compare(key, ch + te, got, sc, judged_dtype(got, self.dtype)).passed), None)
+            p = dict(params)[pname]
+            if other is not None:
+                checks.append(self.wiring(f"grads['{key}'] is the gradient of {other}, not of {pname}", ctx, spoil=spoiled,
+                                          params=[pname], why=f"grads['{key}']"))
+            elif np.shape(got) != p.shape:
+                checks.append(self.wiring(f"grads['{key}'] has shape {np.shape(got)}, {pname} has {p.shape}", ctx,
+                                          spoil=spoiled, params=[pname], why=f"grads['{key}']"))
+            else:
+                checks.append(self.grads_wiring(key, pname, np.asarray(got, dtype=np.float64), chained, c, reg, p, which,
+                                                ctx, spoiled))
+        return checks
+
+    def grads_wiring(self, key, pname, got, chained, c, reg, p, which, ctx, spoiled) -> Check:
+        """Why grads[key] is wrong: the regularization's gradient missing, another multiple of reg·p, or neither."""
+        why, hint = f"grads['{key}']", "grads[W] += self.reg * W for a loss with 0.5 * self.reg * np.sum(W * W)"
+        term = f"{'½·' if c == 0.5 else ''}reg·Σ {key}²"
+        rp = reg * np.asarray(p, dtype=np.float64)
+        k = float(np.sum((got - chained) * rp) / np.sum(rp * rp)) if reg and np.any(rp) else 0.0
+        fits = bool(reg) and np.allclose(got, chained + k * rp, rtol=1e-6, atol=1e-9 * (float(np.max(np.abs(chained))) + 1))
+        if fits and pname in which and abs(k) < 1e-6:
+            return self.wiring(f"grads['{key}'] lacks the regularization's gradient {_times(2 * c)}reg·{key}, which the "
+                               f"loss's {term} has", ctx, spoil=spoiled, params=[pname], why=why, kind="regularization",
+                               hint=hint)
+        if fits:
+            has = term if pname in which else f"no term in {key}"
+            return self.wiring(f"grads['{key}'] has {_times(k)}reg·{key} added; the loss has {has}, whose gradient is "
+                               f"{_times(2 * c) if pname in which else '0·'}reg·{key}", ctx, spoil=spoiled, params=[pname],
+                               why=why, kind="regularization", hint=hint)
+        return self.wiring(f"grads['{key}'] is not the sum of its layers' gradients of {pname}"
+                           + (" plus the regularization's" if pname in which else ""), ctx, spoil=spoiled, params=[pname],
+                           why=why)
 
     def shared_instance(self, order, ctx) -> Check | None:
         """One layer object in two places of the list: a wiring mistake that makes every other check moot."""
@@ -642,6 +924,10 @@ class NetworkVerifier:
             return "forward"
         if b is None:
             cot, pairs = np.ones(np.shape(f.out)), [("forward", f.out)]
+        elif link.style == "functional":  # NAME_backward(dout, cache) returns one gradient per input, in order
+            cot = np.asarray(b.args[0], dtype=np.float64)
+            parts = b.out if isinstance(b.out, tuple) else (b.out,)
+            pairs = [("forward", f.out)] + [(n, parts[i] if i < len(parts) else None) for i, n in enumerate(data)]
         elif link.style == "dezero":  # backward(gy) returns one gradient per input, in the inputs' order
             pos = {n: i for i, (_, n) in enumerate(link.node_inputs)}
             cot = np.asarray(b.args[0], dtype=np.float64)
@@ -650,8 +936,9 @@ class NetworkVerifier:
             cot = np.asarray(b.args[0] if b.args else 1.0, dtype=np.float64)
             pairs = [("forward", f.out)] + [(n, b.out if len(data) == 1 else None) for n in data] + \
                 [(n, b.grads.get(n)) for n in link.slots]
-        where = {"forward": f"{link.name}.forward",
-                 **{n: f"{link.kind}.backward(gy)[{i}] ({link.name})" if link.style == "dezero" else f"{link.name}.backward(dout)"
+        where = {"forward": f"{link.name}.forward" if link.style != "functional" else f"{link.name}[0]",
+                 **{n: f"{link.kind}.backward(gy)[{i}] ({link.name})" if link.style == "dezero"
+                    else link.grad_at[i] if link.style == "functional" else f"{link.name}.backward(dout)"
                     for i, n in enumerate(data)},
                  **{n: link.grad_where(n) for n in link.slots}}
         candidates = [hyper] + rule.alternatives({})
@@ -731,6 +1018,18 @@ class NetworkVerifier:
                     params=[pname], why=f"grads[{i}] rebound", kind="rebinds-grads",
                     hint=f"write into the slot: grads[{link.slots[n]}][...] = d{n} (the model holds the list it got at construction)"))
         return checks
+
+
+def _data_inputs(link) -> list[str]:
+    """The inputs a functional link's backward returns gradients for, in order (a rule-less one: its x)."""
+    if link.rule is None:
+        return ["x"]
+    return [n for _, kind, n in link.binding.call if kind == "input"]
+
+
+def _times(k: float) -> str:
+    """'' for a coefficient of 1, '2·' for 2, '0.37·' for 0.37 (as in 2·reg·W)."""
+    return "" if abs(k - 1) < 1e-9 else f"{k:.3g}·"
 
 
 def _forwards(link) -> int:

@@ -18,7 +18,8 @@ The JSON schema (``derivcheck verify --format json``)::
                      "evidence": {"residual_over_tol": 0.0}}],
       # kinds: transposed, sign-flipped, constant-factor, missing-reduction, wrong-axis,
       # extra-reduction, upstream-ignored, input-instead-of-output, accumulates, stale-state,
-      # shape, forward-wrong, numerical-stability, rebinds-grads, wiring (a network's connections)
+      # shape, forward-wrong, numerical-stability, rebinds-grads, swapped, mask-ignored,
+      # wiring (a network's connections), regularization (a CS231n model's L2 term in its loss or grads)
       # residual_over_tol: the corrected candidate's worst error over the check's tolerance
       # (<= 1: it explains every element); inf for kinds found by elimination or by shape,
       # which have no corrected candidate (stale-state, shape, rebinds-grads); for

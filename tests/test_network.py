@@ -23,7 +23,8 @@ def failing(data):
     return sorted(c["name"] for c in data["checks"] if not c["passed"])
 
 
-@pytest.mark.parametrize("target", ["dlfs1_net.py:TwoLayerNet", "dlfs2_net.py:TwoLayerNet", "dezero_net.py:TwoLayerNet"])
+@pytest.mark.parametrize("target", ["dlfs1_net.py:TwoLayerNet", "dlfs2_net.py:TwoLayerNet", "dezero_net.py:TwoLayerNet",
+                                    "cs231n_net.py:TwoLayerNet", "cs231n_net.py:FullyConnectedNet"])
 def test_the_example_networks_verify_layer_by_layer(target):
     result, data = verify(NETWORKS / target, "--trials", "3")
     assert result.exit_code == 0, result.output[-2000:]
@@ -282,3 +283,154 @@ def test_a_dezero_parameter_the_forward_never_uses_is_a_wiring_mistake(tmp_path)
     assert result.exit_code == 1
     wiring = next(c for c in data["checks"] if c["name"] == "wiring")
     assert "parameter l3.W is not used by the model's forward: its gradient is None" in wiring["message"]
+
+
+# ---------------------------------------------------------------------------
+# CS231n: loss(X, y) -> (loss, grads), made of layer functions
+
+CS231N = '''
+import sys
+import numpy as np
+sys.path.insert(0, {functional!r})
+from layers import affine_forward, affine_backward, relu_forward, relu_backward, softmax_loss
+
+
+class TwoLayerNet:
+    def __init__(self, input_dim=3 * 32 * 32, hidden_dim=100, num_classes=10, weight_scale=1e-3, reg=0.0):
+        self.reg = reg
+        self.params = {{"W1": weight_scale * np.random.randn(input_dim, hidden_dim), "b1": np.zeros(hidden_dim),
+                        "W2": weight_scale * np.random.randn(hidden_dim, num_classes), "b2": np.zeros(num_classes)}}
+
+    def loss(self, X, y=None):
+        W1, b1, W2, b2 = (self.params[k] for k in ("W1", "b1", "W2", "b2"))
+        a1, cache1 = affine_forward(X, W1, b1)
+        h1, cache2 = relu_forward(a1)
+        scores, cache3 = affine_forward(h1, W2, b2)
+        loss, dscores = softmax_loss(scores, y)
+        loss += {loss_reg}
+        grads = {{}}
+        dh1, grads["W2"], grads["b2"] = affine_backward({dscores}, cache3)
+        da1 = {relu_back}
+        dX, grads["W1"], grads["b1"] = affine_backward(da1, cache1)
+        grads["W1"] += {grad_reg1}
+        grads["W2"] += {grad_reg2}
+        return loss, grads
+'''
+
+
+def cs231n_net(tmp_path, **edits):
+    fields = dict(functional=str(EXAMPLES / "functional"), loss_reg="0.5 * self.reg * (np.sum(W1 * W1) + np.sum(W2 * W2))",
+                  dscores="dscores", relu_back="relu_backward(dh1, cache2)", grad_reg1="self.reg * W1",
+                  grad_reg2="self.reg * W2")
+    fields.update(edits)
+    (tmp_path / "fc_net.py").write_text(CS231N.format(**fields))
+    return f"{tmp_path / 'fc_net.py'}:TwoLayerNet"
+
+
+def test_a_cs231n_model_is_checked_function_by_function_with_its_regularization(tmp_path):
+    result, data = verify(cs231n_net(tmp_path), "--trials", "3")
+    assert result.exit_code == 0, result.output[-3000:]
+    assert data["style"] == "functional"
+    assert [(l["name"], l["rule"]) for l in data["layers"]] == [
+        ("affine_forward#1", "affine"), ("relu_forward#1", "relu"), ("affine_forward#2", "affine"),
+        ("softmax_loss#1", "softmax_with_loss")]
+    assert "regularization in TwoLayerNet's loss: ½·reg·Σ p² over params['W1'], params['W2'] (reg = 0.1), read from its " \
+        "value; the gradients are checked with it" in data["notes"]
+    checks = {c["name"]: c for c in data["checks"]}
+    assert checks["affine_forward#1: grad W"]["where"] == "affine_backward#2[1]"  # the second backward call is the first layer's
+    assert checks["softmax_loss#1: grad x"]["where"] == "softmax_loss#1[1]"
+
+
+@pytest.mark.parametrize("edits,c", [
+    (dict(loss_reg="0.0", grad_reg1="0.0", grad_reg2="0.0"), None),  # no regularization at all is consistent too
+    (dict(loss_reg="self.reg * (np.sum(W1 * W1) + np.sum(W2 * W2))", grad_reg1="2 * self.reg * W1",
+          grad_reg2="2 * self.reg * W2"), "reg·Σ p² over params['W1'], params['W2']"),  # assignment 1's form
+    (dict(loss_reg="0.5 * self.reg * sum(np.sum(p * p) for p in self.params.values())",
+          grad_reg1="self.reg * W1", grad_reg2="self.reg * W2 + 0 * b2.sum()"), None),  # biases in the loss, not the grads
+])
+def test_the_regularization_is_read_off_the_loss_and_its_gradient_held_to_it(tmp_path, edits, c):
+    result, data = verify(cs231n_net(tmp_path, **edits), "--trials", "2")
+    note = next(n for n in data["notes"] if n.startswith("regularization in "))
+    if "sum(np.sum(p * p)" in edits["loss_reg"]:  # the biases' term has no gradient in grads['b1'], grads['b2']
+        assert result.exit_code == 1
+        assert "over params['W1'], params['b1'], params['W2'], params['b2']" in note
+        wiring = next(x for x in data["checks"] if x["name"] == "wiring")
+        assert "grads['b1'] lacks the regularization's gradient reg·b1, which the loss's ½·reg·Σ b1² has" in wiring["message"]
+        assert {d["kind"] for d in data["diagnosis"]} == {"regularization"}
+        return
+    assert result.exit_code == 0, result.output[-3000:]
+    assert (c or "none") in note
+
+
+def test_a_loss_term_that_is_no_l2_regularization_is_named(tmp_path):
+    result, data = verify(cs231n_net(tmp_path, loss_reg="self.reg * (np.sum(np.abs(W1)) + np.sum(np.abs(W2)))"), "--trials", "1")
+    assert result.exit_code == 1
+    assert failing(data) == ["network gradients", "wiring"]
+    assert [d["kind"] for d in data["diagnosis"]] == ["regularization"]
+    assert "which is no L2 term c·reg·Σ W² (c = ½ or 1, reg = 0.1" in data["diagnosis"][0]["message"]
+
+
+def test_a_gradient_with_regularization_the_loss_lacks_is_named(tmp_path):
+    result, data = verify(cs231n_net(tmp_path, loss_reg="0.0"), "--trials", "1")
+    assert result.exit_code == 1
+    messages = [d["message"] for d in data["diagnosis"]]
+    assert messages == ["wiring: grads['W1'] has reg·W1 added; the loss has no term in W1, whose gradient is 0·reg·W1",
+                        "wiring: grads['W2'] has reg·W2 added; the loss has no term in W2, whose gradient is 0·reg·W2"]
+
+
+def test_a_backward_given_the_output_for_its_cache_is_paired_by_order_and_said(tmp_path):
+    """relu_backward(dh1, h1): h1 > 0 where a1 > 0, so the gradient is right; the pairing is by order, and the report says so."""
+    result, data = verify(cs231n_net(tmp_path, relu_back="relu_backward(dh1, h1)"), "--trials", "2")
+    assert result.exit_code == 0, result.output[-3000:]
+    assert "relu_backward#1 was given something other than the cache relu_forward#1 returned; it is taken as " \
+        "relu_forward#1's backward, by order" in data["notes"]
+
+
+def test_a_dout_that_is_not_the_next_layers_dx_is_a_wiring_mistake(tmp_path):
+    result, data = verify(cs231n_net(tmp_path, dscores="2 * dscores"), "--trials", "1")
+    assert result.exit_code == 1
+    assert failing(data) == ["network gradients", "wiring"]
+    assert "affine_backward#1's dout is not softmax_loss#1's dx" in next(c for c in data["checks"] if c["name"] == "wiring")["message"]
+
+
+def test_a_layer_never_back_propagated_is_a_wiring_mistake(tmp_path):
+    result, data = verify(cs231n_net(tmp_path, relu_back="dh1"), "--trials", "1")
+    assert result.exit_code == 1
+    wiring = next(c for c in data["checks"] if c["name"] == "wiring")["message"]
+    assert "relu_forward#1 is never back-propagated: no relu_backward was given its cache" in wiring
+    grads = next(c for c in data["checks"] if c["name"] == "network gradients")["message"]
+    assert re.findall(r"params\['(\w+)'\]", grads) == ["W1", "b1"]  # only what lies behind the relu
+
+
+def test_a_function_with_no_rule_is_a_boundary_the_rest_is_checked_around(tmp_path):
+    path = cs231n_net(tmp_path, relu_back="relu_backward(scale_backward(dh1, cache_s), cache2)")
+    src = (tmp_path / "fc_net.py").read_text()
+    src = src.replace("        scores, cache3 = affine_forward(h1, W2, b2)",
+                      "        h1, cache_s = scale_forward(h1)\n        scores, cache3 = affine_forward(h1, W2, b2)")
+    src = src.replace("class TwoLayerNet:", "def scale_forward(x):\n    return 3 * x, None\n\n\n"
+                      "def scale_backward(dout, cache):\n    return 3 * dout\n\n\nclass TwoLayerNet:")
+    (tmp_path / "fc_net.py").write_text(src)
+    result, data = verify(path, "--trials", "2")
+    assert result.exit_code == 1
+    assert failing(data) == ["scale_forward#1: no rule"]
+    assert [l["rule"] for l in data["layers"]] == ["affine", "relu", None, "affine", "softmax_with_loss"]
+    assert "cannot tell which rule scale_forward implements" in next(c for c in data["checks"] if not c["passed"])["message"]
+
+
+@pytest.mark.parametrize("body,message", [
+    ("return 1.0", "TwoLayerNet.loss(X, y) returned a float, not (loss, grads)"),
+    ("return float(np.sum(X)), {}", "TwoLayerNet.loss called no loss function with a rule (softmax_loss(x, y), svm_loss(x, y))"),
+])
+def test_a_cs231n_model_that_cannot_be_composed_from_rules_exits_2(tmp_path, body, message):
+    (tmp_path / "net.py").write_text(textwrap.dedent(f'''
+        import numpy as np
+
+        class TwoLayerNet:
+            def __init__(self, input_dim=4, num_classes=3):
+                self.params = {{"W1": np.zeros((input_dim, num_classes))}}
+
+            def loss(self, X, y=None):
+                {body}
+    '''))
+    result, data = verify(f"{tmp_path / 'net.py'}:TwoLayerNet")
+    assert result.exit_code == 2 and message in result.output, result.output
