@@ -1,10 +1,12 @@
 """Mistakes in what was asked are exit 2 with a sentence, never a wrong layer; and what is reported is true."""
-import os
-import subprocess
-import sys
+import contextlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from click.testing import CliRunner
+
+from derivcheck.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -67,8 +69,10 @@ def helpers(tmp_path):
 
 
 def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "derivcheck.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300, env={**os.environ})
+    """The command line, in this process (the layer still runs in derivcheck's own worker), run from ``cwd``."""
+    with contextlib.chdir(cwd):
+        r = CliRunner().invoke(main, list(map(str, args)))
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
 
 
 @pytest.mark.parametrize("target,extra,message", [

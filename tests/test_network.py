@@ -434,3 +434,17 @@ def test_a_cs231n_model_that_cannot_be_composed_from_rules_exits_2(tmp_path, bod
     '''))
     result, data = verify(f"{tmp_path / 'net.py'}:TwoLayerNet")
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_assert_backward_checks_a_cs231n_model(tmp_path, monkeypatch):
+    import sys
+
+    import derivcheck
+
+    cs231n_net(tmp_path, grad_reg2="0.0")  # W2's gradient lacks reg * W2
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fc_net
+
+    with pytest.raises(AssertionError, match=r"grads\['W2'\] lacks the regularization's gradient reg·W2"):
+        derivcheck.assert_backward(fc_net.TwoLayerNet, trials=1)
+    sys.modules.pop("fc_net")
