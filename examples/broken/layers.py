@@ -535,3 +535,24 @@ class TimeSoftmaxWithLossPerSequence:
         dx = self.ys.copy()
         np.put_along_axis(dx, self.ts[..., None], np.take_along_axis(dx, self.ts[..., None], axis=-1) - 1, axis=-1)
         return dx * dout / N
+
+
+class EmbeddingDotWrongFactor:
+    """BUG: dh = dout * h, where h's gradient is dout times the row of W it was dotted with."""
+
+    def __init__(self, W):
+        self.params = [W]
+        self.grads = [np.zeros_like(W)]
+
+    def forward(self, h, idx):
+        target_W = self.params[0][idx]
+        self.cache = (h, target_W, idx)
+        return np.sum(target_W * h, axis=1)
+
+    def backward(self, dout):
+        h, target_W, idx = self.cache
+        dout = dout.reshape(dout.shape[0], 1)
+        dW = self.grads[0]
+        dW[...] = 0
+        np.add.at(dW, idx, dout * h)
+        return dout * h

@@ -250,3 +250,25 @@ class TimeSoftmaxWithLoss:
         dx *= dout / mask.sum()
         dx *= mask[:, np.newaxis]
         return dx.reshape(N, T, V)
+
+
+class EmbeddingDot:
+    """Book 2's ch04 EmbeddingDot: out[n] = W[idx[n]] · h[n], through an Embedding."""
+
+    def __init__(self, W):
+        self.embed = Embedding(W)
+        self.params = self.embed.params
+        self.grads = self.embed.grads
+        self.cache = None
+
+    def forward(self, h, idx):
+        target_W = self.embed.forward(idx)
+        out = np.sum(target_W * h, axis=1)
+        self.cache = (h, target_W)
+        return out
+
+    def backward(self, dout):
+        h, target_W = self.cache
+        dout = dout.reshape(dout.shape[0], 1)
+        self.embed.backward(dout * h)
+        return dout * target_W
