@@ -391,7 +391,7 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
     ctor_ps = _params(ctor_fn, skip_self=True) if ctor_fn is not None else []
     call_ps = _params(call_fn, skip_self=True) if call_fn is not None else []
     # a hyperparameter kept from the layer (layer = false: eps, how labels are encoded) binds to nothing
-    inputs, labels, hypers = list(rule.inputs), list(rule.labels), [n for n, h in rule.hyper.items() if h.to_layer]
+    inputs, labels, hypers = list(rule.inputs), [n for n, lab in rule.labels.items() if lab.given], [n for n, h in rule.hyper.items() if h.to_layer]
     data = inputs + labels
     b = Binding()
     taken: set[str] = set()

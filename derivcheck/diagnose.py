@@ -143,14 +143,14 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
 
 
 def _mask_ignored(name, G, scale, ctx) -> dict | None:
-    """The gradient with a mask label all True: the mask applied to the loss but not to the gradient."""
+    """The gradient with a mask label all True: the mask applied to the loss (or dropout's output) but not to the gradient."""
     for m, lab in ctx.rule.labels.items():
-        if lab.kind != "mask":  # (a mask that leaves nothing out gives the right gradient, which never matches here)
+        if lab.kind not in ("mask", "kept"):  # (a mask that leaves nothing out gives the right gradient, which never matches here)
             continue
         candidate = ctx.derivation.vjp(ctx.cot, **{**ctx.ref, m: np.ones_like(ctx.ref[m])})[name]
         if (r := _ratio(candidate, G, np.abs(scale), ctx.dtype)) <= 1:
             return _found("mask-ignored", f"grad {name}", f"is the gradient with every {m} True: the positions {m} leaves "
-                          f"out still get a gradient", f"multiply d{name} by the mask too, as the loss is", r)
+                          f"out still get a gradient", f"multiply d{name} by the mask too, as the forward does", r)
     return None
 
 

@@ -43,7 +43,7 @@ from .adapters import (KNOWN_NETWORKS, LOSS_ATTRS, Binding, LayerError, bind, ca
 from .checks import KAPPA, Check, compare, unit_roundoff
 from .diagnose import Context, diagnose_forward, diagnose_gradient
 from .errors import DerivcheckError
-from .rules import rule_for
+from .rules import rule_in_convention
 from .verify import DTYPES, Report, judged_dtype
 
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
@@ -100,7 +100,7 @@ class Link:
 
 def _bind_link(link: Link, rule_dirs) -> None:
     try:
-        link.rule = rule_for(None, f"{link.kind}:{link.kind}", rule_dirs, how="name it after a rule")
+        link.rule = rule_in_convention(link.kind, link.style, rule_dirs, how="name it after a rule")
     except DerivcheckError as exc:
         link.why = str(exc)
         return
@@ -544,7 +544,7 @@ class NetworkVerifier:
         def visit(c):
             link = Link(c.label, c.fn, "functional", fn_call=c)
             try:
-                link.rule = rule_for(None, f"{c.name}:{c.name}", self.rule_dirs, how="name it after a rule")
+                link.rule = rule_in_convention(c.name, "functional", self.rule_dirs, how="name it after a rule")
                 link.binding = bind(link.rule, None, c.fn, c.name, call_takes_all_inputs=True)
             except DerivcheckError as exc:
                 inner = [ch for ch in c.children if ch.role in ("forward", "loss")]
@@ -911,12 +911,23 @@ class NetworkVerifier:
         values = {n: args[n] for n in data}
         values.update(f.held)
         ref = {n: np.asarray(v, dtype=np.float64) for n, v in values.items()}
-        hyper = rule.resolve_hyper({})
+        given = {}  # a CS231n settings dict the model passed (dropout_param = {"p": 0.8, ...}) sets the rule's values
+        for _, kind, n in link.binding.call:
+            if kind == "dict" and isinstance(args.get(n), dict):
+                given.update({k: v for k, v in args[n].items() if k in rule.hyper})
+        hyper = rule.resolve_hyper(given)
         for n in labels:
             lab = np.asarray(args[n])
             if lab.ndim == len(rule.labels[n].shape) + 1:  # one-hot rows
                 lab = lab.argmax(axis=-1)
             ref[n] = lab
+        for n, lab in rule.labels.items():  # a mask the layer drew (dropout's): read off what it output
+            if not lab.given:
+                ref = reference.read_kept(rule, {**ref, n: np.ones(np.shape(f.out))}, f.out)
+                if any(np.any(np.asarray(v) == 0) for v in values.values()):  # after a ReLU: an output 0 tells nothing
+                    kept = link.fn_call.raw_out[1] if link.style == "functional" and isinstance(link.fn_call.raw_out, tuple) \
+                        else vars(link.layer) if hasattr(link.layer, "__dict__") else {}
+                    ref[n] = _drawn_mask(_arrays_in(kept), ref[n], values)
         try:
             dims = _dims(rule, ref)
         except ValueError as exc:
@@ -941,7 +952,7 @@ class NetworkVerifier:
                     else link.grad_at[i] if link.style == "functional" else f"{link.name}.backward(dout)"
                     for i, n in enumerate(data)},
                  **{n: link.grad_where(n) for n in link.slots}}
-        candidates = [hyper] + rule.alternatives({})
+        candidates = [hyper] + rule.alternatives(given)
         results = None
         for h in candidates:  # the rule, or one of its also = [...] values (log(y + 1e-7))
             d = reference.at(rule, h, dims)
@@ -1018,6 +1029,25 @@ class NetworkVerifier:
                     params=[pname], why=f"grads[{i}] rebound", kind="rebinds-grads",
                     hint=f"write into the slot: grads[{link.slots[n]}][...] = d{n} (the model holds the list it got at construction)"))
         return checks
+
+
+def _drawn_mask(arrays, from_output: np.ndarray, values: dict) -> np.ndarray:
+    """The mask a dropout layer drew, where its input has zeros (after a ReLU) and its output cannot tell:
+    the array it keeps (``self.mask``, or the mask in a CS231n cache; bool or scaled) whose non-zeros are
+    the output's wherever the input is not 0; the output's own pattern if it keeps none."""
+    known = np.all([np.asarray(v) != 0 for v in values.values()], axis=0)
+    for v in arrays:
+        if v.shape == from_output.shape and np.array_equal((v != 0)[known], from_output[known] != 0):
+            return (v != 0).astype(np.float64)
+    return from_output
+
+
+def _arrays_in(kept, depth=0) -> list:
+    """The arrays in a layer's attributes or a cache: a dict's values, a tuple's items, two levels down."""
+    if isinstance(kept, np.ndarray):
+        return [kept]
+    items = kept.values() if isinstance(kept, dict) else kept if isinstance(kept, (tuple, list)) else ()
+    return [a for v in items for a in (_arrays_in(v, depth + 1) if depth < 2 else [])]
 
 
 def _data_inputs(link) -> list[str]:
@@ -1152,7 +1182,7 @@ def _node_name(link, owners) -> str:
 def _bind_node(link, rule_dirs) -> None:
     """A Function node's rule (from its class name) and which of its inputs is which of the rule's."""
     try:
-        link.rule = rule_for(None, f"{link.kind}:{link.kind}", rule_dirs, how="name it after a rule")
+        link.rule = rule_in_convention(link.kind, link.style, rule_dirs, how="name it after a rule")
         link.binding = bind(link.rule, type(link.layer).__init__, type(link.layer).forward, link.kind, call_takes_all_inputs=True)
     except DerivcheckError as exc:
         link.rule, link.why = None, str(exc)

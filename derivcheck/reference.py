@@ -43,8 +43,23 @@ def draw(rule, shapes: dict, label_shapes: dict, dims: dict, rng, dtype=np.float
         v = spec.domain.sample(rng, shapes[n]).astype(dtype)
         values[n], ref[n] = v, v.astype(np.float64)
     for n, lab in rule.labels.items():
-        values[n], ref[n] = draw_label(lab, label_shapes[n], dims, rng, dtype)
+        if lab.given:
+            values[n], ref[n] = draw_label(lab, label_shapes[n], dims, rng, dtype)
+        else:  # the layer draws it: all kept until read_kept reads it off the forward's output
+            ref[n] = np.ones(label_shapes[n])
     return values, ref
+
+
+def read_kept(rule, ref: dict, output) -> dict:
+    """``ref`` with each mask the layer drew (dropout's, kind ``kept``) read off its forward output:
+    1 where the output is not 0. The inputs come from continuous distributions, so none is 0 and an
+    output of 0 is a dropped element. A misshapen output leaves the mask all kept (the forward check
+    fails on the shape)."""
+    out = np.asarray(output) if output is not None else None
+    for n, lab in rule.labels.items():
+        if not lab.given and out is not None and out.shape == ref[n].shape:
+            ref = {**ref, n: (out != 0).astype(np.float64)}
+    return ref
 
 
 MASK_KEPT = 0.7  # set by hand: the fraction of a mask's positions that are True, so both values occur at small sizes

@@ -37,7 +37,7 @@ from .formula import Formula
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*(_[A-Za-z][A-Za-z0-9]*)*$")
 _NAME_RULE = "letters and digits, starting with a letter; an underscore must be followed by a letter (prev_h, x_min)"
 DOMAIN_KINDS = ("normal", "uniform", "simplex", "peaked")
-LABEL_KINDS = ("classes", "real", "mask")
+LABEL_KINDS = ("classes", "real", "mask", "kept")
 HYPER_TYPES = ("int", "float", "bool", "axis", "shape", "dim", "choice")
 
 
@@ -82,13 +82,26 @@ class Input:
 
 @dataclass(frozen=True)
 class Label:
-    """A non-differentiable input: class labels (one-hot in formulas), real targets, or a boolean mask (0/1 in formulas)."""
+    """A non-differentiable input: class labels (one-hot in formulas), real targets, or a boolean mask (0/1 in formulas).
+
+    Kind ``kept`` is a mask the layer draws itself (dropout): it is not handed to the
+    layer but read back from the layer's forward output, 1 where the output is not 0
+    (the inputs are drawn away from 0); ``drop`` (or ``keep``) names the hyperparameter
+    that is the chance of an element being dropped (or kept).
+    """
 
     name: str
     kind: str
     shape: tuple
     classes: str | None
     domain: Domain
+    drop: str | None = None  # kept: the hyperparameter that is the chance of dropping an element
+    keep: str | None = None  # kept: or the one that is the chance of keeping it (CS231n's p)
+
+    @property
+    def given(self) -> bool:
+        """Handed to the layer (every kind but ``kept``, which the layer draws)."""
+        return self.kind != "kept"
 
     def symbolic_shape(self) -> tuple:
         return self.shape + (self.classes,) if self.kind == "classes" else self.shape
@@ -517,7 +530,7 @@ def parse_rule(text: str, path) -> Rule:
     for n, spec in L.table(data.get("labels", {}), "labels").items():
         t = f"labels.{n}"
         spec = L.table(spec, t)
-        L.keys(spec, {"kind", "shape", "classes", "domain", "doc"}, t)
+        L.keys(spec, {"kind", "shape", "classes", "domain", "doc", "drop", "keep"}, t)
         kind = spec.get("kind", "classes")
         if kind not in LABEL_KINDS:
             L.fail(f"unknown label kind '{kind}' (known: {', '.join(LABEL_KINDS)})", t, "kind")
@@ -530,7 +543,13 @@ def parse_rule(text: str, path) -> Rule:
                 L.fail("class labels need classes = \"C\": the dimension that counts the classes", t, "classes")
             claim(classes, "dimension", t, "classes")
             dims.setdefault(classes, DimRange())
-        labels[n] = Label(n, kind, shape, classes, L.domain(spec.get("domain"), t))
+        rates = {k: spec[k] for k in ("drop", "keep") if k in spec}
+        if kind == "kept" and (len(rates) != 1 or not all(isinstance(v, str) for v in rates.values())):
+            L.fail("a kept mask needs one of drop = \"NAME\" or keep = \"NAME\": the hyperparameter that is the chance "
+                   "of dropping (keeping) an element", t, next(iter(rates), "kind"))
+        if kind != "kept" and rates:
+            L.fail("only a kept mask (kind = \"kept\") takes drop or keep", t, next(iter(rates)))
+        labels[n] = Label(n, kind, shape, classes, L.domain(spec.get("domain"), t), rates.get("drop"), rates.get("keep"))
 
     for d, spec in L.table(data.get("dims", {}), "dims").items():
         t = f"dims.{d}"
@@ -592,6 +611,15 @@ def parse_rule(text: str, path) -> Rule:
         for s in output:
             if isinstance(s, str) and s not in dims:
                 L.fail(f"output names dimension '{s}', which no input has", "", "output")
+
+    for n, lab in labels.items():
+        if lab.kind == "kept":
+            t = f"labels.{n}"
+            key, rate = ("drop", lab.drop) if lab.drop else ("keep", lab.keep)
+            if rate not in hypers or hypers[rate].type != "float":
+                L.fail(f"{key} = \"{rate}\" names no float hyperparameter of this rule", t, key)
+            if output is None or tuple(lab.shape) != tuple(output):
+                L.fail("a kept mask is read back from the output, so its shape is the output's (output = [...])", t, "shape")
 
     ftext = data["formula"]
     if not isinstance(ftext, str):
@@ -758,6 +786,14 @@ def variants_for(name: str | None, rule: Rule, extra=()) -> dict[str, str]:
 
     files = rule_files(extra)
     return {s: str(files[f"{rule.name}_{s}"]) for s in STYLES if f"{rule.name}_{s}" in files}
+
+
+def rule_in_convention(name: str, style: str, extra=(), how: str = "pass --rule NAME") -> Rule:
+    """The rule guessed from ``name``, in ``style``'s own form where it has one (a network's layers:
+    CS231n's dropout_forward is dropout_functional, DeZero's MeanSquaredError mean_squared_error_dezero)."""
+    rule = rule_for(None, f"{name}:{name}", extra, how)
+    variants = variants_for(None, rule, extra)
+    return load_rule_file(Path(variants[style])) if style in variants else rule
 
 
 _LOADED: dict[tuple, Rule] = {}

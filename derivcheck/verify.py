@@ -234,11 +234,13 @@ class Verifier:
 
     def run_trial(self, k: int, dims: dict, trial_seed: int, rep: Report) -> list[Check]:
         rng = np.random.default_rng(trial_seed)
+        np.random.seed(trial_seed % 2**32)  # what the layer draws itself (dropout's np.random.rand) follows the seed too
         d = reference.at(self.rule, self.hyper, dims)
         adapter = self.adapter_for(self.layer_hyper(dims))
         checks = []
         ctx = lambda step: dict(trial=k, step=step, seed=trial_seed, dims=dict(dims))  # noqa: E731
         history = {"expected": {n: [] for n in self.rule.inputs}, "passed": {}, "ref": []}  # for diagnosis
+        kept = {n: [0, 0] for n, lab in self.rule.labels.items() if not lab.given}  # mask -> [kept, elements]
         for step in range(self.steps):
             values, ref = self.sample(d, rng)
             cot = self.cotangent(d, rng)
@@ -261,13 +263,38 @@ class Verifier:
                         f"prints this one to start from; docs/rules.md)") from None
                 checks.append(Check("layer raised", False, message=str(exc), **ctx(step)))
                 return checks
+            ref = reference.read_kept(self.rule, ref, outcome.output)  # a mask the layer drew (dropout)
+            for n in kept:
+                kept[n][0] += int(ref[n].sum())
+                kept[n][1] += ref[n].size
             # the reference reads private copies: a layer that writes into dout cannot change what it is held to
             checks += self.compare_outcome(rep, d, ref, cot_copy, outcome, adapter, ctx(step), history)
             checks += self.rebound_slots(outcome, ctx(step))
             self._side_effects(rep, k, values, snapshot, cot, cot_copy)
+        checks += [self.kept_fraction(n, *counts, ctx(self.steps - 1)) for n, counts in kept.items()]
         if hasattr(adapter, "_forward") and not adapter.forward_only and all(c.passed for c in checks):
             self._stale_check(rep, k, d, adapter, rng)  # only meaningful for a layer that is right so far
         return checks
+
+    KEPT_SIGMAS = 5  # set by hand: a correct layer is outside 5 standard deviations with a chance below 1e-6
+
+    def kept_fraction(self, name: str, kept: int, total: int, ctx) -> Check:
+        """A mask the layer drew keeps about (1 - drop) of the elements: its count is binomial.
+
+        Its value checks cannot see a layer that drops at another rate (a comparison the wrong
+        way round keeps p, not 1 - p), since the mask is read off the layer's own output.
+        """
+        lab = self.rule.labels[name]
+        rate = lab.drop or lab.keep
+        keep = 1.0 - float(self.hyper[lab.drop]) if lab.drop else float(self.hyper[lab.keep])
+        drop = 1.0 - keep
+        mean, sd = total * keep, float(np.sqrt(total * keep * drop))
+        bound = self.KEPT_SIGMAS * sd + 1
+        c = Check(f"{name} kept", abs(kept - mean) <= bound, **ctx)
+        c.message = (f"the layer kept {kept} of {total} elements over the trial's {self.steps} call(s); with "
+                     f"{rate} = {float(self.hyper[rate]):g} about {mean:.1f} ± {bound:.1f} are kept "
+                     f"({self.KEPT_SIGMAS} standard deviations, + 1)")
+        return c
 
     @staticmethod
     def rebound_slots(outcome, ctx) -> list[Check]:
@@ -524,32 +551,31 @@ class Verifier:
             adapter.update_params(va)
             adapter._forward(adapter.held(va))
             adapter.update_params(vb)
-            adapter._forward(adapter.held(vb))
+            refb = reference.read_kept(self.rule, refb, adapter._forward(adapter.held(vb)))
             grads = adapter.gradients(adapter._backward(np.array(cot, copy=True)))
         except LayerError as exc:  # it passed its trials, so it is the second forward in a row that it cannot take
             _warn(rep, "stale-state", f"forward called twice in a row, then backward: {exc}", k)
             return
-        alternatives = self._alternatives_at(d.dims, cot, refb)
 
-        def references():  # the default first; the also = [...] values only if it is needed
-            yield d.evaluate(cot, **refb)[1:]
-            yield from ((grads, scales) for _, _, grads, scales in alternatives())
+        def references(ref):  # the default first; the also = [...] values only if it is needed
+            yield d.evaluate(cot, **ref)[1:]
+            yield from ((grads, scales) for _, _, grads, scales in self._alternatives_at(d.dims, cot, ref)())
 
         def matches(n, g, expected, scales):
             if self.ignores_dout and np.ndim(cot) == 0:  # judged at dout = 1, as its trials were
                 expected, scales = {n: expected[n] / float(cot)}, {n: scales[n] / abs(float(cot))}
             return compare(n, expected[n], g, scales[n], self.judged_in(g)).passed
 
-        def wrong(grads):
-            return [n for n, g in grads.items() if not any(matches(n, g, ex, scs) for ex, scs in references())]
+        def wrong(grads, ref):
+            return [n for n, g in grads.items() if not any(matches(n, g, ex, scs) for ex, scs in references(ref))]
 
-        stale = wrong(grads)
+        stale = wrong(grads, refb)
         if stale:
             # the same values after one forward: if they are wrong too, the layer is wrong at these
             # values (a repeated embedding id), not holding on to an earlier call
             try:
-                adapter._forward(adapter.held(vb))
-                again = wrong(adapter.gradients(adapter._backward(np.array(cot, copy=True))))
+                refb = reference.read_kept(self.rule, refb, adapter._forward(adapter.held(vb)))  # a new mask, if it draws one
+                again = wrong(adapter.gradients(adapter._backward(np.array(cot, copy=True))), refb)
             except LayerError:
                 again = stale
             if not set(stale) & set(again):

@@ -69,6 +69,7 @@ TARGETS = [
     ("dezero.functions:min", None, {}),
     ("dezero.functions:SoftmaxCrossEntropy", None, {}),
     ("dezero.functions:MeanSquaredError", None, {}),  # the dezero form of the guessed rule
+    ("dezero.functions:dropout", None, {}),  # inverted dropout (dropout_dezero): its mask read back from the output
 ]
 
 
@@ -101,6 +102,7 @@ def test_real_dezero_functions_verify(dezero_env, tmp_path):
     guessed = {r["target"]: r["rule"] for r in data["results"]}
     assert guessed["dezero.functions:MeanSquaredError"] == "mean_squared_error_dezero"
     assert guessed["dezero.functions:Linear"] == "affine"
+    assert guessed["dezero.functions:dropout"] == "dropout_dezero"
 
 
 def test_broken_function_on_real_dezero_fails(dezero_env, tmp_path):

@@ -252,7 +252,7 @@ def test_a_mask_applied_to_the_loss_only():
     unmasked = c.derivation.vjp(c.cot, x=x, y=y, mask=np.ones_like(mask))["x"]
     got = diagnose_gradient("x", right, unmasked, np.abs(right) + 1e-3, c)
     assert got == [found("mask-ignored", "grad x", "is the gradient with every mask True: the positions mask leaves out "
-                         "still get a gradient", "multiply dx by the mask too, as the loss is", Explains())]
+                         "still get a gradient", "multiply dx by the mask too, as the forward does", Explains())]
     c.ref["mask"] = np.ones_like(mask)  # a mask that leaves nothing out: no such hypothesis to test
     assert "mask-ignored" not in [g["kind"] for g in diagnose_gradient("x", right, unmasked * 0.5, np.abs(right), c)]
 

@@ -153,12 +153,12 @@ def test_a_loss_that_is_not_the_loss_layers_output_is_a_wiring_mistake(tmp_path)
 
 
 def test_an_unknown_layer_is_named_and_the_rest_still_checked(tmp_path):
-    target = net(tmp_path, extra_class="Dropout", extra_layer='self.layers["Dropout1"] = Dropout()')
+    target = net(tmp_path, extra_class="Identity", extra_layer='self.layers["Identity1"] = Identity()')
     result, data = verify(target)
     assert result.exit_code == 1
-    assert failing(data) == ["Dropout1: no rule"]
-    unknown = next(c for c in data["checks"] if c["name"] == "Dropout1: no rule")
-    assert "cannot tell which rule Dropout implements" in unknown["message"] and "derivcheck rules" in unknown["message"]
+    assert failing(data) == ["Identity1: no rule"]
+    unknown = next(c for c in data["checks"] if c["name"] == "Identity1: no rule")
+    assert "cannot tell which rule Identity implements" in unknown["message"] and "derivcheck rules" in unknown["message"]
     assert {"Affine1: grad W", "Affine2: grad W", "Relu1: grad x"} <= {c["name"] for c in data["checks"] if c["passed"]}
 
 
@@ -448,3 +448,44 @@ def test_assert_backward_checks_a_cs231n_model(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match=r"grads\['W2'\] lacks the regularization's gradient reg·W2"):
         derivcheck.assert_backward(fc_net.TwoLayerNet, trials=1)
     sys.modules.pop("fc_net")
+
+
+DROPOUT = """
+class Dropout:
+    def __init__(self, dropout_ratio=0.5):
+        self.dropout_ratio = dropout_ratio
+    def forward(self, x):
+        self.mask = np.random.rand(*x.shape) > self.dropout_ratio
+        return x * self.mask
+    def backward(self, dout):
+        return {backward}
+"""
+
+
+@pytest.mark.parametrize("backward,caught", [("dout * self.mask", []), ("dout", ["Dropout1: grad x", "network gradients"])])
+def test_a_dropout_layer_inside_a_network_is_checked_with_the_mask_it_drew(tmp_path, backward, caught):
+    target = net(tmp_path, extra_layer='self.layers["Dropout1"] = Dropout()')
+    path = tmp_path / "net.py"
+    path.write_text(path.read_text().replace("\nclass TwoLayerNet:", DROPOUT.format(backward=backward) + "\nclass TwoLayerNet:"))
+    result, data = verify(target, "--trials", "3")
+    assert result.exit_code == (1 if caught else 0), result.output[-3000:]
+    assert failing(data) == caught
+    assert ("Dropout1", "dropout") in [(l["name"], l["rule"]) for l in data["layers"]]
+    if caught:
+        assert [d["kind"] for d in data["diagnosis"]] == ["mask-ignored"]
+
+
+
+def test_a_cs231n_dropout_after_a_relu_is_checked_with_the_mask_in_its_cache(tmp_path):
+    """After a ReLU, dropout's input has zeros, whose outputs are 0 kept or not: the mask is the one in its cache;
+    p = 0.8 is read from the dropout_param the model passed."""
+    path = cs231n_net(tmp_path, relu_back="relu_backward(dropout_backward(dh1, cache_d), cache2)")
+    src = (tmp_path / "fc_net.py").read_text()
+    src = src.replace("from layers import affine_forward,", "from layers import dropout_forward, dropout_backward, affine_forward,")
+    src = src.replace("        scores, cache3 = affine_forward(h1, W2, b2)",
+                      "        h1, cache_d = dropout_forward(h1, {'p': 0.8, 'mode': 'train'})\n"
+                      "        scores, cache3 = affine_forward(h1, W2, b2)")
+    (tmp_path / "fc_net.py").write_text(src)
+    result, data = verify(path, "--trials", "3")
+    assert result.exit_code == 0, result.output[-3000:]
+    assert ("dropout_forward#1", "dropout_functional") in [(l["name"], l["rule"]) for l in data["layers"]]

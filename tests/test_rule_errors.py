@@ -30,6 +30,7 @@ def test_good_rule_loads(tmp_path):
     rule = load_rule_file(write(tmp_path, GOOD_HEAD + 'formula = "x * 2"\n[inputs.x]\nshape = ["N"]\n'))
     assert rule.at(N=3).output_shape == (3,)
 
+KEPT = GOOD_HEAD + 'formula = "x * m"\noutput = ["N"]\n[inputs.x]\nshape = ["N"]\n[labels.m]\nkind = "kept"\nshape = ["N"]\n{extra}[hyper.r]\ntype = "{type}"\ndefault = {default}\n'
 
 CASES = [
     # (what, body, line, text in the message)
@@ -70,6 +71,15 @@ CASES = [
     ("classes missing", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\n[labels.t]\nshape = ["N"]\n', 6, "need classes"),
     ("bad dims", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\n[dims.N]\nmin = 3\nmax = 2\n', 6, "1 <= min <= max"),
     ("last line not an expression", GOOD_HEAD + 'formula = """\ny = x\n"""\n[inputs.x]\nshape = ["N"]\n', 4, "last line must be the output expression"),
+    # a mask the layer draws (dropout): read back from the output, its rate a float hyperparameter
+    ("kept without a rate", KEPT.format(extra="", type="float", default=0.5), 8, "needs one of drop = \"NAME\" or keep"),
+    ("kept with both rates", KEPT.format(extra='drop = "r"\nkeep = "r"\n', type="float", default=0.5), 10, "needs one of drop"),
+    ("kept rate not a float", KEPT.format(extra='drop = "r"\n', type="int", default=1), 10, 'drop = "r" names no float hyperparameter'),
+    ("kept rate unknown", KEPT.format(extra='keep = "q"\n', type="float", default=0.5), 10, 'keep = "q" names no float hyperparameter'),
+    ("kept shape", KEPT.format(extra='drop = "r"\n', type="float", default=0.5).replace('shape = ["N"]\n{', '{').replace(
+        'kind = "kept"\nshape = ["N"]', 'kind = "kept"\nshape = ["N", "N"]'), 9, "its shape is the output's"),
+    ("rate on another label", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\n[labels.t]\nkind = "real"\nshape = ["N"]\ndrop = "r"\n',
+     9, "only a kept mask"),
 ]
 
 

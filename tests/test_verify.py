@@ -31,7 +31,8 @@ def test_reference_layer_passes_across_seeds(target, rule, hyper, dtype, seed):
     assert rep.verdict == "pass" and not rep.warnings, (seed, failing, rep.warnings, rep.reproduce)
     r = derivcheck.load_rule(rule)
     stress = {"stability"} if any(i.stress for i in r.inputs.values()) else set()
-    assert {c.name for c in rep.checks} == {"forward"} | {f"grad {n}" for n in r.inputs} | stress
+    kept = {f"{n} kept" for n, lab in r.labels.items() if lab.kind == "kept"}  # dropout's mask
+    assert {c.name for c in rep.checks} == {"forward"} | {f"grad {n}" for n in r.inputs} | stress | kept
 
 
 @pytest.mark.parametrize("target,rule,hyper,dtype,caught,kind,strict", BROKEN, ids=[b[0] for b in BROKEN])

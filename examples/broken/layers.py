@@ -556,3 +556,47 @@ class EmbeddingDotWrongFactor:
         dW[...] = 0
         np.add.at(dW, idx, dout * h)
         return dout * h
+
+
+class DropoutMaskIgnored:
+    """BUG: backward returns dout, as if every element had been kept: dropped elements still get a gradient."""
+
+    def __init__(self, dropout_ratio=0.5):
+        self.dropout_ratio = dropout_ratio
+        self.mask = None
+
+    def forward(self, x, train_flg=True):
+        self.mask = np.random.rand(*x.shape) > self.dropout_ratio
+        return x * self.mask
+
+    def backward(self, dout):
+        return dout
+
+
+class DropoutKeepsTheRatio:
+    """BUG: mask = rand < dropout_ratio keeps an element with probability dropout_ratio, not 1 - dropout_ratio
+    (invisible at the default 0.5; the catalogue checks it at 0.2)."""
+
+    def __init__(self, dropout_ratio=0.5):
+        self.dropout_ratio = dropout_ratio
+        self.mask = None
+
+    def forward(self, x, train_flg=True):
+        self.mask = np.random.rand(*x.shape) < self.dropout_ratio
+        return x * self.mask
+
+    def backward(self, dout):
+        return dout * self.mask
+
+
+def dropout_redrawn_forward(x, dropout_param):
+    p = dropout_param["p"]
+    mask = (np.random.rand(*x.shape) < p) / p
+    return x * mask, (dropout_param, x.shape)
+
+
+def dropout_redrawn_backward(dout, cache):
+    """BUG: the mask is drawn again in backward (only its shape was cached), so dx drops other elements."""
+    dropout_param, shape = cache
+    p = dropout_param["p"]
+    return dout * (np.random.rand(*shape) < p) / p

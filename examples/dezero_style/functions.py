@@ -303,3 +303,18 @@ class Pow(Function):
     def backward(self, gy):
         x = self.inputs[0].data
         return self.c * x ** (self.c - 1) * gy
+
+
+class Dropout(Function):
+    """DeZero's dropout (train mode) as one Function: inverted, its mask drawn in forward."""
+
+    def __init__(self, dropout_ratio=0.5):
+        self.dropout_ratio = dropout_ratio
+
+    def forward(self, x):
+        self.mask = np.random.rand(*x.shape) > self.dropout_ratio
+        self.scale = 1.0 - self.dropout_ratio
+        return x * self.mask / self.scale
+
+    def backward(self, gy):
+        return gy * self.mask / self.scale

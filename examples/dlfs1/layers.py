@@ -153,3 +153,20 @@ class AddLayer:
 
     def backward(self, dout):
         return dout * 1, dout * 1
+
+
+class Dropout:
+    """Book 1's Dropout (chapter 6): train mode keeps each element with probability 1 - dropout_ratio, unscaled."""
+
+    def __init__(self, dropout_ratio=0.5):
+        self.dropout_ratio = dropout_ratio
+        self.mask = None
+
+    def forward(self, x, train_flg=True):
+        if train_flg:
+            self.mask = np.random.rand(*x.shape) > self.dropout_ratio
+            return x * self.mask
+        return x * (1.0 - self.dropout_ratio)
+
+    def backward(self, dout):
+        return dout * self.mask

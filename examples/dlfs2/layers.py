@@ -272,3 +272,42 @@ class EmbeddingDot:
         dout = dout.reshape(dout.shape[0], 1)
         self.embed.backward(dout * h)
         return dout * target_W
+
+
+class Dropout:
+    """Book 2's Dropout (common/layers.py): as book 1's, with empty params and grads lists."""
+
+    def __init__(self, dropout_ratio=0.5):
+        self.params, self.grads = [], []
+        self.dropout_ratio = dropout_ratio
+        self.mask = None
+
+    def forward(self, x, train_flg=True):
+        if train_flg:
+            self.mask = np.random.rand(*x.shape) > self.dropout_ratio
+            return x * self.mask
+        return x * (1.0 - self.dropout_ratio)
+
+    def backward(self, dout):
+        return dout * self.mask
+
+
+class TimeDropout:
+    """Book 2's TimeDropout: inverted dropout over (N, T, D), its mask a float32 array scaled by 1 / (1 - ratio)."""
+
+    def __init__(self, dropout_ratio=0.5):
+        self.params, self.grads = [], []
+        self.dropout_ratio = dropout_ratio
+        self.mask = None
+        self.train_flg = True
+
+    def forward(self, xs):
+        if self.train_flg:
+            flg = np.random.rand(*xs.shape) > self.dropout_ratio
+            scale = 1 / (1.0 - self.dropout_ratio)
+            self.mask = flg.astype(np.float32) * scale
+            return xs * self.mask
+        return xs
+
+    def backward(self, dout):
+        return dout * self.mask

@@ -177,3 +177,22 @@ def temporal_softmax_loss(x, y, mask):
     dx[np.arange(N * T), y_flat] -= 1
     dx *= mask_flat[:, None] / N
     return loss, dx.reshape(N, T, V)
+
+
+def dropout_forward(x, dropout_param):
+    """CS231n's inverted dropout: p is the chance of keeping an element; test mode is the identity."""
+    p, mode = dropout_param["p"], dropout_param["mode"]
+    if "seed" in dropout_param:
+        np.random.seed(dropout_param["seed"])
+    mask = None
+    if mode == "train":
+        mask = ((np.random.rand(*x.shape) < p) / p).astype(x.dtype)  # (CS231n's float64 mask upcasts a float32 dx)
+        out = x * mask
+    else:
+        out = x
+    return out.astype(x.dtype, copy=False), (dropout_param, mask)
+
+
+def dropout_backward(dout, cache):
+    dropout_param, mask = cache
+    return dout * mask if dropout_param["mode"] == "train" else dout
