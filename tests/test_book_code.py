@@ -400,3 +400,18 @@ def test_a_cs231n_param_dict_is_built_from_the_rules_hyperparameters(tmp_path):
                                        "--format", "json"])
     data = json.loads(result.stdout)
     assert result.exit_code == 0 and data["rule"] == "batchnorm" and data["style"] == "functional", result.output
+
+
+@pytest.mark.parametrize("name,rule", [
+    ("sum_squared_error", "mean_squared_error"),  # book 1's common/functions.py
+    ("cross_entropy_error", "cross_entropy"),  # books 1 and 2
+    ("Simple_TimeAffine", "temporal_affine"),  # book 2's loop-of-layers versions
+    ("Simple_TimeSoftmaxWithLoss", "time_softmax_with_loss"),
+    ("TimeEmbedding", "time_embedding"),
+    ("TimeDropout", "time_dropout"),
+    ("Dropout", "dropout"),
+])
+def test_the_books_own_names_guess_their_rule(name, rule):
+    from derivcheck.rules import guess_rule
+
+    assert guess_rule(f"layers.py:{name}") == rule

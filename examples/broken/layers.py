@@ -600,3 +600,22 @@ def dropout_redrawn_backward(dout, cache):
     dropout_param, shape = cache
     p = dropout_param["p"]
     return dout * (np.random.rand(*shape) < p) / p
+
+
+class TimeEmbeddingLastStep:
+    """BUG: W's gradient is the last time step's only (assigned in the loop), not the sum over the steps."""
+
+    def __init__(self, W):
+        self.params = [W]
+        self.grads = [np.zeros_like(W)]
+
+    def forward(self, xs):
+        self.xs = xs
+        return self.params[0][xs]
+
+    def backward(self, dout):
+        dW = self.grads[0]
+        for t in range(self.xs.shape[1]):
+            dW[...] = 0
+            np.add.at(dW, self.xs[:, t], dout[:, t, :])
+        return None

@@ -311,3 +311,34 @@ class TimeDropout:
 
     def backward(self, dout):
         return dout * self.mask
+
+
+class TimeEmbedding:
+    """Book 2's TimeEmbedding: an Embedding per time step over ids (N, T); W's gradient summed over the steps."""
+
+    def __init__(self, W):
+        self.params = [W]
+        self.grads = [np.zeros_like(W)]
+        self.layers = None
+        self.W = W
+
+    def forward(self, xs):
+        N, T = xs.shape
+        V, D = self.W.shape
+        out = np.empty((N, T, D), dtype=self.W.dtype)
+        self.layers = []
+        for t in range(T):
+            layer = Embedding(self.W)
+            out[:, t, :] = layer.forward(xs[:, t])
+            self.layers.append(layer)
+        return out
+
+    def backward(self, dout):
+        N, T, D = dout.shape
+        grad = 0
+        for t in range(T):
+            layer = self.layers[t]
+            layer.backward(dout[:, t, :])
+            grad += layer.grads[0]
+        self.grads[0][...] = grad
+        return None
