@@ -22,6 +22,7 @@ import difflib
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -748,25 +749,30 @@ class FunctionalAdapter(Adapter):
         if inspect.isclass(self.obj):
             raise DerivcheckError(f"style functional needs functions, and '{self.name}' is a class: try --style dlfs1, dlfs2 or dezero")
         fwd = getattr(self.module, f"{self.name}_forward", None)
-        base = self.name
-        if fwd is None and self.name.endswith("_forward"):
-            base = self.name[: -len("_forward")]
-            fwd = getattr(self.module, self.name)
-        elif fwd is None and self.name.endswith("_backward"):  # the backward named: check it with its forward
-            base = self.name[: -len("_backward")]
-            fwd = getattr(self.module, f"{base}_forward", None)
-            if fwd is None:
-                raise DerivcheckError(f"found {self.name} but no {base}_forward next to it: a backward is checked with its forward")
-        bwd = getattr(self.module, f"{base}_backward", None)
+        bwd_name = f"{self.name}_backward"
+        # NAME_forward, NAME_backward, and CS231n's variants: conv_forward_naive with conv_backward_naive,
+        # batchnorm_backward_alt (a second backward of batchnorm_forward)
+        parts = re.fullmatch(r"(?P<base>.+?)_(?P<which>forward|backward)(?P<suffix>_[A-Za-z0-9]+)?", self.name)
+        if fwd is None and parts is not None:
+            # a suffix counts only where its pair exists: temporal_softmax_loss_mask_forward_only is a loss function
+            base, suffix = parts["base"], parts["suffix"] or ""
+            if parts["which"] == "forward" and (not suffix or hasattr(self.module, f"{base}_backward{suffix}")):
+                fwd, bwd_name = self.obj, f"{base}_backward{suffix}"
+            elif parts["which"] == "backward":  # the backward named: check it with its forward
+                fwd = getattr(self.module, f"{base}_forward{suffix}", None) or getattr(self.module, f"{base}_forward", None)
+                if fwd is None and not suffix:
+                    raise DerivcheckError(f"found {self.name} but no {base}_forward next to it: a backward is checked with its forward")
+                bwd_name = self.name if fwd is not None else bwd_name
+        bwd = getattr(self.module, bwd_name, None)
         if fwd is not None and bwd is None:
-            raise DerivcheckError(f"found {base}_forward but no {base}_backward next to it")
+            raise DerivcheckError(f"found {fwd.__name__} but no {bwd_name} next to it")
         self.loss_fn = None
         if fwd is None:
             if not callable(self.obj):
                 raise DerivcheckError(f"'{self.name}' is not a function")
             self.loss_fn = self.obj  # NAME(x, y) -> (loss, dx)
             fwd = self.obj
-        self.fwd, self.bwd, self.base = fwd, bwd, base
+        self.fwd, self.bwd, self.bwd_name = fwd, bwd, bwd_name
         self.binding = bind(self.rule, None, fwd, self.name, call_takes_all_inputs=True)
 
     def update_params(self, values):
@@ -790,17 +796,17 @@ class FunctionalAdapter(Adapter):
             grads = {n: None if g is None else np.asarray(g) * np.asarray(cotangent) for n, g in zip(data, parts)}
             return Outcome(out, grads)
         out, cache = result
-        back = call_user(self.bwd, [(None, cotangent), (None, cache)], f"{self.base}_backward")
+        back = call_user(self.bwd, [(None, cotangent), (None, cache)], self.bwd_name)
         parts = back if isinstance(back, tuple) else (back,)
         return Outcome(out, dict(zip(data, parts)))
 
     def grad_location(self, n) -> str:
         data = [m for _, kind, m in self.binding.call if kind == "input"]
         if n not in data:
-            return f"{self.base}_backward" if self.loss_fn is None else self.name
+            return self.bwd_name if self.loss_fn is None else self.name
         if self.loss_fn is not None:  # (loss, dx): the gradient is the pair's second item
             return f"{self.name}(...)[1]" + (f"[{data.index(n)}]" if len(data) > 1 else "")
-        return f"{self.base}_backward(...)[{data.index(n)}]"
+        return f"{self.bwd_name}(...)[{data.index(n)}]"
 
 
 ADAPTERS = {"dlfs1": Dlfs1Adapter, "dlfs2": Dlfs2Adapter, "dezero": DezeroAdapter, "functional": FunctionalAdapter}

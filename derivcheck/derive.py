@@ -85,7 +85,7 @@ class Derivation:
                 (o, position[s], d)
                 for o, e in enumerate(flat_out)
                 for s in sorted(e.free_symbols & position.keys(), key=position.get)
-                if (d := e.diff(s)) != 0
+                if (d := _diff(e, s)) != 0
             ]
         return out.shape, flat_out, jac
 
@@ -222,6 +222,15 @@ class Derivation:
 
 
 _MEMORY: dict[tuple, Derivation] = {}
+
+
+def _diff(e, s):
+    """``e.diff(s)``, skipping the terms of a sum that do not contain ``s`` (a convolution's output is a
+    sum of C·KH·KW products, each holding one element of ``x``): the same expression, without SymPy's
+    cost of differentiating every term to 0."""
+    if e.is_Add:
+        return sympy.Add(*(_diff(t, s) for t in e.args if s in t.free_symbols))
+    return e.diff(s)
 
 
 def cache_key(rule, dims: dict, hyper: dict) -> tuple:

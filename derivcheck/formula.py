@@ -78,6 +78,8 @@ FUNCTIONS = {
     "log_softmax": (symarray.log_softmax, lambda x, axis=-1: np.log(_np_softmax(x, axis))),
     "pick": (symarray.pick, _np_pick),
     "onehot": (symarray.onehot, lambda t: t),
+    "windows": (symarray.windows, symarray.patches),
+    "conv2d": (symarray.conv2d, symarray.np_conv2d),
 }
 
 

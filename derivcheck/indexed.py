@@ -343,3 +343,11 @@ def pick(y, t) -> TArray:
 
 def onehot(t) -> TArray:
     return asarray(t)
+
+
+def windows(x, kh, kw, stride=1, pad=0):
+    raise Unsupported("sliding windows (strided, padded indices)")
+
+
+def conv2d(x, W, stride=1, pad=0):
+    raise Unsupported("convolution (strided, padded indices)")

@@ -231,3 +231,62 @@ def pick(y, t) -> np.ndarray:
 def onehot(t) -> np.ndarray:
     """Labels are carried one-hot in the symbolic world already; this names the intent."""
     return asarray(t)
+
+
+def patches(x: np.ndarray, kh: int, kw: int, stride: int = 1, pad: int = 0) -> np.ndarray:
+    """The (N, C, OH, OW, kh, kw) windows of an (N, C, H, W) array, zero-padded by ``pad``, every ``stride``.
+
+    Plain NumPy indexing, so it serves object arrays and float arrays alike:
+    ``out[n, c, i, j, p, q] = padded[n, c, i*stride + p, j*stride + q]``, with
+    OH = (H + 2*pad - kh) // stride + 1 (the books' and CS231n's floor).
+    """
+    x = np.asarray(x)
+    for name, value, least in (("window height", kh, 1), ("window width", kw, 1), ("stride", stride, 1), ("pad", pad, 0)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"the {name} must be an integer of at least {least}, not {value!r}")
+    if x.ndim != 4:
+        raise ValueError(f"windows are taken of an (N, C, H, W) array, not of shape {x.shape}")
+    n, c, h, w = x.shape
+    if x.dtype == object:
+        padded = np.full((n, c, h + 2 * pad, w + 2 * pad), sympy.Integer(0), dtype=object)
+    else:
+        padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+    padded[:, :, pad:pad + h, pad:pad + w] = x
+    oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {kh}x{kw} window does not fit an image of {h}x{w} padded by {pad}")
+    rows = (np.arange(oh) * stride)[:, None] + np.arange(kh)[None, :]  # (OH, kh)
+    cols = (np.arange(ow) * stride)[:, None] + np.arange(kw)[None, :]  # (OW, kw)
+    return padded[:, :, rows[:, None, :, None], cols[None, :, None, :]]
+
+
+def windows(x, kh: int, kw: int, stride: int = 1, pad: int = 0) -> np.ndarray:
+    """:func:`patches` of a symbolic array (pooling: ``max(windows(...), axis=[4, 5])``)."""
+    return patches(asarray(x), kh, kw, stride, pad)
+
+
+def _filter_windows(x, W: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """The windows of ``x`` that (F, C, kh, kw) filters ``W`` see, after checking the two agree."""
+    if W.ndim != 4:
+        raise ValueError(f"conv2d's filters have shape (F, C, kh, kw), not {W.shape}")
+    win = patches(x, W.shape[2], W.shape[3], stride, pad)
+    if win.shape[1] != W.shape[1]:
+        raise ValueError(f"conv2d: {win.shape[1]} image channels, {W.shape[1]} filter channels")
+    return win
+
+
+def conv2d(x, W, stride: int = 1, pad: int = 0) -> np.ndarray:
+    """Cross-correlation of (N, C, H, W) images with (F, C, kh, kw) filters: (N, F, OH, OW).
+
+    ``out[n, f, i, j] = Σ_c Σ_p Σ_q windows(x)[n, c, i, j, p, q] · W[f, c, p, q]``,
+    what im2col followed by a matrix product computes.
+    """
+    W = asarray(W)
+    win = _filter_windows(asarray(x), W, stride, pad)
+    return sum(win[:, None] * W[None, :, :, None, None], axis=(2, 5, 6))
+
+
+def np_conv2d(x, W, stride: int = 1, pad: int = 0) -> np.ndarray:
+    """:func:`conv2d` on float arrays."""
+    W = np.asarray(W)
+    return np.einsum("ncijpq,fcpq->nfij", _filter_windows(x, W, stride, pad), W)

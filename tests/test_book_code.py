@@ -80,10 +80,10 @@ def test_an_import_that_cannot_be_found_says_where_it_looked(tmp_path):
 
 
 def test_no_rule_for_a_name_says_how_to_write_one(tmp_path):
-    (tmp_path / "l.py").write_text("class Convolution:\n    def forward(self, x):\n        return x\n")
-    p = cli("verify", "l.py:Convolution", cwd=tmp_path)
+    (tmp_path / "l.py").write_text("class TimeLSTM:\n    def forward(self, x):\n        return x\n")
+    p = cli("verify", "l.py:TimeLSTM", cwd=tmp_path)
     assert p.returncode == 2
-    assert "`derivcheck rules affine > myrules/convolution.toml`" in p.stderr and "--rules myrules" in p.stderr, p.stderr
+    assert "`derivcheck rules affine > myrules/time_lstm.toml`" in p.stderr and "--rules myrules" in p.stderr, p.stderr
     assert "docs/rules.md" in p.stderr and "ignoring case and underscores" in p.stderr
     shown = cli("rules", "affine", cwd=tmp_path)
     assert shown.returncode == 0 and shown.stdout == (ROOT / "rules" / "affine.toml").read_text()
@@ -410,6 +410,14 @@ def test_a_cs231n_param_dict_is_built_from_the_rules_hyperparameters(tmp_path):
     ("TimeEmbedding", "time_embedding"),
     ("TimeDropout", "time_dropout"),
     ("Dropout", "dropout"),
+    ("Convolution", "convolution"),  # book 1's chapter 7
+    ("Pooling", "pooling"),
+    ("conv2d", "convolution"),  # DeZero
+    ("conv_forward_naive", "convolution"),  # CS231n: the suffix after _forward
+    ("conv_backward_naive", "convolution"),
+    ("max_pool_forward_naive", "max_pool"),
+    ("max_pool_forward_fast", "max_pool"),
+    ("batchnorm_backward_alt", "batchnorm"),
 ])
 def test_the_books_own_names_guess_their_rule(name, rule):
     from derivcheck.rules import guess_rule

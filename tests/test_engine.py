@@ -124,3 +124,71 @@ def test_bad_sizes_and_hypers_are_refused():
         rule.at(N=2, D=2, keepdims="maybe")
     with pytest.raises(derivcheck.DerivcheckError, match="no hyperparameter 'axes'"):
         rule.at(N=2, D=2, hyper={"axes": 1})
+
+
+def _conv_loop(x, W, b, stride, pad):
+    N, C, H, Wd = x.shape
+    F, _, kh, kw = W.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = (H + 2 * pad - kh) // stride + 1, (Wd + 2 * pad - kw) // stride + 1
+    out = np.zeros((N, F, oh, ow))
+    for n, f, i, j in np.ndindex(N, F, oh, ow):
+        out[n, f, i, j] = np.sum(xp[n, :, i * stride:i * stride + kh, j * stride:j * stride + kw] * W[f]) + b[f]
+    return out
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 0), (2, 1), (2, 0), (3, 2)])
+def test_convolution_is_the_loop_over_windows(stride, pad):
+    """Padding, stride and the floor of the output size, as the books' and CS231n's loops compute them."""
+    rng = np.random.default_rng(stride * 10 + pad)
+    dims = {"N": 2, "C": 2, "IH": 5, "IW": 4, "F": 3, "KH": 3, "KW": 2}
+    d = derivcheck.load_rule("convolution").at(hyper={"stride": stride, "pad": pad}, **dims)
+    x, W, b = rng.normal(size=(2, 2, 5, 4)), rng.normal(size=(3, 2, 3, 2)), rng.normal(size=3)
+    want = _conv_loop(x, W, b, stride, pad)
+    assert d.output_shape == want.shape
+    np.testing.assert_allclose(d.forward(x=x, W=W, b=b), want, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(symarray.np_conv2d(x, W, stride, pad) + b[:, None, None], want, rtol=1e-13, atol=1e-13)
+    # the gradient at these settings, against central differences of the loop itself
+    cot = rng.normal(size=want.shape)
+    grads = d.vjp(cot, x=x, W=W, b=b)
+    h = 1e-6
+    for name, arr in (("x", x), ("W", W)):
+        numeric = np.zeros(arr.shape)
+        for idx in np.ndindex(*arr.shape):
+            plus, minus = arr.copy(), arr.copy()
+            plus[idx] += h
+            minus[idx] -= h
+            args = {"x": x, "W": W, "b": b}
+            hi = _conv_loop(**{**args, name: plus}, stride=stride, pad=pad)
+            lo = _conv_loop(**{**args, name: minus}, stride=stride, pad=pad)
+            numeric[idx] = np.sum(cot * (hi - lo)) / (2 * h)
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_max_pooling_routes_to_each_windows_argmax():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1, 2, 5, 5))
+    d = derivcheck.load_rule("pooling").at(hyper={"pool_h": 2, "pool_w": 3, "stride": 2, "pad": 0}, N=1, C=2, IH=5, IW=5)
+    assert d.output_shape == (1, 2, 2, 2)
+    cot = rng.normal(size=(1, 2, 2, 2))
+    want_out, want_dx = np.zeros((1, 2, 2, 2)), np.zeros_like(x)
+    for c, i, j in np.ndindex(2, 2, 2):
+        window = x[0, c, 2 * i:2 * i + 2, 2 * j:2 * j + 3]
+        p, q = np.unravel_index(np.argmax(window), window.shape)
+        want_out[0, c, i, j] = window[p, q]
+        want_dx[0, c, 2 * i + p, 2 * j + q] += cot[0, c, i, j]
+    np.testing.assert_array_equal(d.forward(x=x), want_out)
+    np.testing.assert_allclose(d.vjp(cot, x=x)["x"], want_dx, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("args,message", [
+    ((np.zeros((2, 3)), 2, 2, 1, 0), "windows are taken of an (N, C, H, W) array"),
+    ((np.zeros((1, 1, 3, 3)), 4, 2, 1, 0), "a 4x2 window does not fit an image of 3x3 padded by 0"),
+    ((np.zeros((1, 1, 3, 3)), 2, 2, 0, 0), "the stride must be an integer of at least 1, not 0"),
+    ((np.zeros((1, 1, 3, 3)), 2, 2, 1, -1), "the pad must be an integer of at least 0, not -1"),
+    ((np.zeros((1, 1, 3, 3)), 2.0, 2, 1, 0), "the window height must be an integer of at least 1, not 2.0"),
+])
+def test_windows_refuses_what_cannot_be_windowed(args, message):
+    with pytest.raises(ValueError) as err:
+        symarray.patches(*args)
+    assert message in str(err.value)

@@ -78,6 +78,11 @@ CASES = [
     ("kept rate unknown", KEPT.format(extra='keep = "q"\n', type="float", default=0.5), 10, 'keep = "q" names no float hyperparameter'),
     ("kept shape", KEPT.format(extra='drop = "r"\n', type="float", default=0.5).replace('shape = ["N"]\n{', '{').replace(
         'kind = "kept"\nshape = ["N"]', 'kind = "kept"\nshape = ["N", "N"]'), 9, "its shape is the output's"),
+    # sliding windows: an (N, C, H, W) input, filters that fit it
+    ("windows of a matrix", GOOD_HEAD + 'formula = "max(windows(x, 2, 2, 1, 0), axis=[4, 5])"\n[inputs.x]\nshape = ["N", "D"]\n', 3,
+     "windows are taken of an (N, C, H, W) array, not of shape"),
+    ("filters of other channels", GOOD_HEAD + 'formula = "conv2d(x, W, 1, 0)"\n[inputs.x]\nshape = ["N", "C", "H", "H"]\n'
+     '[inputs.W]\nshape = ["F", "D", "K", "K"]\n[dims.H]\nmin = 3\n', 3, "image channels"),
     ("rate on another label", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\n[labels.t]\nkind = "real"\nshape = ["N"]\ndrop = "r"\n',
      9, "only a kept mask"),
 ]

@@ -227,13 +227,13 @@ def test_kink_convention_is_reported_on_request():
 def test_non_smooth_rules_declare_their_kinks():
     """A rule whose Jacobian has Heaviside/Max/Piecewise keeps random values away from the kink.
 
-    max and min are not smooth where two elements tie, and the hinge losses where a margin is
+    max and min (and max pooling, a max per window) are not smooth where two elements tie, and the hinge losses where a margin is
     exactly 0 (x_j - x_y + 1 = 0): sets of measure zero, not a point a domain could avoid;
     random values drawn from a continuous distribution never land on them.
     """
     import sympy
 
-    not_pointwise = {"max", "min", "svm_loss", "linear_svm_loss"}
+    not_pointwise = {"max", "min", "svm_loss", "linear_svm_loss", "pooling", "max_pool"}
     for name in sorted(set(RULES) - not_pointwise):
         rule = derivcheck.load_rule(name)
         d = rule.at(**rule.example_dims())

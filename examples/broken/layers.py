@@ -619,3 +619,74 @@ class TimeEmbeddingLastStep:
             dW[...] = 0
             np.add.at(dW, self.xs[:, t], dout[:, t, :])
         return None
+
+
+def _im2col(x, fh, fw, stride, pad):
+    N, C, H, W = x.shape
+    oh, ow = (H + 2 * pad - fh) // stride + 1, (W + 2 * pad - fw) // stride + 1
+    img = np.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
+    col = np.zeros((N, C, fh, fw, oh, ow), dtype=x.dtype)
+    for i in range(fh):
+        for j in range(fw):
+            col[:, :, i, j] = img[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+    return col.transpose(0, 4, 5, 1, 2, 3).reshape(N * oh * ow, -1)
+
+
+def _col2im(col, shape, fh, fw, stride, pad):
+    N, C, H, W = shape
+    oh, ow = (H + 2 * pad - fh) // stride + 1, (W + 2 * pad - fw) // stride + 1
+    col = col.reshape(N, oh, ow, C, fh, fw).transpose(0, 3, 4, 5, 1, 2)
+    img = np.zeros((N, C, H + 2 * pad + stride - 1, W + 2 * pad + stride - 1), dtype=col.dtype)
+    for i in range(fh):
+        for j in range(fw):
+            img[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += col[:, :, i, j]
+    return img[:, :, pad:H + pad, pad:W + pad]
+
+
+class ConvolutionNoTranspose:
+    """BUG: book 1's Convolution with dW = (colᵀ dout).reshape(FN, C, FH, FW): the (C·FH·FW, FN)
+    product reshaped without its transpose, so the filters' gradients are interleaved."""
+
+    def __init__(self, W, b, stride=1, pad=0):
+        self.W, self.b, self.stride, self.pad = W, b, stride, pad
+
+    def forward(self, x):
+        FN, C, FH, FW = self.W.shape
+        N, _, H, W = x.shape
+        oh, ow = (H + 2 * self.pad - FH) // self.stride + 1, (W + 2 * self.pad - FW) // self.stride + 1
+        self.x, self.col = x, _im2col(x, FH, FW, self.stride, self.pad)
+        self.col_W = self.W.reshape(FN, -1).T
+        return (self.col @ self.col_W + self.b).reshape(N, oh, ow, -1).transpose(0, 3, 1, 2)
+
+    def backward(self, dout):
+        FN, C, FH, FW = self.W.shape
+        dout = dout.transpose(0, 2, 3, 1).reshape(-1, FN)
+        self.db = dout.sum(axis=0)
+        self.dW = (self.col.T @ dout).reshape(FN, C, FH, FW)
+        return _col2im(dout @ self.col_W.T, self.x.shape, FH, FW, self.stride, self.pad)
+
+
+def max_pool_unstrided_forward(x, pool_param):
+    ph, pw, s = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    N, C, H, W = x.shape
+    out = np.zeros((N, C, 1 + (H - ph) // s, 1 + (W - pw) // s), dtype=x.dtype)
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            out[:, :, i, j] = x[:, :, i * s:i * s + ph, j * s:j * s + pw].max(axis=(2, 3))
+    return out, (x, pool_param)
+
+
+def max_pool_unstrided_backward(dout, cache):
+    """BUG: the window's argmax is found at the right place, then routed to dx[i + p, j + q],
+    forgetting the stride: with stride 2, every window but the first sends its gradient elsewhere."""
+    x, pool_param = cache
+    ph, pw, s = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    dx = np.zeros_like(x)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            for i in range(dout.shape[2]):
+                for j in range(dout.shape[3]):
+                    window = x[n, c, i * s:i * s + ph, j * s:j * s + pw]
+                    p, q = np.unravel_index(np.argmax(window), window.shape)
+                    dx[n, c, i + p, j + q] += dout[n, c, i, j]
+    return dx

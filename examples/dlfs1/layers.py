@@ -170,3 +170,87 @@ class Dropout:
 
     def backward(self, dout):
         return dout * self.mask
+
+
+def im2col(x, fh, fw, stride=1, pad=0):
+    """Book 1's im2col (common/util.py): one row per output position, C*fh*fw columns (in x's dtype)."""
+    N, C, H, W = x.shape
+    oh = (H + 2 * pad - fh) // stride + 1
+    ow = (W + 2 * pad - fw) // stride + 1
+    img = np.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)], "constant")
+    col = np.zeros((N, C, fh, fw, oh, ow), dtype=x.dtype)
+    for i in range(fh):
+        for j in range(fw):
+            col[:, :, i, j, :, :] = img[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+    return col.transpose(0, 4, 5, 1, 2, 3).reshape(N * oh * ow, -1)
+
+
+def col2im(col, shape, fh, fw, stride=1, pad=0):
+    """The adjoint of im2col: each row's entries added back where they were taken from."""
+    N, C, H, W = shape
+    oh = (H + 2 * pad - fh) // stride + 1
+    ow = (W + 2 * pad - fw) // stride + 1
+    col = col.reshape(N, oh, ow, C, fh, fw).transpose(0, 3, 4, 5, 1, 2)
+    img = np.zeros((N, C, H + 2 * pad + stride - 1, W + 2 * pad + stride - 1), dtype=col.dtype)
+    for i in range(fh):
+        for j in range(fw):
+            img[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += col[:, :, i, j, :, :]
+    return img[:, :, pad:H + pad, pad:W + pad]
+
+
+class Convolution:
+    """Book 1's Convolution (chapter 7): im2col, then one matrix product with the flattened filters."""
+
+    def __init__(self, W, b, stride=1, pad=0):
+        self.W = W
+        self.b = b
+        self.stride = stride
+        self.pad = pad
+        self.x = self.col = self.col_W = None
+        self.dW = self.db = None
+
+    def forward(self, x):
+        FN, C, FH, FW = self.W.shape
+        N, C, H, W = x.shape
+        oh = (H + 2 * self.pad - FH) // self.stride + 1
+        ow = (W + 2 * self.pad - FW) // self.stride + 1
+        col = im2col(x, FH, FW, self.stride, self.pad)
+        col_W = self.W.reshape(FN, -1).T
+        out = np.dot(col, col_W) + self.b
+        self.x, self.col, self.col_W = x, col, col_W
+        return out.reshape(N, oh, ow, -1).transpose(0, 3, 1, 2)
+
+    def backward(self, dout):
+        FN, C, FH, FW = self.W.shape
+        dout = dout.transpose(0, 2, 3, 1).reshape(-1, FN)
+        self.db = np.sum(dout, axis=0)
+        self.dW = np.dot(self.col.T, dout).transpose(1, 0).reshape(FN, C, FH, FW)
+        dcol = np.dot(dout, self.col_W.T)
+        return col2im(dcol, self.x.shape, FH, FW, self.stride, self.pad)
+
+
+class Pooling:
+    """Book 1's Pooling (chapter 7): im2col, then the max of each window; backward routes to the argmax."""
+
+    def __init__(self, pool_h, pool_w, stride=1, pad=0):
+        self.pool_h = pool_h
+        self.pool_w = pool_w
+        self.stride = stride
+        self.pad = pad
+        self.x = self.arg_max = None
+
+    def forward(self, x):
+        N, C, H, W = x.shape
+        oh = (H + 2 * self.pad - self.pool_h) // self.stride + 1
+        ow = (W + 2 * self.pad - self.pool_w) // self.stride + 1
+        col = im2col(x, self.pool_h, self.pool_w, self.stride, self.pad).reshape(-1, self.pool_h * self.pool_w)
+        self.x, self.arg_max = x, np.argmax(col, axis=1)
+        return np.max(col, axis=1).reshape(N, oh, ow, C).transpose(0, 3, 1, 2)
+
+    def backward(self, dout):
+        dout = dout.transpose(0, 2, 3, 1)
+        size = self.pool_h * self.pool_w
+        dmax = np.zeros((dout.size, size), dtype=dout.dtype)
+        dmax[np.arange(self.arg_max.size), self.arg_max.flatten()] = dout.flatten()
+        dcol = dmax.reshape(dout.shape[0] * dout.shape[1] * dout.shape[2], -1)
+        return col2im(dcol, self.x.shape, self.pool_h, self.pool_w, self.stride, self.pad)

@@ -133,6 +133,15 @@ def batchnorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
+def batchnorm_backward_alt(dout, cache):
+    """CS231n's second backward of batchnorm_forward, in one line: (N dxhat - Σ dxhat - xhat Σ dxhat·xhat) / (N std)."""
+    xhat, gamma, std = cache
+    N = dout.shape[0]
+    dxhat = dout * gamma
+    dx = (N * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0)) / (N * std)
+    return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)
+
+
 def layernorm_forward(x, gamma, beta, ln_param):
     """CS231n: layer normalization, each sample over its features (the same in train and test)."""
     eps = ln_param.get("eps", 1e-5)
@@ -196,3 +205,61 @@ def dropout_forward(x, dropout_param):
 def dropout_backward(dout, cache):
     dropout_param, mask = cache
     return dout * mask if dropout_param["mode"] == "train" else dout
+
+
+def conv_forward_naive(x, w, b, conv_param):
+    """CS231n assignment 2: loops over the output positions, zero padding first."""
+    stride, pad = conv_param["stride"], conv_param["pad"]
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
+    H_out = 1 + (H + 2 * pad - HH) // stride
+    W_out = 1 + (W + 2 * pad - WW) // stride
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out = np.zeros((N, F, H_out, W_out), dtype=x.dtype)
+    for i in range(H_out):
+        for j in range(W_out):
+            window = xp[:, :, i * stride:i * stride + HH, j * stride:j * stride + WW]
+            out[:, :, i, j] = np.tensordot(window, w, axes=([1, 2, 3], [1, 2, 3])) + b
+    return out, (x, w, b, conv_param)
+
+
+def conv_backward_naive(dout, cache):
+    x, w, b, conv_param = cache
+    stride, pad = conv_param["stride"], conv_param["pad"]
+    _, _, HH, WW = w.shape
+    _, _, H_out, W_out = dout.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for i in range(H_out):
+        for j in range(W_out):
+            rows, cols = slice(i * stride, i * stride + HH), slice(j * stride, j * stride + WW)
+            dw += np.tensordot(dout[:, :, i, j], xp[:, :, rows, cols], axes=([0], [0]))
+            dxp[:, :, rows, cols] += np.tensordot(dout[:, :, i, j], w, axes=([1], [0]))
+    H, W = x.shape[2:]
+    return dxp[:, :, pad:pad + H, pad:pad + W], dw, dout.sum(axis=(0, 2, 3))
+
+
+def max_pool_forward_naive(x, pool_param):
+    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    N, C, H, W = x.shape
+    H_out, W_out = 1 + (H - ph) // stride, 1 + (W - pw) // stride
+    out = np.zeros((N, C, H_out, W_out), dtype=x.dtype)
+    for i in range(H_out):
+        for j in range(W_out):
+            out[:, :, i, j] = x[:, :, i * stride:i * stride + ph, j * stride:j * stride + pw].max(axis=(2, 3))
+    return out, (x, pool_param)
+
+
+def max_pool_backward_naive(dout, cache):
+    """Each window's gradient goes to the position of its maximum."""
+    x, pool_param = cache
+    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    dx = np.zeros_like(x)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            for i in range(dout.shape[2]):
+                for j in range(dout.shape[3]):
+                    window = x[n, c, i * stride:i * stride + ph, j * stride:j * stride + pw]
+                    p, q = np.unravel_index(np.argmax(window), window.shape)
+                    dx[n, c, i * stride + p, j * stride + q] += dout[n, c, i, j]
+    return dx
