@@ -14,7 +14,9 @@ through derivcheck's adapters on the same layers, values and cotangents, at
 the layer's dtype (gradcheck itself insists on float64; people run the same
 idea in float32 anyway). It checks the backward against the layer's own
 forward, so it cannot see a wrong forward, a side effect or an overflow at
-extreme inputs.
+extreme inputs. NumPy's global generator is reseeded before every call of the
+layer, so what the layer draws itself (dropout's mask) is the same draw in
+each difference quotient, as one fixes torch's generator for gradcheck.
 
 It prints, per dtype, how many broken layers each method caught and missed,
 and how many correct layers it flagged (false alarms). It also prints the time
@@ -57,11 +59,13 @@ def gradcheck(binding, rule, trials=3) -> bool:
         adapter = make_adapter(binding.target, rule, v.hyper, v.layer_hyper(dims), binding.style)
         try:
             adapter.build(values)
+            np.random.seed(binding.seed + k)  # the same draw in every call: dropout's mask stays put
             analytic = {n: None if g is None else np.array(g, dtype=np.float64, copy=True)
                         for n, g in adapter.run(values, cot).grads.items()}
 
             def loss(vals):
                 adapter.update_params(vals)
+                np.random.seed(binding.seed + k)
                 out = adapter.run(adapter.held(vals), cot).output
                 return float(np.sum(np.asarray(cot, dtype=np.float64) * np.asarray(out, dtype=np.float64)))
 
