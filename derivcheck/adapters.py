@@ -760,9 +760,10 @@ class FunctionalAdapter(Adapter):
                 fwd, bwd_name = self.obj, f"{base}_backward{suffix}"
             elif parts["which"] == "backward":  # the backward named: check it with its forward
                 fwd = getattr(self.module, f"{base}_forward{suffix}", None) or getattr(self.module, f"{base}_forward", None)
-                if fwd is None and not suffix:
+                if fwd is not None:
+                    bwd_name = self.name
+                elif not suffix:
                     raise DerivcheckError(f"found {self.name} but no {base}_forward next to it: a backward is checked with its forward")
-                bwd_name = self.name if fwd is not None else bwd_name
         bwd = getattr(self.module, bwd_name, None)
         if fwd is not None and bwd is None:
             raise DerivcheckError(f"found {fwd.__name__} but no {bwd_name} next to it")

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Function  # noqa: E402
+from dlfs1.layers import col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
 
 
 def _softmax(x):
@@ -621,28 +623,6 @@ class TimeEmbeddingLastStep:
         return None
 
 
-def _im2col(x, fh, fw, stride, pad):
-    N, C, H, W = x.shape
-    oh, ow = (H + 2 * pad - fh) // stride + 1, (W + 2 * pad - fw) // stride + 1
-    img = np.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
-    col = np.zeros((N, C, fh, fw, oh, ow), dtype=x.dtype)
-    for i in range(fh):
-        for j in range(fw):
-            col[:, :, i, j] = img[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
-    return col.transpose(0, 4, 5, 1, 2, 3).reshape(N * oh * ow, -1)
-
-
-def _col2im(col, shape, fh, fw, stride, pad):
-    N, C, H, W = shape
-    oh, ow = (H + 2 * pad - fh) // stride + 1, (W + 2 * pad - fw) // stride + 1
-    col = col.reshape(N, oh, ow, C, fh, fw).transpose(0, 3, 4, 5, 1, 2)
-    img = np.zeros((N, C, H + 2 * pad + stride - 1, W + 2 * pad + stride - 1), dtype=col.dtype)
-    for i in range(fh):
-        for j in range(fw):
-            img[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += col[:, :, i, j]
-    return img[:, :, pad:H + pad, pad:W + pad]
-
-
 class ConvolutionNoTranspose:
     """BUG: book 1's Convolution with dW = (colᵀ dout).reshape(FN, C, FH, FW): the (C·FH·FW, FN)
     product reshaped without its transpose, so the filters' gradients are interleaved."""
@@ -654,7 +634,7 @@ class ConvolutionNoTranspose:
         FN, C, FH, FW = self.W.shape
         N, _, H, W = x.shape
         oh, ow = (H + 2 * self.pad - FH) // self.stride + 1, (W + 2 * self.pad - FW) // self.stride + 1
-        self.x, self.col = x, _im2col(x, FH, FW, self.stride, self.pad)
+        self.x, self.col = x, im2col(x, FH, FW, self.stride, self.pad)
         self.col_W = self.W.reshape(FN, -1).T
         return (self.col @ self.col_W + self.b).reshape(N, oh, ow, -1).transpose(0, 3, 1, 2)
 
@@ -663,7 +643,7 @@ class ConvolutionNoTranspose:
         dout = dout.transpose(0, 2, 3, 1).reshape(-1, FN)
         self.db = dout.sum(axis=0)
         self.dW = (self.col.T @ dout).reshape(FN, C, FH, FW)
-        return _col2im(dout @ self.col_W.T, self.x.shape, FH, FW, self.stride, self.pad)
+        return col2im(dout @ self.col_W.T, self.x.shape, FH, FW, self.stride, self.pad)
 
 
 def max_pool_unstrided_forward(x, pool_param):
