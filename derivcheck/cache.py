@@ -90,7 +90,7 @@ def encode(expr):
     if isinstance(expr, (sympy.Sum, ReduceMax)):
         tag = "Sum" if isinstance(expr, sympy.Sum) else "RMax"
         return [tag, encode(expr.function)] + [[encode(v), encode(lo), encode(hi)] for v, lo, hi in expr.limits]
-    if isinstance(expr, sympy.Integer):
+    if isinstance(expr, sympy.Integer) or type(expr) is int:  # a size a rule fixes may be a plain int
         return ["I", str(int(expr))]
     if isinstance(expr, sympy.Rational):
         return ["Q", str(expr.p), str(expr.q)]
@@ -145,8 +145,17 @@ def decode(tree, symbols: dict, bases: frozenset = frozenset()):
         decoded = [decode(a, symbols, bases) for a in args]
         if tag == "Pow" and (len(decoded) != 2 or (decoded[1].is_Number and abs(decoded[1]) > MAX_EXPONENT)):
             raise ValueError("power out of bounds")  # Pow(3, 10**10) would never finish evaluating
+        if tag in _AS_STORED:
+            return _FUNCS[tag](*decoded, evaluate=False)
         return _FUNCS[tag](*decoded)
     raise ValueError(f"unknown node {tag!r}")
+
+
+# Rebuilt as stored, not re-simplified: the entry holds the args of an expression SymPy had
+# already put in canonical form, so evaluating again only repeats that work (most of a cold
+# load's time: Abs and Add asking assumptions). test_cache checks the round trip is exact.
+_AS_STORED = frozenset(("Add", "Mul", "Pow", "exp", "log", "tanh", "sin", "cos", "Abs", "sign", "Max", "Min",
+                        "Heaviside", "KroneckerDelta", "IsMax"))
 
 
 MAX_DIGITS = 40  # integers in entries: the engine writes small ones; a huge one is an attack or corruption

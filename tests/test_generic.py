@@ -169,6 +169,24 @@ def test_generic_derivation_is_cached_on_disk(tmp_path, monkeypatch):
     reference._GENERIC.clear()
 
 
+@pytest.mark.parametrize("name", sorted(set(RULES) - FLATTENING - set(WINDOWED)))
+def test_a_cached_derivation_loads_exactly_as_it_was_stored(name):
+    """Read back node for node, not re-simplified: what the proof checked is what later runs evaluate."""
+    from derivcheck import cache
+
+    rule = derivcheck.load_rule(name)
+    hyper = rule.resolve_hyper()
+    reference.generic_for(rule, hyper)  # derived and stored, if no earlier test did
+    reference._GENERIC.pop(reference.cache_key(rule, hyper))
+    g, _ = reference.generic_for(rule, hyper)  # so this one is read from disk
+    data = cache.load_entry(cache.entry_key(reference.cache_key(rule, hyper)))
+    assert g is not None and data is not None
+    e = g.exprs
+    assert cache.encode(e["out"]) == data["out"] and cache.encode(e["out_M"]) == data["out_M"]
+    for n, v in data["vjp"].items():
+        assert [cache.encode(e["vjp"][n][part]) for part in ("expr", "M", "support")] == [v["expr"], v["M"], v["support"]]
+
+
 def test_corrupt_generic_entry_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("DERIVCHECK_CACHE_DIR", str(tmp_path))
     rule = derivcheck.load_rule("sigmoid")
