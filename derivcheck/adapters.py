@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -80,7 +81,7 @@ def check_target(spec: str) -> None:
     if not path.is_file():
         raise DerivcheckError(f"target file '{where}' not found (from {Path.cwd()})")
     try:
-        tree = ast.parse(path.read_bytes())
+        tree = parse_source(path)
     except (SyntaxError, ValueError, OSError):
         return  # the worker's import says it best
     defined, dynamic = [], False
@@ -101,6 +102,22 @@ def check_target(spec: str) -> None:
     close = difflib.get_close_matches(name, [d for d in defined if not d.startswith("_")], n=3)
     hint = f"did you mean {', '.join(close)}?" if close else f"it defines: {', '.join(shown) or 'no classes or functions'}"
     raise DerivcheckError(f"'{where}' has no '{name}' ({hint})")
+
+
+def parse_source(path: Path) -> ast.Module:
+    """``path``'s syntax tree, parsed once per version of the file (read-only: callers only walk it).
+
+    The adapters read a target file several times per check (what it defines, whether a
+    class is a model, what it imports); a gate over a layer library reads one file per
+    binding. Raises what ``ast.parse`` and reading raise.
+    """
+    st = Path(path).stat()
+    return _parse(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(path: str, mtime_ns: int, size: int) -> ast.Module:
+    return ast.parse(Path(path).read_bytes())
 
 
 def load_target(spec):
@@ -181,7 +198,7 @@ def model_convention(spec: str) -> str | None:
     if path is None or not path.is_file():
         return None
     try:
-        tree = ast.parse(path.read_bytes())
+        tree = parse_source(path)
     except (SyntaxError, ValueError, OSError):
         return None
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
@@ -238,16 +255,11 @@ def import_roots(path: Path) -> list[Path]:
         top = top.parent
     roots.append(top)
     try:
-        tree = ast.parse(path.read_bytes())
+        st = path.stat()
+        names = _absolute_imports(str(path), st.st_mtime_ns, st.st_size)
     except (SyntaxError, ValueError, OSError):
-        tree = None  # the import itself reports it
-    names = []
-    for node in ast.walk(tree) if tree is not None else ():
-        if isinstance(node, ast.Import):
-            names += [a.name.split(".")[0] for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.append(node.module.split(".")[0])
-    for name in dict.fromkeys(names):
+        names = ()  # the import itself reports it
+    for name in names:
         if name in sys.modules or _findable(name):
             continue
         for folder in path.parents:
@@ -255,6 +267,18 @@ def import_roots(path: Path) -> list[Path]:
                 roots.append(folder)
                 break
     return list(dict.fromkeys(roots))
+
+
+@functools.lru_cache(maxsize=64)
+def _absolute_imports(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The top-level names the file at ``path`` imports absolutely, in order, each once."""
+    names = []
+    for node in ast.walk(_parse(path, mtime_ns, size)):
+        if isinstance(node, ast.Import):
+            names += [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module.split(".")[0])
+    return tuple(dict.fromkeys(names))
 
 
 def _findable(name: str) -> bool:
@@ -344,6 +368,7 @@ def _applies_function(fn, module, depth: int = 3) -> bool:
                              and _applies_function(f, module, depth - 1) for n in names)
 
 
+@functools.lru_cache(maxsize=256)
 def _mentions(cls, attr: str) -> bool:
     try:
         return f"self.{attr}" in inspect.getsource(cls)
