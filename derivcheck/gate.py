@@ -61,24 +61,30 @@ def use_config(config: Config) -> None:
 _HOW = 'add rule = "NAME" to its [[layer]] entry'  # how a configuration names a rule
 
 
-def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None, timeout: float | None = None) -> Result:
-    """One binding's check, in a worker process of its own (isolate.py); never raises for the layer's sake."""
-    from .isolate import verify_isolated
+def verify_arguments(binding: Binding, rule_dirs=(), seed: int | None = None) -> tuple:
+    """``(target, rule, options)``: what the binding's check calls verify with (``rule`` None: a whole network).
+
+    Raises DerivcheckError when no rule can be found for it.
+    """
     from .adapters import model_convention
     from .rules import rule_for, variants_for
 
+    common = {"dtype": binding.dtype, "seed": binding.seed if seed is None else seed, "trials": binding.trials,
+              "steps": binding.steps, "strict": binding.strict}
+    if binding.rule is None and model_convention(binding.target):  # a whole network
+        return binding.target, None, common | {"rule_dirs": [str(d) for d in rule_dirs]}
+    rule = rule_for(binding.rule, binding.target, rule_dirs, _HOW)
+    return binding.target, rule, common | {"hyper": binding.hyper, "style": binding.style,
+                                           "variants": variants_for(binding.rule, rule, rule_dirs)}
+
+
+def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None, timeout: float | None = None) -> Result:
+    """One binding's check, in a worker process of its own (isolate.py); never raises for the layer's sake."""
+    from .isolate import verify_isolated
+
     try:
-        if binding.rule is None and model_convention(binding.target):  # a whole network
-            report = verify_isolated(binding.target, None, timeout=timeout or binding.timeout, dtype=binding.dtype,
-                                     seed=binding.seed if seed is None else seed, trials=binding.trials,
-                                     steps=binding.steps, strict=binding.strict, rule_dirs=[str(d) for d in rule_dirs])
-            return Result(binding, report)
-        rule = rule_for(binding.rule, binding.target, rule_dirs, _HOW)
-        report = verify_isolated(binding.target, rule, timeout=timeout or binding.timeout, hyper=binding.hyper,
-                                 style=binding.style, dtype=binding.dtype, seed=binding.seed if seed is None else seed,
-                                 trials=binding.trials, steps=binding.steps, strict=binding.strict,
-                                 variants=variants_for(binding.rule, rule, rule_dirs))
-        return Result(binding, report)
+        target, rule, options = verify_arguments(binding, rule_dirs, seed)
+        return Result(binding, verify_isolated(target, rule, timeout=timeout or binding.timeout, **options))
     except DerivcheckError as exc:
         return Result(binding, None, f"{binding.where}: layer {binding.target.rpartition(':')[2]}: {exc}")
 

@@ -33,7 +33,7 @@ def _broken():
     """The broken examples as examples/derivcheck.toml catalogues them (the one source of truth)."""
     from derivcheck.config import load_config
 
-    layers, networks = [], []
+    layers, networks, bound = [], [], []
     for b in load_config(EXAMPLES / "derivcheck.toml").bindings:
         if b.expect != "fail":
             continue
@@ -42,9 +42,11 @@ def _broken():
         else:
             layers.append((b.target.rpartition(":")[2], b.rule, dict(b.hyper), b.dtype,
                            ",".join(b.caught_by), b.diagnosis, b.strict))
-    return layers, networks
+            bound.append(b)
+    return layers, networks, bound
 
 
 # (target in broken/layers.py, rule, hyperparameters, dtype, the checks that must fail (comma-separated) or
 #  the warning kind, the diagnosis kind that must name the bug, whether it is checked with --strict)
-BROKEN, BROKEN_NETWORKS = _broken()  # networks: (target under examples/, the checks that fail, the diagnosis kind)
+BROKEN, BROKEN_NETWORKS, BROKEN_BINDINGS = _broken()  # networks: (target under examples/, the checks that fail, the diagnosis kind)
+# BROKEN_BINDINGS: the catalogue's own Binding of each entry of BROKEN, in the same order

@@ -1,9 +1,15 @@
-"""The whole report of every broken example, as a user reads it: pinned against tests/golden/broken_reports.json.
+"""Each broken example, checked once as the gate checks it, held to three things.
 
-Every field a user sees is compared: each check's name, verdict, location and message; for a
-failing check the trial, step, seed and sizes it failed at, its worst element, and expected and
-got (to 6 digits); the warnings, diagnosis (messages and hints), notes and the reproduce line.
-A changed word in a report fails here; when the change is meant, regenerate the file:
+1. The gate's own judgement (gate.Result.ok, on a check called as gate.verify_arguments says): it fails, on exactly the checks its
+   caught-by names, with the diagnosis it names (so `derivcheck check examples` passes).
+2. What a user is owed beyond that: no hypothesis but the right one is reported, each
+   reported residual is computed; a finding that is a warning passes without --strict.
+3. Its whole report, as a user reads it, pinned against tests/golden/broken_reports.json.
+   Every field a user sees is compared: each check's name, verdict, location and message;
+   for a failing check the trial, step, seed and sizes it failed at, its worst element,
+   and expected and got (to 6 digits); the warnings, diagnosis (messages and hints), notes
+   and the reproduce line. A changed word in a report fails here; when the change is
+   meant, regenerate the file:
 
     DERIVCHECK_UPDATE_GOLDEN=1 python -m pytest tests/test_reports.py -n 0
 
@@ -14,10 +20,10 @@ import os
 
 import pytest
 
-import derivcheck
+from derivcheck.gate import Result, verify_arguments
 from derivcheck.verify import verify
 
-from bindings import BROKEN, EXAMPLES
+from bindings import BROKEN, BROKEN_BINDINGS, EXAMPLES
 
 GOLDEN = EXAMPLES.parent / "tests" / "golden" / "broken_reports.json"
 UPDATE = os.environ.get("DERIVCHECK_UPDATE_GOLDEN") == "1"
@@ -45,20 +51,36 @@ def snapshot(rep) -> dict:
     return data
 
 
-def _report(target, rule, hyper, dtype, strict):
-    return verify(str(EXAMPLES / "broken" / "layers.py") + ":" + target, derivcheck.load_rule(rule), hyper=hyper,
-                  dtype=dtype, strict=strict)
-
-
 @pytest.fixture(scope="module")
 def golden():
     return json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
 
 
-@pytest.mark.parametrize("target,rule,hyper,dtype,caught,kind,strict", BROKEN, ids=[b[0] for b in BROKEN])
-def test_the_report_of_each_broken_example_is_as_pinned(target, rule, hyper, dtype, caught, kind, strict, golden):
-    key = f"{target}-{rule}-{dtype}" + ("-strict" if strict else "")
-    got = snapshot(_report(target, rule, hyper, dtype, strict))
+@pytest.mark.parametrize("binding", BROKEN_BINDINGS, ids=[b[0] for b in BROKEN])
+def test_each_broken_example_is_caught_where_the_catalogue_says_and_reports_as_pinned(binding, golden):
+    target, rule, options = verify_arguments(binding)
+    rep = verify(target, rule, **options)  # in this process, so that mutation testing reaches it; isolation: test_isolation.py
+    result = Result(binding, rep)
+    assert result.ok, (result.verdict, result.mismatch, rep.reproduce)  # 1. the gate's own judgement
+    failing = {c.name for c in rep.checks if not c.passed}
+    caught = binding.caught_by
+    if caught[0].startswith("warning:"):  # 2. a warning: no check fails, no diagnosis; a pass without --strict
+        assert binding.strict and failing == set() and rep.diagnosis == [], (failing, rep.diagnosis)
+        lenient = verify(target, rule, **options | {"strict": False})
+        assert lenient.verdict == "pass" and lenient.exit_code == 0
+        assert caught[0].split(":", 1)[1] in {w.kind for w in lenient.warnings}
+    else:
+        assert failing == set(caught) and rep.exit_code == 1, failing
+        kinds = [d["kind"] for d in rep.diagnosis]
+        # the right hypothesis and no other (once per check it explains: MulLayerNotSwapped's two gradients)
+        want = {binding.diagnosis} if binding.diagnosis else set()
+        assert set(kinds) == want and len(kinds) == len({d["check"] for d in rep.diagnosis}), rep.diagnosis
+        for d in rep.diagnosis:  # a hypothesis that holds explains every element: residual <= 1, computed
+            r = d["evidence"].get("residual_over_tol")
+            assert r is None or r <= 1 or d["kind"] in ("shape", "rebinds-grads", "forward-wrong"), d
+            assert d["message"] and d["hint"] and "residual_over_tol" in d["evidence"] or d["kind"] == "numerical-stability", d
+    key = f"{binding.target.rpartition(':')[2]}-{binding.rule}-{binding.dtype}" + ("-strict" if binding.strict else "")
+    got = snapshot(rep)  # 3. the whole report
     if UPDATE:
         golden[key] = got
         data = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}

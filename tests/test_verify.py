@@ -12,7 +12,7 @@ from derivcheck.errors import DerivcheckError
 from derivcheck.verify import verify
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from bindings import BROKEN, EXAMPLES, REFERENCE  # noqa: E402
+from bindings import EXAMPLES, REFERENCE  # noqa: E402
 
 RULES = sorted(derivcheck.list_rules())
 
@@ -33,34 +33,6 @@ def test_reference_layer_passes_across_seeds(target, rule, hyper, dtype, seed):
     stress = {"stability"} if any(i.stress for i in r.inputs.values()) else set()
     kept = {f"{n} kept" for n, lab in r.labels.items() if lab.kind == "kept"}  # dropout's mask
     assert {c.name for c in rep.checks} == {"forward"} | {f"grad {n}" for n in r.inputs} | stress | kept
-
-
-@pytest.mark.parametrize("target,rule,hyper,dtype,caught,kind,strict", BROKEN, ids=[b[0] for b in BROKEN])
-def test_broken_layer_is_caught_where_it_is_broken(target, rule, hyper, dtype, caught, kind, strict):
-    # a warning is checked both ways below; a failing check at the catalogue's strictness
-    lenient = caught.startswith("warning:")
-    rep = verify(str(EXAMPLES / "broken" / "layers.py") + ":" + target, derivcheck.load_rule(rule), hyper=hyper, dtype=dtype,
-                 strict=strict and not lenient)
-    failing = {c.name for c in rep.checks if not c.passed}
-    if caught.startswith("warning:"):
-        assert failing == set(), failing
-        assert rep.diagnosis == []
-        assert caught.split(":", 1)[1] in {w.kind for w in rep.warnings}
-        assert rep.verdict == "pass" and rep.exit_code == 0
-        strict = verify(str(EXAMPLES / "broken" / "layers.py") + ":" + target, derivcheck.load_rule(rule), hyper=hyper,
-                        dtype=dtype, strict=True)
-        assert strict.verdict == "fail" and strict.exit_code == 1
-    else:
-        assert failing == set(caught.split(",")), failing
-        assert rep.verdict == "fail" and rep.exit_code == 1
-        kinds = [d["kind"] for d in rep.diagnosis]
-        # the right hypothesis and no other (once per check it explains: MulLayerNotSwapped's two gradients)
-        assert set(kinds) == ({kind} if kind else set()) and len(kinds) == len({d["check"] for d in rep.diagnosis}), rep.diagnosis
-        for d in rep.diagnosis:  # a hypothesis that holds explains every element: residual <= 1, computed
-            r = d["evidence"].get("residual_over_tol")
-            assert r is None or r <= 1 or d["kind"] in ("shape", "rebinds-grads", "forward-wrong"), d
-        for named in rep.diagnosis:
-            assert named["message"] and named["hint"] and "residual_over_tol" in named["evidence"] or kind == "numerical-stability"
 
 
 def run(*args):
