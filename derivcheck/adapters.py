@@ -81,7 +81,7 @@ def check_target(spec: str) -> None:
     if not path.is_file():
         raise DerivcheckError(f"target file '{where}' not found (from {Path.cwd()})")
     try:
-        tree = parse_source(path)
+        tree = _source_tree(path)
     except (SyntaxError, ValueError, OSError):
         return  # the worker's import says it best
     defined, dynamic = [], False
@@ -104,7 +104,7 @@ def check_target(spec: str) -> None:
     raise DerivcheckError(f"'{where}' has no '{name}' ({hint})")
 
 
-def parse_source(path: Path) -> ast.Module:
+def _source_tree(path: Path) -> ast.Module:
     """``path``'s syntax tree, parsed once per version of the file (read-only: callers only walk it).
 
     The adapters read a target file several times per check (what it defines, whether a
@@ -198,7 +198,7 @@ def model_convention(spec: str) -> str | None:
     if path is None or not path.is_file():
         return None
     try:
-        tree = parse_source(path)
+        tree = _source_tree(path)
     except (SyntaxError, ValueError, OSError):
         return None
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}

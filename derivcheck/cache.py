@@ -153,7 +153,7 @@ def decode(tree, symbols: dict, bases: frozenset = frozenset()):
 
 # Rebuilt as stored, not re-simplified: the entry holds the args of an expression SymPy had
 # already put in canonical form, so evaluating again only repeats that work (most of a cold
-# load's time: Abs and Add asking assumptions). test_cache checks the round trip is exact.
+# load's time: Abs and Add asking assumptions). tests/test_generic.py checks the round trip is exact.
 _AS_STORED = frozenset(("Add", "Mul", "Pow", "exp", "log", "tanh", "sin", "cos", "Abs", "sign", "Max", "Min",
                         "Heaviside", "KroneckerDelta", "IsMax"))
 
