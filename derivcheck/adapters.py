@@ -111,8 +111,13 @@ def _source_tree(path: Path) -> ast.Module:
     class is a model, what it imports); a gate over a layer library reads one file per
     binding. Raises what ``ast.parse`` and reading raise.
     """
+    return _parse(*_version(path))
+
+
+def _version(path: Path) -> tuple[str, int, int]:
+    """The key of one version of a file: its resolved path, modification time and size."""
     st = Path(path).stat()
-    return _parse(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    return str(Path(path).resolve()), st.st_mtime_ns, st.st_size
 
 
 @functools.lru_cache(maxsize=64)
@@ -255,8 +260,7 @@ def import_roots(path: Path) -> list[Path]:
         top = top.parent
     roots.append(top)
     try:
-        st = path.stat()
-        names = _absolute_imports(str(path), st.st_mtime_ns, st.st_size)
+        names = _absolute_imports(*_version(path))
     except (SyntaxError, ValueError, OSError):
         names = ()  # the import itself reports it
     for name in names:

@@ -49,4 +49,4 @@ def _broken():
 # (target in broken/layers.py, rule, hyperparameters, dtype, the checks that must fail (comma-separated) or
 #  the warning kind, the diagnosis kind that must name the bug, whether it is checked with --strict)
 BROKEN, BROKEN_NETWORKS, BROKEN_BINDINGS = _broken()  # networks: (target under examples/, the checks that fail, the diagnosis kind)
-# BROKEN_BINDINGS: the catalogue's own Binding of each entry of BROKEN, in the same order
+# BROKEN_BINDINGS: the catalogue's own Binding of each broken layer (each entry of BROKEN is read from one)

@@ -11,7 +11,7 @@ def test_bench_runs_and_derivcheck_catches_all_without_false_alarms():
     """On every 8th layer in float64 (a sixteenth of the bench's time).
 
     That every broken example is caught and no correct one flagged, in both dtypes, is for
-    test_reports.py (through the gate's run_binding) and test_verify.py; this test is about the bench's own output.
+    test_reports.py (held to the gate's judgement) and test_verify.py; this test is about the bench's own output.
     """
     out = subprocess.run([sys.executable, str(BENCH), "--dtype", "float64", "--every", "8"], capture_output=True, text=True,
                          check=True, timeout=600).stdout

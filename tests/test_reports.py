@@ -1,7 +1,8 @@
 """Each broken example, checked once as the gate checks it, held to three things.
 
-1. The gate's own judgement (gate.Result.ok, on a check called as gate.verify_arguments says): it fails, on exactly the checks its
-   caught-by names, with the diagnosis it names (so `derivcheck check examples` passes).
+1. The gate's own judgement (gate.Result.ok, on a check called as gate.verify_arguments
+   says): it fails, exit 1, on exactly the checks its caught-by names, with the diagnosis
+   it names (so `derivcheck check examples` passes).
 2. What a user is owed beyond that: no hypothesis but the right one is reported, each
    reported residual is computed; a finding that is a warning passes without --strict.
 3. Its whole report, as a user reads it, pinned against tests/golden/broken_reports.json.
@@ -23,7 +24,7 @@ import pytest
 from derivcheck.gate import Result, verify_arguments
 from derivcheck.verify import verify
 
-from bindings import BROKEN, BROKEN_BINDINGS, EXAMPLES
+from bindings import BROKEN_BINDINGS, EXAMPLES
 
 GOLDEN = EXAMPLES.parent / "tests" / "golden" / "broken_reports.json"
 UPDATE = os.environ.get("DERIVCHECK_UPDATE_GOLDEN") == "1"
@@ -56,12 +57,12 @@ def golden():
     return json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
 
 
-@pytest.mark.parametrize("binding", BROKEN_BINDINGS, ids=[b[0] for b in BROKEN])
+@pytest.mark.parametrize("binding", BROKEN_BINDINGS, ids=[b.target.rpartition(":")[2] for b in BROKEN_BINDINGS])
 def test_each_broken_example_is_caught_where_the_catalogue_says_and_reports_as_pinned(binding, golden):
     target, rule, options = verify_arguments(binding)
     rep = verify(target, rule, **options)  # in this process, so that mutation testing reaches it; isolation: test_isolation.py
     result = Result(binding, rep)
-    assert result.ok, (result.verdict, result.mismatch, rep.reproduce)  # 1. the gate's own judgement
+    assert result.ok and rep.exit_code == 1, (result.verdict, result.mismatch, rep.reproduce)  # 1. the gate's own judgement
     failing = {c.name for c in rep.checks if not c.passed}
     caught = binding.caught_by
     if caught[0].startswith("warning:"):  # 2. a warning: no check fails, no diagnosis; a pass without --strict
@@ -70,7 +71,7 @@ def test_each_broken_example_is_caught_where_the_catalogue_says_and_reports_as_p
         assert lenient.verdict == "pass" and lenient.exit_code == 0
         assert caught[0].split(":", 1)[1] in {w.kind for w in lenient.warnings}
     else:
-        assert failing == set(caught) and rep.exit_code == 1, failing
+        assert failing == set(caught), failing
         kinds = [d["kind"] for d in rep.diagnosis]
         # the right hypothesis and no other (once per check it explains: MulLayerNotSwapped's two gradients)
         want = {binding.diagnosis} if binding.diagnosis else set()
