@@ -7,7 +7,10 @@ JSON, another key, an unknown node, a foreign symbol — is treated as a miss
 and rebuilt. Keys cover the rule's text, the sizes, the hyperparameters the
 formula reads, the cache format and the derivcheck, SymPy and NumPy versions.
 Writes go to a temporary file in the same folder and are renamed into place
-(atomic), so parallel runs (pytest -n) never see half an entry.
+(atomic), so parallel runs (pytest -n) never see half an entry; and a process
+about to derive an entry takes the entry's lock first (:func:`deriving`), so
+processes that need the same entry at once (``check -j``, test workers) derive
+it once: the others wait, then read it.
 
 The folder is ``$DERIVCHECK_CACHE_DIR``, else ``$XDG_CACHE_HOME/derivcheck``,
 else ``~/.cache/derivcheck``; ``DERIVCHECK_CACHE=0`` turns the disk cache off.
@@ -24,6 +27,7 @@ message that says what to do.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -33,6 +37,10 @@ import os
 import re
 import tempfile
 from importlib import metadata
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; a derivation may then be made twice, which is only slower
+    fcntl = None
 from pathlib import Path
 
 from . import DISTRIBUTION
@@ -346,6 +354,35 @@ def store(key: str, rule_name: str, exprs: tuple) -> bool:
     return store_entry(key, data)
 
 
+@contextlib.contextmanager
+def deriving(key: str):
+    """Hold ``key``'s lock (a ``.lock`` file beside the entry) while the caller derives and stores it.
+
+    The caller reads the entry again once it holds the lock: a process that derived it
+    meanwhile has stored it. Locks are only ever taken in one order (a generic entry,
+    then the element-by-element entries its proof needs), so two processes cannot wait
+    on each other; the kernel drops a lock when its process dies (a worker killed at
+    its time limit). Without a folder, or where the lock cannot be made, no lock.
+    """
+    path = _path(key)
+    fd = None
+    if path is not None and fcntl is not None:
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            if _real_dir(path.parent):
+                fd = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
+
+
 def load_entry(key: str) -> dict | None:
     """The JSON payload stored under ``key``, if its MAC is this user's (format and key checked), or None."""
     path = _path(key)
@@ -380,8 +417,7 @@ def store_entry(key: str, data: dict) -> bool:
     payload = json.dumps({"format": FORMAT, "key": key, **data}, separators=(",", ":")).encode("utf-8")
     tmp = None
     try:
-        if not path.parent.exists():
-            path.parent.mkdir(mode=0o700)
+        path.parent.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another process may make it first
         if not _real_dir(path.parent):
             return False  # a symlinked sub-folder would send our writes elsewhere
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")

@@ -246,8 +246,11 @@ def derive(rule, dims: dict, hyper: dict) -> Derivation:
         derivation = Derivation(rule, dims, hyper, exprs=_FROM_DISK)
         exprs = cache.load(disk_key, derivation)
         if exprs is None:
-            exprs = derivation._derive()
-            cache.store(disk_key, rule.name, exprs)
+            with cache.deriving(disk_key):
+                exprs = cache.load(disk_key, derivation)  # another process may have stored it while we waited
+                if exprs is None:
+                    exprs = derivation._derive()
+                    cache.store(disk_key, rule.name, exprs)
         derivation._finish(exprs)
         _MEMORY[key] = derivation
     return _MEMORY[key]

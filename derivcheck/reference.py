@@ -257,11 +257,14 @@ def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:
     note = ""
     if g is None:
         try:
-            with status(f"deriving {rule.name} shape-generically"):
-                g = GenericDerivation(rule, hyper)
-            with status(f"proving the {rule.name} derivation against the element-by-element one"):
-                prove(rule, hyper, g)
-            _store(rule, disk_key, g)
+            with cache.deriving(disk_key):
+                g = _load(rule, hyper, disk_key)  # another process may have stored it while we waited
+                if g is None:
+                    with status(f"deriving {rule.name} shape-generically"):
+                        g = GenericDerivation(rule, hyper)
+                    with status(f"proving the {rule.name} derivation against the element-by-element one"):
+                        prove(rule, hyper, g)
+                    _store(rule, disk_key, g)
         except Unsupported as exc:
             g, note = None, f"reference: the element-by-element tier, at each trial's sizes (no shape-generic form: {exc})"
         except (TypeError, ValueError, NotImplementedError, RecursionError, AttributeError) as exc:  # SymPy could not do it

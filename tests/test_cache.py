@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import derivcheck
-from derivcheck import cache, derive
+from derivcheck import cache, derive, reference
 from derivcheck.rules import load_rule_file
 
 
@@ -107,6 +107,61 @@ def test_parallel_writers_leave_whole_entries(fresh):
     files = entries(fresh)
     assert len(files) == 1 and not list(fresh.rglob(".tmp-*"))
     json.loads(payload(files[0]))
+
+
+def _child_exit(fn, *args):
+    """In a child: exit 0 if ``fn(*args)`` is true."""
+    raise SystemExit(0 if fn(*args) else 1)
+
+
+def _derive_together(folder, log, barrier):
+    """In a child: count the derivations made here, with every child starting each one at once."""
+    os.environ["DERIVCHECK_CACHE_DIR"] = folder
+    from derivcheck import reference
+
+    real = reference.GenericDerivation
+
+    def counted(rule, hyper, exprs=None):
+        if exprs is None:  # derived, not read back
+            with open(log, "a") as fh:
+                fh.write("generic\n")
+            return real(rule, hyper)
+        return real(rule, hyper, exprs)
+
+    reference.GenericDerivation = counted
+    real_derive = derive.Derivation._derive
+
+    def counted_derive(self):
+        with open(log, "a") as fh:
+            fh.write("concrete\n")
+        return real_derive(self)
+
+    derive.Derivation._derive = counted_derive
+    rule = derivcheck.load_rule("layernorm")
+    hyper = rule.resolve_hyper({})
+    barrier.wait()
+    g, note = reference.generic_for(rule, hyper)
+    barrier.wait()
+    d = rule.at(N=5, D=2)  # not a proof shape: an element-by-element derivation of its own
+    return g is not None and not note and d.output_shape == (5, 2)
+
+
+def test_processes_needing_one_derivation_at_once_make_it_once(fresh):
+    """check -j and the test workers: the first derives, the others wait for its entry and read it."""
+    ctx = multiprocessing.get_context("spawn")
+    log = fresh / "derivations.log"
+    barrier = ctx.Barrier(3)
+    children = [ctx.Process(target=_child_exit, args=(_derive_together, str(fresh), str(log), barrier)) for _ in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(300)
+    assert [child.exitcode for child in children] == [0, 0, 0]
+    made = log.read_text().split()
+    n_proof = len(reference.proof_dims(derivcheck.load_rule("layernorm"), {}))
+    assert made.count("generic") == 1, made
+    assert made.count("concrete") == n_proof + 1, made  # each proof shape once, then N=5, D=2 once
+    assert not list(fresh.rglob(".tmp-*"))
 
 
 def test_encoding_round_trips_floats_and_piecewise():
