@@ -33,8 +33,13 @@ _HEAVISIDE, _MAX, _MIN = (sympy.Function(n) for n in ("heaviside_", "amax_", "am
 
 
 def _plain(exprs):
-    return [sympy.sympify(e).replace(sympy.Heaviside, lambda a, *h: _HEAVISIDE(a))
-            .replace(sympy.Max, lambda *a: _MAX(*a)).replace(sympy.Min, lambda *a: _MIN(*a)) for e in exprs]
+    out = []
+    for e in map(sympy.sympify, exprs):
+        if e.has(sympy.Heaviside, sympy.Max, sympy.Min):  # one walk; replace rebuilds the tree, three times
+            e = (e.replace(sympy.Heaviside, lambda a, *h: _HEAVISIDE(a))
+                 .replace(sympy.Max, lambda *a: _MAX(*a)).replace(sympy.Min, lambda *a: _MIN(*a)))
+        out.append(e)
+    return out
 
 
 def _np_reduce(ufunc):
@@ -114,7 +119,7 @@ class Derivation:
 
     # -- numeric -------------------------------------------------------------
     def _compile(self):
-        args = [list(s.ravel()) for s in self.symbols.values()] + [list(s.ravel()) for s in self.label_symbols.values()]
+        args = self._lambda_args()
         self._forward_fn = sympy.lambdify(args, _plain(self._out), modules=_NUMPY, cse=True)
         self._nonzero = {}
         entries = []
@@ -122,11 +127,18 @@ class Derivation:
             self._nonzero[name] = (np.array([o for o, _, _ in triples], dtype=np.intp), np.array([i for _, i, _ in triples], dtype=np.intp))
             entries += [e for _, _, e in triples]
         self._jac_fn = sympy.lambdify(args, _plain(entries), modules=_NUMPY, cse=True)
-        # running error bounds of the same expressions, for tolerances (see rounding.py)
-        memo: dict = {}
-        self._mag_fn = sympy.lambdify(
-            args, _plain([magnitude(e, memo) for e in self._out] + [magnitude(e, memo) for e in entries]), modules=_NUMPY, cse=True
-        )
+        self._entries, self._mag = entries, None  # the bounds are compiled when first asked for: a proof never asks
+
+    def _mag_fn(self, *args):
+        """Running error bounds of the output and Jacobian entries (see rounding.py), compiled on first use."""
+        if self._mag is None:
+            memo: dict = {}
+            exprs = [magnitude(e, memo) for e in self._out] + [magnitude(e, memo) for e in self._entries]
+            self._mag = sympy.lambdify(self._lambda_args(), _plain(exprs), modules=_NUMPY, cse=True)
+        return self._mag(*args)
+
+    def _lambda_args(self) -> list:
+        return [list(s.ravel()) for s in self.symbols.values()] + [list(s.ravel()) for s in self.label_symbols.values()]
 
     def _args(self, values: dict) -> list:
         return [v.ravel() for v in self.rule.formula_values(values, self.dims).values()]

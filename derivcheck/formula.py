@@ -49,6 +49,36 @@ def _np_pick(y, t):
     return np.sum(y * t, axis=-1)
 
 
+def _slice_bounds(shape: tuple, bounds: list) -> list[tuple]:
+    """``(start, stop)`` for every axis of an array of ``shape`` from a formula's slices.
+
+    Bounds count from 0 (no negative ones, no step) and must lie within the axis, with
+    start < stop: a slice past the end is an error here, where NumPy would quietly clip it.
+    Sizes may be symbols (the shape-generic tier): a bound SymPy cannot place is refused.
+    """
+    if len(bounds) > len(shape):
+        raise IndexError(f"{len(bounds)} slices for an array of {len(shape)} axes")
+    out = []
+    for axis, size in enumerate(shape):
+        start, stop = bounds[axis] if axis < len(bounds) else (None, None)
+        start = sympy.Integer(0) if start is None else start
+        stop = size if stop is None else stop
+        for b in (start, stop):
+            if isinstance(b, (bool, float, str, list)) or not (isinstance(b, int) or isinstance(b, sympy.Expr) and b.is_integer):
+                raise TypeError(f"a slice bound must be a whole number or a size, not {b!r}")
+        checks = [sympy.sympify(start) >= 0, sympy.sympify(stop) > start, sympy.sympify(size) >= stop]
+        if any(c is sympy.false for c in checks):
+            raise IndexError(f"slice {start}:{stop} of an axis of size {size}: bounds count from 0 and lie within the axis, start before stop")
+        if any(c is not sympy.true for c in checks):
+            raise IndexError(f"slice {start}:{stop} of an axis of size {size}: cannot tell that it lies within the axis")
+        out.append((start, stop))
+    return out
+
+
+def _np_slice(x, bounds):
+    return x[tuple(slice(int(a), int(b)) for a, b in bounds)]
+
+
 _NP_RELATIONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 # name -> (symbolic implementation, numeric implementation). The symbolic one's
@@ -93,6 +123,7 @@ BACKENDS = {
         matmul=symarray.matmul,
         compare=symarray.compare,
         transpose=symarray.transpose,
+        slice=_np_slice,
         wrap=symarray.asarray,
         exact=True,
     ),
@@ -102,6 +133,7 @@ BACKENDS = {
         matmul=indexed.matmul,
         compare=indexed.compare,
         transpose=indexed.transpose,
+        slice=indexed.slice_,
         wrap=indexed.asarray,
         exact=True,
     ),
@@ -110,6 +142,7 @@ BACKENDS = {
         matmul=np.matmul,
         compare=lambda op, a, b: _NP_RELATIONS[op](a, b),
         transpose=np.transpose,
+        slice=_np_slice,
         wrap=np.asarray,
         exact=False,
     ),
@@ -234,6 +267,17 @@ def _check(node, names: set[str], fail) -> None:
     elif isinstance(node, (ast.Tuple, ast.List)):
         for elt in node.elts:
             _check(elt, names, fail)
+    elif isinstance(node, ast.Subscript):
+        parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        for part in parts:
+            if not isinstance(part, ast.Slice):
+                fail(node, f"'{ast.unparse(node)}': only slices 'start:stop' can index an array, as in A[:, H:2*H]")
+            if part.step is not None:
+                fail(node, f"'{ast.unparse(node)}': a slice cannot have a step")
+            for bound in (part.lower, part.upper):
+                if bound is not None:
+                    _check(bound, names, fail)
+        _check(node.value, names, fail)
     elif isinstance(node, ast.Attribute):
         if node.attr != "T":
             fail(node, f"attribute '.{node.attr}' is not allowed (only '.T')")
@@ -281,6 +325,11 @@ def _eval(node, scope, ops):
             return ops.compare(_COMPARE[type(node.ops[0])], _eval(node.left, scope, ops), _eval(node.comparators[0], scope, ops))
         if isinstance(node, ast.Attribute):
             return ops.transpose(_eval(node.value, scope, ops))
+        if isinstance(node, ast.Subscript):
+            value = _array(_eval(node.value, scope, ops), ops)
+            parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            bounds = [tuple(None if b is None else _eval(b, scope, ops) for b in (p.lower, p.upper)) for p in parts]
+            return ops.slice(value, _slice_bounds(value.shape, bounds))
         if isinstance(node, ast.Call):
             fn = ops.functions[node.func.id]
             args = [_eval(a, scope, ops) for a in node.args]

@@ -60,13 +60,69 @@ def _same_range(a, var, ranges) -> bool:
     return isinstance(a, sympy.Symbol) and a in ranges and sympy.simplify(ranges[a] - size) == 0
 
 
+def _solve_delta(delta, var):
+    """The value of ``var`` at which ``delta`` (a KroneckerDelta) is 1, when its arguments differ
+    by ``±var`` plus terms free of ``var`` (``KroneckerDelta(p, i + 2*H)`` gives ``p - 2*H``); else None."""
+    e = delta.args[0] - delta.args[1]
+    slope = e.diff(var)
+    if slope not in (1, -1):
+        return None
+    rest = sympy.expand(e - slope * var)
+    if var in rest.free_symbols:
+        return None
+    return sympy.expand(-rest / slope)
+
+
+def _within(a, hi):
+    """1 where the integer ``a`` lies in 0..hi, else 0: two Heaviside steps (at half-integers, so
+    never at their jump). A factor of its own, not a Piecewise around the term: the term stays a
+    product, evaluated as one einsum, and only the index ``a`` reads labels the factor spans."""
+    half = sympy.Rational(1, 2)
+    return sympy.Heaviside(a + half) * sympy.Heaviside(hi - a + half)
+
+
+def _common_deltas(f) -> list:
+    """A sum whose every term has the same delta factor, as [delta, ..., the sum of the rest]:
+    ``KD(i, p) * A + KD(i, p) * B`` is ``KD(i, p) * (A + B)``, and the delta can be summed away."""
+    if not f.is_Add:
+        return [f]
+    common = None
+    for t in f.args:
+        deltas = {g for g in sympy.Mul.make_args(t) if isinstance(g, KroneckerDelta)}
+        common = deltas if common is None else common & deltas
+        if not common:
+            return [f]
+    rest = sympy.Add(*(sympy.Mul(*(g for g in sympy.Mul.make_args(t) if g not in common)) for t in f.args))
+    return [*common, rest]
+
+
+def _has_slice_delta(expr, ranges) -> bool:
+    """``expr`` holds a delta between indices of different ranges (a slice's ``p == i + 2*H``)."""
+    for d in expr.atoms(KroneckerDelta):
+        for v in d.free_symbols & ranges.keys():
+            a = _solve_delta(d, v)
+            if a is not None and not _same_range(a, v, ranges):
+                return True
+    return False
+
+
 def _sum_one(body, var, hi, ranges):
     """``Sum(body, (var, 0, hi))`` with any ``KroneckerDelta(var, a)`` factor summed away."""
     if hi == 0:  # a sum of one term
         return body.xreplace({var: sympy.Integer(0)})
     out = []
-    for term in _terms(body):
-        factors = sympy.Mul.make_args(term)
+    work = list(_terms(body))
+    while work:
+        term = work.pop(0)
+        factors = [g for f in sympy.Mul.make_args(term) for g in _common_deltas(f)]
+        if any(f.is_Add and _has_slice_delta(f, ranges) for f in factors):
+            # a slice's delta inside a sum factor (expand went one level down): summed away, not compared
+            # element by element over both ranges. Only then: distributing products loosens the bounds
+            # where the factors cancel (layernorm's x - mean(x)).
+            more = _terms(term)
+            if len(more) > 1:
+                work[:0] = more
+                continue
         indep = [f for f in factors if var not in f.free_symbols]
         dep = [f for f in factors if var in f.free_symbols]
         if not dep:
@@ -74,13 +130,14 @@ def _sum_one(body, var, hi, ranges):
             continue
         done = False
         for f in dep:
-            if isinstance(f, KroneckerDelta) and var in f.args:
-                a = f.args[1] if f.args[0] == var else f.args[0]
-                if var not in a.free_symbols and _same_range(a, var, ranges):
-                    rest = sympy.Mul(*(g for g in dep if g is not f)).xreplace({var: a})
-                    out.append(sympy.Mul(*indep) * rest)
-                    done = True
-                    break
+            a = _solve_delta(f, var) if isinstance(f, KroneckerDelta) else None
+            if a is not None:
+                rest = sympy.Mul(*(g for g in dep if g is not f)).xreplace({var: a})
+                if not _same_range(a, var, ranges):  # a slice's index (p - 2*H): only where it falls in var's range
+                    rest = rest * _within(a, hi)
+                out.append(sympy.Mul(*indep) * rest)
+                done = True
+                break
         if not done:
             out.append(sympy.Mul(*indep) * Sum(sympy.Mul(*dep), (var, 0, hi)))
     return sympy.Add(*out)

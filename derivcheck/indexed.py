@@ -281,6 +281,14 @@ def transpose(x, axes=None) -> TArray:
     return TArray(x.expr, tuple(x.indices[a] for a in perm), tuple(x.shape[a] for a in perm))
 
 
+def slice_(x, bounds) -> TArray:
+    """``x[a0:b0, a1:b1, ...]`` (bounds checked by the formula): each index shifted by its start."""
+    x = asarray(x)
+    indices = tuple(fresh_index() for _ in x.shape)
+    sub = {old: new + exact(a) for old, new, (a, _) in zip(x.indices, indices, bounds)}
+    return TArray(x.expr.xreplace(sub), indices, tuple(exact(b) - exact(a) for a, b in bounds))
+
+
 def reshape(x, shape):
     x = asarray(x)
     shape = tuple(shape)

@@ -306,26 +306,36 @@ def _fold(parts: list, combine):
 
 def _compile_indexed(expr: Indexed, ranges: dict):
     name = str(expr.base.label)
-    positions = []  # per axis: ("label", symbol) or ("fixed", int)
+    positions = []  # per axis: ("fixed", int) or ("label", symbol, offset, count): the positions offset..offset+count-1
     for idx in expr.indices:
-        if isinstance(idx, sympy.Symbol) and idx in ranges:
-            positions.append(("label", _id(idx)))
-        elif idx.is_Integer:
+        if idx.is_Integer:
             positions.append(("fixed", int(idx)))
-        else:
+            continue
+        var, offset = (idx, sympy.Integer(0)) if isinstance(idx, sympy.Symbol) and idx in ranges else _shifted(idx, ranges) or (None, None)
+        if var is None:
             raise Unsupported(f"index expression {idx} in {expr}")
+        positions.append(("label", _id(var), _size_fn(offset), _size_fn(ranges[var])))  # a slice's index is i + 2*H
     labels_in = [p[1] for p in positions if p[0] == "label"]
     unique = tuple(dict.fromkeys(labels_in))
-    fixed = tuple(slice(None) if kind == "label" else v for kind, v in positions)
-    needs_fix = any(kind == "fixed" for kind, _ in positions)
     diagonal = len(unique) != len(labels_in)
     letters = {lab: string.ascii_letters[i] for i, lab in enumerate(unique)}
     spec = "".join(letters[lab] for lab in labels_in) + "->" + "".join(letters[lab] for lab in unique)
 
     def indexed(env, be):
         a = env[name]
-        if needs_fix:
-            a = a[fixed]
+        # last axis first: an integer removes its axis, and arrays of positions do not combine in one subscript
+        for axis in range(len(positions) - 1, -1, -1):
+            p = positions[axis]
+            if p[0] == "fixed":
+                a = a[(slice(None),) * axis + (p[1],)]
+                continue
+            start, count = p[2](env), p[3](env)
+            if start == 0 and count == a.shape[axis]:
+                continue
+            if 0 <= start and start + count <= a.shape[axis]:
+                a = a[(slice(None),) * axis + (slice(start, start + count),)]
+            else:  # a collapsed delta's index (p - H, or p past this axis): a Piecewise keeps only the positions inside
+                a = np.take(a, np.clip(np.arange(start, start + count), 0, a.shape[axis] - 1), axis=axis)
         if diagonal:
             a = np.einsum(spec, a)
         return Labelled(a, unique)
@@ -333,13 +343,30 @@ def _compile_indexed(expr: Indexed, ranges: dict):
     return indexed
 
 
+def _shifted(idx, ranges: dict):
+    """``(i, c)`` when ``idx`` is ``i + c``: ``i`` an index variable, ``c`` free of index variables; else None."""
+    idx = sympy.expand(idx)  # -(H - p) is p - H
+    if not idx.is_Add:
+        return None
+    variables = [t for t in idx.args if isinstance(t, sympy.Symbol) and t in ranges]
+    if len(variables) != 1:
+        return None
+    offset = idx - variables[0]
+    if offset.free_symbols & set(ranges):
+        return None
+    return variables[0], offset
+
+
 def _factors(expr) -> list:
     return list(expr.args) if expr.is_Mul else [expr]
 
 
 def _compile_sum(expr: Sum, ranges: dict):
-    """Sum over one or more indices; a sum of a product is one ``einsum``."""
+    """Sum over one or more indices; a sum of a product is one ``einsum``, a sum of a sum the sum of
+    its terms' sums (so that no term's product is formed over all the indices the terms span)."""
     body = expr.function
+    if body.is_Add:
+        return _fold([_compile(Sum(t, *expr.limits), ranges) for t in body.args], np.add)
     limits = list(expr.limits)
     inner_ranges = dict(ranges)
     bound = []

@@ -43,7 +43,7 @@ from .adapters import (KNOWN_NETWORKS, LOSS_ATTRS, Binding, LayerError, bind, ca
 from .checks import KAPPA, Check, compare, unit_roundoff
 from .diagnose import Context, diagnose_forward, diagnose_gradient
 from .errors import DerivcheckError
-from .rules import rule_in_convention
+from .rules import Multiple, rule_in_convention
 from .verify import DTYPES, Report, judged_dtype
 
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
@@ -1129,7 +1129,10 @@ def _dims(rule, arrays: dict) -> dict:
         if len(shape) != len(spec):
             raise ValueError(f"{n} has shape {shape}, the rule's {n} has {len(spec)} axes ({', '.join(map(str, spec))})")
         for s, v in zip(spec, shape):
-            if isinstance(s, str):
+            if isinstance(s, Multiple):
+                if v % s.factor or dims.setdefault(s.dim, v // s.factor) != v // s.factor:
+                    raise ValueError(f"{n} has shape {shape}: {v} is not {s} with {s.dim} = {dims.get(s.dim, '?')}")
+            elif isinstance(s, str):
                 if dims.setdefault(s, v) != v:
                     raise ValueError(f"{n} has shape {shape}: {s} is {dims[s]} elsewhere")
             elif s != v:

@@ -36,6 +36,31 @@ from .formula import Formula
 # digit or at the end, so an element's symbol name_i_j (symarray.symbols) names one element only
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*(_[A-Za-z][A-Za-z0-9]*)*$")
 _NAME_RULE = "letters and digits, starting with a letter; an underscore must be followed by a letter (prev_h, x_min)"
+_MULTIPLE = re.compile(r"^\s*([0-9]{1,3})\s*\*\s*([A-Za-z][A-Za-z0-9_]*)\s*$")
+
+
+@dataclass(frozen=True)
+class Multiple:
+    """A size that is a whole multiple of a dimension, written ``"3*H"`` in a shape: a GRU's
+    weights hold its three gates side by side, (D, 3*H); an LSTM's four, (D, 4*H)."""
+
+    factor: int
+    dim: str
+
+    def __str__(self) -> str:
+        return f"{self.factor}*{self.dim}"
+
+    def size(self, dims: dict):
+        return self.factor * dims[self.dim]
+
+
+def dim_name(entry) -> str | None:
+    """The dimension a shape entry names (``"H"`` and ``"3*H"`` both name H), or None for a literal size."""
+    if isinstance(entry, Multiple):
+        return entry.dim
+    return entry if isinstance(entry, str) else None
+
+
 DOMAIN_KINDS = ("normal", "uniform", "simplex", "peaked")
 LABEL_KINDS = ("classes", "real", "mask", "kept")
 HYPER_TYPES = ("int", "float", "bool", "axis", "shape", "dim", "choice")
@@ -75,7 +100,7 @@ class Domain:
 @dataclass(frozen=True)
 class Input:
     name: str
-    shape: tuple  # dim names (str) or literal sizes (int)
+    shape: tuple  # dim names (str), multiples of them (Multiple) or literal sizes (int)
     domain: Domain
     stress: Domain | None = None  # extreme values for the numerical-stability probe
 
@@ -290,7 +315,7 @@ class Rule:
         return ",".join(f"{d}={n}" for d, n in self.example_dims().items())
 
     def shape_of(self, spec: tuple, dims: dict) -> tuple[int, ...]:
-        return tuple(dims[s] if isinstance(s, str) else s for s in spec)
+        return tuple(dims[s] if isinstance(s, str) else s.size(dims) if isinstance(s, Multiple) else s for s in spec)
 
     def sample_dims(self, rng: np.random.Generator) -> dict:
         return {d: int(rng.integers(r.min, r.max + 1)) for d, r in self.dims.items()}
@@ -418,15 +443,24 @@ class _Loader:
                 where = f"[{table}]" if table else "the top level"
                 self.fail(f"unknown key '{key}' in {where} (allowed: {', '.join(sorted(allowed))})", table, key)
 
-    def shape(self, value, table: str) -> tuple:
+    def shape(self, value, table: str, key: str = "shape", multiples: bool = True) -> tuple:
+        """A shape: dimension names, literal sizes and (where ``multiples``) whole multiples of a dimension, "3*H"."""
         if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
-            self.fail('shape must be a list of dimension names and sizes, as in ["N", "D"]', table, "shape")
+            self.fail('shape must be a list of dimension names and sizes, as in ["N", "D"]', table, key)
+        out = []
         for v in value:
-            if isinstance(v, str) and not _NAME.match(v):
-                self.fail(f"dimension name '{v}' must be {_NAME_RULE}", table, "shape")
+            m = _MULTIPLE.match(v) if isinstance(v, str) and multiples else None
+            if m:
+                if int(m.group(1)) < 1 or not _NAME.match(m.group(2)):
+                    self.fail(f"size '{v}' must be a positive whole number times a dimension name, as in \"3*H\"", table, key)
+                v = Multiple(int(m.group(1)), m.group(2))
+            elif isinstance(v, str) and not _NAME.match(v):
+                also = ' or a multiple of one, as in "3*H"' if multiples else ""
+                self.fail(f"dimension name '{v}' must be {_NAME_RULE}{also}", table, key)
             if isinstance(v, int) and v < 1:
-                self.fail(f"literal size {v} must be positive", table, "shape")
-        return tuple(value)
+                self.fail(f"literal size {v} must be positive", table, key)
+            out.append(v)
+        return tuple(out)
 
     def domain(self, value, table: str, key: str = "domain") -> Domain:
         if value is None:
@@ -507,9 +541,10 @@ def parse_rule(text: str, path) -> Rule:
 
     def add_dims(spec, table):
         for s in spec:
-            if isinstance(s, str):
-                claim(s, "dimension", table, "shape")
-                dims.setdefault(s, DimRange())
+            d = dim_name(s)
+            if d is not None:
+                claim(d, "dimension", table, "shape")
+                dims.setdefault(d, DimRange())
 
     inputs = {}
     for n, spec in L.table(data["inputs"], "inputs").items():
@@ -607,10 +642,10 @@ def parse_rule(text: str, path) -> Rule:
 
     output = None
     if "output" in data:
-        output = L.shape(data["output"], "")
+        output = L.shape(data["output"], "", "output")
         for s in output:
-            if isinstance(s, str) and s not in dims:
-                L.fail(f"output names dimension '{s}', which no input has", "", "output")
+            if dim_name(s) is not None and dim_name(s) not in dims:
+                L.fail(f"output names dimension '{dim_name(s)}', which no input has", "", "output")
 
     for n, lab in labels.items():
         if lab.kind == "kept":

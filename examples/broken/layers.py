@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Function  # noqa: E402
 from dlfs1.layers import col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
+from dlfs2.layers import GRU  # noqa: E402
 
 
 def _softmax(x):
@@ -341,6 +342,19 @@ class RNNBiasSkipsTanh:
         self.grads[1][...] = np.dot(h_prev.T, dt)
         self.grads[2][...] = np.sum(dh_next, axis=0)
         return np.dot(dt, Wx.T), np.dot(dt, Wh.T)
+
+
+class GRUResetGateDropped(GRU):
+    """BUG: the candidate's dWh is h_prevᵀ·da, not (r * h_prev)ᵀ·da: it forgets that the reset gate
+    scales h_prev before the candidate's weights (forward is the reference's)."""
+
+    def backward(self, dh_next):
+        dx, dh_prev = super().backward(dh_next)
+        H = self.Wh.shape[0]
+        x, h_prev, z, r, h_hat = self.cache
+        da_hat = dh_next * z * (1 - h_hat ** 2)
+        self.dWh[:, 2 * H:] = np.dot(h_prev.T, da_hat)
+        return dx, dh_prev
 
 
 class BatchNormNoMeanTerm:

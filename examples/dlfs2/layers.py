@@ -7,6 +7,10 @@ so an optimizer holding the lists sees the new values.
 import numpy as np
 
 
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
 def softmax(x):
     x = x - x.max(axis=1, keepdims=True)
     x = np.exp(x)
@@ -162,6 +166,44 @@ class RNN:
         self.grads[1][...] = np.dot(h_prev.T, dt)
         self.grads[2][...] = np.sum(dt, axis=0)
         return np.dot(dt, Wx.T), np.dot(dt, Wh.T)
+
+
+class GRU:
+    """One step of book 2's GRU. As the book writes it, its weights are attributes (no bias), not a params list.
+
+    Wx (D, 3H) and Wh (H, 3H) hold the update gate z, the reset gate r and the
+    candidate h_hat side by side; the gradients go to self.dWx and self.dWh.
+    """
+
+    def __init__(self, Wx, Wh):
+        self.Wx, self.Wh = Wx, Wh
+        self.dWx, self.dWh = None, None
+        self.cache = None
+
+    def forward(self, x, h_prev):
+        H = self.Wh.shape[0]
+        z = sigmoid(np.dot(x, self.Wx[:, :H]) + np.dot(h_prev, self.Wh[:, :H]))
+        r = sigmoid(np.dot(x, self.Wx[:, H:2 * H]) + np.dot(h_prev, self.Wh[:, H:2 * H]))
+        h_hat = np.tanh(np.dot(x, self.Wx[:, 2 * H:]) + np.dot(r * h_prev, self.Wh[:, 2 * H:]))
+        self.cache = (x, h_prev, z, r, h_hat)
+        return (1 - z) * h_prev + z * h_hat
+
+    def backward(self, dh_next):
+        H = self.Wh.shape[0]
+        x, h_prev, z, r, h_hat = self.cache
+        # the candidate: h_hat = tanh(x Wx_h + (r * h_prev) Wh_h)
+        da_hat = dh_next * z * (1 - h_hat ** 2)
+        d_rh = np.dot(da_hat, self.Wh[:, 2 * H:].T)
+        # the update gate: h_next = (1 - z) h_prev + z h_hat
+        da_z = dh_next * (h_hat - h_prev) * z * (1 - z)
+        # the reset gate reaches the output through r * h_prev
+        da_r = d_rh * h_prev * r * (1 - r)
+        da = np.hstack((da_z, da_r, da_hat))  # the three pre-activations, side by side as in Wx and Wh
+        self.dWx = np.dot(x.T, da)
+        self.dWh = np.hstack((np.dot(h_prev.T, da_z), np.dot(h_prev.T, da_r), np.dot((r * h_prev).T, da_hat)))
+        dx = np.dot(da, self.Wx.T)
+        dh_prev = dh_next * (1 - z) + d_rh * r + np.dot(da_z, self.Wh[:, :H].T) + np.dot(da_r, self.Wh[:, H:2 * H].T)
+        return dx, dh_prev
 
 
 class Embedding:
