@@ -379,6 +379,8 @@ def _compile_sum(expr: Sum, ranges: dict):
     counts = {_id(var): _size_fn(inner_ranges[var]) for var in bound}
     bound = [_id(var) for var in bound]
 
+    paths: dict = {}
+
     def summed(env, be):
         items = [f(env, be) for f in factors]
         present = set().union(*(it.labels for it in items))
@@ -393,7 +395,13 @@ def _compile_sum(expr: Sum, ranges: dict):
             operands = []
             for it in items:
                 operands += [np.asarray(it.array, dtype=np.float64), [ids[lab] for lab in it.labels]]
-            out = np.einsum(*operands, [ids[lab] for lab in keep], optimize=True)  # BLAS where it can
+            target = [ids[lab] for lab in keep]
+            # the contraction order, found once per shapes: finding it costs more than a small einsum itself
+            key = (tuple(map(tuple, operands[1::2])), tuple(np.shape(a) for a in operands[0::2]), tuple(target))
+            path = paths.get(key)
+            if path is None:
+                path = paths[key] = np.einsum_path(*operands, target, optimize="greedy")[0]
+            out = np.einsum(*operands, target, optimize=path)  # BLAS where it can
         else:
             arrays, labels = _align(items)
             prod = arrays[0]
