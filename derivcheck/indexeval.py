@@ -334,7 +334,7 @@ def _compile_indexed(expr: Indexed, ranges: dict):
                 continue
             if 0 <= start and start + count <= a.shape[axis]:
                 a = a[(slice(None),) * axis + (slice(start, start + count),)]
-            else:  # a collapsed delta's index (p - H, or p past this axis): a Piecewise keeps only the positions inside
+            else:  # a collapsed delta's index (p - H, or p past this axis): its _within factor zeroes the positions outside
                 a = np.take(a, np.clip(np.arange(start, start + count), 0, a.shape[axis] - 1), axis=axis)
         if diagonal:
             a = np.einsum(spec, a)
