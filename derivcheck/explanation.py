@@ -187,6 +187,7 @@ _ARRAY_RULES = {
     "repeat": "sums g over the repeated copies",
     "reshape": "reshapes g back to a's shape",
     "transpose": "transposes g with the inverse permutation",
+    "slice": "puts g at the sliced positions of a's shape, 0 elsewhere",
     "broadcast_to": "sums g back to a's shape (sum_to)",
     "sum_to": "copies g back to a's shape (broadcast_to)",
     "maximum": "passes g where a is the larger, else 0",
@@ -230,7 +231,7 @@ def graph(rule, hyper: dict) -> tuple[list[Node], list[str]]:
             operands = [visit(node.operand)]
         elif isinstance(node, ast.Call):
             operands = [visit(a) for a in node.args] + [visit(k.value) for k in node.keywords]
-        elif isinstance(node, ast.Attribute):
+        elif isinstance(node, (ast.Attribute, ast.Subscript)):
             operands = [visit(node.value)]
         elif isinstance(node, (ast.List, ast.Tuple, ast.Compare)):
             return None
@@ -324,7 +325,7 @@ def _children(node):
         return [node.operand]
     if isinstance(node, ast.Call):
         return list(node.args) + [k.value for k in node.keywords]
-    if isinstance(node, ast.Attribute):
+    if isinstance(node, (ast.Attribute, ast.Subscript)):
         return [node.value]
     return []
 
@@ -356,6 +357,8 @@ def _op_name(node) -> str:
         return "matmul" if isinstance(node.op, ast.MatMult) else type(node.op).__name__
     if isinstance(node, ast.Attribute):
         return "transpose"
+    if isinstance(node, ast.Subscript):
+        return "slice"
     return type(node).__name__
 
 

@@ -100,3 +100,11 @@ def test_layer_mode_at_a_real_size_prints_the_element_in_index_notation():
     line = next(ln for ln in result.stdout.splitlines() if "expected dW[" in ln)
     k, l = line.split("dW[")[1].split("]")[0].split(",")
     assert line.endswith(f"= Sum(dout[j, {l}]*x[j, {k}], (j, 0, 99))")
+
+
+def test_a_slice_is_a_node_whose_gradient_goes_back_into_its_positions():
+    """GRU's gates are slices of one weight matrix: the graph shows each slice, and backward says where g goes."""
+    r = run("explain", "gru")
+    assert r.exit_code == 0, r.output
+    assert "v1   = Wx[:, :H]    [3, 4]" in r.output
+    assert "at v1 = Wx[:, :H]:\n      rule: puts g at the sliced positions of a's shape, 0 elsewhere (g = dv1)" in r.output
