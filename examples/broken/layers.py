@@ -618,6 +618,18 @@ def dropout_redrawn_backward(dout, cache):
     return dout * (np.random.rand(*shape) < p) / p
 
 
+def word_embedding_ids_overwritten_forward(x, W):
+    return W[x], (x, W.shape)
+
+
+def word_embedding_ids_overwritten_backward(dout, cache):
+    """BUG: dW[x] += dout adds one row of dout for an id that occurs twice, not both (np.add.at adds each)."""
+    x, shape = cache
+    dW = np.zeros(shape, dtype=dout.dtype)
+    dW[x] += dout
+    return dW
+
+
 class TimeEmbeddingLastStep:
     """BUG: W's gradient is the last time step's only (assigned in the loop), not the sum over the steps."""
 

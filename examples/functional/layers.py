@@ -162,6 +162,30 @@ def layernorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
+def rnn_step_forward(x, prev_h, Wx, Wh, b):
+    """CS231n (assignment 3): one step of a vanilla RNN, (next_h, cache)."""
+    next_h = np.tanh(x @ Wx + prev_h @ Wh + b)
+    return next_h, (x, prev_h, Wx, Wh, next_h)
+
+
+def rnn_step_backward(dnext_h, cache):
+    x, prev_h, Wx, Wh, next_h = cache
+    da = dnext_h * (1 - next_h ** 2)
+    return da @ Wx.T, da @ Wh.T, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+
+
+def word_embedding_forward(x, W):
+    """CS231n (assignment 3): the rows of W picked by the integer ids x of shape (N, T), (out, cache)."""
+    return W[x], (x, W.shape)
+
+
+def word_embedding_backward(dout, cache):
+    x, shape = cache
+    dW = np.zeros(shape, dtype=dout.dtype)
+    np.add.at(dW, x, dout)  # an id seen twice gets both rows of dout
+    return dW
+
+
 def temporal_affine_forward(x, w, b):
     """CS231n (assignment 3): x of shape (N, T, D) through one affine map, (out, cache)."""
     out = x.reshape(x.shape[0] * x.shape[1], -1).dot(w).reshape(x.shape[0], x.shape[1], -1) + b
