@@ -313,6 +313,13 @@ def _real_dir(path: Path) -> bool:
         return False
 
 
+def _entry_folder(path: Path) -> bool:
+    """Make the sub-folder an entry (or its lock) goes in; False if it is not a real folder of ours
+    (a symlinked sub-folder would send our writes elsewhere). Another process may make it first."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    return _real_dir(path.parent)
+
+
 def load(key: str, derivation) -> tuple | None:
     """The cached (output_shape, outputs, jacobians) for ``derivation``, or None."""
     data = load_entry(key)
@@ -368,8 +375,7 @@ def deriving(key: str):
     fd = None
     if path is not None and fcntl is not None:
         try:
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            if _real_dir(path.parent):
+            if _entry_folder(path):
                 fd = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:
@@ -417,9 +423,8 @@ def store_entry(key: str, data: dict) -> bool:
     payload = json.dumps({"format": FORMAT, "key": key, **data}, separators=(",", ":")).encode("utf-8")
     tmp = None
     try:
-        path.parent.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another process may make it first
-        if not _real_dir(path.parent):
-            return False  # a symlinked sub-folder would send our writes elsewhere
+        if not _entry_folder(path):
+            return False
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "wb") as fh:
             fh.write(_mac(payload).encode("ascii") + b"\n" + payload)
