@@ -24,7 +24,7 @@ from __future__ import annotations
 import sympy
 from sympy import Indexed, IndexedBase, KroneckerDelta, Sum
 
-from . import indexed
+from . import indexed, indexeval
 from .errors import DerivcheckError, RuleError
 from .indexed import Unsupported, fresh_index
 from .indexeval import Compiled
@@ -242,6 +242,10 @@ class GenericDerivation:
 
     # -- numeric ---------------------------------------------------------------
     def _compile(self):
+        with indexeval.sharing():
+            self._compile_all()
+
+    def _compile_all(self):
         e = self.exprs
         out_ranges = dict(zip(e["out_indices"], e["out_shape"]))
         self._out = Compiled(e["out"], e["out_indices"], out_ranges)

@@ -233,6 +233,17 @@ class ReduceMax(ExprWithIntLimits):
         return Sum(IsMax(f, self.xreplace(rename)) * f.diff(s), *self.limits)
 
 
+def rebuilt(cls, function, limits):
+    """A ``Sum`` (or ``ReduceMax``) of ``function`` over ``limits`` taken as they are: the parts of one
+    SymPy already built (read back from the cache, or a term of one's sum). SymPy's constructor
+    would check them again, walking the whole expression for piecewise parts: most of loading a
+    derivation's time."""
+    obj = sympy.Expr.__new__(cls)
+    obj._args = (function, *(sympy.Tuple(*lim) for lim in limits))
+    obj.is_commutative = function.is_commutative
+    return obj
+
+
 class IsMax(sympy.Function):
     """1 where its arguments are equal (an element is the maximum), else 0: ReduceMax's routing.
 

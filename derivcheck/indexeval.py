@@ -14,13 +14,15 @@ the stability probe).
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import string
 
 import numpy as np
 import sympy
 from sympy import Indexed, KroneckerDelta, Sum
 
-from .indexed import IsMax, ReduceMax, Unsupported
+from .indexed import IsMax, ReduceMax, Unsupported, rebuilt
 from .symarray import exact
 
 
@@ -148,9 +150,39 @@ def _size_fn(size):
 MEMO = "__memo__"  # an env entry: {expression: result}, shared by the expressions of one evaluation
 
 
+_SHARED: dict | None = None  # inside sharing(): (expression, ranges) -> its closure, {id(ranges): key of ranges}
+
+
+@contextlib.contextmanager
+def sharing():
+    """Compile every expression of one derivation with one table: a sub-expression met again (a VJP's
+    error bound repeats its sub-expressions many times) is compiled once."""
+    global _SHARED
+    outer = _SHARED
+    if outer is None:
+        _SHARED = {"closures": {}, "ranges": {}}
+    try:
+        yield
+    finally:
+        _SHARED = outer
+
+
 def _compile(expr, ranges: dict):
     """A closure ``(env, backend) -> Labelled`` for ``expr``; a sub-expression met again in the
     same evaluation (the env's ``MEMO`` dict) is not computed again."""
+    if _SHARED is None or expr.is_Atom:
+        return _compile_fresh(expr, ranges)
+    seen = _SHARED["ranges"].get(id(ranges))
+    if seen is None or seen[0] is not ranges:  # the dict itself is kept, so its id is not reused
+        seen = _SHARED["ranges"][id(ranges)] = (ranges, frozenset(ranges.items()))
+    key = (expr, seen[1])
+    hit = _SHARED["closures"].get(key)
+    if hit is None:
+        hit = _SHARED["closures"][key] = _compile_fresh(expr, ranges)
+    return hit
+
+
+def _compile_fresh(expr, ranges: dict):
     node = _compile_node(expr, ranges)
     if expr.is_Atom:
         return node
@@ -361,12 +393,15 @@ def _factors(expr) -> list:
     return list(expr.args) if expr.is_Mul else [expr]
 
 
+SMALL_EINSUM = 4096  # set by hand: below this many multiply-adds, np.einsum_path costs more than the product
+
+
 def _compile_sum(expr: Sum, ranges: dict):
     """Sum over one or more indices; a sum of a product is one ``einsum``, a sum of a sum the sum of
     its terms' sums (so that no term's product is formed over all the indices the terms span)."""
     body = expr.function
     if body.is_Add:
-        return _fold([_compile(Sum(t, *expr.limits), ranges) for t in body.args], np.add)
+        return _fold([_compile(rebuilt(Sum, t, expr.limits), ranges) for t in body.args], np.add)
     limits = list(expr.limits)
     inner_ranges = dict(ranges)
     bound = []
@@ -396,12 +431,18 @@ def _compile_sum(expr: Sum, ranges: dict):
             for it in items:
                 operands += [np.asarray(it.array, dtype=np.float64), [ids[lab] for lab in it.labels]]
             target = [ids[lab] for lab in keep]
-            # the contraction order, found once per shapes: finding it costs more than a small einsum itself
-            key = (tuple(map(tuple, operands[1::2])), tuple(np.shape(a) for a in operands[0::2]), tuple(target))
-            path = paths.get(key)
-            if path is None:
-                path = paths[key] = np.einsum_path(*operands, target, optimize="greedy")[0]
-            out = np.einsum(*operands, target, optimize=path)  # BLAS where it can
+            sizes = {}
+            for a, labs in zip(operands[0::2], operands[1::2]):
+                sizes.update(zip(labs, np.shape(a)))
+            if math.prod(sizes.values()) <= SMALL_EINSUM:  # one loop over every label: cheaper than finding a path
+                out = np.einsum(*operands, target, optimize=False)
+            else:
+                # the contraction order, found once per shapes: finding it costs more than a small einsum itself
+                key = (tuple(map(tuple, operands[1::2])), tuple(np.shape(a) for a in operands[0::2]), tuple(target))
+                path = paths.get(key)
+                if path is None:
+                    path = paths[key] = np.einsum_path(*operands, target, optimize="greedy")[0]
+                out = np.einsum(*operands, target, optimize=path)  # BLAS where it can
         else:
             arrays, labels = _align(items)
             prod = arrays[0]

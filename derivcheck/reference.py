@@ -275,23 +275,30 @@ def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:
 
 
 def _store(rule, disk_key: str, g: GenericDerivation) -> None:
-    from .cache import Unencodable, encode
+    from .cache import Unencodable
 
-    e = g.exprs
     try:
-        data = {
-            "rule": rule.name,
-            "out_indices": [encode(i) for i in e["out_indices"]],
-            "out_shape": [encode(s) for s in e["out_shape"]],
-            "out": encode(e["out"]),
-            "out_M": encode(e["out_M"]),
-            "vjp": {n: {"indices": [encode(i) for i in v["indices"]], "shape": [encode(s) for s in v["shape"]],
-                        **{part: encode(v[part]) for part in ("expr", "M", "support")}}
-                    for n, v in e["vjp"].items()},
-        }
+        data = entry_data(rule, g)
     except Unencodable:
         return
     cache.store_entry(disk_key, data)
+
+
+def entry_data(rule, g: GenericDerivation) -> dict:
+    """What the disk cache holds of a generic derivation: its expressions as one table of nodes."""
+    encode = cache.Encoder()
+    e = g.exprs
+    return {
+        "rule": rule.name,
+        "out_indices": [encode(i) for i in e["out_indices"]],
+        "out_shape": [encode(s) for s in e["out_shape"]],
+        "out": encode(e["out"]),
+        "out_M": encode(e["out_M"]),
+        "vjp": {n: {"indices": [encode(i) for i in v["indices"]], "shape": [encode(s) for s in v["shape"]],
+                    **{part: encode(v[part]) for part in ("expr", "M", "support")}}
+                for n, v in e["vjp"].items()},
+        "nodes": encode.nodes,
+    }
 
 
 def _load(rule, hyper, disk_key: str) -> GenericDerivation | None:
@@ -305,12 +312,11 @@ def _load(rule, hyper, disk_key: str) -> GenericDerivation | None:
     symbols.update({n: sympy.Symbol(n, real=True) for n in (*names, DOUT, WEIGHT)})
     bases = frozenset((*names, DOUT, WEIGHT))
 
-    def dec(tree):
-        return cache.decode(tree, symbols, bases)
-
     try:
         if set(data["vjp"]) != set(rule.inputs):
             return None
+        dec = cache.decoder(data["nodes"], symbols, bases)
+
         exprs = {
             "out_indices": [dec(i) for i in data["out_indices"]],
             "out_shape": [dec(s) for s in data["out_shape"]],

@@ -169,7 +169,22 @@ def test_encoding_round_trips_floats_and_piecewise():
 
     x = sympy.Symbol("x_0", real=True)
     expr = sympy.Piecewise((sympy.Float("0.1") * x, x > 0), (sympy.Rational(1, 3), True)) + sympy.Heaviside(x)
-    assert cache.decode(cache.encode(expr), {"x_0": x}) == expr
+    enc = cache.Encoder()
+    ref = enc(expr)
+    assert cache.decoder(enc.nodes, {"x_0": x})(ref) == expr
+
+
+def test_an_entry_holds_each_sub_expression_once():
+    import sympy
+
+    x = sympy.Symbol("x_0", real=True)
+    shared = sympy.tanh(x) * sympy.exp(x)
+    enc = cache.Encoder()
+    refs = [enc(shared + 1), enc(shared * 2), enc(shared)]
+    assert len(enc.nodes) == 8  # x, tanh, exp, their product, 1, a sum, 2, a product: the product once
+    node = cache.decoder(enc.nodes, {"x_0": x})
+    assert [node(r) for r in refs] == [shared + 1, shared * 2, shared]
+    assert node(refs[0]).args[1] is node(refs[2])  # one object, so compiling and evaluating it is shared too
 
 
 _KEY_SCRIPT = """

@@ -66,17 +66,23 @@ def test_a_fifo_named_like_a_rule_is_refused_not_read(tmp_path):
     assert p.returncode == 2 and "fifo.toml" in p.stderr and "not a regular file" in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("tree", [
-    ["Pow", ["I", "3"], ["I", "10000000000"]],
-    ["I", "9" * 5000],
-    ["Q", "1", "9" * 100],
-    ["F", "1" * 100, 0, 53],
-    ["Mul", ["Pow", ["S", "x"], ["I", "100000"]], ["I", "2"]],
+@pytest.mark.parametrize("nodes", [
+    [["I", "3"], ["I", "10000000000"], ["Pow", 0, 1]],
+    [["I", "9" * 5000]],
+    [["Q", "1", "9" * 100]],
+    [["F", "1" * 100, 0, 53]],
+    [["S", "x"], ["I", "100000"], ["Pow", 0, 1], ["I", "2"], ["Mul", 2, 3]],
+    [["S", "x"], ["Add", 0, 2], ["I", "1"]],  # a child after its parent: a table could loop
+    [["S", "x"], ["Add", 1, 0]],  # a node its own child
+    [["S", "x"], ["Add", 0, True]],  # a reference that is not a whole number
+    [["S", "x"], ["Add", 0, -1]],
+    "not a table",
+    [["S", "x"]] * (cache.MAX_NODES + 1),
 ])
-def test_cache_decoding_is_bounded(tree):
+def test_cache_decoding_is_bounded(nodes):
     t = time.monotonic()
     with pytest.raises(ValueError):
-        cache.decode(tree, {"x": __import__("sympy").Symbol("x")})
+        cache.decoder(nodes, {"x": __import__("sympy").Symbol("x")})
     assert time.monotonic() - t < 5
 
 
@@ -90,7 +96,9 @@ rule = load_rule("relu")
 reference.generic_for(rule, rule.resolve_hyper())
 path = cache._path(cache.entry_key(reference.cache_key(rule, rule.resolve_hyper())))
 data = json.loads(path.read_bytes().split(b"\n", 1)[1])
-data["vjp"]["x"]["expr"] = ["Mul", ["I", "2"], data["vjp"]["x"]["expr"]]  # a reference twice too large
+nodes = data["nodes"]  # a reference twice too large: 2 * the VJP, as two nodes more
+nodes += [["I", "2"], ["Mul", len(nodes), data["vjp"]["x"]["expr"]]]
+data["vjp"]["x"]["expr"] = len(nodes) - 1
 payload = json.dumps(data, separators=(",", ":")).encode()
 path.write_bytes(cache._mac(payload).encode() + b"\n" + payload)  # signed with the attacker's own key
 """
