@@ -60,10 +60,11 @@ def compare(name, expected, got, scale, dtype, **context) -> Check:
     """Compare one result with the exact reference; the tolerance is set as in the module doc."""
     if got is None:
         return Check(name, False, message=f"the layer gave no value for {name}", **context)
-    if np.iscomplexobj(got):
-        return Check(name, False, message=f"{name} has complex values (dtype {np.asarray(got).dtype}); the exact result is real", **context)
     try:
-        got_arr = np.asarray(got, dtype=np.float64)
+        raw = np.asarray(got)  # a ragged list cannot be one
+        if np.iscomplexobj(raw):
+            return Check(name, False, message=f"{name} has complex values (dtype {raw.dtype}); the exact result is real", **context)
+        got_arr = raw.astype(np.float64)
     except (TypeError, ValueError):
         return Check(name, False, message=f"{name} is a {type(got).__name__}, not an array of numbers", **context)
     expected = np.asarray(expected, dtype=np.float64)

@@ -55,7 +55,12 @@ def read_kept(rule, ref: dict, output) -> dict:
     1 where the output is not 0. The inputs come from continuous distributions, so none is 0 and an
     output of 0 is a dropped element. A misshapen output leaves the mask all kept (the forward check
     fails on the shape)."""
-    out = np.asarray(output) if output is not None else None
+    if all(lab.given for lab in rule.labels.values()):
+        return ref
+    try:
+        out = np.asarray(output) if output is not None else None
+    except ValueError:  # a ragged list: the forward check says what is wrong with it
+        out = None
     for n, lab in rule.labels.items():
         if not lab.given and out is not None and out.shape == ref[n].shape:
             ref = {**ref, n: (out != 0).astype(np.float64)}

@@ -87,6 +87,15 @@ class SecondCall:
 
     def backward(self, dout):
         return dout * ~self.mask
+
+
+class Ragged:
+    """Returns a ragged list: no array at all."""
+    def forward(self, x):
+        return [[1.0, 2.0], [3.0]]
+
+    def backward(self, dout):
+        return dout
 '''
 
 
@@ -114,6 +123,11 @@ def test_a_layer_that_raises_fails_with_the_exception_where_and_when(layers):
     assert re.fullmatch(r"Divides\.forward raised ZeroDivisionError at .*raising\.py:8: no batch to average over",
                         c.message), c.message
     assert "--seed 4 --trials 1 --steps 1 --shape N=2,D=3" in rep.reproduce
+
+
+def test_a_ragged_list_for_an_output_is_a_failure_of_the_forward(layers):
+    fwd = next(c for c in verify(f"{layers}:Ragged", RELU, trials=1).checks if c.name == "forward")
+    assert not fwd.passed and fwd.message == "forward is a list, not an array of numbers"
 
 
 def test_a_layer_of_other_ranks_at_the_first_call_is_another_operation(layers):
