@@ -505,10 +505,42 @@ class Outcome:
     grads: dict  # rule input -> array (or None when the layer gave none)
     rebound: list = field(default_factory=list)  # book 2: messages for grads slots that backward rebound
     forward_only: str = ""  # why there is no backward to check (a layer or function that only computes a value)
+    output_problem: str = ""  # why the layer's several outputs could not be read as the rule's (then output is as returned)
+
+
+def pack_outputs(rule, result, who: str) -> tuple:
+    """(the output as the reference has it, what is wrong with it or ""): a layer's several outputs
+    (LSTM's ``h_next, c_next``) stacked into one array, the output's index first; one output as returned."""
+    if not rule.outputs:
+        return result, ""
+    names = ", ".join(rule.outputs)
+    if not isinstance(result, (tuple, list)) or len(result) != len(rule.outputs):
+        what = f"{len(result)} values" if isinstance(result, (tuple, list)) else f"one {type(result).__name__}"
+        return result, f"{who} returned {what}; rule '{rule.name}' has {len(rule.outputs)} outputs ({names}), returned in that order"
+    try:
+        arrays = [np.asarray(a) for a in result]
+    except (TypeError, ValueError) as exc:
+        return result, f"{who} returned outputs that are not arrays ({exc})"
+    shapes = [a.shape for a in arrays]
+    if len(set(shapes)) > 1:
+        return result, f"{who} returned {', '.join(f'{n} of shape {s}' for n, s in zip(rule.outputs, shapes))}: rule '{rule.name}' gives each the same shape"
+    return np.stack(arrays), ""
+
+
+def split_cotangent(rule, cotangent) -> list:
+    """The upstream gradients a backward takes: one per output (``backward(dh_next, dc_next)``)."""
+    if not rule.outputs:
+        return [cotangent]
+    return [cotangent[j] for j in range(len(rule.outputs))]
 
 
 class Adapter:
     """Build once per shape; then ``run(values, cotangent)`` per step, as training would."""
+
+    @property
+    def douts(self) -> list[str]:
+        """The upstream gradients as the backward's arguments are named in messages: dout, or dh_next, dc_next."""
+        return [f"d{n}" for n in self.rule.outputs] or ["dout"]
 
     style = ""
     forward_only = ""  # set by prepare() for a layer with no backward: why
@@ -635,16 +667,16 @@ class Dlfs1Adapter(Adapter):
         return call_user(self.instance.forward, self._call_args(self.binding, values), f"{self.name}.forward")
 
     def _backward(self, cotangent):
-        return call_user(self.instance.backward, [(None, cotangent)], f"{self.name}.backward")
+        return call_user(self.instance.backward, [(None, c) for c in split_cotangent(self.rule, cotangent)], f"{self.name}.backward")
 
     def held(self, values):
         return {**values, **{n: self.param_arrays[n] for n in self.params}}
 
     def run(self, values, cotangent) -> Outcome:
-        out = self._forward(values)
+        out, problem = pack_outputs(self.rule, self._forward(values), f"{self.name}.forward")
         if self.forward_only:
-            return Outcome(out, {}, forward_only=self.forward_only)
-        return Outcome(out, self.gradients(self._backward(cotangent)))
+            return Outcome(out, {}, forward_only=self.forward_only, output_problem=problem)
+        return Outcome(out, self.gradients(self._backward(cotangent)), output_problem=problem)
 
     def gradients(self, dx) -> dict:
         """Every rule input's gradient after a backward call that returned ``dx``."""
@@ -666,7 +698,7 @@ class Dlfs1Adapter(Adapter):
         if n not in self.params:
             data = [m for _, kind, m in self.binding.call if kind == "input"]
             suffix = f"[{data.index(n)}]" if len(data) > 1 else ""
-            return f"{self.name}.backward(dout){suffix}"
+            return f"{self.name}.backward({', '.join(self.douts)}){suffix}"
         return f"{self.name}.d{self.attribute_of(n) or n}"
 
 
@@ -731,6 +763,9 @@ class DezeroAdapter(Adapter):
         self.Variable = _variable_class(self.module, cls)
         if self.Variable is None:
             raise DerivcheckError(f"no Variable class found for DeZero-style '{self.name}' (in its module or the dezero package)")
+        if self.rule.outputs:
+            raise DerivcheckError(f"rule '{self.rule.name}' has several outputs ({', '.join(self.rule.outputs)}), and a DeZero "
+                                  f"function with several outputs is not supported yet: check it in another style")
         if inspect.isclass(cls):
             self.binding = bind(self.rule, cls.__init__, cls.forward, self.name, call_takes_all_inputs=True)
         else:  # a function that builds and applies a Function: f(x, W) / reshape(x, shape)
@@ -813,7 +848,13 @@ class FunctionalAdapter(Adapter):
         result = call_user(self.fwd, args, f"{self.fwd.__name__}")
         if self.loss_fn is not None and isinstance(result, (np.ndarray, np.generic, float, int)) and not isinstance(result, bool):
             return Outcome(result, {}, forward_only=f"{self.name} returns one value and has no {self.name}_backward next to it")
-        if not isinstance(result, tuple) or len(result) != 2:
+        k = len(self.rule.outputs) or 1
+        if not isinstance(result, tuple) or len(result) != k + 1:
+            if k > 1:
+                raise DerivcheckError(
+                    f"{self.fwd.__name__} returned {_count(result)}, not {k + 1}: rule '{self.rule.name}' has {k} outputs, so "
+                    f"the functional style is NAME_forward(...) -> ({', '.join(self.rule.outputs)}, cache) with "
+                    f"NAME_backward({', '.join(self.douts)}, cache)")
             raise DerivcheckError(
                 f"{self.fwd.__name__} returned a {type(result).__name__}, not a pair: the functional style is "
                 f"NAME_forward(...) -> (out, cache) with NAME_backward(dout, cache), or a loss NAME(x, y) -> (loss, dx). "
@@ -825,10 +866,11 @@ class FunctionalAdapter(Adapter):
             # a loss function gives the gradient for an upstream gradient of 1
             grads = {n: None if g is None else np.asarray(g) * np.asarray(cotangent) for n, g in zip(data, parts)}
             return Outcome(out, grads)
-        out, cache = result
-        back = call_user(self.bwd, [(None, cotangent), (None, cache)], self.bwd_name)
+        *out, cache = result
+        out, problem = pack_outputs(self.rule, tuple(out) if k > 1 else out[0], self.fwd.__name__)
+        back = call_user(self.bwd, [(None, c) for c in split_cotangent(self.rule, cotangent)] + [(None, cache)], self.bwd_name)
         parts = back if isinstance(back, tuple) else (back,)
-        return Outcome(out, dict(zip(data, parts)))
+        return Outcome(out, dict(zip(data, parts)), output_problem=problem)
 
     def grad_location(self, n) -> str:
         data = [m for _, kind, m in self.binding.call if kind == "input"]
@@ -837,6 +879,10 @@ class FunctionalAdapter(Adapter):
         if self.loss_fn is not None:  # (loss, dx): the gradient is the pair's second item
             return f"{self.name}(...)[1]" + (f"[{data.index(n)}]" if len(data) > 1 else "")
         return f"{self.bwd_name}(...)[{data.index(n)}]"
+
+
+def _count(result) -> str:
+    return f"{len(result)} values" if isinstance(result, tuple) else f"a {type(result).__name__}"
 
 
 ADAPTERS = {"dlfs1": Dlfs1Adapter, "dlfs2": Dlfs2Adapter, "dezero": DezeroAdapter, "functional": FunctionalAdapter}

@@ -144,7 +144,8 @@ def _sample_env(rule, dims, hyper, rng):
         formula_view[n] = rule.encode_label(n, ref[n], dims)
     env = rule.environment(dims, hyper, formula_view)
     out, scope = rule.formula.evaluate_scope(env, backend="numeric")
-    return ref, cot, {**scope, "out": np.asarray(out), "dout": cot}, d.evaluate(cot, **ref)
+    upstream = {f"d{o}": cot[j] for j, o in enumerate(rule.outputs)} or {"dout": cot}  # dh_next, dc_next
+    return ref, cot, {**scope, "out": np.asarray(out), **upstream}, d.evaluate(cot, **ref)
 
 
 def prove(rule, hyper: dict, seed: int = 0, trials: int = 4) -> dict[str, tuple[bool, str]]:
@@ -255,8 +256,8 @@ def graph(rule, hyper: dict) -> tuple[list[Node], list[str]]:
 
     for target, node in rule.formula.statements:
         visit(node, target or "out")
-    # backward: element-wise locals symbolically, array ops by their rule
-    g = {"out": sympy.Symbol("dout")}
+    # backward: element-wise locals symbolically, array ops by their rule; each output gets its own upstream gradient
+    g = {o: sympy.Symbol(f"d{o}") for o in rule.outputs} or {"out": sympy.Symbol("dout")}
     final = []
     differentiable = set(rule.inputs) | {n.label for n in nodes}
     for n in reversed(nodes):
@@ -412,14 +413,21 @@ class Explanation:
         lines += ["", "computational graph, node by node (shapes at " + ", ".join(f"{k}={v}" for k, v in self.rule.example_dims().items()) + "):"]
         for n in self.nodes:
             lines.append(f"  {pr.name(n.label):<4} = {n.text}    {list(n.shape)}")
-        lines += ["", "backward, from dout at the output to the inputs:"]
+        if r.outputs:
+            lines += ["", f"backward, from {', '.join('d' + o for o in r.outputs)} at the outputs to the inputs "
+                          f"(an output that feeds another adds both signals):"]
+        else:
+            lines += ["", "backward, from dout at the output to the inputs:"]
         for n in reversed(self.nodes):
             lines.append(f"  at {pr.name(n.label)} = {n.text}:")
             lines += [f"      {ln}" for ln in n.lines]
         if self.chain:
             lines += ["", "chain rule, all the way to the inputs:"] + [f"  {ln}" for ln in self.chain]
         sizes = ", ".join(f"{k}={v}" for k, v in self.dims.items())
-        lines += ["", f"Jacobian at {sizes}:", *[f"  {ln}" for ln in self.jacobian_text.splitlines()[2:]]]
+        lines += ["", f"Jacobian at {sizes}:"]
+        if r.outputs:
+            lines.append(f"  (out stacks the outputs: {', '.join(f'out[{j}] = {o}' for j, o in enumerate(r.outputs))})")
+        lines += [f"  {ln}" for ln in self.jacobian_text.splitlines()[2:]]
         lines += ["", "closed forms (each checked against the exact Jacobian at 4 shapes, random values):"]
         shown = [c for c in self.closed if c[2]]
         for n, f, _, _ in shown:

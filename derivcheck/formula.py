@@ -79,6 +79,23 @@ def _np_slice(x, bounds):
     return x[tuple(slice(int(a), int(b)) for a, b in bounds)]
 
 
+def _stack(stack):
+    """A backend's ``stack``: the several outputs of a formula (``h_next, c_next``) as one array,
+    the output's index first. Each output has the same shape (checked here, for every backend)."""
+    def stacked(arrays, names):
+        shapes = [tuple(a.shape) for a in arrays]
+        for n, s in zip(names[1:], shapes[1:]):
+            if len(s) != len(shapes[0]) or any(sympy.simplify(symarray.exact(a) - symarray.exact(b)) != 0 for a, b in zip(s, shapes[0])):
+                raise ValueError(f"the outputs {names[0]} {_shape_text(shapes[0])} and {n} {_shape_text(s)} have different "
+                                 f"shapes: several outputs must have one shape")
+        return stack(arrays)
+    return stacked
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
 _NP_RELATIONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 # name -> (symbolic implementation, numeric implementation). The symbolic one's
@@ -124,6 +141,7 @@ BACKENDS = {
         compare=symarray.compare,
         transpose=symarray.transpose,
         slice=_np_slice,
+        stack=_stack(lambda arrays: np.stack([symarray.asarray(a) for a in arrays])),
         wrap=symarray.asarray,
         exact=True,
     ),
@@ -134,6 +152,7 @@ BACKENDS = {
         compare=indexed.compare,
         transpose=indexed.transpose,
         slice=indexed.slice_,
+        stack=_stack(indexed.stack),
         wrap=indexed.asarray,
         exact=True,
     ),
@@ -143,6 +162,7 @@ BACKENDS = {
         compare=lambda op, a, b: _NP_RELATIONS[op](a, b),
         transpose=np.transpose,
         slice=_np_slice,
+        stack=_stack(lambda arrays: np.stack([np.asarray(a) for a in arrays])),
         wrap=np.asarray,
         exact=False,
     ),
@@ -174,6 +194,7 @@ class Formula:
     path: str
     first_line: int
     statements: list  # [(target name or None, expression node)]
+    outputs: tuple = ()  # the names of several outputs (a last line 'h_next, c_next'); () for one output
 
     @classmethod
     def parse(cls, text: str, path, first_line: int, known: set[str]) -> "Formula":
@@ -189,7 +210,7 @@ class Formula:
         if not tree.body:
             raise RuleError(path, first_line, "formula is empty: write the output expression")
         names = set(known)
-        statements = []
+        statements, outputs = [], ()
         for i, stmt in enumerate(tree.body):
             last = i == len(tree.body) - 1
             if isinstance(stmt, ast.Assign) and not last:
@@ -201,11 +222,13 @@ class Formula:
             elif isinstance(stmt, ast.Expr) and last:
                 _check(stmt.value, names, fail)
                 statements.append((None, stmt.value))
+                if isinstance(stmt.value, ast.Tuple):
+                    outputs = _outputs(stmt.value, names - set(known), fail)
             elif last:
                 fail(stmt, "the formula's last line must be the output expression")
             else:
                 fail(stmt, f"formula lines must be assignments 'name = expression', not {type(stmt).__name__}")
-        return cls(text, str(path), first_line, statements)
+        return cls(text, str(path), first_line, statements, outputs)
 
     @property
     def names(self) -> set[str]:
@@ -228,11 +251,35 @@ class Formula:
             try:
                 with np.errstate(all="ignore"):
                     result = _eval(node, scope, ops)
+                    if target is None and self.outputs:
+                        result = _outputs_value(node, result, self.outputs, ops)
             except _NodeError as exc:
                 raise RuleError(self.path, self.line_of(exc.node), exc.message) from None
             if target is not None:
                 scope[target] = result
         return result, scope
+
+
+def _outputs(node: ast.Tuple, assigned: set[str], fail) -> tuple:
+    """The names of a formula's several outputs, from its last line ``h_next, c_next``."""
+    names = [e.id if isinstance(e, ast.Name) else None for e in node.elts]
+    if len(names) < 2 or None in names:
+        fail(node, "a layer's several outputs are written as names assigned above, in the order the layer returns "
+                   "them: 'h_next, c_next'")
+    for n in names:
+        if n not in assigned:
+            fail(node, f"output '{n}' is not assigned in the formula: write '{n} = ...' above")
+        if names.count(n) > 1:
+            fail(node, f"output '{n}' is named twice")
+    return tuple(names)
+
+
+def _outputs_value(node, values: list, names: tuple, ops):
+    """The several outputs as one array (the output's index first)."""
+    try:
+        return ops.stack([_array(v, ops) for v in values], names)
+    except ValueError as exc:
+        raise _NodeError(node, str(exc)) from None
 
 
 class _NodeError(Exception):

@@ -300,6 +300,16 @@ def slice_(x, bounds) -> TArray:
     return TArray(x.expr.xreplace(sub), indices, tuple(exact(b) - exact(a) for a, b in bounds))
 
 
+def stack(arrays) -> TArray:
+    """Arrays of one shape stacked on a new first axis: ``Σ_j δ(k, j) a_j``, with ``k`` the new index."""
+    items = [asarray(a) for a in arrays]
+    shape = items[0].shape
+    k = fresh_index()
+    indices = tuple(fresh_index() for _ in shape)
+    expr = sympy.Add(*(KroneckerDelta(k, j) * _placed(a, shape, indices) for j, a in enumerate(items)))
+    return TArray(expr, (k, *indices), (len(items), *shape))
+
+
 def reshape(x, shape):
     x = asarray(x)
     shape = tuple(shape)

@@ -98,9 +98,19 @@ class Link:
         return f"{self.name}.d{self.slots[n]}"
 
 
+def _link_rule(name: str, style: str, rule_dirs):
+    """The rule of a network's layer; a rule of several outputs (an LSTM's h_next, c_next) is refused:
+    a network passes one array from layer to layer."""
+    rule = rule_in_convention(name, style, rule_dirs, how="name it after a rule")
+    if rule.outputs:
+        raise DerivcheckError(f"rule '{rule.name}' has several outputs ({', '.join(rule.outputs)}), and a layer of several "
+                              f"outputs is not checked inside a network yet: check it alone with derivcheck verify")
+    return rule
+
+
 def _bind_link(link: Link, rule_dirs) -> None:
     try:
-        link.rule = rule_in_convention(link.kind, link.style, rule_dirs, how="name it after a rule")
+        link.rule = _link_rule(link.kind, link.style, rule_dirs)
     except DerivcheckError as exc:
         link.why = str(exc)
         return
@@ -544,7 +554,7 @@ class NetworkVerifier:
         def visit(c):
             link = Link(c.label, c.fn, "functional", fn_call=c)
             try:
-                link.rule = rule_in_convention(c.name, "functional", self.rule_dirs, how="name it after a rule")
+                link.rule = _link_rule(c.name, "functional", self.rule_dirs)
                 link.binding = bind(link.rule, None, c.fn, c.name, call_takes_all_inputs=True)
             except DerivcheckError as exc:
                 inner = [ch for ch in c.children if ch.role in ("forward", "loss")]
@@ -1185,7 +1195,7 @@ def _node_name(link, owners) -> str:
 def _bind_node(link, rule_dirs) -> None:
     """A Function node's rule (from its class name) and which of its inputs is which of the rule's."""
     try:
-        link.rule = rule_in_convention(link.kind, link.style, rule_dirs, how="name it after a rule")
+        link.rule = _link_rule(link.kind, link.style, rule_dirs)
         link.binding = bind(link.rule, type(link.layer).__init__, type(link.layer).forward, link.kind, call_takes_all_inputs=True)
     except DerivcheckError as exc:
         link.rule, link.why = None, str(exc)

@@ -227,6 +227,13 @@ class Rule:
     def digest(self) -> str:
         return hashlib.sha256(self.source.encode()).hexdigest()
 
+    @property
+    def outputs(self) -> tuple:
+        """The names of the layer's several outputs (LSTM's h_next, c_next), in the order it returns
+        them; () for a layer with one. Several outputs are one array to the engine: stacked, the
+        output's index first, each of the shape ``output`` declares."""
+        return self.formula.outputs
+
     # -- hyperparameters -------------------------------------------------
     def resolve_hyper(self, given: dict | None = None) -> dict:
         """Defaults overlaid with ``given``; unknown names and bad values are refused."""
@@ -679,7 +686,9 @@ def parse_rule(text: str, path) -> Rule:
         if not isinstance(ctext, str):
             L.fail(f"closed_form {n} must be a formula string", "closed_form", n)
         assigned = {t for t, _ in formula.statements if t}
-        closed_forms[n] = Formula.parse(ctext, path, _locate(text, "closed_form", n) or 1, known | assigned | {"dout", "out"})
+        # the upstream gradient: dout, or one per output (dh_next, dc_next); out is the output, or the outputs by name
+        upstream = {f"d{o}" for o in formula.outputs} if formula.outputs else {"dout", "out"}
+        closed_forms[n] = Formula.parse(ctext, path, _locate(text, "closed_form", n) or 1, known | assigned | upstream)
 
     rule = Rule(
         name=name,
@@ -707,8 +716,13 @@ def _check_shapes(rule: Rule, L: _Loader) -> None:
     out = np.empty(rule.output_shape(probe, rule.resolve_hyper()))
     if rule.output is not None:
         want = rule.shape_of(rule.output, probe)
+        if rule.outputs:
+            want = (len(rule.outputs), *want)  # each output has the declared shape
         if out.shape != want:
             sizes = ", ".join(f"{k}={v}" for k, v in probe.items())
+            if rule.outputs:  # the stacked outputs: the output's index first
+                L.fail(f"formula's {len(rule.outputs)} outputs each have shape {out.shape[1:]} but output declares "
+                       f"{list(rule.output)} = {want[1:]} (at {sizes})", "", "output")
             L.fail(f"formula gives shape {out.shape} but output declares {list(rule.output)} = {want} (at {sizes})", "", "output")
 
 

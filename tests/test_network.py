@@ -162,6 +162,15 @@ def test_an_unknown_layer_is_named_and_the_rest_still_checked(tmp_path):
     assert {"Affine1: grad W", "Affine2: grad W", "Relu1: grad x"} <= {c["name"] for c in data["checks"] if c["passed"]}
 
 
+def test_a_layer_of_several_outputs_is_named_as_not_checked_in_a_network(tmp_path):
+    target = net(tmp_path, extra_class="LSTM", extra_layer='self.layers["LSTM1"] = LSTM()')
+    result, data = verify(target)
+    assert result.exit_code == 1 and failing(data) == ["LSTM1: no rule"]
+    unknown = next(c for c in data["checks"] if c["name"] == "LSTM1: no rule")
+    assert "rule 'lstm' has several outputs (h_next, c_next), and a layer of several outputs is not checked inside a " \
+           "network yet: check it alone with derivcheck verify" in unknown["message"]
+
+
 def test_mnist_sizes_on_request(tmp_path):
     result, data = verify(NETWORKS / "dlfs1_net.py:TwoLayerNet", "--shape", "input_size=784,hidden_size=50,output_size=10,N=100",
                           "--trials", "1")

@@ -59,6 +59,19 @@ CASES = [
     ("empty slice", GOOD_HEAD + 'formula = "x[N:N]"\n[inputs.x]\nshape = ["N"]\n', 3, "start before stop"),
     ("slice bound not whole", GOOD_HEAD + 'formula = "x[0:N / 2]"\n[inputs.x]\nshape = ["N"]\n', 3, "a slice bound must be a whole number"),
     ("too many slices", GOOD_HEAD + 'formula = "x[:, :]"\n[inputs.x]\nshape = ["N"]\n', 3, "2 slices for an array of 1 axes"),
+    # several outputs (an LSTM's h_next, c_next): named, assigned above, one shape
+    ("an output that is no name", GOOD_HEAD + 'formula = """\ny = x * 2\ny, x + 1\n"""\n[inputs.x]\nshape = ["N"]\n', 5,
+     "written as names assigned above"),
+    ("an output that is an input", GOOD_HEAD + 'formula = """\ny = x * 2\ny, x\n"""\n[inputs.x]\nshape = ["N"]\n', 5,
+     "output 'x' is not assigned in the formula"),
+    ("an output named twice", GOOD_HEAD + 'formula = """\ny = x * 2\ny, y\n"""\n[inputs.x]\nshape = ["N"]\n', 5,
+     "output 'y' is named twice"),
+    ("outputs of two shapes", GOOD_HEAD + 'formula = """\ny = x * 2\nz = sum(x)\ny, z\n"""\n[inputs.x]\nshape = ["N"]\n', 6,
+     "the outputs y (2,) and z () have different shapes"),
+    ("outputs against the declared shape", GOOD_HEAD + 'formula = """\ny = x * 2\nz = x + 1\ny, z\n"""\noutput = ["N", "N"]\n'
+     '[inputs.x]\nshape = ["N"]\n', 8, "formula's 2 outputs each have shape (2,) but output declares ['N', 'N'] = (2, 2)"),
+    ("dout in a closed form of several outputs", GOOD_HEAD + 'formula = """\ny = x * 2\nz = x + 1\ny, z\n"""\n[inputs.x]\n'
+     'shape = ["N"]\n[closed_form]\nx = "2 * dout"\n', 11, "undefined name 'dout'"),
     ("zero multiple", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N", "0*H"]\n', 5, "a positive whole number times a dimension"),
     ("multiple of a bad name", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["3*H_"]\n', 5, "times a dimension name"),
     ("attribute", GOOD_HEAD + 'formula = "x.__class__"\n[inputs.x]\nshape = ["N"]\n', 3, "attribute '.__class__' is not allowed"),

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Function  # noqa: E402
 from dlfs1.layers import col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
-from dlfs2.layers import GRU  # noqa: E402
+from dlfs2.layers import GRU, LSTM  # noqa: E402
 
 
 def _softmax(x):
@@ -355,6 +355,46 @@ class GRUResetGateDropped(GRU):
         da_hat = dh_next * z * (1 - h_hat ** 2)
         self.dWh[:, 2 * H:] = np.dot(h_prev.T, da_hat)
         return dx, dh_prev
+
+
+class LSTMForgetGateFromNewState(LSTM):
+    """BUG: the forget gate's gradient is ds * c_next, not ds * c_prev: f multiplies the state that
+    came in, and the new state is the one at hand in backward (forward is the reference's)."""
+
+    def backward(self, dh_next, dc_next):
+        Wx, Wh, b = self.params
+        x, h_prev, c_prev, f, g, i, o, c_next = self.cache
+        tanh_c = np.tanh(c_next)
+        ds = dc_next + dh_next * o * (1 - tanh_c ** 2)
+        df = ds * c_next * f * (1 - f)
+        dg = ds * i * (1 - g ** 2)
+        di = ds * g * i * (1 - i)
+        do = dh_next * tanh_c * o * (1 - o)
+        dA = np.hstack((df, dg, di, do))
+        self.grads[0][...] = np.dot(x.T, dA)
+        self.grads[1][...] = np.dot(h_prev.T, dA)
+        self.grads[2][...] = dA.sum(axis=0)
+        return np.dot(dA, Wx.T), np.dot(dA, Wh.T), ds * f
+
+
+def lstm_step_state_skips_h_forward(x, prev_h, prev_c, Wx, Wh, b):
+    """The reference's forward (CS231n's lstm_step_forward), for the broken backward below."""
+    H = prev_h.shape[1]
+    a = x @ Wx + prev_h @ Wh + b
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    i, f, o, g = sig(a[:, :H]), sig(a[:, H:2 * H]), sig(a[:, 2 * H:3 * H]), np.tanh(a[:, 3 * H:])
+    next_c = f * prev_c + i * g
+    next_h = o * np.tanh(next_c)
+    return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, i, f, o, g, next_c)
+
+
+def lstm_step_state_skips_h_backward(dnext_h, dnext_c, cache):
+    """BUG: dprev_c is dnext_c * f: it forgets that next_c also reaches the loss through next_h."""
+    x, prev_h, prev_c, Wx, Wh, i, f, o, g, next_c = cache
+    tanh_c = np.tanh(next_c)
+    dc = dnext_c + dnext_h * o * (1 - tanh_c ** 2)
+    da = np.hstack((dc * g * i * (1 - i), dc * prev_c * f * (1 - f), dnext_h * tanh_c * o * (1 - o), dc * i * (1 - g ** 2)))
+    return da @ Wx.T, da @ Wh.T, dnext_c * f, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
 
 class BatchNormNoMeanTerm:

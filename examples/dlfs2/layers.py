@@ -206,6 +206,45 @@ class GRU:
         return dx, dh_prev
 
 
+class LSTM:
+    """One step of book 2's LSTM: two outputs, h_next and c_next, and a backward that takes a gradient for each.
+
+    Wx (D, 4H), Wh (H, 4H) and b (4H,) hold the forget gate f, the candidate g,
+    the input gate i and the output gate o side by side, in that order.
+    """
+
+    def __init__(self, Wx, Wh, b):
+        self.params = [Wx, Wh, b]
+        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+        self.cache = None
+
+    def forward(self, x, h_prev, c_prev):
+        Wx, Wh, b = self.params
+        H = h_prev.shape[1]
+        A = np.dot(x, Wx) + np.dot(h_prev, Wh) + b
+        f, g = sigmoid(A[:, :H]), np.tanh(A[:, H:2 * H])
+        i, o = sigmoid(A[:, 2 * H:3 * H]), sigmoid(A[:, 3 * H:])
+        c_next = f * c_prev + g * i
+        h_next = o * np.tanh(c_next)
+        self.cache = (x, h_prev, c_prev, f, g, i, o, c_next)
+        return h_next, c_next
+
+    def backward(self, dh_next, dc_next):
+        Wx, Wh, b = self.params
+        x, h_prev, c_prev, f, g, i, o, c_next = self.cache
+        tanh_c = np.tanh(c_next)
+        ds = dc_next + dh_next * o * (1 - tanh_c ** 2)  # c_next reaches the loss directly and through h_next
+        df = ds * c_prev * f * (1 - f)
+        dg = ds * i * (1 - g ** 2)
+        di = ds * g * i * (1 - i)
+        do = dh_next * tanh_c * o * (1 - o)
+        dA = np.hstack((df, dg, di, do))  # the four pre-activations, side by side as in Wx, Wh and b
+        self.grads[0][...] = np.dot(x.T, dA)
+        self.grads[1][...] = np.dot(h_prev.T, dA)
+        self.grads[2][...] = dA.sum(axis=0)
+        return np.dot(dA, Wx.T), np.dot(dA, Wh.T), ds * f
+
+
 class Embedding:
     """out = W[idx]; W's gradient adds dout up over repeated ids (np.add.at)."""
 
