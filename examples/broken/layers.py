@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Function  # noqa: E402
 from dlfs1.layers import col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
-from dlfs2.layers import GRU, LSTM  # noqa: E402
+from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention  # noqa: E402
 
 
 def _softmax(x):
@@ -395,6 +395,30 @@ def lstm_step_state_skips_h_backward(dnext_h, dnext_c, cache):
     dc = dnext_c + dnext_h * o * (1 - tanh_c ** 2)
     da = np.hstack((dc * g * i * (1 - i), dc * prev_c * f * (1 - f), dnext_h * tanh_c * o * (1 - o), dc * i * (1 - g ** 2)))
     return da @ Wx.T, da @ Wh.T, dnext_c * f, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+
+
+class AttentionWeightSkipsSoftmax(AttentionWeight):
+    """BUG: backward takes da for the scores' gradient: it skips the softmax's backward
+    (forward is the reference's)."""
+
+    def backward(self, da):
+        hs, h = self.cache
+        dhs = da[:, :, np.newaxis] * h[:, np.newaxis, :]
+        dh = np.einsum("nt,nth->nh", da, hs)
+        return dhs, dh
+
+
+class TimeAttentionEncoderOverwritten(TimeAttention):
+    """BUG: dhs_enc = dhs keeps the last decoder step's gradient only; every step reads all of
+    hs_enc, so their gradients add up (forward is the reference's)."""
+
+    def backward(self, dout):
+        dhs_dec = np.empty_like(dout)
+        for t, layer in enumerate(self.layers):
+            dhs, dh = layer.backward(dout[:, t])
+            dhs_enc = dhs
+            dhs_dec[:, t] = dh
+        return dhs_enc, dhs_dec
 
 
 class BatchNormNoMeanTerm:

@@ -423,3 +423,79 @@ class TimeEmbedding:
             grad += layer.grads[0]
         self.grads[0][...] = grad
         return None
+
+
+class WeightSum:
+    """Attention's weighted sum (book 2, chapter 8): c[n] = Σ_t a[n, t] hs[n, t]. No parameters."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.cache = None
+
+    def forward(self, hs, a):
+        self.cache = (hs, a)
+        return np.einsum("nth,nt->nh", hs, a)
+
+    def backward(self, dc):
+        hs, a = self.cache
+        dhs = a[:, :, np.newaxis] * dc[:, np.newaxis, :]  # each step's state gets dc, weighted by its a
+        da = np.einsum("nth,nh->nt", hs, dc)
+        return dhs, da
+
+
+class AttentionWeight:
+    """Attention weights (book 2, chapter 8): a = softmax over t of hs[n, t] · h[n]. No parameters."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.softmax = Softmax()
+        self.cache = None
+
+    def forward(self, hs, h):
+        self.cache = (hs, h)
+        return self.softmax.forward(np.einsum("nth,nh->nt", hs, h))
+
+    def backward(self, da):
+        hs, h = self.cache
+        ds = self.softmax.backward(da)
+        dhs = ds[:, :, np.newaxis] * h[:, np.newaxis, :]
+        dh = np.einsum("nt,nth->nh", ds, hs)
+        return dhs, dh
+
+
+class Attention:
+    """AttentionWeight, then WeightSum: hs is read by both, so its gradient is the sum of both paths."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.weight = AttentionWeight()
+        self.sum = WeightSum()
+
+    def forward(self, hs, h):
+        return self.sum.forward(hs, self.weight.forward(hs, h))
+
+    def backward(self, dout):
+        dhs_sum, da = self.sum.backward(dout)
+        dhs_weight, dh = self.weight.backward(da)
+        return dhs_sum + dhs_weight, dh
+
+
+class TimeAttention:
+    """Attention at every decoder step t over the encoder's states: hs_enc (N, S, H), hs_dec (N, T, H)."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+        self.layers = None
+
+    def forward(self, hs_enc, hs_dec):
+        self.layers = [Attention() for _ in range(hs_dec.shape[1])]
+        return np.stack([layer.forward(hs_enc, hs_dec[:, t]) for t, layer in enumerate(self.layers)], axis=1)
+
+    def backward(self, dout):
+        dhs_enc = np.zeros_like(self.layers[0].sum.cache[0])
+        dhs_dec = np.empty_like(dout)
+        for t, layer in enumerate(self.layers):
+            dhs, dh = layer.backward(dout[:, t])
+            dhs_enc += dhs  # every step reads all of hs_enc
+            dhs_dec[:, t] = dh
+        return dhs_enc, dhs_dec
