@@ -1,8 +1,9 @@
 """Derivation: a rule at concrete sizes -> exact Jacobians, lambdified to NumPy.
 
 ``derive(rule, dims, hyper)`` builds arrays of SymPy symbols for the inputs,
-evaluates the rule's formula on them, takes ``derive_by_array`` of the output
-with respect to each differentiable input, and lambdifies (NumPy, common
+evaluates the rule's formula on them, takes the partials of each output
+element by each differentiable input element it contains (what
+``derive_by_array`` gives, by reverse accumulation: :func:`gradient`), and lambdifies (NumPy, common
 subexpressions eliminated) the forward values and the non-zero Jacobian
 entries. Results are cached per (rule content, sizes, hyperparameters the
 formula reads): in memory here, on disk through :mod:`derivcheck.cache`.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import sympy
+from sympy.core.function import ArgumentIndexError
 from sympy.tensor.array import ImmutableDenseNDimArray
 
 from . import cache, symarray
@@ -82,16 +84,12 @@ class Derivation:
         except RuleError as exc:  # the rule loaded at its defaults, so these sizes or values are at fault
             raise DerivcheckError(f"rule '{self.rule.name}' cannot be evaluated at {self._where()}: {exc.message} ({exc.path}:{exc.line})") from None
         flat_out = list(out.ravel())
-        jac = {}
-        for name, syms in self.symbols.items():
-            position = {s: i for i, s in enumerate(syms.ravel())}
-            # sparse: each output is differentiated only by the input symbols it contains
-            jac[name] = [
-                (o, position[s], d)
-                for o, e in enumerate(flat_out)
-                for s in sorted(e.free_symbols & position.keys(), key=position.get)
-                if (d := _diff(e, s)) != 0
-            ]
+        position = {s: (name, i) for name, syms in self.symbols.items() for i, s in enumerate(syms.ravel())}
+        jac = {name: [] for name in self.symbols}
+        for o, e in enumerate(flat_out):  # sparse: each output's partials by the input symbols it contains
+            for s, d in sorted(gradient(e, position.keys()).items(), key=lambda sd: position[sd[0]]):
+                name, i = position[s]
+                jac[name].append((o, i, d))
         return out.shape, flat_out, jac
 
     @property
@@ -236,13 +234,65 @@ class Derivation:
 _MEMORY: dict[tuple, Derivation] = {}
 
 
-def _diff(e, s):
-    """``e.diff(s)``, skipping the terms of a sum that do not contain ``s`` (a convolution's output is a
-    sum of C·KH·KW products, each holding one element of ``x``): the same expression, without SymPy's
-    cost of differentiating every term to 0."""
-    if e.is_Add:
-        return sympy.Add(*(_diff(t, s) for t in e.args if s in t.free_symbols))
-    return e.diff(s)
+def _partials(node):
+    """``[(argument, ∂node/∂argument)]`` for a sum, product, power or function of one node, or None
+    for a node whose own ``diff`` is used (a Piecewise)."""
+    if node.is_Add:
+        return [(a, sympy.Integer(1)) for a in node.args]
+    if node.is_Mul:
+        args = node.args
+        return [(a, sympy.Mul(*args[:i], *args[i + 1:])) for i, a in enumerate(args)]
+    if node.is_Pow:
+        base, exponent = node.args
+        parts = [(base, exponent * base ** (exponent - 1))]
+        if exponent.free_symbols:
+            parts.append((exponent, node * sympy.log(base)))
+        return parts
+    if isinstance(node, sympy.Function) and not isinstance(node, sympy.Piecewise):
+        try:
+            return [(a, node.fdiff(i + 1)) for i, a in enumerate(node.args)]
+        except (ArgumentIndexError, NotImplementedError, TypeError):
+            return None
+    return None
+
+
+def gradient(e, wanted) -> dict:
+    """``{s: ∂e/∂s}`` for the symbols ``s`` of ``wanted`` that ``e`` depends on (zeros left out).
+
+    Reverse accumulation over ``e``'s sub-expressions, each visited once: one walk of the
+    expression for every partial, where ``e.diff(s)`` walks it once per symbol (an LSTM output
+    element depends on 40 input elements at N=2, D=3, H=4). Each node's local derivative is
+    SymPy's own (``fdiff``, the product and power rules); a Piecewise is differentiated by ``diff``.
+    """
+    order, reaches = [], {}  # sub-expressions children first; does the node contain a wanted symbol
+    stack = [(e, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            reaches[node] = node in wanted or any(reaches[a] for a in node.args)
+            order.append(node)
+        elif node not in reaches:
+            reaches[node] = False
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in reaches)
+    adjoint = {e: sympy.Integer(1)}
+    grads: dict = {}
+    for node in reversed(order):  # every parent before its children
+        g = adjoint.pop(node, None)
+        if g is None or not reaches[node]:
+            continue
+        if node in wanted:
+            grads[node] = grads.get(node, 0) + g
+            continue
+        parts = _partials(node)
+        if parts is None:
+            for s in wanted & node.free_symbols:
+                grads[s] = grads.get(s, 0) + g * node.diff(s)
+            continue
+        for a, local in parts:
+            if reaches[a]:
+                adjoint[a] = adjoint.get(a, 0) + g * local
+    return {s: d for s, d in grads.items() if d != 0}
 
 
 def cache_key(rule, dims: dict, hyper: dict) -> tuple:

@@ -49,3 +49,11 @@ def test_network_bench_verifies_the_mnist_network_and_prints_the_ratio_to_the_bo
     assert "derivcheck verify" in lines[1] and lines[1].endswith("verdict: PASS")
     m = re.search(r"numerical_gradient: +([\d.]+) s \(scaled from \d+ of 39760 parameters\) +ratio to derivcheck warm: (\d+)x", lines[2])
     assert m and float(m.group(1)) > 0
+
+
+def test_jacobian_bench_prints_both_ways_and_that_they_agree():
+    out = subprocess.run([sys.executable, str(BENCH.parent / "jacobian.py"), "--only", "softmax_with_loss", "--only", "layernorm"],
+                         capture_output=True, text=True, check=True, timeout=600).stdout
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["layernorm", "softmax_with_loss"]
+    assert all(r[-4] == "yes" and float(r[-5]) > 0 for r in rows), out

@@ -198,3 +198,19 @@ def test_windows_refuses_what_cannot_be_windowed(args, message):
     with pytest.raises(ValueError) as err:
         symarray.patches(*args)
     assert message in str(err.value)
+
+
+def test_the_element_by_element_partials_are_sympys_derivatives():
+    """derive.gradient (reverse accumulation) against diff, on every kind of node it meets: sums,
+    products, powers with a symbolic exponent, functions, a max, and a Piecewise (diff's own)."""
+    from derivcheck.derive import gradient
+
+    x, y, z, w = sympy.symbols("x y z w", real=True)
+    e = (sympy.tanh(x * y) * sympy.exp(-x) + x ** y + sympy.log(1 + z ** 2) * sympy.Max(x, z)
+         + sympy.Piecewise((x * z, z > 0), (y, True)) + (x * y) ** 2 / (1 + sympy.exp(-x)))
+    grads = gradient(e, {x, y, z, w})
+    assert set(grads) == {x, y, z}  # w does not occur: no entry, not a 0
+    values = {x: 0.7, y: 1.3, z: 0.4}
+    for s in (x, y, z):
+        assert float(grads[s].xreplace(values)) == pytest.approx(float(e.diff(s).xreplace(values)), rel=1e-14)
+    assert gradient(x - x + 3 * y, {x, y}) == {y: 3}  # a sum SymPy cancels has no partial by x
