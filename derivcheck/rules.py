@@ -309,6 +309,9 @@ class Rule:
                 value = int(value)
             if not isinstance(value, int) or value < 1:
                 raise DerivcheckError(f"dimension {d} must be a positive integer, not {value!r}")
+            fixed = self.dims[d]
+            if fixed.min == fixed.max and value != fixed.min:  # two classes of a binary loss: the formula needs it
+                raise DerivcheckError(f"dimension {d} of rule '{self.name}' is fixed at {fixed.min}, not {value}")
             out[d] = value
         if missing and not partial:
             raise DerivcheckError(f"rule '{self.name}' needs a size for {', '.join(missing)} (as in --shape {self.example_shape()})")

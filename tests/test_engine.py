@@ -130,6 +130,9 @@ def test_bad_sizes_and_hypers_are_refused():
         rule.at(N=2, D=2, keepdims="maybe")
     with pytest.raises(derivcheck.DerivcheckError, match="no hyperparameter 'axes'"):
         rule.at(N=2, D=2, hyper={"axes": 1})
+    # a size the rule fixes (a binary loss's two classes): refused, not a formula that cannot be evaluated
+    with pytest.raises(derivcheck.DerivcheckError, match="dimension C of rule 'sigmoid_with_loss' is fixed at 2, not 5"):
+        derivcheck.load_rule("sigmoid_with_loss").at(N=2, C=5)
 
 
 def _conv_loop(x, W, b, stride, pad):

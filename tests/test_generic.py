@@ -40,7 +40,7 @@ def test_generic_equals_concrete_at_random_larger_sizes(name):
     rule = derivcheck.load_rule(name)
     hyper = rule.resolve_hyper()
     rng = np.random.default_rng(11)
-    dims = {d: int(rng.integers(max(r.min, 1), max(r.max, 6) + 1)) if r.max > 1 else 1 for d, r in rule.dims.items()}
+    dims = {d: r.min if r.min == r.max else int(rng.integers(max(r.min, 1), max(r.max, 6) + 1)) for d, r in rule.dims.items()}
     dims = rule.resolve_dims(dims)
     conc, gen = ConcreteBound(rule, hyper, dims), reference.at(rule, hyper, dims)
     assert isinstance(gen, GenericBound) and gen.output_shape == conc.output_shape
