@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Function  # noqa: E402
 from dlfs1.layers import col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
-from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention  # noqa: E402
+from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeSigmoidWithLoss  # noqa: E402
 
 
 def _softmax(x):
@@ -419,6 +419,14 @@ class TimeAttentionEncoderOverwritten(TimeAttention):
             dhs_enc = dhs
             dhs_dec[:, t] = dh
         return dhs_enc, dhs_dec
+
+
+class TimeSigmoidWithLossNoTimeMean(TimeSigmoidWithLoss):
+    """BUG: backward hands each step dout, not dout / T: the forward averages the steps' losses,
+    so each step's gradient is T times too large (forward is the reference's)."""
+
+    def backward(self, dout=1):
+        return np.stack([layer.backward(dout) for layer in self.layers], axis=1)
 
 
 class BatchNormNoMeanTerm:

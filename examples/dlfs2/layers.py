@@ -284,6 +284,21 @@ class SigmoidWithLoss:
         return dx * dout / self.t.shape[0]
 
 
+class TimeSigmoidWithLoss:
+    """SigmoidWithLoss at every time step (x and t of shape (N, T)), the losses averaged over the steps."""
+
+    def __init__(self):
+        self.params, self.grads = [], []
+
+    def forward(self, xs, ts):
+        self.layers = [SigmoidWithLoss() for _ in range(xs.shape[1])]
+        return sum(layer.forward(xs[:, t], ts[:, t]) for t, layer in enumerate(self.layers)) / len(self.layers)
+
+    def backward(self, dout=1):
+        T = len(self.layers)
+        return np.stack([layer.backward(dout / T) for layer in self.layers], axis=1)  # dout itself is left as it was
+
+
 class TimeAffine:
     """Book 2's TimeAffine: one Affine applied at every time step, as a single matrix product."""
 
