@@ -814,6 +814,7 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
         if guess is not None:
             break
     if guess is None:
+        recurrence(name, base, known, extra)
         stem = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", base).lower()
         raise DerivcheckError(
             f"cannot tell which rule {name} implements (a rule is matched by name, ignoring case and underscores; "
@@ -821,6 +822,23 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
             f"`derivcheck rules affine > myrules/{stem}.toml` prints a rule to start from, docs/rules.md says what goes in it, "
             f"and --rules myrules makes it known")
     return guess
+
+
+def recurrence(name: str, base: str, known: dict, extra=()) -> None:
+    """Refuse a Time layer that runs a recurrent cell over the steps (book 2's TimeRNN, TimeLSTM,
+    TimeGRU, TimeBiLSTM) with what is true: a recurrence, which a rule cannot write yet."""
+    m = re.fullmatch(r"time(bi)?(.+)", base.replace("_", "").lower())
+    cell = known.get(m.group(2)) if m else None
+    if cell is None:
+        return
+    rule = load_rule(cell, extra)
+    state = [n for n in rule.inputs if "prev" in n]  # the state a cell takes: h_prev, c_prev
+    if not state:
+        return
+    raise DerivcheckError(
+        f"{name} runs the {cell} cell over the T steps of its input{' in both directions' if m.group(1) else ''}, carrying "
+        f"{', '.join(state)} from step to step: a recurrence, which a rule cannot write yet. Check instead the cell "
+        f"class each of its steps runs, with rule {cell}")
 
 
 def rule_for(name: str | None, target: str, extra=(), how: str = "pass --rule NAME") -> Rule:

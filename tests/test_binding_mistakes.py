@@ -85,6 +85,27 @@ def test_binding_mistakes_exit_2_with_a_sentence(helpers, target, extra, message
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+@pytest.mark.parametrize("name,cell,state,both", [("TimeLSTM", "lstm", "h_prev, c_prev", False),
+                                                  ("TimeBiLSTM", "lstm", "h_prev, c_prev", True),
+                                                  ("TimeRNN", "rnn", "h_prev", False), ("Time_GRU", "gru", "h_prev", False)])
+def test_a_time_layer_over_a_recurrent_cell_is_refused_for_what_it_is(tmp_path, name, cell, state, both):
+    """Book 2's TimeRNN, TimeLSTM, TimeGRU, TimeBiLSTM: a recurrence no rule can write yet. The sentence says so
+    and names the cell to check; a Time layer that is no loop of a cell (TimeAffine) is not caught by it."""
+    (tmp_path / "time_layers.py").write_text(f"class {name}:\n    def forward(self, xs):\n        return xs\n")
+    p = cli("verify", f"{tmp_path / 'time_layers.py'}:{name}", cwd=tmp_path)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert (f"{name} runs the {cell} cell over the T steps of its input{' in both directions' if both else ''}, carrying "
+            f"{state} from step to step: a recurrence, which a rule cannot write yet. Check instead the cell class each of "
+            f"its steps runs, with rule {cell}") in p.stderr, p.stderr
+
+
+def test_a_time_layer_that_is_no_recurrence_keeps_its_rule():
+    from derivcheck.rules import guess_rule
+
+    assert [guess_rule(f"f.py:{n}") for n in ("TimeAffine", "TimeAttention", "TimeEmbedding")] == [
+        "temporal_affine", "time_attention", "time_embedding"]
+
+
 def test_a_backward_named_as_the_target_is_checked_with_its_forward(tmp_path):
     p = cli("verify", f"{EXAMPLES}/functional/layers.py:affine_backward", "--rule", "affine", cwd=tmp_path)
     assert p.returncode == 0 and "verdict: PASS" in p.stdout, p.stdout + p.stderr
