@@ -19,6 +19,7 @@ the object renders itself (``_repr_markdown_``, ``_repr_latex_``).
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -264,8 +265,10 @@ def graph(rule, hyper: dict) -> tuple[list[Node], list[str]]:
         op, operands, expr = defs[n.label]
         gn = g.get(n.label, sympy.Symbol(f"d{n.label}"))
         wrt = [o for o in operands if o in differentiable]
-        if expr is None:  # an array operation: its standard rule; the signal goes on by name
-            n.lines.append(f"rule: {_ARRAY_RULES.get(op, 'passes g on')} (g = {_sx(gn, pr)})")
+        if expr is None:  # an array operation: its standard rule, in the node's own names; the signal goes on by name
+            signal, value = f"d{_lbl(n.label, pr)}", _sx(gn, pr)
+            n.lines.append(f"rule: {_in_names(_ARRAY_RULES.get(op, 'passes g on'), operands, n.label, pr)}"
+                           + (f" ({signal} = {value})" if value != signal else ""))
             for o in wrt:
                 g[o] = sympy.Symbol(f"d{o}")
             continue
@@ -299,13 +302,24 @@ def _from_output_line(rule, hyper) -> str:
     return f"d{x} = {shown}" + ("    (proven: equal for every x)" if holds else "    (does NOT hold: not a closed form of this rule)")
 
 
+def _in_names(text: str, operands: list, label: str, pr) -> str:
+    """An array rule (``da = g bᵀ, db = aᵀ g``) in the node's names: its operands for a and b, the
+    node's signal d<label> for g (``dx = dv1 Wᵀ, dW = xᵀ dv1``), so that a rule's b is never read
+    as a bias b, nor its g as an LSTM's gate g. A constant operand keeps its letter."""
+    a, b = (list(operands) + [None, None])[:2]
+    names = {"g": f"d{_lbl(label, pr)}"}
+    for letter, o in (("a", a), ("b", b)):
+        if o is not None:
+            names[letter], names[f"d{letter}"] = _lbl(o, pr), f"d{_lbl(o, pr)}"
+    # not \b: ᵀ is a letter to re, so 'bᵀ' would be one word
+    return re.sub(r"(?<![A-Za-z0-9_])(da|db|a|b|g)(?![A-Za-z0-9_])", lambda m: names.get(m.group(1), m.group(1)), text)
+
+
 def _lbl(label, pr):
     return pr.name(label)
 
 
 def _sx(expr, pr) -> str:
-    import re
-
     s = re.sub(r"\bout\b", pr.out_name, sympy.sstr(expr))
     return s.replace("**2", "²").replace("**", "^").replace("*", "·")
 

@@ -107,4 +107,11 @@ def test_a_slice_is_a_node_whose_gradient_goes_back_into_its_positions():
     r = run("explain", "gru")
     assert r.exit_code == 0, r.output
     assert "v1   = Wx[:, :H]    [3, 4]" in r.output
-    assert "at v1 = Wx[:, :H]:\n      rule: puts g at the sliced positions of a's shape, 0 elsewhere (g = dv1)" in r.output
+    assert "at v1 = Wx[:, :H]:\n      rule: puts dv1 at the sliced positions of Wx's shape, 0 elsewhere\n" in r.output
+
+
+def test_an_array_rule_is_written_in_the_nodes_own_names():
+    """Affine's matmul node: 'dx = dv1 Wᵀ, dW = xᵀ dv1', not 'da = g bᵀ, db = aᵀ g', whose db reads as the bias's."""
+    r = run("explain", "affine")
+    assert r.exit_code == 0, r.output
+    assert "at v1 = x W:\n      rule: dx = dv1 Wᵀ, dW = xᵀ dv1 (dv1 = dout)\n" in r.output
