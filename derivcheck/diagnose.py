@@ -237,8 +237,13 @@ def settle_factor(found: dict, seen: list[tuple[float, dict]]) -> None:
         readings[f"1/{dim}"] = lambda d, dim=dim: 1.0 / d[dim]
     fits = [name for name, value in readings.items()
             if all(abs(k - value(d)) <= 1e-6 * abs(value(d)) for k, d in seen)]
-    if fits and len(seen) > 1:
+    if len(seen) < 2:
+        return
+    if fits:
         found["message"] = f"{found['check']}: is off by a factor of {' or '.join(fits)} (in each of {len(seen)} failing trials)"
+    elif all(abs(k - seen[0][0]) <= 1e-6 * abs(seen[0][0]) for k, _ in seen):
+        # one number at every size: no size it was named after in one trial (IH = 4 = a 2x2 window) fits them all
+        found["message"] = f"{found['check']}: is off by a constant factor {seen[0][0]:.6g} (in each of {len(seen)} failing trials)"
 
 
 def diagnose_forward(check) -> dict:

@@ -283,6 +283,10 @@ def test_a_factor_is_settled_by_every_failing_trial():
     none = dict(f, message="unchanged")
     settle_factor(none, [(2.0, {"N": 2}), (7.0, {"N": 3})])
     assert none["message"] == "unchanged"
+    # one number at every size, named after a size in the first trial only (a 2x2 window's 4 when IH = 4)
+    same = dict(f, message="grad W: is off by a factor of IH (IH=4)")
+    settle_factor(same, [(4.0, {"IH": 4, "IW": 5}), (4.0, {"IH": 3, "IW": 3}), (4.0, {"IH": 2, "IW": 2})])
+    assert same["message"] == "grad W: is off by a constant factor 4 (in each of 3 failing trials)"
 
 
 def test_a_wrong_forward():
