@@ -422,11 +422,14 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
     call_ps = _params(call_fn, skip_self=True) if call_fn is not None else []
     # a hyperparameter kept from the layer (layer = false: eps, how labels are encoded) binds to nothing
     inputs, labels, hypers = list(rule.inputs), [n for n, lab in rule.labels.items() if lab.given], [n for n, h in rule.hyper.items() if h.to_layer]
+    hypers += list(rule.pairs)  # DeZero's kernel_size: (pool_h, pool_w) as one parameter, bound by name only
     data = inputs + labels
     b = Binding()
     taken: set[str] = set()
 
     def kind_of(n):
+        if n in rule.pairs:
+            return "pair"
         return "dict" if n == DICT else "input" if n in rule.inputs else "label" if n in rule.labels else "hyper"
 
     def by_name(p, pool):
@@ -435,16 +438,20 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
                 return n
         return None
 
+    def take(n):
+        taken.add(n)
+        taken.update(rule.pairs.get(n, ()))  # kernel_size holds pool_h and pool_w
+
     call_slots, ctor_slots = [], []
     for p in call_ps:
         n = by_name(p, data + hypers)
         if n:
-            taken.add(n)
+            take(n)
         call_slots.append((p, n))
     for p in ctor_ps:
         n = by_name(p, ([] if call_takes_all_inputs else inputs) + hypers)
         if n:
-            taken.add(n)
+            take(n)
         ctor_slots.append((p, n))
     # by position: the call takes data from the front (x before W, b; labels last) ...
     free_data = [n for n in data if n not in taken]
@@ -454,7 +461,7 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
             taken.add(n)
             call_slots[i] = (p, n)
     # ... the constructor takes what is left: parameters, then hyperparameters
-    free_ctor = [n for n in (([] if call_takes_all_inputs else inputs) + hypers) if n not in taken]
+    free_ctor = [n for n in (([] if call_takes_all_inputs else inputs) + hypers) if n not in taken and n not in rule.pairs]
     for i, (p, n) in enumerate(ctor_slots):
         if n is None and p.default is p.empty and free_ctor:
             n = free_ctor.pop(0)
@@ -554,6 +561,8 @@ class Adapter:
     def _value(self, kind, n, values):
         if kind == "hyper":
             return self.layer_hyper[n]
+        if kind == "pair":  # kernel_size = (pool_h, pool_w)
+            return tuple(self.layer_hyper[m] for m in self.rule.pairs[n])
         if kind == "dict":  # bn_param: every hyperparameter by name (mode, eps, ...), a fresh dict per call
             return {k: tuple(v) if isinstance(v, list) else v for k, v in self.hyper.items()}
         return values[n]
@@ -780,9 +789,9 @@ class DezeroAdapter(Adapter):
     def run(self, values, cotangent) -> Outcome:
         variables = {n: self.Variable(values[n]) for _, kind, n in self.binding.call if kind == "input"}
         arrays = [variables.get(n, values.get(n)) for _, kind, n in self.binding.call if kind in ("input", "label")]
-        hypers = {p: self._value(kind, n, values) for p, kind, n in self.binding.call if kind in ("hyper", "dict")}
+        hypers = {p: self._value(kind, n, values) for p, kind, n in self.binding.call if kind in ("hyper", "dict", "pair")}
         if inspect.isclass(self.obj):  # Function(hyper...)(*inputs)
-            ctor = {p: self.layer_hyper[n] for p, (kind, n) in self.binding.ctor.items()}
+            ctor = {p: self._value(kind, n, values) for p, (kind, n) in self.binding.ctor.items()}
             fn = call_user(self.obj, list(ctor.items()), f"{self.name}({', '.join(ctor)})")
             y = call_user(fn, [(None, a) for a in arrays], f"{self.name}.forward")
         else:  # a function applying a Function: f(x, W), reshape(x, shape=...)

@@ -1200,7 +1200,7 @@ def _bind_node(link, rule_dirs) -> None:
     except DerivcheckError as exc:
         link.rule, link.why = None, str(exc)
         return
-    link.node_inputs = [(kind, n) for _, kind, n in link.binding.call if kind != "hyper"]
+    link.node_inputs = [(kind, n) for _, kind, n in link.binding.call if kind not in ("hyper", "pair")]
     if len(link.node_inputs) != len(link.layer.inputs):
         link.rule, link.why = None, f"{link.kind} took {len(link.layer.inputs)} inputs; rule '{link.rule.name}' has {len(link.node_inputs)}"
 

@@ -221,6 +221,7 @@ class Rule:
     from_output: Formula | None = None  # element-wise derivative in terms of `out` (sigmoid: out * (1 - out))
     closed_forms: dict = field(default_factory=dict)  # input -> Formula of its gradient (candidates, checked by explain)
     aliases: tuple = ()  # other names of the operation, for guessing a rule from a target's name (affine: linear)
+    pairs: dict = field(default_factory=dict)  # a layer parameter that takes two hyperparameters as one (h, w) pair: kernel_size
     _derivations: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -524,7 +525,7 @@ def parse_rule(text: str, path) -> Rule:
         raise RuleError(path, int(m.group(1)) if m else None, f"not valid TOML: {msg}") from None
 
     L.keys(data, {"name", "summary", "doc", "formula", "output", "inputs", "labels", "hyper", "dims", "derivative_from_output",
-                  "closed_form", "aliases"}, "")
+                  "closed_form", "aliases", "pairs"}, "")
     for required in ("name", "summary", "formula", "inputs"):
         if required not in data:
             raise RuleError(path, None, f"missing required key '{required}'")
@@ -650,6 +651,16 @@ def parse_rule(text: str, path) -> Rule:
                         L.fail(f"default shape names '{v}', which is no dimension of the inputs", t, "default")
         hypers[n] = h
 
+    pairs = {}
+    for n, members in L.table(data.get("pairs", {}), "pairs").items():
+        if not (isinstance(members, list) and len(members) == 2 and all(m in hypers and hypers[m].type == "int" for m in members)
+                and members[0] != members[1]):
+            L.fail(f"pair '{n}' must name two int hyperparameters of this rule, as in {n} = [\"pool_h\", \"pool_w\"]", "pairs", n)
+        if not re.match(r"^[a-z][a-z0-9_]*$", n):
+            L.fail(f"pair name '{n}' must be lower-case letters, digits and _", "pairs", n)
+        claim(n, "a pair of hyperparameters", "pairs", n)
+        pairs[n] = tuple(members)
+
     output = None
     if "output" in data:
         output = L.shape(data["output"], "", "output")
@@ -708,6 +719,7 @@ def parse_rule(text: str, path) -> Rule:
         from_output=from_output,
         closed_forms=closed_forms,
         aliases=tuple(aliases),
+        pairs=pairs,
     )
     _check_shapes(rule, L)
     return rule

@@ -70,6 +70,8 @@ TARGETS = [
     ("dezero.functions:SoftmaxCrossEntropy", None, {}),
     ("dezero.functions:MeanSquaredError", None, {}),  # the dezero form of the guessed rule
     ("dezero.functions:dropout", None, {}),  # inverted dropout (dropout_dezero): its mask read back from the output
+    ("dezero.functions_conv:pooling", None, {}),  # kernel_size binds to (pool_h, pool_w): the rule's [pairs]
+    ("dezero.functions_conv:AveragePooling", None, {}),
 ]
 
 

@@ -19,7 +19,8 @@ from derivcheck.verify import verify
 ROOT = Path(__file__).resolve().parent.parent
 RULES = sorted(list_rules())
 FLATTENING = {"reshape"}  # default shape [-1] flattens: no index-notation form
-WINDOWED = {"convolution": "convolution", "pooling": "sliding windows", "max_pool": "sliding windows"}  # strided indices: none yet
+WINDOWED = {"convolution": "convolution", "pooling": "sliding windows", "max_pool": "sliding windows",
+            "average_pooling": "sliding windows"}  # strided indices: none yet
 
 
 @pytest.mark.parametrize("name", RULES)

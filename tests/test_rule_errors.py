@@ -32,6 +32,9 @@ def test_good_rule_loads(tmp_path):
 
 KEPT = GOOD_HEAD + 'formula = "x * m"\noutput = ["N"]\n[inputs.x]\nshape = ["N"]\n[labels.m]\nkind = "kept"\nshape = ["N"]\n{extra}[hyper.r]\ntype = "{type}"\ndefault = {default}\n'
 
+PAIR = (GOOD_HEAD + 'formula = "x * a * b"\n[inputs.x]\nshape = ["N"]\n[hyper.a]\ntype = "int"\ndefault = 2\n'
+        '[hyper.b]\ntype = "int"\ndefault = 2\n[hyper.f]\ntype = "float"\ndefault = 1.0\n[pairs]\n')
+
 CASES = [
     # (what, body, line, text in the message)
     ("bad TOML", GOOD_HEAD + 'formula = "x"\n[inputs.x\nshape = ["N"]\n', 4, "not valid TOML"),
@@ -59,6 +62,11 @@ CASES = [
     ("empty slice", GOOD_HEAD + 'formula = "x[N:N]"\n[inputs.x]\nshape = ["N"]\n', 3, "start before stop"),
     ("slice bound not whole", GOOD_HEAD + 'formula = "x[0:N / 2]"\n[inputs.x]\nshape = ["N"]\n', 3, "a slice bound must be a whole number"),
     ("too many slices", GOOD_HEAD + 'formula = "x[:, :]"\n[inputs.x]\nshape = ["N"]\n', 3, "2 slices for an array of 1 axes"),
+    # pairs: a layer parameter that takes two int hyperparameters as one (DeZero's kernel_size)
+    ("a pair of one", PAIR + 'kernel_size = ["a"]\n', 16, "pair 'kernel_size' must name two int hyperparameters"),
+    ("a pair of a float", PAIR + 'kernel_size = ["a", "f"]\n', 16, "pair 'kernel_size' must name two int hyperparameters"),
+    ("a pair of the same twice", PAIR + 'kernel_size = ["a", "a"]\n', 16, "pair 'kernel_size' must name two int hyperparameters"),
+    ("a pair named as a hyperparameter", PAIR + 'a = ["a", "b"]\n', 16, "'a' is used both as a hyperparameter and as a pair of hyperparameters"),
     # several outputs (an LSTM's h_next, c_next): named, assigned above, one shape
     ("an output that is no name", GOOD_HEAD + 'formula = """\ny = x * 2\ny, x + 1\n"""\n[inputs.x]\nshape = ["N"]\n', 5,
      "written as names assigned above"),

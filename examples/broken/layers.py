@@ -10,6 +10,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Function  # noqa: E402
+from functions import AveragePooling  # noqa: E402
 from dlfs1.layers import col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
 from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeSigmoidWithLoss  # noqa: E402
 
@@ -427,6 +428,14 @@ class TimeSigmoidWithLossNoTimeMean(TimeSigmoidWithLoss):
 
     def backward(self, dout=1):
         return np.stack([layer.backward(dout) for layer in self.layers], axis=1)
+
+
+class AveragePoolingNotDivided(AveragePooling):
+    """BUG: backward spreads each window's gy over its elements without dividing by kh * kw: the
+    forward takes the mean, not the sum (forward is the reference's)."""
+
+    def backward(self, gy):
+        return super().backward(gy) * (self.kernel_size[0] * self.kernel_size[1])
 
 
 class BatchNormNoMeanTerm:

@@ -318,3 +318,46 @@ class Dropout(Function):
 
     def backward(self, gy):
         return gy * self.mask / self.scale
+
+
+def _pair(k):
+    return (k, k) if isinstance(k, int) else tuple(k)
+
+
+class AveragePooling(Function):
+    """DeZero's AveragePooling(kernel_size, stride=1, pad=0): the mean of each window; kernel_size an int or (kh, kw).
+
+    backward spreads each window's gy over the window's kh * kw elements, divided by kh * kw.
+    """
+
+    def __init__(self, kernel_size, stride=1, pad=0):
+        self.kernel_size, self.stride, self.pad = _pair(kernel_size), stride, pad
+
+    def _windows(self, shape):
+        (kh, kw), s = self.kernel_size, self.stride
+        H, W = shape[2] + 2 * self.pad, shape[3] + 2 * self.pad
+        return [(i, j, slice(i * s, i * s + kh), slice(j * s, j * s + kw))
+                for i in range((H - kh) // s + 1) for j in range((W - kw) // s + 1)]
+
+    def forward(self, x):
+        p = self.pad
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        windows = self._windows(x.shape)
+        OH, OW = windows[-1][0] + 1, windows[-1][1] + 1
+        y = np.empty(x.shape[:2] + (OH, OW), dtype=x.dtype)
+        for i, j, rows, cols in windows:
+            y[:, :, i, j] = xp[:, :, rows, cols].mean(axis=(2, 3))
+        return y
+
+    def backward(self, gy):
+        x, p = self.inputs[0].data, self.pad
+        g = gy if isinstance(gy, np.ndarray) else gy.data  # a Variable from DeZero step 32 on
+        gxp = np.zeros((x.shape[0], x.shape[1], x.shape[2] + 2 * p, x.shape[3] + 2 * p), dtype=g.dtype)
+        size = self.kernel_size[0] * self.kernel_size[1]
+        for i, j, rows, cols in self._windows(x.shape):
+            gxp[:, :, rows, cols] += g[:, :, i, j][:, :, None, None] / size  # overlapping windows add up
+        return gxp[:, :, p:p + x.shape[2], p:p + x.shape[3]]
+
+
+def average_pooling(x, kernel_size, stride=1, pad=0):
+    return AveragePooling(kernel_size, stride, pad)(x)
