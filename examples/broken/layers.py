@@ -13,6 +13,7 @@ from core import Function  # noqa: E402
 from functions import AveragePooling  # noqa: E402
 from dlfs1.layers import col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
 from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeSigmoidWithLoss  # noqa: E402
+from functional.layers import lstm_step_backward, lstm_step_forward  # noqa: E402
 
 
 def _softmax(x):
@@ -378,24 +379,14 @@ class LSTMForgetGateFromNewState(LSTM):
         return np.dot(dA, Wx.T), np.dot(dA, Wh.T), ds * f
 
 
-def lstm_step_state_skips_h_forward(x, prev_h, prev_c, Wx, Wh, b):
-    """The reference's forward (CS231n's lstm_step_forward), for the broken backward below."""
-    H = prev_h.shape[1]
-    a = x @ Wx + prev_h @ Wh + b
-    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
-    i, f, o, g = sig(a[:, :H]), sig(a[:, H:2 * H]), sig(a[:, 2 * H:3 * H]), np.tanh(a[:, 3 * H:])
-    next_c = f * prev_c + i * g
-    next_h = o * np.tanh(next_c)
-    return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, i, f, o, g, next_c)
+lstm_step_state_skips_h_forward = lstm_step_forward  # the reference's forward (CS231n's), for the broken backward below
 
 
 def lstm_step_state_skips_h_backward(dnext_h, dnext_c, cache):
     """BUG: dprev_c is dnext_c * f: it forgets that next_c also reaches the loss through next_h."""
-    x, prev_h, prev_c, Wx, Wh, i, f, o, g, next_c = cache
-    tanh_c = np.tanh(next_c)
-    dc = dnext_c + dnext_h * o * (1 - tanh_c ** 2)
-    da = np.hstack((dc * g * i * (1 - i), dc * prev_c * f * (1 - f), dnext_h * tanh_c * o * (1 - o), dc * i * (1 - g ** 2)))
-    return da @ Wx.T, da @ Wh.T, dnext_c * f, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+    dx, dprev_h, _, dWx, dWh, db = lstm_step_backward(dnext_h, dnext_c, cache)
+    f = cache[6]
+    return dx, dprev_h, dnext_c * f, dWx, dWh, db
 
 
 class AttentionWeightSkipsSoftmax(AttentionWeight):
