@@ -544,11 +544,6 @@ def split_cotangent(rule, cotangent) -> list:
 class Adapter:
     """Build once per shape; then ``run(values, cotangent)`` per step, as training would."""
 
-    @property
-    def douts(self) -> list[str]:
-        """The upstream gradients as the backward's arguments are named in messages: dout, or dh_next, dc_next."""
-        return [f"d{n}" for n in self.rule.outputs] or ["dout"]
-
     style = ""
     forward_only = ""  # set by prepare() for a layer with no backward: why
 
@@ -572,6 +567,11 @@ class Adapter:
 
     def _call_args(self, binding: Binding, values: dict) -> list:
         return [(p, self._value(kind, n, values)) for p, kind, n in binding.call]
+
+    @property
+    def douts(self) -> list[str]:
+        """The upstream gradients as the backward's arguments are named in messages: dout, or dh_next, dc_next."""
+        return [f"d{n}" for n in self.rule.outputs] or ["dout"]
 
     @property
     def params(self) -> list[str]:
