@@ -800,6 +800,15 @@ def load_rule(name: str, extra=()) -> Rule:
     raise DerivcheckError(f"no rule named '{name}' (known: {', '.join(close)}; `derivcheck rules` lists them all)")
 
 
+def _aliases(extra=()) -> dict:
+    """alias (underscores dropped) -> rule name; the first rule listing an alias has it."""
+    aliases: dict = {}
+    for rule_name, rule in list_rules(extra, errors=[]).items():
+        for a in rule.aliases:
+            aliases.setdefault(a.replace("_", ""), rule_name)
+    return aliases
+
+
 def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
     """The rule a target implements, from its name: Affine, SoftmaxWithLoss, affine_forward, MatMul."""
     name = target.rpartition(":")[2]
@@ -813,15 +822,20 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
     # the whole name first (CS231n's svm_loss_naive(W, X, y, reg) is an alias of linear_svm_loss, where
     # svm_loss(x, y) is another operation), then without the suffix; a rule's name, then its aliases
     # (another name for its operation: DeZero's Linear is affine)
+    if full != name:  # CS231n's rnn_forward and lstm_forward: the sequence, where rnn_step_forward is the cell
+        aliases = _aliases(extra)
+        step = f"{full}step".replace("_", "").lower()
+        cell = known.get(step) or aliases.get(step)
+        if cell is not None:
+            raise DerivcheckError(
+                f"{name} runs {full}_step over the T steps of its input, carrying the hidden state from h0: a recurrence, "
+                f"which a rule cannot write yet. Check instead {full}_step_forward, the cell each step runs, with rule {cell}")
     for cand in dict.fromkeys([full, base]):
         key = cand.replace("_", "").lower()
         guess = known.get(key)
         if guess is None:
             if aliases is None:
-                aliases = {}
-                for rule_name, rule in list_rules(extra, errors=[]).items():
-                    for a in rule.aliases:
-                        aliases.setdefault(a.replace("_", ""), rule_name)  # the first rule listing it, as before
+                aliases = _aliases(extra)
             guess = aliases.get(key)
         if guess is not None:
             break

@@ -99,6 +99,17 @@ def test_a_time_layer_over_a_recurrent_cell_is_refused_for_what_it_is(tmp_path, 
             f"its steps runs, with rule {cell}") in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("name,step,rule", [("rnn_forward", "rnn_step", "rnn"), ("lstm_forward", "lstm_step", "lstm_step")])
+def test_cs231n_sequence_functions_are_refused_for_what_they_are(tmp_path, name, step, rule):
+    """CS231n's rnn_forward(x, h0, Wx, Wh, b) runs rnn_step_forward over T: not the cell rule its stem names."""
+    (tmp_path / "rnn_layers.py").write_text(f"def {name}(x, h0, Wx, Wh, b):\n    return x, None\n\n\n"
+                                           f"def {name.replace('forward', 'backward')}(dh, cache):\n    return dh\n")
+    p = cli("verify", f"{tmp_path / 'rnn_layers.py'}:{name}", cwd=tmp_path)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert (f"{name} runs {step} over the T steps of its input, carrying the hidden state from h0: a recurrence, which "
+            f"a rule cannot write yet. Check instead {step}_forward, the cell each step runs, with rule {rule}") in p.stderr
+
+
 def test_a_time_layer_that_is_no_recurrence_keeps_its_rule():
     from derivcheck.rules import guess_rule
 
