@@ -672,20 +672,23 @@ class Dlfs1Adapter(Adapter):
         for n in self.params:
             self.param_arrays[n][...] = values[n]
 
-    def _forward(self, values):
-        return call_user(self.instance.forward, self._call_args(self.binding, values), f"{self.name}.forward")
+    def forward_call(self, values) -> tuple:
+        """One call of the layer's forward: (its output as the reference has it, what is wrong with it or "")."""
+        out = call_user(self.instance.forward, self._call_args(self.binding, values), f"{self.name}.forward")
+        return pack_outputs(self.rule, out, f"{self.name}.forward")
 
-    def _backward(self, cotangent):
+    def backward_call(self, cotangent):
+        """One call of the layer's backward, given one upstream gradient per output; what it returns."""
         return call_user(self.instance.backward, [(None, c) for c in split_cotangent(self.rule, cotangent)], f"{self.name}.backward")
 
     def held(self, values):
         return {**values, **{n: self.param_arrays[n] for n in self.params}}
 
     def run(self, values, cotangent) -> Outcome:
-        out, problem = pack_outputs(self.rule, self._forward(values), f"{self.name}.forward")
+        out, problem = self.forward_call(values)
         if self.forward_only:
             return Outcome(out, {}, forward_only=self.forward_only, output_problem=problem)
-        return Outcome(out, self.gradients(self._backward(cotangent)), output_problem=problem)
+        return Outcome(out, self.gradients(self.backward_call(cotangent)), output_problem=problem)
 
     def gradients(self, dx) -> dict:
         """Every rule input's gradient after a backward call that returned ``dx``."""

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import reference
-from .adapters import LayerError, detect_style, load_target, make_adapter, pack_outputs, target_spec
+from .adapters import LayerError, detect_style, load_target, make_adapter, target_spec
 from .checks import Check, compare, unit_roundoff
 from .diagnose import Context, diagnose_forward, diagnose_gradient, settle_factor
 from .errors import DerivcheckError
@@ -272,7 +272,7 @@ class Verifier:
             checks += self.rebound_slots(outcome, ctx(step))
             self._side_effects(rep, k, values, snapshot, cot, cot_copy)
         checks += [self.kept_fraction(n, *counts, ctx(self.steps - 1)) for n, counts in kept.items()]
-        if hasattr(adapter, "_forward") and not adapter.forward_only and all(c.passed for c in checks):
+        if hasattr(adapter, "forward_call") and not adapter.forward_only and all(c.passed for c in checks):
             self._stale_check(rep, k, d, adapter, rng)  # only meaningful for a layer that is right so far
         return checks
 
@@ -554,10 +554,10 @@ class Verifier:
         cot = self.cotangent(d, rng)
         try:
             adapter.update_params(va)
-            adapter._forward(adapter.held(va))
+            adapter.forward_call(adapter.held(va))
             adapter.update_params(vb)
-            refb = reference.read_kept(self.rule, refb, pack_outputs(self.rule, adapter._forward(adapter.held(vb)), "")[0])
-            grads = adapter.gradients(adapter._backward(np.array(cot, copy=True)))
+            refb = reference.read_kept(self.rule, refb, adapter.forward_call(adapter.held(vb))[0])
+            grads = adapter.gradients(adapter.backward_call(np.array(cot, copy=True)))
         except LayerError as exc:  # it passed its trials, so it is the second forward in a row that it cannot take
             _warn(rep, "stale-state", f"forward called twice in a row, then backward: {exc}", k)
             return
@@ -583,8 +583,8 @@ class Verifier:
             # the same values after one forward: if they are wrong too, the layer is wrong at these
             # values (a repeated embedding id), not holding on to an earlier call
             try:
-                refb = reference.read_kept(self.rule, refb, pack_outputs(self.rule, adapter._forward(adapter.held(vb)), "")[0])  # a new mask, if it draws one
-                again = wrong(adapter.gradients(adapter._backward(np.array(cot, copy=True))), refb)
+                refb = reference.read_kept(self.rule, refb, adapter.forward_call(adapter.held(vb))[0])  # a new mask, if it draws one
+                again = wrong(adapter.gradients(adapter.backward_call(np.array(cot, copy=True))), refb)
             except LayerError:
                 again = stale
             if not set(stale) & set(again):
