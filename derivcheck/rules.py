@@ -822,14 +822,8 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
     # the whole name first (CS231n's svm_loss_naive(W, X, y, reg) is an alias of linear_svm_loss, where
     # svm_loss(x, y) is another operation), then without the suffix; a rule's name, then its aliases
     # (another name for its operation: DeZero's Linear is affine)
-    if full != name:  # CS231n's rnn_forward and lstm_forward: the sequence, where rnn_step_forward is the cell
-        aliases = _aliases(extra)
-        step = f"{full}step".replace("_", "").lower()
-        cell = known.get(step) or aliases.get(step)
-        if cell is not None:
-            raise DerivcheckError(
-                f"{name} runs {full}_step over the T steps of its input, carrying the hidden state from h0: a recurrence, "
-                f"which a rule cannot write yet. Check instead {full}_step_forward, the cell each step runs, with rule {cell}")
+    if full != name:  # CS231n's rnn_forward and lstm_forward: before the guess, which would take the cell rnn for it
+        sequence_of_steps(name, full, known, extra)
     for cand in dict.fromkeys([full, base]):
         key = cand.replace("_", "").lower()
         guess = known.get(key)
@@ -848,6 +842,17 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
             f"`derivcheck rules affine > myrules/{stem}.toml` prints a rule to start from, docs/rules.md says what goes in it, "
             f"and --rules myrules makes it known")
     return guess
+
+
+def sequence_of_steps(name: str, full: str, known: dict, extra=()) -> None:
+    """Refuse CS231n's rnn_forward and lstm_forward, the sequence whose rnn_step_forward is the cell (a
+    NAME_forward whose NAME_step is a rule or an alias), with what is true: a recurrence."""
+    step = f"{full}step".replace("_", "").lower()
+    cell = known.get(step) or _aliases(extra).get(step)
+    if cell is not None:
+        raise DerivcheckError(
+            f"{name} runs {full}_step over the T steps of its input, carrying the hidden state from h0: a recurrence, "
+            f"which a rule cannot write yet. Check instead {full}_step_forward, the cell each step runs, with rule {cell}")
 
 
 def recurrence(name: str, base: str, known: dict, extra=()) -> None:
