@@ -127,6 +127,8 @@ FUNCTIONS = {
     "onehot": (symarray.onehot, lambda t: t),
     "windows": (symarray.windows, symarray.patches),
     "conv2d": (symarray.conv2d, symarray.np_conv2d),
+    "zeros": (symarray.zeros, lambda shape: np.zeros(tuple(shape))),
+    "concatenate": (symarray.concatenate, lambda arrays, axis=0: np.concatenate([np.asarray(a) for a in arrays], axis=axis)),
 }
 
 
@@ -219,6 +221,10 @@ class Formula:
                 _check(stmt.value, names, fail)
                 statements.append((stmt.targets[0].id, stmt.value))
                 names.add(stmt.targets[0].id)
+            elif isinstance(stmt, ast.For) and not last:
+                loop = _loop(stmt, names, set(known), fail)
+                statements.append((None, loop))
+                names |= loop.assigned
             elif isinstance(stmt, ast.Expr) and last:
                 _check(stmt.value, names, fail)
                 statements.append((None, stmt.value))
@@ -227,13 +233,25 @@ class Formula:
             elif last:
                 fail(stmt, "the formula's last line must be the output expression")
             else:
-                fail(stmt, f"formula lines must be assignments 'name = expression', not {type(stmt).__name__}")
+                fail(stmt, f"formula lines must be assignments 'name = expression' or a loop 'for t in range(T):', "
+                           f"not {type(stmt).__name__}")
         return cls(text, str(path), first_line, statements, outputs)
+
+    @property
+    def assigned(self) -> set[str]:
+        """Every name the formula assigns, inside a loop too (a loop's stacked names among them)."""
+        return {t for t, _ in self.statements if t} | {n for _, node in self.statements if isinstance(node, Loop) for n in node.assigned}
+
+    @property
+    def loop(self) -> "Loop | None":
+        """The formula's loop over steps (a recurrence), if it has one."""
+        return next((node for _, node in self.statements if isinstance(node, Loop)), None)
 
     @property
     def names(self) -> set[str]:
         """Every name the formula reads (inputs, labels, hyperparameters, dimensions)."""
-        return {n.id for _, node in self.statements for n in ast.walk(node) if isinstance(n, ast.Name)}
+        nodes = [node.node if isinstance(node, Loop) else node for _, node in self.statements]
+        return {n.id for node in nodes for n in ast.walk(node) if isinstance(n, ast.Name)}
 
     def line_of(self, node) -> int:
         return self.first_line + getattr(node, "lineno", 1) - 1
@@ -248,16 +266,130 @@ class Formula:
         scope = dict(env)
         result = None
         for target, node in self.statements:
-            try:
-                with np.errstate(all="ignore"):
-                    result = _eval(node, scope, ops)
-                    if target is None and self.outputs:
-                        result = _outputs_value(node, result, self.outputs, ops)
-            except _NodeError as exc:
-                raise RuleError(self.path, self.line_of(exc.node), exc.message) from None
+            if isinstance(node, Loop):
+                self._run(node, scope, ops)
+                continue
+            result = self._value(node, scope, ops, outputs=target is None)
             if target is not None:
                 scope[target] = result
         return result, scope
+
+    def _value(self, node, scope: dict, ops, outputs: bool = False):
+        """One expression's value in ``scope`` (the several outputs stacked, for the last line); errors carry its line."""
+        try:
+            with np.errstate(all="ignore"):
+                result = _eval(node, scope, ops)
+                return _outputs_value(node, result, self.outputs, ops) if outputs and self.outputs else result
+        except _NodeError as exc:
+            raise RuleError(self.path, self.line_of(exc.node), exc.message) from None
+
+    def _run(self, loop: "Loop", scope: dict, ops) -> None:
+        """Run a loop's body once per step, in ``scope``; then each stacked name is its steps' values,
+        stacked along the step's axis. The shape-generic tier cannot unroll it (its sizes are symbols)."""
+        def at(node):
+            return self._value(node, scope, ops)
+
+        count = at(loop.count)
+        try:
+            n = int(count)
+        except TypeError:
+            raise indexed.Unsupported(f"a loop over the {count} steps (a recurrence), which the element-by-element "
+                                      f"tier unrolls at each trial's sizes") from None
+        if n < 1:
+            raise RuleError(self.path, self.line_of(loop.node), f"the loop runs {n} steps: it needs at least one")
+        steps: dict = {s.name: {} for s, _ in loop.body if isinstance(s, Stacked)}
+        for t in (reversed(range(n)) if loop.reverse else range(n)):
+            scope[loop.var] = Step(t, n)
+            for target, node in loop.body:
+                value = at(node)
+                if isinstance(target, Stacked):
+                    steps[target.name][t] = _array(value, ops)
+                else:
+                    scope[target] = value
+        del scope[loop.var]
+        for target, _ in loop.body:
+            if isinstance(target, Stacked):
+                values = [steps[target.name][t] for t in range(n)]
+                if target.axis > values[0].ndim:
+                    raise RuleError(self.path, self.line_of(target.node), f"'{ast.unparse(target.node)}': the step's axis "
+                                    f"{target.axis} is past the {values[0].ndim} axes of each step's value, plus one")
+                scope[target.name] = ops.wrap(np.stack(values, axis=target.axis))
+
+
+@dataclass
+class Step:
+    """The loop's step while its body runs: ``t`` of ``count``."""
+
+    t: int
+    count: int
+
+
+@dataclass
+class Stacked:
+    """A loop body's ``hs[:, t, :] = h``: ``hs`` is every step's ``h``, stacked along ``axis``."""
+
+    name: str
+    axis: int
+    node: ast.AST
+
+
+@dataclass
+class Loop:
+    """``for t in range(T):`` (or ``reversed(range(T))``) and its body of assignments: a recurrence."""
+
+    var: str
+    count: ast.AST  # range's argument
+    reverse: bool
+    body: list  # [(name or Stacked, expression node)]
+    node: ast.For
+
+    @property
+    def assigned(self) -> set[str]:
+        return {t.name if isinstance(t, Stacked) else t for t, _ in self.body}
+
+
+def _loop(stmt: ast.For, names: set[str], inputs: set[str], fail) -> Loop:
+    """A formula's loop over steps, checked: ``for t in range(T):`` with assignments in its body, to a
+    name (the state carried to the next step) or to a step of a stacked name (``hs[:, t, :] = h``)."""
+    usage = "a loop is 'for t in range(T):' or 'for t in reversed(range(T)):', over a size"
+    if not isinstance(stmt.target, ast.Name) or stmt.orelse:
+        fail(stmt, usage)
+    var = stmt.target.id
+    if var in names:
+        fail(stmt, f"the step '{var}' is already a name of the formula: choose another")
+    it, reverse = stmt.iter, False
+    if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "reversed" and len(it.args) == 1 and not it.keywords:
+        it, reverse = it.args[0], True
+    if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range" and len(it.args) == 1 and not it.keywords):
+        fail(stmt, usage)
+    count = it.args[0]
+    _check(count, names, fail)
+    inner, body, stacked = set(names), [], set()
+    for sub in stmt.body:
+        if isinstance(sub, ast.For):
+            fail(sub, "loops cannot nest: a formula has one loop over steps")
+        if not isinstance(sub, ast.Assign) or len(sub.targets) != 1:
+            fail(sub, "a loop's body is assignments: 'h = tanh(...)', or 'hs[:, t, :] = h' to stack a value over the steps")
+        _check(sub.value, inner, fail, frozenset({var}))
+        target = sub.targets[0]
+        if isinstance(target, ast.Name):
+            if target.id in stacked:
+                fail(sub, f"'{target.id}' is stacked over the steps here: it cannot also be assigned")
+            body.append((target.id, sub.value))
+            inner.add(target.id)
+            continue
+        parts = (target.slice.elts if isinstance(target.slice, ast.Tuple) else [target.slice]) if isinstance(target, ast.Subscript) else []
+        at = [i for i, p in enumerate(parts) if isinstance(p, ast.Name) and p.id == var]
+        plain = all(isinstance(p, ast.Slice) and p.lower is None and p.upper is None and p.step is None
+                    for i, p in enumerate(parts) if i not in at)
+        if not (isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name) and len(at) == 1 and plain):
+            fail(sub, f"a loop assigns a name, or one step of a stacked name with '{var}' and ':' only, as in 'hs[:, {var}, :] = h'")
+        name = target.value.id
+        if name in inner or name in inputs or name in stacked:
+            fail(sub, f"'{name}' is already a name: a stacked name is new, and stacked once")
+        stacked.add(name)
+        body.append((Stacked(name, at[0], target), sub.value))
+    return Loop(var, count, reverse, body, stmt)
 
 
 def _outputs(node: ast.Tuple, assigned: set[str], fail) -> tuple:
@@ -287,48 +419,57 @@ class _NodeError(Exception):
         self.node, self.message = node, message
 
 
-def _check(node, names: set[str], fail) -> None:
-    """Refuse anything outside the whitelist, unknown functions and undefined names."""
+def _check(node, names: set[str], fail, steps: frozenset = frozenset()) -> None:
+    """Refuse anything outside the whitelist, unknown functions and undefined names. ``steps``: the
+    name of the loop's step inside a loop's body, which can only index an array (``xs[:, t, :]``)."""
+
+    def check(sub):
+        _check(sub, names, fail, steps)
+
     if isinstance(node, ast.Constant):
         if not isinstance(node.value, (int, float, bool)) and node.value is not None:
             fail(node, f"constant {node.value!r} is not a number")
     elif isinstance(node, ast.Name):
         if node.id in FUNCTIONS:
             fail(node, f"'{node.id}' is a function: call it, as in '{node.id}(x)'")
+        if node.id in steps:
+            fail(node, f"the step '{node.id}' can only index an array, as in xs[:, {node.id}, :]")
         if node.id not in names:
             fail(node, f"undefined name '{node.id}' (defined here: {', '.join(sorted(names)) or 'none'})")
     elif isinstance(node, ast.BinOp):
         if type(node.op) not in _BINOPS and not isinstance(node.op, ast.MatMult):
             fail(node, f"operator {type(node.op).__name__} is not allowed (use + - * / ** @)")
-        _check(node.left, names, fail)
-        _check(node.right, names, fail)
+        check(node.left)
+        check(node.right)
     elif isinstance(node, ast.UnaryOp):
         if type(node.op) not in _UNARY:
             fail(node, f"unary operator {type(node.op).__name__} is not allowed")
-        _check(node.operand, names, fail)
+        check(node.operand)
     elif isinstance(node, ast.Compare):
         if len(node.ops) != 1 or type(node.ops[0]) not in _COMPARE:
             fail(node, "comparisons must be a single one of > >= < <=")
-        _check(node.left, names, fail)
-        _check(node.comparators[0], names, fail)
+        check(node.left)
+        check(node.comparators[0])
     elif isinstance(node, (ast.Tuple, ast.List)):
         for elt in node.elts:
-            _check(elt, names, fail)
+            check(elt)
     elif isinstance(node, ast.Subscript):
         parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         for part in parts:
+            if isinstance(part, ast.Name) and part.id in steps:
+                continue  # xs[:, t, :]: the step's slice of a sequence
             if not isinstance(part, ast.Slice):
                 fail(node, f"'{ast.unparse(node)}': only slices 'start:stop' can index an array, as in A[:, H:2*H]")
             if part.step is not None:
                 fail(node, f"'{ast.unparse(node)}': a slice cannot have a step")
             for bound in (part.lower, part.upper):
                 if bound is not None:
-                    _check(bound, names, fail)
-        _check(node.value, names, fail)
+                    check(bound)
+        check(node.value)
     elif isinstance(node, ast.Attribute):
         if node.attr != "T":
             fail(node, f"attribute '.{node.attr}' is not allowed (only '.T')")
-        _check(node.value, names, fail)
+        check(node.value)
     elif isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name):
             fail(node, "only the formula functions can be called, by name")
@@ -342,7 +483,7 @@ def _check(node, names: set[str], fail) -> None:
         except TypeError as exc:
             fail(node, f"{signature_text(name)}: {exc}")
         for arg in node.args + [k.value for k in node.keywords]:
-            _check(arg, names, fail)
+            check(arg)
     else:
         fail(node, f"{type(node).__name__} is not allowed in a formula")
 
@@ -375,8 +516,15 @@ def _eval(node, scope, ops):
         if isinstance(node, ast.Subscript):
             value = _array(_eval(node.value, scope, ops), ops)
             parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-            bounds = [tuple(None if b is None else _eval(b, scope, ops) for b in (p.lower, p.upper)) for p in parts]
-            return ops.slice(value, _slice_bounds(value.shape, bounds))
+            steps = {i: scope[p.id] for i, p in enumerate(parts) if isinstance(p, ast.Name)}  # xs[:, t, :] in a loop
+            for axis, step in steps.items():
+                if axis >= value.ndim or value.shape[axis] != step.count:
+                    size = value.shape[axis] if axis < value.ndim else "no"
+                    raise _NodeError(node, f"'{ast.unparse(node)}': axis {axis} has {size} elements, the loop runs {step.count} steps")
+            bounds = [(s.t, s.t + 1) if i in steps else tuple(None if b is None else _eval(b, scope, ops) for b in (p.lower, p.upper))
+                      for i, p in enumerate(parts) for s in [steps.get(i)]]
+            sliced = ops.slice(value, _slice_bounds(value.shape, bounds))
+            return ops.wrap(np.squeeze(sliced, axis=tuple(steps))) if steps else sliced
         if isinstance(node, ast.Call):
             fn = ops.functions[node.func.id]
             args = [_eval(a, scope, ops) for a in node.args]

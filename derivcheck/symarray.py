@@ -194,6 +194,18 @@ def broadcast_to(x, shape) -> np.ndarray:
     return np.broadcast_to(asarray(x), tuple(shape)).copy()
 
 
+def zeros(shape) -> np.ndarray:
+    """An array of exact zeros: a recurrence's first state (book 2's ``self.h = np.zeros((N, H))``)."""
+    return broadcast_to(0, shape)
+
+
+def concatenate(arrays, axis=0) -> np.ndarray:
+    """Arrays joined along an existing axis (book 2's TimeBiLSTM joins its two directions' states)."""
+    if not isinstance(arrays, list) or len(arrays) < 2:
+        raise ValueError("concatenate takes a list of at least two arrays, as in concatenate([a, b], axis=2)")
+    return np.concatenate([asarray(a) for a in arrays], axis=axis)
+
+
 def sum_to(x, shape) -> np.ndarray:
     """DeZero's ``sum_to``: sum ``x`` so that it has ``shape`` (inverse of broadcast_to)."""
     x = asarray(x)
