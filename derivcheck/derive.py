@@ -15,8 +15,8 @@ import sympy
 from sympy.core.function import ArgumentIndexError
 from sympy.tensor.array import ImmutableDenseNDimArray
 
-from . import cache, symarray
-from .rounding import magnitude
+from . import cache, indexeval, symarray
+from .rounding import NotNumeric, bounds_at, magnitude, values_at
 from .errors import DerivcheckError, RuleError
 
 _FROM_DISK = object()  # sentinel: expressions will be supplied by derive()
@@ -34,10 +34,66 @@ def _select(condlist, choicelist, default=0):
 _HEAVISIDE, _MAX, _MIN = (sympy.Function(n) for n in ("heaviside_", "amax_", "amin_"))
 
 
+def has_any(e, kinds: tuple, seen: set | None = None) -> bool:
+    """``e.has(*kinds)``, visiting each shared subexpression once: an unrolled recurrence is a small
+    graph but an exponentially large tree, which SymPy's own walks (``has``, lambdify's) traverse in full."""
+    seen = set() if seen is None else seen
+    stack = [e]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, kinds):
+            return True
+        stack.extend(node.args)
+    return False
+
+
+def _cse(exprs):
+    """Common subexpressions for lambdify, in SymPy's canonical order left out (it sorts by walking every tree)."""
+    return sympy.cse(exprs, order="none")
+
+
+def _lambdify(args, exprs, modules):
+    """NumPy (or mpmath) code for ``exprs``: common subexpressions once, no walk of the whole tree for
+    implemented functions (lambdify's ``use_imps``: derivcheck's expressions have none)."""
+    return sympy.lambdify(args, _plain(exprs), modules=modules, cse=_cse, use_imps=False, docstring_limit=0)
+
+
+def _closures(args, exprs, backend: str):
+    """What :func:`_lambdify` gives, built as indexeval's closures with one table for every shared
+    subexpression: an unrolled recurrence's 50-digit reference (the stability probe), whose trees
+    would take forever to print."""
+    names = [str(s) for group in args for s in group]
+    with indexeval.sharing():
+        compiled = [indexeval.Compiled(sympy.sympify(e), (), {}) for e in exprs]
+
+    def evaluate(*values):
+        env = dict(zip(names, (v for group in values for v in group)))
+        env[indexeval.MEMO] = {}
+        return [c(env, backend)[()] for c in compiled]
+
+    return evaluate
+
+
+def _walked(args, exprs):
+    """What :func:`_lambdify` gives, with nothing compiled: each call walks the expressions' graph once
+    (rounding.values_at). An unrolled recurrence has few calls and a large graph with equal subtrees built
+    apart, which a compiler keyed by expression compares node by node."""
+    symbols = [s for group in args for s in group]
+
+    def evaluate(*values):
+        return values_at(exprs, dict(zip(symbols, (v for group in values for v in group))))
+
+    return evaluate
+
+
 def _plain(exprs):
-    out = []
+    out, seen = [], set()
+    kinds = (sympy.Heaviside, sympy.Max, sympy.Min)
     for e in map(sympy.sympify, exprs):
-        if e.has(sympy.Heaviside, sympy.Max, sympy.Min):  # one walk; replace rebuilds the tree, three times
+        if has_any(e, kinds, seen):  # one walk; replace rebuilds the tree, three times
             e = (e.replace(sympy.Heaviside, lambda a, *h: _HEAVISIDE(a))
                  .replace(sympy.Max, lambda *a: _MAX(*a)).replace(sympy.Min, lambda *a: _MIN(*a)))
         out.append(e)
@@ -118,21 +174,35 @@ class Derivation:
     # -- numeric -------------------------------------------------------------
     def _compile(self):
         args = self._lambda_args()
-        self._forward_fn = sympy.lambdify(args, _plain(self._out), modules=_NUMPY, cse=True)
+        self._forward_fn = self._code(args, self._out)
         self._nonzero = {}
         entries = []
         for name, triples in self._jac.items():
             self._nonzero[name] = (np.array([o for o, _, _ in triples], dtype=np.intp), np.array([i for _, i, _ in triples], dtype=np.intp))
             entries += [e for _, _, e in triples]
-        self._jac_fn = sympy.lambdify(args, _plain(entries), modules=_NUMPY, cse=True)
+        self._jac_fn = self._code(args, entries)
         self._entries, self._mag = entries, None  # the bounds are compiled when first asked for: a proof never asks
 
+    def _code(self, args, exprs, backend: str = "numpy"):
+        """``exprs`` as one function of the input lists: lambdified, or for a loop's unrolled graph, closures."""
+        if self.rule.formula.loop is not None and backend == "numpy":
+            return _walked(args, exprs)
+        if self.rule.formula.loop is not None:
+            return _closures(args, exprs, backend)
+        return _lambdify(args, exprs, _NUMPY if backend == "numpy" else _MPMATH)
+
     def _mag_fn(self, *args):
-        """Running error bounds of the output and Jacobian entries (see rounding.py), compiled on first use."""
+        """Running error bounds of the output and Jacobian entries (see rounding.py): evaluated at these
+        values by walking the expressions once; where they hold a node that walk cannot evaluate, compiled
+        from ``magnitude`` on first use."""
         if self._mag is None:
-            memo: dict = {}
-            exprs = [magnitude(e, memo) for e in self._out] + [magnitude(e, memo) for e in self._entries]
-            self._mag = sympy.lambdify(self._lambda_args(), _plain(exprs), modules=_NUMPY, cse=True)
+            try:
+                values = {s: v for syms, vals in zip(self._lambda_args(), args) for s, v in zip(syms, np.ravel(vals))}
+                return bounds_at(list(self._out) + self._entries, values)
+            except NotNumeric:
+                memo: dict = {}
+                exprs = [magnitude(e, memo) for e in self._out] + [magnitude(e, memo) for e in self._entries]
+                self._mag = _lambdify(self._lambda_args(), exprs, _NUMPY)
         return self._mag(*args)
 
     def _lambda_args(self) -> list:
@@ -193,7 +263,7 @@ class Derivation:
         if not hasattr(self, "_mp_fn"):
             args = [list(s.ravel()) for s in self.symbols.values()] + [list(s.ravel()) for s in self.label_symbols.values()]
             entries = [e for triples in self._jac.values() for _, _, e in triples]
-            self._mp_fn = sympy.lambdify(args, _plain(list(self._out) + entries), modules=_MPMATH)
+            self._mp_fn = self._code(args, list(self._out) + entries, "mpmath")
         with mpmath.workdps(digits):
             args = [[mpmath.mpf(float(v)) for v in a] for a in self._args(values)]
             vals = self._mp_fn(*args)
