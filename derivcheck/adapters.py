@@ -421,7 +421,10 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
     ctor_ps = _params(ctor_fn, skip_self=True) if ctor_fn is not None else []
     call_ps = _params(call_fn, skip_self=True) if call_fn is not None else []
     # a hyperparameter kept from the layer (layer = false: eps, how labels are encoded) binds to nothing
-    inputs, labels, hypers = list(rule.inputs), [n for n, lab in rule.labels.items() if lab.given], [n for n, h in rule.hyper.items() if h.to_layer]
+    state = rule.state.names if rule.state else ()  # set through a method before forward (Dlfs1Adapter), not bound here
+    inputs = [n for n in rule.inputs if n not in state]
+    labels = [n for n, lab in rule.labels.items() if lab.given and n not in state]
+    hypers = [n for n, h in rule.hyper.items() if h.to_layer]
     hypers += list(rule.pairs)  # DeZero's kernel_size: (pool_h, pool_w) as one parameter, bound by name only
     data = inputs + labels
     b = Binding()
@@ -650,6 +653,10 @@ class Dlfs1Adapter(Adapter):
         self.binding = bind(self.rule, self.obj.__init__, self.obj.forward, self.name, call_takes_all_inputs=False)
         if not callable(getattr(self.obj, "backward", None)):
             self.forward_only = f"{self.name} has a forward method and no backward"
+        state = self.rule.state
+        if state is not None and not callable(getattr(self.obj, state.method, None)):
+            raise DerivcheckError(f"{self.name} has no method {state.method}: rule '{self.rule.name}' sets its state "
+                                  f"({', '.join(state.names)}) with {state.method}({', '.join(state.names)}) before each forward")
 
     def build(self, values):
         args = self._ctor_args(self.binding, values)
@@ -673,7 +680,11 @@ class Dlfs1Adapter(Adapter):
             self.param_arrays[n][...] = values[n]
 
     def forward_call(self, values) -> tuple:
-        """One call of the layer's forward: (its output as the reference has it, what is wrong with it or "")."""
+        """One call of the layer's forward (after setting its state, for a rule with one): (its output as the
+        reference has it, what is wrong with it or "")."""
+        state = self.rule.state
+        if state is not None:
+            call_user(getattr(self.instance, state.method), [(None, values[n]) for n in state.names], f"{self.name}.{state.method}")
         out = call_user(self.instance.forward, self._call_args(self.binding, values), f"{self.name}.forward")
         return pack_outputs(self.rule, out, f"{self.name}.forward")
 
@@ -701,12 +712,16 @@ class Dlfs1Adapter(Adapter):
             grads.update(zip(data, parts))
         for n in self.params:
             grads[n] = self._param_grad(n)
+        for n, attr in (self.rule.state.grads.items() if self.rule.state else ()):
+            grads[n] = getattr(self.instance, attr, None)  # a state's gradient: book 2's TimeRNN.dh
         return grads
 
     def _param_grad(self, n):
         return dlfs1_gradient(self.instance, self.attribute_of(n) or n, n)
 
     def grad_location(self, n) -> str:
+        if self.rule.state is not None and n in self.rule.state.grads:
+            return f"{self.name}.{self.rule.state.grads[n]}"
         if n not in self.params:
             data = [m for _, kind, m in self.binding.call if kind == "input"]
             suffix = f"[{data.index(n)}]" if len(data) > 1 else ""
@@ -910,6 +925,9 @@ def make_adapter(spec: str, rule, hyper: dict, layer_hyper: dict, style: str | N
         raise DerivcheckError(f"style {style} needs a class, and '{name}' is a {type(obj).__name__}")
     if style in ("dlfs1", "dlfs2") and not callable(getattr(obj, "forward", None)):
         raise DerivcheckError(f"style {style} needs a class with a forward method (and a backward, to check one), and {name} has none")
+    if rule.state is not None and style not in ("dlfs1", "dlfs2"):
+        raise DerivcheckError(f"rule '{rule.name}' sets a layer's state through its method {rule.state.method} (a book-2 "
+                              f"layer class); '{name}' is {style} style: pass the state as an argument, with a rule that takes it")
     adapter = ADAPTERS[style](obj, module, name, rule, hyper, layer_hyper)
     adapter.prepare()
     return adapter

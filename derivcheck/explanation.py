@@ -46,7 +46,7 @@ class Printer:
 
     def __init__(self, rule, latex: bool = False):
         self.rule, self.latex = rule, latex
-        taken = set(rule.inputs) | set(rule.labels) | {t for t, _ in rule.formula.statements if t}
+        taken = set(rule.inputs) | set(rule.labels) | rule.formula.assigned
         self.out_name = "L" if rule.output == () else ("y" if "y" not in taken else "out")
         self.out_dims = list(rule.output) if rule.output is not None else None
 
@@ -155,7 +155,7 @@ def prove(rule, hyper: dict, seed: int = 0, trials: int = 4) -> dict[str, tuple[
     from .checks import compare
 
     results = {n: (True, "") for n in rule.closed_forms}
-    for k in range(trials):
+    for k in range(trials if results else 0):  # nothing to check: no reference to derive at four more shapes
         rng = np.random.default_rng([seed, k])
         dims = rule.example_dims() if k == 0 else {d: int(rng.integers(r.min, r.max + 1)) for d, r in rule.dims.items()}
         ref, cot, env, (_, grads, scales) = _sample_env(rule, dims, hyper, rng)
@@ -207,8 +207,15 @@ class Node:
     lines: list = field(default_factory=list)  # local derivative and backward signal
 
 
+RECURRENCE = ("a loop over the T steps (a recurrence): each step runs the loop's body on its slice of the sequence and on "
+              "the state the step before left; the backward runs the steps in reverse, and each step's gradient of the "
+              "state it took joins the upstream gradient of the step before. The Jacobian below is the loop unrolled.")
+
+
 def graph(rule, hyper: dict) -> tuple[list[Node], list[str]]:
-    """The formula node by node, and the chain rule result for element-wise formulas."""
+    """The formula node by node, and the chain rule result for element-wise formulas (none for a loop: see RECURRENCE)."""
+    if rule.formula.loop is not None:
+        return [], []
     dims = rule.example_dims()
     pr = Printer(rule)
     # numeric shapes of every node, at small distinct sizes
@@ -424,10 +431,15 @@ class Explanation:
         r, pr = self.rule, Printer(self.rule)
         lines = [f"{r.name}: {r.summary}", "", "forward formula:"]
         lines += [f"  {ln}" for ln in r.formula.text.strip().splitlines()]
-        lines += ["", "computational graph, node by node (shapes at " + ", ".join(f"{k}={v}" for k, v in self.rule.example_dims().items()) + "):"]
+        if r.formula.loop is not None:
+            lines += ["", f"computational graph: {RECURRENCE}"]
+        else:
+            lines += ["", "computational graph, node by node (shapes at " + ", ".join(f"{k}={v}" for k, v in self.rule.example_dims().items()) + "):"]
         for n in self.nodes:
             lines.append(f"  {pr.name(n.label):<4} = {n.text}    {list(n.shape)}")
-        if r.outputs:
+        if not self.nodes:
+            pass
+        elif r.outputs:
             lines += ["", f"backward, from {', '.join('d' + o for o in r.outputs)} at the outputs to the inputs "
                           f"(an output that feeds another adds both signals):"]
         else:
@@ -457,6 +469,8 @@ class Explanation:
         out = [f"## {r.name}", "", r.summary, "", "**Forward formula**", "", "```", r.formula.text.strip(), "```", "",
                "**Computational graph**", ""]
         pl = Printer(r, latex=True)
+        if r.formula.loop is not None:
+            out.append(RECURRENCE[0].upper() + RECURRENCE[1:])
         for n in self.nodes:
             out.append(f"- ${pl.name(n.label)} = {pl(_parse(n))}$ — shape {list(n.shape)}; " + "; ".join(n.lines))
         if self.chain:
@@ -506,6 +520,9 @@ def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: in
         rule = load_rule(rule)
     hyper = rule.resolve_hyper(hyper or {})
     tiny = {d: min(n, 2) for d, n in rule.example_dims().items()}
+    if rule.formula.loop is not None:  # two steps, every other size 1: the unrolled chain stays readable
+        steps = {n.id for n in ast.walk(rule.formula.loop.count) if isinstance(n, ast.Name)}
+        tiny = rule.resolve_dims({d: min(n, 2) if d in steps else 1 for d, n in rule.example_dims().items()})
     dims = rule.resolve_dims(shape) if shape else tiny
     if _jacobian_size(rule, dims) > ELEMENTS_SPELLED_OUT:  # --shape for a layer at real size: the Jacobian at a tiny one
         dims = tiny

@@ -205,6 +205,17 @@ class DimRange:
     max: int = 4
 
 
+@dataclass(frozen=True)
+class State:
+    """A recurrent layer's initial state, set through a method before each forward (book 2's
+    ``set_state(h, c)`` on a stateful TimeLSTM) and not passed to forward; ``grads`` names the
+    attribute where backward leaves a differentiable state input's gradient (``dh``)."""
+
+    method: str
+    names: tuple
+    grads: dict
+
+
 @dataclass
 class Rule:
     name: str
@@ -222,6 +233,7 @@ class Rule:
     closed_forms: dict = field(default_factory=dict)  # input -> Formula of its gradient (candidates, checked by explain)
     aliases: tuple = ()  # other names of the operation, for guessing a rule from a target's name (affine: linear)
     pairs: dict = field(default_factory=dict)  # a layer parameter that takes two hyperparameters as one (h, w) pair: kernel_size
+    state: "State | None" = None  # inputs a layer takes through a method before forward (book 2's set_state)
     _derivations: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -525,7 +537,7 @@ def parse_rule(text: str, path) -> Rule:
         raise RuleError(path, int(m.group(1)) if m else None, f"not valid TOML: {msg}") from None
 
     L.keys(data, {"name", "summary", "doc", "formula", "output", "inputs", "labels", "hyper", "dims", "derivative_from_output",
-                  "closed_form", "aliases", "pairs"}, "")
+                  "closed_form", "aliases", "pairs", "state"}, "")
     for required in ("name", "summary", "formula", "inputs"):
         if required not in data:
             raise RuleError(path, None, f"missing required key '{required}'")
@@ -661,6 +673,25 @@ def parse_rule(text: str, path) -> Rule:
         claim(n, "a pair of hyperparameters", "pairs", n)
         pairs[n] = tuple(members)
 
+    state = None
+    if "state" in data:
+        t = L.table(data["state"], "state")
+        L.keys(t, {"set", "inputs", "grads"}, "state")
+        method, names, grads = t.get("set"), t.get("inputs"), L.table(t.get("grads", {}), "state")
+        if not isinstance(method, str) or not method.isidentifier() or method.startswith("_"):
+            L.fail("state needs set = \"METHOD\": the layer's method that sets the state before forward (set_state)", "state", "set")
+        if not (isinstance(names, list) and names and all(isinstance(n, str) and (n in inputs or n in labels) for n in names)
+                and len(set(names)) == len(names)):
+            L.fail("state inputs must list the inputs and labels the set method takes, in its order: inputs = [\"h0\"]", "state", "inputs")
+        for n in names:
+            if n in inputs and n not in grads:
+                L.fail(f"state input '{n}' has a gradient: name the attribute backward leaves it in, grads = {{{n} = \"dh\"}}",
+                       "state", "grads")
+        for n, attr in grads.items():
+            if n not in names or n not in inputs or not (isinstance(attr, str) and attr.isidentifier() and not attr.startswith("_")):
+                L.fail(f"state grads: '{n}' must be a state input, and its value an attribute name", "state", "grads")
+        state = State(method, tuple(names), dict(grads))
+
     output = None
     if "output" in data:
         output = L.shape(data["output"], "", "output")
@@ -699,7 +730,7 @@ def parse_rule(text: str, path) -> Rule:
             L.fail(f"closed_form names '{n}', which is no input (inputs: {', '.join(inputs)})", "closed_form", n)
         if not isinstance(ctext, str):
             L.fail(f"closed_form {n} must be a formula string", "closed_form", n)
-        assigned = {t for t, _ in formula.statements if t}
+        assigned = formula.assigned
         # the upstream gradient: dout, or one per output (dh_next, dc_next); out is the output, or the outputs by name
         upstream = {f"d{o}" for o in formula.outputs} if formula.outputs else {"dout", "out"}
         closed_forms[n] = Formula.parse(ctext, path, _locate(text, "closed_form", n) or 1, known | assigned | upstream)
@@ -720,6 +751,7 @@ def parse_rule(text: str, path) -> Rule:
         closed_forms=closed_forms,
         aliases=tuple(aliases),
         pairs=pairs,
+        state=state,
     )
     _check_shapes(rule, L)
     return rule
@@ -823,7 +855,9 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
     # svm_loss(x, y) is another operation), then without the suffix; a rule's name, then its aliases
     # (another name for its operation: DeZero's Linear is affine)
     if full != name:  # CS231n's rnn_forward and lstm_forward: before the guess, which would take the cell rnn for it
-        sequence_of_steps(name, full, known, extra)
+        sequence = sequence_of_steps(name, full, known, extra)
+        if sequence is not None:
+            return sequence
     for cand in dict.fromkeys([full, base]):
         key = cand.replace("_", "").lower()
         guess = known.get(key)
@@ -844,20 +878,25 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
     return guess
 
 
-def sequence_of_steps(name: str, full: str, known: dict, extra=()) -> None:
-    """Refuse CS231n's rnn_forward and lstm_forward, the sequence whose rnn_step_forward is the cell (a
-    NAME_forward whose NAME_step is a rule or an alias), with what is true: a recurrence."""
+def sequence_of_steps(name: str, full: str, known: dict, extra=()) -> str | None:
+    """The rule of CS231n's rnn_forward and lstm_forward, the sequence whose rnn_step_forward is the cell (a
+    NAME_forward whose NAME_step is a rule or an alias): NAME_sequence. Without one, refused with what is true."""
     step = f"{full}step".replace("_", "").lower()
     cell = known.get(step) or _aliases(extra).get(step)
-    if cell is not None:
+    if cell is None:
+        return None
+    sequence = known.get(f"{full}sequence".replace("_", "").lower())
+    if sequence is None:
         raise DerivcheckError(
             f"{name} runs {full}_step over the T steps of its input, carrying the hidden state from h0: a recurrence, "
-            f"which a rule cannot write yet. Check instead {full}_step_forward, the cell each step runs, with rule {cell}")
+            f"and no rule {full}_sequence writes it. Check {full}_step_forward, the cell each step runs, with rule {cell}, "
+            f"or write rule {full}_sequence with a loop over the steps (docs/rules.md)")
+    return sequence
 
 
 def recurrence(name: str, base: str, known: dict, extra=()) -> None:
-    """Refuse a Time layer that runs a recurrent cell over the steps (book 2's TimeRNN, TimeLSTM,
-    TimeGRU, TimeBiLSTM) with what is true: a recurrence, which a rule cannot write yet."""
+    """Refuse a Time layer that runs a recurrent cell over the steps (as book 2's TimeRNN runs RNN) when
+    no rule writes that loop, with what is true: a recurrence, and the rules to check or write."""
     m = re.fullmatch(r"time(bi)?(.+)", base.replace("_", "").lower())
     cell = known.get(m.group(2)) if m else None
     if cell is None:
@@ -866,10 +905,11 @@ def recurrence(name: str, base: str, known: dict, extra=()) -> None:
     state = [n for n in rule.inputs if "prev" in n]  # the state a cell takes: h_prev, c_prev
     if not state:
         return
+    loop = f"time_{'bi_' if m.group(1) else ''}{cell}"
     raise DerivcheckError(
         f"{name} runs the {cell} cell over the T steps of its input{' in both directions' if m.group(1) else ''}, carrying "
-        f"{', '.join(state)} from step to step: a recurrence, which a rule cannot write yet. Check instead the cell "
-        f"class each of its steps runs, with rule {cell}")
+        f"{', '.join(state)} from step to step: a recurrence, and no rule {loop} writes it. Check the cell class each of "
+        f"its steps runs, with rule {cell}, or write rule {loop} with a loop over the steps (docs/rules.md)")
 
 
 def rule_for(name: str | None, target: str, extra=(), how: str = "pass --rule NAME") -> Rule:

@@ -85,31 +85,6 @@ def test_binding_mistakes_exit_2_with_a_sentence(helpers, target, extra, message
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
-@pytest.mark.parametrize("name,cell,state,both", [("TimeLSTM", "lstm", "h_prev, c_prev", False),
-                                                  ("TimeBiLSTM", "lstm", "h_prev, c_prev", True),
-                                                  ("TimeRNN", "rnn", "h_prev", False), ("Time_GRU", "gru", "h_prev", False)])
-def test_a_time_layer_over_a_recurrent_cell_is_refused_for_what_it_is(tmp_path, name, cell, state, both):
-    """Book 2's TimeRNN, TimeLSTM, TimeGRU, TimeBiLSTM: a recurrence no rule can write yet. The sentence says so
-    and names the cell to check; a Time layer that is no loop of a cell (TimeAffine) is not caught by it."""
-    (tmp_path / "time_layers.py").write_text(f"class {name}:\n    def forward(self, xs):\n        return xs\n")
-    p = cli("verify", f"{tmp_path / 'time_layers.py'}:{name}", cwd=tmp_path)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert (f"{name} runs the {cell} cell over the T steps of its input{' in both directions' if both else ''}, carrying "
-            f"{state} from step to step: a recurrence, which a rule cannot write yet. Check instead the cell class each of "
-            f"its steps runs, with rule {cell}") in p.stderr, p.stderr
-
-
-@pytest.mark.parametrize("name,step,rule", [("rnn_forward", "rnn_step", "rnn"), ("lstm_forward", "lstm_step", "lstm_step")])
-def test_cs231n_sequence_functions_are_refused_for_what_they_are(tmp_path, name, step, rule):
-    """CS231n's rnn_forward(x, h0, Wx, Wh, b) runs rnn_step_forward over T: not the cell rule its stem names."""
-    (tmp_path / "rnn_layers.py").write_text(f"def {name}(x, h0, Wx, Wh, b):\n    return x, None\n\n\n"
-                                           f"def {name.replace('forward', 'backward')}(dh, cache):\n    return dh\n")
-    p = cli("verify", f"{tmp_path / 'rnn_layers.py'}:{name}", cwd=tmp_path)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert (f"{name} runs {step} over the T steps of its input, carrying the hidden state from h0: a recurrence, which "
-            f"a rule cannot write yet. Check instead {step}_forward, the cell each step runs, with rule {rule}") in p.stderr
-
-
 def test_a_time_layer_that_is_no_recurrence_keeps_its_rule():
     from derivcheck.rules import guess_rule
 

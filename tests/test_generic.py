@@ -21,6 +21,8 @@ RULES = sorted(list_rules())
 FLATTENING = {"reshape"}  # default shape [-1] flattens: no index-notation form
 WINDOWED = {"convolution": "convolution", "pooling": "sliding windows", "max_pool": "sliding windows",
             "average_pooling": "sliding windows"}  # strided indices: none yet
+RECURRENT = {n for n in RULES if derivcheck.load_rule(n).formula.loop is not None}  # a loop over steps: unrolled at each size
+NOT_GENERIC = FLATTENING | set(WINDOWED) | RECURRENT
 
 
 @pytest.mark.parametrize("name", RULES)
@@ -31,11 +33,13 @@ def test_every_rule_but_flattening_reshape_is_generic_and_checked(name):
         assert g is None and "no shape-generic form" in note and "reshape" in note
     elif name in WINDOWED:
         assert g is None and f"no shape-generic form: {WINDOWED[name]} (strided, padded indices)" in note
+    elif name in RECURRENT:
+        assert g is None and "no shape-generic form: a loop over the T steps (a recurrence)" in note
     else:
         assert g is not None and note == ""
 
 
-@pytest.mark.parametrize("name", sorted(set(RULES) - FLATTENING - set(WINDOWED)))
+@pytest.mark.parametrize("name", sorted(set(RULES) - NOT_GENERIC))
 def test_generic_equals_concrete_at_random_larger_sizes(name):
     """Beyond the proof shapes: sizes up to 6, values and cotangent from another seed."""
     rule = derivcheck.load_rule(name)
@@ -170,7 +174,7 @@ def test_generic_derivation_is_cached_on_disk(tmp_path, monkeypatch):
     reference._GENERIC.clear()
 
 
-@pytest.mark.parametrize("name", sorted(set(RULES) - FLATTENING - set(WINDOWED)))
+@pytest.mark.parametrize("name", sorted(set(RULES) - NOT_GENERIC))
 def test_a_cached_derivation_loads_exactly_as_it_was_stored(name):
     """Read back node for node, not re-simplified: what the proof checked is what later runs evaluate."""
     from derivcheck import cache

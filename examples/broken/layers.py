@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Function  # noqa: E402
 from functions import AveragePooling  # noqa: E402
 from dlfs1.layers import col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
-from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeSigmoidWithLoss  # noqa: E402
-from functional.layers import lstm_step_backward, lstm_step_forward  # noqa: E402
+from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeRNN, TimeSigmoidWithLoss  # noqa: E402
+from functional.layers import lstm_forward, lstm_step_backward, lstm_step_forward  # noqa: E402
 
 
 def _softmax(x):
@@ -768,3 +768,55 @@ def max_pool_unstrided_backward(dout, cache):
                     p, q = np.unravel_index(np.argmax(window), window.shape)
                     dx[n, c, i + p, j + q] += dout[n, c, i, j]
     return dx
+
+
+class TimeRNNDropsCarriedGradient(TimeRNN):
+    """BUG: each step's backward gets only dhs[:, t, :], not dhs[:, t, :] + dh: the gradient that
+    reaches h through the later steps is dropped (forward is the reference's). Right at T = 1."""
+
+    def backward(self, dhs):
+        N, T, _ = dhs.shape
+        dxs = np.empty((N, T, self.params[0].shape[0]), dtype=dhs.dtype)
+        grads = [0, 0, 0]
+        for t in reversed(range(T)):
+            layer = self.layers[t]
+            dxs[:, t, :], self.dh = layer.backward(dhs[:, t, :])
+            for i, grad in enumerate(layer.grads):
+                grads[i] += grad
+        for i, grad in enumerate(grads):
+            self.grads[i][...] = grad
+        return dxs
+
+
+lstm_cell_forgotten_forward = lstm_forward  # the reference's forward (CS231n's), for the broken backward below
+
+
+def lstm_cell_forgotten_backward(dh, cache):
+    """BUG: every step's backward gets dnext_c = 0: the cell state's gradient is not carried back to
+    the step before, as if c reached the loss only through its own step's h."""
+    N, T, H = dh.shape
+    dx = np.empty((N, T, cache[0][0].shape[1]), dtype=dh.dtype)
+    dWx, dWh, db, dprev_h = 0, 0, 0, np.zeros((N, H), dtype=dh.dtype)
+    for t in reversed(range(T)):
+        dx[:, t, :], dprev_h, _, dWx_t, dWh_t, db_t = lstm_step_backward(dh[:, t, :] + dprev_h, np.zeros((N, H), dtype=dh.dtype), cache[t])
+        dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
+    return dx, dprev_h, dWx, dWh, db
+
+
+class TimeRNNStateGradientEarly(TimeRNN):
+    """BUG: self.dh, the gradient of the state set with set_state, is saved inside the loop before each
+    step's backward: it ends up as the upstream gradient of step 0, not the dh_prev step 0 hands back."""
+
+    def backward(self, dhs):
+        N, T, _ = dhs.shape
+        dxs = np.empty((N, T, self.params[0].shape[0]), dtype=dhs.dtype)
+        dh, grads = 0, [0, 0, 0]
+        for t in reversed(range(T)):
+            layer = self.layers[t]
+            self.dh = dhs[:, t, :] + dh
+            dxs[:, t, :], dh = layer.backward(dhs[:, t, :] + dh)
+            for i, grad in enumerate(layer.grads):
+                grads[i] += grad
+        for i, grad in enumerate(grads):
+            self.grads[i][...] = grad
+        return dxs

@@ -245,6 +245,167 @@ class LSTM:
         return np.dot(dA, Wx.T), np.dot(dA, Wh.T), ds * f
 
 
+class TimeRNN:
+    """The RNN cell over the T steps of xs (N, T, D), the state carried from step to step.
+
+    The state starts at zero, or, with ``stateful=True``, where the last call left it.
+    Backward runs the steps in reverse: each step's dh_prev joins the next step's
+    upstream gradient, and the cells' parameter gradients add up.
+    """
+
+    def __init__(self, Wx, Wh, b, stateful=False):
+        self.params = [Wx, Wh, b]
+        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+        self.layers = None
+        self.h, self.dh = None, None
+        self.stateful = stateful
+
+    def forward(self, xs):
+        N, T, _ = xs.shape
+        H = self.params[1].shape[0]
+        if not self.stateful or self.h is None:
+            self.h = np.zeros((N, H), dtype=xs.dtype)
+        hs = np.empty((N, T, H), dtype=xs.dtype)
+        self.layers = []
+        for t in range(T):
+            layer = RNN(*self.params)
+            self.h = layer.forward(xs[:, t, :], self.h)
+            hs[:, t, :] = self.h
+            self.layers.append(layer)
+        return hs
+
+    def backward(self, dhs):
+        N, T, _ = dhs.shape
+        dxs = np.empty((N, T, self.params[0].shape[0]), dtype=dhs.dtype)
+        dh, grads = 0, [0, 0, 0]
+        for t in reversed(range(T)):
+            layer = self.layers[t]
+            dxs[:, t, :], dh = layer.backward(dhs[:, t, :] + dh)
+            for i, grad in enumerate(layer.grads):
+                grads[i] += grad
+        for i, grad in enumerate(grads):
+            self.grads[i][...] = grad
+        self.dh = dh
+        return dxs
+
+    def set_state(self, h):
+        self.h = h
+
+    def reset_state(self):
+        self.h = None
+
+
+class TimeLSTM:
+    """The LSTM cell over the T steps of xs; h and c start at zero (or where the last call left them)."""
+
+    def __init__(self, Wx, Wh, b, stateful=False):
+        self.params = [Wx, Wh, b]
+        self.grads = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+        self.layers = None
+        self.h, self.c, self.dh = None, None, None
+        self.stateful = stateful
+
+    def forward(self, xs):
+        N, T, _ = xs.shape
+        H = self.params[1].shape[0]
+        if not self.stateful or self.h is None:
+            self.h = np.zeros((N, H), dtype=xs.dtype)
+        if not self.stateful or self.c is None:
+            self.c = np.zeros((N, H), dtype=xs.dtype)
+        hs = np.empty((N, T, H), dtype=xs.dtype)
+        self.layers = []
+        for t in range(T):
+            layer = LSTM(*self.params)
+            self.h, self.c = layer.forward(xs[:, t, :], self.h, self.c)
+            hs[:, t, :] = self.h
+            self.layers.append(layer)
+        return hs
+
+    def backward(self, dhs):
+        N, T, _ = dhs.shape
+        dxs = np.empty((N, T, self.params[0].shape[0]), dtype=dhs.dtype)
+        dh, dc, grads = 0, 0, [0, 0, 0]
+        for t in reversed(range(T)):
+            layer = self.layers[t]
+            dxs[:, t, :], dh, dc = layer.backward(dhs[:, t, :] + dh, dc)  # c reaches the loss only through later steps
+            for i, grad in enumerate(layer.grads):
+                grads[i] += grad
+        for i, grad in enumerate(grads):
+            self.grads[i][...] = grad
+        self.dh = dh
+        return dxs
+
+    def set_state(self, h, c=None):
+        self.h, self.c = h, c
+
+    def reset_state(self):
+        self.h, self.c = None, None
+
+
+class TimeBiLSTM:
+    """Two TimeLSTMs, one over xs and one over xs reversed in time, their states joined along the last axis."""
+
+    def __init__(self, Wx1, Wh1, b1, Wx2, Wh2, b2, stateful=False):
+        self.forward_lstm = TimeLSTM(Wx1, Wh1, b1, stateful)
+        self.backward_lstm = TimeLSTM(Wx2, Wh2, b2, stateful)
+        self.params = self.forward_lstm.params + self.backward_lstm.params
+        self.grads = self.forward_lstm.grads + self.backward_lstm.grads
+
+    def forward(self, xs):
+        o1 = self.forward_lstm.forward(xs)
+        o2 = self.backward_lstm.forward(xs[:, ::-1])[:, ::-1]
+        return np.concatenate((o1, o2), axis=2)
+
+    def backward(self, dhs):
+        H = dhs.shape[2] // 2
+        dxs1 = self.forward_lstm.backward(dhs[:, :, :H])
+        dxs2 = self.backward_lstm.backward(dhs[:, ::-1, H:])[:, ::-1]  # the reversed direction's steps, back in order
+        return dxs1 + dxs2
+
+
+class TimeGRU:
+    """The GRU cell over the T steps of xs. As the book writes it: weights and gradients are attributes."""
+
+    def __init__(self, Wx, Wh, stateful=False):
+        self.Wx, self.Wh = Wx, Wh
+        self.dWx, self.dWh = None, None
+        self.layers = None
+        self.h, self.dh = None, None
+        self.stateful = stateful
+
+    def forward(self, xs):
+        N, T, _ = xs.shape
+        H = self.Wh.shape[0]
+        if not self.stateful or self.h is None:
+            self.h = np.zeros((N, H), dtype=xs.dtype)
+        hs = np.empty((N, T, H), dtype=xs.dtype)
+        self.layers = []
+        for t in range(T):
+            layer = GRU(self.Wx, self.Wh)
+            self.h = layer.forward(xs[:, t, :], self.h)
+            hs[:, t, :] = self.h
+            self.layers.append(layer)
+        return hs
+
+    def backward(self, dhs):
+        N, T, _ = dhs.shape
+        dxs = np.empty((N, T, self.Wx.shape[0]), dtype=dhs.dtype)
+        self.dWx, self.dWh, dh = 0, 0, 0
+        for t in reversed(range(T)):
+            layer = self.layers[t]
+            dxs[:, t, :], dh = layer.backward(dhs[:, t, :] + dh)
+            self.dWx += layer.dWx
+            self.dWh += layer.dWh
+        self.dh = dh
+        return dxs
+
+    def set_state(self, h):
+        self.h = h
+
+    def reset_state(self):
+        self.h = None
+
+
 class Embedding:
     """out = W[idx]; W's gradient adds dout up over repeated ids (np.add.at)."""
 

@@ -197,6 +197,49 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     return da @ Wx.T, da @ Wh.T, dc * f, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
 
+def rnn_forward(x, h0, Wx, Wh, b):
+    """CS231n (assignment 3): rnn_step_forward over the T steps of x (N, T, D) from h0: (h (N, T, H), cache)."""
+    N, T, _ = x.shape
+    h, caches, prev_h = np.empty((N, T, h0.shape[1]), dtype=x.dtype), [], h0
+    for t in range(T):
+        prev_h, cache = rnn_step_forward(x[:, t, :], prev_h, Wx, Wh, b)
+        h[:, t, :] = prev_h
+        caches.append(cache)
+    return h, caches
+
+
+def rnn_backward(dh, cache):
+    """The steps in reverse: each step's dprev_h joins the upstream gradient of the step before it."""
+    N, T, H = dh.shape
+    dx = np.empty((N, T, cache[0][0].shape[1]), dtype=dh.dtype)
+    dWx, dWh, db, dprev_h = 0, 0, 0, np.zeros((N, H), dtype=dh.dtype)
+    for t in reversed(range(T)):
+        dx[:, t, :], dprev_h, dWx_t, dWh_t, db_t = rnn_step_backward(dh[:, t, :] + dprev_h, cache[t])
+        dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
+    return dx, dprev_h, dWx, dWh, db
+
+
+def lstm_forward(x, h0, Wx, Wh, b):
+    """CS231n (assignment 3): lstm_step_forward over the T steps of x from h0 and a zero cell state."""
+    N, T, _ = x.shape
+    h, caches, prev_h, prev_c = np.empty((N, T, h0.shape[1]), dtype=x.dtype), [], h0, np.zeros_like(h0)
+    for t in range(T):
+        prev_h, prev_c, cache = lstm_step_forward(x[:, t, :], prev_h, prev_c, Wx, Wh, b)
+        h[:, t, :] = prev_h
+        caches.append(cache)
+    return h, caches
+
+
+def lstm_backward(dh, cache):
+    N, T, H = dh.shape
+    dx = np.empty((N, T, cache[0][0].shape[1]), dtype=dh.dtype)
+    dWx, dWh, db, dprev_h, dprev_c = 0, 0, 0, np.zeros((N, H), dtype=dh.dtype), np.zeros((N, H), dtype=dh.dtype)
+    for t in reversed(range(T)):
+        dx[:, t, :], dprev_h, dprev_c, dWx_t, dWh_t, db_t = lstm_step_backward(dh[:, t, :] + dprev_h, dprev_c, cache[t])
+        dWx, dWh, db = dWx + dWx_t, dWh + dWh_t, db + db_t
+    return dx, dprev_h, dWx, dWh, db
+
+
 def word_embedding_forward(x, W):
     """CS231n (assignment 3): the rows of W picked by the integer ids x of shape (N, T), (out, cache)."""
     return W[x], (x, W.shape)
