@@ -142,28 +142,24 @@ def test_the_books_and_cs231ns_recurrences_guess_their_rule(target, rule):
 CELL = HEAD.replace('"r"', '"{name}"') + 'formula = "tanh(h_prev + x)"\n[inputs.x]\nshape = ["N", "H"]\n[inputs.h_prev]\nshape = ["N", "H"]\n'
 
 
-def test_a_time_layer_over_a_cell_with_no_loop_rule_is_refused_for_what_it_is(tmp_path):
-    (tmp_path / "mycell.toml").write_text(CELL.format(name="mycell"))
+@pytest.mark.parametrize("cell,target,message", [
+    ("mycell", "TimeMycell",
+     "TimeMycell runs the mycell cell over the T steps of its input, carrying h_prev from step to step: a recurrence, "
+     "and no rule time_mycell writes it. Check the cell class each of its steps runs, with rule mycell, or write rule "
+     "time_mycell with a loop over the steps (docs/rules.md)"),
+    ("mycell_step", "mycell_forward",
+     "mycell_forward runs mycell_step over the T steps of its input, carrying the hidden state from h0: a recurrence, "
+     "and no rule mycell_sequence writes it. Check mycell_step_forward, the cell each step runs, with rule mycell_step, "
+     "or write rule mycell_sequence with a loop over the steps (docs/rules.md)"),
+])
+def test_a_recurrence_over_a_cell_with_no_loop_rule_is_refused_for_what_it_is(tmp_path, cell, target, message):
+    """Book 2's Time<Cell> and CS231n's <cell>_forward over a cell rule that has no loop rule written for it."""
     from derivcheck import DerivcheckError
 
+    (tmp_path / f"{cell}.toml").write_text(CELL.format(name=cell))
     with pytest.raises(DerivcheckError) as info:
-        guess_rule("layers.py:TimeMycell", extra=[tmp_path])
-    assert str(info.value) == (
-        "TimeMycell runs the mycell cell over the T steps of its input, carrying h_prev from step to step: a recurrence, "
-        "and no rule time_mycell writes it. Check the cell class each of its steps runs, with rule mycell, or write rule "
-        "time_mycell with a loop over the steps (docs/rules.md)")
-
-
-def test_a_sequence_over_a_step_with_no_sequence_rule_is_refused_for_what_it_is(tmp_path):
-    (tmp_path / "mycell_step.toml").write_text(CELL.format(name="mycell_step"))
-    from derivcheck import DerivcheckError
-
-    with pytest.raises(DerivcheckError) as info:
-        guess_rule("layers.py:mycell_forward", extra=[tmp_path])
-    assert str(info.value) == (
-        "mycell_forward runs mycell_step over the T steps of its input, carrying the hidden state from h0: a recurrence, "
-        "and no rule mycell_sequence writes it. Check mycell_step_forward, the cell each step runs, with rule mycell_step, "
-        "or write rule mycell_sequence with a loop over the steps (docs/rules.md)")
+        guess_rule(f"layers.py:{target}", extra=[tmp_path])
+    assert str(info.value) == message
 
 
 STATE_RULE = ('formula = """\nh = h0\nfor t in range(T):\n    h = tanh(h + x[:, t])\n    hs[:, t] = h\nhs\n"""\n'
