@@ -437,12 +437,10 @@ class Explanation:
             lines += ["", "computational graph, node by node (shapes at " + ", ".join(f"{k}={v}" for k, v in self.rule.example_dims().items()) + "):"]
         for n in self.nodes:
             lines.append(f"  {pr.name(n.label):<4} = {n.text}    {list(n.shape)}")
-        if not self.nodes:
-            pass
-        elif r.outputs:
+        if r.formula.loop is None and r.outputs:
             lines += ["", f"backward, from {', '.join('d' + o for o in r.outputs)} at the outputs to the inputs "
                           f"(an output that feeds another adds both signals):"]
-        else:
+        elif r.formula.loop is None:  # a loop has no node graph: RECURRENCE says how its backward runs
             lines += ["", "backward, from dout at the output to the inputs:"]
         for n in reversed(self.nodes):
             lines.append(f"  at {pr.name(n.label)} = {n.text}:")
