@@ -21,6 +21,10 @@ Sections, each measured in this run on this machine:
    derivation it replaced (at the sizes where that finishes in seconds).
 5. Small-shape `verify` (default trials) of one reference layer per catalog
    rule, warm, in a new process each, without the interpreter's start-up.
+6. A recurrence (book 2's TimeLSTM) over more and more steps: one trial of
+   the stepped reference against the layer, how loose its worst-case bound
+   gets, the unrolled derivation it replaced (where that finishes), and
+   verify against finite differences in the same run.
 """
 from __future__ import annotations
 
@@ -204,7 +208,7 @@ def section_fd(full: bool):
 def trial_cost(rule, dims, reps=5) -> tuple[float, float]:
     """(seconds of one trial's reference + bound + comparison, seconds of the layer's forward+backward)."""
     target = {"affine": "examples/dlfs2/layers.py:Affine", "softmax_with_loss": "examples/dlfs2/layers.py:SoftmaxWithLoss",
-              "sigmoid": "examples/dlfs2/layers.py:Sigmoid"}[rule]
+              "sigmoid": "examples/dlfs2/layers.py:Sigmoid", "time_lstm": RECURRENT}[rule]
     _, d, values, ref, cot, adapter = setup(target, rule, dims)
 
     def layer():
@@ -263,6 +267,49 @@ def section_growth():
         print(f"   {rule:<20} {shape_arg(dims):<24} {check * 1e3:9.2f} {layer * 1e3:9.3f} {check / layer:6.1f} {conc}")
 
 
+RECURRENT = "examples/dlfs2/layers.py:TimeLSTM"
+
+
+def stepped_cold_seconds(rule) -> float:
+    """A loop rule's stepped reference from nothing: its cells derived and proven, the steps proven."""
+    r = load_rule(rule)
+    old = os.environ.get("DERIVCHECK_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["DERIVCHECK_CACHE_DIR"] = cache
+        reference._STEPPED.clear()
+        reference._GENERIC.clear()
+        try:
+            t = time.perf_counter()
+            reference.stepped_for(r, r.resolve_hyper())
+            return time.perf_counter() - t
+        finally:
+            os.environ.pop("DERIVCHECK_CACHE_DIR") if old is None else os.environ.__setitem__("DERIVCHECK_CACHE_DIR", old)
+
+
+def section_recurrence():
+    from derivcheck.checks import reach
+
+    print("\n6. a recurrence (book 2's TimeLSTM): the loop's cells run over the steps, the loop unrolled element by element, "
+          "and finite differences")
+    print(f"   stepped reference from nothing (cells derived and proven, the steps proven at T=2): "
+          f"{stepped_cold_seconds('time_lstm'):.1f} s")
+    print(f"   {'sizes':<22} {'trial ms':>9} {'layer ms':>9} {'ratio':>6} {'tol/max grad xs':>16} {'unrolled derivation s':>22} "
+          f"{'verify s':>9} {'numpy FD s':>11} {'FD/verify':>10}")
+    plans = [{"N": 2, "T": t, "D": 4, "H": 5} for t in (1, 2, 3)] + [{"N": 8, "T": t, "D": 16, "H": 32} for t in (5, 10, 20)]
+    for dims in plans:
+        check, layer = trial_cost("time_lstm", dims)
+        _, d, _, ref, cot, _ = setup(RECURRENT, "time_lstm", dims)
+        _, grads, scales = d.evaluate(cot, **ref)
+        loose = reach(grads["xs"], scales["xs"], np.float64)
+        unrolled = f"{concrete_seconds('time_lstm', dims):22.2f}" if dims["T"] <= 3 else f"{'(not run)':>22}"
+        dc = verify_seconds(RECURRENT, "time_lstm", dims)
+        fd, _ = numpy_gradcheck_seconds(RECURRENT, "time_lstm", dims, full=False)
+        print(f"   {shape_arg(dims):<22} {check * 1e3:9.2f} {layer * 1e3:9.3f} {check / layer:6.1f} {loose:16.1e} {unrolled} "
+              f"{dc:9.2f} {fd:11.2f} {fd / dc:10.1f}")
+    print("   tol/max grad xs: the largest float64 tolerance of dxs over its largest value; above 1e-2 the report notes it "
+          "(a worst-case bound, multiplied at every step)")
+
+
 SMALL = r"""
 import json, sys, time
 from derivcheck.rules import load_rule
@@ -301,9 +348,10 @@ def section_small():
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="finite differences over every element (slow)")
-    ap.add_argument("--only", type=int, action="append", help="run only these sections (1-5)")
+    ap.add_argument("--only", type=int, action="append", help="run only these sections (1-6)")
     args = ap.parse_args()
-    sections = {1: section_cli, 2: lambda: section_fd(args.full), 3: section_trial, 4: section_growth, 5: section_small}
+    sections = {1: section_cli, 2: lambda: section_fd(args.full), 3: section_trial, 4: section_growth, 5: section_small,
+                6: section_recurrence}
     for k, fn in sections.items():
         if not args.only or k in args.only:
             fn()

@@ -15,6 +15,12 @@ reference but are as sound (a max-shifted or tanh-based formula).
 Two constants are set by hand, not derived: κ = 4, a margin for the gap
 between a first-order bound and what an algorithm of the same family can
 round; and the floor's weight of 1 on ``max_k s_k``.
+
+A first-order bound is a worst case: through a recurrence it grows with the
+number of steps (each step multiplies it by the absolute values of the
+step's Jacobian), and a check whose largest tolerance reaches ``WEAK`` of
+its largest exact value could miss a real error; :func:`reach` measures
+that, and verify says so in a note (a statement about the check, not the layer).
 """
 from __future__ import annotations
 
@@ -54,6 +60,22 @@ def unit_roundoff(dtype) -> float:
 
 
 KAPPA = 4
+WEAK = 0.01  # set by hand: a check that admits errors of 1% of its largest value gets a note (see the module doc)
+
+
+def tolerance(scale, dtype) -> np.ndarray:
+    """Each element's tolerance, from its rounding scale (the module doc's formula)."""
+    u = unit_roundoff(dtype)
+    scale = np.asarray(scale, dtype=np.float64)
+    return np.maximum(KAPPA * u * (scale + scale.max(initial=0.0)), np.finfo(np.float64).tiny)
+
+
+def reach(expected, scale, dtype) -> float:
+    """The largest tolerance over the largest exact magnitude: how large an error the check lets through,
+    relative to the values (0 when every exact value is 0: there is no size to be relative to)."""
+    expected = np.abs(np.asarray(expected, dtype=np.float64))
+    top = float(expected.max(initial=0.0))
+    return float(tolerance(scale, dtype).max()) / top if top > 0 else 0.0
 
 
 def compare(name, expected, got, scale, dtype, **context) -> Check:
@@ -75,10 +97,7 @@ def compare(name, expected, got, scale, dtype, **context) -> Check:
             return Check(name, False, message=f"{name} has shape {got_arr.shape}, expected {expected.shape}", **context)
     if expected.size == 0:  # nothing to compare (no rule has an empty array today; say so rather than crash)
         return Check(name, True, message="no elements", **context)
-    u = unit_roundoff(dtype)
-    scale = np.asarray(scale, dtype=np.float64).reshape(expected.shape)
-    tol = KAPPA * u * (scale + scale.max())
-    tol = np.maximum(tol, np.finfo(np.float64).tiny)
+    tol = tolerance(np.asarray(scale, dtype=np.float64).reshape(expected.shape), dtype)
     with np.errstate(all="ignore"):  # inf - inf and inf / inf are what NaN and inf below stand for
         err = np.abs(got_arr - expected)
         err = np.where(np.isnan(err), np.inf, err)

@@ -35,6 +35,12 @@ DOUT = "dout_"  # the cotangent's name in expressions (rule names cannot end in 
 WEIGHT = "w_"  # the reuse term's weights |dout| * |out| (see reference.py)
 
 
+def bound_name(name: str) -> str:
+    """The env name of an inexact input's running error bound (see ``GenericDerivation``); it ends in
+    ``_``, which a rule's names cannot, and the cotangent's (``dout_``) is ``dout__bound_``."""
+    return f"{name}_bound_"
+
+
 def size_symbol(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, integer=True, positive=True)
 
@@ -200,10 +206,15 @@ def support(expr, cot: str = DOUT, weight: str = WEIGHT):
 
 
 class GenericDerivation:
-    """A rule's forward, VJP and error bounds at symbolic sizes, compiled to NumPy."""
+    """A rule's forward, VJP and error bounds at symbolic sizes, compiled to NumPy.
 
-    def __init__(self, rule, hyper: dict, exprs: dict | None = None):
-        self.rule, self.hyper = rule, dict(hyper)
+    ``inexact`` names inputs (and ``DOUT``) whose values carry rounding of their own, as a
+    recurrence's cell gets its state and its carried gradient from earlier steps: the bounds
+    then read each one's bound from the env, at :func:`bound_name` (see ``rounding.magnitude``).
+    """
+
+    def __init__(self, rule, hyper: dict, exprs: dict | None = None, inexact: tuple = ()):
+        self.rule, self.hyper, self.inexact = rule, dict(hyper), tuple(inexact)
         self.exprs = exprs if exprs is not None else self._derive()
         self._compile()
 
@@ -229,15 +240,17 @@ class GenericDerivation:
             L = Sum(IndexedBase(DOUT, real=True)[out.indices] * out.expr, *((i, 0, s - 1) for i, s in zip(out.indices, out.shape)))
         else:
             L = sympy.Symbol(DOUT, real=True) * out.expr
+        inexact = {n: bound_name(n) for n in self.inexact}
+        forward_inexact = {n: b for n, b in inexact.items() if n != DOUT}
         exprs = {"out_indices": list(out.indices), "out_shape": list(out.shape), "out": out.expr,
-                 "out_M": magnitude(out.expr), "vjp": {}}
+                 "out_M": magnitude(out.expr, inexact=forward_inexact), "vjp": {}}
         for n, spec in rule.inputs.items():
             shape = rule.shape_of(spec.shape, sizes)
             p = tuple(fresh_index("p") for _ in shape)
             element = IndexedBase(n, real=True)[p] if p else sympy.Symbol(n, real=True)
             r = {**ranges, **dict(zip(p, shape))}
             v = collapse(L.diff(element), r)
-            exprs["vjp"][n] = {"indices": list(p), "shape": list(shape), "expr": v, "M": magnitude(v), "support": support(v)}
+            exprs["vjp"][n] = {"indices": list(p), "shape": list(shape), "expr": v, "M": magnitude(v, inexact=inexact), "support": support(v)}
         return exprs
 
     # -- numeric ---------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The exact reference a layer is compared with: output, VJP and rounding scales.
 
 ``at(rule, hyper, dims)`` gives a :class:`Bound` reference at those sizes. It
-comes from one of two tiers:
+comes from one of three tiers:
 
 - **shape-generic** (:mod:`derivcheck.generic`): derived once per rule text and
   hyperparameters, evaluated by compiled NumPy code at any size. Before it is
@@ -11,6 +11,10 @@ comes from one of two tiers:
   sizes. Used where the generic tier has no form for an operation (a reshape
   that flattens axes, a matmul whose right operand is a stack of matrices),
   with a one-line note saying why.
+- **stepped** (:mod:`derivcheck.stepped`), for a rule whose formula loops over
+  steps: the loop's cells derived by the generic tier, run over the steps, and
+  compared with the loop unrolled by the concrete tier at one small size with
+  two steps (:func:`stepped_for`). A loop it cannot run is unrolled, with a note.
 
 Rounding scales (the ``s`` of :mod:`derivcheck.checks`):
 
@@ -27,10 +31,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cache
+from . import cache, stepped
 from .checks import compare
 from .errors import DerivcheckError
-from .generic import DOUT, WEIGHT, GenericDerivation, size_symbol
+from .generic import DOUT, WEIGHT, GenericDerivation, bound_name, size_symbol
 from .indexed import Unsupported
 from .indexeval import MEMO
 from .progress import status
@@ -116,6 +120,9 @@ class GenericBound(Bound):
         env = {**self.dims, **self._values(values), **extra, MEMO: {}}
         if cot is not None:
             env[DOUT] = self._cotangent(cot)
+        for n in self.derivation.inexact:  # here every value is exact: a bound of 0
+            if n in env:
+                env[bound_name(n)] = np.zeros(np.shape(env[n]))
         return env
 
     def forward(self, **values) -> np.ndarray:
@@ -150,6 +157,40 @@ class GenericBound(Bound):
             out = self.derivation.forward(env, "mpmath")
             grads = self.derivation.vjp(env, "mpmath")
         return out, grads
+
+
+class SteppedBound(Bound):
+    """A loop rule's reference from its cells, run over the steps (:mod:`derivcheck.stepped`)."""
+
+    tier = "stepped"
+
+    def __init__(self, rule, hyper, dims, prog):
+        super().__init__(rule, hyper, dims)
+        self.prog = prog
+        self.output_shape = tuple(rule.output_shape(dims, hyper))
+
+    def forward(self, **values) -> np.ndarray:
+        return stepped.run(self.prog, self._values(values), self.dims)[0]
+
+    def vjp(self, cotangent, **values) -> dict[str, np.ndarray]:
+        grads = stepped.run(self.prog, self._values(values), self.dims, self._cotangent(cotangent))[2]
+        return {n: grads[n] for n in self.rule.inputs}
+
+    def evaluate(self, cotangent, **values):
+        out, out_M, grads, bounds = stepped.run(self.prog, self._values(values), self.dims, self._cotangent(cotangent), bounds=True)
+        scales = {n: bounds[n] + np.abs(grads[n]) for n in self.rule.inputs}
+        scales["forward"] = out_M + np.abs(out)
+        return out, {n: grads[n] for n in self.rule.inputs}, scales
+
+    def exact(self, cotangent, digits: int = 50, **values):
+        import mpmath
+
+        with mpmath.workdps(digits):
+            to_mp = np.frompyfunc(lambda v: mpmath.mpf(float(v)), 1, 1)
+            vals = {n: np.asarray(to_mp(v), dtype=object) for n, v in self._values(values).items()}
+            cot = np.asarray(to_mp(self._cotangent(cotangent)), dtype=object)
+            out, _, grads, _ = stepped.run(self.prog, vals, self.dims, cot, backend="mpmath")
+        return out, {n: grads[n] for n in self.rule.inputs}
 
 
 class ConcreteBound(Bound):
@@ -194,9 +235,9 @@ class ConcreteBound(Bound):
 _GENERIC: dict[tuple, tuple] = {}  # key -> (GenericDerivation or None, note)
 
 
-def cache_key(rule, hyper: dict) -> tuple:
+def cache_key(rule, hyper: dict, inexact: tuple = ()) -> tuple:
     used = {k: v for k, v in hyper.items() if k in rule.formula.names}
-    return ("generic", rule.digest, repr(sorted(used.items())))
+    return ("generic", rule.digest, repr(sorted(used.items()))) + ((tuple(inexact),) if inexact else ())
 
 
 def proof_dims(rule, hyper: dict) -> list[dict]:
@@ -226,30 +267,53 @@ def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> None:
     float64 taken over both tiers' rounding (twice the generic scale).
     """
     for k, dims in enumerate(proof_dims(rule, hyper)):
-        conc = ConcreteBound(rule, hyper, dims)
-        gen = GenericBound(rule, hyper, dims, g)
-        where = f"rule '{rule.name}' at {', '.join(f'{d}={n}' for d, n in dims.items())}"
-        if gen.output_shape != conc.output_shape:
-            raise DerivcheckError(f"the shape-generic derivation of {where} gives output shape {gen.output_shape}, "
-                                  f"the element-by-element one {conc.output_shape}: please report this")
-        rng = np.random.default_rng([seed, k, 99])
-        _, ref = draw(rule, conc.shapes, conc.label_shapes, dims, rng)
-        cot = rng.normal(size=conc.output_shape)
-        try:
-            out, grads, scales = gen.evaluate(cot, **ref)
-        except (ValueError, IndexError, KeyError, TypeError) as exc:
-            raise DerivcheckError(f"the shape-generic derivation of {where} cannot be evaluated ({exc}): please report this") from None
-        want_grads = conc.vjp(cot, **ref)
-        pairs = [("output", conc.forward(**ref), out)] + [(f"gradient of {n}", want_grads[n], grads[n]) for n in grads]
-        require_finite(rule, dims, [(what, want) for what, want, _ in pairs])
-        for (what, want, got), scale in zip(pairs, [scales["forward"]] + [scales[n] for n in grads]):
-            c = compare(what, want, got, 2 * scale, np.float64)
-            if c.index is None:  # not even the shape agrees
-                raise DerivcheckError(f"the shape-generic derivation of {where} disagrees with the element-by-element one: {c.message}: please report this")
-            if not c.passed:
-                raise DerivcheckError(
-                    f"the shape-generic derivation of {where} disagrees with the element-by-element one: "
-                    f"{what}[{','.join(map(str, c.index))}] is {c.got!r}, expected {c.expected!r}: please report this")
+        _agree(rule, hyper, dims, GenericBound(rule, hyper, dims, g), "shape-generic", np.random.default_rng([seed, k, 99]))
+
+
+def _agree(rule, hyper: dict, dims: dict, bound: "Bound", what_tier: str, rng) -> None:
+    """``bound`` agrees with the concrete tier at ``dims`` (values and cotangent from ``rng``), or raise."""
+    conc = ConcreteBound(rule, hyper, dims)
+    where = f"rule '{rule.name}' at {', '.join(f'{d}={n}' for d, n in dims.items())}"
+    if bound.output_shape != conc.output_shape:
+        raise DerivcheckError(f"the {what_tier} derivation of {where} gives output shape {bound.output_shape}, "
+                              f"the element-by-element one {conc.output_shape}: please report this")
+    _, ref = draw(rule, conc.shapes, conc.label_shapes, dims, rng)
+    cot = rng.normal(size=conc.output_shape)
+    try:
+        out, grads, scales = bound.evaluate(cot, **ref)
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise DerivcheckError(f"the {what_tier} derivation of {where} cannot be evaluated ({exc}): please report this") from None
+    want_grads = conc.vjp(cot, **ref)
+    pairs = [("output", conc.forward(**ref), out)] + [(f"gradient of {n}", want_grads[n], grads[n]) for n in grads]
+    require_finite(rule, dims, [(what, want) for what, want, _ in pairs])
+    for (what, want, got), scale in zip(pairs, [scales["forward"]] + [scales[n] for n in grads]):
+        c = compare(what, want, got, 2 * scale, np.float64)
+        if c.index is None:  # not even the shape agrees
+            raise DerivcheckError(f"the {what_tier} derivation of {where} disagrees with the element-by-element one: {c.message}: please report this")
+        if not c.passed:
+            raise DerivcheckError(
+                f"the {what_tier} derivation of {where} disagrees with the element-by-element one: "
+                f"{what}[{','.join(map(str, c.index))}] is {c.got!r}, expected {c.expected!r}: please report this")
+
+
+def checked(rule, hyper: dict, inexact: tuple = ()) -> GenericDerivation:
+    """The rule's generic derivation from disk, or derived, proven (:func:`prove`) and stored now.
+    Raises :class:`Unsupported` (or SymPy's errors) where the generic tier has no form for it."""
+    disk_key = cache.entry_key(cache_key(rule, hyper, inexact))
+    g = _load(rule, hyper, disk_key, inexact)
+    if g is None:
+        with cache.deriving(disk_key):
+            g = _load(rule, hyper, disk_key, inexact)  # another process may have stored it while we waited
+            if g is None:
+                with status(f"deriving {rule.name} shape-generically"):
+                    g = GenericDerivation(rule, hyper, inexact=inexact)
+                with status(f"proving the {rule.name} derivation against the element-by-element one"):
+                    prove(rule, hyper, g)
+                _store(rule, disk_key, g)
+    return g
+
+
+_SYMPY_FAILED = (TypeError, ValueError, NotImplementedError, RecursionError, AttributeError)  # SymPy could not do it
 
 
 def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:
@@ -257,26 +321,65 @@ def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:
     key = cache_key(rule, hyper)
     if key in _GENERIC:
         return _GENERIC[key]
-    disk_key = cache.entry_key(key)
-    g = _load(rule, hyper, disk_key)
-    note = ""
-    if g is None:
-        try:
-            with cache.deriving(disk_key):
-                g = _load(rule, hyper, disk_key)  # another process may have stored it while we waited
-                if g is None:
-                    with status(f"deriving {rule.name} shape-generically"):
-                        g = GenericDerivation(rule, hyper)
-                    with status(f"proving the {rule.name} derivation against the element-by-element one"):
-                        prove(rule, hyper, g)
-                    _store(rule, disk_key, g)
-        except Unsupported as exc:
-            g, note = None, f"reference: the element-by-element tier, at each trial's sizes (no shape-generic form: {exc})"
-        except (TypeError, ValueError, NotImplementedError, RecursionError, AttributeError) as exc:  # SymPy could not do it
-            g, note = None, (f"reference: the element-by-element tier, at each trial's sizes (the shape-generic "
-                             f"derivation failed: {type(exc).__name__}: {exc})")
+    g, note = None, ""
+    try:
+        g = checked(rule, hyper)
+    except Unsupported as exc:
+        note = f"reference: the element-by-element tier, at each trial's sizes (no shape-generic form: {exc})"
+    except _SYMPY_FAILED as exc:
+        note = (f"reference: the element-by-element tier, at each trial's sizes (the shape-generic "
+                f"derivation failed: {type(exc).__name__}: {exc})")
     _GENERIC[key] = (g, note)
     return g, note
+
+
+_STEPPED: dict[tuple, tuple] = {}  # key -> (stepped.Program or None, note)
+
+
+def stepped_proof_dims(rule, hyper: dict, prog) -> dict:
+    """The one small size a stepped reference is proven at: two steps, the other sizes distinct and small
+    (so that no two axes can be confused), within each dimension's range (pins kept)."""
+    counts = {s.count for s in prog.steps if isinstance(s, stepped.LoopPlan)}
+    dims, used = {}, {2}
+    for d, r in rule.dims.items():
+        if d in counts:
+            dims[d] = min(max(2, r.min), r.max)
+            continue
+        v = r.min
+        while v in used and v < r.max:
+            v += 1
+        dims[d] = v
+        used.add(v)
+    return {**dims, **rule.pinned_dims(hyper)}
+
+
+def stepped_for(rule, hyper: dict):
+    """A loop rule's stepped reference (:mod:`derivcheck.stepped`): its cells derived and proven, the
+    composition proven against the unrolled tier at :func:`stepped_proof_dims`; or None and why not."""
+    key = ("stepped", rule.digest, repr(sorted(hyper.items())))
+    if key in _STEPPED:
+        return _STEPPED[key]
+    prog, note = None, ""
+    try:
+        prog = stepped.plan(rule)
+        for c in prog.cells:
+            c.derivation = checked(c.rule, {}, (*c.inexact, DOUT))
+        disk_key = cache.entry_key(key)
+        if (cache.load_entry(disk_key) or {}).get("proven") is not True:
+            with cache.deriving(disk_key):
+                if (cache.load_entry(disk_key) or {}).get("proven") is not True:
+                    dims = stepped_proof_dims(rule, hyper, prog)
+                    with status(f"proving {rule.name}'s steps against the unrolled derivation"):
+                        _agree(rule, hyper, dims, SteppedBound(rule, hyper, dims, prog), "stepped", np.random.default_rng([0, 98]))
+                    cache.store_entry(disk_key, {"rule": rule.name, "proven": True})
+        note = ("reference: the loop's cells derived shape-generically and run over the steps (proven against the "
+                "unrolled element-by-element tier at two steps)")
+    except Unsupported as exc:
+        prog, note = None, f"no stepped form: {exc}"
+    except _SYMPY_FAILED as exc:
+        prog, note = None, f"the stepped derivation failed: {type(exc).__name__}: {exc}"
+    _STEPPED[key] = (prog, note)
+    return prog, note
 
 
 def _store(rule, disk_key: str, g: GenericDerivation) -> None:
@@ -306,16 +409,16 @@ def entry_data(rule, g: GenericDerivation) -> dict:
     }
 
 
-def _load(rule, hyper, disk_key: str) -> GenericDerivation | None:
+def _load(rule, hyper, disk_key: str, inexact: tuple = ()) -> GenericDerivation | None:
     data = cache.load_entry(disk_key)
     if data is None:
         return None
-    names = [*rule.inputs, *rule.labels]
+    names = [*rule.inputs, *rule.labels, DOUT, WEIGHT, *map(bound_name, inexact)]
     symbols = {d: size_symbol(d) for d in rule.dims}
     import sympy
 
-    symbols.update({n: sympy.Symbol(n, real=True) for n in (*names, DOUT, WEIGHT)})
-    bases = frozenset((*names, DOUT, WEIGHT))
+    symbols.update({n: sympy.Symbol(n, real=True) for n in names})
+    bases = frozenset(names)
 
     try:
         if set(data["vjp"]) != set(rule.inputs):
@@ -331,19 +434,27 @@ def _load(rule, hyper, disk_key: str) -> GenericDerivation | None:
                         **{part: dec(v[part]) for part in ("expr", "M", "support")}}
                     for n, v in data["vjp"].items()},
         }
-        return GenericDerivation(rule, hyper, exprs)
+        return GenericDerivation(rule, hyper, exprs, inexact)
     except (ValueError, KeyError, TypeError, IndexError, RecursionError, Unsupported):
         return None  # corrupt or foreign: rebuild
 
 
 def at(rule, hyper: dict, dims: dict) -> Bound:
-    """The reference for ``rule`` with ``hyper`` at sizes ``dims``: generic where it can be."""
+    """The reference for ``rule`` with ``hyper`` at sizes ``dims``: generic where it can be, stepped for a loop."""
     g, _ = generic_for(rule, hyper)
     if g is not None:
         return GenericBound(rule, hyper, dims, g)
+    if rule.formula.loop is not None:
+        prog, _ = stepped_for(rule, hyper)
+        if prog is not None:
+            return SteppedBound(rule, hyper, dims, prog)
     return ConcreteBound(rule, hyper, dims)
 
 
 def note_for(rule, hyper: dict) -> str:
     """'' when the generic tier serves this rule, else the one-line reason it does not."""
-    return generic_for(rule, hyper)[1]
+    g, note = generic_for(rule, hyper)
+    if g is None and rule.formula.loop is not None:
+        prog, why = stepped_for(rule, hyper)
+        return why if prog is not None else f"{note[:-1]}; {why})"
+    return note

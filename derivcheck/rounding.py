@@ -35,12 +35,18 @@ def _abs(e):
     return e if e.is_number and e >= 0 else sympy.Abs(e, evaluate=False)
 
 
-def magnitude(expr, memo: dict | None = None):
+def magnitude(expr, memo: dict | None = None, inexact: dict | None = None):
+    """``M(expr)``; ``inexact`` maps an input's name to the name of its own bound: an input computed
+    with rounding (a recurrence's state, from earlier steps) has ``M(h[i]) = m_h[i]``, not 0."""
     memo = {} if memo is None else memo
     if expr in memo:
         return memo[expr]
-    M = lambda e: magnitude(e, memo)  # noqa: E731
-    if expr.is_Number or expr.is_Symbol or isinstance(expr, (sympy.logic.boolalg.BooleanAtom, sympy.Indexed, sympy.KroneckerDelta)):
+    M = lambda e: magnitude(e, memo, inexact)  # noqa: E731
+    name = str(expr.base.label) if isinstance(expr, sympy.Indexed) else expr.name if expr.is_Symbol else None
+    if inexact and name in inexact:
+        out = (sympy.IndexedBase(inexact[name], real=True)[expr.indices] if isinstance(expr, sympy.Indexed)
+               else sympy.Symbol(inexact[name], real=True))
+    elif expr.is_Number or expr.is_Symbol or isinstance(expr, (sympy.logic.boolalg.BooleanAtom, sympy.Indexed, sympy.KroneckerDelta)):
         out = sympy.Integer(0)  # exact inputs, and a delta's 0 or 1
     elif isinstance(expr, sympy.Sum):
         # n terms over all the sum's indices together, as one Add of n terms would be charged

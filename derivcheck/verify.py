@@ -19,7 +19,7 @@ import numpy as np
 
 from . import reference
 from .adapters import LayerError, detect_style, load_target, make_adapter, target_spec
-from .checks import Check, compare, unit_roundoff
+from .checks import WEAK, Check, compare, reach, unit_roundoff
 from .diagnose import Context, diagnose_forward, diagnose_gradient, settle_factor
 from .errors import DerivcheckError
 from .progress import status
@@ -296,6 +296,18 @@ class Verifier:
                      f"({self.KEPT_SIGMAS} standard deviations, + 1)")
         return c
 
+    def _weak_tolerance(self, rep, check, expected, scale, got, ctx) -> None:
+        """A note, once per check, when its tolerance reaches ``checks.WEAK`` of its largest exact value: a
+        statement about how much the check can see there (a worst-case bound is loose), not about the layer."""
+        r = reach(expected, scale, self.judged_in(got))
+        if r <= WEAK or any(n.startswith(f"{check.name}: the error bound") for n in rep.notes):
+            return
+        sizes = ", ".join(f"{d}={v}" for d, v in ctx["dims"].items())
+        why = (" The bound grows with the number of steps of the recurrence: check at fewer steps (--shape) for a tight check."
+               if self.rule.formula.loop is not None else "")
+        rep.notes.append(f"{check.name}: the error bound lets through errors up to {r:.2g} of its largest value (at {sizes}, "
+                         f"{np.dtype(self.judged_in(got)).name}): a smaller error is not seen there.{why}")
+
     @staticmethod
     def rebound_slots(outcome, ctx) -> list[Check]:
         """``grads[0] = dW`` in the book-2 convention: a failure, not a style issue.
@@ -330,6 +342,8 @@ class Verifier:
             fwd.where = f"forward output {self.rule.outputs[fwd.index[0]]} (out[{fwd.index[0]}])"
         if not fwd.passed:
             fwd.diagnosis = [diagnose_forward(fwd)]
+        else:
+            self._weak_tolerance(rep, fwd, expected_out, scales["forward"], outcome.output, ctx)
         checks.append(fwd)
         self._dtype_warning(rep, outcome.output, "forward output", ctx["trial"])
         if outcome.forward_only:  # nothing to compare the gradients with
@@ -343,7 +357,9 @@ class Verifier:
                 c = self._alternative(rep, c, n, expected_grads[n], got, alternatives, ctx)
             if got is None:
                 c.message = f"no gradient for '{n}' where {adapter.style} keeps it ({where})"
-            elif not c.passed:
+            elif c.passed:
+                self._weak_tolerance(rep, c, expected_grads[n], scales[n], got, ctx)
+            else:
                 dctx = Context(self.rule, d, ctx["dims"], ref, cot, self.dtype, history["expected"],
                                history["passed"].get(c.name, False),
                                {m: (expected_grads[m], scales[m]) for m in self.rule.inputs if m != n}, list(history["ref"]))

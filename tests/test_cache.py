@@ -121,12 +121,12 @@ def _derive_together(folder, log, barrier):
 
     real = reference.GenericDerivation
 
-    def counted(rule, hyper, exprs=None):
+    def counted(rule, hyper, exprs=None, inexact=()):
         if exprs is None:  # derived, not read back
             with open(log, "a") as fh:
                 fh.write("generic\n")
-            return real(rule, hyper)
-        return real(rule, hyper, exprs)
+            return real(rule, hyper, inexact=inexact)
+        return real(rule, hyper, exprs, inexact)
 
     reference.GenericDerivation = counted
     real_derive = derive.Derivation._derive

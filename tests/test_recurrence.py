@@ -1,8 +1,8 @@
 """Recurrences: a formula's loop over the steps of a sequence (book 2's Time layers, CS231n's rnn_forward).
 
-The loop is unrolled by the element-by-element tier at each trial's sizes; its forward is
-the loop run step by step, its refusals name the rule file's line, and its running error
-bounds are the same numbers whether compiled from ``magnitude`` or walked at the values.
+The loop's forward is the loop run step by step, its refusals name the rule file's line, and the
+unrolled tier's running error bounds are the same numbers whether compiled from ``magnitude`` or
+walked at the values. (The stepped reference that serves recurrences: test_stepped.py.)
 """
 import textwrap
 
@@ -67,12 +67,6 @@ def test_the_state_after_the_loop_is_its_last_value(tmp_path):
         """, {"x": '["N", "T"]', "h0": '["N"]'})
     x, h0 = np.arange(1.0, 7.0).reshape(2, 3), np.array([2.0, 3.0])
     np.testing.assert_allclose(rule.formula.evaluate({"N": 2, "T": 3, "x": x, "h0": h0}, backend="numeric"), h0 * x.prod(axis=1))
-
-
-def test_a_recurrence_is_served_by_the_element_by_element_tier_with_a_note():
-    note = reference.note_for(load_rule("time_lstm"), {})
-    assert note.startswith("reference: the element-by-element tier, at each trial's sizes (no shape-generic form: a loop over "
-                           "the T steps (a recurrence)"), note
 
 
 LOOP = "h = h0\nfor t in range(T):\n    h = tanh(h + x[:, t])\n    hs[:, t] = h\nhs\n"
