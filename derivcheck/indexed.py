@@ -311,10 +311,19 @@ def stack(arrays) -> TArray:
 
 
 def reshape(x, shape):
+    """A reshape that keeps the shape, or only inserts or drops axes of size 1 (``reshape(gamma, [1, C, 1, 1])``):
+    each other axis keeps its index. Any other (flattening, splitting) needs flat indices: unsupported."""
     x = asarray(x)
-    shape = tuple(shape)
+    shape = tuple(exact(s) for s in shape)
     if len(shape) == x.ndim and all(s == t for s, t in zip(shape, x.shape)):
         return x
+    kept_in = [i for i, s in enumerate(x.shape) if s != 1]
+    kept_out = [j for j, s in enumerate(shape) if s != 1]
+    if len(kept_in) == len(kept_out) and all(x.shape[i] == shape[j] for i, j in zip(kept_in, kept_out)):
+        indices = tuple(fresh_index() for _ in shape)
+        sub = {x.indices[i]: sympy.Integer(0) for i, s in enumerate(x.shape) if s == 1}
+        sub.update({x.indices[i]: indices[j] for i, j in zip(kept_in, kept_out)})
+        return TArray(x.expr.xreplace(sub), indices, shape)
     raise Unsupported("reshape that changes the shape (flat indices need floor and mod)")
 
 

@@ -1140,7 +1140,10 @@ def _dims(rule, arrays: dict) -> dict:
             raise ValueError(f"{n} has shape {shape}, the rule's {n} has {len(spec)} axes ({', '.join(map(str, spec))})")
         for s, v in zip(spec, shape):
             if isinstance(s, Multiple):
-                if v % s.factor or dims.setdefault(s.dim, v // s.factor) != v // s.factor:
+                factor = dims.get(s.factor) if isinstance(s.factor, str) else s.factor
+                if factor is None:  # G of "G*K": no array has it alone
+                    raise ValueError(f"{n} has shape {shape}: {v} is {s}, and no array gives {s.factor} alone")
+                if v % factor or dims.setdefault(s.dim, v // factor) != v // factor:
                     raise ValueError(f"{n} has shape {shape}: {v} is not {s} with {s.dim} = {dims.get(s.dim, '?')}")
             elif isinstance(s, str):
                 if dims.setdefault(s, v) != v:

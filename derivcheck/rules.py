@@ -36,29 +36,30 @@ from .formula import Formula
 # digit or at the end, so an element's symbol name_i_j (symarray.symbols) names one element only
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*(_[A-Za-z][A-Za-z0-9]*)*$")
 _NAME_RULE = "letters and digits, starting with a letter; an underscore must be followed by a letter (prev_h, x_min)"
-_MULTIPLE = re.compile(r"^\s*([0-9]{1,3})\s*\*\s*([A-Za-z][A-Za-z0-9_]*)\s*$")
+_MULTIPLE = re.compile(r"^\s*([0-9]{1,3}|[A-Za-z][A-Za-z0-9_]*)\s*\*\s*([A-Za-z][A-Za-z0-9_]*)\s*$")
 
 
 @dataclass(frozen=True)
 class Multiple:
     """A size that is a whole multiple of a dimension, written ``"3*H"`` in a shape: a GRU's
-    weights hold its three gates side by side, (D, 3*H); an LSTM's four, (D, 4*H)."""
+    weights hold its three gates side by side, (D, 3*H); an LSTM's four, (D, 4*H). The factor
+    may be a dimension too: groupnorm's C channels are G groups of K, ``"G*K"``."""
 
-    factor: int
+    factor: int | str
     dim: str
 
     def __str__(self) -> str:
         return f"{self.factor}*{self.dim}"
 
     def size(self, dims: dict):
-        return self.factor * dims[self.dim]
+        return (dims[self.factor] if isinstance(self.factor, str) else self.factor) * dims[self.dim]
 
 
-def dim_name(entry) -> str | None:
-    """The dimension a shape entry names (``"H"`` and ``"3*H"`` both name H), or None for a literal size."""
+def dim_names(entry) -> tuple:
+    """The dimensions a shape entry names (``"H"`` and ``"3*H"`` name H, ``"G*K"`` G and K); () for a literal size."""
     if isinstance(entry, Multiple):
-        return entry.dim
-    return entry if isinstance(entry, str) else None
+        return (entry.factor, entry.dim) if isinstance(entry.factor, str) else (entry.dim,)
+    return (entry,) if isinstance(entry, str) else ()
 
 
 DOMAIN_KINDS = ("normal", "uniform", "simplex", "peaked")
@@ -474,9 +475,11 @@ class _Loader:
         for v in value:
             m = _MULTIPLE.match(v) if isinstance(v, str) and multiples else None
             if m:
-                if int(m.group(1)) < 1 or not _NAME.match(m.group(2)):
-                    self.fail(f"size '{v}' must be a positive whole number times a dimension name, as in \"3*H\"", table, key)
-                v = Multiple(int(m.group(1)), m.group(2))
+                factor = int(m.group(1)) if m.group(1).isdigit() else m.group(1)
+                if (factor < 1 if isinstance(factor, int) else not _NAME.match(factor)) or not _NAME.match(m.group(2)):
+                    self.fail(f"size '{v}' must be a positive whole number or a dimension times a dimension name, "
+                              f"as in \"3*H\" or \"G*K\"", table, key)
+                v = Multiple(factor, m.group(2))
             elif isinstance(v, str) and not _NAME.match(v):
                 also = ' or a multiple of one, as in "3*H"' if multiples else ""
                 self.fail(f"dimension name '{v}' must be {_NAME_RULE}{also}", table, key)
@@ -564,8 +567,7 @@ def parse_rule(text: str, path) -> Rule:
 
     def add_dims(spec, table):
         for s in spec:
-            d = dim_name(s)
-            if d is not None:
+            for d in dim_names(s):
                 claim(d, "dimension", table, "shape")
                 dims.setdefault(d, DimRange())
 
@@ -695,9 +697,9 @@ def parse_rule(text: str, path) -> Rule:
     output = None
     if "output" in data:
         output = L.shape(data["output"], "", "output")
-        for s in output:
-            if dim_name(s) is not None and dim_name(s) not in dims:
-                L.fail(f"output names dimension '{dim_name(s)}', which no input has", "", "output")
+        for d in (d for s in output for d in dim_names(s)):
+            if d not in dims:
+                L.fail(f"output names dimension '{d}', which no input has", "", "output")
 
     for n, lab in labels.items():
         if lab.kind == "kept":

@@ -43,7 +43,7 @@ from .errors import RuleError
 from .generic import DOUT, WEIGHT, bound_name
 from .indexed import Unsupported
 from .indexeval import MEMO
-from .rules import Multiple, parse_rule
+from .rules import dim_names, parse_rule
 
 STEP, PREV = "step", "prev"  # a cell reads xs[:, t, :] as xs_step and the previous step's h as h_prev
 
@@ -252,8 +252,8 @@ def _cell(rule, statements: list, out: str, shapes: dict, cells: list) -> int:
         if how[0] == "name" and n in rule.hyper:
             raise Unsupported(f"the loop's body reads the hyperparameter '{n}'")
     formula = "\n".join([f"{t} = {ast.unparse(node)}" for t, node in keep] + [out])
-    used_dims = {d for n in inputs for d in (shapes[n] if n in shapes and shapes[n] is not None else rule.inputs[n].shape)
-                 for d in ([d.dim] if isinstance(d, Multiple) else [d]) if isinstance(d, str)}
+    used_dims = {d for n in inputs for e in (shapes[n] if n in shapes and shapes[n] is not None else rule.inputs[n].shape)
+                 for d in dim_names(e)}
     used_dims |= needed & set(rule.dims)
     text = ['summary = "one step of a recurrence: the value it hands on"', f"formula = '''\n{formula}\n'''"]
     for n in inputs:

@@ -18,10 +18,10 @@ from derivcheck.verify import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = sorted(list_rules())
-FLATTENING = {"reshape"}  # default shape [-1] flattens: no index-notation form
+FLATTENING = {"reshape", "spatial_groupnorm"}  # a flattening or splitting reshape (default [-1]; C into G, K): no index-notation form
 WINDOWED = {"convolution": "convolution", "pooling": "sliding windows", "max_pool": "sliding windows",
             "average_pooling": "sliding windows"}  # strided indices: none yet
-RECURRENT = {n for n in RULES if derivcheck.load_rule(n).formula.loop is not None}  # a loop over steps: unrolled at each size
+RECURRENT = {n for n in RULES if derivcheck.load_rule(n).formula.loop is not None}  # a loop over steps: stepped (test_stepped.py)
 NOT_GENERIC = FLATTENING | set(WINDOWED) | RECURRENT
 
 
@@ -258,3 +258,22 @@ def test_warm_verify_in_a_fresh_process_does_not_derive(tmp_path):
     for phase in ("cold", "warm"):
         p = subprocess.run([sys.executable, "-c", code, phase, target], capture_output=True, text=True, env=env, timeout=300)
         assert p.stdout.strip() == "pass", (phase, p.stdout, p.stderr)
+
+
+@pytest.mark.parametrize("formula,generic", [
+    ("reshape(x, [1, N, 1, D]) * 2", True),  # unit axes inserted: each other axis keeps its index
+    ("sum(reshape(reshape(x, [N, 1, D]), [N, D]) * x, axis=1)", True),  # and dropped
+    ("reshape(x, [N * D])", False),  # flattening needs flat indices
+])
+def test_a_reshape_that_only_inserts_or_drops_unit_axes_is_generic(tmp_path, formula, generic):
+    (tmp_path / "r.toml").write_text(f'name = "r"\nsummary = "a test rule"\nformula = "{formula}"\n[inputs.x]\nshape = ["N", "D"]\n')
+    rule = derivcheck.rules.load_rule_file(tmp_path / "r.toml")
+    g, note = reference.generic_for(rule, {})
+    assert (g is not None) == generic, note
+    if generic:  # proven at the proof shapes; and at another
+        dims = {"N": 3, "D": 5}
+        x = np.random.default_rng(2).normal(size=(3, 5))
+        conc, gen = ConcreteBound(rule, {}, dims), reference.at(rule, {}, dims)
+        cot = np.random.default_rng(3).normal(size=conc.output_shape)
+        np.testing.assert_allclose(gen.forward(x=x), conc.forward(x=x), rtol=1e-14)
+        np.testing.assert_allclose(gen.vjp(cot, x=x)["x"], conc.vjp(cot, x=x)["x"], rtol=1e-14)

@@ -80,7 +80,8 @@ CASES = [
      '[inputs.x]\nshape = ["N"]\n', 8, "formula's 2 outputs each have shape (2,) but output declares ['N', 'N'] = (2, 2)"),
     ("dout in a closed form of several outputs", GOOD_HEAD + 'formula = """\ny = x * 2\nz = x + 1\ny, z\n"""\n[inputs.x]\n'
      'shape = ["N"]\n[closed_form]\nx = "2 * dout"\n', 11, "undefined name 'dout'"),
-    ("zero multiple", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N", "0*H"]\n', 5, "a positive whole number times a dimension"),
+    ("zero multiple", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N", "0*H"]\n', 5, "a positive whole number or a dimension times a dimension"),
+    ("multiple by a bad name", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["G_*K"]\n', 5, "times a dimension name, as in \"3*H\" or \"G*K\""),
     ("multiple of a bad name", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["3*H_"]\n', 5, "times a dimension name"),
     ("attribute", GOOD_HEAD + 'formula = "x.__class__"\n[inputs.x]\nshape = ["N"]\n', 3, "attribute '.__class__' is not allowed"),
     ("lambda", GOOD_HEAD + 'formula = "(lambda: x)()"\n[inputs.x]\nshape = ["N"]\n', 3, "only the formula functions can be called"),

@@ -13,7 +13,10 @@ from core import Function  # noqa: E402
 from functions import AveragePooling  # noqa: E402
 from dlfs1.layers import col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
 from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeRNN, TimeSigmoidWithLoss  # noqa: E402
-from functional.layers import lstm_forward, lstm_step_backward, lstm_step_forward  # noqa: E402
+from functional.layers import (  # noqa: E402
+    batchnorm_backward, lstm_forward, lstm_step_backward, lstm_step_forward, spatial_batchnorm_forward,
+    spatial_groupnorm_forward,
+)
 
 
 def _softmax(x):
@@ -586,6 +589,32 @@ def layernorm_batch_axis_backward(dout, cache):
     dx = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) / std
     return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)
 
+
+
+def spatial_batchnorm_no_transpose_forward(x, gamma, beta, bn_param):
+    return spatial_batchnorm_forward(x, gamma, beta, bn_param)
+
+
+def spatial_batchnorm_no_transpose_backward(dout, cache):
+    """BUG: dout flattened to (N*H*W, C) without moving the channels last first, so the rows it hands
+    batchnorm_backward mix channels and positions (the forward does it right)."""
+    N, C, H, W = dout.shape
+    dx, dgamma, dbeta = batchnorm_backward(dout.reshape(-1, C), cache)
+    return dx.reshape(N, H, W, C).transpose(0, 3, 1, 2), dgamma, dbeta
+
+
+def groupnorm_no_mean_term_forward(x, gamma, beta, G, gn_param):
+    return spatial_groupnorm_forward(x, gamma, beta, G, gn_param)
+
+
+def groupnorm_no_mean_term_backward(dout, cache):
+    """BUG: dx without the '- mean(dxhat)' term: the gradient through each group's mean is dropped."""
+    xhat, gamma, std = cache
+    N, G, K, H, W = xhat.shape
+    dxhat = (dout * gamma).reshape(N, G, K, H, W)
+    dx = (dxhat - xhat * (dxhat * xhat).mean(axis=(2, 3, 4), keepdims=True)) / std
+    dgamma = (dout * xhat.reshape(N, G * K, H, W)).sum(axis=(0, 2, 3), keepdims=True)
+    return dx.reshape(N, G * K, H, W), dgamma, dout.sum(axis=(0, 2, 3), keepdims=True)
 
 
 def temporal_affine_bias_per_step_forward(x, w, b):

@@ -142,6 +142,43 @@ def batchnorm_backward_alt(dout, cache):
     return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)
 
 
+def spatial_batchnorm_forward(x, gamma, beta, bn_param):
+    """CS231n: batchnorm per channel of an (N, C, H, W) input, the channels moved last for batchnorm_forward."""
+    N, C, H, W = x.shape
+    out, cache = batchnorm_forward(x.transpose(0, 2, 3, 1).reshape(-1, C), gamma, beta, bn_param)
+    return out.reshape(N, H, W, C).transpose(0, 3, 1, 2), cache
+
+
+def spatial_batchnorm_backward(dout, cache):
+    N, C, H, W = dout.shape
+    dx, dgamma, dbeta = batchnorm_backward(dout.transpose(0, 2, 3, 1).reshape(-1, C), cache)
+    return dx.reshape(N, H, W, C).transpose(0, 3, 1, 2), dgamma, dbeta
+
+
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
+    """CS231n: each sample's G groups of C // G channels normalized over their channels and positions;
+    gamma and beta of shape (1, C, 1, 1)."""
+    eps = gn_param.get("eps", 1e-5)
+    N, C, H, W = x.shape
+    xg = x.reshape(N, G, C // G, H, W)
+    mu = xg.mean(axis=(2, 3, 4), keepdims=True)
+    std = np.sqrt(((xg - mu) ** 2).mean(axis=(2, 3, 4), keepdims=True) + eps)
+    xhat = (xg - mu) / std
+    return gamma * xhat.reshape(N, C, H, W) + beta, (xhat, gamma, std)
+
+
+def spatial_groupnorm_backward(dout, cache):
+    """batchnorm_backward's simplified form over each group's channels and positions."""
+    xhat, gamma, std = cache
+    N, G, K, H, W = xhat.shape
+    dbeta = dout.sum(axis=(0, 2, 3), keepdims=True)
+    dgamma = (dout * xhat.reshape(N, G * K, H, W)).sum(axis=(0, 2, 3), keepdims=True)
+    dxhat = (dout * gamma).reshape(N, G, K, H, W)
+    axes = (2, 3, 4)
+    dx = (dxhat - dxhat.mean(axis=axes, keepdims=True) - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True)) / std
+    return dx.reshape(N, G * K, H, W), dgamma, dbeta
+
+
 def layernorm_forward(x, gamma, beta, ln_param):
     """CS231n: layer normalization, each sample over its features (the same in train and test)."""
     eps = ln_param.get("eps", 1e-5)
