@@ -517,7 +517,7 @@ def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: in
     if isinstance(rule, str):
         rule = load_rule(rule)
     hyper = rule.resolve_hyper(hyper or {})
-    tiny = {d: min(n, 2) for d, n in rule.example_dims().items()}
+    tiny = _tiny(rule)
     if rule.formula.loop is not None:  # two steps, every other size 1: the unrolled chain stays readable
         steps = {n.id for n in ast.walk(rule.formula.loop.count) if isinstance(n, ast.Name)}
         tiny = rule.resolve_dims({d: min(n, 2) if d in steps else 1 for d, n in rule.example_dims().items()})
@@ -560,6 +560,22 @@ def explain_layer(exp: Explanation, target: str, rule, **options) -> Explanation
 
 
 ELEMENTS_SPELLED_OUT = 10_000  # up to this many Jacobian entries, an element is written out symbol by symbol
+TINY_ENTRIES = 72  # set by hand: the Jacobian explain spells out has at most about this many entries (readable; printing is slow)
+
+
+def _tiny(rule) -> dict:
+    """Sizes of 2 (1 where a rule's range says so); then, while the Jacobian has more than TINY_ENTRIES
+    entries, one size goes down to its minimum: the one that keeps the most entries within the budget
+    (a GRU's batch before its width), else the one that shrinks it most (an LSTM's width first)."""
+    tiny = {d: min(n, 2) for d, n in rule.example_dims().items()}
+    while _jacobian_size(rule, tiny) > TINY_ENTRIES:
+        options = [{**tiny, d: rule.dims[d].min} for d, n in tiny.items() if n > rule.dims[d].min]
+        if not options:
+            break
+        within = [o for o in options if _jacobian_size(rule, o) <= TINY_ENTRIES]
+        tiny = (max(within, key=lambda o: _jacobian_size(rule, o)) if within
+                else min(options, key=lambda o: _jacobian_size(rule, o)))
+    return tiny
 
 
 def _jacobian_size(rule, dims) -> int:

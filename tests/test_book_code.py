@@ -80,10 +80,10 @@ def test_an_import_that_cannot_be_found_says_where_it_looked(tmp_path):
 
 
 def test_no_rule_for_a_name_says_how_to_write_one(tmp_path):
-    (tmp_path / "l.py").write_text("class SpatialGroupNorm:\n    def forward(self, x):\n        return x\n")
-    p = cli("verify", "l.py:SpatialGroupNorm", cwd=tmp_path)
+    (tmp_path / "l.py").write_text("class InstanceNorm:\n    def forward(self, x):\n        return x\n")
+    p = cli("verify", "l.py:InstanceNorm", cwd=tmp_path)
     assert p.returncode == 2
-    assert "`derivcheck rules affine > myrules/spatial_group_norm.toml`" in p.stderr and "--rules myrules" in p.stderr, p.stderr
+    assert "`derivcheck rules affine > myrules/instance_norm.toml`" in p.stderr and "--rules myrules" in p.stderr, p.stderr
     assert "docs/rules.md" in p.stderr and "ignoring case and underscores" in p.stderr
     shown = cli("rules", "affine", cwd=tmp_path)
     assert shown.returncode == 0 and shown.stdout == (ROOT / "rules" / "affine.toml").read_text()
