@@ -409,6 +409,7 @@ class Binding:
 
     ctor: dict = field(default_factory=dict)  # ctor parameter -> ("input"|"hyper"|"label", rule name)
     call: list = field(default_factory=list)  # [(call parameter or None, kind, rule name)] in call order
+    dict_labels: list = field(default_factory=list)  # labels that go in a NAME_param dict (bn_param's running_mean)
 
     def describe(self) -> str:
         c = ", ".join(f"{p}={n}" for p, (_, n) in self.ctor.items())
@@ -451,15 +452,15 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
         if n:
             take(n)
         call_slots.append((p, n))
-    for p in ctor_ps:
-        n = by_name(p, ([] if call_takes_all_inputs else inputs) + hypers)
+    for p in ctor_ps:  # labels by name only: book 1's BatchNormalization(..., running_mean=None, running_var=None)
+        n = by_name(p, ([] if call_takes_all_inputs else inputs) + hypers + labels)
         if n:
             take(n)
         ctor_slots.append((p, n))
     # by position: the call takes data from the front (x before W, b; labels last) ...
     free_data = [n for n in data if n not in taken]
     for i, (p, n) in enumerate(call_slots):
-        if n is None and p.default is p.empty and free_data:
+        if n is None and p.default is p.empty and free_data and not p.name.endswith("_param"):  # bn_param: a dict, below
             n = free_data.pop(0) if not (labels and p is call_slots[-1][0] and free_data[-1] in labels) else free_data.pop()
             taken.add(n)
             call_slots[i] = (p, n)
@@ -474,6 +475,9 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
     dicts = {p.name for p, n in call_slots + ctor_slots if n is None and p.default is p.empty and p.name.endswith("_param")}
     call_slots = [(p, DICT if p.name in dicts else n) for p, n in call_slots]
     ctor_slots = [(p, DICT if p.name in dicts else n) for p, n in ctor_slots]
+    if dicts:  # CS231n's test mode: bn_param also holds running_mean and running_var, the labels nothing else takes
+        b.dict_labels = [n for n in labels if n not in taken]
+        taken.update(b.dict_labels)
     missing_ctor = [p.name for p, n in ctor_slots if n is None and p.default is p.empty]
     missing_call = [p.name for p, n in call_slots if n is None and p.default is p.empty]
     if call_takes_all_inputs:
@@ -561,8 +565,10 @@ class Adapter:
             return self.layer_hyper[n]
         if kind == "pair":  # kernel_size = (pool_h, pool_w)
             return tuple(self.layer_hyper[m] for m in self.rule.pairs[n])
-        if kind == "dict":  # bn_param: every hyperparameter by name (mode, eps, ...), a fresh dict per call
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in self.hyper.items()}
+        if kind == "dict":  # bn_param: every hyperparameter by name (mode, eps, ...), and the labels nothing else
+            # takes (running_mean), a fresh dict per call
+            return {**{k: tuple(v) if isinstance(v, list) else v for k, v in self.hyper.items()},
+                    **{m: values[m] for m in self.binding.dict_labels}}
         return values[n]
 
     def _ctor_args(self, binding: Binding, values: dict) -> dict:
@@ -662,6 +668,8 @@ class Dlfs1Adapter(Adapter):
         args = self._ctor_args(self.binding, values)
         self.instance = call_user(self.obj, list(args.items()), f"{self.name}({', '.join(args)})")
         self.param_arrays = {n: values[n] for n in self.params}  # the arrays handed over
+        # labels the constructor takes (book 1's running_mean): refreshed in place each step, as parameters are
+        self.label_arrays = {n: values[n] for kind, n in self.binding.ctor.values() if kind == "label"}
 
     def attribute_of(self, name: str) -> str | None:
         """The attribute that holds the parameter bound to rule input ``name``."""
@@ -678,6 +686,11 @@ class Dlfs1Adapter(Adapter):
         """What an optimizer does between steps: new values written into the same arrays."""
         for n in self.params:
             self.param_arrays[n][...] = values[n]
+        self._refresh_labels(values)
+
+    def _refresh_labels(self, values):
+        for n, held in self.label_arrays.items():
+            held[...] = values[n]
 
     def forward_call(self, values) -> tuple:
         """One call of the layer's forward (after setting its state, for a rule with one): (its output as the
@@ -756,6 +769,7 @@ class Dlfs2Adapter(Dlfs1Adapter):
     def update_params(self, values):
         for n, i in self.slots.items():
             self.param_list[i][...] = values[n]
+        self._refresh_labels(values)
 
     def held(self, values):
         return {**values, **{n: self.param_list[i] for n, i in self.slots.items()}}
@@ -818,6 +832,8 @@ class DezeroAdapter(Adapter):
             y = y[0]
         if not hasattr(y, "data") or not hasattr(y, "backward"):
             raise LayerError(self.name, TypeError(f"returned {type(y).__name__}, not a Variable"))
+        if self.forward_only:
+            return Outcome(y.data, {}, forward_only=self.forward_only)
         y.grad = dezero_grad(cotangent, y)
         if not any(v is y for v in variables.values()):
             call_user(y.backward, [], f"{self.name}.backward")
@@ -876,6 +892,10 @@ class FunctionalAdapter(Adapter):
         if self.loss_fn is not None and isinstance(result, (np.ndarray, np.generic, float, int)) and not isinstance(result, bool):
             return Outcome(result, {}, forward_only=f"{self.name} returns one value and has no {self.name}_backward next to it")
         k = len(self.rule.outputs) or 1
+        if self.forward_only:  # a test mode: (out, cache) or out alone, and no backward called
+            out = (tuple(result[:k]) if k > 1 else result[0]) if isinstance(result, tuple) and len(result) == k + 1 else result
+            out, problem = pack_outputs(self.rule, out, self.fwd.__name__)
+            return Outcome(out, {}, forward_only=self.forward_only, output_problem=problem)
         if not isinstance(result, tuple) or len(result) != k + 1:
             if k > 1:
                 raise DerivcheckError(
@@ -930,4 +950,6 @@ def make_adapter(spec: str, rule, hyper: dict, layer_hyper: dict, style: str | N
                               f"layer class); '{name}' is {style} style: pass the state as an argument, with a rule that takes it")
     adapter = ADAPTERS[style](obj, module, name, rule, hyper, layer_hyper)
     adapter.prepare()
+    if rule.forward_only and not adapter.forward_only:
+        adapter.forward_only = f"rule '{rule.name}': {rule.forward_only}"
     return adapter

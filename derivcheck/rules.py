@@ -235,6 +235,7 @@ class Rule:
     aliases: tuple = ()  # other names of the operation, for guessing a rule from a target's name (affine: linear)
     pairs: dict = field(default_factory=dict)  # a layer parameter that takes two hyperparameters as one (h, w) pair: kernel_size
     state: "State | None" = None  # inputs a layer takes through a method before forward (book 2's set_state)
+    forward_only: str = ""  # why only the forward is checked (a test mode, whose backward is train mode's); "" to check both
     _derivations: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -540,7 +541,7 @@ def parse_rule(text: str, path) -> Rule:
         raise RuleError(path, int(m.group(1)) if m else None, f"not valid TOML: {msg}") from None
 
     L.keys(data, {"name", "summary", "doc", "formula", "output", "inputs", "labels", "hyper", "dims", "derivative_from_output",
-                  "closed_form", "aliases", "pairs", "state"}, "")
+                  "closed_form", "aliases", "pairs", "state", "forward_only"}, "")
     for required in ("name", "summary", "formula", "inputs"):
         if required not in data:
             raise RuleError(path, None, f"missing required key '{required}'")
@@ -694,6 +695,11 @@ def parse_rule(text: str, path) -> Rule:
                 L.fail(f"state grads: '{n}' must be a state input, and its value an attribute name", "state", "grads")
         state = State(method, tuple(names), dict(grads))
 
+    forward_only = data.get("forward_only", "")
+    if not isinstance(forward_only, str) or ("forward_only" in data and not forward_only.strip()):
+        L.fail('forward_only must be a one-line reason that only the forward is checked, as in "test mode: the '
+               'layer\'s backward belongs to train mode"', "", "forward_only")
+
     output = None
     if "output" in data:
         output = L.shape(data["output"], "", "output")
@@ -754,6 +760,7 @@ def parse_rule(text: str, path) -> Rule:
         aliases=tuple(aliases),
         pairs=pairs,
         state=state,
+        forward_only=forward_only.strip(),
     )
     _check_shapes(rule, L)
     return rule

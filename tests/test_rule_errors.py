@@ -80,6 +80,8 @@ CASES = [
      '[inputs.x]\nshape = ["N"]\n', 8, "formula's 2 outputs each have shape (2,) but output declares ['N', 'N'] = (2, 2)"),
     ("dout in a closed form of several outputs", GOOD_HEAD + 'formula = """\ny = x * 2\nz = x + 1\ny, z\n"""\n[inputs.x]\n'
      'shape = ["N"]\n[closed_form]\nx = "2 * dout"\n', 11, "undefined name 'dout'"),
+    ("forward_only not a reason", GOOD_HEAD + 'forward_only = true\nformula = "x"\n[inputs.x]\nshape = ["N"]\n', 3,
+     "forward_only must be a one-line reason that only the forward is checked"),
     ("zero multiple", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N", "0*H"]\n', 5, "a positive whole number or a dimension times a dimension"),
     ("multiple by a bad name", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["G_*K"]\n', 5, "times a dimension name, as in \"3*H\" or \"G*K\""),
     ("multiple of a bad name", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["3*H_"]\n', 5, "times a dimension name"),

@@ -34,7 +34,9 @@ def test_reference_layer_passes_across_seeds(target, rule, hyper, dtype, seed):
     r = derivcheck.load_rule(rule)
     stress = {"stability"} if any(i.stress for i in r.inputs.values()) else set()
     kept = {f"{n} kept" for n, lab in r.labels.items() if lab.kind == "kept"}  # dropout's mask
-    assert {c.name for c in rep.checks} == {"forward"} | {f"grad {n}" for n in r.inputs} | stress | kept
+    grads = set() if r.forward_only else {f"grad {n}" for n in r.inputs}  # a test mode: the forward alone
+    assert {c.name for c in rep.checks} == {"forward"} | grads | stress | kept
+    assert rep.forward_only == (f"rule '{r.name}': {r.forward_only}" if r.forward_only else "")
 
 
 def run(*args):

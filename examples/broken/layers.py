@@ -455,6 +455,36 @@ class BatchNormNoMeanTerm:
         return dxc
 
 
+class BatchNormTestUsesBatchStats(BatchNormNoMeanTerm):
+    """BUG: train_flg ignored: test mode normalizes with the batch's own statistics, not the running ones
+    (a test batch of one sample comes out as beta, whatever it is)."""
+
+    def __init__(self, gamma, beta, running_mean=None, running_var=None, eps=1e-5):
+        super().__init__(gamma, beta, eps)
+        self.running_mean, self.running_var = running_mean, running_var
+
+    def forward(self, x, train_flg=True):
+        return super().forward(x)
+
+
+class DropoutTestUnscaled:
+    """BUG: test mode returns x as it is: the books' dropout keeps every element unscaled in train mode,
+    so test mode must scale by 1 - dropout_ratio (the expected share kept), or the next layer sees twice the signal."""
+
+    def __init__(self, dropout_ratio=0.5):
+        self.dropout_ratio = dropout_ratio
+        self.mask = None
+
+    def forward(self, x, train_flg=True):
+        if train_flg:
+            self.mask = np.random.rand(*x.shape) > self.dropout_ratio
+            return x * self.mask
+        return x
+
+    def backward(self, dout):
+        return dout * self.mask
+
+
 class EmbeddingOverwrites:
     """BUG: dW[idx] = dout, where an id that repeats must add up its rows (np.add.at)."""
 

@@ -103,17 +103,26 @@ class SoftmaxWithLoss:
 
 
 class BatchNormalization:
-    """Train mode, as book 1's: normalize each feature over the batch, then scale and shift."""
+    """As book 1's: in train mode normalize each feature over the batch (and keep running statistics),
+    in test mode with the running statistics; then scale and shift."""
 
-    def __init__(self, gamma, beta, eps=1e-5):
-        self.gamma, self.beta, self.eps = gamma, beta, eps
+    def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None, eps=1e-5):
+        self.gamma, self.beta, self.eps, self.momentum = gamma, beta, eps, momentum
+        self.running_mean, self.running_var = running_mean, running_var
         self.dgamma = self.dbeta = None
 
-    def forward(self, x):
+    def forward(self, x, train_flg=True):
+        if self.running_mean is None:
+            self.running_mean, self.running_var = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+        if not train_flg:
+            return self.gamma * (x - self.running_mean) / np.sqrt(self.running_var + self.eps) + self.beta
         mu = x.mean(axis=0)
         self.xc = x - mu
-        self.std = np.sqrt(np.mean(self.xc ** 2, axis=0) + self.eps)
+        var = np.mean(self.xc ** 2, axis=0)
+        self.std = np.sqrt(var + self.eps)
         self.xn = self.xc / self.std
+        self.running_mean = self.momentum * self.running_mean + (1 - self.momentum) * mu
+        self.running_var = self.momentum * self.running_var + (1 - self.momentum) * var
         return self.gamma * self.xn + self.beta
 
     def backward(self, dout):

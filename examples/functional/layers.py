@@ -111,6 +111,8 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     momentum = bn_param.get("momentum", 0.9)
     running_mean = bn_param.get("running_mean", np.zeros(x.shape[1], dtype=x.dtype))
     running_var = bn_param.get("running_var", np.zeros(x.shape[1], dtype=x.dtype))
+    if mode == "test":  # the running statistics; CS231n's backward is train mode's
+        return gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta, None
     if mode != "train":
         raise ValueError(f"invalid batchnorm mode {mode!r}")
     mu = x.mean(axis=0)
