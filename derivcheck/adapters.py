@@ -353,13 +353,25 @@ def detect_style(obj, module, name) -> str:
         return "dezero"
     if inspect.isfunction(obj):
         # a function of a DeZero-like module (it applies or composes Functions: MatMul()(x, W),
-        # linear_simple); otherwise a loss (x, y) -> (loss, dx) or a function computing a value
-        return "dezero" if _applies_function(obj, module) else "functional"
+        # linear_simple; or it sits among the Function classes its module defines and works through
+        # Variable's operators, as embed_id's W[x]); otherwise a loss (x, y) -> (loss, dx) or a
+        # function computing a value
+        return "dezero" if _applies_function(obj, module) or _among_functions(obj, module) else "functional"
     if inspect.isclass(obj):
         if not hasattr(obj, "forward"):
             raise DerivcheckError(f"'{name}' has no forward method: which style is it? (use --style {'|'.join(STYLES)})")
         return "dlfs2" if _mentions(obj, "grads") else "dlfs1"
     raise DerivcheckError(f"'{name}' is neither a class nor a function (it is a {type(obj).__name__})")
+
+
+def _among_functions(fn, module) -> bool:
+    """``fn`` is defined in a module of DeZero functions (dezero.functions): one that defines Function classes of
+    its own and no CS231n-style NAME_forward function (a module of both keeps its plain functions functional)."""
+    name = getattr(module, "__name__", None)
+    members = vars(module)
+    return (getattr(fn, "__module__", None) == name
+            and any(_is_dezero_function_class(v) and getattr(v, "__module__", None) == name for v in members.values())
+            and not any(k.endswith("_forward") and inspect.isfunction(v) for k, v in members.items()))
 
 
 def _applies_function(fn, module, depth: int = 3) -> bool:

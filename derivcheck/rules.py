@@ -123,6 +123,7 @@ class Label:
     domain: Domain
     drop: str | None = None  # kept: the hyperparameter that is the chance of dropping an element
     keep: str | None = None  # kept: or the one that is the chance of keeping it (CS231n's p)
+    updated: bool = False  # the layer updates it in place by design (DeZero's running statistics): not a side effect
 
     @property
     def given(self) -> bool:
@@ -591,7 +592,7 @@ def parse_rule(text: str, path) -> Rule:
     for n, spec in L.table(data.get("labels", {}), "labels").items():
         t = f"labels.{n}"
         spec = L.table(spec, t)
-        L.keys(spec, {"kind", "shape", "classes", "domain", "doc", "drop", "keep"}, t)
+        L.keys(spec, {"kind", "shape", "classes", "domain", "doc", "drop", "keep", "updated"}, t)
         kind = spec.get("kind", "classes")
         if kind not in LABEL_KINDS:
             L.fail(f"unknown label kind '{kind}' (known: {', '.join(LABEL_KINDS)})", t, "kind")
@@ -610,7 +611,10 @@ def parse_rule(text: str, path) -> Rule:
                    "of dropping (keeping) an element", t, next(iter(rates), "kind"))
         if kind != "kept" and rates:
             L.fail("only a kept mask (kind = \"kept\") takes drop or keep", t, next(iter(rates)))
-        labels[n] = Label(n, kind, shape, classes, L.domain(spec.get("domain"), t), rates.get("drop"), rates.get("keep"))
+        updated = spec.get("updated", False)
+        if not isinstance(updated, bool) or (updated and kind != "real"):
+            L.fail("updated = true marks a real label the layer updates in place (DeZero's running mean)", t, "updated")
+        labels[n] = Label(n, kind, shape, classes, L.domain(spec.get("domain"), t), rates.get("drop"), rates.get("keep"), updated)
 
     for d, spec in L.table(data.get("dims", {}), "dims").items():
         t = f"dims.{d}"

@@ -250,7 +250,8 @@ class Verifier:
                 else:
                     adapter.update_params(values)
                     values = adapter.held(values)
-                snapshot = {n: np.array(v, copy=True) for n, v in values.items()}
+                snapshot = {n: np.array(v, copy=True) for n, v in values.items()
+                            if not (n in self.rule.labels and self.rule.labels[n].updated)}  # running statistics
                 cot_copy = np.array(cot, copy=True)
                 outcome = adapter.run(values, cot)
             except LayerError as exc:

@@ -72,6 +72,16 @@ TARGETS = [
     ("dezero.functions:dropout", None, {}),  # inverted dropout (dropout_dezero): its mask read back from the output
     ("dezero.functions_conv:pooling", None, {}),  # kernel_size binds to (pool_h, pool_w): the rule's [pairs]
     ("dezero.functions_conv:AveragePooling", None, {}),
+    ("dezero.functions_conv:conv2d_simple", None, {"stride": 1, "pad": 1}),  # im2col and linear: a composition
+    ("dezero.functions:BatchNorm", None, {}),  # batchnorm_dezero: its running mean and var updated in place, by design
+    ("dezero.functions:batch_nrom", None, {}),  # (so spelled in functions.py)
+    ("dezero.functions:embed_id", None, {}),  # W[x]: Variable's operator, among dezero.functions' Function classes
+    ("dezero.core:Add", None, {}),
+    ("dezero.core:Sub", None, {}),
+    ("dezero.core:Mul", None, {}),
+    ("dezero.core:Div", None, {}),
+    ("dezero.core:Neg", None, {}),
+    ("dezero.core:Pow", None, {}),
 ]
 
 
@@ -105,6 +115,8 @@ def test_real_dezero_functions_verify(dezero_env, tmp_path):
     assert guessed["dezero.functions:MeanSquaredError"] == "mean_squared_error_dezero"
     assert guessed["dezero.functions:Linear"] == "affine"
     assert guessed["dezero.functions:dropout"] == "dropout_dezero"
+    assert guessed["dezero.functions:BatchNorm"] == guessed["dezero.functions:batch_nrom"] == "batchnorm_dezero"
+    assert guessed["dezero.functions:embed_id"] == "embedding"
 
 
 def test_broken_function_on_real_dezero_fails(dezero_env, tmp_path):

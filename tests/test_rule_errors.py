@@ -82,6 +82,8 @@ CASES = [
      'shape = ["N"]\n[closed_form]\nx = "2 * dout"\n', 11, "undefined name 'dout'"),
     ("forward_only not a reason", GOOD_HEAD + 'forward_only = true\nformula = "x"\n[inputs.x]\nshape = ["N"]\n', 3,
      "forward_only must be a one-line reason that only the forward is checked"),
+    ("updated class labels", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\n[labels.t]\nkind = "classes"\n'
+     'shape = ["N"]\nclasses = "C"\nupdated = true\n', 10, "updated = true marks a real label the layer updates in place"),
     ("zero multiple", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N", "0*H"]\n', 5, "a positive whole number or a dimension times a dimension"),
     ("multiple by a bad name", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["G_*K"]\n', 5, "times a dimension name, as in \"3*H\" or \"G*K\""),
     ("multiple of a bad name", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["3*H_"]\n', 5, "times a dimension name"),

@@ -320,6 +320,33 @@ class Dropout(Function):
         return gy * self.mask / self.scale
 
 
+class BatchNorm(Function):
+    """Train mode, as DeZero's: normalize each feature over the batch, scale and shift; the running
+    statistics handed to the constructor are updated in place (with an unbiased variance)."""
+
+    def __init__(self, mean, var, decay=0.9, eps=2e-5):
+        self.avg_mean, self.avg_var, self.decay, self.eps = mean, var, decay, eps
+
+    def forward(self, x, gamma, beta):
+        mu, var = x.mean(axis=0), x.var(axis=0)
+        self.inv_std = 1 / np.sqrt(var + self.eps)
+        self.xhat = (x - mu) * self.inv_std
+        m = x.shape[0]
+        self.avg_mean *= self.decay
+        self.avg_mean += (1 - self.decay) * mu
+        self.avg_var *= self.decay
+        self.avg_var += (1 - self.decay) * var * m / max(m - 1, 1)
+        return gamma * self.xhat + beta
+
+    def backward(self, gy):
+        gamma = self.inputs[1].data
+        gbeta = gy.sum(axis=0)
+        ggamma = (gy * self.xhat).sum(axis=0)
+        gxhat = gy * gamma
+        gx = self.inv_std * (gxhat - gxhat.mean(axis=0) - self.xhat * (gxhat * self.xhat).mean(axis=0))
+        return gx, ggamma, gbeta
+
+
 def _pair(k):
     return (k, k) if isinstance(k, int) else tuple(k)
 
