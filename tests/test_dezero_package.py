@@ -73,6 +73,8 @@ TARGETS = [
     ("dezero.functions_conv:pooling", None, {}),  # kernel_size binds to (pool_h, pool_w): the rule's [pairs]
     ("dezero.functions_conv:AveragePooling", None, {}),
     ("dezero.functions_conv:conv2d_simple", None, {"stride": 1, "pad": 1}),  # im2col and linear: a composition
+    ("dezero.functions_conv:Im2col", None, {"kh": 3, "stride": 2, "pad": 1}),  # kernel_size = (kh, kw): the rule's [pairs]
+    ("dezero.functions_conv:im2col", None, {}),
     ("dezero.functions:BatchNorm", None, {}),  # batchnorm_dezero: its running mean and var updated in place, by design
     ("dezero.functions:batch_nrom", None, {}),  # (so spelled in functions.py)
     ("dezero.functions:embed_id", None, {}),  # W[x]: Variable's operator, among dezero.functions' Function classes

@@ -10,7 +10,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Function  # noqa: E402
-from functions import AveragePooling  # noqa: E402
+from functions import AveragePooling, Im2col, col2im_array  # noqa: E402
 from dlfs1.layers import col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
 from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeRNN, TimeSigmoidWithLoss  # noqa: E402
 from functional.layers import (  # noqa: E402
@@ -483,6 +483,17 @@ class DropoutTestUnscaled:
 
     def backward(self, dout):
         return dout * self.mask
+
+
+class Im2colNoTransposeBack(Im2col):
+    """BUG: col2im reshapes the row matrix straight to (N, C, kh, kw, OH, OW), without undoing the forward's
+    transpose: every window value is added back at another image's, channel's or position's place."""
+
+    def backward(self, gy):
+        N, C, H, W = self.x_shape
+        OH = (H + 2 * self.pad - self.kh) // self.stride + 1
+        OW = (W + 2 * self.pad - self.kw) // self.stride + 1
+        return col2im_array(gy.reshape(N, C, self.kh, self.kw, OH, OW), self.x_shape, self.stride, self.pad)
 
 
 class EmbeddingOverwrites:

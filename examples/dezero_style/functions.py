@@ -351,6 +351,53 @@ def _pair(k):
     return (k, k) if isinstance(k, int) else tuple(k)
 
 
+def im2col_array(x, kh, kw, stride, pad):
+    """The kh x kw windows of x, zero-padded by pad, every stride: (N, C, kh, kw, OH, OW)."""
+    N, C, H, W = x.shape
+    OH, OW = (H + 2 * pad - kh) // stride + 1, (W + 2 * pad - kw) // stride + 1
+    xp = np.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
+    col = np.zeros((N, C, kh, kw, OH, OW), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            col[:, :, i, j] = xp[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride]
+    return col
+
+
+def col2im_array(col, shape, stride, pad):
+    """The adjoint of im2col_array: each window's values added back where they came from, the padding cut off."""
+    N, C, H, W = shape
+    _, _, kh, kw, OH, OW = col.shape
+    gx = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=col.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            gx[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride] += col[:, :, i, j]
+    return gx[:, :, pad:pad + H, pad:pad + W]
+
+
+class Im2col(Function):
+    """DeZero's Im2col: the windows as rows of an (N*OH*OW, C*kh*kw) matrix (to_matrix), backward col2im."""
+
+    def __init__(self, kernel_size, stride=1, pad=0, to_matrix=True):
+        self.kh, self.kw = _pair(kernel_size)
+        self.stride, self.pad, self.to_matrix = stride, pad, to_matrix
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        col = im2col_array(x, self.kh, self.kw, self.stride, self.pad)
+        if self.to_matrix:
+            N, C, kh, kw, OH, OW = col.shape
+            col = col.transpose(0, 4, 5, 1, 2, 3).reshape(N * OH * OW, -1)
+        return col
+
+    def backward(self, gy):
+        N, C, H, W = self.x_shape
+        OH = (H + 2 * self.pad - self.kh) // self.stride + 1
+        OW = (W + 2 * self.pad - self.kw) // self.stride + 1
+        if self.to_matrix:
+            gy = gy.reshape(N, OH, OW, C, self.kh, self.kw).transpose(0, 3, 4, 5, 1, 2)
+        return col2im_array(gy, self.x_shape, self.stride, self.pad)
+
+
 class AveragePooling(Function):
     """DeZero's AveragePooling(kernel_size, stride=1, pad=0): the mean of each window; kernel_size an int or (kh, kw).
 
