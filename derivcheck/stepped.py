@@ -277,7 +277,7 @@ def _cell(rule, statements: list, out: str, shapes: dict, cells: list) -> int:
 # Running a plan
 
 
-class _Backend:
+class Backend:
     def __init__(self, name):
         self.name = name
         if name == "mpmath":
@@ -291,11 +291,11 @@ class _Backend:
         return np.full(shape, self.zero, dtype=object) if self.name == "mpmath" else np.zeros(shape)
 
 
-class _Sum:
+class GradientSum:
     """A gradient summed from contributions: its value and its bound, ``Σ M_k + (K - 1) Σ |g_k|``
     per element over the K contributions that reach it (an Add of K terms, as ``magnitude`` charges)."""
 
-    def __init__(self, shape, be: _Backend, bounds: bool):
+    def __init__(self, shape, be: Backend, bounds: bool):
         self.value = be.zeros(shape)
         self.bounds = bounds
         if bounds:
@@ -327,7 +327,7 @@ def run(prog: Program, values: dict, dims: dict, cot=None, backend: str = "numpy
 
     Without ``cot`` the gradients are {}; without ``bounds`` the bounds are None.
     """
-    be = _Backend(backend)
+    be = Backend(backend)
     bounds = bounds and backend == "numpy"
     scope = dict(values)
     M = {n: np.zeros(np.shape(v)) for n, v in values.items()} if bounds else {}
@@ -388,11 +388,11 @@ def run(prog: Program, values: dict, dims: dict, cot=None, backend: str = "numpy
 
 
 def _backward(prog, values, dims, scope, M, tapes, cot, be, bounds):
-    grads: dict = {}  # name -> _Sum of the gradient reaching that name's current value
+    grads: dict = {}  # name -> GradientSum of the gradient reaching that name's current value
 
     def sum_for(name):
         if name not in grads:
-            grads[name] = _Sum(np.shape(scope[name]), be, bounds)
+            grads[name] = GradientSum(np.shape(scope[name]), be, bounds)
         return grads[name]
 
     if prog.axis is None:
@@ -417,11 +417,11 @@ def _backward(prog, values, dims, scope, M, tapes, cot, be, bounds):
         stacked_g = {s: grads.pop(s, None) for s in step.stacked}
         state_g = {s: grads.pop(s, None) for s in step.carried}
         for t, env, env_M, outs in reversed(tape):
-            into: dict = {}  # cell input -> _Sum for this step
+            into: dict = {}  # cell input -> GradientSum for this step
             for k, c in enumerate(step.cells):
                 # the gradient reaching this cell's output: as the state handed to the next step (the last
                 # cell computing that state), and as each stacked value it gives
-                dout = _Sum(np.shape(outs[k]), be, bounds)
+                dout = GradientSum(np.shape(outs[k]), be, bounds)
                 if c.out in step.carried and state_g.get(c.out) is not None and _carries(step, k):
                     g = state_g[c.out]
                     dout.add(g.value, g.bound() if bounds else None)
@@ -440,7 +440,7 @@ def _backward(prog, values, dims, scope, M, tapes, cot, be, bounds):
                     vb, vs = c.derivation.vjp_bounds(e), c.derivation.vjp_support(e)
                 for n in c.reads:
                     if n not in into:
-                        into[n] = _Sum(np.shape(env[n]), be, bounds)
+                        into[n] = GradientSum(np.shape(env[n]), be, bounds)
                     into[n].add(vj[n], vb[n] + vs[n] if bounds else None)
             new_state = {}
             for n, s in into.items():

@@ -149,3 +149,13 @@ def test_a_loose_bound_is_noted_and_a_tight_one_is_not():
     tight = verify("examples/dlfs2/layers.py:TimeRNN", load_rule("time_rnn"), dtype="float64", trials=1, steps=1,
                    shape={"N": 2, "T": 3, "D": 4, "H": 5})
     assert tight.notes == [STEPPED_NOTE]
+
+
+def test_a_gradient_summed_over_steps_is_charged_as_an_add_of_its_contributions():
+    """Σ M_k + (K - 1) Σ |g_k| per element, as rounding.magnitude charges an Add of K terms; an element
+    that only one contribution reaches is charged that contribution's bound alone."""
+    g = stepped.GradientSum((2,), stepped.Backend("numpy"), bounds=True)
+    g.add(np.array([1.0, -2.0]), np.array([0.5, 0.25]))
+    g.add(np.array([-3.0]), np.array([1.0]), where=(slice(0, 1),))
+    np.testing.assert_array_equal(g.value, [-2.0, -2.0])
+    np.testing.assert_array_equal(g.bound(), [0.5 + 1.0 + (1.0 + 3.0), 0.25])
