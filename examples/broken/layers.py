@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Function  # noqa: E402
 from functions import AveragePooling, Im2col, col2im_array  # noqa: E402
-from dlfs1.layers import col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
+from dlfs1.layers import Dropout, col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
 from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeRNN, TimeSigmoidWithLoss  # noqa: E402
 from functional.layers import (  # noqa: E402
     batchnorm_backward, lstm_forward, lstm_step_backward, lstm_step_forward, spatial_batchnorm_forward,
@@ -467,22 +467,12 @@ class BatchNormTestUsesBatchStats(BatchNormNoMeanTerm):
         return super().forward(x)
 
 
-class DropoutTestUnscaled:
+class DropoutTestUnscaled(Dropout):
     """BUG: test mode returns x as it is: the books' dropout keeps every element unscaled in train mode,
     so test mode must scale by 1 - dropout_ratio (the expected share kept), or the next layer sees twice the signal."""
 
-    def __init__(self, dropout_ratio=0.5):
-        self.dropout_ratio = dropout_ratio
-        self.mask = None
-
     def forward(self, x, train_flg=True):
-        if train_flg:
-            self.mask = np.random.rand(*x.shape) > self.dropout_ratio
-            return x * self.mask
-        return x
-
-    def backward(self, dout):
-        return dout * self.mask
+        return super().forward(x, train_flg) if train_flg else x
 
 
 class Im2colNoTransposeBack(Im2col):
