@@ -518,9 +518,6 @@ def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: in
         rule = load_rule(rule)
     hyper = rule.resolve_hyper(hyper or {})
     tiny = _tiny(rule)
-    if rule.formula.loop is not None:  # two steps, every other size 1: the unrolled chain stays readable
-        steps = {n.id for n in ast.walk(rule.formula.loop.count) if isinstance(n, ast.Name)}
-        tiny = rule.resolve_dims({d: min(n, 2) if d in steps else 1 for d, n in rule.example_dims().items()})
     dims = rule.resolve_dims(shape) if shape else tiny
     if _jacobian_size(rule, dims) > ELEMENTS_SPELLED_OUT:  # --shape for a layer at real size: the Jacobian at a tiny one
         dims = tiny
@@ -564,17 +561,22 @@ TINY_ENTRIES = 72  # set by hand: the Jacobian explain spells out has at most ab
 
 
 def _tiny(rule) -> dict:
-    """Sizes of 2 (1 where a rule's range says so); then, while the Jacobian has more than TINY_ENTRIES
-    entries, one size goes down to its minimum: the one that keeps the most entries within the budget
-    (a GRU's batch before its width), else the one that shrinks it most (an LSTM's width first)."""
+    """The sizes explain spells the Jacobian out at. A loop: two steps, every other size 1 (the unrolled
+    chain stays readable). Otherwise sizes of 2 (1 where a rule's range says so); then, while the Jacobian
+    has more than TINY_ENTRIES entries, one size goes down to its minimum: the one that keeps the most
+    entries within the budget (a GRU's batch before its width), else the one that shrinks it most (an
+    LSTM's width first)."""
+    if rule.formula.loop is not None:
+        steps = {n.id for n in ast.walk(rule.formula.loop.count) if isinstance(n, ast.Name)}
+        return rule.resolve_dims({d: min(n, 2) if d in steps else 1 for d, n in rule.example_dims().items()})
     tiny = {d: min(n, 2) for d, n in rule.example_dims().items()}
-    while _jacobian_size(rule, tiny) > TINY_ENTRIES:
-        options = [{**tiny, d: rule.dims[d].min} for d, n in tiny.items() if n > rule.dims[d].min]
+    size = _jacobian_size(rule, tiny)
+    while size > TINY_ENTRIES:
+        options = [(_jacobian_size(rule, o), o) for o in ({**tiny, d: rule.dims[d].min} for d, n in tiny.items() if n > rule.dims[d].min)]
         if not options:
             break
-        within = [o for o in options if _jacobian_size(rule, o) <= TINY_ENTRIES]
-        tiny = (max(within, key=lambda o: _jacobian_size(rule, o)) if within
-                else min(options, key=lambda o: _jacobian_size(rule, o)))
+        within = [(s, o) for s, o in options if s <= TINY_ENTRIES]
+        size, tiny = max(within, key=lambda so: so[0]) if within else min(options, key=lambda so: so[0])
     return tiny
 
 

@@ -108,6 +108,13 @@ class Bound:
         return cot
 
 
+def _mp(v) -> np.ndarray:
+    """``v`` as an object array of mpmath numbers (0-d for a scalar), at the working precision."""
+    import mpmath
+
+    return np.asarray(np.frompyfunc(lambda e: mpmath.mpf(float(e)), 1, 1)(v), dtype=object)
+
+
 class GenericBound(Bound):
     tier = "shape-generic"
 
@@ -149,11 +156,8 @@ class GenericBound(Bound):
         import mpmath
 
         with mpmath.workdps(digits):
-            to_mp = np.frompyfunc(lambda v: mpmath.mpf(float(v)), 1, 1)
-            env = {**self.dims, **{n: to_mp(v) if v.ndim else np.asarray(mpmath.mpf(float(v)), dtype=object)
-                                   for n, v in self._values(values).items()}}
-            cot = self._cotangent(cotangent)
-            env[DOUT] = to_mp(cot) if cot.ndim else np.asarray(mpmath.mpf(float(cot)), dtype=object)
+            env = {**self.dims, **{n: _mp(v) for n, v in self._values(values).items()}}
+            env[DOUT] = _mp(self._cotangent(cotangent))
             out = self.derivation.forward(env, "mpmath")
             grads = self.derivation.vjp(env, "mpmath")
         return out, grads
@@ -186,10 +190,8 @@ class SteppedBound(Bound):
         import mpmath
 
         with mpmath.workdps(digits):
-            to_mp = np.frompyfunc(lambda v: mpmath.mpf(float(v)), 1, 1)
-            vals = {n: np.asarray(to_mp(v), dtype=object) for n, v in self._values(values).items()}
-            cot = np.asarray(to_mp(self._cotangent(cotangent)), dtype=object)
-            out, _, grads, _ = stepped.run(self.prog, vals, self.dims, cot, backend="mpmath")
+            vals = {n: _mp(v) for n, v in self._values(values).items()}
+            out, _, grads, _ = stepped.run(self.prog, vals, self.dims, _mp(self._cotangent(cotangent)), backend="mpmath")
         return out, {n: grads[n] for n in self.rule.inputs}
 
 

@@ -311,6 +311,10 @@ class GradientSum:
     def bound(self):
         return self.M + np.maximum(self.count - 1, 0) * self.abs
 
+    def absorb(self, other: "GradientSum", where=(), part=()):
+        """Add ``other`` (its ``part``) as one contribution, at ``where``: its value, and its bound as that one's."""
+        self.add(other.value[part], other.bound()[part] if self.bounds else None, where)
+
 
 def _carries(step: LoopPlan, k: int) -> bool:
     """Whether cell ``k`` gives the state its name: the last of the loop's cells computing that name."""
@@ -409,7 +413,7 @@ def _backward(prog, values, dims, scope, M, tapes, cot, be, bounds):
         if isinstance(step, Init):
             g = grads.pop(step.name, None)
             if g is not None and step.source is not None:
-                sum_for(step.source).add(g.value, g.bound() if bounds else None)
+                sum_for(step.source).absorb(g)
             continue
         tape = next(loops)
         # the gradient of each cell's output at the step being undone: stacked outputs' slices, plus the states'
@@ -423,12 +427,10 @@ def _backward(prog, values, dims, scope, M, tapes, cot, be, bounds):
                 # cell computing that state), and as each stacked value it gives
                 dout = GradientSum(np.shape(outs[k]), be, bounds)
                 if c.out in step.carried and state_g.get(c.out) is not None and _carries(step, k):
-                    g = state_g[c.out]
-                    dout.add(g.value, g.bound() if bounds else None)
+                    dout.absorb(state_g[c.out])
                 for s, (axis, kk) in step.stacked.items():
                     if kk == k and stacked_g[s] is not None:
-                        g = stacked_g[s]
-                        dout.add(g.value[_index(axis, t)], g.bound()[_index(axis, t)] if bounds else None)
+                        dout.absorb(stacked_g[s], part=_index(axis, t))
                 if bounds and not dout.count.any():
                     continue
                 e = {**dims, **{n: env[n] for n in c.reads}, DOUT: dout.value, MEMO: {}}
@@ -447,14 +449,12 @@ def _backward(prog, values, dims, scope, M, tapes, cot, be, bounds):
                 how = next(c.reads[n] for c in step.cells if n in c.reads)
                 if how[0] == "prev":
                     new_state[how[1]] = s
-                elif how[0] == "step":
-                    sum_for(how[1]).add(s.value, s.bound() if bounds else None, _index(how[2], t))
-                else:
-                    sum_for(how[1]).add(s.value, s.bound() if bounds else None)
+                else:  # a step's slice of a sequence, or a name read whole (a parameter)
+                    sum_for(how[1]).absorb(s, where=_index(how[2], t) if how[0] == "step" else ())
             state_g = {s: new_state.get(s) for s in step.carried}
         for s, g in state_g.items():  # the gradient of each state's value before the loop
             if g is not None:
-                sum_for(s).add(g.value, g.bound() if bounds else None)
+                sum_for(s).absorb(g)
     grads_out = {n: grads[n].value if n in grads else be.zeros(np.shape(v)) for n, v in values.items()}
     bounds_out = {n: grads[n].bound() if n in grads else np.zeros(np.shape(v)) for n, v in values.items()} if bounds else None
     return grads_out, bounds_out

@@ -300,14 +300,15 @@ class Verifier:
     def _weak_tolerance(self, rep, check, expected, scale, got, ctx) -> None:
         """A note, once per check, when its tolerance reaches ``checks.WEAK`` of its largest exact value: a
         statement about how much the check can see there (a worst-case bound is loose), not about the layer."""
-        r = reach(expected, scale, self.judged_in(got))
+        dtype = self.judged_in(got)
+        r = reach(expected, scale, dtype)
         if r <= WEAK or any(n.startswith(f"{check.name}: the error bound") for n in rep.notes):
             return
         sizes = ", ".join(f"{d}={v}" for d, v in ctx["dims"].items())
         why = (" The bound grows with the number of steps of the recurrence: check at fewer steps (--shape) for a tight check."
                if self.rule.formula.loop is not None else "")
         rep.notes.append(f"{check.name}: the error bound lets through errors up to {r:.2g} of its largest value (at {sizes}, "
-                         f"{np.dtype(self.judged_in(got)).name}): a smaller error is not seen there.{why}")
+                         f"{np.dtype(dtype).name}): a smaller error is not seen there.{why}")
 
     @staticmethod
     def rebound_slots(outcome, ctx) -> list[Check]:
