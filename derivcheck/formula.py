@@ -127,6 +127,7 @@ FUNCTIONS = {
     "onehot": (symarray.onehot, lambda t: t),
     "windows": (symarray.windows, symarray.patches),
     "conv2d": (symarray.conv2d, symarray.np_conv2d),
+    "deconv2d": (symarray.deconv2d, symarray.np_deconv2d),
     "zeros": (symarray.zeros, lambda shape: np.zeros(tuple(shape))),
     "concatenate": (symarray.concatenate, lambda arrays, axis=0: np.concatenate([np.asarray(a) for a in arrays], axis=axis)),
 }

@@ -397,3 +397,7 @@ def windows(x, kh, kw, stride=1, pad=0):
 
 def conv2d(x, W, stride=1, pad=0):
     raise Unsupported("convolution (strided, padded indices)")
+
+
+def deconv2d(x, W, stride=1, pad=0):
+    raise Unsupported("transposed convolution (strided, padded indices)")

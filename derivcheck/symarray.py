@@ -302,3 +302,50 @@ def np_conv2d(x, W, stride: int = 1, pad: int = 0) -> np.ndarray:
     """:func:`conv2d` on float arrays."""
     W = np.asarray(W)
     return np.einsum("ncijpq,fcpq->nfij", _filter_windows(x, W, stride, pad), W)
+
+
+def _deconv_shapes(x: np.ndarray, W: np.ndarray, stride, pad) -> None:
+    """Check a transposed convolution's arguments: (N, C, H, W) images, (C, F, kh, kw) filters, an output of at least 1x1."""
+    for name, value, least in (("stride", stride, 1), ("pad", pad, 0)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"the {name} must be an integer of at least {least}, not {value!r}")
+    if x.ndim != 4 or W.ndim != 4:
+        raise ValueError(f"deconv2d takes (N, C, H, W) images and (C, F, kh, kw) filters, not {x.shape} and {W.shape}")
+    if x.shape[1] != W.shape[0]:
+        raise ValueError(f"deconv2d: {x.shape[1]} image channels, {W.shape[0]} filter channels (the filters' first axis)")
+    for size, k in ((x.shape[2], W.shape[2]), (x.shape[3], W.shape[3])):
+        if stride * (size - 1) + k - 2 * pad < 1:
+            raise ValueError(f"deconv2d: a {size}-pixel side, a {k}-pixel filter, stride {stride} and pad {pad} "
+                             f"leave no output (stride * (size - 1) + k - 2 * pad < 1)")
+
+
+def _scatter_windows(parts: np.ndarray, stride: int, pad: int, zero) -> np.ndarray:
+    """The adjoint of :func:`patches`: each window's (kh, kw) values of an (N, F, H, W, kh, kw) array added
+    at its place, ``out[n, f, i*stride + p, j*stride + q] += parts[n, f, i, j, p, q]``, then ``pad``
+    cut from each side: (N, F, OH, OW), OH = stride * (H - 1) + kh - 2 * pad (col2im)."""
+    n, f, h, w, kh, kw = parts.shape
+    full = np.full((n, f, stride * (h - 1) + kh, stride * (w - 1) + kw), zero, dtype=parts.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            full[:, :, p:p + stride * (h - 1) + 1:stride, q:q + stride * (w - 1) + 1:stride] += parts[..., p, q]
+    return full[:, :, pad:full.shape[2] - pad, pad:full.shape[3] - pad]
+
+
+def deconv2d(x, W, stride: int = 1, pad: int = 0) -> np.ndarray:
+    """Transposed convolution of (N, C, H, W) images with (C, F, kh, kw) filters: (N, F, OH, OW).
+
+    ``out[n, f, i*stride + p - pad, j*stride + q - pad] += Σ_c x[n, c, i, j] · W[c, f, p, q]``, with
+    OH = stride * (H - 1) + kh - 2 * pad: each input pixel spreads a filter-sized patch (DeZero's
+    deconv2d, col2im of Wᵀx), the adjoint of :func:`conv2d` with the same filters, stride and pad.
+    """
+    x, W = asarray(x), asarray(W)
+    _deconv_shapes(x, W, stride, pad)
+    parts = sum(x[:, :, None, :, :, None, None] * W[None, :, :, None, None, :, :], axis=1)
+    return _scatter_windows(parts, stride, pad, sympy.Integer(0))
+
+
+def np_deconv2d(x, W, stride: int = 1, pad: int = 0) -> np.ndarray:
+    """:func:`deconv2d` on float arrays."""
+    x, W = np.asarray(x), np.asarray(W)
+    _deconv_shapes(x, W, stride, pad)
+    return _scatter_windows(np.einsum("nchw,cfpq->nfhwpq", x, W), stride, pad, 0)

@@ -413,6 +413,10 @@ def test_a_cs231n_param_dict_is_built_from_the_rules_hyperparameters(tmp_path):
     ("Convolution", "convolution"),  # book 1's chapter 7
     ("Pooling", "pooling"),
     ("conv2d", "convolution"),  # DeZero
+    ("Deconv2d", "deconvolution"),
+    ("deconv2d", "deconvolution"),
+    ("GetItem", "get_item"),
+    ("get_item", "get_item"),
     ("conv_forward_naive", "convolution"),  # CS231n: the suffix after _forward
     ("conv_backward_naive", "convolution"),
     ("max_pool_forward_naive", "max_pool"),

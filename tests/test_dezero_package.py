@@ -75,9 +75,13 @@ TARGETS = [
     ("dezero.functions_conv:conv2d_simple", None, {"stride": 1, "pad": 1}),  # im2col and linear: a composition
     ("dezero.functions_conv:Im2col", None, {"kh": 3, "stride": 2, "pad": 1}),  # kernel_size = (kh, kw): the rule's [pairs]
     ("dezero.functions_conv:im2col", None, {}),
+    ("dezero.functions_conv:Deconv2d", None, {"stride": 2, "pad": 1}),  # the adjoint of conv2d: W is (C, F, kh, kw)
+    ("dezero.functions_conv:deconv2d", None, {}),
     ("dezero.functions:BatchNorm", None, {}),  # batchnorm_dezero: its running mean and var updated in place, by design
     ("dezero.functions:batch_nrom", None, {}),  # (so spelled in functions.py)
-    ("dezero.functions:embed_id", None, {}),  # W[x]: Variable's operator, among dezero.functions' Function classes
+    ("dezero.functions:embed_id", None, {}),
+    ("dezero.functions:GetItem", None, {}),  # slices: integer row positions, a label bound to the constructor by name
+    ("dezero.functions:get_item", None, {}),  # W[x]: Variable's operator, among dezero.functions' Function classes
     ("dezero.core:Add", None, {}),
     ("dezero.core:Sub", None, {}),
     ("dezero.core:Mul", None, {}),
@@ -119,6 +123,7 @@ def test_real_dezero_functions_verify(dezero_env, tmp_path):
     assert guessed["dezero.functions:dropout"] == "dropout_dezero"
     assert guessed["dezero.functions:BatchNorm"] == guessed["dezero.functions:batch_nrom"] == "batchnorm_dezero"
     assert guessed["dezero.functions:embed_id"] == "embedding"
+    assert guessed["dezero.functions:GetItem"] == guessed["dezero.functions:get_item"] == "get_item"
 
 
 def test_broken_function_on_real_dezero_fails(dezero_env, tmp_path):

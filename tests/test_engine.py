@@ -174,6 +174,55 @@ def test_convolution_is_the_loop_over_windows(stride, pad):
         np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
+def _deconv_loop(x, W, b, stride, pad):
+    """DeZero's deconv2d written as the scatter it is: each pixel adds its filter-sized patch."""
+    N, C, H, Wd = x.shape
+    _, F, kh, kw = W.shape
+    full = np.zeros((N, F, stride * (H - 1) + kh, stride * (Wd - 1) + kw))
+    for n, c, i, j in np.ndindex(N, C, H, Wd):
+        full[n, :, i * stride:i * stride + kh, j * stride:j * stride + kw] += x[n, c, i, j] * W[c]
+    return full[:, :, pad:full.shape[2] - pad, pad:full.shape[3] - pad] + b[:, None, None]
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 0), (2, 1), (2, 0), (3, 1)])
+def test_transposed_convolution_is_the_scatter_of_patches_and_convolutions_adjoint(stride, pad):
+    rng = np.random.default_rng(stride * 10 + pad)
+    dims = {"N": 2, "C": 2, "IH": 3, "IW": 2, "F": 3, "KH": 3, "KW": 2}
+    d = derivcheck.load_rule("deconvolution").at(hyper={"stride": stride, "pad": pad}, **dims)
+    x, W, b = rng.normal(size=(2, 2, 3, 2)), rng.normal(size=(2, 3, 3, 2)), rng.normal(size=3)
+    want = _deconv_loop(x, W, b, stride, pad)
+    assert d.output_shape == want.shape == (2, 3, stride * 2 + 3 - 2 * pad, stride + 2 - 2 * pad)
+    np.testing.assert_allclose(d.forward(x=x, W=W, b=b), want, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(symarray.np_deconv2d(x, W, stride, pad) + b[:, None, None], want, rtol=1e-13, atol=1e-13)
+    # x's gradient is the convolution of the upstream gradient with the same filters (W read as (F', C') = (C, F))
+    cot = rng.normal(size=want.shape)
+    grads = d.vjp(cot, x=x, W=W, b=b)
+    np.testing.assert_allclose(grads["x"], symarray.np_conv2d(cot, W, stride, pad), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(grads["b"], cot.sum(axis=(0, 2, 3)), rtol=1e-13, atol=1e-13)
+    h = 1e-6
+    numeric = np.zeros(W.shape)
+    for idx in np.ndindex(*W.shape):
+        plus, minus = W.copy(), W.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        numeric[idx] = np.sum(cot * (_deconv_loop(x, plus, b, stride, pad) - _deconv_loop(x, minus, b, stride, pad))) / (2 * h)
+    np.testing.assert_allclose(grads["W"], numeric, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("args,message", [
+    ((np.zeros((1, 2, 3, 3)), np.zeros((3, 1, 2, 2))), "2 image channels, 3 filter channels"),
+    ((np.zeros((2, 3)), np.zeros((3, 1, 2, 2))), "deconv2d takes (N, C, H, W) images and (C, F, kh, kw) filters"),
+    ((np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2)), 1, 2), "leave no output"),
+    ((np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2)), 0, 0), "the stride must be an integer of at least 1, not 0"),
+    ((np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2)), 1, 0.5), "the pad must be an integer of at least 0, not 0.5"),
+])
+def test_transposed_convolution_refuses_what_it_cannot_compute(args, message):
+    for fn in (symarray.deconv2d, symarray.np_deconv2d):
+        with pytest.raises(ValueError) as err:
+            fn(*args)
+        assert message in str(err.value)
+
+
 def test_max_pooling_routes_to_each_windows_argmax():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(1, 2, 5, 5))

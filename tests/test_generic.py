@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = sorted(list_rules())
 FLATTENING = {"reshape", "spatial_groupnorm"}  # a flattening or splitting reshape (default [-1]; C into G, K): no index-notation form
 WINDOWED = {"convolution": "convolution", "pooling": "sliding windows", "max_pool": "sliding windows",
-            "average_pooling": "sliding windows", "im2col": "sliding windows"}  # strided indices: none yet
+            "average_pooling": "sliding windows", "im2col": "sliding windows",
+            "deconvolution": "transposed convolution"}  # strided indices: none yet
 RECURRENT = {n for n in RULES if derivcheck.load_rule(n).formula.loop is not None}  # a loop over steps: stepped (test_stepped.py)
 NOT_GENERIC = FLATTENING | set(WINDOWED) | RECURRENT
 

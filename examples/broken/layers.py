@@ -10,7 +10,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Function  # noqa: E402
-from functions import AveragePooling, Im2col, col2im_array  # noqa: E402
+from functions import AveragePooling, Deconv2d, GetItem, Im2col, col2im_array, im2col_array  # noqa: E402
 from dlfs1.layers import Dropout, col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
 from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeRNN, TimeSigmoidWithLoss  # noqa: E402
 from functional.layers import (  # noqa: E402
@@ -484,6 +484,28 @@ class Im2colNoTransposeBack(Im2col):
         OH = (H + 2 * self.pad - self.kh) // self.stride + 1
         OW = (W + 2 * self.pad - self.kw) // self.stride + 1
         return col2im_array(gy.reshape(N, C, self.kh, self.kw, OH, OW), self.x_shape, self.stride, self.pad)
+
+
+class GetItemOverwrites(GetItem):
+    """BUG: gx[slices] = gy, where a row picked twice must get both rows of gy (np.add.at): the assignment keeps the last."""
+
+    def backward(self, gy):
+        x = self.inputs[0].data
+        gx = np.zeros_like(x)
+        gx[self.slices] = gy
+        return gx
+
+
+class Deconv2dFlippedFilters(Deconv2d):
+    """BUG: gx correlates gy with the filters turned 180 degrees (as a true convolution would), where the
+    adjoint of the forward's patches is the correlation with W as it is: gx is wrong, gW and gb are right."""
+
+    def backward(self, gy):
+        x, W = self.inputs[0].data, self.inputs[1].data
+        col = im2col_array(gy, W.shape[2], W.shape[3], self.stride, self.pad)
+        gx = np.tensordot(col, W[:, :, ::-1, ::-1], ((1, 2, 3), (1, 2, 3))).transpose(0, 3, 1, 2)
+        gW = np.tensordot(x, col, ((0, 2, 3), (0, 4, 5)))
+        return gx, gW, gy.sum(axis=(0, 2, 3))
 
 
 class EmbeddingOverwrites:

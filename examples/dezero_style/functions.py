@@ -305,6 +305,26 @@ class Pow(Function):
         return self.c * x ** (self.c - 1) * gy
 
 
+class GetItem(Function):
+    """x[slices] for an integer array of row positions; a row picked twice gets both rows of gy back."""
+
+    def __init__(self, slices):
+        self.slices = slices
+
+    def forward(self, x):
+        return x[self.slices]
+
+    def backward(self, gy):
+        x = self.inputs[0].data
+        gx = np.zeros_like(x)
+        np.add.at(gx, self.slices, gy)  # not gx[self.slices] = gy: a repeated position would keep one row
+        return gx
+
+
+def get_item(x, slices):
+    return GetItem(slices)(x)
+
+
 class Dropout(Function):
     """DeZero's dropout (train mode) as one Function: inverted, its mask drawn in forward."""
 
@@ -435,3 +455,30 @@ class AveragePooling(Function):
 
 def average_pooling(x, kernel_size, stride=1, pad=0):
     return AveragePooling(kernel_size, stride, pad)(x)
+
+
+class Deconv2d(Function):
+    """DeZero's Deconv2d: col2im of Wᵀx, each pixel spreading a filter-sized patch; W is (C, F, kh, kw).
+    Its backward is convolution's forward: gx correlates gy with W, gW pairs x with gy's windows."""
+
+    def __init__(self, stride=1, pad=0):
+        self.stride, self.pad = stride, pad
+
+    def forward(self, x, W, b):
+        C, F, kh, kw = W.shape
+        N, _, H, Wd = x.shape
+        OH, OW = self.stride * (H - 1) + kh - 2 * self.pad, self.stride * (Wd - 1) + kw - 2 * self.pad
+        col = np.rollaxis(np.tensordot(W, x, (0, 1)), 3)  # (N, F, kh, kw, H, W)
+        return col2im_array(col, (N, F, OH, OW), self.stride, self.pad) + b.reshape(1, F, 1, 1)
+
+    def backward(self, gy):
+        x, W = self.inputs[0].data, self.inputs[1].data
+        g = gy if isinstance(gy, np.ndarray) else gy.data
+        col = im2col_array(g, W.shape[2], W.shape[3], self.stride, self.pad)  # (N, F, kh, kw, H, W)
+        gx = np.tensordot(col, W, ((1, 2, 3), (1, 2, 3))).transpose(0, 3, 1, 2)
+        gW = np.tensordot(x, col, ((0, 2, 3), (0, 4, 5)))
+        return gx, gW, g.sum(axis=(0, 2, 3))
+
+
+def deconv2d(x, W, b, stride=1, pad=0):
+    return Deconv2d(stride, pad)(x, W, b)
