@@ -823,6 +823,35 @@ class DezeroAdapter(Adapter):
             self.binding = bind(self.rule, cls.__init__, cls.forward, self.name, call_takes_all_inputs=True)
         else:  # a function that builds and applies a Function: f(x, W) / reshape(x, shape)
             self.binding = bind(self.rule, None, cls, self.name, call_takes_all_inputs=True)
+        self.config = self._config()
+
+    def _config(self):
+        """DeZero's Config class, whose ``train`` this rule's ``train`` sets around each call (test mode), or None.
+
+        A rule without ``train`` leaves the framework as it is (train mode, as a fresh process starts);
+        a framework without ``Config.train`` is always in train mode, so only a test-mode rule is refused.
+        """
+        if "train" not in self.rule.hyper:
+            return None
+        config = getattr(sys.modules.get(self.Variable.__module__), "Config", None)
+        if config is not None and isinstance(getattr(config, "train", None), bool):
+            return config
+        if self.hyper["train"]:
+            return None
+        raise DerivcheckError(
+            f"rule '{self.rule.name}' runs DeZero functions in test mode (Config.train = False), and the framework of "
+            f"'{self.name}' ({self.Variable.__module__}) has no Config class with a train flag to switch: check it with "
+            f"the train-mode rule, or give the framework DeZero's `class Config: train = True`")
+
+    def run(self, values, cotangent) -> Outcome:
+        if self.config is None:
+            return self._run(values, cotangent)
+        before = self.config.train
+        self.config.train = self.hyper["train"]
+        try:
+            return self._run(values, cotangent)
+        finally:
+            self.config.train = before
 
     def build(self, values):
         pass  # a Function is built afresh for every call
@@ -830,7 +859,7 @@ class DezeroAdapter(Adapter):
     def update_params(self, values):
         pass  # every array is a call argument: fresh Variables each step
 
-    def run(self, values, cotangent) -> Outcome:
+    def _run(self, values, cotangent) -> Outcome:
         variables = {n: self.Variable(values[n]) for _, kind, n in self.binding.call if kind == "input"}
         arrays = [variables.get(n, values.get(n)) for _, kind, n in self.binding.call if kind in ("input", "label")]
         hypers = {p: self._value(kind, n, values) for p, kind, n in self.binding.call if kind in ("hyper", "dict", "pair")}

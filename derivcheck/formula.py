@@ -431,7 +431,7 @@ def _check(node, names: set[str], fail, steps: frozenset = frozenset()) -> None:
         if not isinstance(node.value, (int, float, bool)) and node.value is not None:
             fail(node, f"constant {node.value!r} is not a number")
     elif isinstance(node, ast.Name):
-        if node.id in FUNCTIONS:
+        if node.id in FUNCTIONS and node.id not in names:  # an input or label may share a function's name (DeZero's mean)
             fail(node, f"'{node.id}' is a function: call it, as in '{node.id}(x)'")
         if node.id in steps:
             fail(node, f"the step '{node.id}' can only index an array, as in xs[:, {node.id}, :]")

@@ -184,3 +184,24 @@ def test_a_forward_only_layer_has_its_forward_checked_and_says_so(helpers, targe
 def test_a_wrong_forward_only_layer_fails(helpers):
     p = cli("verify", f"{helpers}:ForwardWrong", "--rule", "relu", cwd=helpers.parent)
     assert p.returncode == 1 and "FAIL forward" in p.stdout, p.stdout
+
+
+def test_dezero_test_mode_needs_the_frameworks_config_switch(tmp_path):
+    """A test-mode rule sets DeZero's Config.train around each call; a DeZero-like framework without that
+    switch is always in train mode, so its test mode cannot be asked for: exit 2, not a wrong verdict."""
+    core = (EXAMPLES / "dezero_style" / "core.py").read_text()
+    assert "class Config:" in core
+    (tmp_path / "core.py").write_text(core.replace("class Config:", "class Settings:"))
+    (tmp_path / "fns.py").write_text(
+        "import numpy as np\nfrom core import Function\n\n\nclass BatchNorm(Function):\n"
+        "    def __init__(self, mean, var, decay=0.9, eps=2e-5):\n        self.mean, self.var, self.eps = mean, var, eps\n\n"
+        "    def forward(self, x, gamma, beta):\n        return gamma * (x - self.mean) / np.sqrt(self.var + self.eps) + beta\n")
+    p = cli("verify", "fns.py:BatchNorm", "--rule", "batchnorm_dezero_test", cwd=tmp_path)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert "has no Config class with a train flag to switch" in p.stderr
+    # with the switch, the same function (always test mode) passes, and the switch is what decides:
+    # the example's BatchNorm, train mode unless Config.train is off, passes its test-mode rule too
+    (tmp_path / "core.py").write_text(core)
+    assert cli("verify", "fns.py:BatchNorm", "--rule", "batchnorm_dezero_test", cwd=tmp_path).returncode == 0
+    p = cli("verify", f"{EXAMPLES}/dezero_style/functions.py:BatchNorm", "--rule", "batchnorm_dezero_test", cwd=tmp_path)
+    assert p.returncode == 0 and "forward only" in p.stdout, p.stdout + p.stderr

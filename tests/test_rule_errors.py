@@ -1,6 +1,8 @@
 """Every kind of malformed rule is refused with the file, the line and the problem."""
 import textwrap
 
+import numpy as np
+
 import pytest
 
 import derivcheck
@@ -30,6 +32,15 @@ def test_good_rule_loads(tmp_path):
     rule = load_rule_file(write(tmp_path, GOOD_HEAD + 'formula = "x * 2"\n[inputs.x]\nshape = ["N"]\n'))
     assert rule.at(N=3).output_shape == (3,)
 
+
+def test_an_input_may_share_a_functions_name(tmp_path):
+    """DeZero's BatchNorm(mean, var, ...): a label named mean is a value where it is a name, and mean(...) is still the function."""
+    body = GOOD_HEAD + 'formula = "(x - mean) * mean(x)"\n[inputs.x]\nshape = ["N"]\n[inputs.mean]\nshape = ["N"]\n'
+    d = load_rule_file(write(tmp_path, body)).at(N=3)
+    x, m = np.array([1.0, 2.0, 6.0]), np.array([0.5, 0.0, 1.0])
+    np.testing.assert_allclose(d.forward(x=x, mean=m), (x - m) * 3.0)
+    np.testing.assert_allclose(d.vjp(np.ones(3), x=x, mean=m)["mean"], -3.0 * np.ones(3))
+
 KEPT = GOOD_HEAD + 'formula = "x * m"\noutput = ["N"]\n[inputs.x]\nshape = ["N"]\n[labels.m]\nkind = "kept"\nshape = ["N"]\n{extra}[hyper.r]\ntype = "{type}"\ndefault = {default}\n'
 
 PAIR = (GOOD_HEAD + 'formula = "x * a * b"\n[inputs.x]\nshape = ["N"]\n[hyper.a]\ntype = "int"\ndefault = 2\n'
@@ -40,6 +51,8 @@ CASES = [
     ("bad TOML", GOOD_HEAD + 'formula = "x"\n[inputs.x\nshape = ["N"]\n', 4, "not valid TOML"),
     ("unknown function", GOOD_HEAD + 'formula = "expp(x)"\n[inputs.x]\nshape = ["N"]\n', 3, "unknown function 'expp'"),
     ("undefined name", GOOD_HEAD + 'formula = "x * z"\n[inputs.x]\nshape = ["N"]\n', 3, "undefined name 'z'"),
+    ("function as a value", GOOD_HEAD + 'formula = "x * mean"\n[inputs.x]\nshape = ["N"]\n', 3,
+     "'mean' is a function: call it, as in 'mean(x)'"),
     (
         "shape that cannot work",
         GOOD_HEAD + 'formula = "x @ W"\n[inputs.x]\nshape = ["N", "D"]\n[inputs.W]\nshape = ["H", "D"]\n',

@@ -9,8 +9,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core import Function  # noqa: E402
-from functions import AveragePooling, Deconv2d, GetItem, Im2col, col2im_array, im2col_array  # noqa: E402
+from core import Config, Function  # noqa: E402
+from functions import AveragePooling, BatchNorm, Deconv2d, GetItem, Im2col, col2im_array, im2col_array  # noqa: E402
 from dlfs1.layers import Dropout, col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
 from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeRNN, TimeSigmoidWithLoss  # noqa: E402
 from functional.layers import (  # noqa: E402
@@ -506,6 +506,15 @@ class Deconv2dFlippedFilters(Deconv2d):
         gx = np.tensordot(col, W[:, :, ::-1, ::-1], ((1, 2, 3), (1, 2, 3))).transpose(0, 3, 1, 2)
         gW = np.tensordot(x, col, ((0, 2, 3), (0, 4, 5)))
         return gx, gW, gy.sum(axis=(0, 2, 3))
+
+
+class BatchNormTestEpsOutside(BatchNorm):
+    """BUG: test mode divides by sqrt(var) + eps, not sqrt(var + eps): off by about eps / (2 var) relative."""
+
+    def forward(self, x, gamma, beta):
+        if Config.train:
+            return super().forward(x, gamma, beta)
+        return gamma * (x - self.avg_mean) / (np.sqrt(self.avg_var) + self.eps) + beta
 
 
 class EmbeddingOverwrites:

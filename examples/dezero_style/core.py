@@ -3,9 +3,26 @@
 Gradients are plain ndarrays here (DeZero keeps them as Variables from step 32
 on; derivcheck's dezero adapter handles both).
 """
+import contextlib
 import weakref
 
 import numpy as np
+
+
+class Config:
+    """DeZero's switch between train mode (dropout drops, batchnorm uses the batch) and test mode."""
+
+    train = True
+
+
+@contextlib.contextmanager
+def test_mode():
+    before = Config.train
+    Config.train = False
+    try:
+        yield
+    finally:
+        Config.train = before
 
 
 def as_array(x):

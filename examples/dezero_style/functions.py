@@ -2,7 +2,7 @@
 sum, broadcast_to, sum_to and matmul, on the core in core.py."""
 import numpy as np
 
-from core import Function, as_variable
+from core import Config, Function, as_variable
 
 
 def sum_to(x, shape):
@@ -340,14 +340,22 @@ class Dropout(Function):
         return gy * self.mask / self.scale
 
 
+def dropout(x, dropout_ratio=0.5):
+    """DeZero's dropout: Dropout in train mode, x itself in test mode."""
+    return Dropout(dropout_ratio)(x) if Config.train else as_variable(x)
+
+
 class BatchNorm(Function):
-    """Train mode, as DeZero's: normalize each feature over the batch, scale and shift; the running
-    statistics handed to the constructor are updated in place (with an unbiased variance)."""
+    """As DeZero's: in train mode normalize each feature over the batch, scale and shift, and update the
+    running statistics handed to the constructor in place (with an unbiased variance); in test mode
+    (Config.train off) normalize with those running statistics. The backward is train mode's."""
 
     def __init__(self, mean, var, decay=0.9, eps=2e-5):
         self.avg_mean, self.avg_var, self.decay, self.eps = mean, var, decay, eps
 
     def forward(self, x, gamma, beta):
+        if not Config.train:
+            return gamma * (x - self.avg_mean) / np.sqrt(self.avg_var + self.eps) + beta
         mu, var = x.mean(axis=0), x.var(axis=0)
         self.inv_std = 1 / np.sqrt(var + self.eps)
         self.xhat = (x - mu) * self.inv_std
