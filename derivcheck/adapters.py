@@ -565,6 +565,7 @@ class Adapter:
 
     style = ""
     forward_only = ""  # set by prepare() for a layer with no backward: why
+    flags_note = ""  # a hyperparameter set as the built layer's attribute (Dlfs1Adapter._set_flags)
 
     def __init__(self, obj, module, name, rule, hyper: dict, layer_hyper: dict):
         self.obj, self.module, self.name, self.rule = obj, module, name, rule
@@ -679,9 +680,29 @@ class Dlfs1Adapter(Adapter):
     def build(self, values):
         args = self._ctor_args(self.binding, values)
         self.instance = call_user(self.obj, list(args.items()), f"{self.name}({', '.join(args)})")
+        self._set_flags()
         self.param_arrays = {n: values[n] for n in self.params}  # the arrays handed over
         # labels the constructor takes (book 1's running_mean): refreshed in place each step, as parameters are
         self.label_arrays = {n: values[n] for kind, n in self.binding.ctor.values() if kind == "label"}
+
+    def _set_flags(self):
+        """A hyperparameter no parameter takes, named as an attribute the constructor set, is set there:
+        book 2's TimeDropout has no train_flg argument, and its models switch ``layer.train_flg``."""
+        bound = {n for _, n in self.binding.ctor.values()} | {n for _, _, n in self.binding.call}
+        own = vars(self.instance) if hasattr(self.instance, "__dict__") else {}
+        self.flags = {n: self.layer_hyper[n] for n, h in self.rule.hyper.items()
+                      if h.to_layer and n not in bound and n in own and isinstance(own[n], type(self.layer_hyper[n]))}
+        for n, value in self.flags.items():
+            setattr(self.instance, n, value)
+
+    @property
+    def flags_note(self) -> str:
+        """What _set_flags set, as the report says it."""
+        flags = getattr(self, "flags", {})
+        if not flags:
+            return ""
+        return (f"set {', '.join(f'{self.name}.{n} = {v}' for n, v in flags.items())} after construction "
+                f"(no parameter takes {', '.join(flags)})")
 
     def attribute_of(self, name: str) -> str | None:
         """The attribute that holds the parameter bound to rule input ``name``."""

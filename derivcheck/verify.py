@@ -247,6 +247,8 @@ class Verifier:
             try:
                 if step == 0:
                     adapter.build(values)
+                    if adapter.flags_note and adapter.flags_note not in rep.notes:
+                        rep.notes.append(adapter.flags_note)
                 else:
                     adapter.update_params(values)
                     values = adapter.held(values)

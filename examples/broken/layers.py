@@ -10,9 +10,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Config, Function  # noqa: E402
-from functions import AveragePooling, BatchNorm, Deconv2d, GetItem, Im2col, col2im_array, im2col_array  # noqa: E402
+from functions import AveragePooling, BatchNorm, BinaryCrossEntropy, Deconv2d, GetItem, Im2col, col2im_array, im2col_array  # noqa: E402
 from dlfs1.layers import Dropout, col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
-from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeRNN, TimeSigmoidWithLoss  # noqa: E402
+from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeDropout, TimeRNN, TimeSigmoidWithLoss  # noqa: E402
 from functional.layers import (  # noqa: E402
     batchnorm_backward, lstm_forward, lstm_step_backward, lstm_step_forward, spatial_batchnorm_forward,
     spatial_groupnorm_forward,
@@ -475,6 +475,14 @@ class DropoutTestUnscaled(Dropout):
         return super().forward(x, train_flg) if train_flg else x
 
 
+class TimeDropoutTestScaled(TimeDropout):
+    """BUG: test mode scales by 1 - dropout_ratio, as book 1's Dropout does; TimeDropout already scales the kept
+    elements up in train mode (inverted dropout), so its test mode must hand xs back as it is."""
+
+    def forward(self, xs):
+        return super().forward(xs) if self.train_flg else xs * (1.0 - self.dropout_ratio)
+
+
 class Im2colNoTransposeBack(Im2col):
     """BUG: col2im reshapes the row matrix straight to (N, C, kh, kw, OH, OW), without undoing the forward's
     transpose: every window value is added back at another image's, channel's or position's place."""
@@ -515,6 +523,15 @@ class BatchNormTestEpsOutside(BatchNorm):
         if Config.train:
             return super().forward(x, gamma, beta)
         return gamma * (x - self.avg_mean) / (np.sqrt(self.avg_var) + self.eps) + beta
+
+
+class BinaryCrossEntropyLogitsGradient(BinaryCrossEntropy):
+    """BUG: backward returns (p - t) / N, the gradient of sigmoid-then-cross-entropy with respect to the
+    logits, where this loss takes the probabilities: it misses the 1 / (p (1 - p)) of the log's derivative."""
+
+    def backward(self, gy):
+        p, t = self.inputs[0].data, self.inputs[1].data
+        return gy * (p - t) / len(p)
 
 
 class EmbeddingOverwrites:

@@ -170,6 +170,27 @@ class MeanSquaredError(Function):
         return gx0, -gx0
 
 
+class BinaryCrossEntropy(Function):
+    """DeZero's binary_cross_entropy as one Function: -sum(t log p + (1 - t) log(1 - p)) / N for
+    probabilities p and 0/1 labels t (not differentiated)."""
+
+    def forward(self, p, t):
+        return -np.sum(t * np.log(p) + (1 - t) * np.log(1 - p)) / len(p)
+
+    def backward(self, gy):
+        p, t = self.inputs[0].data, self.inputs[1].data
+        return gy * (p - t) / (p * (1 - p)) / len(p)
+
+
+def binary_cross_entropy(p, t):
+    return BinaryCrossEntropy()(p, t)
+
+
+def flatten(x):
+    """DeZero's: each sample to one row, the batch axis kept."""
+    return reshape(x, (x.shape[0], -1))
+
+
 class LogSoftmax(Function):
     def __init__(self, axis=1):
         self.axis = axis
