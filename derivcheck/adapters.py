@@ -422,11 +422,23 @@ class Binding:
     ctor: dict = field(default_factory=dict)  # ctor parameter -> ("input"|"hyper"|"label", rule name)
     call: list = field(default_factory=list)  # [(call parameter or None, kind, rule name)] in call order
     dict_labels: list = field(default_factory=list)  # labels that go in a NAME_param dict (bn_param's running_mean)
+    loose: list = field(default_factory=list)  # [(rule hyperparameter, layer parameter, its default)] bound to nothing
 
     def describe(self) -> str:
         c = ", ".join(f"{p}={n}" for p, (_, n) in self.ctor.items())
         f = ", ".join(f"{p or n}={n}" for p, _, n in self.call)
         return f"constructor({c}), call({f})"
+
+
+def _same_kind(h, default) -> bool:
+    """Could a parameter with this default be hyperparameter ``h``: a bool, a number or a choice as it is."""
+    if isinstance(default, bool) or h.type == "bool":
+        return isinstance(default, bool) and h.type == "bool"
+    if h.type == "float":
+        return isinstance(default, (int, float))
+    if h.type in ("int", "dim"):
+        return isinstance(default, int)
+    return h.type == "choice" and isinstance(default, str)
 
 
 def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: bool) -> Binding:
@@ -448,9 +460,13 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
             return "pair"
         return "dict" if n == DICT else "input" if n in rule.inputs else "label" if n in rule.labels else "hyper"
 
+    def names_of(n) -> set:
+        h = rule.hyper.get(n)
+        return {norm_name(n)} | {norm_name(a) for a in (h.names if h is not None else ())}
+
     def by_name(p, pool):
         for n in pool:
-            if n not in taken and (p.name == n or norm_name(p.name) == norm_name(n)):
+            if n not in taken and (p.name == n or norm_name(p.name) in names_of(n)):
                 return n
         return None
 
@@ -516,6 +532,11 @@ def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: boo
     unbound_labels = [n for n in labels if n not in taken]
     if unbound_labels:
         raise DerivcheckError(f"{target_name}'s forward takes ({sig_f}) but rule '{rule.name}' needs labels {', '.join(unbound_labels)} too")
+    # a hyperparameter that reached nothing, and a parameter of the same type left at its default: perhaps one
+    # under two names (CS231n's leaky_relu_forward(x, alpha=0.01), the rule's slope); the report says so
+    loose_hypers = [n for n in hypers if n not in taken and n not in rule.pairs]
+    loose_params = [p for p, n in call_slots + ctor_slots if n is None and p.default is not p.empty]
+    b.loose = [(n, p.name, p.default) for n in loose_hypers for p in loose_params if _same_kind(rule.hyper[n], p.default)]
     b.ctor = {p.name: (kind_of(n), n) for p, n in ctor_slots if n is not None}
     b.call = [(p.name if p is not None else None, kind_of(n), n) for p, n in call_slots if n is not None]
     return b
@@ -566,6 +587,14 @@ class Adapter:
     style = ""
     forward_only = ""  # set by prepare() for a layer with no backward: why
     flags_note = ""  # a hyperparameter set as the built layer's attribute (Dlfs1Adapter._set_flags)
+
+    @property
+    def loose_note(self) -> str:
+        """A rule hyperparameter that reached no parameter, beside a parameter left at a default of its kind."""
+        loose = getattr(getattr(self, "binding", None), "loose", [])
+        return "; ".join(
+            f"rule hyperparameter {h} = {self.hyper[h]!r} reaches no parameter of {self.name}, and its {p} is left at its "
+            f"default {d!r}: if {p} is {h}, pass --hyper {h}={d} or name the parameter {h}" for h, p, d in loose)
 
     def __init__(self, obj, module, name, rule, hyper: dict, layer_hyper: dict):
         self.obj, self.module, self.name, self.rule = obj, module, name, rule

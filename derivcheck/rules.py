@@ -144,6 +144,7 @@ class Hyper:
     dim: str | None = None
     to_layer: bool = True  # False: for derivcheck only (say, how labels are encoded)
     also: tuple = ()  # values a layer may use instead of the default (log(y + 1e-7)): see Rule.alternatives
+    names: tuple = ()  # other names a layer's parameter may give it (leaky ReLU's slope: alpha, negative_slope)
 
     def parse(self, text: str, dims: set[str]):
         """A value from the command line: ``1``, ``1,0,2``, ``true``, ``none``."""
@@ -631,10 +632,13 @@ def parse_rule(text: str, path) -> Rule:
     for n, spec in L.table(data.get("hyper", {}), "hyper").items():
         t = f"hyper.{n}"
         spec = L.table(spec, t)
-        L.keys(spec, {"type", "default", "doc", "choices", "dim", "layer", "also"}, t)
+        L.keys(spec, {"type", "default", "doc", "choices", "dim", "layer", "also", "names"}, t)
         to_layer = spec.get("layer", True)
         if not isinstance(to_layer, bool):
             L.fail(f"'layer' of hyperparameter '{n}' must be true or false", t, "layer")
+        other_names = spec.get("names", [])
+        if not isinstance(other_names, list) or not all(isinstance(a, str) and a.isidentifier() for a in other_names):
+            L.fail(f"'names' of hyperparameter '{n}' must be a list of parameter names, as in names = [\"alpha\"]", t, "names")
         kind = spec.get("type")
         if kind not in HYPER_TYPES:
             L.fail(f"hyperparameter '{n}' needs type = one of {', '.join(HYPER_TYPES)}", t, "type" if "type" in spec else None)
@@ -644,7 +648,7 @@ def parse_rule(text: str, path) -> Rule:
                 L.fail(f"hyperparameter '{n}' takes the size of dimension '{d}', which no input has", t, "dim")
             if n != d:
                 claim(n, "a hyperparameter", "hyper", n)
-            h = Hyper(n, kind, None, spec.get("doc", ""), dim=d, to_layer=to_layer)
+            h = Hyper(n, kind, None, spec.get("doc", ""), dim=d, to_layer=to_layer, names=tuple(other_names))
         else:
             claim(n, "a hyperparameter", "hyper", n)
             if "default" not in spec:
@@ -653,7 +657,7 @@ def parse_rule(text: str, path) -> Rule:
             if kind == "axis" and default == "none":
                 default = None
             choices = tuple(spec.get("choices", ()))
-            h = Hyper(n, kind, default, spec.get("doc", ""), choices=choices, to_layer=to_layer)
+            h = Hyper(n, kind, default, spec.get("doc", ""), choices=choices, to_layer=to_layer, names=tuple(other_names))
             also = spec.get("also", [])
             if not isinstance(also, list) or len(also) > 3 or not all(h.check(v) and v != default for v in also):
                 L.fail(f"'also' of hyperparameter '{n}' must be a list of up to 3 values other than the default, "

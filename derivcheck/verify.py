@@ -181,7 +181,7 @@ class Verifier:
     def run(self) -> Report:
         rep = Report(self.target, self.rule.name, self.probe.style, self.dtype_name, self.seed, self.trials,
                      self.steps, {k: v for k, v in self.given_hyper.items()}, strict=self.strict)
-        rep.notes = [n for n in (self.variant_note, reference.note_for(self.rule, self.hyper)) if n]
+        rep.notes = [n for n in (self.variant_note, reference.note_for(self.rule, self.hyper), self.probe.loose_note) if n]
         results: dict[str, Check] = {}
         factors: dict[str, list] = {}  # check -> [(factor, dims)] of every failing trial
         first_failure = None

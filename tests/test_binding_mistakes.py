@@ -205,3 +205,33 @@ def test_dezero_test_mode_needs_the_frameworks_config_switch(tmp_path):
     assert cli("verify", "fns.py:BatchNorm", "--rule", "batchnorm_dezero_test", cwd=tmp_path).returncode == 0
     p = cli("verify", f"{EXAMPLES}/dezero_style/functions.py:BatchNorm", "--rule", "batchnorm_dezero_test", cwd=tmp_path)
     assert p.returncode == 0 and "forward only" in p.stdout, p.stdout + p.stderr
+
+
+LEAKY = '''
+import numpy as np
+
+
+def leaky_relu_forward(x, {name}=0.01):
+    return np.where(x > 0, x, {name} * x), (x, {name})
+
+
+def leaky_relu_backward(dout, cache):
+    x, a = cache
+    return np.where(x > 0, dout, a * dout)
+'''
+
+
+def test_a_hyperparameter_binds_by_another_of_its_names_and_a_missed_one_is_named(tmp_path):
+    """leaky_relu's slope is CS231n's alpha (one of the rule's names for it): bound, so the layer gets the rule's
+    value. Under a name the rule does not know, the layer keeps its own default: the forward fails, and the
+    report says which hyperparameter reached nothing and which parameter stayed at its default."""
+    (tmp_path / "alpha.py").write_text(LEAKY.format(name="alpha"))
+    p = cli("verify", "alpha.py:leaky_relu_forward", cwd=tmp_path)
+    assert p.returncode == 0 and "reaches no parameter" not in p.stdout, p.stdout + p.stderr
+    (tmp_path / "leakiness.py").write_text(LEAKY.format(name="leakiness"))
+    p = cli("verify", "leakiness.py:leaky_relu_forward", cwd=tmp_path)
+    assert p.returncode == 1 and "FAIL forward" in p.stdout, p.stdout + p.stderr
+    assert ("rule hyperparameter slope = 0.2 reaches no parameter of leaky_relu_forward, and its leakiness is left at its "
+            "default 0.01: if leakiness is slope, pass --hyper slope=0.01 or name the parameter slope") in p.stdout
+    p = cli("verify", "leakiness.py:leaky_relu_forward", "--hyper", "slope=0.01", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr

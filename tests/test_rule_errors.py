@@ -51,6 +51,10 @@ CASES = [
     ("bad TOML", GOOD_HEAD + 'formula = "x"\n[inputs.x\nshape = ["N"]\n', 4, "not valid TOML"),
     ("unknown function", GOOD_HEAD + 'formula = "expp(x)"\n[inputs.x]\nshape = ["N"]\n', 3, "unknown function 'expp'"),
     ("undefined name", GOOD_HEAD + 'formula = "x * z"\n[inputs.x]\nshape = ["N"]\n', 3, "undefined name 'z'"),
+    ("hyper names not a list", GOOD_HEAD + 'formula = "x * a"\n[inputs.x]\nshape = ["N"]\n[hyper.a]\ntype = "float"\ndefault = 1.0\n'
+     'names = "alpha"\n', 9, "'names' of hyperparameter 'a' must be a list of parameter names"),
+    ("hyper names not identifiers", GOOD_HEAD + 'formula = "x * a"\n[inputs.x]\nshape = ["N"]\n[hyper.a]\ntype = "float"\n'
+     'default = 1.0\nnames = ["al pha"]\n', 9, "'names' of hyperparameter 'a' must be a list of parameter names"),
     ("function as a value", GOOD_HEAD + 'formula = "x * mean"\n[inputs.x]\nshape = ["N"]\n', 3,
      "'mean' is a function: call it, as in 'mean(x)'"),
     (

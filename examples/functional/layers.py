@@ -21,6 +21,16 @@ def relu_backward(dout, cache):
     return dout * (cache > 0)
 
 
+def leaky_relu_forward(x, alpha=0.01):
+    """A leaky ReLU as CS231n-style code writes it: its slope is alpha (the rule's slope, by one of its names)."""
+    return np.where(x > 0, x, alpha * x), (x, alpha)
+
+
+def leaky_relu_backward(dout, cache):
+    x, alpha = cache
+    return np.where(x > 0, dout, alpha * dout)
+
+
 def sigmoid_forward(x):
     out = 1 / (1 + np.exp(-x))
     return out, out
