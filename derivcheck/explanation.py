@@ -176,8 +176,8 @@ def prove(rule, hyper: dict, seed: int = 0, trials: int = 4) -> dict[str, tuple[
 # The graph
 
 
-_ELEMENTWISE = {"exp": sympy.exp, "log": sympy.log, "tanh": sympy.tanh, "sqrt": sympy.sqrt, "abs": sympy.Abs,
-                "sigmoid": lambda a: 1 / (1 + sympy.exp(-a))}
+_ELEMENTWISE = {"exp": sympy.exp, "log": sympy.log, "tanh": sympy.tanh, "sin": sympy.sin, "cos": sympy.cos,
+                "sqrt": sympy.sqrt, "abs": sympy.Abs, "sigmoid": lambda a: 1 / (1 + sympy.exp(-a))}
 _ARRAY_RULES = {
     "matmul": "da = g bᵀ, db = aᵀ g",
     "sum": "copies g back along the summed axes",
@@ -196,6 +196,18 @@ _ARRAY_RULES = {
     "minimum": "passes g where a is the smaller, else 0",
     "where": "passes g to the chosen branch",
     "onehot": "none (labels are not differentiated)",
+    "windows": "adds each window's g back at the window's place, the padding cut off (col2im)",
+    "conv2d": "da = the transposed convolution of g with the filters b (deconv2d), db = Σ over images and positions of g times a's windows",
+    "deconv2d": "da = the convolution of g with the filters b (conv2d), db = Σ over images and positions of a times g's windows",
+    "zeros": "none (a constant)",
+    "concatenate": "splits g along the axis, each array its own piece",
+    # arithmetic with a constant array (t * [0.0, 1.0]): element-wise, each gradient summed back over broadcast axes
+    "Add": "da = g, db = g",
+    "Sub": "da = g, db = -g",
+    "Mult": "da = g·b, db = g·a",
+    "Div": "da = g / b, db = -g·a / b²",
+    "Pow": "da = g·b·a^(b - 1)",
+    "UnaryOp": "da = -g",
 }
 
 
@@ -274,7 +286,7 @@ def graph(rule, hyper: dict) -> tuple[list[Node], list[str]]:
         wrt = [o for o in operands if o in differentiable]
         if expr is None:  # an array operation: its standard rule, in the node's own names; the signal goes on by name
             signal, value = f"d{_lbl(n.label, pr)}", _sx(gn, pr)
-            n.lines.append(f"rule: {_in_names(_ARRAY_RULES.get(op, 'passes g on'), operands, n.label, pr)}"
+            n.lines.append(f"rule: {_in_names(_ARRAY_RULES[op], operands, n.label, pr)}"
                            + (f" ({signal} = {value})" if value != signal else ""))
             for o in wrt:
                 g[o] = sympy.Symbol(f"d{o}")

@@ -116,3 +116,16 @@ def test_an_array_rule_is_written_in_the_nodes_own_names():
     r = run("explain", "affine")
     assert r.exit_code == 0, r.output
     assert "at v1 = x W:\n      rule: dx = dv1 Wᵀ, dW = xᵀ dv1 (dv1 = dout)\n" in r.output
+
+
+def test_every_function_of_the_formula_language_has_its_backward_said():
+    """Element-wise functions get their derivative symbolically, array operations their rule in words;
+    none is left to a catch-all (sin's backward once read 'passes dy on')."""
+    from derivcheck.explanation import _ARRAY_RULES, _ELEMENTWISE
+    from derivcheck.formula import FUNCTIONS
+
+    assert set(FUNCTIONS) <= set(_ELEMENTWISE) | set(_ARRAY_RULES)
+    sin = run("explain", "sin").stdout
+    assert "at y = sin(x):\n      local ∂y/∂x = cos(x),  signal dx = dout·cos(x)\n" in sin, sin
+    conv = run("explain", "deconvolution").stdout
+    assert "rule: dx = the convolution of dv1 with the filters W (conv2d), dW = Σ over images and positions of x times dv1's windows" in conv, conv
