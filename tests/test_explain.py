@@ -129,3 +129,6 @@ def test_every_function_of_the_formula_language_has_its_backward_said():
     assert "at y = sin(x):\n      local ∂y/∂x = cos(x),  signal dx = dout·cos(x)\n" in sin, sin
     conv = run("explain", "deconvolution").stdout
     assert "rule: dx = the convolution of dv1 with the filters W (conv2d), dW = Σ over images and positions of x times dv1's windows" in conv, conv
+    # each the other's adjoint: x's gradient as a closed form, shown where it holds (stride 1 here)
+    assert "dx = conv2d(dout, W, stride, pad)" in conv
+    assert "dx = deconv2d(dout, W, stride, pad)" in run("explain", "convolution").stdout
