@@ -245,6 +245,13 @@ def onehot(t) -> np.ndarray:
     return asarray(t)
 
 
+def _whole_numbers(*settings) -> None:
+    """Each (name, value, least) a whole number of at least ``least`` (a window's size, a stride, a pad)."""
+    for name, value, least in settings:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"the {name} must be an integer of at least {least}, not {value!r}")
+
+
 def patches(x: np.ndarray, kh: int, kw: int, stride: int = 1, pad: int = 0) -> np.ndarray:
     """The (N, C, OH, OW, kh, kw) windows of an (N, C, H, W) array, zero-padded by ``pad``, every ``stride``.
 
@@ -253,9 +260,7 @@ def patches(x: np.ndarray, kh: int, kw: int, stride: int = 1, pad: int = 0) -> n
     OH = (H + 2*pad - kh) // stride + 1 (the books' and CS231n's floor).
     """
     x = np.asarray(x)
-    for name, value, least in (("window height", kh, 1), ("window width", kw, 1), ("stride", stride, 1), ("pad", pad, 0)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
-            raise ValueError(f"the {name} must be an integer of at least {least}, not {value!r}")
+    _whole_numbers(("window height", kh, 1), ("window width", kw, 1), ("stride", stride, 1), ("pad", pad, 0))
     if x.ndim != 4:
         raise ValueError(f"windows are taken of an (N, C, H, W) array, not of shape {x.shape}")
     n, c, h, w = x.shape
@@ -306,9 +311,7 @@ def np_conv2d(x, W, stride: int = 1, pad: int = 0) -> np.ndarray:
 
 def _deconv_shapes(x: np.ndarray, W: np.ndarray, stride, pad) -> None:
     """Check a transposed convolution's arguments: (N, C, H, W) images, (C, F, kh, kw) filters, an output of at least 1x1."""
-    for name, value, least in (("stride", stride, 1), ("pad", pad, 0)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
-            raise ValueError(f"the {name} must be an integer of at least {least}, not {value!r}")
+    _whole_numbers(("stride", stride, 1), ("pad", pad, 0))
     if x.ndim != 4 or W.ndim != 4:
         raise ValueError(f"deconv2d takes (N, C, H, W) images and (C, F, kh, kw) filters, not {x.shape} and {W.shape}")
     if x.shape[1] != W.shape[0]:
