@@ -386,10 +386,17 @@ def _applies_function(fn, module, depth: int = 3) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def _mentions(cls, attr: str) -> bool:
-    try:
-        return f"self.{attr}" in inspect.getsource(cls)
-    except (OSError, TypeError):
-        return False
+    """``self.attr`` appears in the class or in a class it inherits from (a subclass that only overrides
+    backward keeps its base's params and grads)."""
+    for c in inspect.getmro(cls):
+        if c is object:
+            continue
+        try:
+            if f"self.{attr}" in inspect.getsource(c):
+                return True
+        except (OSError, TypeError):
+            continue
+    return False
 
 
 # ---------------------------------------------------------------------------

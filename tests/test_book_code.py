@@ -427,3 +427,31 @@ def test_the_books_own_names_guess_their_rule(name, rule):
     from derivcheck.rules import guess_rule
 
     assert guess_rule(f"layers.py:{name}") == rule
+
+
+def test_a_subclass_that_overrides_backward_keeps_its_bases_style(tmp_path):
+    """A book-2 layer's subclass that only overrides backward has its base's params and grads: dlfs2, not dlfs1."""
+    (tmp_path / "sub.py").write_text(textwrap.dedent('''
+        import numpy as np
+
+
+        class Base:
+            def __init__(self, W):
+                self.params, self.grads = [W], [np.zeros_like(W)]
+
+            def forward(self, x):
+                self.x = x
+                return x @ self.params[0]
+
+            def backward(self, dout):
+                self.grads[0][...] = self.x.T @ dout
+                return dout @ self.params[0].T
+
+
+        class Sub(Base):
+            def backward(self, dout):
+                return super().backward(dout)
+    '''))
+    r = cli("verify", "sub.py:Sub", "--rule", "matmul", "--format", "json", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["style"] == "dlfs2"

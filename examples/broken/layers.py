@@ -11,8 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dezero_style"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import Config, Function  # noqa: E402
 from functions import AveragePooling, BatchNorm, BinaryCrossEntropy, Deconv2d, GetItem, Im2col, col2im_array, im2col_array  # noqa: E402
-from dlfs1.layers import Dropout, col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
-from dlfs2.layers import GRU, LSTM, AttentionWeight, TimeAttention, TimeDropout, TimeRNN, TimeSigmoidWithLoss  # noqa: E402
+from dlfs1.layers import Dropout, Pooling, col2im, im2col  # noqa: E402  (the reference's: the bug below is in backward only)
+from dlfs2.layers import (GRU, LSTM, AttentionWeight, TimeAttention, TimeBiLSTM, TimeDropout, TimeRNN,  # noqa: E402
+                          TimeSigmoidWithLoss)
 from functional.layers import (  # noqa: E402
     batchnorm_backward, lstm_forward, lstm_step_backward, lstm_step_forward, spatial_batchnorm_forward,
     spatial_groupnorm_forward,
@@ -532,6 +533,29 @@ class BinaryCrossEntropyLogitsGradient(BinaryCrossEntropy):
     def backward(self, gy):
         p, t = self.inputs[0].data, self.inputs[1].data
         return gy * (p - t) / len(p)
+
+
+class PoolingNoTranspose(Pooling):
+    """BUG: backward flattens dout as (N, C, OH, OW), where the forward's argmax rows run (N, OH, OW, C)
+    (im2col's order): each window's gradient lands in another channel's or position's window."""
+
+    def backward(self, dout):
+        size = self.pool_h * self.pool_w
+        dmax = np.zeros((dout.size, size), dtype=dout.dtype)
+        dmax[np.arange(self.arg_max.size), self.arg_max.flatten()] = dout.flatten()
+        dcol = dmax.reshape(dout.shape[0] * dout.shape[2] * dout.shape[3], -1)
+        return col2im(dcol, self.x.shape, self.pool_h, self.pool_w, self.stride, self.pad)
+
+
+class TimeBiLSTMBackwardNotReversed(TimeBiLSTM):
+    """BUG: the backward direction's dxs are added as they come, in its own reversed time order: step t
+    gets the gradient of step T - 1 - t (right only at T = 1)."""
+
+    def backward(self, dhs):
+        H = dhs.shape[2] // 2
+        dxs1 = self.forward_lstm.backward(dhs[:, :, :H])
+        dxs2 = self.backward_lstm.backward(dhs[:, ::-1, H:])
+        return dxs1 + dxs2
 
 
 class EmbeddingOverwrites:
