@@ -23,6 +23,7 @@ as it would in-process.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import shlex
 import signal
@@ -86,6 +87,13 @@ def _context():
 
 
 _ENV = ("DERIVCHECK_CACHE_DIR", "DERIVCHECK_CACHE", "DERIVCHECK_RULES", "XDG_CACHE_HOME", "HOME")
+
+
+def start_server() -> None:
+    """Start the worker server now, rather than at the first check: the server keeps the environment it
+    started in (a check's request carries the caller's folder, sys.path and derivcheck's own variables)."""
+    if _context().get_start_method() == "forkserver":
+        multiprocessing.forkserver.ensure_running()
 
 
 def _work(conn, request: dict) -> None:

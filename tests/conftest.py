@@ -49,6 +49,24 @@ def _private_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _worker_server_outside_mutmuts_stats():
+    """Under mutmut's stats run (bench/mutation.py), start derivcheck's worker server without mutmut's
+    MUTANT_UNDER_TEST: a worker runs in the test's own folder, where mutmut's trampolines cannot find
+    its configuration, and what they would record there is lost anyway (the in-process tests record it)."""
+    if os.environ.get("MUTANT_UNDER_TEST") != "stats":
+        yield
+        return
+    from derivcheck import isolate
+
+    os.environ.pop("MUTANT_UNDER_TEST")
+    try:
+        isolate.start_server()
+    finally:
+        os.environ["MUTANT_UNDER_TEST"] = "stats"
+    yield
+
+
 DEZERO_ENV = "dezero-env"  # the shared folder of the real dezero package's environment
 
 
