@@ -225,7 +225,7 @@ def model_convention(spec: str) -> str | None:
 def _module_file(dotted: str) -> Path | None:
     """Where ``package.module`` would be found from the current folder, without importing anything."""
     rel = Path(*dotted.split("."))
-    for base in (Path.cwd(),):
+    for base in [Path.cwd()] + [Path(p) for p in sys.path if p]:  # an installed package's file, read, never imported
         for cand in (base / rel.with_suffix(".py"), base / rel / "__init__.py"):
             if cand.is_file():
                 return cand
@@ -326,6 +326,14 @@ def _is_dezero_function_class(obj) -> bool:
     return "Function" in names and hasattr(obj, "forward") and hasattr(obj, "backward") and callable(obj)
 
 
+def _dezero_layer_base(cls) -> str | None:
+    """'Layer' or 'Model' when ``cls`` is a DeZero Layer (one with params() and cleargrads(), made of Functions)."""
+    names = [c.__name__ for c in cls.__mro__]
+    if "Layer" in names and callable(getattr(cls, "params", None)) and callable(getattr(cls, "cleargrads", None)):
+        return "Model" if "Model" in names else "Layer"
+    return None
+
+
 def _variable_class(module, obj=None):
     """The Variable class of the DeZero-like framework ``obj`` belongs to."""
     classes = [obj] if inspect.isclass(obj) else []
@@ -360,6 +368,13 @@ def detect_style(obj, module, name) -> str:
     if inspect.isclass(obj):
         if not hasattr(obj, "forward"):
             raise DerivcheckError(f"'{name}' has no forward method: which style is it? (use --style {'|'.join(STYLES)})")
+        layer = _dezero_layer_base(obj)
+        if layer is not None:
+            raise DerivcheckError(
+                f"'{name}' is a DeZero {layer} (dezero.layers, dezero.models): it makes its parameters at its first call "
+                f"and applies Functions, whose gradients its parameters collect; verify the Functions it applies "
+                f"(dezero.functions:linear, dezero.functions_conv:conv2d, ...), or a Model class of your own that uses "
+                f"it, in a file: a Model is checked as a network, node by node")
         return "dlfs2" if _mentions(obj, "grads") else "dlfs1"
     raise DerivcheckError(f"'{name}' is neither a class nor a function (it is a {type(obj).__name__})")
 

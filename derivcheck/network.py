@@ -44,7 +44,7 @@ from .checks import KAPPA, Check, compare, unit_roundoff
 from .diagnose import Context, diagnose_forward, diagnose_gradient
 from .errors import DerivcheckError
 from .rules import Multiple, rule_in_convention
-from .verify import DTYPES, Report, judged_dtype
+from .verify import DTYPES, Report, judged_dtype, rank_mismatch
 
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
 # a CS231n model's regularization strength (its constructor's reg), set by hand: any value far from 0 makes
@@ -261,6 +261,14 @@ class NetworkVerifier:
         if self.style is None:
             raise DerivcheckError(f"{self.name} is not a network derivcheck knows: {KNOWN_NETWORKS}")
         self.sizes = size_params(self.cls)
+        unsized = [p.name for p in list(inspect.signature(self.cls.__init__).parameters.values())[1:]
+                   if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in self.sizes]
+        if unsized:  # the model cannot be built from sizes: a binding problem, not a failing model
+            raise DerivcheckError(
+                f"cannot build {self.name}: its constructor needs {', '.join(unsized)}, which is no size derivcheck "
+                f"gives (a constructor's sizes are named input_size, hidden_size, output_size, ..._size, ..._dim or "
+                f"num_classes); give {'them' if len(unsized) > 1 else 'it'} a default, or check a model class whose "
+                f"constructor takes its sizes by those names")
         self.shape = {}
         for k, v in (shape or {}).items():
             if not str(v).strip().isdigit() or int(v) < 1:
@@ -338,6 +346,16 @@ class NetworkVerifier:
             parts.append("--strict")
         return " ".join(shlex.quote(p) for p in parts)
 
+    def _model_raised(self, exc: LayerError, step: int, ctx: dict) -> Check:
+        """The model's failure as a check; but a first forward that unpacks another rank (VGG16's images from
+        derivcheck's (N, D) batch) is a model this check does not fit: exit 2, as for a layer."""
+        if ctx["trial"] == 0 and step == 0 and "backward" not in exc.stage and rank_mismatch(exc.exc):
+            raise DerivcheckError(
+                f"{self.name} does not fit derivcheck's network check, which feeds a batch of vectors x of shape "
+                f"(N, D): {exc}. It takes inputs of another rank (images, sequences): check its layers one by one "
+                f"(`derivcheck verify` on each layer or Function)") from None
+        return Check("model raised", False, message=str(exc), step=step, **ctx)
+
     def run_trial(self, k: int, sizes: dict, trial_seed: int, rep: Report) -> tuple[list[Check], list[str]]:
         ctx = dict(trial=k, seed=trial_seed, dims=dict(sizes))
         try:
@@ -375,7 +393,7 @@ class NetworkVerifier:
             try:
                 model_loss, model_grads = self.forward_backward(model, x, t)
             except LayerError as exc:
-                checks.append(Check("model raised", False, message=str(exc), step=step, **ctx))
+                checks.append(self._model_raised(exc, step, ctx))
                 return checks, chain
             checks += self.judge(links, loss, params, x, t, model_loss, model_grads, dict(ctx, step=step), rep)
         return checks, chain
@@ -404,7 +422,7 @@ class NetworkVerifier:
             try:
                 out = call_user(model.predict, [(None, x)], f"{self.name}.predict")
             except LayerError as exc:
-                checks.append(Check("model raised", False, message=str(exc), step=step, **ctx))
+                checks.append(self._model_raised(exc, step, ctx))
                 return checks, chain
             sctx = dict(ctx, step=step)
             shared = self.shared_instance(links, sctx)
@@ -458,7 +476,7 @@ class NetworkVerifier:
                 y.grad = dezero_grad(cot, y)
                 call_user(y.backward, [], f"{self.name}: y.backward()")
             except LayerError as exc:
-                checks.append(Check("model raised", False, message=str(exc), **sctx))
+                checks.append(self._model_raised(exc, step, ctx))
                 return checks, chain
             checks += self.judge_dezero(links, params, sctx, rep)
         return checks, chain
@@ -526,7 +544,7 @@ class NetworkVerifier:
                 with calls.Recorder(self.module) as rec:
                     result = call_user(model.loss, [(None, x), (None, t)], f"{self.name}.loss")
             except LayerError as exc:
-                checks.append(Check("model raised", False, message=str(exc), **sctx))
+                checks.append(self._model_raised(exc, step, ctx))
                 return checks, chain
             if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
                 raise DerivcheckError(f"{self.name}.loss(X, y) returned a {type(result).__name__}, not (loss, grads): a "

@@ -257,7 +257,7 @@ class Verifier:
                 cot_copy = np.array(cot, copy=True)
                 outcome = adapter.run(values, cot)
             except LayerError as exc:
-                if k == 0 and step == 0 and not exc.stage.endswith("backward") and _rank_mismatch(exc.exc):
+                if k == 0 and step == 0 and not exc.stage.endswith("backward") and rank_mismatch(exc.exc):
                     shapes = ", ".join(f"{n} {tuple(np.shape(v))}" for n, v in values.items())
                     raise DerivcheckError(
                         f"{self.probe.name} does not fit rule '{self.rule.name}': given the rule's inputs ({shapes}), {exc}. "
@@ -628,7 +628,7 @@ def judged_dtype(value, dtype):
 _AXIS_ERROR = getattr(getattr(np, "exceptions", np), "AxisError")  # np.AxisError before NumPy 1.25
 
 
-def _rank_mismatch(exc: BaseException) -> bool:
+def rank_mismatch(exc: BaseException) -> bool:
     """An exception that says the layer wanted arrays of another rank (N, T, D = x.shape on a 2-D x)."""
     text = str(exc)
     return ((isinstance(exc, ValueError) and "values to unpack" in text)

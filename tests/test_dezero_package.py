@@ -199,3 +199,13 @@ def test_a_real_dezero_model_is_checked_node_by_node(dezero_env, tmp_path):
     data = json.loads(bad.stdout)
     assert sorted(c["name"] for c in data["checks"] if not c["passed"]) == ["Sigmoid#1: grad x", "network gradients"]
     assert [d["kind"] for d in data["diagnosis"]] == ["input-instead-of-output"]
+
+
+@pytest.mark.parametrize("target,message", [
+    ("dezero.layers:Linear", "'Linear' is a DeZero Layer"),  # parameters made at the first call: verify linear, or a Model
+    ("dezero.models:MLP", "cannot build MLP: its constructor needs fc_output_sizes"),  # found in site-packages, read, not imported
+    ("dezero.models:VGG16", "VGG16 does not fit derivcheck's network check"),  # images, not (N, D) vectors
+])
+def test_real_dezero_layers_and_models_the_checks_do_not_fit_are_refused(dezero_env, tmp_path, target, message):
+    result = derivcheck(dezero_env, "verify", target, "--trials", "1", cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, (result.returncode, result.stdout[-1500:], result.stderr[-1500:])

@@ -498,3 +498,51 @@ def test_a_cs231n_dropout_after_a_relu_is_checked_with_the_mask_in_its_cache(tmp
     result, data = verify(path, "--trials", "3")
     assert result.exit_code == 0, result.output[-3000:]
     assert ("dropout_forward#1", "dropout_functional") in [(l["name"], l["rule"]) for l in data["layers"]]
+
+
+_DEZERO_MODELS = '''
+import os
+import sys
+
+sys.path.insert(0, {style!r})
+import functions as F  # noqa: E402
+import layers as L  # noqa: E402
+from layers import Model  # noqa: E402
+
+
+class ImageNet(Model):
+    """A model of images: derivcheck's network check feeds (N, D) vectors."""
+
+    def __init__(self, out_size):
+        super().__init__()
+        self.l1 = L.Linear(out_size)
+
+    def forward(self, x):
+        N, C, H, W = x.shape
+        return self.l1(F.reshape(x, (N, C * H * W)))
+
+
+class SizedByList(Model):
+    """DeZero's MLP(fc_output_sizes): a constructor argument that is no size."""
+
+    def __init__(self, fc_output_sizes):
+        super().__init__()
+        self.l1 = L.Linear(fc_output_sizes[0])
+
+    def forward(self, x):
+        return self.l1(x)
+'''
+
+
+@pytest.mark.parametrize("name,message", [
+    ("ImageNet", "ImageNet does not fit derivcheck's network check, which feeds a batch of vectors x of shape (N, D)"),
+    ("SizedByList", "cannot build SizedByList: its constructor needs fc_output_sizes, which is no size derivcheck gives"),
+    ("L.Linear", "is a DeZero Layer (dezero.layers, dezero.models)"),
+])
+def test_a_model_or_layer_the_network_check_does_not_fit_is_exit_2_not_a_failing_model(tmp_path, name, message):
+    """Correct code the check cannot run as it is (images, a list of sizes, a bare DeZero Layer): a sentence, exit 2."""
+    (tmp_path / "models.py").write_text(_DEZERO_MODELS.format(style=str(EXAMPLES / "dezero_style")))
+    target = f"{tmp_path / 'models.py'}:{name}" if "." not in name else f"{EXAMPLES / 'dezero_style' / 'layers.py'}:Linear"
+    result, data = verify(target)
+    assert result.exit_code == 2 and data["verdict"] == "error", result.output
+    assert message in data["error"], data["error"]
