@@ -189,6 +189,7 @@ _ARRAY_RULES = {
     "repeat": "sums g over the repeated copies",
     "reshape": "reshapes g back to a's shape",
     "transpose": "transposes g with the inverse permutation",
+    "expand_dims": "drops the inserted axis of g",
     "slice": "puts g at the sliced positions of a's shape, 0 elsewhere",
     "broadcast_to": "sums g back to a's shape (sum_to)",
     "sum_to": "copies g back to a's shape (broadcast_to)",

@@ -118,6 +118,7 @@ FUNCTIONS = {
     "matmul": (symarray.matmul, np.matmul),
     "reshape": (symarray.reshape, lambda x, shape: np.reshape(x, tuple(shape))),
     "transpose": (symarray.transpose, lambda x, axes=None: np.transpose(x, _tuple(axes))),
+    "expand_dims": (symarray.expand_dims, lambda x, axis: np.expand_dims(x, axis)),
     "repeat": (symarray.repeat, np.repeat),
     "broadcast_to": (symarray.broadcast_to, lambda x, shape: np.broadcast_to(x, tuple(shape))),
     "sum_to": (symarray.sum_to, _np_sum_to),

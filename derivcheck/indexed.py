@@ -22,7 +22,7 @@ from sympy.concrete.expr_with_intlimits import ExprWithIntLimits
 from sympy.concrete.expr_with_limits import _common_new
 
 from .errors import DerivcheckError
-from .symarray import RELATIONS, exact, normalize_axes
+from .symarray import RELATIONS, exact, inserted_axis, normalize_axes
 
 
 class Unsupported(Exception):
@@ -325,6 +325,14 @@ def reshape(x, shape):
         sub.update({x.indices[i]: indices[j] for i, j in zip(kept_in, kept_out)})
         return TArray(x.expr.xreplace(sub), indices, shape)
     raise Unsupported("reshape that changes the shape (flat indices need floor and mod)")
+
+
+def expand_dims(x, axis) -> TArray:
+    """An axis of size 1 inserted at ``axis``: the reshape that only inserts it."""
+    x = asarray(x)
+    shape = list(x.shape)
+    shape.insert(inserted_axis(axis, x.ndim), sympy.Integer(1))
+    return reshape(x, shape)
 
 
 def repeat(x, repeats, axis=None) -> TArray:

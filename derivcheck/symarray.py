@@ -182,6 +182,19 @@ def reshape(x, shape) -> np.ndarray:
     return np.reshape(asarray(x), tuple(shape)).copy()
 
 
+def expand_dims(x, axis: int) -> np.ndarray:
+    """``x`` with an axis of size 1 inserted at ``axis`` (DeZero's expand_dims: a reshape)."""
+    x = asarray(x)
+    return np.expand_dims(x, inserted_axis(axis, x.ndim)).copy()
+
+
+def inserted_axis(axis, ndim: int) -> int:
+    """Where an axis inserted into an array of ``ndim`` axes goes: -1 is after the last, as in NumPy."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)) or not -ndim - 1 <= axis <= ndim:
+        raise ValueError(f"expand_dims: axis {axis!r} is not a place to insert an axis into {ndim} axes ({-ndim - 1}..{ndim})")
+    return int(axis) % (ndim + 1)
+
+
 def transpose(x, axes=None) -> np.ndarray:
     return np.transpose(asarray(x), None if axes is None else tuple(axes)).copy()
 

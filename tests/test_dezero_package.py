@@ -71,6 +71,7 @@ TARGETS = [
     ("dezero.functions:sigmoid_cross_entropy", None, {}),  # an alias of sigmoid_with_loss; DeZero clips, the book adds 1e-7
     ("dezero.functions:binary_cross_entropy", None, {}),  # probabilities drawn inside DeZero's clip
     ("dezero.functions:flatten", None, {}),
+    ("dezero.functions:expand_dims", None, {"axis": 2}),  # (a negative axis lands where NumPy's would not: see the rule)
     ("dezero.functions:MeanSquaredError", None, {}),  # the dezero form of the guessed rule
     ("dezero.functions:dropout", None, {}),  # inverted dropout (dropout_dezero): its mask read back from the output
     ("dezero.functions_conv:pooling", None, {}),  # kernel_size binds to (pool_h, pool_w): the rule's [pairs]

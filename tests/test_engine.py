@@ -266,3 +266,18 @@ def test_the_element_by_element_partials_are_sympys_derivatives():
     for s in (x, y, z):
         assert float(grads[s].xreplace(values)) == pytest.approx(float(e.diff(s).xreplace(values)), rel=1e-14)
     assert gradient(x - x + 3 * y, {x, y}) == {y: 3}  # a sum SymPy cancels has no partial by x
+
+
+def test_expand_dims_inserts_where_numpy_does_in_every_tier():
+    """Every place an axis can go into (2, 3), negative ones as NumPy counts them (DeZero's list.insert does not)."""
+    rule = derivcheck.load_rule("expand_dims")
+    x = np.arange(6.0).reshape(2, 3)
+    for axis in range(-3, 3):
+        want = np.expand_dims(x, axis)
+        d = reference.at(rule, rule.resolve_hyper({"axis": axis}), {"N": 2, "D": 3})
+        np.testing.assert_array_equal(d.forward(x=x), want)  # the shape-generic tier
+        assert symarray.expand_dims(x, axis).shape == want.shape  # the element-by-element one
+        np.testing.assert_array_equal(d.vjp(want * 2, x=x)["x"], x * 2)
+    for axis in (3, -4, 1.0, True):
+        with pytest.raises(ValueError, match="is not a place to insert an axis into 2 axes"):
+            symarray.expand_dims(x, axis)

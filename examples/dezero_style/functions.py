@@ -186,6 +186,13 @@ def binary_cross_entropy(p, t):
     return BinaryCrossEntropy()(p, t)
 
 
+def expand_dims(x, axis):
+    """DeZero's: a reshape that inserts an axis of size 1 (a non-negative axis, where list.insert and NumPy agree)."""
+    shape = list(x.shape)
+    shape.insert(axis, 1)
+    return reshape(x, tuple(shape))
+
+
 def flatten(x):
     """DeZero's: each sample to one row, the batch axis kept."""
     return reshape(x, (x.shape[0], -1))
