@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from derivcheck.checks import KAPPA, Check, compare, unit_roundoff
+from derivcheck.checks import KAPPA, Check, compare, reach, unit_roundoff
 
 U64 = 2.0**-53
 U32 = 2.0**-24
@@ -121,3 +121,14 @@ def test_a_result_that_is_not_floating_point_is_judged_in_the_runs_dtype():
     assert judged_dtype(np.arange(3, dtype=np.int8), np.float32) is np.float32
     assert judged_dtype(np.ones(2, dtype=np.float16), np.float32) is np.float16
     assert judged_dtype([1.0, 2.0], np.float32) is np.float32  # a list has no dtype
+
+
+def test_reach_is_the_largest_tolerance_over_the_largest_exact_value_in_the_judged_dtype():
+    """checks.reach, which the loose-tolerance note reports: tol = κ·u·(s + max s) at its largest, over max |exact|."""
+    expected, scale = np.array([0.5, -2.0, 1.0]), np.array([1.0, 3.0, 2.0])
+    for dtype in (np.float64, np.float32):
+        assert reach(expected, scale, dtype) == pytest.approx(KAPPA * unit_roundoff(dtype) * (3.0 + 3.0) / 2.0, rel=1e-12)
+    assert reach(expected, scale, np.float32) / reach(expected, scale, np.float64) == pytest.approx(2.0 ** 29)
+    # no size to be relative to: every exact value 0, or no values at all
+    assert reach(np.zeros(3), scale, np.float64) == 0.0
+    assert reach(np.zeros((0, 2)), np.zeros((0, 2)), np.float64) == 0.0
