@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from derivcheck import DerivcheckError, reference, stepped
-from derivcheck.checks import WEAK, reach, tolerance
+from derivcheck.checks import WEAK
 from derivcheck.rules import list_rules, load_rule
 from derivcheck.verify import verify
 
@@ -129,12 +129,6 @@ def test_the_proof_is_made_once_and_remembered_on_disk(fresh, monkeypatch):
     monkeypatch.setattr(reference, "_GENERIC", {})
     assert reference.stepped_for(rule, {})[0] is not None
     assert len(calls) == proofs  # read back: neither the cell nor the composition proven again
-
-
-def test_reach_is_the_largest_tolerance_over_the_largest_value():
-    scale = np.array([1.0, 3.0])
-    assert reach([2.0, -4.0], scale, np.float64) == pytest.approx(float(tolerance(scale, np.float64).max()) / 4)
-    assert reach([0.0, 0.0], scale, np.float64) == 0.0  # no size to be relative to
 
 
 def test_a_loose_bound_is_noted_and_a_tight_one_is_not():
