@@ -146,6 +146,19 @@ def _conv_loop(x, W, b, stride, pad):
     return out
 
 
+def _loop_gradient(loop, args: dict, name: str, cot, **settings) -> np.ndarray:
+    """The gradient of Σ cot · loop(**args) by args[name], by central differences of the loop itself."""
+    h, arr = 1e-6, args[name]
+    numeric = np.zeros(arr.shape)
+    for idx in np.ndindex(*arr.shape):
+        plus, minus = arr.copy(), arr.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        hi, lo = loop(**{**args, name: plus}, **settings), loop(**{**args, name: minus}, **settings)
+        numeric[idx] = np.sum(cot * (hi - lo)) / (2 * h)
+    return numeric
+
+
 @pytest.mark.parametrize("stride,pad", [(1, 0), (2, 1), (2, 0), (3, 2)])
 def test_convolution_is_the_loop_over_windows(stride, pad):
     """Padding, stride and the floor of the output size, as the books' and CS231n's loops compute them."""
@@ -160,17 +173,8 @@ def test_convolution_is_the_loop_over_windows(stride, pad):
     # the gradient at these settings, against central differences of the loop itself
     cot = rng.normal(size=want.shape)
     grads = d.vjp(cot, x=x, W=W, b=b)
-    h = 1e-6
-    for name, arr in (("x", x), ("W", W)):
-        numeric = np.zeros(arr.shape)
-        for idx in np.ndindex(*arr.shape):
-            plus, minus = arr.copy(), arr.copy()
-            plus[idx] += h
-            minus[idx] -= h
-            args = {"x": x, "W": W, "b": b}
-            hi = _conv_loop(**{**args, name: plus}, stride=stride, pad=pad)
-            lo = _conv_loop(**{**args, name: minus}, stride=stride, pad=pad)
-            numeric[idx] = np.sum(cot * (hi - lo)) / (2 * h)
+    for name in ("x", "W"):
+        numeric = _loop_gradient(_conv_loop, {"x": x, "W": W, "b": b}, name, cot, stride=stride, pad=pad)
         np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
@@ -199,13 +203,7 @@ def test_transposed_convolution_is_the_scatter_of_patches_and_convolutions_adjoi
     grads = d.vjp(cot, x=x, W=W, b=b)
     np.testing.assert_allclose(grads["x"], symarray.np_conv2d(cot, W, stride, pad), rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(grads["b"], cot.sum(axis=(0, 2, 3)), rtol=1e-13, atol=1e-13)
-    h = 1e-6
-    numeric = np.zeros(W.shape)
-    for idx in np.ndindex(*W.shape):
-        plus, minus = W.copy(), W.copy()
-        plus[idx] += h
-        minus[idx] -= h
-        numeric[idx] = np.sum(cot * (_deconv_loop(x, plus, b, stride, pad) - _deconv_loop(x, minus, b, stride, pad))) / (2 * h)
+    numeric = _loop_gradient(_deconv_loop, {"x": x, "W": W, "b": b}, "W", cot, stride=stride, pad=pad)
     np.testing.assert_allclose(grads["W"], numeric, rtol=1e-6, atol=1e-7)
 
 
