@@ -120,6 +120,7 @@ EQUIVALENT = [
     ("derivcheck.verify.xǁVerifierǁcotangent*", "/ rng.choice([-1.0, 1.0])", "dividing by -1 or 1 is multiplying by it"),
     ("derivcheck.verify.xǁVerifierǁ_side_effects*", "cot_copy, equal_nan=", "dout is drawn finite: its copy has no NaN to match"),
     ("derivcheck.verify.xǁVerifierǁ_side_effects*", "cot_copy, )", "dout is drawn finite: its copy has no NaN to match"),
+    ("derivcheck.verify.xǁVerifierǁ_weak_tolerance*", "if r < WEAK or", "a reach of exactly WEAK (1%, to the last bit) does not occur"),
     ("derivcheck.verify.xǁVerifierǁrun_trial*", "np.array(v, )", "np.array copies by default"),
     ("derivcheck.verify.xǁVerifierǁrun_trial*", "np.array(cot, )", "np.array copies by default"),
     ("derivcheck.verify.xǁVerifierǁcompare_outcome*", "require_finite(None,",

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from derivcheck.checks import KAPPA, Check, compare, reach, unit_roundoff
+from derivcheck.checks import KAPPA, Check, compare, reach, tolerance, unit_roundoff
 
 U64 = 2.0**-53
 U32 = 2.0**-24
@@ -132,3 +132,4 @@ def test_reach_is_the_largest_tolerance_over_the_largest_exact_value_in_the_judg
     # no size to be relative to: every exact value 0, or no values at all
     assert reach(np.zeros(3), scale, np.float64) == 0.0
     assert reach(np.zeros((0, 2)), np.zeros((0, 2)), np.float64) == 0.0
+    assert tolerance(np.zeros((0, 2)), np.float64).shape == (0, 2)  # nothing to tolerate, and no error

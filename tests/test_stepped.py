@@ -4,6 +4,9 @@ It must give the unrolled tier's values at any size (proven at one size when fir
 tested here at others and at many steps), bounds of the same order, refuse a wrong composition
 through its proof, fall back to unrolling what it cannot run, and say when its bound is loose.
 """
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -131,7 +134,7 @@ def test_the_proof_is_made_once_and_remembered_on_disk(fresh, monkeypatch):
     assert len(calls) == proofs  # read back: neither the cell nor the composition proven again
 
 
-def test_a_loose_bound_is_noted_and_a_tight_one_is_not():
+def test_a_loose_bound_is_noted_and_a_tight_one_is_not(tmp_path):
     """float32 and six steps of an RNN: the worst-case bound of dxs grows with the steps past WEAK of its values."""
     rep = verify("examples/dlfs2/layers.py:TimeRNN", load_rule("time_rnn"), dtype="float32", trials=1, steps=1,
                  shape={"N": 2, "T": 6, "D": 3, "H": 5})
@@ -143,6 +146,24 @@ def test_a_loose_bound_is_noted_and_a_tight_one_is_not():
     tight = verify("examples/dlfs2/layers.py:TimeRNN", load_rule("time_rnn"), dtype="float64", trials=1, steps=1,
                    shape={"N": 2, "T": 3, "D": 4, "H": 5})
     assert tight.notes == [STEPPED_NOTE]
+    # a layer that hands back float32 (the book's dtype='f' buffers) is judged, and noted, in float32 in a float64 run
+    (tmp_path / "f32.py").write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path("examples").resolve())!r})
+        from dlfs2.layers import TimeRNN
+
+
+        class TimeRNN32(TimeRNN):
+            def forward(self, xs):
+                return super().forward(xs).astype("f")
+
+            def backward(self, dhs):
+                return super().backward(dhs).astype("f")
+    """))
+    rep = verify(f"{tmp_path / 'f32.py'}:TimeRNN32", load_rule("time_rnn"), dtype="float64", trials=1, steps=1,
+                 shape={"N": 2, "T": 6, "D": 3, "H": 5})
+    assert rep.verdict == "pass", rep.to_json()
+    assert any(n.startswith("grad xs: the error bound lets through") and "float32)" in n for n in rep.notes), rep.notes
 
 
 def test_a_gradient_summed_over_steps_is_charged_as_an_add_of_its_contributions():
