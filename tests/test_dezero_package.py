@@ -86,9 +86,9 @@ TARGETS = [
     ("dezero.functions:BatchNorm", "batchnorm_dezero_test", {}),  # test mode: the rule's train sets dezero.Config.train
     ("dezero.functions:batch_nrom", "batchnorm_dezero_test", {}),
     ("dezero.functions:dropout", "dropout_dezero_test", {}),  # test mode: x itself
-    ("dezero.functions:embed_id", None, {}),
+    ("dezero.functions:embed_id", None, {}),  # W[x]: Variable's operator, among dezero.functions' Function classes
     ("dezero.functions:GetItem", None, {}),  # slices: integer row positions, a label bound to the constructor by name
-    ("dezero.functions:get_item", None, {}),  # W[x]: Variable's operator, among dezero.functions' Function classes
+    ("dezero.functions:get_item", None, {}),
     ("dezero.core:Add", None, {}),
     ("dezero.core:Sub", None, {}),
     ("dezero.core:Mul", None, {}),
