@@ -1,20 +1,24 @@
 """Compile index-notation expressions into NumPy code, once; evaluate at any size.
 
 An expression such as ``Sum(g[n, l] * x[n, k], (n, 0, N - 1))`` with free
-indices ``(k, l)`` becomes a tree of small Python closures over NumPy
-(``einsum`` for a sum of products, ufuncs, reductions). The tree is built
-from the SymPy expression without generating or executing source code, so an
-expression read from the cache needs no ``lambdify``; SymPy is not touched
-when the closures run.
+indices ``(k, l)`` becomes a list of nodes, children before parents, each a
+small Python closure over NumPy (``einsum`` for a sum of products, ufuncs,
+reductions). The nodes are built from the SymPy expression without generating
+or executing source code, so an expression read from the cache needs no
+``lambdify``; SymPy is not touched when they run.
 
-Every intermediate is an array whose axes are labelled by index variables;
-operands are aligned by label and broadcast. ``backend="mpmath"`` evaluates
+Every intermediate is an array whose axes are labelled by index variables.
+The labels of each node are known when it is built, so how its operands are
+transposed and broadcast onto each other is decided then, once; evaluating is
+a loop over the list, and a node shared by several expressions (a VJP and its
+error bound) is computed once per evaluation. ``backend="mpmath"`` evaluates
 the same tree on object arrays of ``mpmath.mpf`` (the 50-digit reference of
 the stability probe).
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import string
 
@@ -31,31 +35,6 @@ _IDS: dict = {}  # SymPy index variables and sub-expressions -> small ints: chea
 
 def _id(expr) -> int:
     return _IDS.setdefault(expr, len(_IDS))
-
-
-class Labelled:
-    """An array and the index variable (its ``_id``) of each of its axes (every axis full size)."""
-
-    __slots__ = ("array", "labels")
-
-    def __init__(self, array, labels: tuple):
-        self.array, self.labels = array, labels
-
-
-def _align(items: list[Labelled]) -> tuple[list, tuple]:
-    """The arrays transposed and expanded so that they broadcast over the union of labels."""
-    labels: list = []
-    for it in items:
-        labels += [lab for lab in it.labels if lab not in labels]
-    out = []
-    for it in items:
-        a = it.array
-        if it.labels:
-            order = [it.labels.index(lab) for lab in labels if lab in it.labels]
-            a = np.transpose(a, order)
-        shape = [a.shape[[lab for lab in labels if lab in it.labels].index(lab)] if lab in it.labels else 1 for lab in labels]
-        out.append(np.reshape(a, shape) if labels else a)
-    return out, tuple(labels)
 
 
 def _mp_ufunc(name):
@@ -103,126 +82,194 @@ def backend(name: str) -> Backend:
     return _BACKENDS[name]
 
 
+class Node:
+    """One step of a compiled expression: ``op(env, backend, *children's arrays)`` -> an array whose axes
+    are ``labels`` (index variables' ``_id``, every axis full size). The labels are known when the node is
+    built, so aligning operands is decided then, not at each evaluation."""
+
+    __slots__ = ("key", "labels", "op", "children")
+
+    def __init__(self, labels: tuple, op, children: tuple = ()):
+        self.key = next(_KEYS)  # the node's entry in an evaluation's MEMO
+        self.labels, self.op, self.children = tuple(labels), op, tuple(children)
+
+
+_KEYS = itertools.count()
+
+
+def _union(nodes) -> tuple:
+    """The labels of ``nodes`` in order of first appearance: the axes of their broadcast."""
+    labels: list = []
+    for nd in nodes:
+        labels += [lab for lab in nd.labels if lab not in labels]
+    return tuple(labels)
+
+
+def _aligner(labels: tuple, union: tuple):
+    """A function putting an array with axes ``labels`` on axes ``union`` (transposed, a size-1 axis for
+    each label it lacks), or None when it broadcasts as it is."""
+    if labels == union[len(union) - len(labels):] if labels else True:  # a trailing run, or a scalar
+        return None
+    present = [lab for lab in union if lab in labels]
+    order = tuple(labels.index(lab) for lab in present)
+    where = tuple(slice(None) if lab in labels else None for lab in union)
+    if order == tuple(range(len(order))):
+        return lambda a: a[where]
+    return lambda a: np.transpose(a, order)[where]
+
+
+def _aligned(children: tuple):
+    """(union of the children's labels, a function aligning their arrays onto it)."""
+    union = _union(children)
+    fns = [_aligner(c.labels, union) for c in children]
+    if not any(fns):
+        return union, lambda arrays: arrays
+    return union, lambda arrays: [a if f is None else f(np.asarray(a)) for f, a in zip(fns, arrays)]
+
+
 class Compiled:
     """``fn(env, backend)`` -> array whose axes are ``free`` (in that order)."""
 
     def __init__(self, expr, free: tuple, ranges: dict):
         self.expr, self.free = expr, tuple(free)
         self.ranges = dict(ranges)  # index variable -> size expression (free and bound)
-        self._node = _compile(expr, self.ranges)
-        self._free = tuple(_id(i) for i in self.free)
+        with sharing():  # an expression repeated inside this one is one node
+            root = _compile(expr, self.ranges)
+        self._root, self._program = root.key, _program(root)
+        free_ids = tuple(_id(i) for i in self.free)
+        self._stray = any(lab not in free_ids for lab in root.labels)
+        present = [i for i in free_ids if i in root.labels]
+        self._order = [root.labels.index(i) for i in present]
+        self._present = [i in root.labels for i in free_ids]
         self._sizes = [_size_fn(self.ranges[i]) for i in self.free]
 
     def __call__(self, env: dict, backend_name: str = "numpy"):
         be = backend(backend_name)
+        memo = env.get(MEMO)
+        if memo is None:
+            memo = {}
         with np.errstate(all="ignore"):
-            res = self._node(env, be)
-        free = self._free
-        stray = [lab for lab in res.labels if lab not in free]
-        if stray:
+            a = _run(self._program, memo, env, be)[self._root]
+        if self._stray:
             raise Unsupported("an index is free in the expression but not an output index")
-        a = np.asarray(res.array)
-        present = [i for i in free if i in res.labels]
-        if present:
-            a = np.transpose(a, [res.labels.index(i) for i in present])
-        a = np.reshape(a, [a.shape[present.index(i)] if i in present else 1 for i in free]) if free else a
+        a = np.asarray(a)
+        if self._order:
+            a = np.transpose(a, self._order)
         shape = tuple(size(env) for size in self._sizes)
+        if self.free:
+            it = iter(np.shape(a))
+            a = np.reshape(a, [next(it) if p else 1 for p in self._present])
         return np.array(np.broadcast_to(a, shape), dtype=be.float)
 
 
+def _program(root: Node) -> list:
+    """The nodes ``root`` needs, children before parents (keys grow as nodes are built, children first)."""
+    seen, todo = {}, [root]
+    while todo:
+        nd = todo.pop()
+        if nd.key not in seen:
+            seen[nd.key] = nd
+            todo += nd.children
+    return [seen[k] for k in sorted(seen)]
+
+
+def _run(program: list, memo: dict, env: dict, be) -> dict:
+    """Evaluate ``program`` into ``memo`` (node key -> array); a node already there is not computed
+    again (its children are there too: whoever computed it computed them first)."""
+    for nd in program:
+        if nd.key not in memo:
+            memo[nd.key] = nd.op(env, be, *[memo[c.key] for c in nd.children])
+    return memo
+
+
 def _size_fn(size):
+    """``env -> int`` for a size expression (``H``, ``2*H``, ``T - 1``): Python integers, exactly."""
     size = exact(size)
     if size.is_Integer:
         n = int(size)
         return lambda env: n
-    syms = sorted(size.free_symbols, key=str)
-    if len(syms) == 1 and size == syms[0]:
-        name = str(syms[0])
+    if isinstance(size, sympy.Symbol):
+        name = str(size)
         return lambda env: int(env[name])
-    node = _compile(size, {})
+    if (size.is_Add or size.is_Mul) and all(isinstance(a, (sympy.Add, sympy.Mul, sympy.Symbol, sympy.Integer))
+                                            for a in sympy.preorder_traversal(size)):
+        parts = [_size_fn(a) for a in size.args]
+        if size.is_Add:
+            return lambda env: sum(p(env) for p in parts)
+        return lambda env: math.prod(p(env) for p in parts)
+    root = _compile(size, {})
+    program = _program(root)
 
     def fn(env):
-        return int(round(float(node(env, _BACKENDS["numpy"]).array)))
+        with np.errstate(all="ignore"):
+            return int(round(float(_run(program, {}, env, _BACKENDS["numpy"])[root.key])))
 
     return fn
 
 
-MEMO = "__memo__"  # an env entry: {expression: result}, shared by the expressions of one evaluation
+MEMO = "__memo__"  # an env entry: {node key: result}, shared by the expressions of one evaluation
 
 
-_SHARED: dict | None = None  # inside sharing(): (expression, ranges) -> its closure, {id(ranges): key of ranges}
+_SHARED: dict | None = None  # inside sharing(): (expression, ranges) -> its node, {id(ranges): key of ranges}
 
 
 @contextlib.contextmanager
 def sharing():
     """Compile every expression of one derivation with one table: a sub-expression met again (a VJP's
-    error bound repeats its sub-expressions many times) is compiled once."""
+    error bound repeats its sub-expressions many times) is compiled once, and evaluated once per
+    evaluation (the env's ``MEMO``)."""
     global _SHARED
     outer = _SHARED
     if outer is None:
-        _SHARED = {"closures": {}, "ranges": {}}
+        _SHARED = {"nodes": {}, "ranges": {}}
     try:
         yield
     finally:
         _SHARED = outer
 
 
-def _compile(expr, ranges: dict):
-    """A closure ``(env, backend) -> Labelled`` for ``expr``; a sub-expression met again in the
-    same evaluation (the env's ``MEMO`` dict) is not computed again."""
-    if _SHARED is None or expr.is_Atom:
-        return _compile_fresh(expr, ranges)
+def _compile(expr, ranges: dict) -> Node:
+    """The node computing ``expr``; inside :func:`sharing`, one node per expression and ranges."""
+    if _SHARED is None:
+        return _compile_node(expr, ranges)
     seen = _SHARED["ranges"].get(id(ranges))
     if seen is None or seen[0] is not ranges:  # the dict itself is kept, so its id is not reused
         seen = _SHARED["ranges"][id(ranges)] = (ranges, frozenset(ranges.items()))
     key = (expr, seen[1])
-    hit = _SHARED["closures"].get(key)
+    hit = _SHARED["nodes"].get(key)
     if hit is None:
-        hit = _SHARED["closures"][key] = _compile_fresh(expr, ranges)
+        hit = _SHARED["nodes"][key] = _compile_node(expr, ranges)
     return hit
 
 
-def _compile_fresh(expr, ranges: dict):
-    node = _compile_node(expr, ranges)
-    if expr.is_Atom:
-        return node
-
-    key = _id(expr)
-
-    def memoized(env, be):
-        memo = env.get(MEMO)
-        if memo is None:
-            return node(env, be)
-        hit = memo.get(key)
-        if hit is None:
-            hit = memo[key] = node(env, be)
-        return hit
-
-    return memoized
+_UNARY = ((sympy.exp, "exp"), (sympy.log, "log"), (sympy.tanh, "tanh"), (sympy.sin, "sin"), (sympy.cos, "cos"),
+          (sympy.Abs, "abs"))
 
 
-def _compile_node(expr, ranges: dict):
+def _compile_node(expr, ranges: dict) -> Node:
     if expr.is_Number:
-        value = expr
+        value, numbers = expr, {"numpy": _BACKENDS["numpy"].number(expr)}
 
         def number(env, be):
-            return Labelled(be.number(value), ())
+            hit = numbers.get(be.name)
+            if hit is None:
+                hit = numbers[be.name] = be.number(value)
+            return hit
 
-        return number
+        return Node((), number)
     if expr is sympy.true or expr is sympy.false:
-        flag = bool(expr)
-        return lambda env, be: Labelled(np.asarray(flag), ())
+        flag = np.asarray(bool(expr))
+        return Node((), lambda env, be: flag)
     if isinstance(expr, sympy.Symbol):
         if expr in ranges:  # an index variable used as a value
-            size, lab = _size_fn(ranges[expr]), _id(expr)
-            return lambda env, be: Labelled(np.arange(size(env)), (lab,))
+            size = _size_fn(ranges[expr])
+            return Node((_id(expr),), lambda env, be: np.arange(size(env)))
         name = str(expr)
 
         def symbol(env, be):
-            v = env[name]
-            return Labelled(np.asarray(v, dtype=be.float) if be.float is not object else np.asarray(v, dtype=object), ())
+            return np.asarray(env[name], dtype=be.float) if be.float is not object else np.asarray(env[name], dtype=object)
 
-        return symbol
+        return Node((), symbol)
     if isinstance(expr, Indexed):
         return _compile_indexed(expr, ranges)
     if expr.is_Add or expr.is_Mul:
@@ -230,113 +277,95 @@ def _compile_node(expr, ranges: dict):
     if expr.is_Pow:
         base, p = (_compile(a, ranges) for a in expr.args)
         exponent = expr.args[1]
-
-        def power(env, be):
-            if exponent == -1:
-                r = base(env, be)
-                return Labelled(1 / r.array, r.labels)
-            if exponent == 2:
-                r = base(env, be)
-                return Labelled(r.array * r.array, r.labels)
-            arrays, labels = _align([base(env, be), p(env, be)])
-            return Labelled(np.power(arrays[0], arrays[1]), labels)
-
-        return power
-    for cls, name in ((sympy.exp, "exp"), (sympy.log, "log"), (sympy.tanh, "tanh"), (sympy.sin, "sin"), (sympy.cos, "cos"),
-                      (sympy.Abs, "abs")):
+        if exponent == -1:
+            return Node(base.labels, lambda env, be, b: 1 / b, (base,))
+        if exponent == 2:
+            return Node(base.labels, lambda env, be, b: b * b, (base,))
+        union, align = _aligned((base, p))
+        return Node(union, lambda env, be, b, e: np.power(*align([b, e])), (base, p))
+    for cls, name in _UNARY:
         if isinstance(expr, cls):
             if len(expr.args) != 1:
                 raise Unsupported(f"{name} with {len(expr.args)} arguments")
             inner = _compile(expr.args[0], ranges)
-
-            def unary(env, be, inner=inner, name=name):
-                r = inner(env, be)
-                return Labelled(be.ufunc[name](r.array), r.labels)
-
-            return unary
+            return Node(inner.labels, lambda env, be, a, name=name: be.ufunc[name](a), (inner,))
     if isinstance(expr, Sum):
         return _compile_sum(expr, ranges)
     if isinstance(expr, ReduceMax):
         return _compile_max(expr, ranges)
     if isinstance(expr, (KroneckerDelta, IsMax)):  # 1 where the two arguments are equal, else 0
-        a, b = (_compile(x, ranges) for x in expr.args)
+        children = tuple(_compile(x, ranges) for x in expr.args)
+        union, align = _aligned(children)
 
-        def delta(env, be):
-            arrays, labels = _align([a(env, be), b(env, be)])
-            return Labelled((arrays[0] == arrays[1]).astype(be.float), labels)
+        def delta(env, be, a, b):
+            a, b = align([a, b])
+            return (a == b).astype(be.float)
 
-        return delta
+        return Node(union, delta, children)
     if isinstance(expr, (sympy.Max, sympy.Min)):
         return _fold([_compile(a, ranges) for a in expr.args], np.maximum if isinstance(expr, sympy.Max) else np.minimum)
     if isinstance(expr, sympy.Heaviside):
         inner = _compile(expr.args[0], ranges)
         if len(expr.args) > 1 and expr.args[1] != sympy.Rational(1, 2):
             raise Unsupported("Heaviside with a value at 0 other than 1/2")
-
-        def heaviside(env, be):
-            r = inner(env, be)
-            return Labelled(_heaviside(r.array), r.labels)
-
-        return heaviside
+        return Node(inner.labels, lambda env, be, a: _heaviside(a), (inner,))
     if isinstance(expr, sympy.sign):
         inner = _compile(expr.args[0], ranges)
-        return lambda env, be: (lambda r: Labelled(np.sign(r.array), r.labels))(inner(env, be))
+        return Node(inner.labels, lambda env, be, a: np.sign(a), (inner,))
     if isinstance(expr, sympy.Piecewise):
-        pieces = [(_compile(e, ranges), _compile(c, ranges)) for e, c in expr.args]
-
-        def piecewise(env, be):
-            # the last piece whose condition holds is overwritten by earlier ones: first match wins
-            items = []
-            for e, c in pieces:
-                items += [e(env, be), c(env, be)]
-            arrays, labels = _align(items)
-            shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
-            out = np.broadcast_to(arrays[-2], shape).copy()
-            for k in range(len(pieces) - 2, -1, -1):
-                cond = np.broadcast_to(arrays[2 * k + 1], shape).astype(bool)
-                out = np.where(cond, np.broadcast_to(arrays[2 * k], shape), out)
-            return Labelled(out, labels)
-
-        return piecewise
+        return _compile_piecewise(expr, ranges)
     if isinstance(expr, sympy.core.relational.Relational) and expr.rel_op in (">", ">=", "<", "<=", "=="):
-        left, right = (_compile(a, ranges) for a in expr.args)
+        children = tuple(_compile(a, ranges) for a in expr.args)
         op = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal}[expr.rel_op]
-
-        def relation(env, be):
-            arrays, labels = _align([left(env, be), right(env, be)])
-            return Labelled(op(arrays[0], arrays[1]), labels)
-
-        return relation
+        union, align = _aligned(children)
+        return Node(union, lambda env, be, a, b: op(*align([a, b])), children)
     if isinstance(expr, (sympy.And, sympy.Or)):
         op = np.logical_and if isinstance(expr, sympy.And) else np.logical_or
         return _fold([_compile(a, ranges) for a in expr.args], lambda a, b: op(np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)))
     if isinstance(expr, sympy.Not):
         inner = _compile(expr.args[0], ranges)
-        return lambda env, be: (lambda r: Labelled(np.logical_not(r.array), r.labels))(inner(env, be))
+        return Node(inner.labels, lambda env, be, a: np.logical_not(a), (inner,))
     raise Unsupported(f"no NumPy form for {type(expr).__name__}")
 
 
-def _fold(parts: list, combine):
-    """``combine`` over the parts' values, aligned by label (element-wise parts need no alignment)."""
-    def fold(env, be):
-        items = [p(env, be) for p in parts]
-        full = max(items, key=lambda it: len(it.labels))
-        if all(not it.labels or it.labels == full.labels for it in items):
-            acc = items[0].array
-            for it in items[1:]:
-                acc = combine(acc, it.array)
-            shape = np.shape(full.array)
-            return Labelled(acc if np.shape(acc) == shape else np.broadcast_to(acc, shape), full.labels)
-        arrays, labels = _align(items)
+def _fold(parts: list, combine) -> Node:
+    """``combine`` over the parts' values, aligned by label; broadcast to the full size of every label."""
+    children = tuple(parts)
+    union, align = _aligned(children)
+    # when no part has every label (x[i] * y[j]) the broadcast has them all; when one part does, it is that shape
+    whole = any(c.labels == union for c in children) or not union
+
+    def fold(env, be, *arrays):
+        arrays = align(arrays)
         acc = arrays[0]
         for a in arrays[1:]:
             acc = combine(acc, a)
-        return Labelled(np.broadcast_to(acc, np.broadcast_shapes(*(np.shape(a) for a in arrays))), labels)
+        if whole:
+            return acc
+        return np.broadcast_to(acc, np.broadcast_shapes(*(np.shape(a) for a in arrays)))
 
-    return fold
+    return Node(union, fold, children)
 
 
-def _compile_indexed(expr: Indexed, ranges: dict):
+def _compile_piecewise(expr, ranges: dict) -> Node:
+    children = tuple(_compile(x, ranges) for e, c in expr.args for x in (e, c))
+    union, align = _aligned(children)
+    count = len(expr.args)
+
+    def piecewise(env, be, *arrays):
+        # the last piece whose condition holds is overwritten by earlier ones: first match wins
+        arrays = align(arrays)
+        shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
+        out = np.broadcast_to(arrays[-2], shape).copy()
+        for k in range(count - 2, -1, -1):
+            cond = np.broadcast_to(arrays[2 * k + 1], shape).astype(bool)
+            out = np.where(cond, np.broadcast_to(arrays[2 * k], shape), out)
+        return out
+
+    return Node(union, piecewise, children)
+
+
+def _compile_indexed(expr: Indexed, ranges: dict) -> Node:
     name = str(expr.base.label)
     positions = []  # per axis: ("fixed", int) or ("label", symbol, offset, count): the positions offset..offset+count-1
     for idx in expr.indices:
@@ -352,12 +381,12 @@ def _compile_indexed(expr: Indexed, ranges: dict):
     diagonal = len(unique) != len(labels_in)
     letters = {lab: string.ascii_letters[i] for i, lab in enumerate(unique)}
     spec = "".join(letters[lab] for lab in labels_in) + "->" + "".join(letters[lab] for lab in unique)
+    # last axis first: an integer removes its axis, and arrays of positions do not combine in one subscript
+    steps = [(axis, p) for axis, p in reversed(list(enumerate(positions)))]
 
     def indexed(env, be):
         a = env[name]
-        # last axis first: an integer removes its axis, and arrays of positions do not combine in one subscript
-        for axis in range(len(positions) - 1, -1, -1):
-            p = positions[axis]
+        for axis, p in steps:
             if p[0] == "fixed":
                 a = a[(slice(None),) * axis + (p[1],)]
                 continue
@@ -370,9 +399,9 @@ def _compile_indexed(expr: Indexed, ranges: dict):
                 a = np.take(a, np.clip(np.arange(start, start + count), 0, a.shape[axis] - 1), axis=axis)
         if diagonal:
             a = np.einsum(spec, a)
-        return Labelled(a, unique)
+        return a
 
-    return indexed
+    return Node(unique, indexed)
 
 
 def _shifted(idx, ranges: dict):
@@ -396,70 +425,61 @@ def _factors(expr) -> list:
 SMALL_EINSUM = 4096  # set by hand: below this many multiply-adds, np.einsum_path costs more than the product
 
 
-def _compile_sum(expr: Sum, ranges: dict):
+def _compile_sum(expr: Sum, ranges: dict) -> Node:
     """Sum over one or more indices; a sum of a product is one ``einsum``, a sum of a sum the sum of
     its terms' sums (so that no term's product is formed over all the indices the terms span)."""
     body = expr.function
     if body.is_Add:
         return _fold([_compile(rebuilt(Sum, t, expr.limits), ranges) for t in body.args], np.add)
-    limits = list(expr.limits)
     inner_ranges = dict(ranges)
     bound = []
-    for var, lo, hi in limits:
+    for var, lo, hi in expr.limits:
         if lo != 0:
             raise Unsupported(f"a sum from {lo}")
         inner_ranges[var] = exact(hi) + 1
         bound.append(var)
-    factors = [_compile(f, inner_ranges) for f in _factors(body)]
-    counts = {_id(var): _size_fn(inner_ranges[var]) for var in bound}
+    factors = tuple(_compile(f, inner_ranges) for f in _factors(body))
+    present = set().union(*(f.labels for f in factors))
+    absent = [_size_fn(inner_ranges[var]) for var in bound if _id(var) not in present]  # n equal terms each
     bound = [_id(var) for var in bound]
+    union, align = _aligned(factors)
+    keep = tuple(lab for lab in union if lab not in bound)
+    axes = tuple(union.index(v) for v in bound if v in union)
+    einsum = len(union) <= 52
+    ids = {lab: i for i, lab in enumerate(union)}
+    subscripts = [[ids[lab] for lab in f.labels] for f in factors]
+    target = [ids[lab] for lab in keep]
+    plans: dict = {}  # operands' shapes -> False (one loop) or the contraction order, found once per shapes
 
-    paths: dict = {}
-
-    def summed(env, be):
-        items = [f(env, be) for f in factors]
-        present = set().union(*(it.labels for it in items))
-        scale = 1
-        for var in bound:
-            if var not in present:  # the body does not depend on it: n equal terms
-                scale *= counts[var](env)
-        all_labels = list(dict.fromkeys(lab for it in items for lab in it.labels))
-        keep = tuple(lab for lab in all_labels if lab not in bound)
-        if be.float is not object and len(all_labels) <= 52:
-            ids = {lab: i for i, lab in enumerate(all_labels)}
-            operands = []
-            for it in items:
-                operands += [np.asarray(it.array, dtype=np.float64), [ids[lab] for lab in it.labels]]
-            target = [ids[lab] for lab in keep]
-            sizes = {}
-            for a, labs in zip(operands[0::2], operands[1::2]):
-                sizes.update(zip(labs, np.shape(a)))
-            if math.prod(sizes.values()) <= SMALL_EINSUM:  # one loop over every label: cheaper than finding a path
-                out = np.einsum(*operands, target, optimize=False)
-            else:
-                # the contraction order, found once per shapes: finding it costs more than a small einsum itself
-                key = (tuple(map(tuple, operands[1::2])), tuple(np.shape(a) for a in operands[0::2]), tuple(target))
-                path = paths.get(key)
-                if path is None:
-                    path = paths[key] = np.einsum_path(*operands, target, optimize="greedy")[0]
-                out = np.einsum(*operands, target, optimize=path)  # BLAS where it can
+    def summed(env, be, *arrays):
+        if be.float is not object and einsum:
+            arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+            shapes = tuple(a.shape for a in arrays)
+            plan = plans.get(shapes)
+            if plan is None:
+                operands = [x for a, s in zip(arrays, subscripts) for x in (a, s)]
+                sizes = {}
+                for s, shape in zip(subscripts, shapes):
+                    sizes.update(zip(s, shape))
+                # one loop over every label when small: cheaper than finding a path; else BLAS where it can
+                plan = plans[shapes] = False if math.prod(sizes.values()) <= SMALL_EINSUM else \
+                    np.einsum_path(*operands, target, optimize="greedy")[0]
+            out = np.einsum(*[x for a, s in zip(arrays, subscripts) for x in (a, s)], target, optimize=plan)
         else:
-            arrays, labels = _align(items)
+            arrays = align(arrays)
             prod = arrays[0]
             for a in arrays[1:]:
                 prod = prod * a
             prod = np.broadcast_to(prod, np.broadcast_shapes(*(np.shape(a) for a in arrays)))
-            axes = tuple(labels.index(v) for v in bound if v in labels)
             out = prod.sum(axis=axes) if axes else prod
-            keep = tuple(lab for lab in labels if lab not in bound)
-        if scale != 1:
-            out = out * scale
-        return Labelled(out, keep)
+        if absent:
+            out = out * math.prod(count(env) for count in absent)
+        return out
 
-    return summed
+    return Node(keep, summed, factors)
 
 
-def _compile_max(expr, ranges: dict):
+def _compile_max(expr, ranges: dict) -> Node:
     """The maximum over one or more indices (indexed.ReduceMax): NumPy's max over their axes."""
     inner_ranges = dict(ranges)
     bound = []
@@ -469,11 +489,8 @@ def _compile_max(expr, ranges: dict):
         inner_ranges[var] = exact(hi) + 1
         bound.append(_id(var))
     body = _compile(expr.function, inner_ranges)
-
-    def maximum(env, be):
-        r = body(env, be)
-        axes = tuple(r.labels.index(v) for v in bound if v in r.labels)
-        out = np.max(r.array, axis=axes) if axes else r.array  # a body free of an index: the same value throughout
-        return Labelled(out, tuple(lab for lab in r.labels if lab not in bound))
-
-    return maximum
+    axes = tuple(body.labels.index(v) for v in bound if v in body.labels)
+    keep = tuple(lab for lab in body.labels if lab not in bound)
+    if not axes:  # a body free of an index: the same value throughout
+        return Node(keep, lambda env, be, a: a, (body,))
+    return Node(keep, lambda env, be, a: np.max(a, axis=axes), (body,))
