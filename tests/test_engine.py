@@ -35,8 +35,10 @@ def test_catalog_has_every_seed_operation():
     assert wanted <= set(RULES)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+# every rule at one seed, then every rule at the next: a rule's first derivation is not awaited by a
+# second test worker taking the same rule at another seed (xdist hands out neighbouring tests at once)
 @pytest.mark.parametrize("name", RULES)
+@pytest.mark.parametrize("seed", SEEDS, ids=lambda s: f"seed{s}")
 def test_vjp_matches_central_differences(name, seed):
     rule = derivcheck.load_rule(name)
     rng = np.random.default_rng(seed)
