@@ -125,6 +125,26 @@ def _parse(path: str, mtime_ns: int, size: int) -> ast.Module:
     return ast.parse(Path(path).read_bytes())
 
 
+def load_module(where: str):
+    """The module part of a target (``path/to/file.py`` or ``package.module``), imported once per process."""
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise DerivcheckError(f"target file '{where}' not found (from {Path.cwd()})")
+        return _import_file(path)
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # as `python -m package.module` run from here
+    try:
+        return importlib.import_module(where)
+    except ModuleNotFoundError as exc:
+        if exc.name and where.startswith(exc.name):
+            raise DerivcheckError(f"module '{where}' not found in {Path.cwd()} or the installed packages: "
+                                  f"run from the folder holding it, install it, or name the file, like {where.replace('.', '/')}.py") from None
+        raise DerivcheckError(f"importing '{where}' failed: {_describe(exc)}") from None
+    except Exception as exc:  # the user's module itself is broken
+        raise DerivcheckError(f"importing '{where}' failed: {_describe(exc)}") from None
+
+
 def load_target(spec):
     """``path/to/file.py:Name``, ``package.module:Name`` or the object itself -> (object, module, name)."""
     if not isinstance(spec, str):
@@ -135,23 +155,7 @@ def load_target(spec):
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name:
         raise DerivcheckError(f"target '{spec}' must look like path/to/layers.py:Affine or package.module:Affine")
-    if where.endswith(".py") or "/" in where or "\\" in where:
-        path = Path(where)
-        if not path.is_file():
-            raise DerivcheckError(f"target file '{where}' not found (from {Path.cwd()})")
-        module = _import_file(path)
-    else:
-        if "" not in sys.path and str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))  # as `python -m package.module` run from here
-        try:
-            module = importlib.import_module(where)
-        except ModuleNotFoundError as exc:
-            if exc.name and where.startswith(exc.name):
-                raise DerivcheckError(f"module '{where}' not found in {Path.cwd()} or the installed packages: "
-                                      f"run from the folder holding it, install it, or name the file, like {where.replace('.', '/')}.py") from None
-            raise DerivcheckError(f"importing '{where}' failed: {_describe(exc)}") from None
-        except Exception as exc:  # the user's module itself is broken
-            raise DerivcheckError(f"importing '{where}' failed: {_describe(exc)}") from None
+    module = load_module(where)
     obj = getattr(module, name, None)
     if obj is None:
         for suffix in ("_forward",):  # functional targets may be named without the suffix

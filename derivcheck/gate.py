@@ -78,13 +78,15 @@ def verify_arguments(binding: Binding, rule_dirs=(), seed: int | None = None) ->
                                            "variants": variants_for(binding.rule, rule, rule_dirs)}
 
 
-def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None, timeout: float | None = None) -> Result:
-    """One binding's check, in a worker process of its own (isolate.py); never raises for the layer's sake."""
+def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None, timeout: float | None = None, zygote=None) -> Result:
+    """One binding's check, in a worker process of its own (isolate.py); never raises for the layer's sake.
+
+    ``zygote``: an :class:`isolate.Zygote` of the target's module, to fork the worker from."""
     from .isolate import verify_isolated
 
     try:
         target, rule, options = verify_arguments(binding, rule_dirs, seed)
-        return Result(binding, verify_isolated(target, rule, timeout=timeout or binding.timeout, **options))
+        return Result(binding, verify_isolated(target, rule, timeout=timeout or binding.timeout, zygote=zygote, **options))
     except DerivcheckError as exc:
         return Result(binding, None, f"{binding.where}: layer {binding.target.rpartition(':')[2]}: {exc}")
 
@@ -93,27 +95,39 @@ def run_all(bindings: list[Binding], rule_dirs=(), seed: int | None = None, time
             jobs: int = 1, done=None) -> list[Result]:
     """Every binding, ``jobs`` worker processes at a time; results in the bindings' order.
 
-    ``done(result, finished, total)`` is called as each one finishes (for progress).
+    The checks of a module that holds several of them fork their workers from one process that
+    imported it (isolate.Zygote). ``done(result, finished, total)`` is called as each one finishes
+    (for progress).
     """
+    from collections import Counter
     from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from .isolate import Zygote
 
     if jobs < 1:
         raise DerivcheckError(f"-j/--jobs must be at least 1, not {jobs}")
     results: list[Result | None] = [None] * len(bindings)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each thread only waits on its worker process
-        futures = {pool.submit(run_binding, b, rule_dirs, seed, timeout): i for i, b in enumerate(bindings)}
-        try:
-            for finished, future in enumerate(as_completed(futures), 1):
-                results[futures[future]] = future.result()
-                if done is not None:
-                    done(results[futures[future]], finished, len(bindings))
-        except KeyboardInterrupt:
-            from .isolate import kill_all
+    modules = Counter(b.target.rpartition(":")[0] for b in bindings)
+    zygotes = {where: Zygote(where) for where, n in modules.items() if n > 1}
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # each thread only waits on its worker process
+            futures = {pool.submit(run_binding, b, rule_dirs, seed, timeout, zygotes.get(b.target.rpartition(":")[0])): i
+                       for i, b in enumerate(bindings)}
+            try:
+                for finished, future in enumerate(as_completed(futures), 1):
+                    results[futures[future]] = future.result()
+                    if done is not None:
+                        done(results[futures[future]], finished, len(bindings))
+            except KeyboardInterrupt:
+                from .isolate import kill_all
 
-            for f in futures:
-                f.cancel()
-            kill_all()
-            raise
+                for f in futures:
+                    f.cancel()
+                kill_all()
+                raise
+    finally:
+        for z in zygotes.values():
+            z.close()
     return results
 
 

@@ -14,6 +14,11 @@ and SymPy but no user code, so starting one costs milliseconds), with:
 - the name of each piece of user code it runs ("Affine.backward") sent back
   as it goes, so a worker that dies is reported with where.
 
+In a gate run, the checks of a module that holds several checked layers
+fork their workers from one process that has imported it (:class:`Zygote`):
+the import is paid once, each worker is still a fresh copy of the module as
+imported, and everything above holds for each of them.
+
 The outcome is always a report: the worker's own, or a FAIL with one check
 named ``process`` that says what happened (exited with code N, killed by a
 signal, over time). Bad input found in the worker (a target that does not
@@ -96,9 +101,8 @@ def start_server() -> None:
         multiprocessing.forkserver.ensure_running()
 
 
-def _work(conn, request: dict) -> None:
-    """In the worker: redirect output, run the check, send back ("report" | "error" | "internal", payload)."""
-    # the server was forked earlier: take the caller's state as it is now
+def _take_callers_state(request: dict) -> None:
+    """The server was forked earlier: take the caller's state as it is now."""
     for name, value in request["env"].items():
         if value is None:
             os.environ.pop(name, None)
@@ -106,6 +110,11 @@ def _work(conn, request: dict) -> None:
             os.environ[name] = value
     os.chdir(request["cwd"])
     sys.path[:] = request["sys_path"]
+
+
+def _work(conn, request: dict) -> None:
+    """In the worker: redirect output, run the check, send back ("report" | "error" | "internal", payload)."""
+    _take_callers_state(request)
     out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -165,10 +174,12 @@ def _failed(target, rule, options, message: str):
     return rep
 
 
-def verify_isolated(target: str, rule, timeout: float | None = None, **options):
+def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zygote | None" = None, **options):
     """:func:`derivcheck.verify.verify` in a worker process; see the module doc.
 
     ``rule`` None: ``target`` is a network, checked by :func:`derivcheck.network.verify_network`.
+    ``zygote``: forked from that process, which has imported the target's module, if it could
+    (:class:`Zygote`); else from the server, as without one.
     """
     from .verify import Report
 
@@ -182,7 +193,8 @@ def verify_isolated(target: str, rule, timeout: float | None = None, **options):
     request = {"target": target, "rule": rule.path if rule else None, "digest": rule.digest if rule else None,
                "options": options, "output": output,
                "env": {name: os.environ.get(name) for name in _ENV}, "cwd": os.getcwd(), "sys_path": list(sys.path)}
-    worker = ctx.Process(target=_work, args=(send, request), daemon=True)
+    forked = zygote is not None and zygote.ready(timeout)
+    worker = _Forked(zygote, send, receive, request) if forked else ctx.Process(target=_work, args=(send, request), daemon=True)
     stage, outcome = "importing the target", None
     try:
         _LIVE.add(worker)
@@ -202,6 +214,9 @@ def verify_isolated(target: str, rule, timeout: float | None = None, **options):
                     break  # the worker is gone without a word
                 if kind == "stage":
                     stage = payload
+                elif kind == "ended":  # a zygote's worker is gone without a word: how it ended
+                    worker.exitcode = payload
+                    break
                 else:
                     outcome = (kind, payload)
         worker.join(10)
@@ -248,6 +263,164 @@ def verify_isolated(target: str, rule, timeout: float | None = None, **options):
     if kind == "internal":
         raise WorkerCrashed(payload)
     return Report.from_json(payload)
+
+
+class Zygote:
+    """A process that has imported one module of the user's, for a gate run that checks several of its
+    layers: each check's worker is forked from it (a fresh copy of the module as imported, as a worker
+    importing it itself would have), so the import is paid once, not once per check (dezero imports
+    matplotlib: half a second a check).
+
+    The module's import runs in the zygote (a worker of the server, its output discarded), within the
+    first check's time limit. If it fails in any way (raises, exits, hangs) or starts a thread (a fork
+    copies no threads but their locks), :meth:`ready` is False and each check imports for itself, and
+    reports the failure, as without a zygote. Started at the first check that asks.
+    """
+
+    def __init__(self, where: str):
+        self.where = where
+        self._lock = threading.Lock()
+        self._state = None  # None: not started; True: serving; False: not usable
+        self._control = self._process = None
+
+    def ready(self, timeout: float) -> bool:
+        with self._lock:
+            if self._state is None:
+                self._state = self._start(timeout)
+            return self._state
+
+    def _start(self, timeout: float) -> bool:
+        ctx = _context()
+        if ctx.get_start_method() != "forkserver":
+            return False
+        self._control, theirs = ctx.Pipe(duplex=True)
+        request = {"where": self.where, "env": {name: os.environ.get(name) for name in _ENV}, "cwd": os.getcwd(),
+                   "sys_path": list(sys.path)}
+        self._process = ctx.Process(target=_zygote, args=(theirs, request), daemon=True)
+        _start(self._process)
+        theirs.close()
+        try:
+            if self._control.poll(timeout) and self._control.recv() == "ready":
+                return True
+        except (EOFError, OSError):
+            pass
+        self.close()
+        return False
+
+    def fork(self, send, request: dict) -> int:
+        """Fork a worker for ``request`` that reports on ``send``; its process group's id (the worker and
+        its watcher)."""
+        from multiprocessing.reduction import send_handle
+
+        with self._lock:
+            self._control.send(request)
+            send_handle(self._control, send.fileno(), self._process.pid)
+            return self._control.recv()
+
+    def close(self) -> None:
+        if self._control is not None:
+            self._control.close()  # the zygote reads the end and exits
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(10)
+
+
+class _Forked:
+    """A worker forked by a :class:`Zygote`, with what :func:`verify_isolated` uses of a Process.
+
+    The zygote forks a watcher, which forks the worker and sends ("ended", exit code) when it is gone:
+    the caller is not the worker's parent, so it learns how the worker ended from its watcher.
+    """
+
+    def __init__(self, zygote: Zygote, send, receive, request: dict):
+        self._zygote, self._send, self._receive, self._request = zygote, send, receive, request
+        self.pid = self.exitcode = None
+
+    def start(self) -> None:
+        self.pid = self._zygote.fork(self._send, self._request)
+
+    def kill(self) -> None:
+        if self.pid is not None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def join(self, timeout: float) -> None:
+        """Wait for the watcher's word on how the worker ended (none comes once both are gone)."""
+        deadline = time.monotonic() + timeout
+        while self.exitcode is None:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0 or not self._receive.poll(left):
+                    return
+                kind, payload = self._receive.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "ended":
+                self.exitcode = payload
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))  # the process's threads, Python's and native ones
+    except OSError:
+        return threading.active_count()
+
+
+def _zygote(control, request: dict) -> None:
+    """In a worker of the server: import the module, say "ready", then fork a worker per request."""
+    _take_callers_state(request)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    before = _threads()
+    try:
+        adapters.load_module(request["where"])
+    except BaseException:  # noqa: BLE001 - each check imports it again and reports what happens
+        return
+    if _threads() != before:
+        return
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the watchers are reaped as they end
+    control.send("ready")
+    from multiprocessing.connection import Connection
+    from multiprocessing.reduction import recv_handle
+
+    while True:
+        try:
+            work = control.recv()
+            fd = recv_handle(control)
+        except (EOFError, OSError):
+            return  # the gate is done (or gone)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                control.close()
+                _watch(Connection(fd, readable=False), work)
+            finally:
+                os._exit(0)
+        try:
+            os.setpgid(pid, pid)  # here too: the caller may kill the group before the watcher has made it
+        except OSError:
+            pass
+        os.close(fd)
+        control.send(pid)
+
+
+def _watch(conn, request: dict) -> None:
+    """In a fork of the zygote, in a process group of its own: fork the worker, report how it ended."""
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _work(conn, request)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    conn.send(("ended", os.waitstatus_to_exitcode(status)))
 
 
 def importable(target) -> bool:
