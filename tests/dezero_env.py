@@ -20,9 +20,7 @@ def build(folder: Path) -> Path:
     with run_lock(folder):
         if not (folder / "ready").exists():
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-            # --no-compile: no bytecode for the thousands of files never imported here (half of pip's CPU time);
-            # what is imported is compiled at its first import
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile"]
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
             subprocess.run(pip + ["numpy<1.24", "dezero", "matplotlib"], check=True)
             subprocess.run(pip + ["-e", str(ROOT)], check=True)
             (folder / "ready").touch()
