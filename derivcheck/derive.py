@@ -89,6 +89,31 @@ def _walked(args, exprs):
     return evaluate
 
 
+WALKS_BEFORE_COMPILING = 32  # set by hand: see _walked_then_compiled
+
+
+def _walked_then_compiled(args, exprs):
+    """What :func:`_lambdify` gives, walked (:func:`_walked`) for the first WALKS_BEFORE_COMPILING calls,
+    lambdified from then on. Lambdifying costs a hundred to a thousand walks (spatial_groupnorm at its
+    example sizes: 2.8 s against 20 ms a walk), and a trial calls a derivation at its sizes a few times,
+    where a process checks a layer once: most derivations are never called often enough to pay for it.
+    Central differences call one hundreds of times, and get it compiled."""
+    walked, compiled, calls = _walked(args, exprs), [], [0]
+
+    def evaluate(*values):
+        if not compiled:
+            calls[0] += 1
+            if calls[0] <= WALKS_BEFORE_COMPILING:
+                try:
+                    return walked(*values)
+                except NotNumeric:  # a node the walk cannot evaluate: compile now
+                    pass
+            compiled.append(_lambdify(args, exprs, _NUMPY))
+        return compiled[0](*values)
+
+    return evaluate
+
+
 def _plain(exprs):
     out, seen = [], set()
     kinds = (sympy.Heaviside, sympy.Max, sympy.Min)
@@ -184,12 +209,15 @@ class Derivation:
         self._entries, self._mag = entries, None  # the bounds are compiled when first asked for: a proof never asks
 
     def _code(self, args, exprs, backend: str = "numpy"):
-        """``exprs`` as one function of the input lists: lambdified, or for a loop's unrolled graph, closures."""
+        """``exprs`` as one function of the input lists: walked, then lambdified once called often
+        (:func:`_walked_then_compiled`); for a loop's unrolled graph, walked or closures."""
         if self.rule.formula.loop is not None and backend == "numpy":
             return _walked(args, exprs)
         if self.rule.formula.loop is not None:
             return _closures(args, exprs, backend)
-        return _lambdify(args, exprs, _NUMPY if backend == "numpy" else _MPMATH)
+        if backend == "numpy":
+            return _walked_then_compiled(args, exprs)
+        return _lambdify(args, exprs, _MPMATH)
 
     def _mag_fn(self, *args):
         """Running error bounds of the output and Jacobian entries (see rounding.py): evaluated at these
