@@ -282,3 +282,24 @@ def test_a_reshape_that_only_inserts_or_drops_unit_axes_is_generic(tmp_path, for
         cot = np.random.default_rng(3).normal(size=conc.output_shape)
         np.testing.assert_allclose(gen.forward(x=x), conc.forward(x=x), rtol=1e-14)
         np.testing.assert_allclose(gen.vjp(cot, x=x)["x"], conc.vjp(cot, x=x)["x"], rtol=1e-14)
+
+
+def test_a_concrete_derivation_is_walked_until_called_often_then_compiled(monkeypatch):
+    """A derivation at one size is walked (no compile: a verify calls it a few times), lambdified at the
+    call after WALKS_BEFORE_COMPILING (central differences call it hundreds of times); the values agree."""
+    from derivcheck import derive
+
+    monkeypatch.setattr(derive, "_MEMORY", {})  # a derivation no earlier test has called
+    made = []
+    lambdify = derive._lambdify
+    monkeypatch.setattr(derive, "_lambdify", lambda *a: made.append(1) or lambdify(*a))
+    d = derivcheck.load_rule("convolution").at(N=1, C=2, IH=3, IW=3, F=2, KH=2, KW=2)
+    rng = np.random.default_rng(0)
+    values = {n: rng.normal(size=s) for n, s in d.shapes.items()}
+    walked = [d.forward(**values) for _ in range(derive.WALKS_BEFORE_COMPILING)]
+    assert made == []
+    compiled = d.forward(**values)
+    assert made == [1]
+    np.testing.assert_allclose(compiled, walked[0], rtol=1e-13, atol=1e-15)
+    d.forward(**values)
+    assert made == [1]  # compiled once
