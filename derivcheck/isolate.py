@@ -308,14 +308,20 @@ class Zygote:
         return False
 
     def fork(self, send, request: dict) -> int:
-        """Fork a worker for ``request`` that reports on ``send``; its process group's id (the worker and
-        its watcher)."""
+        """Fork a worker for ``request`` that reports on ``send``: its process group's id (the worker and
+        its watcher), or None if the zygote cannot."""
         from multiprocessing.reduction import send_handle
 
         with self._lock:
-            self._control.send(request)
-            send_handle(self._control, send.fileno(), self._process.pid)
-            return self._control.recv()
+            if not self._state:
+                return None
+            try:
+                self._control.send(request)
+                send_handle(self._control, send.fileno(), self._process.pid)
+                return self._control.recv()
+            except (EOFError, OSError):  # the zygote is gone (a fork hook of the module's?): no more forks
+                self._state = False
+                return None
 
     def close(self) -> None:
         if self._control is not None:
@@ -335,12 +341,19 @@ class _Forked:
     def __init__(self, zygote: Zygote, send, receive, request: dict):
         self._zygote, self._send, self._receive, self._request = zygote, send, receive, request
         self.pid = self.exitcode = None
+        self._own = None  # the server's worker, if the zygote could not fork one
 
     def start(self) -> None:
         self.pid = self._zygote.fork(self._send, self._request)
+        if self.pid is None:
+            self._own = _context().Process(target=_work, args=(self._send, self._request), daemon=True)
+            self._own.start()
+            self.pid = self._own.pid
 
     def kill(self) -> None:
-        if self.pid is not None:
+        if self._own is not None:
+            self._own.kill()
+        elif self.pid is not None:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -348,6 +361,10 @@ class _Forked:
 
     def join(self, timeout: float) -> None:
         """Wait for the watcher's word on how the worker ended (none comes once both are gone)."""
+        if self._own is not None:
+            self._own.join(timeout)
+            self.exitcode = self._own.exitcode
+            return
         deadline = time.monotonic() + timeout
         while self.exitcode is None:
             left = deadline - time.monotonic()

@@ -267,10 +267,12 @@ def test_the_checks_of_one_module_fork_from_one_import_and_stay_isolated(tmp_pat
 @pytest.mark.parametrize("prelude,why", [
     ("raise SystemExit(0)", "called sys.exit(0) during importing the target"),
     ("import threading, time\nthreading.Thread(target=time.sleep, args=(30,), daemon=True).start()", None),
-], ids=["exits at import", "starts a thread at import"])
+    ("os.register_at_fork(before=lambda: os._exit(1))", None),
+], ids=["exits at import", "starts a thread at import", "a fork hook ends the importing process"])
 def test_a_module_that_cannot_be_imported_once_is_imported_by_each_check(tmp_path, prelude, why):
     """A module whose import fails, or starts a thread (a fork would copy its locks but not the thread),
-    is not forked from: each check imports it itself, as without a zygote, and reports what happened."""
+    is not forked from, nor one whose process dies as it forks: each check imports it itself, as without
+    a zygote, and reports what happened."""
     layers = IN_ONE_MODULE[:3]
     p, results = _one_module(tmp_path, layers, prelude)
     imports = (tmp_path / "imports.log").read_text().count("imported")
