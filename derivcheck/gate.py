@@ -115,9 +115,14 @@ def run_all(bindings: list[Binding], rule_dirs=(), seed: int | None = None, time
                        for i, b in enumerate(bindings)}
             try:
                 for finished, future in enumerate(as_completed(futures), 1):
-                    results[futures[future]] = future.result()
+                    i = futures[future]
+                    results[i] = future.result()
+                    where = bindings[i].target.rpartition(":")[0]
+                    modules[where] -= 1
+                    if not modules[where] and where in zygotes:  # its module's last check is done
+                        zygotes[where].close()
                     if done is not None:
-                        done(results[futures[future]], finished, len(bindings))
+                        done(results[i], finished, len(bindings))
             except KeyboardInterrupt:
                 from .isolate import kill_all
 

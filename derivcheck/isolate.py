@@ -279,7 +279,7 @@ class Zygote:
 
     def __init__(self, where: str):
         self.where = where
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held while starting, which closes it if the import fails
         self._state = None  # None: not started; True: serving; False: not usable
         self._control = self._process = None
 
@@ -324,11 +324,15 @@ class Zygote:
                 return None
 
     def close(self) -> None:
-        if self._control is not None:
-            self._control.close()  # the zygote reads the end and exits
-        if self._process is not None:
-            self._process.kill()
-            self._process.join(10)
+        """Stop the zygote (its workers run on); no check forks from it after."""
+        with self._lock:
+            self._state = False
+            if self._control is not None:
+                self._control.close()  # the zygote reads the end and exits
+            if self._process is not None:
+                self._process.kill()
+                self._process.join(10)
+            self._control = self._process = None
 
 
 class _Forked:
