@@ -17,9 +17,9 @@ else ``~/.cache/derivcheck``; ``DERIVCHECK_CACHE=0`` turns the disk cache off.
 
 The folder is untrusted: another user, or a repository that ships a
 ``cache-dir``, may have written it. So an entry is used only if it carries an
-HMAC-SHA256 made with this user's secret key, which lives in the user's own
-cache home (``$XDG_CACHE_HOME/derivcheck/secret.key``, created 0600, whatever
-``cache-dir`` says), so a repository cannot ship it. Anything else is
+HMAC-SHA256 made with this user's secret key (cachekey.py), which lives in the
+user's own cache home (``$XDG_CACHE_HOME/derivcheck/secret.key``, created 0600,
+whatever ``cache-dir`` says), so a repository cannot ship it. Anything else is
 rebuilt. Entries are read without following symlinks and only when they are
 regular files of bounded size; sub-folders that are symlinks are neither read
 nor written; a cache folder that other users can write is refused with a
@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import secrets
 import stat
 import os
 import re
@@ -43,7 +42,7 @@ except ImportError:  # Windows: no lock; a derivation may then be made twice, wh
     fcntl = None
 from pathlib import Path
 
-from . import DISTRIBUTION
+from . import DISTRIBUTION, cachekey
 from .errors import DerivcheckError
 
 import mpmath
@@ -256,69 +255,10 @@ MAX_ENTRY_BYTES = 64 * 2**20
 _CHECKED: dict = {}  # folder -> None (fine) or the DerivcheckError to raise
 
 
-def _user_home() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "derivcheck"
-
-
-def _private(path: Path, what: str) -> None:
-    """Refuse ``path`` if users other than its owner may write it, or if it is not ours."""
-    st = os.stat(path)
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise DerivcheckError(f"{what} {path} belongs to another user: derivcheck will not trust it "
-                              f"(set DERIVCHECK_CACHE_DIR to a folder of your own, or DERIVCHECK_CACHE=0)")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise DerivcheckError(f"{what} {path} can be written by other users (mode {stat.filemode(st.st_mode)}): "
-                              f"derivcheck will not trust it; run chmod go-w {path}, or set DERIVCHECK_CACHE_DIR "
-                              f"to a folder of your own, or DERIVCHECK_CACHE=0")
-
-
-_KEY: bytes | None = None
-
-
-def _secret() -> bytes:
-    """This user's key for entry MACs: made once, 0600, in the user's own cache home."""
-    global _KEY
-    if _KEY is None:
-        home = _user_home()
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _private(home, "the cache home")
-        path = home / "secret.key"
-        if not path.exists():
-            # written whole under a name of its own, then linked into place: a process starting at the
-            # same moment (the gate's -j workers on a fresh machine) sees no key or the whole key, never
-            # a half-written one, and the first link wins
-            fd, tmp = tempfile.mkstemp(dir=home, prefix=".secret-")  # 0600
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(secrets.token_bytes(32))
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-            finally:
-                os.unlink(tmp)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
-                raise DerivcheckError(f"the cache key {path} must be a file of yours that only you can read "
-                                      f"(chmod 600 {path}, or delete it to make a new one)")
-            key = fh.read()
-        if len(key) < 32:
-            raise DerivcheckError(f"the cache key {path} is damaged: delete it and derivcheck makes a new one")
-        _KEY = key
-    return _KEY
-
-
 def forget() -> None:
     """Forget this process's key and folder checks (after the environment that chose them changed)."""
-    global _KEY
-    _KEY = None
+    cachekey.forget()
     _CHECKED.clear()
-
-
-def _mac(payload: bytes) -> str:
-    return hmac.new(_secret(), payload, hashlib.sha256).hexdigest()
 
 
 def _folder() -> Path | None:
@@ -329,8 +269,8 @@ def _folder() -> Path | None:
     if d not in _CHECKED:
         try:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _private(d, "the cache folder")
-            _secret()
+            cachekey.private(d, "the cache folder")
+            cachekey.secret()
             _CHECKED[d] = None
         except DerivcheckError as exc:
             _CHECKED[d] = exc
@@ -449,7 +389,7 @@ def load_entry(key: str) -> dict | None:
                 return None
             raw = fh.read(MAX_ENTRY_BYTES + 1)
         mac, sep, payload = raw.partition(b"\n")
-        if not sep or not hmac.compare_digest(mac.decode("ascii", "replace"), _mac(payload)):
+        if not sep or not hmac.compare_digest(mac.decode("ascii", "replace"), cachekey.mac(payload)):
             return None  # not written by this user's derivcheck: rebuilt
         data = json.loads(payload.decode("utf-8"))
     except (OSError, ValueError, RecursionError):
@@ -471,7 +411,7 @@ def store_entry(key: str, data: dict) -> bool:
             return False
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "wb") as fh:
-            fh.write(_mac(payload).encode("ascii") + b"\n" + payload)
+            fh.write(cachekey.mac(payload).encode("ascii") + b"\n" + payload)
         os.replace(tmp, path)
         return True
     except OSError:

@@ -202,7 +202,7 @@ def test_corrupt_generic_entry_is_rebuilt(tmp_path, monkeypatch):
     reference.generic_for(rule, hyper)
     (entry,) = [p for p in tmp_path.rglob("*.json") if '"out_M"' in p.read_text()]  # the proof's concrete entries aside
     data = entry.read_bytes().split(b"\n", 1)[1].replace(b'"Ix","x"', b'"Ix","evil"')
-    entry.write_bytes(__import__("derivcheck.cache").cache._mac(data).encode() + b"\n" + data)  # signed, still refused
+    entry.write_bytes(__import__("derivcheck.cachekey").cachekey.mac(data).encode() + b"\n" + data)  # signed, still refused
     reference._GENERIC.clear()
     g, note = reference.generic_for(rule, hyper)
     assert g is not None and note == "" and '"Ix","x"' in entry.read_text()

@@ -90,7 +90,7 @@ POISON = r"""
 import json, os, sys
 from pathlib import Path
 os.environ["DERIVCHECK_CACHE_DIR"], os.environ["XDG_CACHE_HOME"] = sys.argv[1], sys.argv[2]
-from derivcheck import cache, reference
+from derivcheck import cache, cachekey, reference
 from derivcheck.rules import load_rule
 rule = load_rule("relu")
 reference.generic_for(rule, rule.resolve_hyper())
@@ -100,7 +100,7 @@ nodes = data["nodes"]  # a reference twice too large: 2 * the VJP, as two nodes 
 nodes += [["I", "2"], ["Mul", len(nodes), data["vjp"]["x"]["expr"]]]
 data["vjp"]["x"]["expr"] = len(nodes) - 1
 payload = json.dumps(data, separators=(",", ":")).encode()
-path.write_bytes(cache._mac(payload).encode() + b"\n" + payload)  # signed with the attacker's own key
+path.write_bytes(cachekey.mac(payload).encode() + b"\n" + payload)  # signed with the attacker's own key
 """
 
 
