@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 
 import numpy as np
 import sympy
@@ -17,13 +18,20 @@ def _tidy(e):
     return sympy.simplify(e) if len(getattr(e, "free_symbols", ())) <= SIMPLIFY_SYMBOLS else e
 
 
+_SIMPLIFIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # derivation -> {(input, simplify): J}
+
+
 def _jacobian(d, name, simplify) -> np.ndarray:
     """``simplify``: True for every entry (derive --simplify asks for it), "small" for entries
-    of few symbols (explain's tiny-shape Jacobian), False for none."""
+    of few symbols (explain's tiny-shape Jacobian), False for none. Simplified once per derivation:
+    explain renders the same Jacobian as text and as LaTeX."""
     J = d.jacobian_array(name)
     if not simplify or not J.size:
         return J
-    return np.vectorize(_tidy if simplify == "small" else sympy.simplify, otypes=[object])(J)
+    done = _SIMPLIFIED.setdefault(d, {})
+    if (name, simplify) not in done:
+        done[name, simplify] = np.vectorize(_tidy if simplify == "small" else sympy.simplify, otypes=[object])(J)
+    return done[name, simplify]
 
 
 def _index(idx) -> str:
