@@ -14,19 +14,22 @@ import sympy
 SIMPLIFY_SYMBOLS = 3
 
 
-def _small(e) -> bool:
-    return len(getattr(e, "free_symbols", ())) <= SIMPLIFY_SYMBOLS
-
-
 def _tidy(e):
-    return sympy.simplify(e) if _small(e) else e
+    return sympy.simplify(e) if len(getattr(e, "free_symbols", ())) <= SIMPLIFY_SYMBOLS else e
+
+
+SORTED_NODES = 200  # set by hand: entries up to this many nodes print with their terms sorted
+
+
+def _large(e) -> bool:
+    return any(k > SORTED_NODES for k, _ in enumerate(sympy.preorder_traversal(e)))
 
 
 def _order(entries) -> str | None:
     """SymPy's term order for printing these entries: its default (sorted, as a reader expects) when all
     are small; else the order they were derived in. Sorting the terms of an unrolled recurrence's entries
     is most of printing them (time_lstm_stateful's tiny-shape Jacobian: 1.2 s of text, 0.3 s unsorted)."""
-    return None if all(_small(e) for e in entries) else "none"
+    return "none" if any(_large(e) for e in entries if isinstance(e, sympy.Basic)) else None
 
 
 _SIMPLIFIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # derivation -> {(input, simplify): J}
