@@ -107,17 +107,17 @@ def run_all(bindings: list[Binding], rule_dirs=(), seed: int | None = None, time
     if jobs < 1:
         raise DerivcheckError(f"-j/--jobs must be at least 1, not {jobs}")
     results: list[Result | None] = [None] * len(bindings)
-    modules = Counter(b.target.rpartition(":")[0] for b in bindings)
+    modules = Counter(map(_module_of, bindings))
     zygotes = {where: Zygote(where) for where, n in modules.items() if n > 1}
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:  # each thread only waits on its worker process
-            futures = {pool.submit(run_binding, b, rule_dirs, seed, timeout, zygotes.get(b.target.rpartition(":")[0])): i
+            futures = {pool.submit(run_binding, b, rule_dirs, seed, timeout, zygotes.get(_module_of(b))): i
                        for i, b in enumerate(bindings)}
             try:
                 for finished, future in enumerate(as_completed(futures), 1):
                     i = futures[future]
                     results[i] = future.result()
-                    where = bindings[i].target.rpartition(":")[0]
+                    where = _module_of(bindings[i])
                     modules[where] -= 1
                     if not modules[where] and where in zygotes:  # its module's last check is done
                         zygotes[where].close()
@@ -134,6 +134,11 @@ def run_all(bindings: list[Binding], rule_dirs=(), seed: int | None = None, time
         for z in zygotes.values():
             z.close()
     return results
+
+
+def _module_of(binding: Binding) -> str:
+    """The module part of a binding's target (``path/to/layers.py`` or ``package.module``)."""
+    return binding.target.rpartition(":")[0]
 
 
 def validate(bindings: list[Binding], rule_dirs=()) -> None:
