@@ -108,7 +108,7 @@ def _union(nodes) -> tuple:
 def _aligner(labels: tuple, union: tuple):
     """A function putting an array with axes ``labels`` on axes ``union`` (transposed, a size-1 axis for
     each label it lacks), or None when it broadcasts as it is."""
-    if labels == union[len(union) - len(labels):] if labels else True:  # a trailing run, or a scalar
+    if not labels or labels == union[len(union) - len(labels):]:  # a scalar, or a trailing run of the axes
         return None
     present = [lab for lab in union if lab in labels]
     order = tuple(labels.index(lab) for lab in present)
@@ -145,14 +145,13 @@ class Compiled:
 
     def __call__(self, env: dict, backend_name: str = "numpy"):
         be = backend(backend_name)
+        if self._stray:
+            raise Unsupported("an index is free in the expression but not an output index")
         memo = env.get(MEMO)
         if memo is None:
             memo = {}
         with np.errstate(all="ignore"):
-            a = _run(self._program, memo, env, be)[self._root]
-        if self._stray:
-            raise Unsupported("an index is free in the expression but not an output index")
-        a = np.asarray(a)
+            a = np.asarray(_run(self._program, memo, env, be)[self._root])
         if self._order:
             a = np.transpose(a, self._order)
         shape = tuple(size(env) for size in self._sizes)
