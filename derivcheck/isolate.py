@@ -101,6 +101,11 @@ def start_server() -> None:
         multiprocessing.forkserver.ensure_running()
 
 
+def _callers_state() -> dict:
+    """What a worker takes from its caller (:func:`_take_callers_state`): derivcheck's variables, the folder, sys.path."""
+    return {"env": {name: os.environ.get(name) for name in _ENV}, "cwd": os.getcwd(), "sys_path": list(sys.path)}
+
+
 def _take_callers_state(request: dict) -> None:
     """The server was forked earlier: take the caller's state as it is now."""
     for name, value in request["env"].items():
@@ -191,8 +196,7 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)
     request = {"target": target, "rule": rule.path if rule else None, "digest": rule.digest if rule else None,
-               "options": options, "output": output,
-               "env": {name: os.environ.get(name) for name in _ENV}, "cwd": os.getcwd(), "sys_path": list(sys.path)}
+               "options": options, "output": output, **_callers_state()}
     forked = zygote is not None and zygote.ready(timeout)
     worker = _Forked(zygote, send, receive, request) if forked else ctx.Process(target=_work, args=(send, request), daemon=True)
     stage, outcome = "importing the target", None
@@ -294,8 +298,7 @@ class Zygote:
         if ctx.get_start_method() != "forkserver":
             return False
         self._control, theirs = ctx.Pipe(duplex=True)
-        request = {"where": self.where, "env": {name: os.environ.get(name) for name in _ENV}, "cwd": os.getcwd(),
-                   "sys_path": list(sys.path)}
+        request = {"where": self.where, **_callers_state()}
         self._process = ctx.Process(target=_zygote, args=(theirs, request), daemon=True)
         _start(self._process)
         theirs.close()
