@@ -244,7 +244,7 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
 @click.pass_obj
 def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, model, fmt):
     """Show how RULE's derivatives come about: graph, Jacobian, closed forms (or a network's, with --model)."""
-    from .adapters import KNOWN_NETWORKS, check_target, load_target, model_convention
+    from .adapters import KNOWN_NETWORKS, check_target, model_convention
     from .explanation import explain, explain_layer, explain_model
     from .rules import rule_for
 
@@ -260,7 +260,7 @@ def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, model, fmt):
     if name is None and not layer:
         raise DerivcheckError("name a rule (derivcheck explain affine) or a layer (--layer file.py:Name)")
     if layer:
-        load_target(layer)  # a typo in the layer is the first thing to report
+        check_target(layer)  # a typo in the layer is the first thing to report (its code runs in the worker only)
     rule = rule_for(name, layer or "", obj.rule_dirs)
     hyper = parse_hypers(hypers)
     sizes = parse_pairs(shape, "--shape") if shape else None

@@ -157,6 +157,17 @@ def test_interrupt_exits_130(tmp_path):
     assert "interrupted" in err
 
 
+def test_explain_layer_runs_the_layers_code_in_the_worker_only(tmp_path):
+    """`explain --layer` reads the target with ast, as verify does: the module is imported in the worker alone."""
+    seen = tmp_path / "imported-in.txt"
+    prelude = f"import os\nopen({str(seen)!r}, 'a').write(f'{{os.getpid()}}\\n')"
+    proc = subprocess.Popen([sys.executable, "-m", "derivcheck.cli", "explain", "--layer", layer(tmp_path, prelude), "--rule", "relu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "passes every check" in out, out + err
+    assert str(proc.pid) not in seen.read_text().split(), seen.read_text()
+
+
 def test_broken_toml_meant_for_derivcheck_is_loud_in_the_plugin_and_the_gate(tmp_path):
     """A TOML error in a sub-folder's [tool.derivcheck] is an error, never skipped, never a parent's config."""
     layer(tmp_path)
