@@ -358,5 +358,16 @@ def _summary_table(results) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
-if __name__ == "__main__":  # pragma: no cover
+def run() -> None:
+    """The ``derivcheck`` command (and ``python -m derivcheck.cli``): a process of its own, which has
+    imported none of the user's code, so its checks may fork their workers from it
+    (:func:`derivcheck.isolate.fork_from_here`). Tests that call :data:`main` in their own process keep
+    the worker server."""
+    from .isolate import fork_from_here
+
+    fork_from_here()
     main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

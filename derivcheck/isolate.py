@@ -5,7 +5,9 @@ loop forever, crash the interpreter, print into our JSON, change NumPy's
 error state or shadow a module another layer imports. So every check that
 ``verify``, ``check``, the pytest plugin and ``assert_backward`` make runs in
 a fresh process (forked from a server that has imported derivcheck, NumPy
-and SymPy but no user code, so starting one costs milliseconds), with:
+and SymPy but no user code, so starting one costs milliseconds; the
+``derivcheck`` command, which has imported no user code either, forks its
+workers from itself: :func:`fork_from_here`), with:
 
 - its standard output and error sent to a file, not to ours (the tail is
   quoted when the worker dies);
@@ -42,7 +44,8 @@ from .errors import DerivcheckError
 from . import adapters
 
 DEFAULT_TIMEOUT = 120.0  # seconds per layer check; --timeout or the config's `timeout` change it
-_CONTEXT = None
+_SERVER = None  # the worker server's context (see _server)
+_FORK_HERE = False  # see fork_from_here
 _LIVE: set = set()  # workers running now, so that an interrupt can stop them all
 
 
@@ -80,15 +83,35 @@ class WorkerCrashed(Exception):
     """Internal: derivcheck itself failed in the worker (a bug of ours, with its traceback)."""
 
 
-def _context():
-    global _CONTEXT
-    if _CONTEXT is None:
+def _server():
+    """The worker server's context: forkserver, or spawn where there is none (Windows)."""
+    global _SERVER
+    if _SERVER is None:
         if "forkserver" in multiprocessing.get_all_start_methods():
-            _CONTEXT = multiprocessing.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(["derivcheck.isolate", "derivcheck.verify", "derivcheck.reference", "sympy"])
+            _SERVER = multiprocessing.get_context("forkserver")
+            _SERVER.set_forkserver_preload(["derivcheck.isolate", "derivcheck.verify", "derivcheck.reference", "sympy"])
         else:  # Windows: a fresh interpreter each time
-            _CONTEXT = multiprocessing.get_context("spawn")
-    return _CONTEXT
+            _SERVER = multiprocessing.get_context("spawn")
+    return _SERVER
+
+
+def _context():
+    """Where a check's worker comes from: a fork of this process (:func:`fork_from_here`), else the server."""
+    if _FORK_HERE and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return _server()
+
+
+def fork_from_here() -> None:
+    """Fork workers from this process instead of from the server: for the ``derivcheck`` command's own
+    process (``cli.run``), which has imported none of the user's code (targets are read with ``ast``
+    until the worker imports them). While it runs one Python thread (``check -j N`` runs several: the
+    server), a fork of it is, for the layer, what a fork of the server would be, without the server's
+    start, a second import of NumPy and SymPy (a one-layer ``verify`` with the server takes about 1.5
+    times the time and CPU: ``bench/startup.py``). Linux only (on macOS a fork of a process that has
+    loaded the system's frameworks is unsafe)."""
+    global _FORK_HERE
+    _FORK_HERE = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
 _ENV = ("DERIVCHECK_CACHE_DIR", "DERIVCHECK_CACHE", "DERIVCHECK_RULES", "XDG_CACHE_HOME", "HOME")
@@ -97,7 +120,7 @@ _ENV = ("DERIVCHECK_CACHE_DIR", "DERIVCHECK_CACHE", "DERIVCHECK_RULES", "XDG_CAC
 def start_server() -> None:
     """Start the worker server now, rather than at the first check: the server keeps the environment it
     started in (a check's request carries the caller's folder, sys.path and derivcheck's own variables)."""
-    if _context().get_start_method() == "forkserver":
+    if _server().get_start_method() == "forkserver":
         multiprocessing.forkserver.ensure_running()
 
 
@@ -120,6 +143,7 @@ def _take_callers_state(request: dict) -> None:
 def _work(conn, request: dict) -> None:
     """In the worker: redirect output, run the check, send back ("report" | "error" | "internal", payload)."""
     _take_callers_state(request)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # forked from the caller: not its handler (see _start)
     out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -294,7 +318,7 @@ class Zygote:
             return self._state
 
     def _start(self, timeout: float) -> bool:
-        ctx = _context()
+        ctx = _server()
         if ctx.get_start_method() != "forkserver":
             return False
         self._control, theirs = ctx.Pipe(duplex=True)

@@ -157,6 +157,20 @@ def test_interrupt_exits_130(tmp_path):
     assert "interrupted" in err
 
 
+def test_the_commands_worker_is_forked_from_the_command_itself(tmp_path):
+    """`derivcheck verify` forks its worker from its own process (which has imported none of the user's
+    code: isolate.fork_from_here), not from a server it would start first; the worker takes Ctrl-C as a
+    fresh process does, not as the command's handler held while it started the worker."""
+    seen = tmp_path / "seen.txt"
+    prelude = ("import os, signal\n"
+               f"open({str(seen)!r}, 'w').write(f'{{os.getppid()}} {{signal.getsignal(signal.SIGINT) is signal.default_int_handler}}')")
+    proc = subprocess.Popen([sys.executable, "-m", "derivcheck.cli", "verify", layer(tmp_path, prelude), "--rule", "relu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "verdict: PASS" in out, out + err
+    assert seen.read_text() == f"{proc.pid} True"
+
+
 def test_explain_layer_runs_the_layers_code_in_the_worker_only(tmp_path):
     """`explain --layer` reads the target with ast, as verify does: the module is imported in the worker alone."""
     seen = tmp_path / "imported-in.txt"
