@@ -33,6 +33,21 @@ def run_lock(folder: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def pytest_configure(config):
+    """Compile derivcheck once for the whole run, into its own ``__pycache__`` (git ignores it).
+
+    The run starts ~150 interpreters that import derivcheck (test workers, commands, worker
+    servers, bench scripts). Where PYTHONDONTWRITEBYTECODE is set (as on the development
+    machine), none of them writes the bytecode it compiles, so each compiled derivcheck's
+    sources again (0.2 s). An installed package has its bytecode from pip; compileall
+    writes it whatever the variable says. Done by the run's first process, before any
+    test worker starts (a worker has PYTEST_XDIST_WORKER set)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        import compileall
+
+        compileall.compile_dir(Path(__file__).resolve().parent.parent / "derivcheck", quiet=1)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Keep the tests' derivation cache out of the user's ~/.cache, and share it between workers.
