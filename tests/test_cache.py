@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import derivcheck
-from derivcheck import cache, cachekey, derive, reference
+from derivcheck import cache, cachekey, derive, isolate, reference
 from derivcheck.rules import load_rule_file
 
 
@@ -99,8 +99,14 @@ def _derive_in_child(folder):
     return d.forward(x=np.arange(6.0).reshape(2, 3)).tolist()
 
 
+def _processes():
+    """Processes as the gate's -j workers are: forks of derivcheck's worker server (one import for all)."""
+    isolate.start_server()
+    return multiprocessing.get_context("forkserver")
+
+
 def test_parallel_writers_leave_whole_entries(fresh):
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _processes()
     with ctx.Pool(4) as pool:
         results = pool.map(_derive_in_child, [str(fresh)] * 8)
     assert all(r == results[0] for r in results)
@@ -148,7 +154,7 @@ def _derive_together(folder, log, barrier):
 
 def test_processes_needing_one_derivation_at_once_make_it_once(fresh):
     """check -j and the test workers: the first derives, the others wait for its entry and read it."""
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _processes()
     log = fresh / "derivations.log"
     barrier = ctx.Barrier(3)
     children = [ctx.Process(target=_child_exit, args=(_derive_together, str(fresh), str(log), barrier)) for _ in range(3)]
