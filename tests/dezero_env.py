@@ -5,6 +5,7 @@ its own. Building it is mostly waiting on pip, so the run starts it in the
 background as the session begins (``conftest.pytest_sessionstart``) and the
 ``dezero_env`` fixture waits for it only when a dezero test is reached.
 """
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,14 @@ def build(folder: Path) -> Path:
     venv = folder / "venv"
     with run_lock(folder):
         if not (folder / "ready").exists():
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-            subprocess.run(pip + ["numpy<1.24", "dezero", "matplotlib"], check=True)
-            subprocess.run(pip + ["-e", str(ROOT)], check=True)
+            # this interpreter's pip installs into the environment (pip --python): the environment
+            # needs no pip of its own (ensurepip: ~5 s), and one resolve installs everything
+            own_pip = importlib.util.find_spec("pip") is not None
+            subprocess.run([sys.executable, "-m", "venv", "--clear", *(["--without-pip"] if own_pip else []), str(venv)], check=True)
+            python = str(venv / "bin" / "python")
+            pip = [sys.executable, "-m", "pip", "--python", python] if own_pip else [python, "-m", "pip"]
+            subprocess.run(pip + ["install", "-q", "--disable-pip-version-check", "numpy<1.24", "dezero", "matplotlib",
+                                  "-e", str(ROOT)], check=True)
             (folder / "ready").touch()
     return venv
 
