@@ -286,7 +286,7 @@ class GenericDerivation:
         return {n: f(env) for n, f in self._support.items()}
 
     def output_shape(self, dims: dict) -> tuple:
-        return tuple(int(exact(s).subs({size_symbol(d): v for d, v in dims.items()})) for s in self.exprs["out_shape"])
+        return self._out.shape(dims)
 
 
 

@@ -143,6 +143,10 @@ class Compiled:
         self._present = [i in root.labels for i in free_ids]
         self._sizes = [_size_fn(self.ranges[i]) for i in self.free]
 
+    def shape(self, env: dict) -> tuple:
+        """The result's shape at the sizes in ``env`` (Python integers, no SymPy)."""
+        return tuple(size(env) for size in self._sizes)
+
     def __call__(self, env: dict, backend_name: str = "numpy"):
         be = backend(backend_name)
         if self._stray:
@@ -154,7 +158,7 @@ class Compiled:
             a = np.asarray(_run(self._program, memo, env, be)[self._root])
         if self._order:
             a = np.transpose(a, self._order)
-        shape = tuple(size(env) for size in self._sizes)
+        shape = self.shape(env)
         if self.free:
             it = iter(np.shape(a))
             a = np.reshape(a, [next(it) if p else 1 for p in self._present])
