@@ -19,6 +19,7 @@ the object renders itself (``_repr_markdown_``, ``_repr_latex_``).
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -435,10 +436,21 @@ class Explanation:
     dims: dict
     nodes: list
     chain: list
-    jacobian_text: str
-    jacobian_latex: str
+    derivation: object  # the element-by-element derivation at ``dims``: its Jacobian, printed when a format asks
     closed: list  # [(input, Formula, holds, note)]
     layer: list = field(default_factory=list)  # lines comparing a failing layer with the formula
+
+    @functools.cached_property
+    def jacobian_text(self) -> str:
+        from .render import jacobians_text
+
+        return jacobians_text(self.derivation, list(self.rule.inputs), simplify="small")
+
+    @functools.cached_property
+    def jacobian_latex(self) -> str:
+        from .render import jacobians_latex
+
+        return jacobians_latex(self.derivation, list(self.rule.inputs), simplify="small")
 
     def text(self) -> str:
         r, pr = self.rule, Printer(self.rule)
@@ -524,7 +536,6 @@ def _parse(node: Node):
 
 def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: int = 0) -> Explanation:
     """The derivation of ``rule`` (a Rule or a rule's name); renders as text, markdown or LaTeX."""
-    from . import render
     from .rules import load_rule
 
     if isinstance(rule, str):
@@ -540,8 +551,7 @@ def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: in
     closed = [(n, f, *proofs[n]) for n, f in rule.closed_forms.items()]
     if rule.from_output is not None and chain:  # the seed's last step: dout * y * (1 - y), proven
         chain.append(_from_output_line(rule, hyper))
-    return Explanation(rule, hyper, dims, nodes, chain, render.jacobians_text(d, list(rule.inputs), simplify="small"),
-                       render.jacobians_latex(d, list(rule.inputs), simplify="small"), closed)
+    return Explanation(rule, hyper, dims, nodes, chain, d, closed)
 
 
 def explain_layer(exp: Explanation, target: str, rule, **options) -> Explanation:
