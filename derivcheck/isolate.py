@@ -107,7 +107,7 @@ def fork_from_here() -> None:
     process (``cli.run``), which has imported none of the user's code (targets are read with ``ast``
     until the worker imports them). While it runs one Python thread (``check -j N`` runs several: the
     server), a fork of it is, for the layer, what a fork of the server would be, without the server's
-    start, a second import of NumPy and SymPy (a one-layer ``verify`` with the server takes about 1.5
+    start, a second import of NumPy and SymPy (a one-layer ``verify`` with the server takes 1.5 to 1.8
     times the time and CPU: ``bench/startup.py``). Linux only (on macOS a fork of a process that has
     loaded the system's frameworks is unsafe)."""
     global _FORK_HERE
