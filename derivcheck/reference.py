@@ -365,7 +365,7 @@ def stepped_for(rule, hyper: dict):
     try:
         prog = stepped.plan(rule)
         for c in prog.cells:
-            c.derivation = checked(c.rule, {}, (*c.inexact, DOUT))
+            c.derivation = checked(c.rule, {}, (*c.rule_inexact, DOUT))
         disk_key = cache.entry_key(key)
         if (cache.load_entry(disk_key) or {}).get("proven") is not True:
             with cache.deriving(disk_key):

@@ -57,7 +57,13 @@ class Cell:
     rule: object  # the cell's Rule
     reads: dict  # cell input -> ("step", sequence input, axis) | ("prev", state) | ("name", a formula name)
     inexact: tuple  # the cell inputs computed with rounding (states, names set by an earlier loop)
+    names: dict  # cell input -> its name in the cell's rule (canonical: see _canonical)
     derivation: object = None  # its GenericDerivation, set by reference.stepped_for
+
+    @property
+    def rule_inexact(self) -> tuple:
+        """:attr:`inexact` as the cell's rule names them."""
+        return tuple(self.names[n] for n in self.inexact)
 
 
 @dataclass
@@ -251,17 +257,20 @@ def _cell(rule, statements: list, out: str, shapes: dict, cells: list) -> int:
             raise Unsupported(f"the loop's body reads '{n}', which is neither an input nor a state")
         if how[0] == "name" and n in rule.hyper:
             raise Unsupported(f"the loop's body reads the hyperparameter '{n}'")
-    formula = "\n".join([f"{t} = {ast.unparse(node)}" for t, node in keep] + [out])
+    names = _canonical(keep, inputs, set(rule.dims) | set(rule.formula.names))
+    renamed = [(names[t], _Canonical(names).visit(ast.parse(ast.unparse(node), mode="eval").body)) for t, node in keep]
+    formula = "\n".join([f"{t} = {ast.unparse(node)}" for t, node in renamed] + [names[out]])
     used_dims = {d for n in inputs for e in (shapes[n] if n in shapes and shapes[n] is not None else rule.inputs[n].shape)
                  for d in dim_names(e)}
     used_dims |= needed & set(rule.dims)
     text = ['summary = "one step of a recurrence: the value it hands on"', f"formula = '''\n{formula}\n'''"]
-    for n in inputs:
-        text += [f"[inputs.{n}]", f"shape = {_toml_shape(shapes[n] if n in shapes and shapes[n] is not None else rule.inputs[n].shape)}"]
+    for n in sorted(inputs, key=names.get):
+        text += [f"[inputs.{names[n]}]", f"shape = {_toml_shape(shapes[n] if n in shapes and shapes[n] is not None else rule.inputs[n].shape)}"]
     for d in sorted(used_dims):
         r = rule.dims[d]
         text += [f"[dims.{d}]", f"min = {r.min}", f"max = {r.max}"]
-    # named by its text, so that rules with the same step (time_lstm, time_lstm_stateful) share its derivation
+    # named by its text, so that steps alike but for their names (time_lstm's, time_bi_lstm's two, lstm_sequence's)
+    # share one derivation
     name = f"cell_{hashlib.sha256(chr(10).join(text).encode()).hexdigest()[:16]}"
     try:
         cell_rule = parse_rule(f'name = "{name}"\n' + "\n".join(text) + "\n", Path(rule.path).with_name(f"{name}.toml"))
@@ -269,8 +278,38 @@ def _cell(rule, statements: list, out: str, shapes: dict, cells: list) -> int:
         raise Unsupported(f"its step '{out}' is not a formula of its own ({exc.message})") from None
     inexact = tuple(n for n, how in inputs.items()
                     if how[0] == "prev" or (how[0] == "name" and how[1] not in rule.inputs and how[1] not in rule.labels))
-    cells.append(Cell(out, last, cell_rule, inputs, inexact))
+    cells.append(Cell(out, last, cell_rule, inputs, inexact, {n: names[n] for n in inputs}))
     return len(cells) - 1
+
+
+def _canonical(keep: list, inputs: dict, taken: set) -> dict:
+    """A cell's names -> the names its rule uses: inputs ``in1, in2, ...`` and the values it assigns
+    ``val1, val2, ...``, numbered as they first appear, so that two steps that differ only in their
+    names (Wx1 and Wx2, h and state) are one rule. Names the formula reads otherwise (sizes, functions) stay."""
+    order = []
+    for t, node in keep:
+        order += [n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in inputs and n.id not in order]
+        order.append(t)
+    names, counts = {}, {"in": 0, "val": 0}
+    for n in order:
+        if n in names:
+            continue
+        kind = "in" if n in inputs else "val"
+        while True:
+            counts[kind] += 1
+            name = f"{kind}{counts[kind]}"
+            if name not in taken:
+                break
+        names[n] = name
+    return names
+
+
+class _Canonical(ast.NodeTransformer):
+    def __init__(self, names: dict):
+        self.names = names
+
+    def visit_Name(self, node):
+        return ast.copy_location(ast.Name(self.names.get(node.id, node.id), node.ctx), node)
 
 
 # ---------------------------------------------------------------------------
@@ -364,10 +403,10 @@ def run(prog: Program, values: dict, dims: dict, cot=None, backend: str = "numpy
                         env_M[name] = M.get(how[1]) if bounds else None
             outs, outs_M = [], []
             for c in step.cells:
-                e = {**dims, **{k: env[k] for k in c.reads}, MEMO: {}}
+                e = {**dims, **{c.names[k]: env[k] for k in c.reads}, MEMO: {}}
                 outs.append(c.derivation.forward(e, backend))
                 if bounds:
-                    e.update({bound_name(k): env_M[k] for k in c.inexact})
+                    e.update({bound_name(c.names[k]): env_M[k] for k in c.inexact})
                     outs_M.append(c.derivation.forward_bound(e))
             tape.append((t, env, env_M, outs))
             for s, (axis, k) in step.stacked.items():
@@ -433,17 +472,17 @@ def _backward(prog, values, dims, scope, M, tapes, cot, be, bounds):
                         dout.absorb(stacked_g[s], part=_index(axis, t))
                 if bounds and not dout.count.any():
                     continue
-                e = {**dims, **{n: env[n] for n in c.reads}, DOUT: dout.value, MEMO: {}}
+                e = {**dims, **{c.names[n]: env[n] for n in c.reads}, DOUT: dout.value, MEMO: {}}
                 vj = c.derivation.vjp(e, be.name)
                 if bounds:
-                    e.update({bound_name(n): env_M[n] for n in c.inexact})
+                    e.update({bound_name(c.names[n]): env_M[n] for n in c.inexact})
                     e[bound_name(DOUT)] = dout.bound()
                     e[WEIGHT] = np.abs(dout.value) * np.abs(outs[k])
                     vb, vs = c.derivation.vjp_bounds(e), c.derivation.vjp_support(e)
                 for n in c.reads:
                     if n not in into:
                         into[n] = GradientSum(np.shape(env[n]), be, bounds)
-                    into[n].add(vj[n], vb[n] + vs[n] if bounds else None)
+                    into[n].add(vj[c.names[n]], vb[c.names[n]] + vs[c.names[n]] if bounds else None)
             new_state = {}
             for n, s in into.items():
                 how = next(c.reads[n] for c in step.cells if n in c.reads)

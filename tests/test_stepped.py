@@ -176,3 +176,12 @@ def test_a_gradient_summed_over_steps_is_charged_as_an_add_of_its_contributions(
     g.add(np.array([-3.0]), np.array([1.0]), where=(slice(0, 1),))
     np.testing.assert_array_equal(g.value, [-2.0, -2.0])
     np.testing.assert_array_equal(g.bound(), [0.5 + 1.0 + (1.0 + 3.0), 0.25])
+
+
+def test_steps_alike_but_for_their_names_share_one_cell():
+    """TimeBiLSTM's two directions (Wx1, Wx2) and TimeLSTM's step (Wx) are one cell rule: derived once."""
+    def cells(name):
+        return [c.rule.name for c in stepped.plan(load_rule(name)).cells]
+
+    assert cells("time_bi_lstm") == cells("time_lstm") * 2
+    assert cells("time_rnn") == cells("time_rnn_stateful")
