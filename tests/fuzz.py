@@ -137,7 +137,7 @@ def target_cases() -> list[Case]:
     passes = {"seterr raise", "prints a lot"}
     for label, body in broken_files.items():
         exits = (1,) if label in verdict_due else (0,) if label in passes else (2,)
-        # the endless loop burns its whole limit: 3 s (set by hand) leave exp's reference, made first, ten times its time
+        # the endless loop burns its whole limit: 3 s (set by hand) is ten times what exp's reference, made first, needs
         limit = "3" if label == "hangs" else "5"
         args = ["verify", "layers.py:Exp", "--rule", "exp", "--trials", "2", "--timeout", limit]
         if label == "prints a lot":
