@@ -144,13 +144,16 @@ def test_assert_backward_runs_a_module_level_layer_isolated(tmp_path):
 def test_interrupt_exits_130(tmp_path):
     import signal
 
-    target = layer(tmp_path, backward="import time; time.sleep(60)")
+    mark = tmp_path / "in-backward"
+    target = layer(tmp_path, backward=f"open({str(mark)!r}, 'w').close(); import time; time.sleep(60)")
     # Ctrl-C's default action in the child, whatever this process inherited: a test run started
     # in the background of a shell ignores SIGINT, and so would every process it starts
     proc = subprocess.Popen([sys.executable, "-m", "derivcheck.cli", "verify", target, "--rule", "relu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(4)
+    deadline = time.monotonic() + 120
+    while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:  # the worker is in the layer
+        time.sleep(0.05)
     proc.send_signal(__import__("signal").SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (proc.returncode, out, err)
