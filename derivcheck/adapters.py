@@ -66,6 +66,11 @@ def target_spec(obj) -> str:
     return f"{path}:{name}" if path else f"{getattr(obj, '__module__', '?')}:{name}"
 
 
+def _names_a_file(where: str) -> bool:
+    """A target's module part names a file (``path/to/layers.py``), not a module (``package.module``)."""
+    return where.endswith(".py") or "/" in where or "\\" in where
+
+
 def check_target(spec: str) -> None:
     """The checks of :func:`load_target` that run none of the user's code.
 
@@ -75,7 +80,7 @@ def check_target(spec: str) -> None:
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name:
         raise DerivcheckError(f"target '{spec}' must look like path/to/layers.py:Affine or package.module:Affine")
-    if not (where.endswith(".py") or "/" in where or "\\" in where):
+    if not _names_a_file(where):
         return
     path = Path(where)
     if not path.is_file():
@@ -127,7 +132,7 @@ def _parse(path: str, mtime_ns: int, size: int) -> ast.Module:
 
 def load_module(where: str):
     """The module part of a target (``path/to/file.py`` or ``package.module``), imported once per process."""
-    if where.endswith(".py") or "/" in where or "\\" in where:
+    if _names_a_file(where):
         path = Path(where)
         if not path.is_file():
             raise DerivcheckError(f"target file '{where}' not found (from {Path.cwd()})")
@@ -203,7 +208,7 @@ def model_convention(spec: str) -> str | None:
     target is a layer or a network; the worker then checks it.
     """
     where, _, name = spec.rpartition(":")
-    path = Path(where) if where.endswith(".py") or "/" in where or "\\" in where else _module_file(where)
+    path = Path(where) if _names_a_file(where) else _module_file(where)
     if path is None or not path.is_file():
         return None
     try:
