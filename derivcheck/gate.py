@@ -108,7 +108,8 @@ def run_all(bindings: list[Binding], rule_dirs=(), seed: int | None = None, time
         raise DerivcheckError(f"-j/--jobs must be at least 1, not {jobs}")
     results: list[Result | None] = [None] * len(bindings)
     modules = Counter(map(_module_of, bindings))
-    zygotes = {where: Zygote(where) for where, n in modules.items() if n > 1}
+    zygotes = {where: Zygote(where, _warm([b for b in bindings if _module_of(b) == where], rule_dirs))
+               for where, n in modules.items() if n > 1}
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:  # each thread only waits on its worker process
             futures = {pool.submit(run_binding, b, rule_dirs, seed, timeout, zygotes.get(_module_of(b))): i
@@ -134,6 +135,23 @@ def run_all(bindings: list[Binding], rule_dirs=(), seed: int | None = None, time
         for z in zygotes.values():
             z.close()
     return results
+
+
+def _warm(bindings, rule_dirs) -> dict:
+    """What a module's zygote loads before forking these checks (isolate._warm): each rule's derivation
+    (rule file, hyperparameters), once; the rule catalogue if a network is checked (its layers' rules are
+    looked up by name). A binding without a rule is left to report that in its own check."""
+    derivations, catalogue = [], None
+    for b in bindings:
+        try:
+            _, rule, options = verify_arguments(b, rule_dirs)
+        except DerivcheckError:
+            continue
+        if rule is None:
+            catalogue = options["rule_dirs"]
+        elif (str(rule.path), options["hyper"]) not in derivations:
+            derivations.append((str(rule.path), options["hyper"]))
+    return {"derivations": derivations, "catalogue": catalogue}
 
 
 def _module_of(binding: Binding) -> str:

@@ -305,8 +305,8 @@ class Zygote:
     reports the failure, as without a zygote. Started at the first check that asks.
     """
 
-    def __init__(self, where: str):
-        self.where = where
+    def __init__(self, where: str, warm: dict | None = None):
+        self.where, self.warm = where, warm or {}  # what the checks will use: see _warm
         self._lock = threading.RLock()  # held while starting, which closes it if the import fails
         self._state = None  # None: not started; True: serving; False: not usable
         self._control = self._process = None
@@ -322,7 +322,7 @@ class Zygote:
         if ctx.get_start_method() != "forkserver":
             return False
         self._control, theirs = ctx.Pipe(duplex=True)
-        request = {"where": self.where, **_callers_state()}
+        request = {"where": self.where, "warm": self.warm, **_callers_state()}
         self._process = ctx.Process(target=_zygote, args=(theirs, request), daemon=True)
         _start(self._process)
         theirs.close()
@@ -416,12 +416,35 @@ def _threads() -> int:
         return threading.active_count()
 
 
+def _warm(warm: dict) -> None:
+    """Bring into memory what the checks will use, so that each check's worker, a fork, has it instead of
+    loading (or deriving) and compiling it again: ``warm["derivations"]``, (rule file, hyperparameters as
+    given) pairs; ``warm["catalogue"]``, the rule folders a network's layers are looked up in (None: no
+    network). A failure is left for the check that meets it, in its own worker, to report."""
+    from .reference import note_for
+    from .rules import list_rules, load_rule
+
+    for path, hyper in warm.get("derivations", ()):
+        try:
+            rule = load_rule(path)
+            note_for(rule, rule.resolve_hyper(hyper))
+        except Exception:  # noqa: BLE001 - the check meets it again and reports it
+            pass
+    if warm.get("catalogue") is not None:
+        try:
+            list_rules(warm["catalogue"], errors=[])
+        except Exception:  # noqa: BLE001 - as above
+            pass
+
+
 def _zygote(control, request: dict) -> None:
-    """In a worker of the server: import the module, say "ready", then fork a worker per request."""
+    """In a worker of the server: load the checks' derivations, import the module, say "ready", then fork
+    a worker per request."""
     _take_callers_state(request)
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
     os.dup2(quiet, 2)
+    _warm(request["warm"])  # before the user's module is imported: derivcheck's own work, in its own state
     before = _threads()
     try:
         adapters.load_module(request["where"])

@@ -292,6 +292,19 @@ def test_the_checks_of_one_module_fork_from_one_import_and_stay_isolated(tmp_pat
     assert (tmp_path / "imports.log").read_text() == "imported\n"  # one import for six checks
 
 
+def test_the_checks_of_one_module_fork_with_their_derivation_already_loaded(tmp_path, monkeypatch):
+    """The zygote loads the checks' derivations before it imports the module, so each check's worker has them
+    in memory: here the module's import deletes the cache folder, so a worker that had to load the derivation
+    would derive it again and store it there."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DERIVCHECK_CACHE_DIR", str(cache))
+    prelude = "import shutil\nshutil.rmtree(os.environ['DERIVCHECK_CACHE_DIR'], ignore_errors=True)"
+    p, results = _one_module(tmp_path, IN_ONE_MODULE[:2], prelude)
+    assert p.returncode == 0 and all(r["verdict"] == "pass" for r in results.values()), p.stdout + p.stderr
+    assert (tmp_path / "imports.log").read_text() == "imported\n"  # the zygote's import: the checks forked from it
+    assert not list(cache.rglob("*.json")), "a check's worker derived again what the zygote had loaded"
+
+
 @pytest.mark.parametrize("prelude,why", [
     ("raise SystemExit(0)", "called sys.exit(0) during importing the target"),
     ("import threading, time\nthreading.Thread(target=time.sleep, args=(30,), daemon=True).start()", None),
