@@ -89,7 +89,9 @@ def _server():
     if _SERVER is None:
         if "forkserver" in multiprocessing.get_all_start_methods():
             _SERVER = multiprocessing.get_context("forkserver")
-            _SERVER.set_forkserver_preload(["derivcheck.isolate", "derivcheck.verify", "derivcheck.reference", "sympy"])
+            # sympy.tensor.tensor: SymPy imports it at its first sum (Add.flatten), else in every worker
+            _SERVER.set_forkserver_preload(["derivcheck.isolate", "derivcheck.verify", "derivcheck.reference", "sympy",
+                                            "sympy.tensor.tensor"])
         else:  # Windows: a fresh interpreter each time
             _SERVER = multiprocessing.get_context("spawn")
     return _SERVER
