@@ -205,6 +205,21 @@ def support(expr, cot: str = DOUT, weight: str = WEIGHT):
 # ---------------------------------------------------------------------------
 
 
+def _indices(shape, pools: dict) -> tuple:
+    """Index variables for an input of ``shape``, the same across a derivation's inputs where the sizes
+    are: the gradients of b (4H) and of Wx (D, 4H) both read the gates' gradient at [n, p], one expression,
+    which the compiled VJPs then compute once (indexeval.sharing), not once per input's own index name."""
+    taken: dict = {}
+    out = []
+    for size in shape:
+        pool = pools.setdefault(size, [])
+        k = taken[size] = taken.get(size, -1) + 1
+        if k == len(pool):
+            pool.append(fresh_index("p"))
+        out.append(pool[k])
+    return tuple(out)
+
+
 class GenericDerivation:
     """A rule's forward, VJP and error bounds at symbolic sizes, compiled to NumPy.
 
@@ -244,9 +259,10 @@ class GenericDerivation:
         forward_inexact = {n: b for n, b in inexact.items() if n != DOUT}
         exprs = {"out_indices": list(out.indices), "out_shape": list(out.shape), "out": out.expr,
                  "out_M": magnitude(out.expr, inexact=forward_inexact), "vjp": {}}
+        pools: dict = {}  # size -> index variables: each input's first axis of that size takes the first, and so on
         for n, spec in rule.inputs.items():
             shape = rule.shape_of(spec.shape, sizes)
-            p = tuple(fresh_index("p") for _ in shape)
+            p = _indices(shape, pools)
             element = IndexedBase(n, real=True)[p] if p else sympy.Symbol(n, real=True)
             r = {**ranges, **dict(zip(p, shape))}
             v = collapse(L.diff(element), r)

@@ -213,7 +213,8 @@ def _size_fn(size):
 MEMO = "__memo__"  # an env entry: {node key: result}, shared by the expressions of one evaluation
 
 
-_SHARED: dict | None = None  # inside sharing(): (expression, ranges) -> its node, {id(ranges): key of ranges}
+_SHARED: dict | None = None  # inside sharing(): (expression, ranges) -> its node; {id(ranges): (ranges, key, sizes
+# by label)}; (expression, its labels' sizes) -> its node
 
 
 @contextlib.contextmanager
@@ -224,7 +225,7 @@ def sharing():
     global _SHARED
     outer = _SHARED
     if outer is None:
-        _SHARED = {"nodes": {}, "ranges": {}}
+        _SHARED = {"nodes": {}, "ranges": {}, "canonical": {}}
     try:
         yield
     finally:
@@ -237,11 +238,18 @@ def _compile(expr, ranges: dict) -> Node:
         return _compile_node(expr, ranges)
     seen = _SHARED["ranges"].get(id(ranges))
     if seen is None or seen[0] is not ranges:  # the dict itself is kept, so its id is not reused
-        seen = _SHARED["ranges"][id(ranges)] = (ranges, frozenset(ranges.items()))
+        seen = _SHARED["ranges"][id(ranges)] = (ranges, frozenset(ranges.items()), {_id(v): n for v, n in ranges.items()})
     key = (expr, seen[1])
     hit = _SHARED["nodes"].get(key)
     if hit is None:
-        hit = _SHARED["nodes"][key] = _compile_node(expr, ranges)
+        hit = _compile_node(expr, ranges)
+        # its value depends on the sizes of its own labels only: compiled where other indices are in range
+        # too (the VJP of Wx has the gates' gradient at [n, p] inside, as b's does, with one more index), it
+        # is the node already made there
+        sizes = seen[2]
+        if all(lab in sizes for lab in hit.labels):
+            hit = _SHARED["canonical"].setdefault((expr, tuple((lab, sizes[lab]) for lab in hit.labels)), hit)
+        _SHARED["nodes"][key] = hit
     return hit
 
 
