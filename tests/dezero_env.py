@@ -6,6 +6,7 @@ background as the session begins (``conftest.pytest_sessionstart``) and the
 ``dezero_env`` fixture waits for it only when a dezero test is reached.
 """
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,13 @@ def build(folder: Path) -> Path:
             subprocess.run([sys.executable, "-m", "venv", "--clear", *(["--without-pip"] if own_pip else []), str(venv)], check=True)
             python = str(venv / "bin" / "python")
             pip = [sys.executable, "-m", "pip", "--python", python] if own_pip else [python, "-m", "pip"]
-            subprocess.run(pip + ["install", "-q", "--disable-pip-version-check", "numpy<1.24", "dezero", "matplotlib",
-                                  "-e", str(ROOT)], check=True)
+            # --no-compile: pip would byte-compile all of every package (sympy's 80 MB, matplotlib's fonttools:
+            # half of the build); one import of what the tests run compiles only that, kept for the rest
+            subprocess.run(pip + ["install", "-q", "--no-compile", "--disable-pip-version-check", "numpy<1.24", "dezero",
+                                  "matplotlib", "-e", str(ROOT)], check=True)
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            imports = "import dezero, derivcheck.cli, derivcheck.gate, derivcheck.network, sympy.tensor.tensor"
+            subprocess.run([python, "-W", "ignore::SyntaxWarning", "-c", imports], check=True, env=env)  # dezero's 'is' with a literal
             (folder / "ready").touch()
     return venv
 
