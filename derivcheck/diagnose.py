@@ -115,7 +115,7 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
     denom = float(np.sum(E * E))
     if denom > 0:
         k = float(np.sum(G * E) / denom)
-        upstream = _upstream_ignored(name, E, G, c, ctx)
+        upstream = _upstream_ignored(name, E, G, c, scale, ctx)
         if upstream:
             out.append(upstream)  # for a loss this is also a constant factor, 1/dout: say the specific thing
         elif abs(k - 1) > 1e-6 and abs(k + 1) > 1e-6 and k != 0 and (r := holds(k * E, np.abs(k) * np.abs(scale))) <= 1:
@@ -182,15 +182,18 @@ def _swapped(name, G, ctx) -> dict | None:
     return None
 
 
-def _upstream_ignored(name, E, G, c, ctx) -> dict | None:
+def _upstream_ignored(name, E, G, c, scale, ctx) -> dict | None:
+    """The gradient at dout = 1 (a scalar dout) or dout = all ones, judged with the check's own rounding
+    scale at that dout (a small gradient is no reason to reject it: a correct loss's can be small)."""
     check = f"grad {name}"
     if c.ndim == 0:
-        if c != 0 and (r := _ratio(E / c, G, np.abs(E / c), ctx.dtype)) <= 1:
+        if c != 0 and (r := _ratio(E / c, G, np.abs(scale) / abs(float(c)), ctx.dtype)) <= 1:
             return _found("upstream-ignored", check, f"is the gradient for dout = 1, but dout was {float(c):.6g}: it is not multiplied by dout",
                           "multiply by the upstream gradient: dx = dx * dout", r)
         return None
-    ones = ctx.derivation.vjp(np.ones_like(c), **ctx.ref)[name]
-    if (r := _ratio(ones, G, np.abs(ones), ctx.dtype)) <= 1:
+    _, at_ones, scales = ctx.derivation.evaluate(np.ones_like(c), **ctx.ref)
+    ones = at_ones[name]
+    if (r := _ratio(ones, G, np.abs(scales[name]), ctx.dtype)) <= 1:
         return _found("upstream-ignored", check, "is the gradient for dout = all ones: the upstream gradient is ignored",
                       "multiply by dout", r)
     return None

@@ -166,6 +166,17 @@ def test_a_loss_that_ignores_a_scalar_dout():
                          "multiply by the upstream gradient: dx = dx * dout", Explains())]
 
 
+def test_a_loss_that_ignores_dout_is_judged_at_the_checks_rounding_scale_not_its_own_size():
+    # book 1's SoftmaxWithLoss at N=1, C=2 (seed 35): y - t is small by cancellation, so its rounding scale
+    # (about |y| + |t|) is far above its size; the hypothesis is held to that scale, as the check is
+    c = 2.5
+    at_one = np.array([[1e-12, -1e-12]])
+    scale_at_one = np.array([[1.0, 1.0]])
+    got = at_one + 1e-17  # within KAPPA * u * 2 of the gradient at dout = 1, far past 1e-12's own rounding
+    found_ = diagnose_gradient("x", at_one * c, got, scale_at_one * c, ctx("softmax_with_loss", {"N": 1, "C": 2}, np.asarray(c)))
+    assert [f["kind"] for f in found_] == ["upstream-ignored"]
+
+
 def test_a_layer_that_ignores_dout():
     dims = {"N": 2, "D": 3}
     x = RNG.normal(size=(2, 3))
@@ -370,15 +381,17 @@ def _case_factor(ratio, dt):
 
 def _case_upstream_scalar(ratio, dt):
     c = 2.5
-    G = _nudge(E23 / c, np.abs(E23 / c), dt, ratio)
+    G = _nudge(E23 / c, S23 / c, dt, ratio)  # held to the check's own scale at dout = 1
     return "x", E23, G, S23, ctx("softmax_with_loss", {"N": 2, "C": 3}, np.asarray(c), dtype=dt), "upstream-ignored"
 
 
 def _case_upstream_ones(ratio, dt):
     x = RNG.normal(size=(2, 3))
     c = ctx("sigmoid", {"N": 2, "D": 3}, RNG.normal(size=(2, 3)), ref={"x": x}, dtype=dt)
-    ones = c.derivation.vjp(np.ones((2, 3)), x=x)["x"]  # as diagnose computes it: a nudge of 1.2 is not undone by rounding
-    return "x", c.cot * ones, _nudge(ones, np.abs(ones), dt, ratio), np.abs(c.cot * ones) + 1e-3, c, "upstream-ignored"
+    y = 1 / (1 + np.exp(-x))
+    ones = y * (1 - y)  # the gradient at dout = all ones
+    scale = c.derivation.evaluate(np.ones((2, 3)), x=x)[2]["x"]  # the rounding scale the check would have at dout = all ones
+    return "x", c.cot * ones, _nudge(ones, scale, dt, ratio), np.abs(c.cot * ones) + 1e-3, c, "upstream-ignored"
 
 
 def _case_input_for_output(ratio, dt):
