@@ -233,21 +233,26 @@ def _version(pkg: str) -> str:
 
 
 _VERSIONS = None
-# the modules whose code decides what a derivation is: an edit to any of them is a new cache
-_ENGINE = ("cache", "derive", "formula", "generic", "indexed", "indexeval", "rounding", "symarray")
 
 
-def _engine_digest() -> str:
+def code_digest(folder: Path = Path(__file__).parent) -> str:
+    """A digest of every Python file of the package (names and contents): the code that makes a derivation.
+
+    The whole package, not a list kept by hand: a list once left out the recurrence and reference
+    modules, so an edit there reused cached proofs and a correct layer FAILed. Read once per process.
+    """
     h = hashlib.sha256()
-    for name in _ENGINE:
-        h.update((Path(__file__).parent / f"{name}.py").read_bytes())
+    for path in sorted(folder.rglob("*.py")):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
     return h.hexdigest()
 
 
 def entry_key(memory_key: tuple) -> str:
     global _VERSIONS
     if _VERSIONS is None:
-        _VERSIONS = (FORMAT, _version(DISTRIBUTION), _engine_digest(), sympy.__version__, np.__version__)
+        _VERSIONS = (FORMAT, _version(DISTRIBUTION), code_digest(), sympy.__version__, np.__version__)
     return hashlib.sha256(repr((_VERSIONS, memory_key)).encode()).hexdigest()
 
 

@@ -218,3 +218,27 @@ def test_processes_starting_together_on_a_fresh_machine_agree_on_one_whole_key(t
         keys = {out for out, _ in outs}
         assert len(keys) == 1 and len(bytes.fromhex(keys.pop())) == 32
         assert sorted(p.name for p in (home / "derivcheck").iterdir()) == ["secret.key"]  # no temporary file left
+
+
+def test_every_module_of_the_package_is_in_the_key(tmp_path):
+    # the key once listed its engine modules by hand and left out stepped.py and reference.py: an edit there
+    # reused cached proofs and a correct TimeRNN FAILed. Now an edit to any file of the package, or a new
+    # module, is a new key
+    import shutil
+    from pathlib import Path
+
+    package = Path(derivcheck.__file__).parent
+    copy = tmp_path / "derivcheck"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = cache.code_digest(copy)
+    assert before == cache.code_digest(package)
+    modules = sorted(copy.rglob("*.py"))
+    assert {"stepped.py", "reference.py", "judge.py", "derive.py"} <= {p.name for p in modules}
+    for path in modules:
+        text = path.read_bytes()
+        path.write_bytes(text + b"\n# edited\n")
+        assert cache.code_digest(copy) != before, f"an edit to {path.name} keeps the derivation cache's key"
+        path.write_bytes(text)
+    assert cache.code_digest(copy) == before
+    (copy / "newmodule.py").write_text("X = 1\n")
+    assert cache.code_digest(copy) != before
