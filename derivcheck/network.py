@@ -41,10 +41,11 @@ from . import calls, reference
 from .adapters import (KNOWN_NETWORKS, LOSS_ATTRS, Binding, LayerError, bind, call_user, dezero_grad, dlfs1_gradient, load_target,
                        model_shape, norm_name, stage)
 from .checks import KAPPA, Check, compare, unit_roundoff
-from .diagnose import Context, diagnose_forward, diagnose_gradient
 from .errors import DerivcheckError
 from .rules import Multiple, rule_in_convention
-from .verify import DTYPES, Report, judged_dtype, rank_mismatch
+from .judge import Judge, judged_dtype
+from .results import DTYPES, Report
+from .verify import rank_mismatch
 
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
 # a CS231n model's regularization strength (its constructor's reg), set by hand: any value far from 0 makes
@@ -980,40 +981,14 @@ class NetworkVerifier:
                     else link.grad_at[i] if link.style == "functional" else f"{link.name}.backward(dout)"
                     for i, n in enumerate(data)},
                  **{n: link.grad_where(n) for n in link.slots}}
-        candidates = [hyper] + rule.alternatives(given)
-        results = None
-        for h in candidates:  # the rule, or one of its also = [...] values (log(y + 1e-7))
-            d = reference.at(rule, h, dims)
-            out, grads, scales = d.evaluate(cot, **ref)
-            expected = {"forward": out, **grads}
-            scales = {"forward": scales["forward"], **{n: scales[n] for n in grads}}
-            now = [compare(f"{link.label()}: {'forward' if n == 'forward' else 'grad ' + n}", expected[n], got, scales[n],
-                           judged_dtype(got, self.dtype), where=where[n], **ctx) for n, got in pairs]
-            if results is None:
-                results, kept = now, (d, expected, scales)
-            if all(c.passed for c in now):
-                results, kept = now, (d, expected, scales)
-                if h is not hyper:
-                    changed = ", ".join(f"{k} = {v}" for k, v in h.items() if v != hyper[k])
-                    note = f"{link.label()} matches its rule with {changed}"
-                    if note not in rep.notes:
-                        rep.notes.append(note)
-                break
-        d, expected, scales = kept
-        bad = []
-        for (n, got), c in zip(pairs, results):
-            if not c.passed:
-                if n == "forward":
-                    c.diagnosis = [diagnose_forward(c)]
-                elif got is not None:
-                    dctx = Context(rule, d, dims, ref, cot, self.dtype, {n: []}, False,
-                                   {m: (expected[m], scales[m]) for m in rule.inputs if m != n})
-                    c.diagnosis = diagnose_gradient(n, expected[n], got, scales[n], dctx)
-                for dg in c.diagnosis or []:  # named after the layer: "Affine1: grad W: is off by ..."
-                    dg["check"] = c.name
-                    dg["message"] = f"{link.label()}: {dg['message']}"
-                bad.append(n)
-            checks.append(c)
+        judge = Judge(rule, hyper, given, self.dtype)  # as verify judges a layer alone (judge.py)
+        prefix = f"{link.label()}: "
+        d = reference.at(rule, hyper, dims)
+        grads = {n: got for n, got in pairs[1:]}
+        results = judge.call(rep, d, ref, cot, f.out, grads, where, ctx, forward_only="" if b is not None else "forward only",
+                             missing=link.style, prefix=prefix)
+        checks += results
+        bad = [c.name[len(prefix):].removeprefix("grad ") for c in results if not c.passed]
         if "forward" in bad:
             return "forward"
         return bad

@@ -13,94 +13,17 @@ from __future__ import annotations
 import functools
 import shlex
 from pathlib import Path
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from . import reference
 from .adapters import LayerError, detect_style, load_target, make_adapter, target_spec
-from .checks import WEAK, Check, compare, reach, unit_roundoff
-from .diagnose import Context, diagnose_forward, diagnose_gradient, settle_factor
+from .checks import Check, compare, unit_roundoff
+from .diagnose import settle_factor
 from .errors import DerivcheckError
+from .judge import Judge, judged_dtype  # noqa: F401  (judged_dtype: read here by older callers)
 from .progress import status
-
-DTYPES = {"float64": np.float64, "float32": np.float32}
-
-
-@dataclass
-class Warning_:
-    kind: str
-    message: str
-    trial: int | None = None
-
-
-@dataclass
-class Report:
-    target: str
-    rule: str
-    style: str
-    dtype: str
-    seed: int
-    trials: int
-    steps: int
-    hyper: dict
-    checks: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
-    diagnosis: list = field(default_factory=list)
-    reproduce: str = ""
-    strict: bool = False
-    notes: list = field(default_factory=list)  # information, never a failure (the kink convention)
-    forward_only: str = ""  # why only the forward was checked (the layer has no backward), or ""
-    layers: list = field(default_factory=list)  # a network's: [{"name", "kind", "rule"}] in forward order, loss last
-
-    @property
-    def verdict(self) -> str:
-        if any(not c.passed for c in self.checks) or (self.strict and self.warnings):
-            return "fail"
-        return "pass"
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.verdict == "pass" else 1
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Report":
-        """The inverse of :meth:`to_json` (how a worker process hands its report back)."""
-        fields = {k: data[k] for k in ("target", "rule", "style", "dtype", "seed", "trials", "steps", "hyper",
-                                       "diagnosis", "notes", "reproduce")}
-        rep = cls(**fields, strict=data.get("strict", False), forward_only=data.get("forward_only", ""),
-                  layers=data.get("layers", []))
-        rep.checks = [Check(**c) for c in data["checks"]]
-        rep.warnings = [Warning_(**w) for w in data["warnings"]]
-        by_check = {}
-        for dg in rep.diagnosis:
-            by_check.setdefault(dg["check"], []).append(dg)
-        for c in rep.checks:
-            if not c.passed and c.name in by_check:
-                c.diagnosis = by_check[c.name]
-        return rep
-
-    def to_json(self) -> dict:
-        return {
-            "target": self.target,
-            "rule": self.rule,
-            "style": self.style,
-            "dtype": self.dtype,
-            "seed": self.seed,
-            "trials": self.trials,
-            "steps": self.steps,
-            "hyper": self.hyper,
-            "verdict": self.verdict,
-            "checks": [{k: v for k, v in asdict(c).items() if v is not None and k != "diagnosis"} for c in self.checks],
-            "warnings": [asdict(w) for w in self.warnings],
-            "diagnosis": self.diagnosis,
-            "notes": self.notes,
-            "reproduce": self.reproduce,
-            "strict": self.strict,
-            "forward_only": self.forward_only,
-            **({"layers": self.layers} if self.layers else {}),
-        }
-
+from .results import DTYPES, Report, Warning_, warn  # noqa: F401  (Report, Warning_: read here by older callers)
 
 # ---------------------------------------------------------------------------
 
@@ -126,9 +49,8 @@ class Verifier:
         self.target, self.rule = target_spec(target), rule
         self.given_hyper = dict(hyper or {})
         self.hyper = rule.resolve_hyper(self.given_hyper)
-        self.alternatives = rule.alternatives(self.given_hyper)  # other values a layer may use (also = [...])
-        self.ignores_dout = False  # a loss whose gradient is right for dout = 1 only (_final_loss)
         self.dtype_name, self.dtype = dtype, DTYPES[dtype]
+        self.judge = Judge(rule, self.hyper, self.given_hyper, self.dtype)  # the one judgement (judge.py)
         self.seed, self.trials, self.steps = seed, trials, steps
         # sizes fixed in every trial: those --shape names, and those the hyperparameters determine
         self.shape = rule.resolve_dims(shape or {}, partial=True) or None  # as given, for the reproduce line
@@ -207,7 +129,7 @@ class Verifier:
             if stability.passed or self.strict:  # its reproduce command is the run's own: it has no trial of its own
                 results[stability.name] = stability
             else:  # the ordinary trials decide the verdict; an overflow only at extreme inputs is a warning
-                _warn(rep, "numerical-stability", f"{stability.message}; the ordinary trials pass, so this fails only "
+                warn(rep, "numerical-stability", f"{stability.message}; the ordinary trials pass, so this fails only "
                                                   f"under --strict (hint: {stability_hint(self.rule)})", None)
         if self.kinks:
             rep.notes += self.kink_notes()
@@ -271,7 +193,13 @@ class Verifier:
                 kept[n][0] += int(ref[n].sum())
                 kept[n][1] += ref[n].size
             # the reference reads private copies: a layer that writes into dout cannot change what it is held to
-            checks += self.compare_outcome(rep, d, ref, cot_copy, outcome, adapter, ctx(step), history)
+            checks += self.judge.call(rep, d, ref, cot_copy, outcome.output, {n: outcome.grads.get(n) for n in self.rule.inputs},
+                                      {"forward": "forward output", **({} if outcome.forward_only else
+                                                                         {n: adapter.grad_location(n) for n in self.rule.inputs})},
+                                      ctx(step), history=history, output_problem=outcome.output_problem,
+                                      forward_only=outcome.forward_only, missing=adapter.style)
+            if outcome.forward_only:
+                rep.forward_only = outcome.forward_only
             checks += self.rebound_slots(outcome, ctx(step))
             self._side_effects(rep, k, values, snapshot, cot, cot_copy)
         checks += [self.kept_fraction(n, *counts, ctx(self.steps - 1)) for n, counts in kept.items()]
@@ -299,19 +227,6 @@ class Verifier:
                      f"({self.KEPT_SIGMAS} standard deviations, + 1)")
         return c
 
-    def _weak_tolerance(self, rep, check, expected, scale, got, ctx) -> None:
-        """A note, once per check, when its tolerance reaches ``checks.WEAK`` of its largest exact value: a
-        statement about how much the check can see there (a worst-case bound is loose), not about the layer."""
-        dtype = self.judged_in(got)
-        r = reach(expected, scale, dtype)
-        if r <= WEAK or any(n.startswith(f"{check.name}: the error bound") for n in rep.notes):
-            return
-        sizes = ", ".join(f"{d}={v}" for d, v in ctx["dims"].items())
-        why = (" The bound grows with the number of steps of the recurrence: check at fewer steps (--shape) for a tight check."
-               if self.rule.formula.loop is not None else "")
-        rep.notes.append(f"{check.name}: the error bound lets through errors up to {r:.2g} of its largest value (at {sizes}, "
-                         f"{np.dtype(dtype).name}): a smaller error is not seen there.{why}")
-
     @staticmethod
     def rebound_slots(outcome, ctx) -> list[Check]:
         """``grads[0] = dW`` in the book-2 convention: a failure, not a style issue.
@@ -326,57 +241,6 @@ class Verifier:
                             "hint": "write into the slot: grads[0][...] = dW (an optimizer holds the list it got "
                                     "at construction)", "evidence": {"residual_over_tol": float("inf")}}]
         return [check]
-
-    def compare_outcome(self, rep, d, ref, cot, outcome, adapter, ctx, history) -> list[Check]:
-        checks = []
-        expected_out, expected_grads, scales = d.evaluate(cot, **ref)
-        alternatives = self._alternatives_at(d.dims, cot, ref)
-        reference.require_finite(self.rule, d.dims, [
-            ("output", expected_out),
-            *((f"gradient of {n}", g) for n, g in expected_grads.items()),
-            *((f"rounding scale of {n}", sc) for n, sc in scales.items()),
-        ])
-        if outcome.output_problem:  # several outputs, not as the rule has them: nothing to compare element by element
-            fwd = Check("forward", False, where="forward output", message=outcome.output_problem, **ctx)
-        else:
-            fwd = compare("forward", expected_out, outcome.output, scales["forward"], self.judged_in(outcome.output), where="forward output", **ctx)
-        if not fwd.passed and not outcome.output_problem:
-            fwd = self._alternative(rep, fwd, "forward", expected_out, outcome.output, alternatives, ctx)
-        if self.rule.outputs and fwd.index:  # the stacked outputs' first index says which output
-            fwd.where = f"forward output {self.rule.outputs[fwd.index[0]]} (out[{fwd.index[0]}])"
-        if not fwd.passed:
-            fwd.diagnosis = [diagnose_forward(fwd)]
-        else:
-            self._weak_tolerance(rep, fwd, expected_out, scales["forward"], outcome.output, ctx)
-        checks.append(fwd)
-        self._dtype_warning(rep, outcome.output, "forward output", ctx["trial"])
-        if outcome.forward_only:  # nothing to compare the gradients with
-            rep.forward_only = outcome.forward_only
-            return checks
-        for n in self.rule.inputs:
-            where = adapter.grad_location(n)
-            got = outcome.grads.get(n)
-            c = compare(f"grad {n}", expected_grads[n], got, scales[n], self.judged_in(got), where=where, **ctx)
-            if got is not None and not c.passed:
-                c = self._alternative(rep, c, n, expected_grads[n], got, alternatives, ctx)
-            if got is None:
-                c.message = f"no gradient for '{n}' where {adapter.style} keeps it ({where})"
-            elif c.passed:
-                self._weak_tolerance(rep, c, expected_grads[n], scales[n], got, ctx)
-            else:
-                dctx = Context(self.rule, d, ctx["dims"], ref, cot, self.dtype, history["expected"],
-                               history["passed"].get(c.name, False),
-                               {m: (expected_grads[m], scales[m]) for m in self.rule.inputs if m != n}, list(history["ref"]))
-                c.diagnosis = diagnose_gradient(n, expected_grads[n], got, scales[n], dctx)
-                c = self._final_loss(rep, c, expected_grads[n], got, scales[n], cot, ctx)
-            checks.append(c)
-            self._dtype_warning(rep, got, f"gradient of {n} ({where})", ctx["trial"])
-        for c in checks:
-            history["passed"][c.name] = history["passed"].get(c.name, True) and c.passed
-        for n in self.rule.inputs:
-            history["expected"][n].append(expected_grads[n])
-        history["ref"].append(ref)
-        return checks
 
     # -- extreme inputs and kinks -------------------------------------------------
     def _probe(self, seed: int, perturb):
@@ -421,9 +285,9 @@ class Verifier:
             return Check("stability", False, seed=seed, message=f"at extreme inputs, {exc}")
         @functools.cache
         def exact(k):  # the 50-digit reference at the default (0) or the k-th also = [...] value, when first needed
-            bound = d if k == 0 else reference.at(self.rule, self.alternatives[k - 1], dims)
+            bound = d if k == 0 else reference.at(self.rule, self.judge.alternatives[k - 1], dims)
             exact_out, exact_grads = bound.exact(cot, **ref)
-            if self.ignores_dout and np.ndim(cot) == 0:  # a final loss, held to dout = 1 as in its trials (_final_loss)
+            if self.judge.ignores_dout and np.ndim(cot) == 0:  # a final loss, held to dout = 1 as in its trials (Judge.final_loss)
                 exact_grads = {n: np.asarray(g, dtype=object) / float(cot) for n, g in exact_grads.items()}
             return {"forward": exact_out, **{f"grad {n}": g for n, g in exact_grads.items()}}
 
@@ -432,7 +296,7 @@ class Verifier:
         for name, got in pairs:
             first = self._stability_of(name, exact(0)[name], got, ref, dims, seed)
             if first is not None and all(self._stability_of(name, exact(k)[name], got, ref, dims, seed) is not None
-                                         for k in range(1, len(self.alternatives) + 1)):
+                                         for k in range(1, len(self.judge.alternatives) + 1)):
                 return first
         return Check("stability", True, seed=seed, dims=dims, message="extreme inputs handled")
 
@@ -506,67 +370,12 @@ class Verifier:
                              + (" (the usual convention, as PyTorch's relu)" if slopes == [0.0] else ""))
         return notes
 
-    def _alternatives_at(self, dims, cot, ref):
-        """The rule's (hyper, out, grads, scales) at each ``also`` value (Rule.alternatives), evaluated
-        once, when a check first asks: most steps pass against the default and never do."""
-        return functools.cache(lambda: [(alt, *reference.at(self.rule, alt, dims).evaluate(cot, **ref))
-                                        for alt in self.alternatives])
-
-    def _alternative(self, rep, check, which, expected, got, alternatives, ctx) -> Check:
-        """The check against the rule at its ``also`` hyperparameter values, if one fits."""
-        for alt, out, grads, scales in alternatives():
-            other = out if which == "forward" else grads[which]
-            c = compare(check.name, other, got, scales[which], self.judged_in(got), where=check.where, **ctx)
-            if c.passed:
-                changed = {k: v for k, v in alt.items() if v != self.hyper[k]}
-                diff = float(np.max(np.abs(np.asarray(other, dtype=np.float64) - np.asarray(expected, dtype=np.float64)), initial=0.0))
-                said = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in changed.items())
-                note = (f"{check.name} is the rule's with {said} (the default is "
-                        f"{', '.join(f'{k} = {self.hyper[k]}' for k in changed)}); the two differ by up to {diff:.2g} here")
-                if not any(n.split(";")[0] == note.split(";")[0] for n in rep.notes):
-                    rep.notes.append(note)
-                return c
-        return check
-
-    def _final_loss(self, rep, check, expected, got, scale, cot, ctx) -> Check:
-        """A loss whose backward ignores dout: right as the graph's end (backward(dout=1)), so a warning.
-
-        Book 1's SoftmaxWithLoss.backward(dout=1) returns (y - t) / N whatever dout is.
-        The gradient is held to the exact gradient at dout = 1 instead; if it is that,
-        the check passes and a warning says what was not multiplied (FAIL under --strict).
-        """
-        c = float(cot) if np.ndim(cot) == 0 else 0.0
-        if not c or not any(dg["kind"] == "upstream-ignored" for dg in check.diagnosis or []):
-            return check
-        at_one = compare(check.name, np.asarray(expected) / c, got, np.asarray(scale) / abs(c), self.judged_in(got),
-                         where=check.where, **ctx)
-        if not at_one.passed:
-            return check
-        self.ignores_dout = True
-        _warn(rep, "upstream-ignored", f"{check.where} is the gradient for dout = 1 whatever dout is: right for a loss "
-                                       f"that ends the graph (backward(dout=1)), wrong if anything scales the loss "
-                                       f"(multiply by dout)", ctx["trial"])
-        return at_one
-
-    def judged_in(self, value):
-        """The dtype a result is judged in (:func:`judged_dtype` for this run's dtype)."""
-        return judged_dtype(value, self.dtype)
-
-    def _dtype_warning(self, rep, value, what, trial):
-        if isinstance(value, (list, tuple)):
-            _warn(rep, "dtype", f"{what} is a Python {type(value).__name__}, not a NumPy array", trial)
-        elif isinstance(value, np.ndarray) and value.dtype != self.dtype and value.ndim > 0:
-            lower = self.judged_in(value) is not self.dtype
-            _warn(rep, "dtype", f"{what} is {value.dtype} for {self.dtype_name} inputs" + (
-                f": the layer computes in {value.dtype} (a buffer made with dtype='f'?), so it is judged with "
-                f"{value.dtype}'s precision" if lower else ""), trial)
-
     def _side_effects(self, rep, k, values, snapshot, cot, cot_copy):
         for n, before in snapshot.items():
             if not np.array_equal(np.asarray(values[n]), before, equal_nan=True):
-                _warn(rep, "mutates-input", f"forward/backward modified the caller's '{n}' in place", k)
+                warn(rep, "mutates-input", f"forward/backward modified the caller's '{n}' in place", k)
         if not np.array_equal(np.asarray(cot), cot_copy, equal_nan=True):
-            _warn(rep, "mutates-input", "backward modified the caller's upstream gradient (dout) in place", k)
+            warn(rep, "mutates-input", "backward modified the caller's upstream gradient (dout) in place", k)
 
     def _stale_check(self, rep, k, d, adapter, rng):
         """forward(a); forward(b); backward(g) must give the gradients at b."""
@@ -579,7 +388,7 @@ class Verifier:
             refb = reference.read_kept(self.rule, refb, adapter.forward_call(adapter.held(vb))[0])
             grads = adapter.gradients(adapter.backward_call(np.array(cot, copy=True)))
         except LayerError as exc:  # it passed its trials, so it is the second forward in a row that it cannot take
-            _warn(rep, "stale-state", f"forward called twice in a row, then backward: {exc}", k)
+            warn(rep, "stale-state", f"forward called twice in a row, then backward: {exc}", k)
             return
 
         exact = {}  # id(ref) -> (ref, its gradients and scales): evaluated once, not once per input
@@ -588,12 +397,12 @@ class Verifier:
             if id(ref) not in exact:
                 exact[id(ref)] = (ref, d.evaluate(cot, **ref)[1:])
             yield exact[id(ref)][1]
-            yield from ((grads, scales) for _, _, grads, scales in self._alternatives_at(d.dims, cot, ref)())
+            yield from ((grads, scales) for _, _, grads, scales in self.judge.alternatives_at(d.dims, cot, ref)())
 
         def matches(n, g, expected, scales):
-            if self.ignores_dout and np.ndim(cot) == 0:  # judged at dout = 1, as its trials were
+            if self.judge.ignores_dout and np.ndim(cot) == 0:  # judged at dout = 1, as its trials were
                 expected, scales = {n: expected[n] / float(cot)}, {n: scales[n] / abs(float(cot))}
-            return compare(n, expected[n], g, scales[n], self.judged_in(g)).passed
+            return compare(n, expected[n], g, scales[n], self.judge.judged_in(g)).passed
 
         def wrong(grads, ref):
             return [n for n, g in grads.items() if not any(matches(n, g, ex, scs) for ex, scs in references(ref))]
@@ -608,21 +417,8 @@ class Verifier:
             except LayerError:
                 again = stale
             if not set(stale) & set(again):
-                _warn(rep, "stale-state", f"after two forward calls, backward's gradient of '{stale[0]}' does not "
+                warn(rep, "stale-state", f"after two forward calls, backward's gradient of '{stale[0]}' does not "
                                           f"belong to the latest call (state kept from an earlier call)", k)
-
-
-def judged_dtype(value, dtype):
-    """The dtype a result is judged in: the run's ``dtype``, or the result's own when it is less precise.
-
-    A layer that computes in float32 whatever it is given (book 2's Time layers
-    allocate ``dtype='f'`` buffers) cannot give float64 digits; it is held to
-    float32's precision, and a warning says so.
-    """
-    dt = getattr(value, "dtype", None)
-    if dt is not None and np.issubdtype(dt, np.floating) and np.finfo(dt).eps > np.finfo(dtype).eps:
-        return dt.type
-    return dtype
 
 
 _AXIS_ERROR = getattr(getattr(np, "exceptions", np), "AxisError")  # np.AxisError before NumPy 1.25
@@ -675,11 +471,6 @@ def reproduce_line(target: str, rule, options: dict, failure: Check | None = Non
     if options.get("strict"):
         parts.append("--strict")
     return " ".join(shlex.quote(p) for p in parts)
-
-
-def _warn(rep: Report, kind: str, message: str, trial):
-    if not any(w.kind == kind and w.message == message for w in rep.warnings):
-        rep.warnings.append(Warning_(kind, message, trial))
 
 
 def _hyper_text(v) -> str:

@@ -1,17 +1,16 @@
 """A loss whose backward ignores dout (book 1's SoftmaxWithLoss.backward(dout=1)): held to the gradient at dout = 1.
 
-Verifier._final_loss decides it from one failing check; these pin its tolerance, what it
+Judge.final_loss decides it from one failing check; these pin its tolerance, what it
 returns and the warning it leaves. Fast: no layer runs.
 """
 import numpy as np
 
 import derivcheck
 from derivcheck.checks import KAPPA, Check, unit_roundoff
-from derivcheck.verify import Report, Verifier, Warning_
+from derivcheck.judge import Judge
+from derivcheck.results import Report, Warning_
 
-from bindings import EXAMPLES
-
-TARGET = str(EXAMPLES / "dlfs1" / "layers.py") + ":SoftmaxWithLoss"
+TARGET = "layers.py:SoftmaxWithLoss"
 RNG = np.random.default_rng(3)
 E = RNG.normal(size=(2, 3))  # the gradient at dout = 1
 SCALE = np.abs(E) + 0.5  # the rounding scale at dout = 1
@@ -22,13 +21,14 @@ MESSAGE = ("SoftmaxWithLoss.backward(dout) is the gradient for dout = 1 whatever
 
 
 def setup(got_ratio, dtype=np.float64, got_dtype=np.float64, diagnosed=True):
-    v = Verifier(TARGET, derivcheck.load_rule("softmax_with_loss"), dtype="float64" if dtype is np.float64 else "float32")
+    rule = derivcheck.load_rule("softmax_with_loss")
+    v = Judge(rule, rule.resolve_hyper({}), {}, dtype)
     rep = Report(TARGET, "softmax_with_loss", "dlfs1", "float64", 0, 5, 2, {})
     check = Check("grad x", False, where="SoftmaxWithLoss.backward(dout)", **CTX,
                   diagnosis=[{"kind": "upstream-ignored" if diagnosed else "sign-flipped"}])
     tol = KAPPA * unit_roundoff(got_dtype) * (SCALE + SCALE.max())
     got = (E + got_ratio * tol).astype(got_dtype)
-    out = v._final_loss(rep, check, E * COT, got, SCALE * COT, np.asarray(COT), CTX)
+    out = v.final_loss(rep, check, E * COT, got, SCALE * COT, np.asarray(COT), CTX)
     return v, rep, check, out
 
 

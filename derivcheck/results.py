@@ -1,0 +1,95 @@
+"""A verification's results: the report and its warnings, as every part of derivcheck reads them.
+
+Kept light (NumPy and the Check record only): the process that prints or writes a
+report never needs the engine to read one.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .checks import Check
+
+DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+@dataclass
+class Warning_:
+    kind: str
+    message: str
+    trial: int | None = None
+
+
+@dataclass
+class Report:
+    target: str
+    rule: str
+    style: str
+    dtype: str
+    seed: int
+    trials: int
+    steps: int
+    hyper: dict
+    checks: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    diagnosis: list = field(default_factory=list)
+    reproduce: str = ""
+    strict: bool = False
+    notes: list = field(default_factory=list)  # information, never a failure (the kink convention)
+    forward_only: str = ""  # why only the forward was checked (the layer has no backward), or ""
+    layers: list = field(default_factory=list)  # a network's: [{"name", "kind", "rule"}] in forward order, loss last
+
+    @property
+    def verdict(self) -> str:
+        if any(not c.passed for c in self.checks) or (self.strict and self.warnings):
+            return "fail"
+        return "pass"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.verdict == "pass" else 1
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Report":
+        """The inverse of :meth:`to_json` (how a worker process hands its report back)."""
+        fields = {k: data[k] for k in ("target", "rule", "style", "dtype", "seed", "trials", "steps", "hyper",
+                                       "diagnosis", "notes", "reproduce")}
+        rep = cls(**fields, strict=data.get("strict", False), forward_only=data.get("forward_only", ""),
+                  layers=data.get("layers", []))
+        rep.checks = [Check(**c) for c in data["checks"]]
+        rep.warnings = [Warning_(**w) for w in data["warnings"]]
+        by_check = {}
+        for dg in rep.diagnosis:
+            by_check.setdefault(dg["check"], []).append(dg)
+        for c in rep.checks:
+            if not c.passed and c.name in by_check:
+                c.diagnosis = by_check[c.name]
+        return rep
+
+    def to_json(self) -> dict:
+        return {
+            "target": self.target,
+            "rule": self.rule,
+            "style": self.style,
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "trials": self.trials,
+            "steps": self.steps,
+            "hyper": self.hyper,
+            "verdict": self.verdict,
+            "checks": [{k: v for k, v in asdict(c).items() if v is not None and k != "diagnosis"} for c in self.checks],
+            "warnings": [asdict(w) for w in self.warnings],
+            "diagnosis": self.diagnosis,
+            "notes": self.notes,
+            "reproduce": self.reproduce,
+            "strict": self.strict,
+            "forward_only": self.forward_only,
+            **({"layers": self.layers} if self.layers else {}),
+        }
+
+
+def warn(rep: Report, kind: str, message: str, trial) -> None:
+    """Add a warning to ``rep`` once (the same kind and message is said once)."""
+    if not any(w.kind == kind and w.message == message for w in rep.warnings):
+        rep.warnings.append(Warning_(kind, message, trial))
