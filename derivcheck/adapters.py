@@ -702,6 +702,38 @@ def call_user(fn, args, stage_name):
         stage(OWN_WORK)
 
 
+_BACKWARD_LIKE = re.compile(r"(backward\w*|backwards|back_?prop\w*|bprop|backpropagate|grad|gradient|gradients|vjp)", re.I)
+
+
+def backward_like(cls) -> list[str]:
+    """The public methods of ``cls`` named like a backward pass but not ``backward`` (backprop, backward_pass, grad)."""
+    return [n for n in dir(cls) if n != "backward" and not n.startswith("_") and _BACKWARD_LIKE.fullmatch(n)
+            and callable(getattr(cls, n, None))]
+
+
+def cannot_take(fn, given: int) -> str:
+    """Why ``fn`` (a method, looked up on its class) cannot be called with ``given`` positional arguments
+    (" takes (dvalues, y_true)" for a required parameter more), or "" when it can (or its signature is unknown)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return ""
+    ps = list(sig.parameters.values())
+    if ps and ps[0].name == "self":
+        ps = ps[1:]
+    if any(p.kind == p.VAR_POSITIONAL for p in ps):
+        return ""
+    positional = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p.name for p in positional[given:] if p.default is p.empty]
+    required += [p.name for p in ps if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    said = ", ".join(p.name for p in ps)
+    if required:
+        return f" takes ({said}): {', '.join(required)} {'is' if len(required) == 1 else 'are'} required besides the upstream gradient"
+    if len(positional) < given:
+        return f" takes ({said}): no upstream gradient" if not positional else f" takes ({said}), fewer than {given} upstream gradients"
+    return ""
+
+
 def _same_array(a, b) -> bool:
     return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b)
 
@@ -731,7 +763,23 @@ class Dlfs1Adapter(Adapter):
     def prepare(self):
         self.binding = bind(self.rule, self.obj.__init__, self.obj.forward, self.name, call_takes_all_inputs=False)
         if not callable(getattr(self.obj, "backward", None)):
+            others = backward_like(self.obj)
+            if others:  # a backward by another name: checking the forward alone would call a wrong layer verified
+                raise DerivcheckError(
+                    f"{self.name} has no backward method, but it has {', '.join(f'{m}()' for m in others)}: the {self.style} "
+                    f"convention calls backward({', '.join(self.douts)}) and derivcheck does not know what {others[0]} "
+                    f"takes and returns. Name it backward, or add a two-line subclass in a file of yours "
+                    f"(class Checked({self.name}):\n    def backward(self, dout): return self.{others[0]}(dout)) and "
+                    f"verify that")
             self.forward_only = f"{self.name} has a forward method and no backward"
+        else:
+            unfit = cannot_take(self.obj.backward, len(self.douts))
+            if unfit:
+                raise DerivcheckError(
+                    f"{self.name}.backward{unfit}: the {self.style} convention calls backward({', '.join(self.douts)}) "
+                    f"alone, so derivcheck cannot call it as written. If it follows another convention, say which "
+                    f"(--style); else give the extra parameters defaults, or wrap the layer in a subclass whose "
+                    f"backward({', '.join(self.douts)}) calls it with what it needs")
         state = self.rule.state
         if state is not None and not callable(getattr(self.obj, state.method, None)):
             raise DerivcheckError(f"{self.name} has no method {state.method}: rule '{self.rule.name}' sets its state "

@@ -188,6 +188,8 @@ class Verifier:
                         f"prints this one to start from; docs/rules.md)") from None
                 checks.append(Check("layer raised", False, message=str(exc), **ctx(step)))
                 return checks
+            if outcome.output is None and k == 0 and step == 0:
+                raise DerivcheckError(no_output(self.probe.name, adapter))
             ref = reference.read_kept(self.rule, ref, outcome.output)  # a mask the layer drew (dropout)
             for n in kept:
                 kept[n][0] += int(ref[n].sum())
@@ -419,6 +421,16 @@ class Verifier:
             if not set(stale) & set(again):
                 warn(rep, "stale-state", f"after two forward calls, backward's gradient of '{stale[0]}' does not "
                                           f"belong to the latest call (state kept from an earlier call)", k)
+
+
+def no_output(name: str, adapter) -> str:
+    """Why a layer whose first forward returned None cannot be judged (exit 2, not a wrong layer)."""
+    own = vars(adapter.instance) if hasattr(getattr(adapter, "instance", None), "__dict__") else {}
+    kept = [a for a in ("output", "outputs", "out", "y", "A") if isinstance(own.get(a), np.ndarray)]
+    where = (f"; it keeps an array in self.{kept[0]} (the nnfs book's convention, which derivcheck does not read yet)"
+             if kept else "")
+    return (f"{name}'s forward returned None: the {adapter.style} convention takes the output from forward's return "
+            f"value{where}. Return the output from forward, or wrap the layer in a subclass whose forward does")
 
 
 _AXIS_ERROR = getattr(getattr(np, "exceptions", np), "AxisError")  # np.AxisError before NumPy 1.25

@@ -1,0 +1,144 @@
+"""Exit 1 only on evidence: a layer derivcheck could not call as its convention says is exit 2, with what to do.
+
+And a result whose dtype hides a lower precision (float32 inside float64) is a dtype finding, not a wrong layer.
+"""
+import json
+import textwrap
+
+from click.testing import CliRunner
+
+from derivcheck.cli import main
+
+AFFINE = '''
+import numpy as np
+
+
+class Affine:
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+        self.x = self.dW = self.db = None
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+'''
+
+
+def run(tmp_path, body, *args, name="Affine"):
+    path = tmp_path / "layer.py"
+    path.write_text(AFFINE + textwrap.indent(textwrap.dedent(body), "    "))
+    result = CliRunner().invoke(main, ["verify", f"{path}:{name}", "--rule", "affine", *args])
+    return result
+
+
+def test_a_backward_by_another_name_is_never_forward_only(tmp_path):
+    # a wrong backward named backprop: checking the forward alone would call it verified (exit 0)
+    result = run(tmp_path, """
+        def backprop(self, dout):
+            self.dW = self.x.T @ dout * 2  # wrong, and never called by a check of the forward alone
+            self.db = dout.sum(axis=0)
+            return dout @ self.W.T
+    """)
+    assert result.exit_code == 2, result.output
+    assert "has no backward method, but it has backprop()" in result.output
+    assert "def backward(self, dout): return self.backprop(dout)" in result.output
+
+
+def test_a_backward_with_a_required_parameter_more_is_not_called_a_wrong_layer(tmp_path):
+    result = run(tmp_path, """
+        def backward(self, dvalues, y_true):
+            self.dW = self.x.T @ dvalues
+            self.db = dvalues.sum(axis=0)
+            return dvalues @ self.W.T
+    """)
+    assert result.exit_code == 2, result.output
+    assert "Affine.backward takes (dvalues, y_true): y_true is required besides the upstream gradient" in result.output
+
+
+def test_a_backward_that_takes_no_upstream_gradient_is_exit_2(tmp_path):
+    result = run(tmp_path, """
+        def backward(self):
+            return None
+    """)
+    assert result.exit_code == 2, result.output
+    assert "Affine.backward takes (): no upstream gradient" in result.output
+
+
+def test_a_backward_whose_extra_parameters_have_defaults_is_called(tmp_path):
+    result = run(tmp_path, """
+        def backward(self, dout, scale=1.0):
+            self.dW = self.x.T @ dout * scale
+            self.db = dout.sum(axis=0)
+            return dout @ self.W.T
+    """)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_forward_that_returns_nothing_is_exit_2_and_names_where_it_kept_the_output(tmp_path):
+    path = tmp_path / "layer.py"
+    path.write_text(textwrap.dedent('''
+        class Dense:
+            def __init__(self, W, b):
+                self.W, self.b = W, b
+
+            def forward(self, x):
+                self.x = x
+                self.output = x @ self.W + self.b
+
+            def backward(self, dout):
+                self.dW = self.x.T @ dout
+                self.db = dout.sum(axis=0)
+                return dout @ self.W.T
+    '''))
+    result = CliRunner().invoke(main, ["verify", f"{path}:Dense", "--rule", "affine"])
+    assert result.exit_code == 2, result.output
+    assert "Dense's forward returned None" in result.output and "self.output" in result.output
+
+
+FLOAT32_DOT = """
+def backward(self, dout):
+    dot = lambda a, b: (a.astype(np.float32) @ b.astype(np.float32))  # what nnfs.init()'s np.dot returns
+    self.dW = dot(self.x.T, dout)
+    self.db = dout.sum(axis=0)
+    return dot(dout, self.W.T)
+"""
+
+
+def float32_forward(tmp_path, *args):
+    path = tmp_path / "layer.py"
+    path.write_text(AFFINE.replace("return x @ self.W + self.b",
+                                   "return (x.astype(np.float32) @ self.W.astype(np.float32)) + self.b  # float64 bias")
+                    + textwrap.indent(textwrap.dedent(FLOAT32_DOT), "    "))
+    return CliRunner().invoke(main, ["verify", f"{path}:Affine", "--rule", "affine", "--format", "json", *args])
+
+
+def test_float32_inside_a_float64_output_is_a_dtype_finding(tmp_path):
+    result = float32_forward(tmp_path)
+    data = json.loads(result.output)
+    assert result.exit_code == 0, result.output
+    said = [w["message"] for w in data["warnings"] if w["kind"] == "dtype"]
+    assert any(m.startswith("forward output is float64, but its values carry only float32's precision") for m in said), said
+    assert any("gradient of W" in m and "float32" in m for m in said), said
+    assert not any(c["name"] == "forward" and not c["passed"] for c in data["checks"])
+
+
+def test_float32_inside_float64_fails_under_strict(tmp_path):
+    result = float32_forward(tmp_path, "--strict")
+    assert result.exit_code == 1, result.output
+
+
+def test_an_error_of_float32s_size_in_an_all_float64_layer_still_fails(tmp_path):
+    # no result of the call is float32, so nothing says the layer computes in float32: the error is the layer's
+    result = run(tmp_path, """
+        def backward(self, dout):
+            self.dW = self.x.T @ dout
+            self.db = dout.sum(axis=0)
+            return dout @ self.W.T
+    """, "--format", "json")
+    assert result.exit_code == 0
+    path = tmp_path / "layer.py"
+    path.write_text(path.read_text().replace("return x @ self.W + self.b", "return (x @ self.W + self.b) * (1 + 1e-7)"))
+    result = CliRunner().invoke(main, ["verify", f"{path}:Affine", "--rule", "affine", "--format", "json"])
+    data = json.loads(result.output)
+    assert result.exit_code == 1
+    assert any(c["name"] == "forward" and not c["passed"] for c in data["checks"])
