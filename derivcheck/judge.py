@@ -71,6 +71,7 @@ class Judge:
             *((f"gradient of {n}", g) for n, g in expected_grads.items()),
             *((f"rounding scale of {n}", sc) for n, sc in scales.items()),
         ])
+        lowest = self.lowest_precision([output, *grads.values()])  # what the layer shows it computes in
         name = f"{prefix}forward"
         if output_problem:  # several outputs, not as the rule has them: nothing to compare element by element
             fwd = Check(name, False, where=where["forward"], message=output_problem, **ctx)
@@ -78,6 +79,7 @@ class Judge:
             fwd = compare(name, expected_out, output, scales["forward"], self.judged_in(output), where=where["forward"], **ctx)
         if not fwd.passed and not output_problem:
             fwd = self.alternative(rep, fwd, "forward", expected_out, output, alternatives, ctx)
+            fwd = self.computed_lower(rep, fwd, expected_out, output, scales["forward"], lowest, f"{prefix}forward output", ctx)
         if self.rule.outputs and fwd.index:  # the stacked outputs' first index says which output
             fwd.where = f"{where['forward']} {self.rule.outputs[fwd.index[0]]} (out[{fwd.index[0]}])"
         if not fwd.passed:
@@ -93,6 +95,7 @@ class Judge:
             c = compare(f"{prefix}grad {n}", expected_grads[n], got, scales[n], self.judged_in(got), where=where[n], **ctx)
             if got is not None and not c.passed:
                 c = self.alternative(rep, c, n, expected_grads[n], got, alternatives, ctx)
+                c = self.computed_lower(rep, c, expected_grads[n], got, scales[n], lowest, f"{prefix}gradient of {n} ({where[n]})", ctx)
             if got is None:
                 c.message = f"no gradient for '{n}' where {missing} keeps it ({where[n]})"
             elif c.passed:
@@ -133,6 +136,34 @@ class Judge:
                     rep.notes.append(note)
                 return c
         return check
+
+    def lowest_precision(self, values):
+        """The least precise floating dtype among one call's results, when it is below the run's (else None)."""
+        lowest = None
+        for v in values:
+            dt = self.judged_in(v)
+            if dt is not self.dtype and (lowest is None or np.finfo(dt).eps > np.finfo(lowest).eps):
+                lowest = dt
+        return lowest
+
+    def computed_lower(self, rep, check, expected, got, scale, lowest, what, ctx) -> Check:
+        """A result in the run's dtype whose values carry only ``lowest``'s precision, the dtype other results
+        of the same call come back in: the layer computes in ``lowest`` somewhere (nnfs.init() patches np.dot
+        to return float32, and a float64 bias added after it hides that in the output's dtype). A dtype finding,
+        judged with ``lowest``'s precision and warned about (FAIL under --strict); never without that evidence,
+        so an error of float32's size in a float64 layer still fails."""
+        if lowest is None or check.passed or got is None or self.judged_in(got) is lowest:
+            return check
+        c = compare(check.name, expected, got, scale, lowest, where=check.where, **ctx)
+        if not c.passed:
+            return check
+        low = np.dtype(lowest).name
+        if not any(w.kind == "dtype" and w.message.startswith(f"{what} is ") for w in rep.warnings):
+            warn(rep, "dtype", f"{what} is {np.asarray(got).dtype}, but its values carry only {low}'s precision (worst "
+                               f"error {check.abs_err:.3g}, within {low}'s tolerance {c.tol:.3g}), as the results the layer "
+                               f"hands back in {low} do: it computes in {low} somewhere (np.dot patched to return {low}, "
+                               f"as nnfs.init() does?), so it is judged with {low}'s precision", ctx.get("trial"))
+        return c
 
     def final_loss(self, rep, check, expected, got, scale, cot, ctx) -> Check:
         """A loss whose backward ignores dout: right as the graph's end (backward(dout=1)), so a warning.
