@@ -301,8 +301,46 @@ def _findable(name: str) -> bool:
         return False
 
 
+def package_of(path: Path) -> tuple[Path, str] | None:
+    """(the folder to import from, the dotted module name) of a file that imports relatively (``from .layers
+    import *``, as CS231n's fast_layers.py and classifiers/cnn.py do): it can only be imported as a module of
+    its package. The package reaches up through ``__init__.py`` files, and at least as many folders as its
+    deepest relative import climbs (a namespace package has none). None for a file with no relative import."""
+    path = path.resolve()
+    try:
+        tree = _parse(*_version(path))
+    except (SyntaxError, ValueError, OSError):
+        return None
+    level = max((n.level for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)), default=0)
+    if level == 0:
+        return None
+    top = path.parent
+    while (top / "__init__.py").is_file() and top.parent != top:
+        top = top.parent
+    if len(path.parent.relative_to(top).parts) < level and len(path.parents) > level:
+        top = path.parents[level]
+    parts = path.parent.relative_to(top).parts + (path.stem,)
+    if not all(p.isidentifier() for p in parts):
+        return None
+    return top, ".".join(parts)
+
+
 def _import_file(path: Path):
     path = path.resolve()
+    package = package_of(path)
+    if package is not None:  # imported as its package's module, as `python -m` from the project's root would
+        top, dotted = package
+        if str(top) not in sys.path:
+            sys.path.insert(0, str(top))
+        try:
+            module = importlib.import_module(dotted)
+        except Exception as exc:
+            raise DerivcheckError(f"importing '{path}' as {dotted} (it imports relatively, so as a module of its "
+                                  f"package, from {top}) failed: {_describe(exc)}") from None
+        if Path(getattr(module, "__file__", "") or "").resolve() != path:  # another module of that name came first
+            raise DerivcheckError(f"importing '{path}' as {dotted} gave {getattr(module, '__file__', None)}: another "
+                                  f"module of that name is importable; run from {top} and name the target {dotted}:NAME")
+        return module
     roots = import_roots(path)
     for folder in reversed(roots):
         if str(folder) not in sys.path:

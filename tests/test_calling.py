@@ -142,3 +142,29 @@ def test_an_error_of_float32s_size_in_an_all_float64_layer_still_fails(tmp_path)
     data = json.loads(result.output)
     assert result.exit_code == 1
     assert any(c["name"] == "forward" and not c["passed"] for c in data["checks"])
+
+
+def test_a_file_of_a_package_that_imports_relatively_is_imported_as_its_module(tmp_path):
+    # CS231n's fast_layers.py and classifiers/cnn.py: `from .layers import *`, `from ..layer_utils import *`
+    pkg = tmp_path / "course"
+    (pkg / "classifiers").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "layers.py").write_text("def double(x):\n    return 2 * x\n")
+    (pkg / "classifiers" / "mine.py").write_text(textwrap.dedent('''
+        from ..layers import double
+
+
+        def relu_forward(x):
+            return double(x) / 2 * (x > 0), x
+
+
+        def relu_backward(dout, cache):
+            return dout * (cache > 0)
+    '''))
+    result = CliRunner().invoke(main, ["verify", f"{pkg / 'classifiers' / 'mine.py'}:relu_forward", "--rule", "relu"])
+    assert result.exit_code == 0, result.output
+    mine = pkg / "classifiers" / "mine.py"
+    mine.write_text("from .missing import nothing\n" + mine.read_text())
+    result = CliRunner().invoke(main, ["verify", f"{pkg / 'classifiers' / 'mine.py'}:relu_forward", "--rule", "relu"])
+    assert result.exit_code == 2
+    assert "as course.classifiers.mine (it imports relatively, so as a module of its package" in result.output
