@@ -6,7 +6,9 @@ functions, not layer objects: ``affine_relu_forward(x, w, b) -> (out, cache)``,
 ``softmax_loss(x, y) -> (loss, dx)``. While the model runs, every such function
 the model's module can reach is wrapped, so each call is recorded (copies of what
 went in and came out), including calls inside other recorded functions
-(``affine_relu_forward`` calling ``affine_forward`` and ``relu_forward``).
+(``affine_relu_forward`` calling ``affine_forward`` and ``relu_forward``). What a
+call writes into the arrays it was given is noted (``FnCall.wrote``): the network
+check compares the copies made at the call, and warns of the write.
 
 Which functions: the plain Python functions, in the model's module and in the
 modules those functions come from, named ``NAME_forward``/``NAME_backward``
@@ -47,6 +49,27 @@ def _snap(v):
     return v
 
 
+def changed(now, before) -> bool:
+    """An array (or an array in a tuple, a cache) whose values are no longer those of its copy ``before``."""
+    if isinstance(now, np.ndarray) and isinstance(before, np.ndarray):
+        return now.shape != before.shape or not np.array_equal(now, before, equal_nan=True)
+    if isinstance(now, tuple) and isinstance(before, tuple) and len(now) == len(before):
+        return any(changed(a, b) for a, b in zip(now, before))
+    return False
+
+
+def arg_names(fn, args: tuple, kwargs: dict) -> list[str]:
+    """The names of a call's arguments, positional then keyword (``arg1`` where the signature cannot say)."""
+    import inspect
+
+    try:
+        params = [p.name for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return [params[i] if i < len(params) else f"arg{i + 1}" for i in range(len(args))] + list(kwargs)
+
+
 @dataclass
 class FnCall:
     """One recorded call of a layer function."""
@@ -64,6 +87,7 @@ class FnCall:
     pair: "FnCall | None" = None  # a forward's backward, a backward's forward
     paired_by: str = ""  # "cache" or "order"
     children: list = field(default_factory=list)
+    wrote: list = field(default_factory=list)  # the names of the arguments it wrote into (values changed by the call)
 
     @property
     def name(self) -> str:
@@ -132,6 +156,8 @@ class Recorder:
             finally:
                 self._stack.pop()
             call.raw_out, call.out = out, _snap(out)
+            names = arg_names(fn, args, kwargs)
+            call.wrote = [names[i] for i, (now, before) in enumerate(zip(raw, call.args)) if changed(now, before)]
             return out
 
         wrapper.__wrapped__ = fn

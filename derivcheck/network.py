@@ -44,7 +44,7 @@ from .checks import KAPPA, Check, compare, unit_roundoff
 from .errors import DerivcheckError
 from .rules import Multiple, rule_in_convention
 from .judge import Judge, judged_dtype
-from .results import DTYPES, Report
+from .results import DTYPES, Report, warn
 from .verify import rank_mismatch
 
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
@@ -171,6 +171,7 @@ class Call:
     out: object = None
     held: dict = field(default_factory=dict)  # parameters at the forward call
     grads: dict = field(default_factory=dict)  # parameter gradients right after the backward call
+    wrote: list = field(default_factory=list)  # the arguments the call wrote into (calls.changed)
 
 
 def _record(link: Link) -> None:
@@ -184,6 +185,7 @@ def _record(link: Link) -> None:
         stage(f"{link.name}.forward")
         out = fwd(*args, **kwargs)
         call.out = _snap(out)
+        call.wrote = _wrote(fwd, args, kwargs, call.args)
         link.calls.append(call)
         return out
 
@@ -192,6 +194,7 @@ def _record(link: Link) -> None:
         stage(f"{link.name}.backward")
         out = bwd(*args, **kwargs)
         call.out = _snap(out)
+        call.wrote = _wrote(bwd, args, kwargs, call.args)
         call.grads = {n: _snap(link.grad(n)) for n in link.slots} if link.rule else {}
         link.calls.append(call)
         return out
@@ -199,6 +202,22 @@ def _record(link: Link) -> None:
     layer.forward = forward
     if bwd is not None:
         layer.backward = backward
+
+
+def _wrote(fn, args, kwargs, copies) -> list[str]:
+    """The names of the arguments a call wrote into: their values differ from the copies made as it began."""
+    names = calls.arg_names(fn, args, kwargs)
+    return [names[i] for i, (now, before) in enumerate(zip((*args, *kwargs.values()), copies)) if calls.changed(now, before)]
+
+
+def _warn_writes(rep, links, trial) -> None:
+    """A layer that wrote into an array it was given: a side effect (as verify says of a layer alone), not a
+    wiring mistake; every check reads the copies made at the call."""
+    for link in links:
+        for call in link.calls:
+            for n in call.wrote:
+                warn(rep, "mutates-input", f"{link.label()}.{call.kind} wrote into its argument '{n}' in place (an "
+                                           f"array the model may use again: copy it first)", trial)
 
 
 # ---------------------------------------------------------------------------
@@ -396,6 +415,7 @@ class NetworkVerifier:
             except LayerError as exc:
                 checks.append(self._model_raised(exc, step, ctx))
                 return checks, chain
+            _warn_writes(rep, links + [loss], k)
             checks += self.judge(links, loss, params, x, t, model_loss, model_grads, dict(ctx, step=step), rep)
         return checks, chain
 
@@ -541,6 +561,7 @@ class NetworkVerifier:
             _fresh_values([a for _, a in params], rng)
             x = rng.normal(size=(sizes["N"], width)).astype(self.dtype)
             t = rng.integers(0, classes, size=sizes["N"])
+            given = x.copy()  # what the model was given, whatever it writes into X
             try:
                 with calls.Recorder(self.module) as rec:
                     result = call_user(model.loss, [(None, x), (None, t)], f"{self.name}.loss")
@@ -551,6 +572,10 @@ class NetworkVerifier:
                 raise DerivcheckError(f"{self.name}.loss(X, y) returned a {type(result).__name__}, not (loss, grads): a "
                                       f"CS231n model returns the loss and a dict of gradients keyed as its params")
             calls.pair(rec.calls)
+            for c in rec.calls:  # a side effect, as for a layer alone: the judging reads the copies made at each call
+                for n in c.wrote:
+                    warn(rep, "mutates-input", f"{c.label} wrote into its argument '{n}' in place (an array the model "
+                                               f"may use again: copy it first)", ctx["trial"])
             links = self.functional_links(rec.calls)
             if not any(link.rule and link.fn_call.role == "loss" for link in links):
                 raise DerivcheckError(
@@ -562,7 +587,7 @@ class NetworkVerifier:
                 chain = [f"{l.label()}: {l.rule.name if l.rule else 'no rule'}" for l in links]
                 checks += [Check(f"{l.label()}: no rule", False, message=f"{l.label()} cannot be checked: {l.why}", **ctx)
                            for l in links if l.rule is None]
-            checks += _one_wiring_check(self.judge_functional(links, params, x, result, model, sctx, rep), sctx)
+            checks += _one_wiring_check(self.judge_functional(links, params, given, result, model, sctx, rep), sctx)
         return checks, chain
 
     def functional_links(self, recorded) -> list[Link]:
@@ -612,19 +637,20 @@ class NetworkVerifier:
         for link in links:
             c = link.fn_call
             names = [n for _, _, n in link.binding.call] if link.rule else ["x"] + [f"arg{i}" for i in range(1, len(c.raw))]
-            args = dict(zip(names, c.raw))
+            args = dict(zip(names, c.raw))  # the very objects: a parameter is found by identity
+            copies = dict(zip(names, c.args))  # their values at the call (a later write in place changes no verdict)
             inputs_of[link.name] = {}
             for n in _data_inputs(link) if link.rule is None else link.rule.inputs:
-                raw = args.get(n)
+                raw, copy = args.get(n), copies.get(n)
                 pname = next((pn for pn, p in params if raw is p), None) or \
-                    next((pn for pn, p in params if _same(p, raw)), None)  # a copy computes with the same values
+                    next((pn for pn, p in params if _same(p, copy)), None)  # a copy computes with the same values
                 if pname is not None:
                     owner[(link.name, n)] = pname
                     continue
-                if _same(raw, x):
+                if _same(copy, x):
                     inputs_of[link.name][n] = None
                     continue
-                src = next((l for l, out in reversed(produced) if _same(out, raw)), None)
+                src = next((l for l, out in reversed(produced) if _same(out, copy)), None)
                 if src is None:
                     checks.append(self.wiring(f"{link.label()}'s {n} is neither X, nor an earlier layer's output, nor one "
                                               f"of {self.name}.params", ctx, spoil=spoiled, params=pnames,

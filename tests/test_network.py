@@ -561,3 +561,67 @@ def test_a_model_or_layer_the_network_check_does_not_fit_is_exit_2_not_a_failing
     result, data = verify(target)
     assert result.exit_code == 2 and data["verdict"] == "error", result.output
     assert message in data["error"], data["error"]
+
+
+CS231N_IN_PLACE = '''
+import sys
+sys.path.insert(0, {functional!r})
+import numpy as np
+from layers import affine_backward, affine_forward, relu_forward
+
+
+def relu_backward(dout, cache):
+    x = cache
+    x[x > 0] = 1  # writes into the cached activation (the layer's own output, which the model holds)
+    x[x <= 0] = 0
+    return dout * x
+
+
+def softmax_loss(x, y):
+    x -= np.max(x, axis=1, keepdims=True)  # shifts the scores in place, as many students write it
+    p = np.exp(x) / np.sum(np.exp(x), axis=1, keepdims=True)
+    n = x.shape[0]
+    loss = -np.mean(np.log(p[np.arange(n), y]))
+    p[np.arange(n), y] -= 1
+    return loss, p / n
+
+
+class TwoLayerNet:
+    def __init__(self, input_dim=4, hidden_dim=5, num_classes=3, reg=0.0):
+        self.reg = reg
+        self.params = {{"W1": np.random.randn(input_dim, hidden_dim), "b1": np.zeros(hidden_dim),
+                       "W2": np.random.randn(hidden_dim, num_classes), "b2": np.zeros(num_classes)}}
+
+    def loss(self, X, y):
+        h, c1 = affine_forward(X, self.params["W1"], self.params["b1"])
+        a, c2 = relu_forward(h)
+        s, c3 = affine_forward(a, self.params["W2"], self.params["b2"])
+        loss, ds = softmax_loss(s, y)
+        loss += 0.5 * self.reg * (np.sum(self.params["W1"] ** 2) + np.sum(self.params["W2"] ** 2))
+        grads = {{}}
+        da, grads["W2"], grads["b2"] = affine_backward(ds, c3)
+        dh = relu_backward(da, c2)
+        _, grads["W1"], grads["b1"] = affine_backward(dh, c1)
+        grads["W1"] += self.reg * self.params["W1"]
+        grads["W2"] += self.reg * self.params["W2"]
+        return loss, grads
+'''
+
+
+def test_a_write_in_place_inside_a_model_is_a_warning_not_a_wiring_mistake(tmp_path):
+    # the gradients are right; the writes into the scores and into the cached activation happen after the
+    # calls that made them, so the layers are judged on the copies made at each call, and the writes named
+    (tmp_path / "net.py").write_text(CS231N_IN_PLACE.format(functional=str(EXAMPLES / "functional")))
+    result, data = verify(tmp_path / "net.py:TwoLayerNet", "--trials", "3")
+    assert result.exit_code == 0, result.output[-3000:]
+    said = sorted(w["message"] for w in data["warnings"] if w["kind"] == "mutates-input")
+    assert said == ["relu_backward#1 wrote into its argument 'cache' in place (an array the model may use again: copy it first)",
+                    "softmax_loss#1 wrote into its argument 'x' in place (an array the model may use again: copy it first)"]
+
+
+def test_book_1s_relu_writing_into_dout_is_the_warning_a_layer_alone_gets(tmp_path):
+    # book 1's Relu.backward does dout[self.mask] = 0: right, and a side effect, inside a network as alone
+    result, data = verify(net(tmp_path, relu_backward="dout[self.mask] = 0; return dout"), "--trials", "3")
+    assert result.exit_code == 0, result.output[-2000:]
+    assert [w["message"] for w in data["warnings"]] == [
+        "Relu1.backward wrote into its argument 'dout' in place (an array the model may use again: copy it first)"]
