@@ -209,6 +209,32 @@ class DimRange:
 
 
 @dataclass(frozen=True)
+class Windows:
+    """A layer's precondition on its sizes (CS231n's pooling and convolution assert it): windows of ``window``,
+    one every ``stride``, with ``pad`` added on each side, tile ``size`` exactly. Each of window, stride and pad
+    is a hyperparameter's name, a dimension's name or a whole number."""
+
+    size: str
+    window: str | int
+    stride: str | int
+    pad: str | int
+
+    @staticmethod
+    def _value(v, dims: dict, hyper: dict) -> int:
+        return v if isinstance(v, int) else int(dims[v]) if v in dims else int(hyper[v])
+
+    def fits(self, dims: dict, hyper: dict) -> bool:
+        span = self._value(self.size, dims, hyper) + 2 * self._value(self.pad, dims, hyper) - self._value(self.window, dims, hyper)
+        stride = self._value(self.stride, dims, hyper)
+        return span >= 0 and stride > 0 and span % stride == 0
+
+    def describe(self, dims: dict, hyper: dict) -> str:
+        said = {k: self._value(getattr(self, k), dims, hyper) for k in ("size", "window", "stride", "pad")}
+        return (f"({self.size} + 2*{self.pad} - {self.window}) is a multiple of {self.stride}, at least 0 "
+                f"(here ({said['size']} + 2*{said['pad']} - {said['window']}) and {said['stride']})")
+
+
+@dataclass(frozen=True)
 class State:
     """A recurrent layer's initial state, set through a method before each forward (book 2's
     ``set_state(h, c)`` on a stateful TimeLSTM) and not passed to forward; ``grads`` names the
@@ -238,6 +264,7 @@ class Rule:
     pairs: dict = field(default_factory=dict)  # a layer parameter that takes two hyperparameters as one (h, w) pair: kernel_size
     state: "State | None" = None  # inputs a layer takes through a method before forward (book 2's set_state)
     forward_only: str = ""  # why only the forward is checked (a test mode, whose backward is train mode's); "" to check both
+    windows: tuple = ()  # preconditions on the sizes (Windows): trials draw only sizes that meet them
     _derivations: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -336,7 +363,28 @@ class Rule:
 
     def example_dims(self) -> dict:
         """Small, distinct sizes (2, 3, 4, ... within each range): a shape mix-up cannot hide."""
-        return {d: min(r.max, max(r.min, 2 + i)) for i, (d, r) in enumerate(self.dims.items())}
+        return self.fit({d: min(r.max, max(r.min, 2 + i)) for i, (d, r) in enumerate(self.dims.items())})
+
+    def fit(self, dims: dict, hyper: dict | None = None, fixed=()) -> dict:
+        """``dims`` moved to the nearest sizes in range that meet the rule's preconditions (``windows``) at ``hyper``
+        (the defaults when None); sizes in ``fixed`` (the user's --shape) are left as they are: see :meth:`unmet`."""
+        if not self.windows:
+            return dims
+        hyper = self.resolve_hyper() if hyper is None else hyper
+        out = dict(dims)
+        for w in self.windows:
+            if w.size in fixed or w.fits(out, hyper):
+                continue
+            r = self.dims[w.size]
+            for v in sorted(range(r.min, r.max + 1), key=lambda v: (abs(v - out[w.size]), -v)):  # nearest, larger first
+                if w.fits({**out, w.size: v}, hyper):
+                    out[w.size] = v
+                    break
+        return out
+
+    def unmet(self, dims: dict, hyper: dict) -> list[str]:
+        """The preconditions ``dims`` do not meet at ``hyper``, as sentences."""
+        return [w.describe(dims, hyper) for w in self.windows if not w.fits(dims, hyper)]
 
     def example_shape(self) -> str:
         return ",".join(f"{d}={n}" for d, n in self.example_dims().items())
@@ -347,15 +395,16 @@ class Rule:
     def sample_dims(self, rng: np.random.Generator) -> dict:
         return {d: int(rng.integers(r.min, r.max + 1)) for d, r in self.dims.items()}
 
-    def planned_dims(self, k: int, seed: int) -> dict:
-        """Trial ``k``'s sizes: distinct, then all equal, then all minimal (size 1), then random from ``seed``."""
+    def planned_dims(self, k: int, seed: int, hyper: dict | None = None) -> dict:
+        """Trial ``k``'s sizes: distinct, then all equal, then all minimal (size 1), then random from ``seed``;
+        each moved to meet the rule's preconditions at ``hyper`` (:meth:`fit`)."""
         if k == 0:
-            return self.example_dims()
+            return self.fit(self.example_dims(), hyper)
         if k == 1:
-            return {d: min(r.max, max(r.min, 3)) for d, r in self.dims.items()}
+            return self.fit({d: min(r.max, max(r.min, 3)) for d, r in self.dims.items()}, hyper)
         if k == 2:
-            return {d: r.min for d, r in self.dims.items()}
-        return self.sample_dims(np.random.default_rng([seed, k, 7]))
+            return self.fit({d: r.min for d, r in self.dims.items()}, hyper)
+        return self.fit(self.sample_dims(np.random.default_rng([seed, k, 7])), hyper)
 
     def environment(self, dims: dict, hyper: dict, arrays: dict) -> dict:
         """Names a formula can read: arrays, dimensions and hyperparameters."""
@@ -431,7 +480,17 @@ def _locate(text: str, table: str, key: str | None = None) -> int | None:
     """Line (1-based) of ``key`` inside ``[table]`` (or of the table's header)."""
     current = ""
     header = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]\s*(#.*)?$")
+    array = re.compile(r"^\s*\[\[\s*([^\]]+?)\s*\]\]\s*(#.*)?$")  # [[windows]]: the i-th is table "windows[i]"
+    seen: dict = {}
     for number, line in enumerate(text.splitlines(), 1):
+        m = array.match(line)
+        if m:
+            name = m.group(1).replace('"', "").replace(" ", "")
+            current = f"{name}[{seen.setdefault(name, -1) + 1}]"
+            seen[name] += 1
+            if key is None and current == table:
+                return number
+            continue
         m = header.match(line)
         if m:
             current = m.group(1).replace('"', "").replace(" ", "")
@@ -543,7 +602,7 @@ def parse_rule(text: str, path) -> Rule:
         raise RuleError(path, int(m.group(1)) if m else None, f"not valid TOML: {msg}") from None
 
     L.keys(data, {"name", "summary", "doc", "formula", "output", "inputs", "labels", "hyper", "dims", "derivative_from_output",
-                  "closed_form", "aliases", "pairs", "state", "forward_only"}, "")
+                  "closed_form", "aliases", "pairs", "state", "forward_only", "windows"}, "")
     for required in ("name", "summary", "formula", "inputs"):
         if required not in data:
             raise RuleError(path, None, f"missing required key '{required}'")
@@ -703,6 +762,29 @@ def parse_rule(text: str, path) -> Rule:
                 L.fail(f"state grads: '{n}' must be a state input, and its value an attribute name", "state", "grads")
         state = State(method, tuple(names), dict(grads))
 
+    windows = []
+    raw_windows = data.get("windows", [])
+    if not isinstance(raw_windows, list):
+        L.fail('windows is a list of tables, [[windows]] with size = "IH", window = "pool_h", stride = "stride", pad = 0',
+               "", "windows")
+    for i, spec in enumerate(raw_windows):
+        t = f"windows[{i}]"
+        spec = L.table(spec, t)
+        L.keys(spec, {"size", "window", "stride", "pad", "doc"}, t)
+        size = spec.get("size")
+        if size not in dims:
+            L.fail(f"windows size must name a dimension of the inputs (one of {', '.join(dims)}), not {size!r}", t, "size")
+        parts = {}
+        for key in ("window", "stride", "pad"):
+            v = spec.get(key, 0 if key == "pad" else None)
+            ok = (isinstance(v, int) and not isinstance(v, bool) and v >= (0 if key == "pad" else 1)) or \
+                (isinstance(v, str) and (v in dims or (v in hypers and hypers[v].type == "int")))
+            if not ok:
+                L.fail(f"windows {key} must be a dimension, an int hyperparameter or a whole number "
+                       f"({'at least 0' if key == 'pad' else 'at least 1'}), not {v!r}", t, key)
+            parts[key] = v
+        windows.append(Windows(size, parts["window"], parts["stride"], parts["pad"]))
+
     forward_only = data.get("forward_only", "")
     if not isinstance(forward_only, str) or ("forward_only" in data and not forward_only.strip()):
         L.fail('forward_only must be a one-line reason that only the forward is checked, as in "test mode: the '
@@ -769,6 +851,7 @@ def parse_rule(text: str, path) -> Rule:
         pairs=pairs,
         state=state,
         forward_only=forward_only.strip(),
+        windows=tuple(windows),
     )
     _check_shapes(rule, L)
     return rule

@@ -59,6 +59,13 @@ class Verifier:
             if self.pins.get(d, n) != n:
                 raise DerivcheckError(f"--shape sets {d}={n}, but a hyperparameter sets {d}={self.pins[d]}")
             self.pins[d] = n
+        unmet = self.rule.unmet(self.fitted(self.rule.example_dims()), self.hyper)
+        if unmet:  # a layer may rightly refuse such sizes (CS231n's asserts): never call it there
+            said = ", ".join(f"{d}={n}" for d, n in self.pins.items())
+            raise DerivcheckError(
+                f"rule '{rule.name}' needs sizes where {'; and '.join(unmet)}"
+                + (f": --shape {said} does not give them" if self.pins else ": no size in the rule's range does at these "
+                   "hyperparameters") + " (choose sizes that do, with --shape)")
         self.strict = strict
         self.kinks, self.stress = kinks, stress
         self.style = style
@@ -69,7 +76,11 @@ class Verifier:
     # -- the trial plan ---------------------------------------------------------
     def trial_dims(self, k: int) -> dict:
         """The rule's planned sizes for trial ``k`` (Rule.planned_dims), pinned sizes always."""
-        return {**self.rule.planned_dims(k, self.seed), **self.pins}
+        return self.fitted(self.rule.planned_dims(k, self.seed, self.hyper))
+
+    def fitted(self, dims: dict) -> dict:
+        """``dims`` with the pinned sizes, moved to meet the rule's preconditions (Rule.fit)."""
+        return self.rule.fit({**dims, **self.pins}, self.hyper, fixed=self.pins)
 
     def layer_hyper(self, dims: dict) -> dict:
         """Hyperparameters as a layer receives them: sizes resolved, lists as tuples."""
@@ -249,7 +260,7 @@ class Verifier:
         """Run the layer once at the example sizes with values changed by ``perturb``."""
         import warnings
 
-        dims = {**self.rule.example_dims(), **self.pins}
+        dims = self.fitted(self.rule.example_dims())
         rng = np.random.default_rng(seed)
         d = reference.at(self.rule, self.hyper, dims)
         values, ref = self.sample(d, rng)

@@ -168,3 +168,43 @@ def test_a_file_of_a_package_that_imports_relatively_is_imported_as_its_module(t
     result = CliRunner().invoke(main, ["verify", f"{pkg / 'classifiers' / 'mine.py'}:relu_forward", "--rule", "relu"])
     assert result.exit_code == 2
     assert "as course.classifiers.mine (it imports relatively, so as a module of its package" in result.output
+
+
+TILING_POOL = '''
+import numpy as np
+
+
+def max_pool_forward_fast(x, pool_param):
+    ph, pw, s = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    N, C, H, W = x.shape
+    assert (H - ph) % s == 0, "Invalid height"  # the course's documented precondition
+    assert (W - pw) % s == 0, "Invalid width"
+    oh, ow = (H - ph) // s + 1, (W - pw) // s + 1
+    out = np.zeros((N, C, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, :, i, j] = x[:, :, i * s:i * s + ph, j * s:j * s + pw].max(axis=(2, 3))
+    return out, (x, pool_param)
+
+
+def max_pool_backward_fast(dout, cache):
+    x, pool_param = cache
+    ph, pw, s = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
+    dx = np.zeros_like(x)
+    for i in range(dout.shape[2]):
+        for j in range(dout.shape[3]):
+            win = x[:, :, i * s:i * s + ph, j * s:j * s + pw]
+            mask = win == win.max(axis=(2, 3), keepdims=True)
+            dx[:, :, i * s:i * s + ph, j * s:j * s + pw] += mask * dout[:, :, i, j][:, :, None, None]
+    return dx
+'''
+
+
+def test_trials_respect_a_layers_documented_precondition(tmp_path):
+    # the example sizes (IW=5 with a 2x2 pool, stride 2) broke the course's assert, and its AssertionError was a FAIL
+    (tmp_path / "fast.py").write_text(TILING_POOL)
+    result = CliRunner().invoke(main, ["verify", f"{tmp_path / 'fast.py'}:max_pool_forward_fast", "--trials", "8"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["verify", f"{tmp_path / 'fast.py'}:max_pool_forward_fast", "--shape", "IW=5"])
+    assert result.exit_code == 2, result.output
+    assert "needs sizes where (IW + 2*0 - pool_width) is a multiple of stride" in result.output

@@ -46,6 +46,22 @@ KEPT = GOOD_HEAD + 'formula = "x * m"\noutput = ["N"]\n[inputs.x]\nshape = ["N"]
 PAIR = (GOOD_HEAD + 'formula = "x * a * b"\n[inputs.x]\nshape = ["N"]\n[hyper.a]\ntype = "int"\ndefault = 2\n'
         '[hyper.b]\ntype = "int"\ndefault = 2\n[hyper.f]\ntype = "float"\ndefault = 1.0\n[pairs]\n')
 
+WINDOWS = GOOD_HEAD + """formula = "max(windows(x, 2, 2, s, 0), axis=[4, 5])"
+[inputs.x]
+shape = ["N", "C", "H", "W"]
+[hyper.s]
+type = "int"
+default = 2
+[[windows]]
+size = "W"
+window = 2
+stride = "s"
+[[windows]]
+size = "H"
+window = 2
+stride = "s"
+"""
+
 CASES = [
     # (what, body, line, text in the message)
     ("bad TOML", GOOD_HEAD + 'formula = "x"\n[inputs.x\nshape = ["N"]\n', 4, "not valid TOML"),
@@ -135,6 +151,11 @@ CASES = [
      "windows are taken of an (N, C, H, W) array, not of shape"),
     ("filters of other channels", GOOD_HEAD + 'formula = "conv2d(x, W, 1, 0)"\n[inputs.x]\nshape = ["N", "C", "H", "H"]\n'
      '[inputs.W]\nshape = ["F", "D", "K", "K"]\n[dims.H]\nmin = 3\n', 3, "image channels"),
+    # preconditions on the sizes: [[windows]] names a dimension, and window/stride/pad fit
+    ("windows of no dimension", WINDOWS.replace('size = "H"', 'size = "Q"'), 14, "windows size must name a dimension"),
+    ("windows stride unknown", WINDOWS.replace('stride = "s"', 'stride = "z"'), 12, "windows stride must be a dimension, an int"),
+    ("windows of no width", WINDOWS.replace("window = 2", "window = 0"), 11, "windows window must be"),
+    ("windows key unknown", WINDOWS + "step = 1\n", 17, "unknown key 'step' in [windows[1]]"),
     ("rate on another label", GOOD_HEAD + 'formula = "x"\n[inputs.x]\nshape = ["N"]\n[labels.t]\nkind = "real"\nshape = ["N"]\ndrop = "r"\n',
      9, "only a kept mask"),
 ]
@@ -186,3 +207,14 @@ def test_one_broken_rule_file_does_not_stop_the_others(tmp_path):
     examples = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples"
     ok = CliRunner().invoke(main, ["--rules", str(tmp_path), "verify", str(examples / "dlfs1/layers.py") + ":Affine"])
     assert ok.exit_code == 0, ok.output
+
+
+def test_trials_draw_only_sizes_that_meet_the_windows_precondition(tmp_path):
+    rule = load_rule_file(write(tmp_path, WINDOWS))
+    for k in range(12):
+        dims = rule.planned_dims(k, 5, {"s": 2})
+        assert (dims["H"] - 2) % 2 == 0 and (dims["W"] - 2) % 2 == 0, dims
+        dims = rule.planned_dims(k, 5, {"s": 3})
+        assert (dims["H"] - 2) % 3 == 0 and (dims["W"] - 2) % 3 == 0, dims
+    assert rule.unmet({"N": 1, "C": 1, "H": 5, "W": 4}, {"s": 2}) == [
+        "(H + 2*0 - 2) is a multiple of s, at least 0 (here (5 + 2*0 - 2) and 2)"]
