@@ -37,6 +37,7 @@ class Check:
     step: int | None = None
     seed: int | None = None
     dims: dict | None = None
+    hyper: dict | None = None  # the trial's hyperparameters where they differ from the run's (Rule.trial_hyper)
     where: str | None = None  # where the layer keeps it: "Affine.dW", "grads[0]"
     index: list | None = None
     expected: float | None = None

@@ -9,6 +9,7 @@ The JSON schema (``derivcheck verify --format json``)::
       "verdict": "pass" | "fail" | "error",
       "checks": [{"name": "grad W", "passed": false, "where": "Affine.dW",
                   "trial": 1, "step": 0, "seed": 1, "dims": {"N": 3, ...},
+                  "hyper": {"stride": 2},      # only where the trial's hyperparameters differ from the run's
                   "index": [2, 1], "expected": 0.52, "got": -1.2,
                   "abs_err": 1.7, "rel_err": 3.3, "tol": 4.4e-15,
                   "message": "..."}],
@@ -74,6 +75,8 @@ def text(report) -> str:
             lines.append(f"  {mark} {c.name:<{width}}{where}")
         if not c.passed:
             at = ", ".join(f"{k}={v}" for k, v in (c.dims or {}).items())
+            if c.hyper:
+                at += " with " + ", ".join(f"{k}={v}" for k, v in c.hyper.items())
             if c.trial is not None:
                 lines.append(f"       trial {c.trial} (seed {c.seed}) step {c.step} at {at}")
             if c.message:

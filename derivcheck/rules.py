@@ -145,6 +145,7 @@ class Hyper:
     to_layer: bool = True  # False: for derivcheck only (say, how labels are encoded)
     also: tuple = ()  # values a layer may use instead of the default (log(y + 1e-7)): see Rule.alternatives
     names: tuple = ()  # other names a layer's parameter may give it (leaky ReLU's slope: alpha, negative_slope)
+    vary: tuple = ()  # values the trials go through when the user did not set it (stride 1 and 2): see Rule.trial_hyper
 
     def parse(self, text: str, dims: set[str]):
         """A value from the command line: ``1``, ``1,0,2``, ``true``, ``none``."""
@@ -296,6 +297,22 @@ class Rule:
             if not h.check(value):
                 raise DerivcheckError(f"hyperparameter '{name}' of rule '{self.name}' takes {h.describe()}, not {value!r}")
             values[name] = value
+        return values
+
+    def trial_hyper(self, k: int, given: dict | None = None) -> dict:
+        """Trial ``k``'s hyperparameters: the defaults overlaid with ``given`` in trial 0; from trial 1 on, each
+        hyperparameter with ``vary = [...]`` that the user did not set goes through its values, every
+        combination in turn (a stride bug shows only at stride 2, an empty ``[pad:-pad]`` only at pad 0)."""
+        given = given or {}
+        values = self.resolve_hyper(given)
+        varying = [h for h in self.hyper.values() if h.vary and h.name not in given]
+        if k == 0 or not varying:
+            return values
+        step = k - 1
+        for h in varying:  # the default last: trial 1 changes every one of them
+            order = [v for v in h.vary if v != h.default] + [h.default]
+            values[h.name] = order[step % len(order)]
+            step //= len(order)
         return values
 
     def alternatives(self, given: dict | None = None) -> list[dict]:
@@ -691,7 +708,7 @@ def parse_rule(text: str, path) -> Rule:
     for n, spec in L.table(data.get("hyper", {}), "hyper").items():
         t = f"hyper.{n}"
         spec = L.table(spec, t)
-        L.keys(spec, {"type", "default", "doc", "choices", "dim", "layer", "also", "names"}, t)
+        L.keys(spec, {"type", "default", "doc", "choices", "dim", "layer", "also", "names", "vary"}, t)
         to_layer = spec.get("layer", True)
         if not isinstance(to_layer, bool):
             L.fail(f"'layer' of hyperparameter '{n}' must be true or false", t, "layer")
@@ -722,6 +739,12 @@ def parse_rule(text: str, path) -> Rule:
                 L.fail(f"'also' of hyperparameter '{n}' must be a list of up to 3 values other than the default, "
                        f"each {h.describe()}", t, "also")
             h = dataclasses.replace(h, also=tuple(also))
+            vary = spec.get("vary", [])
+            if "vary" in spec and (not isinstance(vary, list) or not 2 <= len(vary) <= 4 or kind != "int"
+                                   or not all(h.check(v) for v in vary) or len(set(vary)) != len(vary) or default not in vary):
+                L.fail(f"'vary' of hyperparameter '{n}' must be a list of up to 4 distinct ints that holds its default "
+                       f"(an int hyperparameter's values for the trials to go through, as in vary = [1, 2])", t, "vary")
+            h = dataclasses.replace(h, vary=tuple(vary))
             if kind == "choice" and not choices:
                 L.fail(f"hyperparameter '{n}' of type choice needs choices = [...]", t)
             if not h.check(default):

@@ -10,6 +10,7 @@ rounding scales come from :mod:`derivcheck.reference`.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import shlex
 from pathlib import Path
@@ -68,6 +69,7 @@ class Verifier:
                    "hyperparameters") + " (choose sizes that do, with --shape)")
         self.strict = strict
         self.kinks, self.stress = kinks, stress
+        self.varied = {}  # the current trial's hyperparameters that differ from the run's (at_hyper)
         self.style = style
         # load the target now, so that a typo is an error (exit 2) before any trial
         self.adapter_for = lambda layer_hyper: make_adapter(target, rule, self.hyper, layer_hyper, style)  # noqa: E731
@@ -119,10 +121,12 @@ class Verifier:
         factors: dict[str, list] = {}  # check -> [(factor, dims)] of every failing trial
         first_failure = None
         for k in range(self.trials):
-            dims = self.trial_dims(k)
-            trial_seed = self.seed + k
-            with status(f"trial {k + 1} of {self.trials} at {', '.join(f'{d}={n}' for d, n in dims.items())}"):
-                checks = self.run_trial(k, dims, trial_seed, rep)
+            with self.at_hyper(self.rule.trial_hyper(k, self.given_hyper)) as varied:
+                dims = self.trial_dims(k)
+                trial_seed = self.seed + k
+                said = ", ".join(f"{d}={n}" for d, n in {**dims, **varied}.items())
+                with status(f"trial {k + 1} of {self.trials} at {said}"):
+                    checks = self.run_trial(k, dims, trial_seed, rep)
             for c in checks:
                 # a failing check is shown at its first failure (what `reproduce` replays),
                 # a passing one at its closest call
@@ -160,6 +164,23 @@ class Verifier:
         rep.reproduce = self.reproduce_command(first_failure)
         return rep
 
+    @contextlib.contextmanager
+    def at_hyper(self, hyper: dict):
+        """Run a trial at ``hyper`` (Rule.trial_hyper: a stride of 2 where the default is 1): the reference, the
+        layer's arguments and the judgement all take it; yields what differs from the run's hyperparameters."""
+        varied = {n: v for n, v in hyper.items() if v != self.hyper[n]}
+        if not varied:
+            yield varied
+            return
+        keep, self.hyper, self.judge = (self.hyper, self.judge), hyper, Judge(self.rule, hyper, self.given_hyper, self.dtype)
+        self.varied = varied
+        try:
+            yield varied
+        finally:
+            self.judge.ignores_dout = self.judge.ignores_dout or keep[1].ignores_dout
+            keep[1].ignores_dout = self.judge.ignores_dout
+            (self.hyper, self.judge), self.varied = keep, {}
+
     def reproduce_command(self, failure: Check | None) -> str:
         options = dict(style=self.style, hyper=self.given_hyper, dtype=self.dtype_name, seed=self.seed,
                        trials=self.trials, steps=self.steps, shape=self.shape, strict=self.strict)
@@ -171,7 +192,8 @@ class Verifier:
         d = reference.at(self.rule, self.hyper, dims)
         adapter = self.adapter_for(self.layer_hyper(dims))
         checks = []
-        ctx = lambda step: dict(trial=k, step=step, seed=trial_seed, dims=dict(dims))  # noqa: E731
+        ctx = lambda step: dict(trial=k, step=step, seed=trial_seed, dims=dict(dims),  # noqa: E731
+                                hyper=dict(self.varied) if self.varied else None)
         history = {"expected": {n: [] for n in self.rule.inputs}, "passed": {}, "ref": []}  # for diagnosis
         kept = {n: [0, 0] for n, lab in self.rule.labels.items() if not lab.given}  # mask -> [kept, elements]
         for step in range(self.steps):
@@ -479,7 +501,8 @@ def reproduce_line(target: str, rule, options: dict, failure: Check | None = Non
     parts += ["verify", target, "--rule", rule.name]
     if options.get("style"):
         parts += ["--style", options["style"]]
-    for k, v in (options.get("hyper") or {}).items():
+    trial_hyper = (failure.hyper or {}) if failure is not None and failure.dims is not None and failure.step is not None else {}
+    for k, v in {**(options.get("hyper") or {}), **trial_hyper}.items():
         parts += ["--hyper", f"{k}={_hyper_text(v)}"]
     if options.get("dtype", "float64") != "float64":
         parts += ["--dtype", options["dtype"]]
