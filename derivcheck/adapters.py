@@ -109,6 +109,19 @@ def check_target(spec: str) -> None:
     raise DerivcheckError(f"'{where}' has no '{name}' ({hint})")
 
 
+def top_level_defs(spec: str) -> set[str] | None:
+    """The names of the classes and functions a target's file defines at its top level, read with ``ast``
+    (nothing runs); None for a module target or a file that cannot be read."""
+    where = spec.rpartition(":")[0]
+    if not where or not _names_a_file(where) or not Path(where).is_file():
+        return None
+    try:
+        tree = _source_tree(Path(where))
+    except (SyntaxError, ValueError, OSError):
+        return None
+    return {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
 def _source_tree(path: Path) -> ast.Module:
     """``path``'s syntax tree, parsed once per version of the file (read-only: callers only walk it).
 
@@ -728,10 +741,26 @@ def stage(name: str) -> None:
 
 
 def call_user(fn, args, stage_name):
-    """Run the user's ``fn`` as ``stage_name`` (reported to the worker); what it raises is a LayerError."""
+    """Run the user's ``fn`` as ``stage_name`` (reported to the worker); what it raises is a LayerError.
+
+    A call that does not fit ``fn``'s signature is derivcheck's binding at fault, not the layer: exit 2."""
+    positional, named = [v for p, v in args if p is None], {p: v for p, v in args if p is not None}
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or a C extension: its own call says
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(*positional, **named)
+        except TypeError as exc:
+            given = ", ".join([f"{type(v).__name__}" for v in positional] + [f"{p}=" for p in named])
+            raise DerivcheckError(
+                f"derivcheck could not call {stage_name} as its convention says: {exc} (it passed ({given}) to "
+                f"{getattr(fn, '__name__', stage_name)}{signature}). Name the rule it implements (--rule) or its "
+                f"convention (--style)") from None
     stage(stage_name)
     try:
-        return fn(*[v for p, v in args if p is None], **{p: v for p, v in args if p is not None})
+        return fn(*positional, **named)
     except SystemExit as exc:  # sys.exit() in a layer is the layer stopping, never derivcheck finishing
         raise LayerError(stage_name, exc) from exc
     except Exception as exc:

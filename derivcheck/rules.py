@@ -977,6 +977,8 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
     # the whole name first (CS231n's svm_loss_naive(W, X, y, reg) is an alias of linear_svm_loss, where
     # svm_loss(x, y) is another operation), then without the suffix; a rule's name, then its aliases
     # (another name for its operation: DeZero's Linear is affine)
+    if full == name and _names_a_pair(target, name):  # CS231n's `rnn_layers.py:lstm`: the pair lstm_forward/_backward
+        name = f"{name}_forward"
     if full != name:  # CS231n's rnn_forward and lstm_forward: before the guess, which would take the cell rnn for it
         sequence = sequence_of_steps(name, full, known, extra)
         if sequence is not None:
@@ -999,6 +1001,14 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
             f"`derivcheck rules affine > myrules/{stem}.toml` prints a rule to start from, docs/rules.md says what goes in it, "
             f"and --rules myrules makes it known")
     return guess
+
+
+def _names_a_pair(target: str, name: str) -> bool:
+    """``target`` names a functional pair by its stem: its file defines NAME_forward and nothing called NAME."""
+    from .adapters import top_level_defs
+
+    defs = top_level_defs(target)
+    return defs is not None and f"{name}_forward" in defs and name not in defs
 
 
 def sequence_of_steps(name: str, full: str, known: dict, extra=()) -> str | None:

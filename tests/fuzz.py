@@ -132,7 +132,8 @@ def target_cases() -> list[Case]:
         "prints a lot": "import numpy as np\nprint('x' * 100000)\nclass Exp:\n    def forward(self, x):\n        print('{')\n        self.out = np.exp(x)\n        return self.out\n    def backward(self, d):\n        return d * self.out\n",
         "hangs": "import numpy as np\nclass Exp:\n    def forward(self, x):\n        while True:\n            pass\n    def backward(self, d):\n        return d\n",
     }
-    verdict_due = {"returns None", "returns text", "returns wrong shape", "returns nan", "raises in backward", "recursion",
+    # a forward returning None is exit 2: no output to judge, derivcheck could not read the layer as its convention says
+    verdict_due = {"returns text", "returns wrong shape", "returns nan", "raises in backward", "recursion",
                    "exit at import", "exit in forward", "os exit in backward", "keyboard interrupt in layer", "hangs"}
     passes = {"seterr raise", "prints a lot"}
     for label, body in broken_files.items():

@@ -208,3 +208,24 @@ def test_trials_respect_a_layers_documented_precondition(tmp_path):
     result = CliRunner().invoke(main, ["verify", f"{tmp_path / 'fast.py'}:max_pool_forward_fast", "--shape", "IW=5"])
     assert result.exit_code == 2, result.output
     assert "needs sizes where (IW + 2*0 - pool_width) is a multiple of stride" in result.output
+
+
+def test_a_stem_that_names_a_forward_backward_pair_takes_the_sequence_rule():
+    # CS231n's rnn_layers.py:lstm means lstm_forward/lstm_backward (a sequence), not the single-step rule lstm
+    from derivcheck.rules import guess_rule
+
+    from bindings import EXAMPLES
+
+    layers = EXAMPLES / "functional" / "layers.py"
+    assert guess_rule(f"{layers}:lstm") == "lstm_sequence"
+    assert guess_rule(f"{layers}:rnn") == "rnn_sequence"
+    assert guess_rule(f"{layers}:rnn_step") == "rnn"  # the cell, by its own name
+    assert guess_rule(f"{EXAMPLES / 'dlfs2' / 'layers.py'}:LSTM") == "lstm"  # book 2's class: the cell
+
+
+def test_a_call_derivcheck_builds_that_does_not_fit_the_signature_is_exit_2():
+    from bindings import EXAMPLES
+
+    result = CliRunner().invoke(main, ["verify", f"{EXAMPLES / 'functional' / 'layers.py'}:lstm", "--rule", "lstm"])
+    assert result.exit_code == 2, result.output
+    assert "derivcheck could not call lstm_forward as its convention says" in result.output
