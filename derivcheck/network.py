@@ -281,6 +281,16 @@ class NetworkVerifier:
         if self.style is None:
             raise DerivcheckError(f"{self.name} is not a network derivcheck knows: {KNOWN_NETWORKS}")
         self.sizes = size_params(self.cls)
+        shaped = [(p.name, p.default) for p in list(inspect.signature(self.cls.__init__).parameters.values())[1:]
+                  if p.name in self.sizes and isinstance(p.default, (tuple, list)) and len(p.default) >= 2
+                  and not p.name.endswith("_dims")]
+        if shaped:  # CS231n's ThreeLayerConvNet(input_dim=(3, 32, 32)): images, which this check cannot feed
+            said = ", ".join(f"{n}={tuple(v)}" for n, v in shaped)
+            raise DerivcheckError(
+                f"{self.name} takes a shape ({said}): its input is an image batch (N, C, H, W) or another array of "
+                f"rank > 2, and derivcheck's network check feeds a batch of vectors (N, D) only. Check its layers one "
+                f"by one (derivcheck verify on each layer function or class; conv_forward_naive, max_pool_forward_fast, "
+                f"... have rules)")
         unsized = [p.name for p in list(inspect.signature(self.cls.__init__).parameters.values())[1:]
                    if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in self.sizes]
         if unsized:  # the model cannot be built from sizes: a binding problem, not a failing model

@@ -625,3 +625,25 @@ def test_book_1s_relu_writing_into_dout_is_the_warning_a_layer_alone_gets(tmp_pa
     assert result.exit_code == 0, result.output[-2000:]
     assert [w["message"] for w in data["warnings"]] == [
         "Relu1.backward wrote into its argument 'dout' in place (an array the model may use again: copy it first)"]
+
+
+def test_a_model_of_images_is_refused_before_it_is_called(tmp_path):
+    # CS231n's ThreeLayerConvNet(input_dim=(3, 32, 32)) and book 1's SimpleConvNet(input_dim=(1, 28, 28)): the check
+    # fed an int where the model wants a shape, and the model's TypeError was its FAIL
+    (tmp_path / "cnn.py").write_text(textwrap.dedent('''
+        import numpy as np
+
+
+        class ThreeLayerConvNet:
+            def __init__(self, input_dim=(3, 32, 32), num_filters=32, hidden_dim=100, num_classes=10, reg=0.0):
+                C, H, W = input_dim
+                self.reg = reg
+                self.params = {"W1": np.random.randn(num_filters, C, 7, 7)}
+
+            def loss(self, X, y=None):
+                raise AssertionError("never called")
+    '''))
+    result, data = verify(tmp_path / "cnn.py:ThreeLayerConvNet")
+    assert result.exit_code == 2, result.output
+    assert "ThreeLayerConvNet takes a shape (input_dim=(3, 32, 32))" in result.output
+    assert "feeds a batch of vectors (N, D) only" in result.output
