@@ -288,3 +288,35 @@ def test_the_failure_names_the_range_of_every_stressed_input(tmp_path):
     rep = verify(str(tmp_path / "mul.py") + ":Mul", load_rule_file(tmp_path / "mul.toml"), trials=1, steps=1, strict=True)
     (c,) = [c for c in rep.checks if not c.passed]
     assert re.search(r"at extreme inputs \(x in \[1\d\d, 1\d\d\], y in \[3\d\d, 3\d\d\]\)$", c.message), c.message
+
+
+RNN_STEP_EXP = '''
+import numpy as np
+
+
+def rnn_step_forward(x, prev_h, Wx, Wh, b):
+    a = x @ Wx + prev_h @ Wh + b
+    h = (np.exp(a) - np.exp(-a)) / (np.exp(a) + np.exp(-a))  # tanh from exponentials: inf / inf at |a| > 710
+    return h, (x, prev_h, Wx, Wh, h)
+
+
+def rnn_step_backward(dnext_h, cache):
+    x, prev_h, Wx, Wh, h = cache
+    da = dnext_h * (1 - h ** 2)
+    return da @ Wx.T, da @ Wh.T, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+'''
+
+
+@pytest.mark.parametrize("rule", ["rnn", "lstm_step", "rnn_sequence", "time_lstm"])
+def test_the_recurrent_cells_are_probed_at_extreme_inputs(rule):
+    assert any(i.stress for i in derivcheck.load_rule(rule).inputs.values())
+
+
+def test_a_tanh_from_exponentials_in_an_rnn_step_fails_under_strict(tmp_path):
+    (tmp_path / "rnn.py").write_text(RNN_STEP_EXP)
+    target = f"{tmp_path / 'rnn.py'}:rnn_step_forward"
+    rep = verify(target, derivcheck.load_rule("rnn"))
+    assert rep.verdict == "pass" and [w.kind for w in rep.warnings] == ["numerical-stability"]
+    strict = verify(target, derivcheck.load_rule("rnn"), strict=True)
+    assert strict.verdict == "fail"
+    assert any(c.name == "stability" and not c.passed for c in strict.checks)
