@@ -190,6 +190,9 @@ def _tail(path: str, lines: int = 5) -> str:
     return " | ".join(kept)
 
 
+IMPORTING = "importing the target"  # the stage until the worker names another
+
+
 def _failed(target, rule, options, message: str):
     from .checks import Check
     from .verify import Report, reproduce_line
@@ -225,7 +228,7 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
                "options": options, "output": output, **_callers_state()}
     forked = zygote is not None and zygote.ready(timeout)
     worker = _Forked(zygote, send, receive, request) if forked else ctx.Process(target=_work, args=(send, request), daemon=True)
-    stage, outcome = "importing the target", None
+    stage, outcome = IMPORTING, None
     try:
         _LIVE.add(worker)
         _start(worker)
@@ -280,6 +283,10 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     if kind == "timeout" and stage == adapters.OWN_WORK:  # not the layer's doing: no verdict on it
         raise DerivcheckError(f"derivcheck's own computation (the exact reference) did not finish within {timeout:g} s: "
                               f"check at smaller sizes (--shape) or raise the limit with --timeout")
+    if kind == "timeout" and stage == IMPORTING:  # no layer was called: evidence of nothing about it
+        raise DerivcheckError(f"importing {target.rpartition(':')[0]} did not finish within {timeout:g} s, so no layer of it "
+                              f"was called: its top level runs code (a training loop, a data download?). Put that under "
+                              f"`if __name__ == \"__main__\":`, or raise the limit with --timeout{said}")
     if kind == "timeout":
         return _failed(target, rule, options, f"did not finish within {timeout:g} s: stopped during {stage} "
                                               f"(an endless loop? raise the limit with --timeout){said}")

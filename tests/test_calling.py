@@ -229,3 +229,33 @@ def test_a_call_derivcheck_builds_that_does_not_fit_the_signature_is_exit_2():
     result = CliRunner().invoke(main, ["verify", f"{EXAMPLES / 'functional' / 'layers.py'}:lstm", "--rule", "lstm"])
     assert result.exit_code == 2, result.output
     assert "derivcheck could not call lstm_forward as its convention says" in result.output
+
+
+def test_a_function_beside_its_backward_is_a_forward_not_a_loss(tmp_path):
+    # the deeplearning.ai course: relu(Z) -> (A, cache) beside relu_backward(dA, cache); it was read as a loss
+    # (loss, dx), its cache compared with a gradient, and a correct relu FAILed
+    (tmp_path / "dnn_utils.py").write_text(textwrap.dedent('''
+        import numpy as np
+
+
+        def relu(Z):
+            return np.maximum(0, Z), Z
+
+
+        def relu_backward(dA, cache):
+            dZ = np.array(dA, copy=True)
+            dZ[cache <= 0] = 0
+            return dZ
+    '''))
+    result = CliRunner().invoke(main, ["verify", f"{tmp_path / 'dnn_utils.py'}:relu"])
+    assert result.exit_code == 0, result.output
+    assert "(relu_backward(...)[0])" in result.output
+
+
+def test_an_import_that_does_not_finish_is_exit_2_not_the_layers_fail(tmp_path):
+    (tmp_path / "script.py").write_text("import time\ntime.sleep(60)  # a training loop at the top level\n\n"
+                                        "def relu_forward(x):\n    return x * (x > 0), x\n\n"
+                                        "def relu_backward(dout, cache):\n    return dout * (cache > 0)\n")
+    result = CliRunner().invoke(main, ["verify", f"{tmp_path / 'script.py'}:relu_forward", "--timeout", "2"])
+    assert result.exit_code == 2, result.output
+    assert "did not finish within 2 s, so no layer of it was called" in result.output
