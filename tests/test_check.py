@@ -90,6 +90,18 @@ def test_examples_gate_passes_with_expected_failures(tmp_path):
     assert suite.get("tests") == str(total) and suite.get("failures") == "0" and suite.get("skipped") == str(failing)
 
 
+def test_the_whole_examples_gate_passes_as_the_readme_runs_it():
+    """`derivcheck check examples`, every row: both dtypes, the networks at the gate's own 5 trials, each broken
+    example held to its caught-by and diagnosis. CI runs it here, so nothing only the gate would catch escapes it."""
+    result = run("check", str(EXAMPLES), "--format", "json", "-j", "2")
+    data = json.loads(result.stdout)
+    wrong = [(r["id"], r.get("verdict"), r.get("error") or r.get("mismatch")) for r in data["results"] if not r["ok"]]
+    assert result.exit_code == 0 and wrong == [], (wrong, result.output[-3000:])
+    bindings = load_config(EXAMPLES / "derivcheck.toml").bindings
+    assert len(data["results"]) == len(bindings) >= 300
+    assert {r["dtype"] for r in data["results"] if "/networks/" in r["target"]} == {"float64", "float32"}
+
+
 def test_the_whole_catalogue_is_valid_before_anything_runs():
     """Every binding of examples/derivcheck.toml names a file, a rule and hyperparameters that exist."""
     config = load_config(EXAMPLES / "derivcheck.toml")
