@@ -314,6 +314,12 @@ def _findable(name: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=64)
+def _relative_level(path: str, mtime_ns: int, size: int) -> int:
+    """How many folders the file's deepest relative import climbs (0: it has none)."""
+    return max((n.level for n in ast.walk(_parse(path, mtime_ns, size)) if isinstance(n, ast.ImportFrom)), default=0)
+
+
 def package_of(path: Path) -> tuple[Path, str] | None:
     """(the folder to import from, the dotted module name) of a file that imports relatively (``from .layers
     import *``, as CS231n's fast_layers.py and classifiers/cnn.py do): it can only be imported as a module of
@@ -321,10 +327,9 @@ def package_of(path: Path) -> tuple[Path, str] | None:
     deepest relative import climbs (a namespace package has none). None for a file with no relative import."""
     path = path.resolve()
     try:
-        tree = _parse(*_version(path))
+        level = _relative_level(*_version(path))
     except (SyntaxError, ValueError, OSError):
         return None
-    level = max((n.level for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)), default=0)
     if level == 0:
         return None
     top = path.parent
@@ -740,24 +745,36 @@ def stage(name: str) -> None:
         on_stage(name)
 
 
+@functools.lru_cache(maxsize=1024)
+def _unfit_call(fn, positional: int, named: tuple) -> tuple[str, str] | None:
+    """(why, the signature) when ``fn`` cannot take ``positional`` arguments and the keywords ``named``; None when
+    it can or its signature is unknown (a builtin says so itself). Cached: a check calls one layer many times."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*([None] * positional), **dict.fromkeys(named))
+    except TypeError as exc:
+        return str(exc), str(signature)
+    return None
+
+
 def call_user(fn, args, stage_name):
     """Run the user's ``fn`` as ``stage_name`` (reported to the worker); what it raises is a LayerError.
 
     A call that does not fit ``fn``'s signature is derivcheck's binding at fault, not the layer: exit 2."""
     positional, named = [v for p, v in args if p is None], {p: v for p, v in args if p is not None}
     try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):  # a builtin or a C extension: its own call says
-        signature = None
-    if signature is not None:
-        try:
-            signature.bind(*positional, **named)
-        except TypeError as exc:
-            given = ", ".join([f"{type(v).__name__}" for v in positional] + [f"{p}=" for p in named])
-            raise DerivcheckError(
-                f"derivcheck could not call {stage_name} as its convention says: {exc} (it passed ({given}) to "
-                f"{getattr(fn, '__name__', stage_name)}{signature}). Name the rule it implements (--rule) or its "
-                f"convention (--style)") from None
+        unfit = _unfit_call(fn, len(positional), tuple(named))
+    except TypeError:  # an unhashable callable (a bound method of an instance with __eq__ and no __hash__)
+        unfit = _unfit_call.__wrapped__(fn, len(positional), tuple(named))
+    if unfit:
+        given = ", ".join([f"{type(v).__name__}" for v in positional] + [f"{p}=" for p in named])
+        raise DerivcheckError(
+            f"derivcheck could not call {stage_name} as its convention says: {unfit[0]} (it passed ({given}) to "
+            f"{getattr(fn, '__name__', stage_name)}{unfit[1]}). Name the rule it implements (--rule) or its "
+            f"convention (--style)")
     stage(stage_name)
     try:
         return fn(*positional, **named)
