@@ -104,7 +104,7 @@ NET_TEMPLATE = textwrap.dedent('''
         def backward(self, dout=1):
             dx = self.y.copy()
             dx[np.arange(len(self.t)), self.t] -= 1
-            return dx * dout / len(self.t)
+            {loss_backward}
 
     class {extra_class}:
         def __init__(self):
@@ -134,11 +134,12 @@ NET_TEMPLATE = textwrap.dedent('''
             self.loss(x, t)
             dout = self.lastLayer.backward(1)
             for layer in reversed(list(self.layers.values())):
-                dout = layer.backward(dout)
+                dout = {backward_step}
             return {{"W1": self.layers["Affine1"].dW, "b1": self.layers["Affine1"].db,
                     "W2": self.layers["Affine2"].dW, "b2": self.layers["Affine2"].db}}
 ''')
 _DEFAULTS = dict(relu_backward="return np.where(self.mask, 0.0, dout)", extra_class="Unused", extra_layer="",
+                 loss_backward="return dx * dout / len(self.t)", backward_step="layer.backward(dout)",
                  apply="layer.forward(x)", loss="self.lastLayer.forward(self.predict(x), t)")
 
 
