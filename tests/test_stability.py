@@ -3,6 +3,7 @@
 Fast: no layer runs in the unit cases, so mutation testing runs them first.
 """
 import re
+import textwrap
 from dataclasses import asdict
 
 import numpy as np
@@ -320,3 +321,30 @@ def test_a_tanh_from_exponentials_in_an_rnn_step_fails_under_strict(tmp_path):
     strict = verify(target, derivcheck.load_rule("rnn"), strict=True)
     assert strict.verdict == "fail"
     assert any(c.name == "stability" and not c.passed for c in strict.checks)
+
+
+def test_the_probe_runs_at_the_example_sizes_whatever_shape_pins():
+    # its 50-digit reference costs per element: at --shape N=10000, C=1000 it ran out of time and memory
+    rule = derivcheck.load_rule("softmax_with_loss")
+    rep = verify(str(EXAMPLES / "dlfs1" / "layers.py") + ":SoftmaxWithLoss", rule, shape={"N": 40, "C": 30}, trials=1)
+    stability = next(c for c in rep.checks if c.name == "stability")
+    assert stability.passed and stability.dims == rule.example_dims()
+
+
+def test_a_layer_made_for_its_pinned_sizes_is_probed_at_them(tmp_path):
+    (tmp_path / "fixed.py").write_text(textwrap.dedent('''
+        import numpy as np
+
+
+        class Sigmoid:
+            def forward(self, x):
+                assert x.shape[1] == 7, "this layer is made for 7 features"
+                self.out = 1 / (1 + np.exp(-np.clip(x, -500, 500)))
+                return self.out
+
+            def backward(self, dout):
+                return dout * self.out * (1 - self.out)
+    '''))
+    rep = verify(f"{tmp_path / 'fixed.py'}:Sigmoid", derivcheck.load_rule("sigmoid"), shape={"D": 7}, trials=1)
+    stability = next(c for c in rep.checks if c.name == "stability")
+    assert rep.verdict == "pass" and stability.passed and stability.dims["D"] == 7
