@@ -43,7 +43,11 @@ class LayerError(Exception):
         tb = exc.__traceback__
         frames = [f for f in _frames(tb) if "derivcheck" not in Path(f.filename).parts[-2:-1]]
         where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-        super().__init__(f"{stage} raised {type(exc).__name__}{where}: {exc}")
+        try:
+            said = str(exc)
+        except BaseException:  # noqa: BLE001 - an exception whose __str__ raises still names its class
+            said = "(its message could not be read: its __str__ raised)"
+        super().__init__(f"{stage} raised {type(exc).__name__}{where}: {said}")
 
 
 def _frames(tb):
@@ -780,7 +784,9 @@ def call_user(fn, args, stage_name):
         return fn(*positional, **named)
     except SystemExit as exc:  # sys.exit() in a layer is the layer stopping, never derivcheck finishing
         raise LayerError(stage_name, exc) from exc
-    except Exception as exc:
+    except KeyboardInterrupt:  # the worker says so itself (isolate.py): a layer's own raise is its failure there
+        raise
+    except BaseException as exc:  # Exception, and GeneratorExit or a BaseException subclass of the layer's own
         raise LayerError(stage_name, exc) from exc
     finally:
         stage(OWN_WORK)
@@ -816,6 +822,16 @@ def cannot_take(fn, given: int) -> str:
     if len(positional) < given:
         return f" takes ({said}): no upstream gradient" if not positional else f" takes ({said}), fewer than {given} upstream gradients"
     return ""
+
+
+def own(value):
+    """A copy of what the layer handed back (an array, or arrays in a tuple or list), made as its call returns: a
+    buffer the layer fills in later (its backward writing into the array forward returned) cannot change it."""
+    if isinstance(value, np.ndarray):
+        return np.array(value, copy=True)
+    if isinstance(value, (tuple, list)):
+        return type(value)(np.array(v, copy=True) if isinstance(v, np.ndarray) else v for v in value)
+    return value
 
 
 def _same_array(a, b) -> bool:
@@ -923,7 +939,7 @@ class Dlfs1Adapter(Adapter):
         state = self.rule.state
         if state is not None:
             call_user(getattr(self.instance, state.method), [(None, values[n]) for n in state.names], f"{self.name}.{state.method}")
-        out = call_user(self.instance.forward, self._call_args(self.binding, values), f"{self.name}.forward")
+        out = own(call_user(self.instance.forward, self._call_args(self.binding, values), f"{self.name}.forward"))
         return pack_outputs(self.rule, out, f"{self.name}.forward")
 
     def backward_call(self, cotangent):
@@ -1086,15 +1102,16 @@ class DezeroAdapter(Adapter):
             y = y[0]
         if not hasattr(y, "data") or not hasattr(y, "backward"):
             raise LayerError(self.name, TypeError(f"returned {type(y).__name__}, not a Variable"))
+        out = own(y.data)  # as it is now, whatever backward does to the array
         if self.forward_only:
-            return Outcome(y.data, {}, forward_only=self.forward_only)
+            return Outcome(out, {}, forward_only=self.forward_only)
         y.grad = dezero_grad(cotangent, y)
         if not any(v is y for v in variables.values()):
             call_user(y.backward, [], f"{self.name}.backward")
         # else: y is an input handed back (DeZero's sum_to(x, x.shape) returns x): a leaf whose
         # gradient is the cotangent itself; DeZero's backward() on a leaf would fail on its missing creator
         grads = {n: getattr(getattr(v, "grad", None), "data", getattr(v, "grad", None)) for n, v in variables.items()}
-        return Outcome(y.data, grads)
+        return Outcome(out, grads)
 
     def grad_location(self, n) -> str:
         return f"{n}.grad"
@@ -1144,7 +1161,7 @@ class FunctionalAdapter(Adapter):
 
     def run(self, values, cotangent) -> Outcome:
         args = self._call_args(self.binding, values)
-        result = call_user(self.fwd, args, f"{self.fwd.__name__}")
+        result = own(call_user(self.fwd, args, f"{self.fwd.__name__}"))
         if self.loss_fn is not None and isinstance(result, (np.ndarray, np.generic, float, int)) and not isinstance(result, bool):
             return Outcome(result, {}, forward_only=f"{self.name} returns one value and has no {self.name}_backward next to it")
         k = len(self.rule.outputs) or 1

@@ -218,8 +218,8 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     from .verify import Report
 
     timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
-    if timeout <= 0:
-        raise DerivcheckError(f"the time limit must be a positive number of seconds, not {timeout:g}")
+    if not (0 < timeout < float("inf")):  # nan and inf too: a limit that never ends is none
+        raise DerivcheckError(f"the time limit must be a finite positive number of seconds, not {timeout:g}")
     fd, output = tempfile.mkstemp(prefix="derivcheck-layer-", suffix=".txt")
     os.close(fd)
     ctx = _context()

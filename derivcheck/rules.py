@@ -297,6 +297,14 @@ class Rule:
             if not h.check(value):
                 raise DerivcheckError(f"hyperparameter '{name}' of rule '{self.name}' takes {h.describe()}, not {value!r}")
             values[name] = value
+        for lab in self.labels.values():  # a mask's rate is a probability (a dropout rate of 1.5 kept "-6 ± nan")
+            if lab.kind == "kept":
+                rate, dropping = (lab.drop, True) if lab.drop else (lab.keep, False)
+                v = float(values[rate])
+                if not ((0 <= v < 1) if dropping else (0 < v <= 1)):
+                    raise DerivcheckError(
+                        f"hyperparameter '{rate}' of rule '{self.name}' is the chance of {'dropping' if dropping else 'keeping'} "
+                        f"an element: it must be in {'[0, 1)' if dropping else '(0, 1]'}, not {values[rate]!r}")
         return values
 
     def trial_hyper(self, k: int, given: dict | None = None) -> dict:

@@ -259,3 +259,44 @@ def test_an_import_that_does_not_finish_is_exit_2_not_the_layers_fail(tmp_path):
     result = CliRunner().invoke(main, ["verify", f"{tmp_path / 'script.py'}:relu_forward", "--timeout", "2"])
     assert result.exit_code == 2, result.output
     assert "did not finish within 2 s, so no layer of it was called" in result.output
+
+
+def test_a_forward_output_the_backward_fills_in_later_is_judged_as_it_was_returned(tmp_path):
+    # the output buffer is copied as forward returns: a backward that then writes the right values into it
+    # cannot make a wrong forward pass
+    result = run(tmp_path, """
+        def forward(self, x):
+            self.x = x
+            self.buf = np.zeros((x.shape[0], self.W.shape[1]))  # BUG: forward returns an empty buffer
+            return self.buf
+
+        def backward(self, dout):
+            self.buf[...] = self.x @ self.W + self.b  # ... and backward fills it in
+            self.dW = self.x.T @ dout
+            self.db = dout.sum(axis=0)
+            return dout @ self.W.T
+    """)
+    assert result.exit_code == 1, result.output
+    assert "FAIL forward" in result.output
+
+
+def test_a_layer_raising_a_base_exception_of_its_own_is_its_failure(tmp_path):
+    result = run(tmp_path, """
+        def backward(self, dout):
+            class Stop(BaseException):
+                def __str__(self):
+                    raise RuntimeError("no message either")
+            raise Stop()
+    """)
+    assert result.exit_code == 1, result.output
+    assert "Affine.backward raised Stop" in result.output and "its __str__ raised" in result.output
+
+
+def test_a_time_limit_that_never_ends_is_refused(tmp_path):
+    for bad in ("inf", "nan", "0", "-1"):
+        result = run(tmp_path, """
+            def backward(self, dout):
+                return dout
+        """, "--timeout", bad)
+        assert result.exit_code == 2, (bad, result.output)
+        assert "finite positive number of seconds" in result.output or "--timeout" in result.output, (bad, result.output)

@@ -218,3 +218,15 @@ def test_trials_draw_only_sizes_that_meet_the_windows_precondition(tmp_path):
         assert (dims["H"] - 2) % 3 == 0 and (dims["W"] - 2) % 3 == 0, dims
     assert rule.unmet({"N": 1, "C": 1, "H": 5, "W": 4}, {"s": 2}) == [
         "(H + 2*0 - 2) is a multiple of s, at least 0 (here (5 + 2*0 - 2) and 2)"]
+
+
+@pytest.mark.parametrize("rule,name,value,ok", [("dropout", "dropout_ratio", 1.5, False), ("dropout", "dropout_ratio", 1.0, False),
+                                                ("dropout", "dropout_ratio", 0.0, True), ("dropout_functional", "p", 0.0, False),
+                                                ("dropout_functional", "p", 1.0, True), ("dropout_functional", "p", -0.2, False)])
+def test_a_masks_rate_is_a_probability(rule, name, value, ok):
+    r = derivcheck.load_rule(rule)
+    if ok:
+        assert r.resolve_hyper({name: value})[name] == value
+        return
+    with pytest.raises(derivcheck.DerivcheckError, match=f"hyperparameter '{name}' of rule '{rule}' is the chance of"):
+        r.resolve_hyper({name: value})
