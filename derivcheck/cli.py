@@ -314,8 +314,6 @@ def check_cmd(obj, path, groups, seed, jobs, timeout, fmt, junit):
     else:
         results = gate.run_all(bindings, rule_dirs, seed, timeout, jobs,
                                done=lambda r, i, n: click.echo(f"[{i}/{n}] {r.binding.id}: {r.verdict}", err=True))
-    if junit:
-        Path(junit).write_text(gate.junit_xml(results, config.path.stem), encoding="utf-8")
     bad = [r for r in results if not r.ok]
     if fmt == "json":
         click.echo(json.dumps({
@@ -340,6 +338,12 @@ def check_cmd(obj, path, groups, seed, jobs, timeout, fmt, junit):
     could_not_run = [r for r in results if r.report is None]
     for r in could_not_run:  # the summary is written first: nothing is lost
         click.echo(f"derivcheck: error: {r.error}", err=True)
+    if junit:  # after the summary: a path that cannot be written loses nothing the run found
+        try:
+            Path(junit).write_text(gate.junit_xml(results, config.path.stem), encoding="utf-8")
+        except OSError as exc:
+            raise DerivcheckError(f"--junit-xml {junit} could not be written ({exc.strerror or exc}); the results "
+                                  f"are above") from None
     sys.exit(2 if could_not_run else 1 if bad else 0)
 
 

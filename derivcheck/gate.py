@@ -1,6 +1,8 @@
 """The CI gate: verify every binding of a configuration; shared by `check` and the pytest plugin."""
 from __future__ import annotations
 
+import re
+
 import os
 from dataclasses import dataclass
 
@@ -199,7 +201,18 @@ def junit_xml(results: list[Result], name: str) -> str:
             ET.SubElement(case, "failure", message=what).text = text(r.report)
         elif r.binding.expect == "fail":
             ET.SubElement(case, "skipped", message=f"expected failure: {first_failure(r.report)}")
+    for el in suite.iter():  # a layer's message may hold control characters, which XML 1.0 cannot carry
+        el.text = _xml_safe(el.text)
+        for k, v in el.attrib.items():
+            el.set(k, _xml_safe(v))
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+def _xml_safe(s):
+    """``s`` with the characters XML 1.0 cannot hold (C0 controls but tab, newline, return) as \\xNN."""
+    if s is None:
+        return None
+    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]", lambda m: f"\\x{ord(m.group()):02x}", s)
 
 
 def first_failure(report) -> str:

@@ -230,3 +230,21 @@ def test_an_expected_failure_caught_elsewhere_than_catalogued_fails_the_gate(pro
     assert wrong_kind.exit_code == 1 and "diagnosed as transposed, where the catalogue says sign-flipped" in wrong_kind.output
     (project / "derivcheck.toml").write_text(base + 'caught-by = ["grad W"]\ndiagnosis = "transposed"\n')
     assert run("check", str(project)).exit_code == 0
+
+
+def test_junit_holds_a_layers_control_characters_and_an_unwritable_path_loses_no_summary(project):
+    (project / "layers.py").write_text(LAYERS + textwrap.dedent('''
+        class Loud(Affine):
+            def backward(self, dout):
+                raise ValueError("bell \\x07 and escape \\x1b[31m in a message")
+    '''))
+    (project / "derivcheck.toml").write_text('[[layers]]\ntarget = "layers.py:Loud"\nrule = "affine"\ndtypes = ["float64"]\n')
+    junit = project / "junit.xml"
+    result = run("check", str(project), "--junit-xml", str(junit))
+    assert result.exit_code == 1
+    suite = ET.parse(junit).getroot()  # parseable
+    assert "\\x07" in ET.tostring(suite, encoding="unicode")
+    result = run("check", str(project), "--junit-xml", str(project / "no" / "such" / "dir" / "junit.xml"))
+    assert result.exit_code == 2
+    assert "1 layer checks: 0 passed, 0 failed as expected, 1 not as expected" in result.output
+    assert "could not be written" in result.output
