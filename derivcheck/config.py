@@ -41,7 +41,7 @@ from .errors import DerivcheckError
 DTYPES = ("float64", "float32")
 # what verify's diagnosis can name (report.py documents each); kept here, where the config is checked
 DIAGNOSIS_KINDS = ("transposed", "sign-flipped", "constant-factor", "missing-reduction", "wrong-axis", "extra-reduction",
-                   "upstream-ignored", "input-instead-of-output", "accumulates", "stale-state", "shape", "forward-wrong",
+                   "kept-axis", "operand-transposed", "upstream-ignored", "input-instead-of-output", "accumulates", "stale-state", "shape", "forward-wrong",
                    "numerical-stability", "rebinds-grads", "wiring", "regularization", "swapped", "mask-ignored")
 DEFAULTS = {"seed": 0, "trials": 5, "steps": 2, "dtypes": ["float64"], "strict": False, "timeout": None}
 OPTIONS = ("seed", "trials", "steps", "dtypes", "strict", "timeout")  # top-level defaults a layer may override

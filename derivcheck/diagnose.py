@@ -88,6 +88,10 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
         if G.ndim == 2 and G.shape == E.shape[::-1] and (r := holds(E.T, np.abs(scale).T if np.ndim(scale) == 2 else scale)) <= 1:
             out.append(_found("transposed", check, f"has shape {G.shape}, the transpose of {name}'s {E.shape}, and equals the right gradient transposed",
                               "swap the operands' order or transpose (x.T @ dout, not dout.T @ x)", r))
+        elif G.ndim == E.ndim + 1 and G.shape[0] == 1 and G.shape[1:] == E.shape and (r := _ratio(E, G[0], np.abs(scale), dt)) <= 1:
+            out.append(_found("kept-axis", check, f"has shape {G.shape}: the right values, with the summed axis kept (keepdims=True)",
+                              f"drop the kept axis: d{name} of shape {E.shape}, as {name} has (sum without keepdims, or "
+                              f"reshape); an optimizer would broadcast {name} to {G.shape} otherwise", r))
         elif G.ndim == E.ndim + 1 and G.shape[1:] == E.shape and (r := _ratio(E, G.sum(axis=0), np.abs(scale), dt)) <= 1:
             out.append(_found("missing-reduction", check, f"has an extra leading axis of size {G.shape[0]}: one gradient per position that shares {name}, not their sum",
                               f"sum over every axis that shares {name}: d{name} = dout.sum(axis=0) for a batch, "
@@ -134,6 +138,8 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
                            "look for a missing or extra division by the batch size (mean vs sum), or a stray 2 or 0.5", r)
             found["evidence"]["factor"] = k
             out.append(found)
+    if not out and (operand := _operand_transposed(name, G, scale, ctx)):
+        out.append(operand)
     from_output = _input_for_output(name, G, scale, ctx)
     if from_output:
         out.append(from_output)
@@ -149,6 +155,23 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
         elif ctx.earlier_passed and not out and (stale := _stale(name, G, scale, ctx)):
             out.append(stale)
     return out
+
+
+def _operand_transposed(name, G, scale, ctx) -> dict | None:
+    """The gradient as if a square matrix input were transposed: ``dx = dout @ W`` where ``dout @ W.T`` belongs
+    (the bug shows as a shape error at distinct sizes, and as wrong values where W is square)."""
+    if ctx.derivation is None:
+        return None
+    for m, v in ctx.ref.items():
+        v = np.asarray(v)
+        if m == name or m not in ctx.rule.inputs or v.ndim != 2 or v.shape[0] != v.shape[1] or np.allclose(v, v.T):
+            continue
+        candidate = ctx.derivation.vjp(ctx.cot, **{**ctx.ref, m: v.T})[name]
+        if (r := _ratio(candidate, G, np.abs(scale), ctx.dtype)) <= 1:
+            return _found("operand-transposed", f"grad {name}", f"is the gradient with {m} transposed: {m} enters d{name} "
+                          f"untransposed where its transpose belongs (or the other way round)",
+                          f"transpose {m} in d{name} (dx = dout @ W.T for out = x @ W)", r)
+    return None
 
 
 def _mask_ignored(name, G, scale, ctx) -> dict | None:

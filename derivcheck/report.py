@@ -18,7 +18,7 @@ The JSON schema (``derivcheck verify --format json``)::
       "diagnosis": [{"check": "grad W", "kind": "transposed", "message": "...", "hint": "...",
                      "evidence": {"residual_over_tol": 0.0}}],
       # kinds: transposed, sign-flipped, constant-factor, missing-reduction, wrong-axis,
-      # extra-reduction, upstream-ignored, input-instead-of-output, accumulates, stale-state,
+      # extra-reduction, kept-axis, operand-transposed, upstream-ignored, input-instead-of-output, accumulates, stale-state,
       # shape, forward-wrong, numerical-stability, rebinds-grads, swapped, mask-ignored,
       # wiring (a network's connections), regularization (a CS231n model's L2 term in its loss or grads)
       # residual_over_tol: the corrected candidate's worst error over the check's tolerance

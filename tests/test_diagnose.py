@@ -536,3 +536,36 @@ def test_every_reading_that_fits_every_trial_is_named():
     f = found("constant-factor", "grad W", "m", HINT, factor=2.0)
     settle_factor(f, [(2.0, {"N": 2}), (2.0, {"N": 2})])
     assert f["message"] == "grad W: is off by a factor of 2 or N (in each of 2 failing trials)"
+
+
+def test_a_sum_kept_as_a_row_is_not_a_missing_sum():
+    # np.sum(dout, axis=0, keepdims=True): the right values in shape (1, D); "sum it" would contradict the code
+    E = RNG.normal(size=4)
+    got = diagnose_gradient("b", E, E[None, :], np.abs(E) + 1, ctx("affine", DIMS, RNG.normal(size=(2, 4))))
+    assert [f["kind"] for f in got] == ["kept-axis"]
+    assert got[0]["message"] == "grad b: has shape (1, 4): the right values, with the summed axis kept (keepdims=True)"
+
+
+def test_a_missing_transpose_of_the_weight_is_named_at_equal_sizes():
+    # dx = dout @ W instead of dout @ W.T: the first bug the README promises; at N = D = H it is wrong values
+    x, W, b = RNG.normal(size=(3, 3)), RNG.normal(size=(3, 3)), RNG.normal(size=3)
+    cot = RNG.normal(size=(3, 3))
+    c = ctx("affine", {"N": 3, "D": 3, "H": 3}, cot, ref={"x": x, "W": W, "b": b})
+    right = cot @ W.T
+    got = diagnose_gradient("x", right, cot @ W, np.abs(cot) @ np.abs(W.T) + 1, c)
+    assert [f["kind"] for f in got] == ["operand-transposed"]
+    assert got[0]["message"].startswith("grad x: is the gradient with W transposed")
+
+
+def test_every_kind_the_code_can_name_is_one_a_catalogue_may_name():
+    # the kinds live in config.DIAGNOSIS_KINDS (what a catalogue row may name); a kind added in the code but not
+    # there could never be pinned by a broken example
+    import re
+    from pathlib import Path
+
+    from derivcheck.config import DIAGNOSIS_KINDS
+
+    code = "".join(p.read_text() for p in Path(derivcheck.__file__).parent.glob("*.py") if p.name != "report.py")  # (its doc)
+    named = set(re.findall(r'_found\(\s*"([a-z-]+)"', code)) | set(re.findall(r'"kind": "([a-z-]+)"', code)) \
+        | set(re.findall(r'kind="([a-z-]+)"', code))
+    assert named and named <= set(DIAGNOSIS_KINDS), named - set(DIAGNOSIS_KINDS)

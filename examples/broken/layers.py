@@ -26,6 +26,22 @@ def _softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+class AffineDxWithoutTranspose:
+    """BUG: dx = dout W instead of dout Wᵀ: a shape error where D != H, wrong values where W is square."""
+
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout):
+        self.dW = self.x.T @ dout
+        self.db = dout.sum(axis=0)
+        return dout @ self.W  # (N, H) @ (D, H): fits only when D == H
+
+
 class AffineMissingTranspose:
     """BUG: dW = dout^T x instead of x^T dout: the weight gradient is transposed."""
 
