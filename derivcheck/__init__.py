@@ -17,7 +17,7 @@ __all__ = ["DerivcheckError", "RuleError", "assert_backward", "explain", "list_r
 _LAZY = {
     "load_rule": "rules",
     "list_rules": "rules",
-    "assert_backward": "verify",
+    "assert_backward": "api",
     "explain": "explanation",
 }
 

@@ -735,6 +735,17 @@ class Adapter:
         return values
 
 
+_AXIS_ERROR = getattr(getattr(np, "exceptions", np), "AxisError")  # np.AxisError before NumPy 1.25
+
+
+def rank_mismatch(exc: BaseException) -> bool:
+    """An exception that says the layer wanted arrays of another rank (N, T, D = x.shape on a 2-D x)."""
+    text = str(exc)
+    return ((isinstance(exc, ValueError) and "values to unpack" in text)
+            or (isinstance(exc, IndexError) and "tuple index out of range" in text)
+            or isinstance(exc, _AXIS_ERROR))
+
+
 # Called with the name of each piece of the user's code about to run ("Affine.backward"), and
 # with OWN_WORK when it returns; the isolated worker (isolate.py) reports it, so that a layer
 # that ends its process is named where, and a time limit reached in derivcheck's own

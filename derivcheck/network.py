@@ -39,13 +39,12 @@ import numpy as np
 
 from . import calls, reference
 from .adapters import (KNOWN_NETWORKS, LOSS_ATTRS, Binding, LayerError, bind, call_user, dezero_grad, dlfs1_gradient, load_target,
-                       model_shape, norm_name, stage)
+                       model_shape, norm_name, rank_mismatch, stage)
 from .checks import KAPPA, Check, compare, unit_roundoff
 from .errors import DerivcheckError
 from .rules import Multiple, rule_in_convention
 from .judge import Judge, judged_dtype
 from .results import DTYPES, Report, warn
-from .verify import rank_mismatch
 
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
 # a CS231n model's regularization strength (its constructor's reg), set by hand: any value far from 0 makes

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import reference
-from .adapters import LayerError, detect_style, load_target, make_adapter, target_spec
+from .adapters import LayerError, detect_style, load_target, make_adapter, rank_mismatch, target_spec
 from .checks import Check, compare, unit_roundoff
 from .diagnose import settle_factor
 from .errors import DerivcheckError
@@ -479,17 +479,6 @@ def no_output(name: str, adapter) -> str:
             f"value{where}. Return the output from forward, or wrap the layer in a subclass whose forward does")
 
 
-_AXIS_ERROR = getattr(getattr(np, "exceptions", np), "AxisError")  # np.AxisError before NumPy 1.25
-
-
-def rank_mismatch(exc: BaseException) -> bool:
-    """An exception that says the layer wanted arrays of another rank (N, T, D = x.shape on a 2-D x)."""
-    text = str(exc)
-    return ((isinstance(exc, ValueError) and "values to unpack" in text)
-            or (isinstance(exc, IndexError) and "tuple index out of range" in text)
-            or isinstance(exc, _AXIS_ERROR))
-
-
 def stability_hint(rule) -> str:
     """What to do about an overflow or a loss of digits, for this rule's kind of formula."""
     text = rule.formula.text
@@ -543,42 +532,3 @@ def _hyper_text(v) -> str:
 def verify(target: str, rule, **options) -> Report:
     """Verify ``target`` (``file.py:Name``) against ``rule``; see :class:`Verifier`."""
     return Verifier(target, rule, **options).run()
-
-
-def assert_backward(layer, rule=None, rule_dirs=(), **options):
-    """For hand-written tests: verify ``layer`` (a class, a function or a target string), or a network.
-
-    A model class at a module's top level (book 1 or 2, see :mod:`derivcheck.network`)
-    with no ``rule`` is checked as a network, layer by layer.
-
-    ``rule`` is a rule name or a loaded rule (default: guessed from the layer's
-    name), looked up in ``rule_dirs`` and the catalog; ``options`` are
-    :class:`Verifier`'s (hyper, style, dtype, seed, trials, steps, shape, strict) and
-    ``timeout`` (seconds; the check runs in a worker process, see isolate.py).
-    Raises AssertionError with the full report when the layer is wrong; returns
-    the report otherwise.
-    """
-    from .adapters import model_convention
-    from .isolate import importable, verify_isolated
-    from .report import text
-    from .rules import rule_for, variants_for
-
-    if rule is None and importable(layer) and model_convention(target_spec(layer)):  # a whole network
-        report = verify_isolated(target_spec(layer), None, timeout=options.pop("timeout", None),
-                                 rule_dirs=[str(d) for d in rule_dirs], **options)
-        if report.verdict != "pass":
-            raise AssertionError("\n" + text(report))
-        return report
-    if rule is None or isinstance(rule, str):
-        options.setdefault("variants", variants_for(rule, rule_for(rule, target_spec(layer), rule_dirs), rule_dirs))
-        rule = rule_for(rule, target_spec(layer), rule_dirs)
-    timeout = options.pop("timeout", None)
-    if importable(layer):
-        report = verify_isolated(target_spec(layer), rule, timeout=timeout, **options)
-    else:  # a class defined inside a function: a worker cannot import it by name
-        report = verify(layer, rule, **options)
-        report.notes.append("not isolated: the layer is defined inside a function, so it ran in this process "
-                            "(define it at a module's top level to run it in a worker with a time limit)")
-    if report.verdict != "pass":
-        raise AssertionError("\n" + text(report))
-    return report
