@@ -140,6 +140,8 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
             out.append(found)
     if not out and (operand := _operand_transposed(name, G, scale, ctx)):
         out.append(operand)
+    if not out and (term := _regularization(name, E, G, scale, ctx)):
+        out.append(term)
     from_output = _input_for_output(name, G, scale, ctx)
     if from_output:
         out.append(from_output)
@@ -155,6 +157,28 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
         elif ctx.earlier_passed and not out and (stale := _stale(name, G, scale, ctx)):
             out.append(stale)
     return out
+
+
+def _regularization(name, E, G, scale, ctx) -> dict | None:
+    """The regularization term's gradient at another multiple: CS231n's ``dW += reg * W`` for a loss with
+    ``reg * sum(W ** 2)`` (whose gradient is 2 * reg * W), or the term left out. The rule's own term R is the
+    gradient at reg minus the gradient at reg = 0; the layer's is G - (E - R), fitted as k * R."""
+    derivation = ctx.derivation
+    if derivation is None or "reg" not in ctx.rule.hyper or not float(derivation.hyper.get("reg") or 0):
+        return None
+    from . import reference
+
+    R = E - np.asarray(reference.at(ctx.rule, {**derivation.hyper, "reg": 0.0}, ctx.dims).vjp(ctx.cot, **ctx.ref)[name])
+    denom = float(np.sum(R * R))
+    if denom == 0:
+        return None
+    k = float(np.sum((G - (E - R)) * R) / denom)
+    if abs(k - 1) < 1e-6 or (r := _ratio(E - R + k * R, G, np.abs(scale) + abs(k) * np.abs(R), ctx.dtype)) > 1:
+        return None
+    times = "left out" if abs(k) < 1e-6 else f"{k:.6g} times the rule's"
+    return _found("regularization", f"grad {name}", f"has the regularization term's gradient {times} (reg = "
+                  f"{float(derivation.hyper['reg']):g}): a loss with reg * sum({name} ** 2) has 2 * reg * {name} in d{name}",
+                  f"d{name} += 2 * reg * {name} for reg * np.sum({name} * {name}); reg * {name} goes with 0.5 * reg * np.sum({name} * {name})", r)
 
 
 def _operand_transposed(name, G, scale, ctx) -> dict | None:

@@ -569,3 +569,18 @@ def test_every_kind_the_code_can_name_is_one_a_catalogue_may_name():
     named = set(re.findall(r'_found\(\s*"([a-z-]+)"', code)) | set(re.findall(r'"kind": "([a-z-]+)"', code)) \
         | set(re.findall(r'kind="([a-z-]+)"', code))
     assert named and named <= set(DIAGNOSIS_KINDS), named - set(DIAGNOSIS_KINDS)
+
+
+@pytest.mark.parametrize("k,said", [(0.5, "0.5 times the rule's"), (0.0, "left out")])
+def test_a_regularization_term_at_another_multiple_is_named(k, said):
+    # assignment 1's commonest bug: dW += reg * W for a loss with reg * sum(W ** 2) (whose gradient is 2 * reg * W)
+    dims = {"N": 3, "D": 4, "C": 3}
+    rule = derivcheck.load_rule("linear_svm_loss")
+    X, W = RNG.normal(size=(3, 4)), RNG.normal(size=(4, 3))
+    y = np.eye(3)[[0, 2, 1]]
+    c = ctx("linear_svm_loss", dims, 1.0, ref={"W": W, "X": X, "y": y}, hyper={"reg": 0.3})
+    right = c.derivation.vjp(c.cot, **c.ref)["W"]
+    data = right - 2 * 0.3 * W  # the data loss's gradient alone
+    got = diagnose_gradient("W", right, data + k * 2 * 0.3 * W, np.abs(right) + 1, c)
+    assert [f["kind"] for f in got] == ["regularization"], got
+    assert said in got[0]["message"] and rule.name
