@@ -131,6 +131,10 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
         upstream = _upstream_ignored(name, E, G, c, scale, ctx)
         if upstream:
             out.append(upstream)  # for a loss this is also a constant factor, 1/dout: say the specific thing
+        elif c.ndim == 0 and c != 0 and (r := holds(-E / c, np.abs(scale) / abs(float(c)))) <= 1:
+            out.append(_found("sign-flipped", check, f"is the gradient for dout = 1 with its sign flipped, and dout was "
+                              f"{float(c):.6g}: the sign is wrong and dout is not multiplied",
+                              "check the sign of each term, and multiply by the upstream gradient: dx = dx * dout", r))
         elif abs(k - 1) > 1e-6 and abs(k + 1) > 1e-6 and k != 0 and (r := holds(k * E, np.abs(k) * np.abs(scale))) <= 1:
             named = _factor_name(k, ctx.dims)
             what = f"a factor of {named}" if named else f"a constant factor {k:.6g}"

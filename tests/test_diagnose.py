@@ -584,3 +584,11 @@ def test_a_regularization_term_at_another_multiple_is_named(k, said):
     got = diagnose_gradient("W", right, data + k * 2 * 0.3 * W, np.abs(right) + 1, c)
     assert [f["kind"] for f in got] == ["regularization"], got
     assert said in got[0]["message"] and rule.name
+
+
+def test_a_sign_flip_with_an_ignored_dout_is_named_as_both():
+    # it was "off by a constant factor -0.3589" (that is -1/dout): neither mistake named
+    got = diagnose_gradient("x", E23 * 2.5, -E23, S23, ctx("softmax_with_loss", {"N": 2, "C": 3}, np.asarray(2.5)))
+    assert [f["kind"] for f in got] == ["sign-flipped"]
+    assert got[0]["message"] == ("grad x: is the gradient for dout = 1 with its sign flipped, and dout was 2.5: the sign "
+                                 "is wrong and dout is not multiplied")
