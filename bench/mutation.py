@@ -31,15 +31,12 @@ CHECKING = [
     V + "cotangent__mutmut_*",
     V + "run__mutmut_*",                               # the verdict from the trials and the probe
     V + "run_trial__mutmut_*",
-    V + "compare_outcome__mutmut_*",
+    "derivcheck.judge.*",                              # the one judgement: alternatives, final loss, dtype, notes
     V + "rebound_slots__mutmut_*",                     # side effects: grads[0] = dW
     V + "_side_effects__mutmut_*",                     # side effects: writes into x, W, dout
     V + "_stale_check__mutmut_*",                      # stale state across two forwards
     V + "stability_check__mutmut_*",                   # extreme inputs
     V + "_stability_of__mutmut_*",
-    V + "_final_loss__mutmut_*",                       # a loss that ignores dout
-    V + "_weak_tolerance__mutmut_*",                   # the note on a loose tolerance (checks.reach)
-    "derivcheck.verify.x_judged_dtype__mutmut_*",        # the dtype a result is judged in
     "derivcheck.diagnose.*",                           # diagnosis
     "derivcheck.adapters.xǁDlfs2Adapterǁrun__mutmut_*",  # side effects: rebound grads slots
     "derivcheck.adapters.x__same_array__mutmut_*",
