@@ -13,7 +13,7 @@ from .errors import DerivcheckError
 @dataclass
 class Result:
     binding: Binding
-    report: object | None  # verify.Report, or None when it could not run
+    report: object | None  # results.Report, or None when it could not run
     error: str | None = None
 
     @property

@@ -195,7 +195,8 @@ IMPORTING = "importing the target"  # the stage until the worker names another
 
 def _failed(target, rule, options, message: str):
     from .checks import Check
-    from .verify import Report, reproduce_line
+    from .results import Report
+    from .verify import reproduce_line
 
     rep = Report(target, rule.name if rule else "network", options.get("style") or "?", options.get("dtype", "float64"), options.get("seed", 0),
                  options.get("trials", 5), options.get("steps", 2), dict(options.get("hyper") or {}),
@@ -215,7 +216,7 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     ``zygote``: forked from that process, which has imported the target's module, if it could
     (:class:`Zygote`); else from the server, as without one.
     """
-    from .verify import Report
+    from .results import Report
 
     timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
     if not (0 < timeout < float("inf")):  # nan and inf too: a limit that never ends is none

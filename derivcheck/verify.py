@@ -22,9 +22,9 @@ from .adapters import LayerError, detect_style, load_target, make_adapter, rank_
 from .checks import Check, compare, unit_roundoff
 from .diagnose import settle_factor
 from .errors import DerivcheckError
-from .judge import Judge, judged_dtype  # noqa: F401  (judged_dtype: read here by older callers)
+from .judge import Judge
 from .progress import status
-from .results import DTYPES, Report, Warning_, warn  # noqa: F401  (Report, Warning_: read here by older callers)
+from .results import DTYPES, Report, warn
 
 # ---------------------------------------------------------------------------
 
