@@ -81,6 +81,16 @@ class Verifier:
         """The rule's planned sizes for trial ``k`` (Rule.planned_dims), pinned sizes always."""
         return self.fitted(self.rule.planned_dims(k, self.seed, self.hyper))
 
+    def trial_hyper(self, k: int) -> dict:
+        """Trial ``k``'s hyperparameters (Rule.trial_hyper), or the run's where the sizes --shape pins admit no
+        windows at those values (a layer may rightly refuse them)."""
+        hyper = self.rule.trial_hyper(k, self.given_hyper)
+        if hyper != self.hyper and self.rule.windows:
+            dims = self.rule.fit({**self.rule.planned_dims(k, self.seed, hyper), **self.pins}, hyper, fixed=self.pins)
+            if self.rule.unmet(dims, hyper):
+                return self.hyper
+        return hyper
+
     def fitted(self, dims: dict) -> dict:
         """``dims`` with the pinned sizes, moved to meet the rule's preconditions (Rule.fit)."""
         return self.rule.fit({**dims, **self.pins}, self.hyper, fixed=self.pins)
@@ -122,7 +132,7 @@ class Verifier:
         factors: dict[str, list] = {}  # check -> [(factor, dims)] of every failing trial
         first_failure = None
         for k in range(self.trials):
-            with self.at_hyper(self.rule.trial_hyper(k, self.given_hyper)) as varied:
+            with self.at_hyper(self.trial_hyper(k)) as varied:
                 dims = self.trial_dims(k)
                 trial_seed = self.seed + k
                 said = ", ".join(f"{d}={n}" for d, n in {**dims, **varied}.items())

@@ -81,3 +81,14 @@ def test_a_bug_seen_only_at_stride_2_is_caught_and_its_reproduce_line_has_the_st
     assert " with stride=2" in text
     # the user's own --hyper stride=1 is kept in every trial: the bug is not seen there
     assert run(target, "--trials", "5", "--hyper", "stride=1").exit_code == 0
+
+
+def test_pinned_sizes_that_admit_no_windows_at_a_varied_stride_keep_the_runs_stride(tmp_path):
+    # IH = IW = 4 with 3x3 filters: (4 + 2*pad - 3) is odd at pad 0 and 1, so stride 2 never tiles them; a layer that
+    # asserts the course's precondition would raise there, so those trials stay at stride 1
+    (tmp_path / "conv.py").write_text(CONV.format(row="i * s", col="j * s").replace(
+        '    s, p = conv_param["stride"], conv_param["pad"]\n    N, C, H, W = x.shape',
+        '    s, p = conv_param["stride"], conv_param["pad"]\n    N, C, H, W = x.shape\n'
+        '    assert (H + 2 * p - w.shape[2]) % s == 0, "width does not work"', 1))
+    result = run(f"{tmp_path / 'conv.py'}:conv_forward_naive", "--trials", "5", "--shape", "IH=4,IW=4,KH=3,KW=3")
+    assert result.exit_code == 0, result.output
