@@ -11,7 +11,7 @@ through the same path as
 a correct example that does not PASS; the target is 0. Prints one line per
 example that is not a pass, then the count and the time:
 
-    seeds: 2 dtype(s) x 112 examples x 200 trials from seed 1000: false alarms 0/258 in 591.9 s
+    seeds: 2 dtype(s) x 112 examples x 200 trials from seed 1000: false alarms 0/258 in 546.8 s
 
 The suite runs a smaller sweep (tests/test_seeds.py) of the layers that have
 failed this way before.
