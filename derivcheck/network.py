@@ -209,14 +209,12 @@ def _wrote(fn, args, kwargs, copies) -> list[str]:
     return [names[i] for i, (now, before) in enumerate(zip((*args, *kwargs.values()), copies)) if calls.changed(now, before)]
 
 
-def _warn_writes(rep, links, trial) -> None:
-    """A layer that wrote into an array it was given: a side effect (as verify says of a layer alone), not a
-    wiring mistake; every check reads the copies made at the call."""
-    for link in links:
-        for call in link.calls:
-            for n in call.wrote:
-                warn(rep, "mutates-input", f"{link.label()}.{call.kind} wrote into its argument '{n}' in place (an "
-                                           f"array the model may use again: copy it first)", trial)
+def _warn_writes(rep, writes, trial) -> None:
+    """A call that wrote into an array it was given (``writes``: (the call, the argument)): a side effect, as verify
+    says of a layer alone, never a wiring mistake; every check reads the copies made at the call."""
+    for who, n in writes:
+        warn(rep, "mutates-input", f"{who} wrote into its argument '{n}' in place (an array the model may use again: "
+                                   f"copy it first)", trial)
 
 
 # ---------------------------------------------------------------------------
@@ -424,7 +422,8 @@ class NetworkVerifier:
             except LayerError as exc:
                 checks.append(self._model_raised(exc, step, ctx))
                 return checks, chain
-            _warn_writes(rep, links + [loss], k)
+            _warn_writes(rep, [(f"{link.label()}.{call.kind}", n) for link in links + [loss] for call in link.calls
+                               for n in call.wrote], k)
             checks += self.judge(links, loss, params, x, t, model_loss, model_grads, dict(ctx, step=step), rep)
         return checks, chain
 
@@ -581,10 +580,7 @@ class NetworkVerifier:
                 raise DerivcheckError(f"{self.name}.loss(X, y) returned a {type(result).__name__}, not (loss, grads): a "
                                       f"CS231n model returns the loss and a dict of gradients keyed as its params")
             calls.pair(rec.calls)
-            for c in rec.calls:  # a side effect, as for a layer alone: the judging reads the copies made at each call
-                for n in c.wrote:
-                    warn(rep, "mutates-input", f"{c.label} wrote into its argument '{n}' in place (an array the model "
-                                               f"may use again: copy it first)", ctx["trial"])
+            _warn_writes(rep, [(c.label, n) for c in rec.calls for n in c.wrote], ctx["trial"])
             links = self.functional_links(rec.calls)
             if not any(link.rule and link.fn_call.role == "loss" for link in links):
                 raise DerivcheckError(
