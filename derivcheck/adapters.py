@@ -280,11 +280,7 @@ def import_roots(path: Path) -> list[Path]:
     ``common/__init__.py``. Read with ``ast``: nothing of the user's runs here.
     """
     path = path.resolve()
-    roots = [path.parent]
-    top = path.parent
-    while (top / "__init__.py").is_file() and top.parent != top:
-        top = top.parent
-    roots.append(top)
+    roots = [path.parent, _package_top(path)]
     try:
         names = _absolute_imports(*_version(path))
     except (SyntaxError, ValueError, OSError):
@@ -318,6 +314,15 @@ def _findable(name: str) -> bool:
         return False
 
 
+def _package_top(path: Path) -> Path:
+    """The folder holding the file's top-level package: up through the ``__init__.py`` files (the file's own
+    folder when it has none)."""
+    top = path.parent
+    while (top / "__init__.py").is_file() and top.parent != top:
+        top = top.parent
+    return top
+
+
 @functools.lru_cache(maxsize=64)
 def _relative_level(path: str, mtime_ns: int, size: int) -> int:
     """How many folders the file's deepest relative import climbs (0: it has none)."""
@@ -336,9 +341,7 @@ def package_of(path: Path) -> tuple[Path, str] | None:
         return None
     if level == 0:
         return None
-    top = path.parent
-    while (top / "__init__.py").is_file() and top.parent != top:
-        top = top.parent
+    top = _package_top(path)
     if len(path.parent.relative_to(top).parts) < level and len(path.parents) > level:
         top = path.parents[level]
     parts = path.parent.relative_to(top).parts + (path.stem,)
@@ -836,12 +839,15 @@ def cannot_take(fn, given: int) -> str:
 
 
 def own(value):
-    """A copy of what the layer handed back (an array, or arrays in a tuple or list), made as its call returns: a
-    buffer the layer fills in later (its backward writing into the array forward returned) cannot change it."""
+    """A copy of the arrays in what the layer handed back or was given (an array, or arrays in tuples, a cache),
+    made as its call returns or begins: a buffer the layer fills in later (its backward writing into the array
+    forward returned) cannot change it."""
     if isinstance(value, np.ndarray):
         return np.array(value, copy=True)
-    if isinstance(value, (tuple, list)):
-        return type(value)(np.array(v, copy=True) if isinstance(v, np.ndarray) else v for v in value)
+    if isinstance(value, tuple):
+        return tuple(own(v) for v in value)
+    if isinstance(value, list):
+        return [np.array(v, copy=True) if isinstance(v, np.ndarray) else v for v in value]
     return value
 
 

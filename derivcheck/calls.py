@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .adapters import stage
+from .adapters import own, stage
 
 _LAYER_FN = re.compile(r"^(?P<stem>\w+?)_(?P<kind>forward|backward)(?:_(?:naive|fast|alt|vectorized))?$")
 
@@ -41,14 +41,6 @@ def role(name: str) -> tuple[str, str] | None:
     return None
 
 
-def _snap(v):
-    if isinstance(v, np.ndarray):
-        return np.array(v, copy=True)
-    if isinstance(v, tuple):
-        return tuple(_snap(x) for x in v)
-    return v
-
-
 def changed(now, before) -> bool:
     """An array (or an array in a tuple, a cache) whose values are no longer those of its copy ``before``."""
     if isinstance(now, np.ndarray) and isinstance(before, np.ndarray):
@@ -56,6 +48,12 @@ def changed(now, before) -> bool:
     if isinstance(now, tuple) and isinstance(before, tuple) and len(now) == len(before):
         return any(changed(a, b) for a, b in zip(now, before))
     return False
+
+
+def written(fn, args: tuple, kwargs: dict, copies: tuple) -> list[str]:
+    """The names of the arguments a call of ``fn`` wrote into: their values differ from ``copies``, made as it began."""
+    names = arg_names(fn, args, kwargs)
+    return [names[i] for i, (now, before) in enumerate(zip((*args, *kwargs.values()), copies)) if changed(now, before)]
 
 
 def arg_names(fn, args: tuple, kwargs: dict) -> list[str]:
@@ -144,7 +142,7 @@ class Recorder:
         def wrapper(*args, **kwargs):
             raw = (*args, *kwargs.values())
             self._counts[fn.__name__] = self._counts.get(fn.__name__, 0) + 1
-            call = FnCall(len(self.calls), fn, kind, stem, _snap(raw), raw, self._stack[-1] if self._stack else None,
+            call = FnCall(len(self.calls), fn, kind, stem, own(raw), raw, self._stack[-1] if self._stack else None,
                           number=self._counts[fn.__name__])
             self.calls.append(call)
             if call.parent is not None:
@@ -155,9 +153,8 @@ class Recorder:
                 out = fn(*args, **kwargs)
             finally:
                 self._stack.pop()
-            call.raw_out, call.out = out, _snap(out)
-            names = arg_names(fn, args, kwargs)
-            call.wrote = [names[i] for i, (now, before) in enumerate(zip(raw, call.args)) if changed(now, before)]
+            call.raw_out, call.out = out, own(out)
+            call.wrote = written(fn, args, kwargs, call.args)
             return out
 
         wrapper.__wrapped__ = fn

@@ -39,7 +39,7 @@ import numpy as np
 
 from . import calls, reference
 from .adapters import (KNOWN_NETWORKS, LOSS_ATTRS, Binding, LayerError, bind, call_user, dezero_grad, dlfs1_gradient, load_target,
-                       model_shape, norm_name, rank_mismatch, stage)
+                       model_shape, norm_name, own, rank_mismatch, stage)
 from .checks import KAPPA, Check, compare, unit_roundoff
 from .errors import DerivcheckError
 from .rules import Multiple, rule_in_convention
@@ -159,10 +159,6 @@ def discover(model, style: str, rule_dirs=(), with_loss: bool = True) -> tuple[l
 # Recording what flows
 
 
-def _snap(v):
-    return np.array(v, copy=True) if isinstance(v, np.ndarray) else v
-
-
 @dataclass
 class Call:
     kind: str  # "forward" or "backward"
@@ -179,34 +175,28 @@ def _record(link: Link) -> None:
     fwd, bwd = layer.forward, getattr(layer, "backward", None)
 
     def forward(*args, **kwargs):
-        call = Call("forward", tuple(_snap(a) for a in (*args, *kwargs.values())),
-                    held={n: _snap(link.held(n)) for n in link.slots} if link.rule else {})
+        call = Call("forward", tuple(own(a) for a in (*args, *kwargs.values())),
+                    held={n: own(link.held(n)) for n in link.slots} if link.rule else {})
         stage(f"{link.name}.forward")
         out = fwd(*args, **kwargs)
-        call.out = _snap(out)
-        call.wrote = _wrote(fwd, args, kwargs, call.args)
+        call.out = own(out)
+        call.wrote = calls.written(fwd, args, kwargs, call.args)
         link.calls.append(call)
         return out
 
     def backward(*args, **kwargs):
-        call = Call("backward", tuple(_snap(a) for a in (*args, *kwargs.values())))
+        call = Call("backward", tuple(own(a) for a in (*args, *kwargs.values())))
         stage(f"{link.name}.backward")
         out = bwd(*args, **kwargs)
-        call.out = _snap(out)
-        call.wrote = _wrote(bwd, args, kwargs, call.args)
-        call.grads = {n: _snap(link.grad(n)) for n in link.slots} if link.rule else {}
+        call.out = own(out)
+        call.wrote = calls.written(bwd, args, kwargs, call.args)
+        call.grads = {n: own(link.grad(n)) for n in link.slots} if link.rule else {}
         link.calls.append(call)
         return out
 
     layer.forward = forward
     if bwd is not None:
         layer.backward = backward
-
-
-def _wrote(fn, args, kwargs, copies) -> list[str]:
-    """The names of the arguments a call wrote into: their values differ from the copies made as it began."""
-    names = calls.arg_names(fn, args, kwargs)
-    return [names[i] for i, (now, before) in enumerate(zip((*args, *kwargs.values()), copies)) if calls.changed(now, before)]
 
 
 def _warn_writes(rep, writes, trial) -> None:
@@ -862,7 +852,7 @@ class NetworkVerifier:
             loss_fn = model.loss
 
             def loss(*args, **kwargs):
-                seen["loss"] = _snap(loss_fn(*args, **kwargs))
+                seen["loss"] = own(loss_fn(*args, **kwargs))
                 return seen["loss"]
 
             model.loss = loss
@@ -870,7 +860,7 @@ class NetworkVerifier:
             return seen.get("loss"), grads
         value = call_user(model.forward, [(None, x), (None, t)], f"{self.name}.forward")
         call_user(model.backward, [], f"{self.name}.backward")
-        return _snap(value), getattr(model, "grads", None)
+        return own(value), getattr(model, "grads", None)
 
     # -- judging one step -----------------------------------------------------
     def judge(self, links, loss, params, x, t, model_loss, model_grads, ctx, rep) -> list[Check]:
@@ -1236,16 +1226,16 @@ def _record_node(link) -> None:
     """A node's forward as it ran (its inputs and output), and its backward when DeZero calls it."""
     node = link.layer
     out = node.outputs[0]() if node.outputs else None
-    link.calls = [Call("forward", tuple(_snap(getattr(v, "data", v)) for v in node.inputs),
-                       out=_snap(getattr(out, "data", None)))]
+    link.calls = [Call("forward", tuple(own(getattr(v, "data", v)) for v in node.inputs),
+                       out=own(getattr(out, "data", None)))]
     bwd = node.backward
 
     def backward(*gys):
         stage(f"{link.name}.backward")
         gxs = bwd(*gys)
         parts = gxs if isinstance(gxs, (tuple, list)) else (gxs,)
-        link.calls.append(Call("backward", tuple(_snap(getattr(g, "data", g)) for g in gys),
-                               out=tuple(_snap(getattr(g, "data", g)) for g in parts)))
+        link.calls.append(Call("backward", tuple(own(getattr(g, "data", g)) for g in gys),
+                               out=tuple(own(getattr(g, "data", g)) for g in parts)))
         return gxs
 
     node.backward = backward
