@@ -5,7 +5,10 @@ none of those imports another upward.
 """
 from __future__ import annotations
 
-from .adapters import target_spec
+from .adapters import model_convention, target_spec
+from .isolate import importable, verify_isolated
+from .report import text
+from .rules import rule_for, variants_for
 from .verify import verify
 
 
@@ -22,11 +25,6 @@ def assert_backward(layer, rule=None, rule_dirs=(), **options):
     Raises AssertionError with the full report when the layer is wrong; returns
     the report otherwise.
     """
-    from .adapters import model_convention
-    from .isolate import importable, verify_isolated
-    from .report import text
-    from .rules import rule_for, variants_for
-
     if rule is None and importable(layer) and model_convention(target_spec(layer)):  # a whole network
         report = verify_isolated(target_spec(layer), None, timeout=options.pop("timeout", None),
                                  rule_dirs=[str(d) for d in rule_dirs], **options)
