@@ -26,7 +26,7 @@ CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import derivcheck
-from derivcheck import reference
+from derivcheck.engine import reference
 times = {}
 for name, rule in sorted(derivcheck.list_rules().items()):
     dims = {d: n + 1 for d, n in rule.example_dims().items()}  # one size up: 3, 4, 5, ...

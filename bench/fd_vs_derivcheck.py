@@ -35,12 +35,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from derivcheck.adapters import LayerError, make_adapter  # noqa: E402
-from derivcheck.config import DTYPES, load_config  # noqa: E402
-from derivcheck.adapters import model_convention  # noqa: E402
-from derivcheck import reference  # noqa: E402
-from derivcheck.rules import rule_for, variants_for  # noqa: E402
-from derivcheck.verify import Verifier  # noqa: E402
+from derivcheck.check.adapters import LayerError, make_adapter  # noqa: E402
+from derivcheck.run.config import DTYPES, load_config  # noqa: E402
+from derivcheck.check.adapters import model_convention  # noqa: E402
+from derivcheck.engine import reference  # noqa: E402
+from derivcheck.engine.rules import rule_for, variants_for  # noqa: E402
+from derivcheck.check.verify import Verifier  # noqa: E402
 
 EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3  # torch.autograd.gradcheck's defaults
 # broken layers whose bug is below float32's precision (an error of 1e-12): correct in float32, so not copied there

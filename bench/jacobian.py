@@ -6,7 +6,7 @@
 For a few rules at small shapes: the symbolic output elements are built once,
 then every output element's partials by the input elements it contains are
 taken two ways, in the same run: ``e.diff(s)`` for each symbol ``s`` (what
-``derive_by_array`` does) and :func:`derivcheck.derive.gradient` (one walk of
+``derive_by_array`` does) and :func:`derivcheck.engine.derive.gradient` (one walk of
 the element's sub-expressions). The two must agree at random values; the
 table prints both times and their ratio.
 """
@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from derivcheck import rules, symarray
-from derivcheck.derive import gradient
+from derivcheck.engine import rules, symarray
+from derivcheck.engine.derive import gradient
 
 CASES = [("lstm", {"N": 2, "D": 3, "H": 4}), ("gru", {"N": 2, "D": 3, "H": 4}), ("layernorm", {"N": 3, "D": 4}),
          ("softmax_with_loss", {"N": 3, "C": 4}), ("max_pool", None)]

@@ -22,24 +22,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MUTMUT = [sys.executable, "-m", "mutmut"]
 
-V = "derivcheck.verify.xǁVerifierǁ"
+V = "derivcheck.check.verify.xǁVerifierǁ"
 # The code that decides a verdict, as mutmut names its functions (module.x_function or module.xǁClassǁmethod).
 CHECKING = [
     "derivcheck.checks.*",                              # comparison and tolerance
-    "derivcheck.rules.xǁRuleǁplanned_dims__mutmut_*",  # the trial plan: distinct, equal, size-1, random sizes
+    "derivcheck.engine.rules.xǁRuleǁplanned_dims__mutmut_*",  # the trial plan: distinct, equal, size-1, random sizes
     V + "trial_dims__mutmut_*",
     V + "cotangent__mutmut_*",
     V + "run__mutmut_*",                               # the verdict from the trials and the probe
     V + "run_trial__mutmut_*",
-    "derivcheck.judge.*",                              # the one judgement: alternatives, final loss, dtype, notes
+    "derivcheck.check.judge.*",                              # the one judgement: alternatives, final loss, dtype, notes
     V + "rebound_slots__mutmut_*",                     # side effects: grads[0] = dW
     V + "_side_effects__mutmut_*",                     # side effects: writes into x, W, dout
     V + "_stale_check__mutmut_*",                      # stale state across two forwards
     V + "stability_check__mutmut_*",                   # extreme inputs
     V + "_stability_of__mutmut_*",
-    "derivcheck.diagnose.*",                           # diagnosis
-    "derivcheck.adapters.xǁDlfs2Adapterǁrun__mutmut_*",  # side effects: rebound grads slots
-    "derivcheck.adapters.x__same_array__mutmut_*",
+    "derivcheck.check.diagnose.*",                           # diagnosis
+    "derivcheck.check.adapters.xǁDlfs2Adapterǁrun__mutmut_*",  # side effects: rebound grads slots
+    "derivcheck.check.adapters.x__same_array__mutmut_*",
 ]
 
 # Survivors that cannot change a verdict or a report, each with its reason: (mutant name pattern, text in
@@ -51,76 +51,76 @@ EQUIVALENT = [
     ("derivcheck.checks.*", "np.asarray(expected, )", _FLOAT64),
     ("derivcheck.checks.*", "np.asarray(scale, )", _FLOAT64),
     ("derivcheck.checks.*", 'float("INF")', "the same number"),
-    ("derivcheck.diagnose.*", ") < 1:", _RESIDUAL),
-    ("derivcheck.diagnose.*", "dtype=None)", _FLOAT64),
-    ("derivcheck.diagnose.*", "np.asarray(expected, )", _FLOAT64),
-    ("derivcheck.diagnose.*", "np.asarray(ctx.cot, )", _FLOAT64),
-    ("derivcheck.diagnose.*", "np.asarray(candidate, )", _FLOAT64),
-    ("derivcheck.diagnose.*", "np.asarray(ctx.ref[name], )", _FLOAT64),
-    ("derivcheck.diagnose.*", 'backend="numeric"), )', _FLOAT64),
-    ("derivcheck.diagnose.*", "evaluate(env, )", "the symbolic backend gives the same values as objects, converted to float64"),
-    ("derivcheck.diagnose.x__ratio*", 'compare("', "the comparison's name is never read, only its severity"),
-    ("derivcheck.diagnose.x__ratio*", "compare(None,", "the comparison's name is never read, only its severity"),
-    ("derivcheck.diagnose.x__factor_name*", "if n >= 1:", "a size of 1 names the factor 1, which is never named (k = 1 is not a factor)"),
-    ("derivcheck.diagnose.*", "< 1e-6 *", "a factor off by exactly one millionth does not occur"),
-    ("derivcheck.diagnose.x__wrong_axis*", "if c.ndim == 1:", "a 1-D dout has one axis: there is no other to have summed over"),
-    ("derivcheck.diagnose.x_diagnose_gradient*", "elif G.ndim <= E.ndim:", "at equal ranks the summed candidate has another rank, so it never matches"),
-    ("derivcheck.diagnose.x_diagnose_gradient*", "if denom >= 0:", "denom = 0 means an all-zero right gradient, whose factor 0/0 is never named"),
-    ("derivcheck.diagnose.x_diagnose_gradient*", "ctx.earlier.get(name, ", "no earlier gradients either way"),
-    ("derivcheck.diagnose.x_diagnose_gradient*", "== 2) or True else scale", ".T of a scalar or a vector is itself"),
-    ("derivcheck.diagnose.x__upstream_ignored*", "if c != 1 and", "a loss's dout is drawn from +-[1.5, 3], never 1"),
-    ("derivcheck.verify.*", 'float("INF")', "the same number"),
-    ("derivcheck.verify.*", "np.errstate(", "only which NumPy warnings are shown changes"),
-    ("derivcheck.verify.xǁVerifierǁ_stability_of*", "< limit", "an exact value of exactly the dtype's largest float does not occur"),
-    ("derivcheck.verify.xǁVerifierǁ_stability_of*", "np.asarray(exact, ", "an array of 50-digit numbers either way"),
-    ("derivcheck.verify.xǁVerifierǁ_stability_of*", ", 1.0)", "elements that are not judged are masked out again below"),
-    ("derivcheck.verify.xǁVerifierǁ_stability_of*", "0.0) if False", "elements that are not judged are masked out again below"),
-    ("derivcheck.verify.xǁVerifierǁ_stability_of*", "ratio.max() >= 1", _RESIDUAL),
-    ("derivcheck.verify.xǁVerifierǁ_stability_of*", "finfo(None).tiny", "np.finfo(None) is float64's"),
-    ("derivcheck.verify.xǁVerifierǁ_stability_of*", "if (ex[idx]) or True", "err / 0 is inf, the value given in that case"),
-    ("derivcheck.verify.xǁVerifierǁstability_check*", "spec.stress.low >= 0", "no stress domain starts at exactly 0"),
-    ("derivcheck.verify.xǁVerifierǁstability_check*", "v.astype(None)", "astype(None) is float64, the reference's dtype"),
-    ("derivcheck.verify.xǁVerifierǁstability_check*", "self._stability_of(None,", "only whether the alternative fails is read"),
-    ("derivcheck.verify.xǁVerifierǁstability_check*", "got, ref, None, seed)", "only whether the alternative fails is read"),
-    ("derivcheck.verify.xǁVerifierǁstability_check*", "got, ref, dims, None)", "only whether the alternative fails is read"),
-    ("derivcheck.verify.xǁVerifierǁstability_check*", "for k in range(len(self.alternatives) + 1)",
+    ("derivcheck.check.diagnose.*", ") < 1:", _RESIDUAL),
+    ("derivcheck.check.diagnose.*", "dtype=None)", _FLOAT64),
+    ("derivcheck.check.diagnose.*", "np.asarray(expected, )", _FLOAT64),
+    ("derivcheck.check.diagnose.*", "np.asarray(ctx.cot, )", _FLOAT64),
+    ("derivcheck.check.diagnose.*", "np.asarray(candidate, )", _FLOAT64),
+    ("derivcheck.check.diagnose.*", "np.asarray(ctx.ref[name], )", _FLOAT64),
+    ("derivcheck.check.diagnose.*", 'backend="numeric"), )', _FLOAT64),
+    ("derivcheck.check.diagnose.*", "evaluate(env, )", "the symbolic backend gives the same values as objects, converted to float64"),
+    ("derivcheck.check.diagnose.x__ratio*", 'compare("', "the comparison's name is never read, only its severity"),
+    ("derivcheck.check.diagnose.x__ratio*", "compare(None,", "the comparison's name is never read, only its severity"),
+    ("derivcheck.check.diagnose.x__factor_name*", "if n >= 1:", "a size of 1 names the factor 1, which is never named (k = 1 is not a factor)"),
+    ("derivcheck.check.diagnose.*", "< 1e-6 *", "a factor off by exactly one millionth does not occur"),
+    ("derivcheck.check.diagnose.x__wrong_axis*", "if c.ndim == 1:", "a 1-D dout has one axis: there is no other to have summed over"),
+    ("derivcheck.check.diagnose.x_diagnose_gradient*", "elif G.ndim <= E.ndim:", "at equal ranks the summed candidate has another rank, so it never matches"),
+    ("derivcheck.check.diagnose.x_diagnose_gradient*", "if denom >= 0:", "denom = 0 means an all-zero right gradient, whose factor 0/0 is never named"),
+    ("derivcheck.check.diagnose.x_diagnose_gradient*", "ctx.earlier.get(name, ", "no earlier gradients either way"),
+    ("derivcheck.check.diagnose.x_diagnose_gradient*", "== 2) or True else scale", ".T of a scalar or a vector is itself"),
+    ("derivcheck.check.diagnose.x__upstream_ignored*", "if c != 1 and", "a loss's dout is drawn from +-[1.5, 3], never 1"),
+    ("derivcheck.check.verify.*", 'float("INF")', "the same number"),
+    ("derivcheck.check.verify.*", "np.errstate(", "only which NumPy warnings are shown changes"),
+    ("derivcheck.check.verify.xǁVerifierǁ_stability_of*", "< limit", "an exact value of exactly the dtype's largest float does not occur"),
+    ("derivcheck.check.verify.xǁVerifierǁ_stability_of*", "np.asarray(exact, ", "an array of 50-digit numbers either way"),
+    ("derivcheck.check.verify.xǁVerifierǁ_stability_of*", ", 1.0)", "elements that are not judged are masked out again below"),
+    ("derivcheck.check.verify.xǁVerifierǁ_stability_of*", "0.0) if False", "elements that are not judged are masked out again below"),
+    ("derivcheck.check.verify.xǁVerifierǁ_stability_of*", "ratio.max() >= 1", _RESIDUAL),
+    ("derivcheck.check.verify.xǁVerifierǁ_stability_of*", "finfo(None).tiny", "np.finfo(None) is float64's"),
+    ("derivcheck.check.verify.xǁVerifierǁ_stability_of*", "if (ex[idx]) or True", "err / 0 is inf, the value given in that case"),
+    ("derivcheck.check.verify.xǁVerifierǁstability_check*", "spec.stress.low >= 0", "no stress domain starts at exactly 0"),
+    ("derivcheck.check.verify.xǁVerifierǁstability_check*", "v.astype(None)", "astype(None) is float64, the reference's dtype"),
+    ("derivcheck.check.verify.xǁVerifierǁstability_check*", "self._stability_of(None,", "only whether the alternative fails is read"),
+    ("derivcheck.check.verify.xǁVerifierǁstability_check*", "got, ref, None, seed)", "only whether the alternative fails is read"),
+    ("derivcheck.check.verify.xǁVerifierǁstability_check*", "got, ref, dims, None)", "only whether the alternative fails is read"),
+    ("derivcheck.check.verify.xǁVerifierǁstability_check*", "for k in range(len(self.alternatives) + 1)",
      "k = 0 is the default, already known to fail"),
-    ("derivcheck.verify.xǁVerifierǁ_final_loss*", "else 1.0", "for a non-scalar dout the comparison at c = 1 is the failed one"),
-    ("derivcheck.verify.xǁVerifierǁ_stale_check*", "np.array(cot, ", "a layer writing into dout changes the re-check's "
+    ("derivcheck.check.verify.xǁVerifierǁ_final_loss*", "else 1.0", "for a non-scalar dout the comparison at c = 1 is the failed one"),
+    ("derivcheck.check.verify.xǁVerifierǁ_stale_check*", "np.array(cot, ", "a layer writing into dout changes the re-check's "
      "reference the same way, so the finding is 'wrong at these values', not stale, either way"),
-    ("derivcheck.verify.xǁVerifierǁ_stale_check*", "compare(None,", "the comparison's name is never read"),
-    ("derivcheck.verify.xǁVerifierǁ_stale_check*", "scales[n], None)", "the re-check after one forward judges the same way, "
+    ("derivcheck.check.verify.xǁVerifierǁ_stale_check*", "compare(None,", "the comparison's name is never read"),
+    ("derivcheck.check.verify.xǁVerifierǁ_stale_check*", "scales[n], None)", "the re-check after one forward judges the same way, "
      "so a mismatch from the dtype is 'wrong at these values', not stale"),
-    ("derivcheck.verify.xǁVerifierǁ_stale_check*", "self.judged_in(None)", "as above: the re-check judges the same way"),
-    ("derivcheck.verify.xǁVerifierǁ_stale_check*", "np.ndim(None) == 0", "ignores_dout is only set for a scalar dout"),
-    ("derivcheck.verify.xǁVerifierǁ_stale_check*", "abs(float(cot))}", "the re-check after one forward judges the same way"),
-    ("derivcheck.verify.xǁVerifierǁ_stale_check*", "again = None", "a layer that passes its trials and the stale "
+    ("derivcheck.check.verify.xǁVerifierǁ_stale_check*", "self.judged_in(None)", "as above: the re-check judges the same way"),
+    ("derivcheck.check.verify.xǁVerifierǁ_stale_check*", "np.ndim(None) == 0", "ignores_dout is only set for a scalar dout"),
+    ("derivcheck.check.verify.xǁVerifierǁ_stale_check*", "abs(float(cot))}", "the re-check after one forward judges the same way"),
+    ("derivcheck.check.verify.xǁVerifierǁ_stale_check*", "again = None", "a layer that passes its trials and the stale "
      "probe's two forwards, then raises on the third, does not occur in practice (it would crash, not pass)"),
-    ("derivcheck.diagnose.x_diagnose_gradient*", ">= 1e-6 and", "a factor off 1 or -1 by exactly one millionth does not occur"),
-    ("derivcheck.verify.xǁVerifierǁcompare_outcome*", "if got is None and not c.passed:",
+    ("derivcheck.check.diagnose.x_diagnose_gradient*", ">= 1e-6 and", "a factor off 1 or -1 by exactly one millionth does not occur"),
+    ("derivcheck.check.verify.xǁVerifierǁcompare_outcome*", "if got is None and not c.passed:",
      "a check of a missing value never passes, so the condition is the same"),
-    ("derivcheck.verify.xǁVerifierǁcompare_outcome*", 'history["passed"].get(c.name, ',
+    ("derivcheck.check.verify.xǁVerifierǁcompare_outcome*", 'history["passed"].get(c.name, ',
      "every check of a step is recorded in history before the next step reads it: the default is never used"),
-    ("derivcheck.verify.xǁVerifierǁcompare_outcome*", 'history["passed"][c.name] = ',
+    ("derivcheck.check.verify.xǁVerifierǁcompare_outcome*", 'history["passed"][c.name] = ',
      "only the first failure of a check is reported, and all its earlier steps passed under either rule"),
-    ("derivcheck.verify.xǁVerifierǁcompare_outcome*", "require_finite(self.rule, None,",
+    ("derivcheck.check.verify.xǁVerifierǁcompare_outcome*", "require_finite(self.rule, None,",
      "the sizes are read only for the error on a non-finite exact value (checked through the CLI, below)"),
-    ("derivcheck.verify.xǁVerifierǁcompare_outcome*", '("XXoutputXX"', "only the error on a non-finite exact value says it"),
-    ("derivcheck.verify.xǁVerifierǁcompare_outcome*", '("OUTPUT"', "only the error on a non-finite exact value says it"),
-    ("derivcheck.verify.xǁVerifierǁ_side_effects*", "before, equal_nan=", "inputs come from finite domains: there is no NaN to compare"),
-    ("derivcheck.verify.xǁVerifierǁ_side_effects*", "np.asarray(values[n]), before, )", "inputs come from finite domains: there is no NaN to compare"),
-    ("derivcheck.adapters.xǁDlfs2Adapterǁrun*", "super().run(values, None)", "a forward-only layer never reads dout"),
-    ("derivcheck.verify.x_judged_dtype*", "np.finfo(dt).eps >= np.finfo(dtype).eps",
+    ("derivcheck.check.verify.xǁVerifierǁcompare_outcome*", '("XXoutputXX"', "only the error on a non-finite exact value says it"),
+    ("derivcheck.check.verify.xǁVerifierǁcompare_outcome*", '("OUTPUT"', "only the error on a non-finite exact value says it"),
+    ("derivcheck.check.verify.xǁVerifierǁ_side_effects*", "before, equal_nan=", "inputs come from finite domains: there is no NaN to compare"),
+    ("derivcheck.check.verify.xǁVerifierǁ_side_effects*", "np.asarray(values[n]), before, )", "inputs come from finite domains: there is no NaN to compare"),
+    ("derivcheck.check.adapters.xǁDlfs2Adapterǁrun*", "super().run(values, None)", "a forward-only layer never reads dout"),
+    ("derivcheck.check.verify.x_judged_dtype*", "np.finfo(dt).eps >= np.finfo(dtype).eps",
      "a result exactly as precise as the run is judged in the run's dtype either way"),
-    ("derivcheck.verify.x_judged_dtype*", "np.finfo(None).eps", "runs are float64 or float32: a result less precise than "
+    ("derivcheck.check.verify.x_judged_dtype*", "np.finfo(None).eps", "runs are float64 or float32: a result less precise than "
      "float64 but not than the run is in the run's own dtype"),
-    ("derivcheck.verify.xǁVerifierǁcotangent*", "/ rng.choice([-1.0, 1.0])", "dividing by -1 or 1 is multiplying by it"),
-    ("derivcheck.verify.xǁVerifierǁ_side_effects*", "cot_copy, equal_nan=", "dout is drawn finite: its copy has no NaN to match"),
-    ("derivcheck.verify.xǁVerifierǁ_side_effects*", "cot_copy, )", "dout is drawn finite: its copy has no NaN to match"),
-    ("derivcheck.verify.xǁVerifierǁ_weak_tolerance*", "if r < WEAK or", "a reach of exactly WEAK (1%, to the last bit) does not occur"),
-    ("derivcheck.verify.xǁVerifierǁrun_trial*", "np.array(v, )", "np.array copies by default"),
-    ("derivcheck.verify.xǁVerifierǁrun_trial*", "np.array(cot, )", "np.array copies by default"),
-    ("derivcheck.verify.xǁVerifierǁcompare_outcome*", "require_finite(None,",
+    ("derivcheck.check.verify.xǁVerifierǁcotangent*", "/ rng.choice([-1.0, 1.0])", "dividing by -1 or 1 is multiplying by it"),
+    ("derivcheck.check.verify.xǁVerifierǁ_side_effects*", "cot_copy, equal_nan=", "dout is drawn finite: its copy has no NaN to match"),
+    ("derivcheck.check.verify.xǁVerifierǁ_side_effects*", "cot_copy, )", "dout is drawn finite: its copy has no NaN to match"),
+    ("derivcheck.check.verify.xǁVerifierǁ_weak_tolerance*", "if r < WEAK or", "a reach of exactly WEAK (1%, to the last bit) does not occur"),
+    ("derivcheck.check.verify.xǁVerifierǁrun_trial*", "np.array(v, )", "np.array copies by default"),
+    ("derivcheck.check.verify.xǁVerifierǁrun_trial*", "np.array(cot, )", "np.array copies by default"),
+    ("derivcheck.check.verify.xǁVerifierǁcompare_outcome*", "require_finite(None,",
      "the rule is read only to name it in the error for a non-finite exact value; tests/test_binding_mistakes.py "
      "checks that message through the CLI, in a subprocess mutmut cannot see"),
 ]

@@ -30,7 +30,7 @@ SIZES = dict(input_size=784, hidden_size=50, output_size=10, N=100)
 
 
 def derivcheck_seconds(env) -> tuple[float, str]:
-    cmd = [sys.executable, "-m", "derivcheck.cli", "verify", f"{TARGET}:TwoLayerNet", "--trials", "1",
+    cmd = [sys.executable, "-m", "derivcheck.run.cli", "verify", f"{TARGET}:TwoLayerNet", "--trials", "1",
            "--shape", ",".join(f"{k}={v}" for k, v in SIZES.items())]
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -73,7 +73,7 @@ def main() -> int:
         cold, verdict = derivcheck_seconds(env)
         warm = min(derivcheck_seconds(env)[0] for _ in range(max(args.warm, 1)))
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import derivcheck.cli, numpy, sympy"], check=True)
+    subprocess.run([sys.executable, "-c", "import derivcheck.run.cli, numpy, sympy"], check=True)
     startup = time.perf_counter() - t
 
     np.random.seed(0)

@@ -42,13 +42,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from derivcheck import reference  # noqa: E402
-from derivcheck.adapters import make_adapter  # noqa: E402
+from derivcheck.engine import reference  # noqa: E402
+from derivcheck.check.adapters import make_adapter  # noqa: E402
 from derivcheck.checks import compare  # noqa: E402
-from derivcheck.config import load_config  # noqa: E402
-from derivcheck.adapters import model_convention  # noqa: E402
-from derivcheck.rules import load_rule  # noqa: E402
-from derivcheck.verify import Verifier  # noqa: E402
+from derivcheck.run.config import load_config  # noqa: E402
+from derivcheck.check.adapters import model_convention  # noqa: E402
+from derivcheck.engine.rules import load_rule  # noqa: E402
+from derivcheck.check.verify import Verifier  # noqa: E402
 
 LAYERS = [  # (target, rule, sizes): the seed's MNIST network's layers
     ("examples/dlfs2/layers.py:Affine", "affine", {"N": 100, "D": 784, "H": 50}),
@@ -61,7 +61,7 @@ SAMPLE = 3000  # finite-difference elements timed without --full
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-from derivcheck.cli import main
+from derivcheck.run.cli import main
 sys.argv = ["derivcheck"] + sys.argv[1:]
 code = 0
 try:
@@ -88,7 +88,7 @@ def run_cli(args: list[str], cache: str) -> dict:
 
 def startup() -> float:
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import derivcheck.cli, derivcheck.verify, numpy, sympy"], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-c", "import derivcheck.run.cli, derivcheck.check.verify, numpy, sympy"], check=True, cwd=ROOT)
     return time.perf_counter() - t
 
 
@@ -242,7 +242,7 @@ def section_trial():
 
 
 def concrete_seconds(rule, dims) -> float:
-    from derivcheck import derive
+    from derivcheck.engine import derive
 
     r = load_rule(rule)
     derive._MEMORY.clear()
@@ -313,8 +313,8 @@ def section_recurrence():
 
 SMALL = r"""
 import json, sys, time
-from derivcheck.rules import load_rule
-from derivcheck.verify import Verifier
+from derivcheck.engine.rules import load_rule
+from derivcheck.check.verify import Verifier
 rule = load_rule(sys.argv[2])
 hyper = json.loads(sys.argv[3])
 Verifier(sys.argv[1], rule, hyper=hyper).run() if sys.argv[4] == "cold" else None
@@ -326,8 +326,8 @@ print(json.dumps({"seconds": time.perf_counter() - t, "verdict": rep.verdict}))
 
 def resolved_rule(binding) -> str:
     """The rule a catalogue binding is checked against: its own, or the one its name implies in its convention."""
-    from derivcheck.adapters import detect_style, load_target
-    from derivcheck.rules import rule_for, variants_for
+    from derivcheck.check.adapters import detect_style, load_target
+    from derivcheck.engine.rules import rule_for, variants_for
 
     rule = rule_for(binding.rule, binding.target)
     variants = variants_for(binding.rule, rule)

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from derivcheck import gate  # noqa: E402
-from derivcheck.config import load_config  # noqa: E402
+from derivcheck.run import gate  # noqa: E402
+from derivcheck.run.config import load_config  # noqa: E402
 
 
 # Correct layers outside the catalogue: book 1's SoftmaxWithLoss as published, whose backward(dout=1) ignores dout.

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = str(ROOT / "examples" / "dlfs1" / "layers.py:Affine")
 WAYS = {
-    "the command (forks its worker)": [sys.executable, "-m", "derivcheck.cli"],
-    "cli.main in its own process (a server)": [sys.executable, "-c", "import sys; from derivcheck.cli import main; sys.argv[0] = 'derivcheck'; main()"],
+    "the command (forks its worker)": [sys.executable, "-m", "derivcheck.run.cli"],
+    "cli.main in its own process (a server)": [sys.executable, "-c", "import sys; from derivcheck.run.cli import main; sys.argv[0] = 'derivcheck'; main()"],
 }
 
 

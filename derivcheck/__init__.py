@@ -8,17 +8,17 @@
 Importing the package is cheap (the pytest plugin loads it at start-up):
 SymPy and NumPy are imported when a name below is first used.
 """
-from .errors import DerivcheckError, RuleError
+from derivcheck.errors import DerivcheckError, RuleError
 
 DISTRIBUTION = "derivcheck-exact"  # the name to pip install; "derivcheck" on the package index is another project
 
 __all__ = ["DerivcheckError", "RuleError", "assert_backward", "explain", "list_rules", "load_rule"]
 
 _LAZY = {
-    "load_rule": "rules",
-    "list_rules": "rules",
-    "assert_backward": "api",
-    "explain": "explanation",
+    "load_rule": "engine.rules",
+    "list_rules": "engine.rules",
+    "assert_backward": "run.api",
+    "explain": "present.explanation",
 }
 
 

@@ -1,13 +1,13 @@
 """Checks: one result compared with the exact reference, under a tolerance from rounding analysis.
 
 Tolerances come from the dtype's unit roundoff ``u`` and a running error
-bound of the exact reference (:mod:`derivcheck.reference`). For element ``i``:
+bound of the exact reference (:mod:`derivcheck.engine.reference`). For element ``i``:
 
     tol_i = κ · u · (s_i + max_k s_k),   κ = 4
 
-``s`` is the reference's rounding scale (:mod:`derivcheck.reference` says how
+``s`` is the reference's rounding scale (:mod:`derivcheck.engine.reference` says how
 it is made for the output and for each gradient): the first-order rounding
-bound ``M`` of the reference expression (:mod:`derivcheck.rounding`), which
+bound ``M`` of the reference expression (:mod:`derivcheck.engine.rounding`), which
 counts rounding at the size of every intermediate, so cancellation is
 covered. The ``max_k s_k`` floor admits algorithms that differ from the
 reference but are as sound (a max-shifted or tanh-based formula).

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .checks import Check
+from derivcheck.checks import Check
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 

@@ -10,8 +10,8 @@ import numpy as np
 import sympy
 
 import derivcheck
-from derivcheck import symarray
-from derivcheck.explanation import explain
+from derivcheck.engine import symarray
+from derivcheck.present.explanation import explain
 
 
 def section(title):

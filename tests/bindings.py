@@ -6,9 +6,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def _reference():
     """(target under examples/, rule, hyperparameters) of each reference layer examples/derivcheck.toml lists;
     a binding without a rule gets the rule guessed from the layer's name and style, as `derivcheck check` does."""
-    from derivcheck.adapters import detect_style, load_target
-    from derivcheck.config import load_config
-    from derivcheck.rules import rule_for, variants_for
+    from derivcheck.check.adapters import detect_style, load_target
+    from derivcheck.run.config import load_config
+    from derivcheck.engine.rules import rule_for, variants_for
 
     def guessed(target):  # the rule guessed from the name, in the layer's convention's form if it has one
         rule = rule_for(None, target)
@@ -31,7 +31,7 @@ REFERENCE = _reference()  # (target, rule, hyperparameters)
 
 def _broken():
     """The broken examples as examples/derivcheck.toml catalogues them (the one source of truth)."""
-    from derivcheck.config import load_config
+    from derivcheck.run.config import load_config
 
     layers, networks, bound = [], [], []
     for b in load_config(EXAMPLES / "derivcheck.toml").bindings:

@@ -72,7 +72,7 @@ def _worker_server_outside_mutmuts_stats():
     if os.environ.get("MUTANT_UNDER_TEST") != "stats":
         yield
         return
-    from derivcheck import isolate
+    from derivcheck.run import isolate
 
     os.environ.pop("MUTANT_UNDER_TEST")
     try:

@@ -32,7 +32,7 @@ def build(folder: Path) -> Path:
             subprocess.run(pip + ["install", "-q", "--no-compile", "--disable-pip-version-check", "numpy<1.24", "dezero",
                                   "matplotlib", "-e", str(ROOT)], check=True)
             env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-            imports = "import dezero, derivcheck.cli, derivcheck.gate, derivcheck.network, sympy.tensor.tensor"
+            imports = "import dezero, derivcheck.run.cli, derivcheck.run.gate, derivcheck.check.network, sympy.tensor.tensor"
             subprocess.run([python, "-W", "ignore::SyntaxWarning", "-c", imports], check=True, env=env)  # dezero's 'is' with a literal
             (folder / "ready").touch()
     return venv

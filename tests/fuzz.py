@@ -202,8 +202,8 @@ def cache_cases() -> list[Case]:
             import hashlib
             import hmac
 
-            from derivcheck import cache, reference
-            from derivcheck.rules import load_rule
+            from derivcheck.engine import cache, reference
+            from derivcheck.engine.rules import load_rule
 
             rule = load_rule("exp")
             key = cache.entry_key(reference.cache_key(rule, rule.resolve_hyper()))
@@ -255,8 +255,8 @@ def run_case(case: Case, folder: Path) -> str | None:
     """None when the case ends as it should, else what went wrong (run in this process, as click's tests do)."""
     from click.testing import CliRunner
 
-    from derivcheck import cache
-    from derivcheck.cli import main
+    from derivcheck.engine import cache
+    from derivcheck.run.cli import main
 
     for rel, body in case.files.items():
         path = folder / rel

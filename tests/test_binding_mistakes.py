@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from derivcheck.cli import main
+from derivcheck.run.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -86,7 +86,7 @@ def test_binding_mistakes_exit_2_with_a_sentence(helpers, target, extra, message
 
 
 def test_a_time_layer_that_is_no_recurrence_keeps_its_rule():
-    from derivcheck.rules import guess_rule
+    from derivcheck.engine.rules import guess_rule
 
     assert [guess_rule(f"f.py:{n}") for n in ("TimeAffine", "TimeAttention", "TimeEmbedding")] == [
         "temporal_affine", "time_attention", "time_embedding"]

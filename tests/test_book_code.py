@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 import derivcheck
-from derivcheck.cli import main
+from derivcheck.run.cli import main
 from derivcheck.errors import DerivcheckError
-from derivcheck.verify import verify
+from derivcheck.check.verify import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -219,7 +219,7 @@ def test_a_rule_hyperparameter_alternative_must_be_valid(tmp_path):
     (tmp_path / "r.toml").write_text('name = "r"\nsummary = "s"\nformula = "x * eps"\n[inputs.x]\nshape = ["N"]\n'
                                      '[hyper.eps]\ntype = "float"\ndefault = 0.0\nalso = [0.0]\n')
     with pytest.raises(DerivcheckError, match="'also' of hyperparameter 'eps' must be a list"):
-        derivcheck.rules.load_rule_file(tmp_path / "r.toml")
+        derivcheck.engine.rules.load_rule_file(tmp_path / "r.toml")
 
 
 SOFTMAX_COMPOSED = '''import numpy as np
@@ -302,7 +302,7 @@ def test_names_with_underscores_bind_as_written(tmp_path):
     # an underscore before a digit would name an element's symbol (x_1 is x[1]): refused, with the rule
     (tmp_path / "rules" / "blend.toml").write_text(UNDERSCORES.replace("x_in", "x_1"))
     with pytest.raises(DerivcheckError, match="an underscore must be followed by a letter"):
-        derivcheck.rules.load_rule_file(tmp_path / "rules" / "blend.toml")
+        derivcheck.engine.rules.load_rule_file(tmp_path / "rules" / "blend.toml")
 
 
 def test_a_function_of_a_dezero_module_is_dezero_style(tmp_path):
@@ -312,7 +312,7 @@ def test_a_function_of_a_dezero_module_is_dezero_style(tmp_path):
     (folder / "core.py").write_text((EXAMPLES / "dezero_style" / "core.py").read_text())
     (folder / "functions.py").write_text((EXAMPLES / "dezero_style" / "functions.py").read_text()
                                          + "\n\ndef matmul_simple(x, W):\n    return matmul(x, W)\n")
-    from derivcheck.adapters import detect_style, load_target
+    from derivcheck.check.adapters import detect_style, load_target
 
     obj, module, name = load_target(f"{folder}/functions.py:matmul_simple")
     assert detect_style(obj, module, name) == "dezero"
@@ -321,7 +321,7 @@ def test_a_function_of_a_dezero_module_is_dezero_style(tmp_path):
 
 
 def test_time_in_derivchecks_own_work_is_not_blamed_on_the_layer():
-    from derivcheck import adapters
+    from derivcheck.check import adapters
 
     seen = []
     adapters.on_stage = seen.append
@@ -424,7 +424,7 @@ def test_a_cs231n_param_dict_is_built_from_the_rules_hyperparameters(tmp_path):
     ("batchnorm_backward_alt", "batchnorm"),
 ])
 def test_the_books_own_names_guess_their_rule(name, rule):
-    from derivcheck.rules import guess_rule
+    from derivcheck.engine.rules import guess_rule
 
     assert guess_rule(f"layers.py:{name}") == rule
 

@@ -7,7 +7,7 @@ import textwrap
 
 from click.testing import CliRunner
 
-from derivcheck.cli import main
+from derivcheck.run.cli import main
 
 AFFINE = '''
 import numpy as np
@@ -212,7 +212,7 @@ def test_trials_respect_a_layers_documented_precondition(tmp_path):
 
 def test_a_stem_that_names_a_forward_backward_pair_takes_the_sequence_rule():
     # CS231n's rnn_layers.py:lstm means lstm_forward/lstm_backward (a sequence), not the single-step rule lstm
-    from derivcheck.rules import guess_rule
+    from derivcheck.engine.rules import guess_rule
 
     from bindings import EXAMPLES
 

@@ -7,10 +7,10 @@ import xml.etree.ElementTree as ET
 import pytest
 from click.testing import CliRunner
 
-from derivcheck.cli import main
-from derivcheck.config import load_config
+from derivcheck.run.cli import main
+from derivcheck.run.config import load_config
 from derivcheck.errors import DerivcheckError
-from derivcheck.gate import validate
+from derivcheck.run.gate import validate
 
 from bindings import EXAMPLES
 

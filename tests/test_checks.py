@@ -115,7 +115,7 @@ def test_comparing_infinities_raises_no_floating_point_warning():
 
 def test_a_result_that_is_not_floating_point_is_judged_in_the_runs_dtype():
     """An integer array (a layer returning argmax indices, or ints by mistake) has no float precision of its own."""
-    from derivcheck.judge import judged_dtype
+    from derivcheck.check.judge import judged_dtype
 
     assert judged_dtype(np.arange(3), np.float64) is np.float64
     assert judged_dtype(np.arange(3, dtype=np.int8), np.float32) is np.float32

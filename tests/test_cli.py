@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from derivcheck.cli import main
+from derivcheck.run.cli import main
 
 
 def run(*args, **kw):

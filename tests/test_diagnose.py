@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import derivcheck
-from derivcheck import reference
+from derivcheck.engine import reference
 from derivcheck.checks import Check
-from derivcheck.diagnose import Context, diagnose_forward, diagnose_gradient, settle_factor
+from derivcheck.check.diagnose import Context, diagnose_forward, diagnose_gradient, settle_factor
 
 
 def ctx(rule_name, dims, cot, ref=None, earlier=None, earlier_passed=False, dtype=np.float64, hyper=None, others=None):
@@ -505,7 +505,7 @@ default = 0.5
 
 
 def test_the_input_for_the_output_under_a_rule_with_a_hyperparameter(tmp_path):
-    from derivcheck.rules import load_rule_file
+    from derivcheck.engine.rules import load_rule_file
 
     (tmp_path / "scaled_tanh.toml").write_text(SCALED_TANH)
     rule = load_rule_file(tmp_path / "scaled_tanh.toml")
@@ -563,9 +563,9 @@ def test_every_kind_the_code_can_name_is_one_a_catalogue_may_name():
     import re
     from pathlib import Path
 
-    from derivcheck.config import DIAGNOSIS_KINDS
+    from derivcheck.run.config import DIAGNOSIS_KINDS
 
-    code = "".join(p.read_text() for p in Path(derivcheck.__file__).parent.glob("*.py") if p.name != "report.py")  # (its doc)
+    code = "".join(p.read_text() for p in Path(derivcheck.__file__).parent.rglob("*.py") if p.name != "report.py")  # (its doc)
     named = set(re.findall(r'_found\(\s*"([a-z-]+)"', code)) | set(re.findall(r'"kind": "([a-z-]+)"', code)) \
         | set(re.findall(r'kind="([a-z-]+)"', code))
     assert named and named <= set(DIAGNOSIS_KINDS), named - set(DIAGNOSIS_KINDS)

@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 import derivcheck
-from derivcheck.cli import main
-from derivcheck.explanation import explain, prove
-from derivcheck.rules import load_rule_file
+from derivcheck.run.cli import main
+from derivcheck.present.explanation import explain, prove
+from derivcheck.engine.rules import load_rule_file
 
 from bindings import EXAMPLES
 
@@ -121,8 +121,8 @@ def test_an_array_rule_is_written_in_the_nodes_own_names():
 def test_every_function_of_the_formula_language_has_its_backward_said():
     """Element-wise functions get their derivative symbolically, array operations their rule in words;
     none is left to a catch-all (sin's backward once read 'passes dy on')."""
-    from derivcheck.explanation import _ARRAY_RULES, _ELEMENTWISE
-    from derivcheck.formula import FUNCTIONS
+    from derivcheck.present.explanation import _ARRAY_RULES, _ELEMENTWISE
+    from derivcheck.engine.formula import FUNCTIONS
 
     assert set(FUNCTIONS) <= set(_ELEMENTWISE) | set(_ARRAY_RULES)
     sin = run("explain", "sin").stdout

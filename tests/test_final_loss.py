@@ -7,7 +7,7 @@ import numpy as np
 
 import derivcheck
 from derivcheck.checks import KAPPA, Check, unit_roundoff
-from derivcheck.judge import Judge
+from derivcheck.check.judge import Judge
 from derivcheck.results import Report, Warning_
 
 TARGET = "layers.py:SoftmaxWithLoss"

@@ -10,11 +10,12 @@ import pytest
 import sympy
 
 import derivcheck
-from derivcheck import generic, progress, reference
+from derivcheck.engine import generic, reference
+from derivcheck import progress
 from derivcheck.errors import DerivcheckError
-from derivcheck.reference import ConcreteBound, GenericBound, draw
-from derivcheck.rules import DimRange, list_rules
-from derivcheck.verify import verify
+from derivcheck.engine.reference import ConcreteBound, GenericBound, draw
+from derivcheck.engine.rules import DimRange, list_rules
+from derivcheck.check.verify import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = sorted(list_rules())
@@ -182,7 +183,7 @@ def test_generic_derivation_is_cached_on_disk(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", sorted(set(RULES) - NOT_GENERIC))
 def test_a_cached_derivation_loads_exactly_as_it_was_stored(name):
     """Read back node for node, not re-simplified: what the proof checked is what later runs evaluate."""
-    from derivcheck import cache
+    from derivcheck.engine import cache
 
     rule = derivcheck.load_rule(name)
     hyper = rule.resolve_hyper()
@@ -202,7 +203,7 @@ def test_corrupt_generic_entry_is_rebuilt(tmp_path, monkeypatch):
     reference.generic_for(rule, hyper)
     (entry,) = [p for p in tmp_path.rglob("*.json") if '"out_M"' in p.read_text()]  # the proof's concrete entries aside
     data = entry.read_bytes().split(b"\n", 1)[1].replace(b'"Ix","x"', b'"Ix","evil"')
-    entry.write_bytes(__import__("derivcheck.cachekey").cachekey.mac(data).encode() + b"\n" + data)  # signed, still refused
+    entry.write_bytes(__import__("derivcheck.engine.cachekey").engine.cachekey.mac(data).encode() + b"\n" + data)  # signed, still refused
     reference._GENERIC.clear()
     g, note = reference.generic_for(rule, hyper)
     assert g is not None and note == "" and '"Ix","x"' in entry.read_text()
@@ -252,10 +253,10 @@ def test_warm_verify_in_a_fresh_process_does_not_derive(tmp_path):
     env = {"DERIVCHECK_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
     code = (
         "import sys, derivcheck\n"
-        "from derivcheck import generic\n"
+        "from derivcheck.engine import generic\n"
         "if sys.argv[1] == 'warm':\n"
         "    generic.GenericDerivation._derive = lambda self: (_ for _ in ()).throw(SystemExit('derived'))\n"
-        "from derivcheck.verify import verify\n"
+        "from derivcheck.check.verify import verify\n"
             "r = verify(sys.argv[2] + ':SoftmaxWithLoss', derivcheck.load_rule('softmax_with_loss'), trials=2)\n"
         "print(r.verdict)\n"
     )
@@ -272,7 +273,7 @@ def test_warm_verify_in_a_fresh_process_does_not_derive(tmp_path):
 ])
 def test_a_reshape_that_only_inserts_or_drops_unit_axes_is_generic(tmp_path, formula, generic):
     (tmp_path / "r.toml").write_text(f'name = "r"\nsummary = "a test rule"\nformula = "{formula}"\n[inputs.x]\nshape = ["N", "D"]\n')
-    rule = derivcheck.rules.load_rule_file(tmp_path / "r.toml")
+    rule = derivcheck.engine.rules.load_rule_file(tmp_path / "r.toml")
     g, note = reference.generic_for(rule, {})
     assert (g is not None) == generic, note
     if generic:  # proven at the proof shapes; and at another
@@ -287,7 +288,7 @@ def test_a_reshape_that_only_inserts_or_drops_unit_axes_is_generic(tmp_path, for
 def test_a_concrete_derivation_is_walked_until_called_often_then_compiled(monkeypatch):
     """A derivation at one size is walked (no compile: a verify calls it a few times), lambdified at the
     call after WALKS_BEFORE_COMPILING (central differences call it hundreds of times); the values agree."""
-    from derivcheck import derive
+    from derivcheck.engine import derive
 
     monkeypatch.setattr(derive, "_MEMORY", {})  # a derivation no earlier test has called
     made = []

@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 import derivcheck
-from derivcheck import reference
+from derivcheck.engine import reference
 from derivcheck.checks import Check, tolerance
-from derivcheck.cli import main
-from derivcheck.config import Binding
-from derivcheck.gate import Result
-from derivcheck.judge import Judge
+from derivcheck.run.cli import main
+from derivcheck.run.config import Binding
+from derivcheck.run.gate import Result
+from derivcheck.check.judge import Judge
 from derivcheck.results import Report, Warning_
 
 from bindings import EXAMPLES

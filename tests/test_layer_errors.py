@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import derivcheck
-from derivcheck import verify as verify_module
+from derivcheck.check import verify as verify_module
 from derivcheck.errors import DerivcheckError
-from derivcheck.verify import Verifier, verify
+from derivcheck.check.verify import Verifier, verify
 
 LAYERS = '''
 import numpy as np

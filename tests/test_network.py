@@ -6,7 +6,7 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
-from derivcheck.cli import main
+from derivcheck.run.cli import main
 
 from bindings import BROKEN_NETWORKS, EXAMPLES
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from derivcheck import reference
+from derivcheck.engine import reference
 from derivcheck.errors import DerivcheckError
-from derivcheck.explanation import explain
-from derivcheck.rules import load_rule_file
-from derivcheck.verify import verify
+from derivcheck.present.explanation import explain
+from derivcheck.engine.rules import load_rule_file
+from derivcheck.check.verify import verify
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -124,6 +124,6 @@ def test_assert_backward_in_a_hand_written_test(pytester):
 
 
 def test_plugin_is_cheap_to_load():
-    code = "import sys, derivcheck.plugin; print('sympy' in sys.modules, 'numpy' in sys.modules)"
+    code = "import sys, derivcheck.run.plugin; print('sympy' in sys.modules, 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]

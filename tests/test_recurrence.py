@@ -9,10 +9,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from derivcheck import RuleError, reference
-from derivcheck.derive import _NUMPY, _lambdify
-from derivcheck.rounding import bounds_at, magnitude
-from derivcheck.rules import guess_rule, load_rule, load_rule_file
+from derivcheck.engine import reference
+from derivcheck import RuleError
+from derivcheck.engine.derive import _NUMPY, _lambdify
+from derivcheck.engine.rounding import bounds_at, magnitude
+from derivcheck.engine.rules import guess_rule, load_rule, load_rule_file
 
 HEAD = 'name = "r"\nsummary = "a test rule"\n'
 
@@ -178,7 +179,7 @@ def test_a_malformed_state_table_is_refused(tmp_path, table, text):
 
 
 def test_a_stateful_layer_is_checked_through_its_set_method_and_state_gradient():
-    from derivcheck.verify import verify
+    from derivcheck.check.verify import verify
 
     rep = verify("examples/dlfs2/layers.py:TimeRNN", load_rule("time_rnn_stateful"), trials=2, steps=1)
     assert rep.verdict == "pass", rep
@@ -187,7 +188,7 @@ def test_a_stateful_layer_is_checked_through_its_set_method_and_state_gradient()
 
 def test_a_layer_without_the_set_method_is_refused_with_what_the_rule_needs(tmp_path):
     from derivcheck import DerivcheckError
-    from derivcheck.verify import verify
+    from derivcheck.check.verify import verify
 
     (tmp_path / "t.py").write_text("import numpy as np\n\n\nclass TimeRNN:\n    def __init__(self, Wx, Wh, b, stateful=False):\n"
                                    "        self.params, self.grads = [Wx, Wh, b], [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]\n\n"
@@ -200,7 +201,7 @@ def test_a_layer_without_the_set_method_is_refused_with_what_the_rule_needs(tmp_
 
 def test_a_state_set_by_a_method_is_refused_for_functions(tmp_path):
     from derivcheck import DerivcheckError
-    from derivcheck.verify import verify
+    from derivcheck.check.verify import verify
 
     with pytest.raises(DerivcheckError) as info:
         verify("examples/functional/layers.py:rnn_forward", load_rule("time_rnn_stateful"), trials=1, steps=1)

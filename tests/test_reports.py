@@ -21,8 +21,8 @@ import os
 
 import pytest
 
-from derivcheck.gate import Result, verify_arguments
-from derivcheck.verify import verify
+from derivcheck.run.gate import Result, verify_arguments
+from derivcheck.check.verify import verify
 
 from bindings import BROKEN_BINDINGS, EXAMPLES
 

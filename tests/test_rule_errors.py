@@ -7,7 +7,7 @@ import pytest
 
 import derivcheck
 from derivcheck import RuleError
-from derivcheck.rules import load_rule_file
+from derivcheck.engine.rules import load_rule_file
 
 GOOD_HEAD = """\
 name = "r"
@@ -178,8 +178,8 @@ def test_multiline_formula_errors_point_at_their_own_line(tmp_path):
 
 def test_sin_and_cos_are_in_the_formula_language(tmp_path):
     """DeZero's first functions: derived shape-generically, checked against the concrete tier, and a layer verifies against them."""
-    from derivcheck import reference
-    from derivcheck.verify import verify
+    from derivcheck.engine import reference
+    from derivcheck.check.verify import verify
 
     (tmp_path / "sin.toml").write_text('name = "sin"\nsummary = "sine"\nformula = "sin(x) * cos(x)"\noutput = ["N", "D"]\n'
                                        '[inputs.x]\nshape = ["N", "D"]\n')
@@ -195,7 +195,7 @@ def test_sin_and_cos_are_in_the_formula_language(tmp_path):
 def test_one_broken_rule_file_does_not_stop_the_others(tmp_path):
     from click.testing import CliRunner
 
-    from derivcheck.cli import main
+    from derivcheck.run.cli import main
 
     (tmp_path / "broken.toml").write_text("name = \n")
     (tmp_path / "square.toml").write_text('name = "square"\nsummary = "x squared"\nformula = "x ** 2"\noutput = ["N"]\n'

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import derivcheck
-from derivcheck.verify import Verifier, verify
+from derivcheck.check.verify import Verifier, verify
 
 from bindings import EXAMPLES
 
@@ -225,7 +225,7 @@ def _layers(tmp_path):
 
 def test_a_positive_stress_domain_stays_positive_in_float32(tmp_path):
     """Values under float32's smallest normal are lifted to it: a correct log is not blamed for log(0)."""
-    from derivcheck.rules import load_rule_file
+    from derivcheck.engine.rules import load_rule_file
 
     (tmp_path / "log.toml").write_text(TINY_LOG)
     rep = verify(_layers(tmp_path) + ":Log", load_rule_file(tmp_path / "log.toml"), dtype="float32", trials=1, steps=1,
@@ -282,7 +282,7 @@ class Mul:
 
 
 def test_the_failure_names_the_range_of_every_stressed_input(tmp_path):
-    from derivcheck.rules import load_rule_file
+    from derivcheck.engine.rules import load_rule_file
 
     (tmp_path / "mul.toml").write_text(MUL)
     (tmp_path / "mul.py").write_text(MUL_LAYER)

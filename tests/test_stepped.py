@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from derivcheck import DerivcheckError, reference, stepped
+from derivcheck.engine import reference, stepped
+from derivcheck import DerivcheckError
 from derivcheck.checks import WEAK
-from derivcheck.rules import list_rules, load_rule
-from derivcheck.verify import verify
+from derivcheck.engine.rules import list_rules, load_rule
+from derivcheck.check.verify import verify
 
 LOOP_RULES = sorted(n for n, r in list_rules().items() if r.formula.loop is not None)
 STEPPED_NOTE = ("reference: the loop's cells derived shape-generically and run over the steps (proven against the "
@@ -94,7 +95,7 @@ def test_a_loop_the_steps_cannot_run_is_unrolled_and_the_note_says_why(tmp_path)
     (tmp_path / "r.toml").write_text('name = "r"\nsummary = "a test rule"\nformula = """\nh = h0\nfor t in range(T):\n'
                                      '    h = tanh(h + x[:, t])\n    hs[:, t] = h\nhs * 2\n"""\n'
                                      '[inputs.x]\nshape = ["N", "T"]\n[inputs.h0]\nshape = ["N"]\n[dims.T]\nmax = 3\n')
-    from derivcheck.rules import load_rule_file
+    from derivcheck.engine.rules import load_rule_file
 
     rule = load_rule_file(tmp_path / "r.toml")
     note = reference.note_for(rule, {})

@@ -5,7 +5,7 @@ import shlex
 from click.testing import CliRunner
 
 import derivcheck
-from derivcheck.cli import main
+from derivcheck.run.cli import main
 
 CONV = '''
 import numpy as np

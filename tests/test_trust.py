@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from derivcheck import cache, symarray
+from derivcheck.engine import cache, symarray
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -15,7 +15,7 @@ PAYLOAD = "__import__('pathlib').Path('PWNED').touch() or 1"
 
 
 def cli(*args, cwd, timeout=120):
-    return subprocess.run([sys.executable, "-m", "derivcheck.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "derivcheck.run.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout, env={**os.environ, "DERIVCHECK_CACHE_DIR": str(Path(cwd) / "cache")})
 
 
@@ -90,8 +90,8 @@ POISON = r"""
 import json, os, sys
 from pathlib import Path
 os.environ["DERIVCHECK_CACHE_DIR"], os.environ["XDG_CACHE_HOME"] = sys.argv[1], sys.argv[2]
-from derivcheck import cache, cachekey, reference
-from derivcheck.rules import load_rule
+from derivcheck.engine import cache, cachekey, reference
+from derivcheck.engine.rules import load_rule
 rule = load_rule("relu")
 reference.generic_for(rule, rule.resolve_hyper())
 path = cache._path(cache.entry_key(reference.cache_key(rule, rule.resolve_hyper())))
@@ -106,7 +106,7 @@ path.write_bytes(cachekey.mac(payload).encode() + b"\n" + payload)  # signed wit
 
 def verify_relu(cache_dir, home, cwd):
     env = {**os.environ, "DERIVCHECK_CACHE_DIR": str(cache_dir), "XDG_CACHE_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "derivcheck.cli", "verify", str(EXAMPLES / "dlfs1/layers.py:Relu"),
+    return subprocess.run([sys.executable, "-m", "derivcheck.run.cli", "verify", str(EXAMPLES / "dlfs1/layers.py:Relu"),
                            "--rule", "relu", "--no-stress"], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
 
 
@@ -130,7 +130,7 @@ def test_a_repository_shipped_cache_dir_is_not_trusted(tmp_path):
         f'cache-dir = ".derivcheck"\n[[layers]]\ntarget = "{EXAMPLES / "dlfs1/layers.py"}:Relu"\nrule = "relu"\n')
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "home")}
     env.pop("DERIVCHECK_CACHE_DIR", None)
-    p = subprocess.run([sys.executable, "-m", "derivcheck.cli", "check"], capture_output=True, text=True, cwd=repo,
+    p = subprocess.run([sys.executable, "-m", "derivcheck.run.cli", "check"], capture_output=True, text=True, cwd=repo,
                        env=env, timeout=300)
     assert p.returncode == 0 and "1 passed" in p.stdout, p.stdout + p.stderr
 

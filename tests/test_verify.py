@@ -7,11 +7,11 @@ import pytest
 from click.testing import CliRunner
 
 import derivcheck
-from derivcheck import stepped
-from derivcheck.cli import main
-from derivcheck.derive import has_any
+from derivcheck.engine import stepped
+from derivcheck.run.cli import main
+from derivcheck.engine.derive import has_any
 from derivcheck.errors import DerivcheckError
-from derivcheck.verify import verify
+from derivcheck.check.verify import verify
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from bindings import EXAMPLES, REFERENCE  # noqa: E402
@@ -143,7 +143,7 @@ def test_layer_that_raises_is_a_failure_with_location(tmp_path):
 
 def test_cotangent_is_never_one_and_values_follow_the_seed():
     rule = derivcheck.load_rule("softmax_with_loss")
-    from derivcheck.verify import Verifier
+    from derivcheck.check.verify import Verifier
     import numpy as np
 
     v = Verifier(str(EXAMPLES / "dlfs1" / "layers.py") + ":SoftmaxWithLoss", rule)
@@ -156,7 +156,7 @@ def test_cotangent_is_never_one_and_values_follow_the_seed():
 
 
 def test_trial_shapes_include_distinct_equal_and_size_one():
-    from derivcheck.verify import Verifier
+    from derivcheck.check.verify import Verifier
 
     v = Verifier(str(EXAMPLES / "dlfs1" / "layers.py") + ":Affine", derivcheck.load_rule("affine"))
     assert v.trial_dims(0) == {"N": 2, "D": 3, "H": 4}
@@ -329,8 +329,8 @@ def test_a_float32_run_is_diagnosed_in_float32():
 
 
 def test_every_rebound_slot_is_named():
-    from derivcheck.adapters import Outcome
-    from derivcheck.verify import Verifier
+    from derivcheck.check.adapters import Outcome
+    from derivcheck.check.verify import Verifier
 
     (check,) = Verifier.rebound_slots(Outcome(None, {}, rebound=["slot 0", "slot 1"]), dict(trial=0, step=1, seed=0, dims={}))
     assert (check.name, check.passed, check.message, check.step) == ("grads slots", False, "slot 0; slot 1", 1)

@@ -5,17 +5,17 @@ none of those imports another upward.
 """
 from __future__ import annotations
 
-from .adapters import model_convention, target_spec
-from .isolate import importable, verify_isolated
-from .report import text
-from .rules import rule_for, variants_for
-from .verify import verify
+from derivcheck.check.adapters import model_convention, target_spec
+from derivcheck.run.isolate import importable, verify_isolated
+from derivcheck.present.report import text
+from derivcheck.engine.rules import rule_for, variants_for
+from derivcheck.check.verify import verify
 
 
 def assert_backward(layer, rule=None, rule_dirs=(), **options):
     """For hand-written tests: verify ``layer`` (a class, a function or a target string), or a network.
 
-    A model class at a module's top level (book 1 or 2, see :mod:`derivcheck.network`)
+    A model class at a module's top level (book 1 or 2, see :mod:`derivcheck.check.network`)
     with no ``rule`` is checked as a network, layer by layer.
 
     ``rule`` is a rule name or a loaded rule (default: guessed from the layer's

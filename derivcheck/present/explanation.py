@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy
 
-from .errors import DerivcheckError, RuleError
+from derivcheck.errors import DerivcheckError, RuleError
 
 _SUB = str.maketrans("aehijklmnoprstuvx0123456789", "ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ₀₁₂₃₄₅₆₇₈₉")
 _PREC = {ast.Add: 1, ast.Sub: 1, ast.Mult: 2, ast.Div: 2, ast.MatMult: 2, ast.Pow: 4}
@@ -134,7 +134,7 @@ def _grad_name(n: str, latex: bool) -> str:
 
 
 def _sample_env(rule, dims, hyper, rng):
-    from . import reference
+    from derivcheck.engine import reference
 
     d = reference.at(rule, hyper, dims)
     ref = {n: i.domain.sample(rng, d.shapes[n]) for n, i in rule.inputs.items()}
@@ -153,7 +153,7 @@ def _sample_env(rule, dims, hyper, rng):
 def prove(rule, hyper: dict, seed: int = 0, trials: int = 4) -> dict[str, tuple[bool, str]]:
     """input -> (holds, where it failed): each closed form checked numerically against the exact VJP
     at ``trials`` shapes (the example sizes, then random ones); not a symbolic proof."""
-    from .checks import compare
+    from derivcheck.checks import compare
 
     results = {n: (True, "") for n in rule.closed_forms}
     for k in range(trials if results else 0):  # nothing to check: no reference to derive at four more shapes
@@ -235,7 +235,7 @@ def graph(rule, hyper: dict) -> tuple[list[Node], list[str]]:
     # numeric shapes of every node, at small distinct sizes
     env = rule.environment(dims, hyper, {n: np.full(rule.shape_of(i.shape, dims), 0.5) for n, i in rule.inputs.items()}
                            | {n: np.full(rule.shape_of(lab.symbolic_shape(), dims), 0.5) for n, lab in rule.labels.items()})
-    from .formula import BACKENDS, _eval
+    from derivcheck.engine.formula import BACKENDS, _eval
 
     nodes: list[Node] = []
     defs: dict[str, tuple] = {}  # label -> (op, operand labels, scalar local expr)
@@ -311,7 +311,7 @@ def graph(rule, hyper: dict) -> tuple[list[Node], list[str]]:
 
 def _from_output_line(rule, hyper) -> str:
     """d x = dout · φ(y), proven equal to the chain rule's result for every x."""
-    from . import symarray
+    from derivcheck.engine import symarray
 
     (x,) = rule.inputs
     xs = sympy.Symbol(x, real=True)
@@ -346,7 +346,7 @@ def _sx(expr, pr) -> str:
 
 
 def _const(node):
-    from . import symarray
+    from derivcheck.engine import symarray
 
     try:
         return symarray.exact(ast.literal_eval(node))
@@ -442,13 +442,13 @@ class Explanation:
 
     @functools.cached_property
     def jacobian_text(self) -> str:
-        from .render import jacobians_text
+        from derivcheck.present.render import jacobians_text
 
         return jacobians_text(self.derivation, list(self.rule.inputs), simplify="small")
 
     @functools.cached_property
     def jacobian_latex(self) -> str:
-        from .render import jacobians_latex
+        from derivcheck.present.render import jacobians_latex
 
         return jacobians_latex(self.derivation, list(self.rule.inputs), simplify="small")
 
@@ -536,7 +536,7 @@ def _parse(node: Node):
 
 def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: int = 0) -> Explanation:
     """The derivation of ``rule`` (a Rule or a rule's name); renders as text, markdown or LaTeX."""
-    from .rules import load_rule
+    from derivcheck.engine.rules import load_rule
 
     if isinstance(rule, str):
         rule = load_rule(rule)
@@ -556,8 +556,8 @@ def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: in
 
 def explain_layer(exp: Explanation, target: str, rule, **options) -> Explanation:
     """Put the formula at a failing layer's worst element next to what the layer returned."""
-    from .isolate import verify_isolated
-    from .report import pair
+    from derivcheck.run.isolate import verify_isolated
+    from derivcheck.present.report import pair
 
     rep = verify_isolated(target, rule, **options)  # the layer runs in a worker, as for verify
     failing = [c for c in rep.checks if not c.passed and c.index is not None and c.dims]
@@ -617,8 +617,8 @@ def _jacobian_size(rule, dims) -> int:
 
 def _expected_entry(rule, hyper, c, idx) -> str:
     """The failing element's exact formula: spelled out at small sizes, in index notation at large ones."""
-    from . import reference
-    from .generic import entry
+    from derivcheck.engine import reference
+    from derivcheck.engine.generic import entry
 
     g, _ = reference.generic_for(rule, hyper)
     if g is not None:
@@ -643,9 +643,9 @@ def explain_model(target: str, rule_dirs=(), timeout=None) -> str:
     The model is built and run once in a worker (as ``verify`` does) to learn its
     layers; each layer's closed forms are its rule's, checked as ``explain`` checks them.
     """
-    from .isolate import verify_isolated
-    from .network import REGULARIZATION_NOTE
-    from .rules import load_rule
+    from derivcheck.run.isolate import verify_isolated
+    from derivcheck.check.network import REGULARIZATION_NOTE
+    from derivcheck.engine.rules import load_rule
 
     rep = verify_isolated(target, None, timeout=timeout, trials=1, steps=1, rule_dirs=[str(d) for d in rule_dirs])
     if not rep.layers:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DerivcheckError, RuleError
-from .formula import Formula
+from derivcheck.errors import DerivcheckError, RuleError
+from derivcheck.engine.formula import Formula
 
 # letters and digits, with single underscores before a letter (prev_h, x_min): never before a
 # digit or at the end, so an element's symbol name_i_j (symarray.symbols) names one element only
@@ -492,7 +492,7 @@ class Rule:
         for name in list(sizes):
             if name in self.hyper and name not in self.dims:
                 hyper[name] = sizes.pop(name)
-        from .derive import derive  # local: keeps `import derivcheck.rules` light
+        from derivcheck.engine.derive import derive  # local: keeps `import derivcheck.engine.rules` light
 
         return derive(self, self.resolve_dims(sizes), self.resolve_hyper(hyper))
 
@@ -913,7 +913,7 @@ def builtin_rules_dir() -> Path:
     try:
         return Path(str(resources.files("derivcheck.catalog")))
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "rules"
+        return Path(__file__).resolve().parents[2] / "rules"
 
 
 def rule_dirs(extra=()) -> list[Path]:
@@ -1013,7 +1013,7 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
 
 def _names_a_pair(target: str, name: str) -> bool:
     """``target`` names a functional pair by its stem: its file defines NAME_forward and nothing called NAME."""
-    from .adapters import top_level_defs
+    from derivcheck.check.adapters import top_level_defs
 
     defs = top_level_defs(target)
     return defs is not None and f"{name}_forward" in defs and name not in defs
@@ -1066,7 +1066,7 @@ def variants_for(name: str | None, rule: Rule, extra=()) -> dict[str, str]:
     DeZero's sum / N, where book 1's is half the sum). The worker picks one by the detected style."""
     if name is not None:
         return {}
-    from .adapters import STYLES
+    from derivcheck.check.adapters import STYLES
 
     files = rule_files(extra)
     return {s: str(files[f"{rule.name}_{s}"]) for s in STYLES if f"{rule.name}_{s}" in files}

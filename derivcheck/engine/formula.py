@@ -21,8 +21,8 @@ from types import SimpleNamespace
 import numpy as np
 import sympy
 
-from . import indexed, symarray
-from .errors import RuleError
+from derivcheck.engine import indexed, symarray
+from derivcheck.errors import RuleError
 
 
 def _np_sum_to(x, shape):

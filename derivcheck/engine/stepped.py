@@ -6,26 +6,26 @@ an LSTM at T=3, and T=20 is out of reach. Here the body is split into **cells**,
 one per value a step hands on (each carried state, each stacked value): a cell is
 a formula of its own over the step's slice of the sequence (``xs_step``), the
 previous step's states (``h_prev``) and the parameters, derived once by the
-shape-generic tier (:mod:`derivcheck.generic`) and proven against the concrete
+shape-generic tier (:mod:`derivcheck.engine.generic`) and proven against the concrete
 tier like any rule. The loop then runs numerically: forward step by step, and
 backward in reverse, each cell's VJP taking the gradient that reaches its output
 (from the stacked output's cotangent and from the next step) and handing its
 share to the previous step's states and to the parameters, summed over steps.
 
-Rounding scales follow :mod:`derivcheck.rounding` through the steps: a cell's
+Rounding scales follow :mod:`derivcheck.engine.rounding` through the steps: a cell's
 states and its carried gradient are *inexact* inputs (their running error bounds
 enter the cell's bound, ``M(h[i]) = m_h[i]``), so a state's bound after step t
 counts the rounding of every earlier step, as the unrolled expression's bound
 does; a sum over steps (or over cells) of a gradient is charged as
 ``magnitude`` charges an Add of that many terms. The reuse allowance (a backward
-may reuse forward values, see :mod:`derivcheck.reference`) is counted at every
+may reuse forward values, see :mod:`derivcheck.engine.reference`) is counted at every
 cell's output and carried with the bound: a little looser than the unrolled
 tier's, which counts it at the final outputs only.
 
 What can be run this way: a formula of initial states (``h = zeros([N, H])``,
 ``h = h0``), loops whose bodies are assignments, and a last line that is a
 stacked or carried name, or ``concatenate`` of such names. Anything else raises
-:class:`~derivcheck.indexed.Unsupported` and the rule is unrolled as before.
+:class:`~derivcheck.engine.indexed.Unsupported` and the rule is unrolled as before.
 The whole composition is proven against the unrolled tier at one small size
 with two steps (``reference.stepped_for``).
 """
@@ -38,12 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .formula import Loop, Stacked
-from .errors import RuleError
-from .generic import DOUT, WEIGHT, bound_name
-from .indexed import Unsupported
-from .indexeval import MEMO
-from .rules import dim_names, parse_rule
+from derivcheck.engine.formula import Loop, Stacked
+from derivcheck.errors import RuleError
+from derivcheck.engine.generic import DOUT, WEIGHT, bound_name
+from derivcheck.engine.indexed import Unsupported
+from derivcheck.engine.indexeval import MEMO
+from derivcheck.engine.rules import dim_names, parse_rule
 
 STEP, PREV = "step", "prev"  # a cell reads xs[:, t, :] as xs_step and the previous step's h as h_prev
 

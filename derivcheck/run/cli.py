@@ -7,14 +7,14 @@ import traceback
 
 import click
 
-from . import DISTRIBUTION
-from .errors import DerivcheckError
+from derivcheck import DISTRIBUTION
+from derivcheck.errors import DerivcheckError
 
 
 class Context:
     def __init__(self, debug: bool, rule_dirs: tuple, config_path):
-        from .config import load_config
-        from .gate import use_config
+        from derivcheck.run.config import load_config
+        from derivcheck.run.gate import use_config
 
         self.debug = debug
         self.config = load_config(config_path)
@@ -89,7 +89,7 @@ class Group(click.Group):
             click.echo(f"derivcheck: error: {exc}", err=True)
             sys.exit(2)
         except Exception as exc:  # a bug of ours: still one line unless --debug
-            from .isolate import WorkerCrashed
+            from derivcheck.run.isolate import WorkerCrashed
 
             if ctx.meta.get("derivcheck.debug"):
                 traceback.print_exc()
@@ -125,7 +125,7 @@ def rules_cmd(obj, name):
     With NAME, print that rule's file: a start for a rule of your own
     (`derivcheck rules affine > myrules/dropout.toml`; docs/rules.md says what goes in it).
     """
-    from .rules import list_rules, load_rule
+    from derivcheck.engine.rules import list_rules, load_rule
 
     if name is not None:
         rule = load_rule(name, obj.rule_dirs)
@@ -152,7 +152,7 @@ def rules_cmd(obj, name):
 
 
 def _builtin():
-    from .rules import builtin_rules_dir
+    from derivcheck.engine.rules import builtin_rules_dir
 
     return builtin_rules_dir()
 
@@ -167,8 +167,8 @@ def _builtin():
 @click.pass_obj
 def derive_cmd(obj, rule_name, shape, hypers, wrt, fmt, simplify):
     """Print the exact Jacobian of RULE at a concrete shape."""
-    from . import render
-    from .rules import load_rule
+    from derivcheck.present import render
+    from derivcheck.engine.rules import load_rule
 
     rule = load_rule(rule_name, obj.rule_dirs)
     sizes = parse_pairs(shape or rule.example_shape(), "--shape")
@@ -205,10 +205,10 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
     when the layer is wrong (an exit, crash or hang in it included), 2 when it
     could not run, 3 for an internal error, 130 when interrupted.
     """
-    from . import report as render
-    from .adapters import check_target, model_convention
-    from .isolate import verify_isolated
-    from .rules import rule_for, variants_for
+    from derivcheck.present import report as render
+    from derivcheck.check.adapters import check_target, model_convention
+    from derivcheck.run.isolate import verify_isolated
+    from derivcheck.engine.rules import rule_for, variants_for
 
     try:
         check_target(target)  # a typo in the target is the first thing to report
@@ -244,9 +244,9 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
 @click.pass_obj
 def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, model, fmt):
     """Show how RULE's derivatives come about: graph, Jacobian, closed forms (or a network's, with --model)."""
-    from .adapters import KNOWN_NETWORKS, check_target, model_convention
-    from .explanation import explain, explain_layer, explain_model
-    from .rules import rule_for
+    from derivcheck.check.adapters import KNOWN_NETWORKS, check_target, model_convention
+    from derivcheck.present.explanation import explain, explain_layer, explain_model
+    from derivcheck.engine.rules import rule_for
 
     if model:
         if rule_name or rule_opt or layer or shape or hypers or fmt != "text":
@@ -289,9 +289,9 @@ def check_cmd(obj, path, groups, seed, jobs, timeout, fmt, junit):
     import json
     from pathlib import Path
 
-    from . import gate
-    from . import report as render
-    from .config import load_config
+    from derivcheck.run import gate
+    from derivcheck.present import report as render
+    from derivcheck.run.config import load_config
 
     if path:
         config = load_config(Path(path), require=True)
@@ -363,11 +363,11 @@ def _summary_table(results) -> str:
 
 
 def run() -> None:
-    """The ``derivcheck`` command (and ``python -m derivcheck.cli``): a process of its own, which has
+    """The ``derivcheck`` command (and ``python -m derivcheck.run.cli``): a process of its own, which has
     imported none of the user's code, so its checks may fork their workers from it
-    (:func:`derivcheck.isolate.fork_from_here`). Tests that call :data:`main` in their own process keep
+    (:func:`derivcheck.run.isolate.fork_from_here`). Tests that call :data:`main` in their own process keep
     the worker server."""
-    from .isolate import fork_from_here
+    from derivcheck.run.isolate import fork_from_here
 
     fork_from_here()
     main()

@@ -3,15 +3,15 @@
 ``at(rule, hyper, dims)`` gives a :class:`Bound` reference at those sizes. It
 comes from one of three tiers:
 
-- **shape-generic** (:mod:`derivcheck.generic`): derived once per rule text and
+- **shape-generic** (:mod:`derivcheck.engine.generic`): derived once per rule text and
   hyperparameters, evaluated by compiled NumPy code at any size. Before it is
   used it is compared with the concrete tier at small shapes (:func:`prove`);
   a disagreement is an error that names the rule.
-- **concrete** (:mod:`derivcheck.derive`): one symbol per element at the given
+- **concrete** (:mod:`derivcheck.engine.derive`): one symbol per element at the given
   sizes. Used where the generic tier has no form for an operation (a reshape
   that flattens axes, a matmul whose right operand is a stack of matrices),
   with a one-line note saying why.
-- **stepped** (:mod:`derivcheck.stepped`), for a rule whose formula loops over
+- **stepped** (:mod:`derivcheck.engine.stepped`), for a rule whose formula loops over
   steps: the loop's cells derived by the generic tier, run over the steps, and
   compared with the loop unrolled by the concrete tier at one small size with
   two steps (:func:`stepped_for`). A loop it cannot run is unrolled, with a note.
@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cache, stepped
-from .checks import compare
-from .errors import DerivcheckError
-from .generic import DOUT, WEIGHT, GenericDerivation, bound_name, size_symbol
-from .indexed import Unsupported
-from .indexeval import MEMO
-from .progress import status
+from derivcheck.engine import cache, stepped
+from derivcheck.checks import compare
+from derivcheck.errors import DerivcheckError
+from derivcheck.engine.generic import DOUT, WEIGHT, GenericDerivation, bound_name, size_symbol
+from derivcheck.engine.indexed import Unsupported
+from derivcheck.engine.indexeval import MEMO
+from derivcheck.progress import status
 
 
 def draw(rule, shapes: dict, label_shapes: dict, dims: dict, rng, dtype=np.float64) -> tuple[dict, dict]:
@@ -164,7 +164,7 @@ class GenericBound(Bound):
 
 
 class SteppedBound(Bound):
-    """A loop rule's reference from its cells, run over the steps (:mod:`derivcheck.stepped`)."""
+    """A loop rule's reference from its cells, run over the steps (:mod:`derivcheck.engine.stepped`)."""
 
     tier = "stepped"
 
@@ -356,7 +356,7 @@ def stepped_proof_dims(rule, hyper: dict, prog) -> dict:
 
 
 def stepped_for(rule, hyper: dict):
-    """A loop rule's stepped reference (:mod:`derivcheck.stepped`): its cells derived and proven, the
+    """A loop rule's stepped reference (:mod:`derivcheck.engine.stepped`): its cells derived and proven, the
     composition proven against the unrolled tier at :func:`stepped_proof_dims`; or None and why not."""
     key = ("stepped", rule.digest, repr(sorted(hyper.items())))
     if key in _STEPPED:
@@ -385,7 +385,7 @@ def stepped_for(rule, hyper: dict):
 
 
 def _store(rule, disk_key: str, g: GenericDerivation) -> None:
-    from .cache import Unencodable
+    from derivcheck.engine.cache import Unencodable
 
     try:
         data = entry_data(rule, g)

@@ -1,6 +1,6 @@
 """Shape-generic symbolic arrays: index notation with symbolic sizes.
 
-The concrete tier (:mod:`derivcheck.symarray`) gives every element of an array
+The concrete tier (:mod:`derivcheck.engine.symarray`) gives every element of an array
 its own symbol, so its cost grows with the shape. Here an array is one SymPy
 expression in *index variables*, one per axis, and its sizes are symbols
 (``N``, ``D``): ``x @ W`` at any size is the single expression
@@ -21,8 +21,8 @@ from sympy import IndexedBase, KroneckerDelta, Sum
 from sympy.concrete.expr_with_intlimits import ExprWithIntLimits
 from sympy.concrete.expr_with_limits import _common_new
 
-from .errors import DerivcheckError
-from .symarray import RELATIONS, exact, inserted_axis, normalize_axes
+from derivcheck.errors import DerivcheckError
+from derivcheck.engine.symarray import RELATIONS, exact, inserted_axis, normalize_axes
 
 
 class Unsupported(Exception):

@@ -6,7 +6,7 @@ writing new parameter values into the same arrays between steps, as a training
 loop would. Every value and cotangent comes from the trial's seed.
 
 Tolerances are set in :mod:`derivcheck.checks`; the exact reference and its
-rounding scales come from :mod:`derivcheck.reference`.
+rounding scales come from :mod:`derivcheck.engine.reference`.
 """
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import reference
-from .adapters import LayerError, detect_style, load_target, make_adapter, rank_mismatch, target_spec
-from .checks import Check, compare, unit_roundoff
-from .diagnose import settle_factor
-from .errors import DerivcheckError
-from .judge import Judge
-from .progress import status
-from .results import DTYPES, Report, warn
+from derivcheck.engine import reference
+from derivcheck.check.adapters import LayerError, detect_style, load_target, make_adapter, rank_mismatch, target_spec
+from derivcheck.checks import Check, compare, unit_roundoff
+from derivcheck.check.diagnose import settle_factor
+from derivcheck.errors import DerivcheckError
+from derivcheck.check.judge import Judge
+from derivcheck.progress import status
+from derivcheck.results import DTYPES, Report, warn
 
 # ---------------------------------------------------------------------------
 
@@ -42,7 +42,7 @@ class Verifier:
         if variants:  # a guessed rule with a form of its own in the layer's convention (rules.variants_for)
             detected = style or detect_style(*load_target(target))
             if detected in variants:
-                from .rules import load_rule_file
+                from derivcheck.engine.rules import load_rule_file
 
                 base, rule = rule.name, load_rule_file(Path(variants[detected]))
                 self.variant_note = (f"rule: {rule.name}, the {detected} convention's {base} (guessed from the "
@@ -504,7 +504,7 @@ def stability_hint(rule) -> str:
 
 def reproduce_line(target: str, rule, options: dict, failure: Check | None = None) -> str:
     """The command that replays a check (the failing trial alone when there is one), quoted for a shell."""
-    from .rules import builtin_rules_dir
+    from derivcheck.engine.rules import builtin_rules_dir
 
     parts = ["derivcheck"]
     folder = Path(rule.path).resolve().parent

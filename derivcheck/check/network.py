@@ -37,14 +37,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import calls, reference
-from .adapters import (KNOWN_NETWORKS, LOSS_ATTRS, Binding, LayerError, bind, call_user, dezero_grad, dlfs1_gradient, load_target,
-                       model_shape, norm_name, own, rank_mismatch, stage)
-from .checks import KAPPA, Check, compare, unit_roundoff
-from .errors import DerivcheckError
-from .rules import Multiple, rule_in_convention
-from .judge import Judge, judged_dtype
-from .results import DTYPES, Report, warn
+from derivcheck.check import calls
+from derivcheck.engine import reference
+from derivcheck.check.adapters import (KNOWN_NETWORKS, LOSS_ATTRS, Binding, LayerError, bind, call_user, dezero_grad, dlfs1_gradient, load_target, model_shape, norm_name, own, rank_mismatch, stage)
+from derivcheck.checks import KAPPA, Check, compare, unit_roundoff
+from derivcheck.errors import DerivcheckError
+from derivcheck.engine.rules import Multiple, rule_in_convention
+from derivcheck.check.judge import Judge, judged_dtype
+from derivcheck.results import DTYPES, Report, warn
 
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
 # a CS231n model's regularization strength (its constructor's reg), set by hand: any value far from 0 makes

@@ -31,7 +31,7 @@ def pytest_configure(config):
 def pytest_collect_file(file_path, parent):
     if parent.config.getoption("no_derivcheck") or file_path.name not in ("derivcheck.toml", "pyproject.toml"):
         return None
-    from .config import has_derivcheck_table
+    from derivcheck.run.config import has_derivcheck_table
 
     if has_derivcheck_table(file_path):
         return DerivcheckFile.from_parent(parent, path=file_path)
@@ -52,9 +52,9 @@ class ConfigProblem(Exception):
 
 class DerivcheckFile(pytest.File):
     def collect(self):
-        from .config import load_config
-        from .errors import DerivcheckError
-        from .gate import select
+        from derivcheck.run.config import load_config
+        from derivcheck.errors import DerivcheckError
+        from derivcheck.run.gate import select
 
         try:
             cfg = load_config(self.path)
@@ -74,7 +74,7 @@ class DerivcheckItem(pytest.Item):
             self.add_marker(pytest.mark.xfail(strict=True, raises=LayerFailed, reason="expect = \"fail\""))
 
     def runtest(self):
-        from .gate import run_binding, use_config
+        from derivcheck.run.gate import run_binding, use_config
 
         use_config(self.cfg)
         result = run_binding(self.binding, self.cfg.rules, self.config.getoption("derivcheck_seed"))
@@ -87,7 +87,7 @@ class DerivcheckItem(pytest.Item):
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, LayerFailed):
-            from .report import text
+            from derivcheck.present.report import text
 
             return text(excinfo.value.report)
         if isinstance(excinfo.value, ConfigProblem):

@@ -1,6 +1,6 @@
 """The shape-generic tier: derive a rule's forward and VJP once, for every size.
 
-The rule's formula is evaluated on :mod:`derivcheck.indexed` arrays (index
+The rule's formula is evaluated on :mod:`derivcheck.engine.indexed` arrays (index
 notation, symbolic sizes). Its vector-Jacobian product is SymPy's ``diff`` of
 
     L = Σ_o dout[o] · out[o]
@@ -9,27 +9,27 @@ by one element ``x[p]`` of each input, with the ``KroneckerDelta`` sums that
 ``diff`` leaves collapsed (:func:`collapse`). Affine's ``dW`` comes out as
 ``Σ_n dout[n, l] · x[n, k]``; softmax-with-loss's ``dx`` as the exact
 derivative of the rule's formula, never a hand-typed closed form. The
-running error bounds (:mod:`derivcheck.rounding`) are taken of the same
+running error bounds (:mod:`derivcheck.engine.rounding`) are taken of the same
 expressions, so tolerances at any size come from the same place.
 
 Every expression is compiled once into NumPy closures
-(:mod:`derivcheck.indexeval`) and evaluated at any size: the cost of a
+(:mod:`derivcheck.engine.indexeval`) and evaluated at any size: the cost of a
 trial follows the layer's own cost, not |input| x |output|.
 
 A generic derivation is trusted only after :func:`prove` has compared it
-with the concrete tier (:mod:`derivcheck.derive`) at several small shapes.
+with the concrete tier (:mod:`derivcheck.engine.derive`) at several small shapes.
 """
 from __future__ import annotations
 
 import sympy
 from sympy import Indexed, IndexedBase, KroneckerDelta, Sum
 
-from . import indexed, indexeval
-from .errors import DerivcheckError, RuleError
-from .indexed import Unsupported, fresh_index
-from .indexeval import Compiled
-from .rounding import magnitude
-from .symarray import exact
+from derivcheck.engine import indexed, indexeval
+from derivcheck.errors import DerivcheckError, RuleError
+from derivcheck.engine.indexed import Unsupported, fresh_index
+from derivcheck.engine.indexeval import Compiled
+from derivcheck.engine.rounding import magnitude
+from derivcheck.engine.symarray import exact
 
 DOUT = "dout_"  # the cotangent's name in expressions (rule names cannot end in _)
 WEIGHT = "w_"  # the reuse term's weights |dout| * |out| (see reference.py)

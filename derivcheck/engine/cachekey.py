@@ -16,7 +16,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import DerivcheckError
+from derivcheck.errors import DerivcheckError
 
 _KEY: bytes | None = None
 

@@ -40,8 +40,8 @@ import threading
 import time
 import traceback
 
-from .errors import DerivcheckError
-from . import adapters
+from derivcheck.errors import DerivcheckError
+from derivcheck.check import adapters
 
 DEFAULT_TIMEOUT = 120.0  # seconds per layer check; --timeout or the config's `timeout` change it
 _SERVER = None  # the worker server's context (see _server)
@@ -90,7 +90,7 @@ def _server():
         if "forkserver" in multiprocessing.get_all_start_methods():
             _SERVER = multiprocessing.get_context("forkserver")
             # sympy.tensor.tensor: SymPy imports it at its first sum (Add.flatten), else in every worker
-            _SERVER.set_forkserver_preload(["derivcheck.isolate", "derivcheck.verify", "derivcheck.reference", "sympy",
+            _SERVER.set_forkserver_preload(["derivcheck.run.isolate", "derivcheck.check.verify", "derivcheck.engine.reference", "sympy",
                                             "sympy.tensor.tensor"])
         else:  # Windows: a fresh interpreter each time
             _SERVER = multiprocessing.get_context("spawn")
@@ -151,13 +151,13 @@ def _work(conn, request: dict) -> None:
     sys.stderr.flush()
     os.dup2(out, 1)
     os.dup2(out, 2)
-    from .rules import load_rule
-    from .verify import verify
+    from derivcheck.engine.rules import load_rule
+    from derivcheck.check.verify import verify
 
     adapters.on_stage = lambda stage: conn.send(("stage", stage))
     try:
         if request["rule"] is None:  # a whole network: each layer against its own rule
-            from .network import verify_network
+            from derivcheck.check.network import verify_network
 
             report = verify_network(request["target"], **request["options"])
         else:
@@ -194,9 +194,9 @@ IMPORTING = "importing the target"  # the stage until the worker names another
 
 
 def _failed(target, rule, options, message: str):
-    from .checks import Check
-    from .results import Report
-    from .verify import reproduce_line
+    from derivcheck.checks import Check
+    from derivcheck.results import Report
+    from derivcheck.check.verify import reproduce_line
 
     rep = Report(target, rule.name if rule else "network", options.get("style") or "?", options.get("dtype", "float64"), options.get("seed", 0),
                  options.get("trials", 5), options.get("steps", 2), dict(options.get("hyper") or {}),
@@ -210,13 +210,13 @@ def _failed(target, rule, options, message: str):
 
 
 def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zygote | None" = None, **options):
-    """:func:`derivcheck.verify.verify` in a worker process; see the module doc.
+    """:func:`derivcheck.check.verify.verify` in a worker process; see the module doc.
 
-    ``rule`` None: ``target`` is a network, checked by :func:`derivcheck.network.verify_network`.
+    ``rule`` None: ``target`` is a network, checked by :func:`derivcheck.check.network.verify_network`.
     ``zygote``: forked from that process, which has imported the target's module, if it could
     (:class:`Zygote`); else from the server, as without one.
     """
-    from .results import Report
+    from derivcheck.results import Report
 
     timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
     if not (0 < timeout < float("inf")):  # nan and inf too: a limit that never ends is none
@@ -431,8 +431,8 @@ def _warm(warm: dict) -> None:
     loading (or deriving) and compiling it again: ``warm["derivations"]``, (rule file, hyperparameters as
     given) pairs; ``warm["catalogue"]``, the rule folders a network's layers are looked up in (None: no
     network). A failure is left for the check that meets it, in its own worker, to report."""
-    from .reference import note_for
-    from .rules import list_rules, load_rule
+    from derivcheck.engine.reference import note_for
+    from derivcheck.engine.rules import list_rules, load_rule
 
     for path, hyper in warm.get("derivations", ()):
         try:

@@ -6,8 +6,8 @@ import re
 import os
 from dataclasses import dataclass
 
-from .config import Binding, Config
-from .errors import DerivcheckError
+from derivcheck.run.config import Binding, Config
+from derivcheck.errors import DerivcheckError
 
 
 @dataclass
@@ -68,8 +68,8 @@ def verify_arguments(binding: Binding, rule_dirs=(), seed: int | None = None) ->
 
     Raises DerivcheckError when no rule can be found for it.
     """
-    from .adapters import model_convention
-    from .rules import rule_for, variants_for
+    from derivcheck.check.adapters import model_convention
+    from derivcheck.engine.rules import rule_for, variants_for
 
     common = {"dtype": binding.dtype, "seed": binding.seed if seed is None else seed, "trials": binding.trials,
               "steps": binding.steps, "strict": binding.strict}
@@ -84,7 +84,7 @@ def run_binding(binding: Binding, rule_dirs=(), seed: int | None = None, timeout
     """One binding's check, in a worker process of its own (isolate.py); never raises for the layer's sake.
 
     ``zygote``: an :class:`isolate.Zygote` of the target's module, to fork the worker from."""
-    from .isolate import verify_isolated
+    from derivcheck.run.isolate import verify_isolated
 
     try:
         target, rule, options = verify_arguments(binding, rule_dirs, seed)
@@ -104,7 +104,7 @@ def run_all(bindings: list[Binding], rule_dirs=(), seed: int | None = None, time
     from collections import Counter
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from .isolate import Zygote
+    from derivcheck.run.isolate import Zygote
 
     if jobs < 1:
         raise DerivcheckError(f"-j/--jobs must be at least 1, not {jobs}")
@@ -127,7 +127,7 @@ def run_all(bindings: list[Binding], rule_dirs=(), seed: int | None = None, time
                     if done is not None:
                         done(results[i], finished, len(bindings))
             except KeyboardInterrupt:
-                from .isolate import kill_all
+                from derivcheck.run.isolate import kill_all
 
                 for f in futures:
                     f.cancel()
@@ -166,8 +166,8 @@ def validate(bindings: list[Binding], rule_dirs=()) -> None:
 
     No layer is imported here: that happens in the layer's own worker process.
     """
-    from .adapters import check_target, model_convention
-    from .rules import rule_for
+    from derivcheck.check.adapters import check_target, model_convention
+    from derivcheck.engine.rules import rule_for
 
     for b in bindings:
         try:
@@ -186,7 +186,7 @@ def junit_xml(results: list[Result], name: str) -> str:
     """JUnit XML as CI servers read it; expected failures are reported as skipped, as pytest does for xfail."""
     import xml.etree.ElementTree as ET
 
-    from .report import text
+    from derivcheck.present.report import text
 
     suite = ET.Element("testsuite", name="derivcheck", tests=str(len(results)),
                        failures=str(sum(1 for r in results if r.report is not None and not r.ok)),

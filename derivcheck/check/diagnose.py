@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checks import compare, unit_roundoff
+from derivcheck.checks import compare, unit_roundoff
 
 
 @dataclass
@@ -170,7 +170,7 @@ def _regularization(name, E, G, scale, ctx) -> dict | None:
     derivation = ctx.derivation
     if derivation is None or "reg" not in ctx.rule.hyper or not float(derivation.hyper.get("reg") or 0):
         return None
-    from . import reference
+    from derivcheck.engine import reference
 
     R = E - np.asarray(reference.at(ctx.rule, {**derivation.hyper, "reg": 0.0}, ctx.dims).vjp(ctx.cot, **ctx.ref)[name])
     denom = float(np.sum(R * R))
@@ -312,7 +312,7 @@ def settle_factor(found: dict, seen: list[tuple[float, dict]]) -> None:
 
 
 def diagnose_forward(check) -> dict:
-    from .report import pair
+    from derivcheck.present.report import pair
 
     if check.expected is None:  # no element to show (a shape, or no value)
         message = f"forward: {check.message}"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DerivcheckError
+from derivcheck.errors import DerivcheckError
 
 STYLES = ("dlfs1", "dlfs2", "dezero", "functional")
 

@@ -36,7 +36,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DerivcheckError
+from derivcheck.errors import DerivcheckError
 
 DTYPES = ("float64", "float32")
 # what verify's diagnosis can name (report.py documents each); kept here, where the config is checked

@@ -1,7 +1,7 @@
 """One judgement: a layer's results at one call against its rule.
 
 A layer is judged by this code alone, whether it is checked by itself
-(:mod:`derivcheck.verify`) or as a link of a network (:mod:`derivcheck.network`):
+(:mod:`derivcheck.check.verify`) or as a link of a network (:mod:`derivcheck.check.network`):
 the same comparison and tolerance (:mod:`derivcheck.checks`), the same ``also``
 alternatives (the books' ``log(y + 1e-7)``), the same final-loss rule for a
 ``backward(dout=1)``, the same dtype findings and the same diagnosis. A network
@@ -13,10 +13,10 @@ import functools
 
 import numpy as np
 
-from . import reference
-from .checks import WEAK, Check, compare, reach
-from .diagnose import Context, diagnose_forward, diagnose_gradient
-from .results import warn
+from derivcheck.engine import reference
+from derivcheck.checks import WEAK, Check, compare, reach
+from derivcheck.check.diagnose import Context, diagnose_forward, diagnose_gradient
+from derivcheck.results import warn
 
 
 def judged_dtype(value, dtype):

@@ -6,7 +6,7 @@ element by each differentiable input element it contains (what
 ``derive_by_array`` gives, by reverse accumulation: :func:`gradient`), and lambdifies (NumPy, common
 subexpressions eliminated) the forward values and the non-zero Jacobian
 entries. Results are cached per (rule content, sizes, hyperparameters the
-formula reads): in memory here, on disk through :mod:`derivcheck.cache`.
+formula reads): in memory here, on disk through :mod:`derivcheck.engine.cache`.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import sympy
 from sympy.core.function import ArgumentIndexError
 from sympy.tensor.array import ImmutableDenseNDimArray
 
-from . import cache, indexeval, symarray
-from .rounding import NotNumeric, bounds_at, magnitude, values_at
-from .errors import DerivcheckError, RuleError
+from derivcheck.engine import cache, indexeval, symarray
+from derivcheck.engine.rounding import NotNumeric, bounds_at, magnitude, values_at
+from derivcheck.errors import DerivcheckError, RuleError
 
 _FROM_DISK = object()  # sentinel: expressions will be supplied by derive()
 

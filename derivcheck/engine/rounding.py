@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from .indexed import IsMax
+from derivcheck.engine.indexed import IsMax
 
 
 def _abs(e):

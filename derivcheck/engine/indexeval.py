@@ -26,8 +26,8 @@ import numpy as np
 import sympy
 from sympy import Indexed, KroneckerDelta, Sum
 
-from .indexed import IsMax, ReduceMax, Unsupported, rebuilt
-from .symarray import exact
+from derivcheck.engine.indexed import IsMax, ReduceMax, Unsupported, rebuilt
+from derivcheck.engine.symarray import exact
 
 
 _IDS: dict = {}  # SymPy index variables and sub-expressions -> small ints: cheap to compare at run time

@@ -42,14 +42,15 @@ except ImportError:  # Windows: no lock; a derivation may then be made twice, wh
     fcntl = None
 from pathlib import Path
 
-from . import DISTRIBUTION, cachekey
-from .errors import DerivcheckError
+from derivcheck import DISTRIBUTION
+from derivcheck.engine import cachekey
+from derivcheck.errors import DerivcheckError
 
 import mpmath
 import numpy as np
 import sympy
 
-from .indexed import IsMax, ReduceMax, rebuilt
+from derivcheck.engine.indexed import IsMax, ReduceMax, rebuilt
 
 FORMAT = 3  # 2: sparse Jacobian triples; generic entries. 3: expressions as one table of nodes (Encoder)
 
@@ -235,7 +236,7 @@ def _version(pkg: str) -> str:
 _VERSIONS = None
 
 
-def code_digest(folder: Path = Path(__file__).parent) -> str:
+def code_digest(folder: Path = Path(__file__).resolve().parents[1]) -> str:
     """A digest of every Python file of the package (names and contents): the code that makes a derivation.
 
     The whole package, not a list kept by hand: a list once left out the recurrence and reference
