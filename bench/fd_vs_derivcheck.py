@@ -36,10 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from derivcheck.check.adapters import LayerError, make_adapter  # noqa: E402
-from derivcheck.run.config import DTYPES, load_config  # noqa: E402
+from derivcheck.run.config import load_config
+from derivcheck.vocab import DTYPES  # noqa: E402
 from derivcheck.check.adapters import model_convention  # noqa: E402
 from derivcheck.engine import reference  # noqa: E402
-from derivcheck.engine.rules import rule_for, variants_for  # noqa: E402
+from derivcheck.check.targets import rule_for, variants_for  # noqa: E402
 from derivcheck.check.verify import Verifier  # noqa: E402
 
 EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3  # torch.autograd.gradcheck's defaults

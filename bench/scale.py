@@ -327,7 +327,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "verdict": rep.verdict}))
 def resolved_rule(binding) -> str:
     """The rule a catalogue binding is checked against: its own, or the one its name implies in its convention."""
     from derivcheck.check.adapters import detect_style, load_target
-    from derivcheck.engine.rules import rule_for, variants_for
+    from derivcheck.check.targets import rule_for, variants_for
 
     rule = rule_for(binding.rule, binding.target)
     variants = variants_for(binding.rule, rule)

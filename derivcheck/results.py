@@ -9,9 +9,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from derivcheck.vocab import DTYPES
+
 from derivcheck.checks import Check
 
-DTYPES = {"float64": np.float64, "float32": np.float32}
+NUMPY_DTYPES = {name: np.dtype(name).type for name in DTYPES}  # vocab.DTYPES as NumPy types
 
 
 @dataclass
@@ -93,3 +95,12 @@ def warn(rep: Report, kind: str, message: str, trial) -> None:
     """Add a warning to ``rep`` once (the same kind and message is said once)."""
     if not any(w.kind == kind and w.message == message for w in rep.warnings):
         rep.warnings.append(Warning_(kind, message, trial))
+
+
+def pair(expected: float, got: float) -> tuple[str, str]:
+    """Expected and got with enough digits to tell them apart (-1.4013 vs -1.4013 will not do)."""
+    for digits in (6, 9, 12, 17):
+        e, g = f"{expected:.{digits}g}", f"{got:.{digits}g}"
+        if e != g or expected == got:
+            return e, g
+    return e, g

@@ -8,7 +8,7 @@ def _reference():
     a binding without a rule gets the rule guessed from the layer's name and style, as `derivcheck check` does."""
     from derivcheck.check.adapters import detect_style, load_target
     from derivcheck.run.config import load_config
-    from derivcheck.engine.rules import rule_for, variants_for
+    from derivcheck.check.targets import rule_for, variants_for
 
     def guessed(target):  # the rule guessed from the name, in the layer's convention's form if it has one
         rule = rule_for(None, target)

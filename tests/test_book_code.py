@@ -6,30 +6,19 @@ helpers; layers for other ranks (book 2's Time layers); float32 buffers (``dtype
 functions composing Functions; softmax over one class; a max over all axes.
 """
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import derivcheck
-from derivcheck.run.cli import main
 from derivcheck.errors import DerivcheckError
 from derivcheck.check.verify import verify
+from runner import console_script, run
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-
-
-def cli(*args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as a reader runs it: no PYTHONPATH
-    # the console script, not python -m (which would put the current folder on sys.path by itself)
-    script = Path(sys.executable).parent / "derivcheck"
-    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300, env=env)
 
 
 FUNCTIONS = "import numpy as np\n\ndef sigmoid(x):\n    return 1 / (1 + np.exp(-x))\n"
@@ -58,7 +47,7 @@ def test_a_file_in_a_project_folder_imports_its_siblings_by_package(tmp_path, pa
         (book / "common" / "__init__.py").write_text("")
     for cwd, target in ((book, "common/layers.py:Sigmoid"), (book / "ch05", "../common/layers.py:Sigmoid"),
                         (tmp_path, "book/common/layers.py:Sigmoid")):
-        p = cli("verify", target, cwd=cwd)
+        p = console_script("verify", target, cwd=cwd)
         assert p.returncode == 0 and "verdict: PASS" in p.stdout, (cwd, p.stdout, p.stderr)
 
 
@@ -66,26 +55,26 @@ def test_a_module_target_is_found_from_the_current_folder(tmp_path):
     (tmp_path / "mylib").mkdir()
     (tmp_path / "mylib" / "__init__.py").write_text("")
     (tmp_path / "mylib" / "layers.py").write_text(FUNCTIONS + LAYERS.replace("from common.functions import *\n", ""))
-    p = cli("verify", "mylib.layers:Sigmoid", cwd=tmp_path)
+    p = console_script("verify", "mylib.layers:Sigmoid", cwd=tmp_path)
     assert p.returncode == 0, (p.stdout, p.stderr)
-    missing = cli("verify", "nolib.layers:Sigmoid", "--rule", "sigmoid", cwd=tmp_path)
+    missing = console_script("verify", "nolib.layers:Sigmoid", "--rule", "sigmoid", cwd=tmp_path)
     assert missing.returncode == 2 and f"not found in {tmp_path}" in missing.stderr, missing.stderr
 
 
 def test_an_import_that_cannot_be_found_says_where_it_looked(tmp_path):
     (tmp_path / "layers.py").write_text(LAYERS)  # common/ is nowhere
-    p = cli("verify", "layers.py:Sigmoid", cwd=tmp_path)
+    p = console_script("verify", "layers.py:Sigmoid", cwd=tmp_path)
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert "No module named 'common'" in p.stderr and f"importable were {tmp_path}" in p.stderr, p.stderr
 
 
 def test_no_rule_for_a_name_says_how_to_write_one(tmp_path):
     (tmp_path / "l.py").write_text("class InstanceNorm:\n    def forward(self, x):\n        return x\n")
-    p = cli("verify", "l.py:InstanceNorm", cwd=tmp_path)
+    p = console_script("verify", "l.py:InstanceNorm", cwd=tmp_path)
     assert p.returncode == 2
     assert "`derivcheck rules affine > myrules/instance_norm.toml`" in p.stderr and "--rules myrules" in p.stderr, p.stderr
     assert "docs/rules.md" in p.stderr and "ignoring case and underscores" in p.stderr
-    shown = cli("rules", "affine", cwd=tmp_path)
+    shown = console_script("rules", "affine", cwd=tmp_path)
     assert shown.returncode == 0 and shown.stdout == (ROOT / "rules" / "affine.toml").read_text()
 
 
@@ -363,14 +352,14 @@ def test_a_dezero_function_that_hands_back_its_input_is_checked(tmp_path):
 
 def test_a_guessed_rule_takes_the_conventions_own_form(tmp_path):
     """mean_squared_error is book 1's half sum; a DeZero MeanSquaredError gets sum / N without --rule."""
-    p = cli("verify", f"{EXAMPLES}/dezero_style/functions.py:MeanSquaredError", "--format", "json", cwd=tmp_path)
+    p = console_script("verify", f"{EXAMPLES}/dezero_style/functions.py:MeanSquaredError", "--format", "json", cwd=tmp_path)
     rep = json.loads(p.stdout)
     assert p.returncode == 0 and rep["rule"] == "mean_squared_error_dezero", (p.stdout, p.stderr)
     assert any("the dezero convention's mean_squared_error" in n for n in rep["notes"])
-    book1 = cli("verify", f"{EXAMPLES}/functional/layers.py:mean_squared_error", "--format", "json", cwd=tmp_path)
+    book1 = console_script("verify", f"{EXAMPLES}/functional/layers.py:mean_squared_error", "--format", "json", cwd=tmp_path)
     assert json.loads(book1.stdout)["rule"] == "mean_squared_error"
     # named, the rule is the one named
-    named = cli("verify", f"{EXAMPLES}/dezero_style/functions.py:MeanSquaredError", "--rule", "mean_squared_error",
+    named = console_script("verify", f"{EXAMPLES}/dezero_style/functions.py:MeanSquaredError", "--rule", "mean_squared_error",
                 "--format", "json", cwd=tmp_path)
     assert named.returncode == 1 and json.loads(named.stdout)["rule"] == "mean_squared_error"  # half sum vs sum / N
 
@@ -396,8 +385,7 @@ def test_a_cs231n_param_dict_is_built_from_the_rules_hyperparameters(tmp_path):
             dx = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) / std
             return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)
     '''))
-    result = CliRunner().invoke(main, ["verify", str(tmp_path / "layers.py:batchnorm_forward"), "--hyper", "eps=1e-6",
-                                       "--format", "json"])
+    result = run("verify", tmp_path / "layers.py:batchnorm_forward", "--hyper", "eps=1e-6", "--format", "json")
     data = json.loads(result.stdout)
     assert result.exit_code == 0 and data["rule"] == "batchnorm" and data["style"] == "functional", result.output
 
@@ -424,7 +412,7 @@ def test_a_cs231n_param_dict_is_built_from_the_rules_hyperparameters(tmp_path):
     ("batchnorm_backward_alt", "batchnorm"),
 ])
 def test_the_books_own_names_guess_their_rule(name, rule):
-    from derivcheck.engine.rules import guess_rule
+    from derivcheck.check.targets import guess_rule
 
     assert guess_rule(f"layers.py:{name}") == rule
 
@@ -452,6 +440,6 @@ def test_a_subclass_that_overrides_backward_keeps_its_bases_style(tmp_path):
             def backward(self, dout):
                 return super().backward(dout)
     '''))
-    r = cli("verify", "sub.py:Sub", "--rule", "matmul", "--format", "json", cwd=tmp_path)
+    r = console_script("verify", "sub.py:Sub", "--rule", "matmul", "--format", "json", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["style"] == "dlfs2"

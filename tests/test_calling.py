@@ -5,9 +5,8 @@ And a result whose dtype hides a lower precision (float32 inside float64) is a d
 import json
 import textwrap
 
-from click.testing import CliRunner
 
-from derivcheck.run.cli import main
+from runner import run
 
 AFFINE = '''
 import numpy as np
@@ -24,16 +23,16 @@ class Affine:
 '''
 
 
-def run(tmp_path, body, *args, name="Affine"):
+def verify_affine(tmp_path, body, *args, name="Affine"):
     path = tmp_path / "layer.py"
     path.write_text(AFFINE + textwrap.indent(textwrap.dedent(body), "    "))
-    result = CliRunner().invoke(main, ["verify", f"{path}:{name}", "--rule", "affine", *args])
+    result = run("verify", f"{path}:{name}", "--rule", "affine", *args)
     return result
 
 
 def test_a_backward_by_another_name_is_never_forward_only(tmp_path):
     # a wrong backward named backprop: checking the forward alone would call it verified (exit 0)
-    result = run(tmp_path, """
+    result = verify_affine(tmp_path, """
         def backprop(self, dout):
             self.dW = self.x.T @ dout * 2  # wrong, and never called by a check of the forward alone
             self.db = dout.sum(axis=0)
@@ -45,7 +44,7 @@ def test_a_backward_by_another_name_is_never_forward_only(tmp_path):
 
 
 def test_a_backward_with_a_required_parameter_more_is_not_called_a_wrong_layer(tmp_path):
-    result = run(tmp_path, """
+    result = verify_affine(tmp_path, """
         def backward(self, dvalues, y_true):
             self.dW = self.x.T @ dvalues
             self.db = dvalues.sum(axis=0)
@@ -56,7 +55,7 @@ def test_a_backward_with_a_required_parameter_more_is_not_called_a_wrong_layer(t
 
 
 def test_a_backward_that_takes_no_upstream_gradient_is_exit_2(tmp_path):
-    result = run(tmp_path, """
+    result = verify_affine(tmp_path, """
         def backward(self):
             return None
     """)
@@ -65,7 +64,7 @@ def test_a_backward_that_takes_no_upstream_gradient_is_exit_2(tmp_path):
 
 
 def test_a_backward_whose_extra_parameters_have_defaults_is_called(tmp_path):
-    result = run(tmp_path, """
+    result = verify_affine(tmp_path, """
         def backward(self, dout, scale=1.0):
             self.dW = self.x.T @ dout * scale
             self.db = dout.sum(axis=0)
@@ -90,7 +89,7 @@ def test_a_forward_that_returns_nothing_is_exit_2_and_names_where_it_kept_the_ou
                 self.db = dout.sum(axis=0)
                 return dout @ self.W.T
     '''))
-    result = CliRunner().invoke(main, ["verify", f"{path}:Dense", "--rule", "affine"])
+    result = run("verify", f"{path}:Dense", "--rule", "affine")
     assert result.exit_code == 2, result.output
     assert "Dense's forward returned None" in result.output and "self.output" in result.output
 
@@ -109,7 +108,7 @@ def float32_forward(tmp_path, *args):
     path.write_text(AFFINE.replace("return x @ self.W + self.b",
                                    "return (x.astype(np.float32) @ self.W.astype(np.float32)) + self.b  # float64 bias")
                     + textwrap.indent(textwrap.dedent(FLOAT32_DOT), "    "))
-    return CliRunner().invoke(main, ["verify", f"{path}:Affine", "--rule", "affine", "--format", "json", *args])
+    return run("verify", f"{path}:Affine", "--rule", "affine", "--format", "json", *args)
 
 
 def test_float32_inside_a_float64_output_is_a_dtype_finding(tmp_path):
@@ -129,7 +128,7 @@ def test_float32_inside_float64_fails_under_strict(tmp_path):
 
 def test_an_error_of_float32s_size_in_an_all_float64_layer_still_fails(tmp_path):
     # no result of the call is float32, so nothing says the layer computes in float32: the error is the layer's
-    result = run(tmp_path, """
+    result = verify_affine(tmp_path, """
         def backward(self, dout):
             self.dW = self.x.T @ dout
             self.db = dout.sum(axis=0)
@@ -138,7 +137,7 @@ def test_an_error_of_float32s_size_in_an_all_float64_layer_still_fails(tmp_path)
     assert result.exit_code == 0
     path = tmp_path / "layer.py"
     path.write_text(path.read_text().replace("return x @ self.W + self.b", "return (x @ self.W + self.b) * (1 + 1e-7)"))
-    result = CliRunner().invoke(main, ["verify", f"{path}:Affine", "--rule", "affine", "--format", "json"])
+    result = run("verify", f"{path}:Affine", "--rule", "affine", "--format", "json")
     data = json.loads(result.output)
     assert result.exit_code == 1
     assert any(c["name"] == "forward" and not c["passed"] for c in data["checks"])
@@ -161,11 +160,11 @@ def test_a_file_of_a_package_that_imports_relatively_is_imported_as_its_module(t
         def relu_backward(dout, cache):
             return dout * (cache > 0)
     '''))
-    result = CliRunner().invoke(main, ["verify", f"{pkg / 'classifiers' / 'mine.py'}:relu_forward", "--rule", "relu"])
+    result = run("verify", f"{pkg / 'classifiers' / 'mine.py'}:relu_forward", "--rule", "relu")
     assert result.exit_code == 0, result.output
     mine = pkg / "classifiers" / "mine.py"
     mine.write_text("from .missing import nothing\n" + mine.read_text())
-    result = CliRunner().invoke(main, ["verify", f"{pkg / 'classifiers' / 'mine.py'}:relu_forward", "--rule", "relu"])
+    result = run("verify", f"{pkg / 'classifiers' / 'mine.py'}:relu_forward", "--rule", "relu")
     assert result.exit_code == 2
     assert "as course.classifiers.mine (it imports relatively, so as a module of its package" in result.output
 
@@ -203,16 +202,16 @@ def max_pool_backward_fast(dout, cache):
 def test_trials_respect_a_layers_documented_precondition(tmp_path):
     # the example sizes (IW=5 with a 2x2 pool, stride 2) broke the course's assert, and its AssertionError was a FAIL
     (tmp_path / "fast.py").write_text(TILING_POOL)
-    result = CliRunner().invoke(main, ["verify", f"{tmp_path / 'fast.py'}:max_pool_forward_fast", "--trials", "8"])
+    result = run("verify", f"{tmp_path / 'fast.py'}:max_pool_forward_fast", "--trials", "8")
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(main, ["verify", f"{tmp_path / 'fast.py'}:max_pool_forward_fast", "--shape", "IW=5"])
+    result = run("verify", f"{tmp_path / 'fast.py'}:max_pool_forward_fast", "--shape", "IW=5")
     assert result.exit_code == 2, result.output
     assert "needs sizes where (IW + 2*0 - pool_width) is a multiple of stride" in result.output
 
 
 def test_a_stem_that_names_a_forward_backward_pair_takes_the_sequence_rule():
     # CS231n's rnn_layers.py:lstm means lstm_forward/lstm_backward (a sequence), not the single-step rule lstm
-    from derivcheck.engine.rules import guess_rule
+    from derivcheck.check.targets import guess_rule
 
     from bindings import EXAMPLES
 
@@ -226,7 +225,7 @@ def test_a_stem_that_names_a_forward_backward_pair_takes_the_sequence_rule():
 def test_a_call_derivcheck_builds_that_does_not_fit_the_signature_is_exit_2():
     from bindings import EXAMPLES
 
-    result = CliRunner().invoke(main, ["verify", f"{EXAMPLES / 'functional' / 'layers.py'}:lstm", "--rule", "lstm"])
+    result = run("verify", f"{EXAMPLES / 'functional' / 'layers.py'}:lstm", "--rule", "lstm")
     assert result.exit_code == 2, result.output
     assert "derivcheck could not call lstm_forward as its convention says" in result.output
 
@@ -247,7 +246,7 @@ def test_a_function_beside_its_backward_is_a_forward_not_a_loss(tmp_path):
             dZ[cache <= 0] = 0
             return dZ
     '''))
-    result = CliRunner().invoke(main, ["verify", f"{tmp_path / 'dnn_utils.py'}:relu"])
+    result = run("verify", f"{tmp_path / 'dnn_utils.py'}:relu")
     assert result.exit_code == 0, result.output
     assert "(relu_backward(...)[0])" in result.output
 
@@ -256,7 +255,7 @@ def test_an_import_that_does_not_finish_is_exit_2_not_the_layers_fail(tmp_path):
     (tmp_path / "script.py").write_text("import time\ntime.sleep(60)  # a training loop at the top level\n\n"
                                         "def relu_forward(x):\n    return x * (x > 0), x\n\n"
                                         "def relu_backward(dout, cache):\n    return dout * (cache > 0)\n")
-    result = CliRunner().invoke(main, ["verify", f"{tmp_path / 'script.py'}:relu_forward", "--timeout", "2"])
+    result = run("verify", f"{tmp_path / 'script.py'}:relu_forward", "--timeout", "2")
     assert result.exit_code == 2, result.output
     assert "did not finish within 2 s, so no layer of it was called" in result.output
 
@@ -264,7 +263,7 @@ def test_an_import_that_does_not_finish_is_exit_2_not_the_layers_fail(tmp_path):
 def test_a_forward_output_the_backward_fills_in_later_is_judged_as_it_was_returned(tmp_path):
     # the output buffer is copied as forward returns: a backward that then writes the right values into it
     # cannot make a wrong forward pass
-    result = run(tmp_path, """
+    result = verify_affine(tmp_path, """
         def forward(self, x):
             self.x = x
             self.buf = np.zeros((x.shape[0], self.W.shape[1]))  # BUG: forward returns an empty buffer
@@ -281,7 +280,7 @@ def test_a_forward_output_the_backward_fills_in_later_is_judged_as_it_was_return
 
 
 def test_a_layer_raising_a_base_exception_of_its_own_is_its_failure(tmp_path):
-    result = run(tmp_path, """
+    result = verify_affine(tmp_path, """
         def backward(self, dout):
             class Stop(BaseException):
                 def __str__(self):
@@ -294,7 +293,7 @@ def test_a_layer_raising_a_base_exception_of_its_own_is_its_failure(tmp_path):
 
 def test_a_time_limit_that_never_ends_is_refused(tmp_path):
     for bad in ("inf", "nan", "0", "-1"):
-        result = run(tmp_path, """
+        result = verify_affine(tmp_path, """
             def backward(self, dout):
                 return dout
         """, "--timeout", bad)

@@ -5,14 +5,13 @@ import tomllib
 import xml.etree.ElementTree as ET
 
 import pytest
-from click.testing import CliRunner
 
-from derivcheck.run.cli import main
 from derivcheck.run.config import load_config
 from derivcheck.errors import DerivcheckError
 from derivcheck.run.gate import validate
 
 from bindings import EXAMPLES
+from runner import run
 
 LAYERS = textwrap.dedent("""
     import numpy as np
@@ -40,10 +39,6 @@ LAYERS = textwrap.dedent("""
 def project(tmp_path):
     (tmp_path / "layers.py").write_text(LAYERS)
     return tmp_path
-
-
-def run(*args):
-    return CliRunner().invoke(main, list(args))
 
 
 GATE_SAMPLE = ("dlfs1/layers.py:Relu", "broken/layers.py:AffineMissingTranspose", "networks/broken/wrong_layer.py:TwoLayerNet",

@@ -6,14 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from derivcheck.run.cli import main
-
-
-def run(*args, **kw):
-    result = CliRunner().invoke(main, list(args), **kw)
-    return result
+from runner import run
 
 
 def test_rules_lists_catalog():

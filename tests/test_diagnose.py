@@ -558,12 +558,12 @@ def test_a_missing_transpose_of_the_weight_is_named_at_equal_sizes():
 
 
 def test_every_kind_the_code_can_name_is_one_a_catalogue_may_name():
-    # the kinds live in config.DIAGNOSIS_KINDS (what a catalogue row may name); a kind added in the code but not
+    # the kinds live in vocab.DIAGNOSIS_KINDS (what a catalogue row may name); a kind added in the code but not
     # there could never be pinned by a broken example
     import re
     from pathlib import Path
 
-    from derivcheck.run.config import DIAGNOSIS_KINDS
+    from derivcheck.vocab import DIAGNOSIS_KINDS
 
     code = "".join(p.read_text() for p in Path(derivcheck.__file__).parent.rglob("*.py") if p.name != "report.py")  # (its doc)
     named = set(re.findall(r'_found\(\s*"([a-z-]+)"', code)) | set(re.findall(r'"kind": "([a-z-]+)"', code)) \

@@ -4,20 +4,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import derivcheck
-from derivcheck.run.cli import main
 from derivcheck.present.explanation import explain, prove
 from derivcheck.engine.rules import load_rule_file
 
 from bindings import EXAMPLES
+from runner import run
 
 RULES = sorted(derivcheck.list_rules())
-
-
-def run(*args):
-    return CliRunner().invoke(main, list(args))
 
 
 @pytest.mark.parametrize("name", RULES)

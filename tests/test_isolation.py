@@ -1,6 +1,5 @@
 """A layer's exit, crash, hang, prints or global state can never turn into a pass: each from the outside."""
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -9,6 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from runner import process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,14 +36,8 @@ def layer(tmp_path, prelude="", forward="pass", backward="pass", name="layers.py
     return f"{path}:Relu"
 
 
-def cli(*args, cwd, timeout=120):
-    env = {**os.environ, "DERIVCHECK_CACHE_DIR": os.environ.get("DERIVCHECK_CACHE_DIR", str(Path(cwd) / "cache"))}
-    return subprocess.run([sys.executable, "-m", "derivcheck.run.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-
-
 def test_a_correct_layer_still_passes_in_its_worker(tmp_path):
-    p = cli("verify", layer(tmp_path), "--rule", "relu", cwd=tmp_path)
+    p = process("verify", layer(tmp_path), "--rule", "relu", cwd=tmp_path)
     assert p.returncode == 0 and "verdict: PASS" in p.stdout, p.stdout + p.stderr
 
 
@@ -56,28 +50,28 @@ def test_a_correct_layer_still_passes_in_its_worker(tmp_path):
 ])
 def test_an_exit_or_crash_in_the_layer_is_a_fail_that_says_where(tmp_path, where, code, expect):
     target = layer(tmp_path, **{where: code})
-    p = cli("verify", target, "--rule", "relu", cwd=tmp_path)
+    p = process("verify", target, "--rule", "relu", cwd=tmp_path)
     assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
     assert "verdict: FAIL" in p.stdout and expect in p.stdout, p.stdout
 
 
 def test_an_exit_at_import_is_a_fail(tmp_path):
     target = layer(tmp_path, prelude="import sys\nsys.exit(0)")
-    p = cli("verify", target, "--rule", "relu", cwd=tmp_path)
+    p = process("verify", target, "--rule", "relu", cwd=tmp_path)
     assert p.returncode == 1 and "called sys.exit(0) during importing the target" in p.stdout, p.stdout + p.stderr
 
 
 def test_a_hanging_layer_fails_at_the_time_limit(tmp_path):
     target = layer(tmp_path, backward="while True: pass")
     t = time.monotonic()
-    p = cli("verify", target, "--rule", "relu", "--timeout", "3", cwd=tmp_path)
+    p = process("verify", target, "--rule", "relu", "--timeout", "3", cwd=tmp_path)
     assert time.monotonic() - t < 60
     assert p.returncode == 1 and "did not finish within 3 s: stopped during Relu.backward" in p.stdout, p.stdout + p.stderr
 
 
 def test_layer_prints_never_reach_the_json_stream(tmp_path):
     target = layer(tmp_path, prelude="print('chatty at import')", forward="print('chatty forward')")
-    p = cli("verify", target, "--rule", "relu", "--format", "json", cwd=tmp_path)
+    p = process("verify", target, "--rule", "relu", "--format", "json", cwd=tmp_path)
     assert p.returncode == 0
     assert json.loads(p.stdout)["verdict"] == "pass"
     assert "chatty" not in p.stdout + p.stderr
@@ -91,7 +85,7 @@ def test_the_gate_keeps_its_summary_and_junit_when_a_layer_exits(tmp_path):
         "".join(f'[[layers]]\ntarget = "{t}"\nrule = "relu"\nname = "{n}"\n\n' for n, t in (("good", good), ("bad", bad), ("quits", quits)))
     )
     junit = tmp_path / "out.xml"
-    p = cli("check", str(tmp_path), "--junit-xml", str(junit), "-j", "2", cwd=tmp_path)
+    p = process("check", str(tmp_path), "--junit-xml", str(junit), "-j", "2", cwd=tmp_path)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "3 layer checks: 1 passed, 0 failed as expected, 2 not as expected" in p.stdout
     suite = ET.parse(junit).getroot()
@@ -124,7 +118,7 @@ def test_layers_do_not_share_modules_or_numpy_state(tmp_path):
         '[[layers]]\ntarget = "a/layers.py:Relu"\nrule = "relu"\nname = "A"\n\n'
         '[[layers]]\ntarget = "b/layers.py:Relu"\nrule = "relu"\nname = "B"\n'
     )
-    p = cli("check", str(tmp_path), "--format", "json", "-j", "1", cwd=tmp_path)
+    p = process("check", str(tmp_path), "--format", "json", "-j", "1", cwd=tmp_path)
     results = {r["id"]: r for r in json.loads(p.stdout)["results"]}
     assert results["A-relu-float64"]["verdict"] == "pass", results["A-relu-float64"]
     # B's own helpers (SHIFT = 1e9) are imported, not A's: its forward is wrong
@@ -197,7 +191,7 @@ def test_broken_toml_meant_for_derivcheck_is_loud_in_the_plugin_and_the_gate(tmp
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", "pytest.ini", "--rootdir", str(tmp_path), "sub"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert p.returncode != 0 and "not valid TOML" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
-    q = cli("check", cwd=sub)
+    q = process("check", cwd=sub)
     assert q.returncode == 2 and "pyproject.toml: not valid TOML" in q.stderr, q.stdout + q.stderr
 
 
@@ -206,7 +200,7 @@ def test_check_honours_the_global_config_option(tmp_path):
     (tmp_path / "other.toml").write_text('[[layers]]\ntarget = "layers.py:Relu"\nrule = "relu"\nname = "FromOther"\n')
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    p = cli("--config", str(tmp_path / "other.toml"), "check", cwd=elsewhere)
+    p = process("--config", str(tmp_path / "other.toml"), "check", cwd=elsewhere)
     assert p.returncode == 0 and "FromOther-relu-float64" in p.stdout, p.stdout + p.stderr
 
 
@@ -215,7 +209,7 @@ def test_reproduce_line_names_the_users_rule_folder(tmp_path):
     rules.mkdir()
     (rules / "relu.toml").write_text('name = "relu"\nsummary = "doubled"\nformula = "2 * maximum(x, 0)"\noutput = ["N", "D"]\n'
                                      '[inputs.x]\nshape = ["N", "D"]\ndomain = {kind = "normal", avoid = [0.0], margin = 0.05}\n')
-    p = cli("--rules", str(rules), "verify", layer(tmp_path), "--rule", "relu", cwd=tmp_path)
+    p = process("--rules", str(rules), "verify", layer(tmp_path), "--rule", "relu", cwd=tmp_path)
     assert p.returncode == 1
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("reproduce: "))
     assert f"--rules {rules}" in line
@@ -274,7 +268,7 @@ def _one_module(tmp_path, layers, prelude=""):
     (tmp_path / "derivcheck.toml").write_text("trials = 2\n\n" + "".join(
         f'[[layers]]\ntarget = "layers.py:{n}"\nrule = "relu"\nname = "{n}"\n' + ("timeout = 3\n" if n == "Hangs" else "") + "\n"
         for n, _, _, _ in layers))
-    p = cli("check", str(tmp_path), "--format", "json", "-j", "2", cwd=tmp_path)
+    p = process("check", str(tmp_path), "--format", "json", "-j", "2", cwd=tmp_path)
     return p, {r["id"].split("-")[0]: r for r in json.loads(p.stdout)["results"]}
 
 

@@ -3,17 +3,14 @@
 Each test names the decision it pins. Expectations come from the construction (a value moved by a
 known multiple of its tolerance, a network wired wrong in one known place), not from the code under test.
 """
-import json
 import textwrap
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import derivcheck
 from derivcheck.engine import reference
 from derivcheck.checks import Check, tolerance
-from derivcheck.run.cli import main
 from derivcheck.run.config import Binding
 from derivcheck.run.gate import Result
 from derivcheck.check.judge import Judge
@@ -21,17 +18,9 @@ from derivcheck.results import Report, Warning_
 
 from bindings import EXAMPLES
 from test_network import net
+from runner import failing, verify_json as verify
 
 CTX = dict(trial=0, step=0, seed=0, dims={"N": 2, "C": 3})
-
-
-def verify(*args):
-    result = CliRunner().invoke(main, ["verify", *map(str, args), "--format", "json"])
-    return result, json.loads(result.stdout) if result.stdout.strip().startswith("{") else None
-
-
-def failing(data):
-    return sorted(c["name"] for c in data["checks"] if not c["passed"])
 
 
 # -- a network's wiring, book 1 -------------------------------------------------------------------------------

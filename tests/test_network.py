@@ -1,26 +1,14 @@
 """Whole networks: each layer against its rule on what flows through the model, and the wiring between them."""
-import json
 import re
 import textwrap
 
 import pytest
-from click.testing import CliRunner
 
-from derivcheck.run.cli import main
 
 from bindings import BROKEN_NETWORKS, EXAMPLES
+from runner import failing, run, verify_json as verify
 
 NETWORKS = EXAMPLES / "networks"
-
-
-def verify(*args):
-    result = CliRunner().invoke(main, ["verify", *map(str, args), "--format", "json"])
-    data = json.loads(result.stdout) if result.stdout.strip().startswith("{") else None
-    return result, data
-
-
-def failing(data):
-    return sorted(c["name"] for c in data["checks"] if not c["passed"])
 
 
 @pytest.mark.parametrize("target", ["dlfs1_net.py:TwoLayerNet", "dlfs2_net.py:TwoLayerNet", "dezero_net.py:TwoLayerNet",
@@ -201,7 +189,7 @@ def test_mnist_sizes_on_request(tmp_path):
     (["--hyper", "eps=1"], "is a network: --hyper, --style and --kinks are for one layer"),
 ])
 def test_network_option_mistakes_exit_2(args, message):
-    result = CliRunner().invoke(main, ["verify", str(NETWORKS / "dlfs1_net.py:TwoLayerNet"), *args])
+    result = run("verify", str(NETWORKS / "dlfs1_net.py:TwoLayerNet"), *args)
     assert result.exit_code == 2 and message in result.output, result.output
 
 
@@ -233,7 +221,7 @@ def test_assert_backward_checks_a_network_in_a_hand_written_test(tmp_path, monke
 
 
 def test_explain_model_prints_the_network_as_the_chain_of_its_layers_rules():
-    result = CliRunner().invoke(main, ["explain", "--model", str(NETWORKS / "dlfs1_net.py:TwoLayerNet")])
+    result = run("explain", "--model", str(NETWORKS / "dlfs1_net.py:TwoLayerNet"))
     assert result.exit_code == 0, result.output
     lines = [ln.strip() for ln in result.output.splitlines()]
     assert lines[0] == "TwoLayerNet, a network (dlfs1): x -> Affine1 -> Relu1 -> Affine2 -> lastLayer -> loss"
@@ -257,7 +245,7 @@ def test_explain_model_prints_the_network_as_the_chain_of_its_layers_rules():
 ])
 def test_explain_model_mistakes_exit_2(args, message, monkeypatch):
     monkeypatch.chdir(EXAMPLES.parent)
-    result = CliRunner().invoke(main, ["explain", *args])
+    result = run("explain", *args)
     assert result.exit_code == 2 and message in result.output, result.output
 
 

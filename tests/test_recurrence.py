@@ -13,7 +13,8 @@ from derivcheck.engine import reference
 from derivcheck import RuleError
 from derivcheck.engine.derive import _NUMPY, _lambdify
 from derivcheck.engine.rounding import bounds_at, magnitude
-from derivcheck.engine.rules import guess_rule, load_rule, load_rule_file
+from derivcheck.engine.rules import load_rule, load_rule_file
+from derivcheck.check.targets import guess_rule
 
 HEAD = 'name = "r"\nsummary = "a test rule"\n'
 

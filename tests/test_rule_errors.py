@@ -8,6 +8,7 @@ import pytest
 import derivcheck
 from derivcheck import RuleError
 from derivcheck.engine.rules import load_rule_file
+from runner import run
 
 GOOD_HEAD = """\
 name = "r"
@@ -193,19 +194,15 @@ def test_sin_and_cos_are_in_the_formula_language(tmp_path):
 
 
 def test_one_broken_rule_file_does_not_stop_the_others(tmp_path):
-    from click.testing import CliRunner
-
-    from derivcheck.run.cli import main
-
     (tmp_path / "broken.toml").write_text("name = \n")
     (tmp_path / "square.toml").write_text('name = "square"\nsummary = "x squared"\nformula = "x ** 2"\noutput = ["N"]\n'
                                           '[inputs.x]\nshape = ["N"]\n')
-    listed = CliRunner().invoke(main, ["--rules", str(tmp_path), "rules"])
+    listed = run("--rules", str(tmp_path), "rules")
     assert listed.exit_code == 2 and "square: x squared" in listed.stdout and "affine:" in listed.stdout
     assert listed.stderr.count("broken.toml") == 1
     # a check against a built-in rule, guessed from the layer's name, is not stopped by it
     examples = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples"
-    ok = CliRunner().invoke(main, ["--rules", str(tmp_path), "verify", str(examples / "dlfs1/layers.py") + ":Affine"])
+    ok = run("--rules", str(tmp_path), "verify", str(examples / "dlfs1/layers.py") + ":Affine")
     assert ok.exit_code == 0, ok.output
 
 

@@ -2,10 +2,9 @@
 import json
 import shlex
 
-from click.testing import CliRunner
 
 import derivcheck
-from derivcheck.run.cli import main
+from runner import run as run_cli
 
 CONV = '''
 import numpy as np
@@ -50,7 +49,7 @@ def write(tmp_path, row="i * s", col="j * s"):
 
 
 def run(*args):
-    return CliRunner().invoke(main, ["verify", *args, "--rule", "convolution"])
+    return run_cli("verify", *args, "--rule", "convolution")
 
 
 def test_trial_hyperparameters_go_through_every_combination_from_trial_1():
@@ -75,7 +74,7 @@ def test_a_bug_seen_only_at_stride_2_is_caught_and_its_reproduce_line_has_the_st
     assert failed and all(c["hyper"]["stride"] == 2 for c in failed), failed
     argv = shlex.split(data["reproduce"])
     assert argv[argv.index("--hyper") + 1] == "stride=2" or "stride=2" in argv, argv
-    again = CliRunner().invoke(main, argv[1:])
+    again = run_cli(*argv[1:])
     assert again.exit_code == 1, again.output
     text = run(target, "--trials", "5").output
     assert " with stride=2" in text

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from derivcheck.engine import cache, symarray
+from runner import process
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -15,8 +16,8 @@ PAYLOAD = "__import__('pathlib').Path('PWNED').touch() or 1"
 
 
 def cli(*args, cwd, timeout=120):
-    return subprocess.run([sys.executable, "-m", "derivcheck.run.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env={**os.environ, "DERIVCHECK_CACHE_DIR": str(Path(cwd) / "cache")})
+    """A new process with a cache folder of its own (an adversarial layer must not reach the shared one)."""
+    return process(*args, cwd=cwd, timeout=timeout, cache=Path(cwd) / "cache")
 
 
 def test_a_choice_value_with_python_source_is_never_run(tmp_path):

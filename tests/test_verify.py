@@ -4,17 +4,16 @@ import shlex
 import sys
 
 import pytest
-from click.testing import CliRunner
 
 import derivcheck
 from derivcheck.engine import stepped
-from derivcheck.run.cli import main
 from derivcheck.engine.derive import has_any
 from derivcheck.errors import DerivcheckError
 from derivcheck.check.verify import verify
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from bindings import EXAMPLES, REFERENCE  # noqa: E402
+from runner import run
 
 RULES = sorted(derivcheck.list_rules())
 
@@ -37,10 +36,6 @@ def test_reference_layer_passes_across_seeds(target, rule, hyper, dtype, seed):
     grads = set() if r.forward_only else {f"grad {n}" for n in r.inputs}  # a test mode: the forward alone
     assert {c.name for c in rep.checks} == {"forward"} | grads | stress | kept
     assert rep.forward_only == (f"rule '{r.name}': {r.forward_only}" if r.forward_only else "")
-
-
-def run(*args):
-    return CliRunner().invoke(main, list(args))
 
 
 def test_report_names_worst_element_and_reproduces():

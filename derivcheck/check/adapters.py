@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from derivcheck.errors import DerivcheckError
+from derivcheck.vocab import STYLES
 
-STYLES = ("dlfs1", "dlfs2", "dezero", "functional")
 
 
 class LayerError(Exception):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from derivcheck.checks import compare, unit_roundoff
+from derivcheck.results import pair
 
 
 @dataclass
@@ -312,8 +313,6 @@ def settle_factor(found: dict, seen: list[tuple[float, dict]]) -> None:
 
 
 def diagnose_forward(check) -> dict:
-    from derivcheck.present.report import pair
-
     if check.expected is None:  # no element to show (a shape, or no value)
         message = f"forward: {check.message}"
     else:

@@ -42,9 +42,11 @@ from derivcheck.engine import reference
 from derivcheck.check.adapters import (KNOWN_NETWORKS, LOSS_ATTRS, Binding, LayerError, bind, call_user, dezero_grad, dlfs1_gradient, load_target, model_shape, norm_name, own, rank_mismatch, stage)
 from derivcheck.checks import KAPPA, Check, compare, unit_roundoff
 from derivcheck.errors import DerivcheckError
-from derivcheck.engine.rules import Multiple, rule_in_convention
+from derivcheck.engine.rules import Multiple
+from derivcheck.check.targets import rule_in_convention
 from derivcheck.check.judge import Judge, judged_dtype
-from derivcheck.results import DTYPES, Report, warn
+from derivcheck.results import NUMPY_DTYPES, Report, warn
+from derivcheck.vocab import DTYPES
 
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
 # a CS231n model's regularization strength (its constructor's reg), set by hand: any value far from 0 makes
@@ -246,7 +248,7 @@ class NetworkVerifier:
                  rule_dirs=(), **_ignored):
         if dtype not in DTYPES:
             raise DerivcheckError(f"--dtype must be one of {', '.join(DTYPES)}, not '{dtype}'")
-        self.target, self.dtype_name, self.dtype = target, dtype, DTYPES[dtype]
+        self.target, self.dtype_name, self.dtype = target, dtype, NUMPY_DTYPES[dtype]
         self.seed, self.trials, self.steps, self.strict = seed, trials, steps, strict
         self.rule_dirs = rule_dirs
         self.cls, self.module, self.name = load_target(target)

@@ -24,7 +24,8 @@ from derivcheck.check.diagnose import settle_factor
 from derivcheck.errors import DerivcheckError
 from derivcheck.check.judge import Judge
 from derivcheck.progress import status
-from derivcheck.results import DTYPES, Report, warn
+from derivcheck.results import NUMPY_DTYPES, Report, warn
+from derivcheck.vocab import DTYPES
 
 # ---------------------------------------------------------------------------
 
@@ -39,7 +40,7 @@ class Verifier:
         if trials < 1 or steps < 1:
             raise DerivcheckError("--trials and --steps must be at least 1")
         self.variant_note = ""
-        if variants:  # a guessed rule with a form of its own in the layer's convention (rules.variants_for)
+        if variants:  # a guessed rule with a form of its own in the layer's convention (targets.variants_for)
             detected = style or detect_style(*load_target(target))
             if detected in variants:
                 from derivcheck.engine.rules import load_rule_file
@@ -50,7 +51,7 @@ class Verifier:
         self.target, self.rule = target_spec(target), rule
         self.given_hyper = dict(hyper or {})
         self.hyper = rule.resolve_hyper(self.given_hyper)
-        self.dtype_name, self.dtype = dtype, DTYPES[dtype]
+        self.dtype_name, self.dtype = dtype, NUMPY_DTYPES[dtype]
         self.judge = Judge(rule, self.hyper, self.given_hyper, self.dtype)  # the one judgement (judge.py)
         self.seed, self.trials, self.steps = seed, trials, steps
         # sizes fixed in every trial: those --shape names, and those the hyperparameters determine

@@ -1,1 +1,1 @@
-
+"""Presenting results: report text/JSON/JUnit, Jacobian rendering, explain."""

@@ -554,12 +554,11 @@ def explain(rule, shape: dict | None = None, hyper: dict | None = None, seed: in
     return Explanation(rule, hyper, dims, nodes, chain, d, closed)
 
 
-def explain_layer(exp: Explanation, target: str, rule, **options) -> Explanation:
-    """Put the formula at a failing layer's worst element next to what the layer returned."""
-    from derivcheck.run.isolate import verify_isolated
-    from derivcheck.present.report import pair
+def explain_layer(exp: Explanation, target: str, rule, rep) -> Explanation:
+    """Put the formula at a failing layer's worst element (from ``rep``, its verify report) next to what
+    the layer returned."""
+    from derivcheck.results import pair
 
-    rep = verify_isolated(target, rule, **options)  # the layer runs in a worker, as for verify
     failing = [c for c in rep.checks if not c.passed and c.index is not None and c.dims]
     if not failing:
         exp.layer = [f"{target} passes every check ({rep.verdict}): nothing to compare"] if rep.verdict == "pass" else \
@@ -637,17 +636,15 @@ def _expected_entry(rule, hyper, c, idx) -> str:
     return sympy.sstr(sympy.simplify(expr))
 
 
-def explain_model(target: str, rule_dirs=(), timeout=None) -> str:
+def explain_model(target: str, rep, rule_dirs=()) -> str:
     """A network as the chain of its layers' rules: forward layer by layer, backward from the loss.
 
-    The model is built and run once in a worker (as ``verify`` does) to learn its
-    layers; each layer's closed forms are its rule's, checked as ``explain`` checks them.
+    ``rep`` is the report of one run of the model (``verify`` with one trial of one step), which names
+    its layers; each layer's closed forms are its rule's, checked as ``explain`` checks them.
     """
-    from derivcheck.run.isolate import verify_isolated
     from derivcheck.check.network import REGULARIZATION_NOTE
     from derivcheck.engine.rules import load_rule
 
-    rep = verify_isolated(target, None, timeout=timeout, trials=1, steps=1, rule_dirs=[str(d) for d in rule_dirs])
     if not rep.layers:
         raise DerivcheckError(f"{target} could not be run to learn its layers: "
                               + "; ".join(c.message for c in rep.checks if not c.passed))

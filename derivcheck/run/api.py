@@ -8,7 +8,7 @@ from __future__ import annotations
 from derivcheck.check.adapters import model_convention, target_spec
 from derivcheck.run.isolate import importable, verify_isolated
 from derivcheck.present.report import text
-from derivcheck.engine.rules import rule_for, variants_for
+from derivcheck.check.targets import rule_for, variants_for
 from derivcheck.check.verify import verify
 
 

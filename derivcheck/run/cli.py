@@ -208,7 +208,7 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
     from derivcheck.present import report as render
     from derivcheck.check.adapters import check_target, model_convention
     from derivcheck.run.isolate import verify_isolated
-    from derivcheck.engine.rules import rule_for, variants_for
+    from derivcheck.check.targets import rule_for, variants_for
 
     try:
         check_target(target)  # a typo in the target is the first thing to report
@@ -246,7 +246,8 @@ def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, model, fmt):
     """Show how RULE's derivatives come about: graph, Jacobian, closed forms (or a network's, with --model)."""
     from derivcheck.check.adapters import KNOWN_NETWORKS, check_target, model_convention
     from derivcheck.present.explanation import explain, explain_layer, explain_model
-    from derivcheck.engine.rules import rule_for
+    from derivcheck.run.isolate import verify_isolated
+    from derivcheck.check.targets import rule_for
 
     if model:
         if rule_name or rule_opt or layer or shape or hypers or fmt != "text":
@@ -254,7 +255,9 @@ def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, model, fmt):
         check_target(model)
         if not model_convention(model):
             raise DerivcheckError(f"{model} is not a network derivcheck knows: {KNOWN_NETWORKS}")
-        click.echo(explain_model(model, obj.rule_dirs, obj.config.raw.get("timeout")))
+        rep = verify_isolated(model, None, timeout=obj.config.raw.get("timeout"), trials=1, steps=1,  # learns its layers
+                              rule_dirs=[str(d) for d in obj.rule_dirs])
+        click.echo(explain_model(model, rep, obj.rule_dirs))
         return
     name = rule_name or rule_opt
     if name is None and not layer:
@@ -266,7 +269,8 @@ def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, model, fmt):
     sizes = parse_pairs(shape, "--shape") if shape else None
     exp = explain(rule, shape=sizes, hyper=hyper)
     if layer:
-        explain_layer(exp, layer, rule, hyper=hyper, shape=sizes)
+        rep = verify_isolated(layer, rule, hyper=hyper, shape=sizes)  # the layer runs in a worker, as for verify
+        explain_layer(exp, layer, rule, rep)
     click.echo(exp.render(fmt))
 
 

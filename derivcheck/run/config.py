@@ -37,13 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from derivcheck.errors import DerivcheckError
+from derivcheck.vocab import DEFAULT_TIMEOUT, DEFAULTS, DIAGNOSIS_KINDS, DTYPES
 
-DTYPES = ("float64", "float32")
-# what verify's diagnosis can name (report.py documents each); kept here, where the config is checked
-DIAGNOSIS_KINDS = ("transposed", "sign-flipped", "constant-factor", "missing-reduction", "wrong-axis", "extra-reduction",
-                   "kept-axis", "operand-transposed", "upstream-ignored", "input-instead-of-output", "accumulates", "stale-state", "shape", "forward-wrong",
-                   "numerical-stability", "rebinds-grads", "wiring", "regularization", "swapped", "mask-ignored")
-DEFAULTS = {"seed": 0, "trials": 5, "steps": 2, "dtypes": ["float64"], "strict": False, "timeout": None}
 OPTIONS = ("seed", "trials", "steps", "dtypes", "strict", "timeout")  # top-level defaults a layer may override
 KEYS = {
     "rules": "list of folders with rule files of your own",
@@ -53,7 +48,7 @@ KEYS = {
     "steps": "forward/backward passes per shape",
     "dtypes": 'list of "float64", "float32"',
     "strict": "true to make warnings fail",
-    "timeout": "seconds a layer check may take before it is stopped and fails (default 120)",
+    "timeout": f"seconds a layer check may take before it is stopped and fails (default {DEFAULT_TIMEOUT:g})",
     "layers": "array of tables [[layers]], one per layer to verify",
 }
 LAYER_KEYS = {
@@ -92,7 +87,7 @@ class Binding:
     group: str
     expect: str
     where: str  # "derivcheck.toml:12", for messages
-    timeout: float | None = None  # None: isolate.DEFAULT_TIMEOUT
+    timeout: float | None = None  # None: vocab.DEFAULT_TIMEOUT
     caught_by: tuple | None = None  # expect = "fail": exactly these checks fail ("warning:KIND" for warnings)
     diagnosis: str | None = None  # expect = "fail": this diagnosis kind names the bug
 

@@ -69,7 +69,7 @@ def verify_arguments(binding: Binding, rule_dirs=(), seed: int | None = None) ->
     Raises DerivcheckError when no rule can be found for it.
     """
     from derivcheck.check.adapters import model_convention
-    from derivcheck.engine.rules import rule_for, variants_for
+    from derivcheck.check.targets import rule_for, variants_for
 
     common = {"dtype": binding.dtype, "seed": binding.seed if seed is None else seed, "trials": binding.trials,
               "steps": binding.steps, "strict": binding.strict}
@@ -167,7 +167,7 @@ def validate(bindings: list[Binding], rule_dirs=()) -> None:
     No layer is imported here: that happens in the layer's own worker process.
     """
     from derivcheck.check.adapters import check_target, model_convention
-    from derivcheck.engine.rules import rule_for
+    from derivcheck.check.targets import rule_for
 
     for b in bindings:
         try:

@@ -41,9 +41,9 @@ import time
 import traceback
 
 from derivcheck.errors import DerivcheckError
+from derivcheck.vocab import DEFAULT_TIMEOUT
 from derivcheck.check import adapters
 
-DEFAULT_TIMEOUT = 120.0  # seconds per layer check; --timeout or the config's `timeout` change it
 _SERVER = None  # the worker server's context (see _server)
 _FORK_HERE = False  # see fork_from_here
 _LIVE: set = set()  # workers running now, so that an interrupt can stop them all
