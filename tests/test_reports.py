@@ -90,3 +90,34 @@ def test_each_broken_example_is_caught_where_the_catalogue_says_and_reports_as_p
         return
     assert key in golden, f"no pinned report for {key}: regenerate (see the module doc)"
     assert got == golden[key]
+
+
+def _documented_schema() -> str:
+    doc = (EXAMPLES.parent / "docs" / "ci.md").read_text()
+    return doc.split("## The JSON report", 1)[1].split("```", 2)[1]
+
+
+def test_every_key_and_kind_a_report_writes_is_in_the_documented_schema():
+    # docs/ci.md holds the JSON schema (one home; report.py points there): a key or a kind added to the
+    # reports without its line there fails here
+    import re
+    from pathlib import Path
+
+    import derivcheck
+    from derivcheck.results import Report, Warning_
+    from derivcheck.vocab import DIAGNOSIS_KINDS
+
+    schema = _documented_schema()
+    documented = set(re.findall(r'"([a-z_]+)":', schema))
+    rep = Report("t.py:Net", "network", "dlfs1", "float64", 0, 1, 1, {}, layers=[{"name": "A", "kind": "Affine", "rule": "affine"}])
+    rep.warnings.append(Warning_("dtype", "m", 0))
+    written = set(rep.to_json()) | {k for w in rep.to_json()["warnings"] for k in w}
+    golden = json.loads(GOLDEN.read_text())
+    for data in golden.values():
+        written |= set(data) | {k for c in data["checks"] for k in c} | {k for d in data["diagnosis"] for k in d} \
+            | {k for d in data["diagnosis"] for k in d.get("evidence", {})}
+    assert written and written <= documented | {"layers"} and '"layers":' in schema, sorted(written - documented)
+    code = "".join(p.read_text() for p in Path(derivcheck.__file__).parent.rglob("*.py"))
+    kinds = set(re.findall(r'warn\([a-z_.]+, "([a-z-]+)"', code))
+    assert kinds and all(f'"{k}"' in schema for k in kinds), sorted(k for k in kinds if f'"{k}"' not in schema)
+    assert all(k in schema for k in DIAGNOSIS_KINDS), [k for k in DIAGNOSIS_KINDS if k not in schema]
