@@ -294,3 +294,38 @@ def test_expand_dims_inserts_where_numpy_does_in_every_tier():
     for axis in (3, -4, 1.0, True):
         with pytest.raises(ValueError, match="is not a place to insert an axis into 2 axes"):
             symarray.expand_dims(x, axis)
+
+
+@pytest.mark.parametrize("name", ["exp", "log", "tanh", "sin", "cos", "sqrt", "abs"])
+def test_every_elementwise_function_is_complete_in_every_backend(name, tmp_path):
+    # engine/ops.py is the one table of the language's element-wise functions: each entry must work in the
+    # symbolic tier, the index-notation tier (proven against it), the numeric formula backend, compiled
+    # NumPy and mpmath evaluation, the error bound, the cache's round trip and explain, and mean NumPy's function
+    from derivcheck.engine import cache, ops
+    from derivcheck.engine.rules import parse_rule
+    from derivcheck.present.explanation import explain
+
+    assert set(ops.ELEMENTWISE) == {"exp", "log", "tanh", "sin", "cos", "sqrt", "abs"}  # a new one joins the list above
+    op = ops.ELEMENTWISE[name]
+    rule = parse_rule(f'name = "f_{name}"\nsummary = "{name}(x)"\nformula = "{name}(x)"\noutput = ["N"]\n'
+                      f'[inputs.x]\nshape = ["N"]\ndomain = {{kind = "uniform", low = 0.5, high = 2.0}}\n', tmp_path / f"f_{name}.toml")
+    x, cot = np.array([0.6, 1.3, 1.9]), np.array([0.3, -1.1, 0.8])
+    h = 1e-6
+    slope = (op.np(x + h) - op.np(x - h)) / (2 * h)
+    g, note = reference.generic_for(rule, {})
+    assert g is not None, note  # derived in index notation and proven against the element-by-element tier
+    for bound in (reference.at(rule, {}, {"N": 3}), reference.ConcreteBound(rule, {}, {"N": 3})):
+        out, grads, scales = bound.evaluate(cot, x=x)
+        assert np.allclose(out, op.np(x), rtol=1e-15, atol=0) and np.allclose(grads["x"], cot * slope, rtol=1e-8)
+        assert np.all(np.isfinite(scales["x"])) and np.all(scales["x"] > 0) and np.all(scales["forward"] > 0)
+        exact_out, exact_grads = bound.exact(cot, x=x)
+        assert np.allclose(np.asarray(exact_out, dtype=float), op.np(x), rtol=1e-15)
+        assert np.allclose(np.asarray(exact_grads["x"], dtype=float), cot * slope, rtol=1e-8)
+    numeric = rule.formula.evaluate(rule.environment({"N": 3}, {}, {"x": x}), backend="numeric")
+    assert np.allclose(numeric, op.np(x), rtol=1e-15)
+    s = sympy.Symbol("s", positive=True)
+    expr = op.sym(s + 1) * s  # a node of it inside an expression, as a derivation stores it
+    enc = cache.Encoder()
+    ref = enc(expr)
+    assert cache.decoder(enc.nodes, {"s": s})(ref) == expr  # the cache stores and rebuilds it
+    assert f"{name}(" in explain(rule).text()

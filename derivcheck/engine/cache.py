@@ -51,6 +51,7 @@ import numpy as np
 import sympy
 
 from derivcheck.engine.indexed import IsMax, ReduceMax, rebuilt
+from derivcheck.engine.ops import NODES
 
 FORMAT = 3  # 2: sparse Jacobian triples; generic entries. 3: expressions as one table of nodes (Encoder)
 
@@ -58,12 +59,7 @@ _FUNCS = {
     "Add": sympy.Add,
     "Mul": sympy.Mul,
     "Pow": sympy.Pow,
-    "exp": sympy.exp,
-    "log": sympy.log,
-    "tanh": sympy.tanh,
-    "sin": sympy.sin,
-    "cos": sympy.cos,
-    "Abs": sympy.Abs,
+    **{fn.__name__: fn for fn in NODES},  # exp, log, tanh, sin, cos, Abs: the language's functions (ops.py)
     "sign": sympy.sign,
     "Max": sympy.Max,
     "Min": sympy.Min,
@@ -203,7 +199,7 @@ def _build(tree, child, symbols: dict, bases: frozenset):
 # Rebuilt as stored, not re-simplified: the entry holds the args of an expression SymPy had
 # already put in canonical form, so evaluating again only repeats that work (most of a cold
 # load's time: Abs and Add asking assumptions). tests/test_generic.py checks the round trip is exact.
-_AS_STORED = frozenset(("Add", "Mul", "Pow", "exp", "log", "tanh", "sin", "cos", "Abs", "sign", "Max", "Min",
+_AS_STORED = frozenset(("Add", "Mul", "Pow", *(fn.__name__ for fn in NODES), "sign", "Max", "Min",
                         "Heaviside", "KroneckerDelta", "IsMax"))
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import sympy
 
 from derivcheck.engine import indexed, symarray
+from derivcheck.engine.ops import ELEMENTWISE
 from derivcheck.errors import RuleError
 
 
@@ -101,13 +102,7 @@ _NP_RELATIONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": op
 # name -> (symbolic implementation, numeric implementation). The symbolic one's
 # signature is the function's signature in the formula language.
 FUNCTIONS = {
-    "exp": (symarray.exp, np.exp),
-    "log": (symarray.log, np.log),
-    "tanh": (symarray.tanh, np.tanh),
-    "sin": (symarray.sin, np.sin),
-    "cos": (symarray.cos, np.cos),
-    "sqrt": (symarray.sqrt, np.sqrt),
-    "abs": (symarray.abs_, np.abs),
+    **{name: (symarray.elementwise(op.sym), op.np) for name, op in ELEMENTWISE.items()},  # exp, log, ...: ops.py
     "sigmoid": (symarray.sigmoid, lambda x: 1 / (1 + np.exp(-x))),
     "maximum": (symarray.maximum, np.maximum),
     "minimum": (symarray.minimum, np.minimum),
@@ -151,7 +146,7 @@ BACKENDS = {
     ),
     # shape-generic index notation (see indexed.py); names it lacks raise Unsupported
     "generic": SimpleNamespace(
-        functions={k: getattr(indexed, {"abs": "abs_"}.get(k, k)) for k in FUNCTIONS},
+        functions={k: indexed.elementwise(ELEMENTWISE[k].sym) if k in ELEMENTWISE else getattr(indexed, k) for k in FUNCTIONS},
         matmul=indexed.matmul,
         compare=indexed.compare,
         transpose=indexed.transpose,

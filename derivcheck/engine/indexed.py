@@ -154,19 +154,15 @@ def broadcast_apply(fn, *args) -> TArray:
     return TArray(fn(*(_placed(a, shape, indices) for a in arrays)), indices, shape)
 
 
-def _elementwise(fn):
+def elementwise(fn):
+    """Element-wise ``fn`` (a SymPy function) over index-notation arrays, with NumPy broadcasting."""
     return lambda *args: broadcast_apply(fn, *args)
 
 
-exp = _elementwise(sympy.exp)
-log = _elementwise(sympy.log)
-tanh = _elementwise(sympy.tanh)
-sin = _elementwise(sympy.sin)
-cos = _elementwise(sympy.cos)
-sqrt = _elementwise(sympy.sqrt)
-abs_ = _elementwise(sympy.Abs)
-maximum = _elementwise(sympy.Max)
-minimum = _elementwise(sympy.Min)
+exp = elementwise(sympy.exp)  # softmax and sigmoid are written with them
+log = elementwise(sympy.log)
+maximum = elementwise(sympy.Max)
+minimum = elementwise(sympy.Min)
 
 
 def sigmoid(x):

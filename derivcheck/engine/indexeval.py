@@ -27,6 +27,7 @@ import sympy
 from sympy import Indexed, KroneckerDelta, Sum
 
 from derivcheck.engine.indexed import IsMax, ReduceMax, Unsupported, rebuilt
+from derivcheck.engine.ops import ELEMENTWISE, NODES
 from derivcheck.engine.symarray import exact
 
 
@@ -38,11 +39,7 @@ def _id(expr) -> int:
 
 
 def _mp_ufunc(name):
-    import mpmath
-
-    fn = {"exp": mpmath.exp, "log": mpmath.log, "tanh": mpmath.tanh, "sin": mpmath.sin, "cos": mpmath.cos, "abs": abs,
-          "sqrt": mpmath.sqrt}[name]
-    return np.frompyfunc(fn, 1, 1)
+    return np.frompyfunc(ELEMENTWISE[name].mp, 1, 1)
 
 
 def _heaviside(x):
@@ -54,11 +51,10 @@ class Backend:
     def __init__(self, name: str):
         self.name = name
         if name == "numpy":
-            self.ufunc = {"exp": np.exp, "log": np.log, "tanh": np.tanh, "sin": np.sin, "cos": np.cos, "abs": np.abs,
-                          "sqrt": np.sqrt}
+            self.ufunc = {name: op.np for name, op in ELEMENTWISE.items()}
             self.float = np.float64
         elif name == "mpmath":
-            self.ufunc = {k: _mp_ufunc(k) for k in ("exp", "log", "tanh", "sin", "cos", "abs", "sqrt")}
+            self.ufunc = {name: _mp_ufunc(name) for name in ELEMENTWISE}
             self.float = object
         else:
             raise ValueError(name)
@@ -253,8 +249,7 @@ def _compile(expr, ranges: dict) -> Node:
     return hit
 
 
-_UNARY = ((sympy.exp, "exp"), (sympy.log, "log"), (sympy.tanh, "tanh"), (sympy.sin, "sin"), (sympy.cos, "cos"),
-          (sympy.Abs, "abs"))
+_UNARY = tuple((fn, op.name) for fn, op in NODES.items())  # SymPy function -> ufunc name (ops.py)
 
 
 def _compile_node(expr, ranges: dict) -> Node:

@@ -22,6 +22,9 @@ import numpy as np
 import sympy
 
 from derivcheck.engine.indexed import IsMax
+from derivcheck.engine.ops import NODES
+
+_SMOOTH = (*NODES, sympy.sinh, sympy.cosh)  # f(a) with a derivative: M(f(a)) = |f'(a)| M(a) + |f(a)|
 
 
 def _abs(e):
@@ -72,7 +75,7 @@ def magnitude(expr, memo: dict | None = None, inexact: dict | None = None):
             out = _abs(p * base ** (p - 1)) * dbase + _abs(expr)
         else:  # a ** b with a symbolic exponent: treat as exp(b log a)
             out = _abs(expr) * (_abs(p / base) * dbase + _abs(sympy.log(base)) * M(p) + 1)
-    elif isinstance(expr, (sympy.exp, sympy.log, sympy.tanh, sympy.sinh, sympy.cosh, sympy.sin, sympy.cos, sympy.Abs)):
+    elif isinstance(expr, _SMOOTH):
         (arg,) = expr.args
         slope = _abs(expr.fdiff()) if not isinstance(expr, sympy.Abs) else sympy.Integer(1)
         out = slope * M(arg) + _abs(expr)
@@ -93,17 +96,11 @@ class NotNumeric(Exception):
 
 
 _SLOPES = {  # |f'(a)| from a and f(a): the derivatives magnitude() takes with fdiff, numerically
-    sympy.exp: lambda a, fa: fa,
-    sympy.log: lambda a, fa: 1 / a,
-    sympy.tanh: lambda a, fa: 1 - fa * fa,
-    sympy.sinh: lambda a, fa: np.cosh(a),
+    **{fn: op.slope for fn, op in NODES.items()},  # the language's functions (ops.py)
+    sympy.sinh: lambda a, fa: np.cosh(a),  # and two SymPy may write itself
     sympy.cosh: lambda a, fa: np.sinh(a),
-    sympy.sin: lambda a, fa: np.cos(a),
-    sympy.cos: lambda a, fa: -np.sin(a),
-    sympy.Abs: lambda a, fa: 1.0,
 }
-_FUNCTIONS = {sympy.exp: np.exp, sympy.log: np.log, sympy.tanh: np.tanh, sympy.sinh: np.sinh, sympy.cosh: np.cosh,
-              sympy.sin: np.sin, sympy.cos: np.cos, sympy.Abs: np.abs, sympy.sign: np.sign}
+_FUNCTIONS = {**{fn: op.np for fn, op in NODES.items()}, sympy.sinh: np.sinh, sympy.cosh: np.cosh, sympy.sign: np.sign}
 _RELATIONS = {sympy.StrictGreaterThan: np.greater, sympy.GreaterThan: np.greater_equal,
               sympy.StrictLessThan: np.less, sympy.LessThan: np.less_equal}
 

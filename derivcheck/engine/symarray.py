@@ -40,7 +40,7 @@ def asarray(value) -> np.ndarray:
     if isinstance(value, str):
         raise ValueError(f"{value!r} is text, not a number")
     arr = np.asarray(value, dtype=object)
-    return _elementwise(exact)(arr) if arr.size else arr
+    return elementwise(exact)(arr) if arr.size else arr
 
 
 def symbols(name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -52,7 +52,8 @@ def symbols(name: str, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _elementwise(fn, nargs: int = 1):
+def elementwise(fn, nargs: int = 1):
+    """Element-wise ``fn`` (a SymPy function) over object arrays of expressions, with NumPy broadcasting."""
     ufunc = np.frompyfunc(fn, nargs, 1)
 
     def apply(*args):
@@ -62,15 +63,10 @@ def _elementwise(fn, nargs: int = 1):
     return apply
 
 
-exp = _elementwise(sympy.exp)
-log = _elementwise(sympy.log)
-tanh = _elementwise(sympy.tanh)
-sin = _elementwise(sympy.sin)
-cos = _elementwise(sympy.cos)
-sqrt = _elementwise(sympy.sqrt)
-abs_ = _elementwise(sympy.Abs)
-maximum = _elementwise(sympy.Max, 2)
-minimum = _elementwise(sympy.Min, 2)
+exp = elementwise(sympy.exp)  # softmax and sigmoid are written with them
+log = elementwise(sympy.log)
+maximum = elementwise(sympy.Max, 2)
+minimum = elementwise(sympy.Min, 2)
 
 
 def sigmoid(x):
@@ -87,11 +83,11 @@ RELATIONS = {  # the formula language's comparisons, for both symbolic tiers
 
 def compare(op: str, a, b) -> np.ndarray:
     """Element-wise relation (kept symbolic; NumPy would ask for its truth value)."""
-    return _elementwise(RELATIONS[op], 2)(asarray(a), asarray(b))
+    return elementwise(RELATIONS[op], 2)(asarray(a), asarray(b))
 
 
 def where(cond, a, b) -> np.ndarray:
-    return _elementwise(lambda c, x, y: sympy.Piecewise((x, c), (y, True)), 3)(cond, asarray(a), asarray(b))
+    return elementwise(lambda c, x, y: sympy.Piecewise((x, c), (y, True)), 3)(cond, asarray(a), asarray(b))
 
 
 def normalize_axes(axis, ndim: int) -> tuple[int, ...]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy
 
+from derivcheck.engine.ops import ELEMENTWISE
 from derivcheck.errors import DerivcheckError, RuleError
 
 _SUB = str.maketrans("aehijklmnoprstuvx0123456789", "ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ₀₁₂₃₄₅₆₇₈₉")
@@ -177,8 +178,7 @@ def prove(rule, hyper: dict, seed: int = 0, trials: int = 4) -> dict[str, tuple[
 # The graph
 
 
-_ELEMENTWISE = {"exp": sympy.exp, "log": sympy.log, "tanh": sympy.tanh, "sin": sympy.sin, "cos": sympy.cos,
-                "sqrt": sympy.sqrt, "abs": sympy.Abs, "sigmoid": lambda a: 1 / (1 + sympy.exp(-a))}
+_ELEMENTWISE = {**{name: op.sym for name, op in ELEMENTWISE.items()}, "sigmoid": lambda a: 1 / (1 + sympy.exp(-a))}
 _ARRAY_RULES = {
     "matmul": "da = g bᵀ, db = aᵀ g",
     "sum": "copies g back along the summed axes",
