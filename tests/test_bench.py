@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each bench at small size: CI runs them
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "fd_vs_derivcheck.py"
 
 

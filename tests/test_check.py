@@ -85,6 +85,7 @@ def test_examples_gate_passes_with_expected_failures(tmp_path):
     assert suite.get("tests") == str(total) and suite.get("failures") == "0" and suite.get("skipped") == str(failing)
 
 
+@pytest.mark.slow
 def test_the_whole_examples_gate_passes_as_the_readme_runs_it():
     """`derivcheck check examples`, every row: both dtypes, the networks at the gate's own 5 trials, each broken
     example held to its caught-by and diagnosis. CI runs it here, so nothing only the gate would catch escapes it."""

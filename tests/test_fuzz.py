@@ -2,10 +2,13 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
 import fuzz  # noqa: E402
 
 
+@pytest.mark.slow
 def test_malformed_input_never_gives_a_traceback_a_hang_an_internal_error_or_a_wrong_verdict(capsys):
     count, problems = fuzz.run_all()
     with capsys.disabled():

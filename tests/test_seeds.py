@@ -25,6 +25,7 @@ def prone(dtype):
     return [b for b in bindings if PRONE.search(b.target.rpartition("examples/")[2])], cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_no_false_alarm_at_20_seeds(dtype):
     bindings, cfg = prone(dtype)

@@ -184,13 +184,13 @@ class Derivation:
 
     def jacobian_array(self, name: str) -> np.ndarray:
         """d output / d ``name`` as an object array of shape ``output.shape + input.shape``."""
-        self._check_input(name)
+        self.check_input(name)
         J = np.full((len(self._out), int(np.prod(self.shapes[name], dtype=int))), sympy.Integer(0), dtype=object)
         for o, i, e in self._jac[name]:
             J[o, i] = e
         return J.reshape(self.output_shape + self.shapes[name])
 
-    def _check_input(self, name):
+    def check_input(self, name):
         if name not in self._jac:
             raise DerivcheckError(
                 f"'{name}' is not a differentiable input of rule '{self.rule.name}' (they are: {', '.join(self._jac)})"
@@ -200,10 +200,10 @@ class Derivation:
     def _compile(self):
         args = self._lambda_args()
         self._forward_fn = self._code(args, self._out)
-        self._nonzero = {}
+        self.nonzero = {}
         entries = []
         for name, triples in self._jac.items():
-            self._nonzero[name] = (np.array([o for o, _, _ in triples], dtype=np.intp), np.array([i for _, i, _ in triples], dtype=np.intp))
+            self.nonzero[name] = (np.array([o for o, _, _ in triples], dtype=np.intp), np.array([i for _, i, _ in triples], dtype=np.intp))
             entries += [e for _, _, e in triples]
         self._jac_fn = self._code(args, entries)
         self._entries, self._mag = entries, None  # the bounds are compiled when first asked for: a proof never asks
@@ -252,7 +252,7 @@ class Derivation:
     def entries(self, bounds: bool = False, **values):
         """Non-zero Jacobian entries at these values, ``{input: values}``.
 
-        The positions are ``self._nonzero[input] = (output rows, input columns)``.
+        The positions are ``self.nonzero[input] = (output rows, input columns)``.
         With ``bounds``: also their running error bounds (same layout) and the
         output's, as ``(entries, entry bounds, output bound)``.
         """
@@ -261,7 +261,7 @@ class Derivation:
             vals = np.asarray(self._jac_fn(*args), dtype=np.float64)
             mags = np.asarray(self._mag_fn(*args), dtype=np.float64) if bounds else None
         result, entry_bounds, start = {}, {}, 0
-        for name, (rows, _) in self._nonzero.items():
+        for name, (rows, _) in self.nonzero.items():
             result[name] = vals[start : start + len(rows)]
             if bounds:
                 entry_bounds[name] = mags[len(self._out) + start : len(self._out) + start + len(rows)]
@@ -275,7 +275,7 @@ class Derivation:
         entries = self.entries(**values)
         out_size = int(np.prod(self.output_shape, dtype=int))
         result = {}
-        for name, (rows, cols) in self._nonzero.items():
+        for name, (rows, cols) in self.nonzero.items():
             J = np.zeros((out_size, int(np.prod(self.shapes[name], dtype=int))))
             J[rows, cols] = entries[name]
             result[name] = J
@@ -299,7 +299,7 @@ class Derivation:
             out = np.array([mpmath.mpf(v) for v in vals[:out_size]], dtype=object).reshape(self.output_shape)
             cot = [mpmath.mpf(float(c)) for c in np.asarray(cotangent, dtype=np.float64).ravel()]
             grads, start = {}, out_size
-            for name, (rows, cols) in self._nonzero.items():
+            for name, (rows, cols) in self.nonzero.items():
                 g = [mpmath.mpf(0)] * int(np.prod(self.shapes[name]))
                 for o, i, v in zip(rows, cols, vals[start : start + len(rows)]):
                     g[i] += cot[o] * v
@@ -316,7 +316,7 @@ class Derivation:
         c = cot.ravel()
         return {
             name: np.bincount(cols, weights=c[rows] * entries[name], minlength=int(np.prod(self.shapes[name], dtype=int))).reshape(self.shapes[name])
-            for name, (rows, cols) in self._nonzero.items()
+            for name, (rows, cols) in self.nonzero.items()
         }
 
     def _where(self) -> str:

@@ -275,7 +275,7 @@ class Formula:
         """One expression's value in ``scope`` (the several outputs stacked, for the last line); errors carry its line."""
         try:
             with np.errstate(all="ignore"):
-                result = _eval(node, scope, ops)
+                result = evaluate_node(node, scope, ops)
                 return _outputs_value(node, result, self.outputs, ops) if outputs and self.outputs else result
         except _NodeError as exc:
             raise RuleError(self.path, self.line_of(exc.node), exc.message) from None
@@ -485,18 +485,19 @@ def _check(node, names: set[str], fail, steps: frozenset = frozenset()) -> None:
         fail(node, f"{type(node).__name__} is not allowed in a formula")
 
 
-def _eval(node, scope, ops):
+def evaluate_node(node, scope, ops):
+    """The value of one parsed formula expression in backend ``ops`` (a BACKENDS entry), its names read from ``scope``."""
     try:
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.Name):
             return scope[node.id]
         if isinstance(node, (ast.Tuple, ast.List)):
-            return [_eval(e, scope, ops) for e in node.elts]
+            return [evaluate_node(e, scope, ops) for e in node.elts]
         if isinstance(node, ast.UnaryOp):
-            return _UNARY[type(node.op)](_eval(node.operand, scope, ops))
+            return _UNARY[type(node.op)](evaluate_node(node.operand, scope, ops))
         if isinstance(node, ast.BinOp):
-            left, right = _eval(node.left, scope, ops), _eval(node.right, scope, ops)
+            left, right = evaluate_node(node.left, scope, ops), evaluate_node(node.right, scope, ops)
             if isinstance(node.op, ast.MatMult):
                 return ops.matmul(_array(left, ops), _array(right, ops))
             if not isinstance(left, (np.ndarray, indexed.TArray)) and not isinstance(right, (np.ndarray, indexed.TArray)):
@@ -507,25 +508,25 @@ def _eval(node, scope, ops):
                 return _BINOPS[type(node.op)](left, right)  # plain numbers: sizes, constants
             return _BINOPS[type(node.op)](_array(left, ops), _array(right, ops))
         if isinstance(node, ast.Compare):
-            return ops.compare(_COMPARE[type(node.ops[0])], _eval(node.left, scope, ops), _eval(node.comparators[0], scope, ops))
+            return ops.compare(_COMPARE[type(node.ops[0])], evaluate_node(node.left, scope, ops), evaluate_node(node.comparators[0], scope, ops))
         if isinstance(node, ast.Attribute):
-            return ops.transpose(_eval(node.value, scope, ops))
+            return ops.transpose(evaluate_node(node.value, scope, ops))
         if isinstance(node, ast.Subscript):
-            value = _array(_eval(node.value, scope, ops), ops)
+            value = _array(evaluate_node(node.value, scope, ops), ops)
             parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
             steps = {i: scope[p.id] for i, p in enumerate(parts) if isinstance(p, ast.Name)}  # xs[:, t, :] in a loop
             for axis, step in steps.items():
                 if axis >= value.ndim or value.shape[axis] != step.count:
                     size = value.shape[axis] if axis < value.ndim else "no"
                     raise _NodeError(node, f"'{ast.unparse(node)}': axis {axis} has {size} elements, the loop runs {step.count} steps")
-            bounds = [(s.t, s.t + 1) if i in steps else tuple(None if b is None else _eval(b, scope, ops) for b in (p.lower, p.upper))
+            bounds = [(s.t, s.t + 1) if i in steps else tuple(None if b is None else evaluate_node(b, scope, ops) for b in (p.lower, p.upper))
                       for i, p in enumerate(parts) for s in [steps.get(i)]]
             sliced = ops.slice(value, _slice_bounds(value.shape, bounds))
             return ops.wrap(np.squeeze(sliced, axis=tuple(steps))) if steps else sliced
         if isinstance(node, ast.Call):
             fn = ops.functions[node.func.id]
-            args = [_eval(a, scope, ops) for a in node.args]
-            kwargs = {k.arg: _eval(k.value, scope, ops) for k in node.keywords}
+            args = [evaluate_node(a, scope, ops) for a in node.args]
+            kwargs = {k.arg: evaluate_node(k.value, scope, ops) for k in node.keywords}
             return fn(*args, **kwargs)
     except _NodeError:
         raise

@@ -217,7 +217,7 @@ class ConcreteBound(Bound):
         c = self._cotangent(cotangent).ravel()
         o_abs = np.abs(out).ravel()
         grads, scales = {}, {}
-        for n, (rows, cols) in d._nonzero.items():
+        for n, (rows, cols) in d.nonzero.items():
             size = int(np.prod(self.shapes[n], dtype=int))
             J = entries[n]
             grads[n] = np.bincount(cols, weights=c[rows] * J, minlength=size).reshape(self.shapes[n])

@@ -174,7 +174,7 @@ def derive_cmd(obj, rule_name, shape, hypers, wrt, fmt, simplify):
     sizes = parse_pairs(shape or rule.example_shape(), "--shape")
     d = rule.at(hyper=parse_hypers(hypers), **sizes)
     for name in wrt:
-        d._check_input(name)
+        d.check_input(name)
     wrt = list(wrt) or list(rule.inputs)
     renderer = {"text": render.jacobians_text, "latex": render.jacobians_latex, "json": render.jacobians_json}[fmt]
     text = renderer(d, wrt, simplify=simplify)

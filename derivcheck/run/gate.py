@@ -140,7 +140,7 @@ def run_all(bindings: list[Binding], rule_dirs=(), seed: int | None = None, time
 
 
 def _warm(bindings, rule_dirs) -> dict:
-    """What a module's zygote loads before forking these checks (isolate._warm): each rule's derivation
+    """What a module's zygote loads before forking these checks (isolate.warm_up): each rule's derivation
     (rule file, hyperparameters), once; the rule catalogue if a network is checked (its layers' rules are
     looked up by name). A binding without a rule is left to report that in its own check."""
     derivations, catalogue = [], None

@@ -316,7 +316,7 @@ class Zygote:
     """
 
     def __init__(self, where: str, warm: dict | None = None):
-        self.where, self.warm = where, warm or {}  # what the checks will use: see _warm
+        self.where, self.warm = where, warm or {}  # what the checks will use: see warm_up
         self._lock = threading.RLock()  # held while starting, which closes it if the import fails
         self._state = None  # None: not started; True: serving; False: not usable
         self._control = self._process = None
@@ -426,7 +426,7 @@ def _threads() -> int:
         return threading.active_count()
 
 
-def _warm(warm: dict) -> None:
+def warm_up(warm: dict) -> None:
     """Bring into memory what the checks will use, so that each check's worker, a fork, has it instead of
     loading (or deriving) and compiling it again: ``warm["derivations"]``, (rule file, hyperparameters as
     given) pairs; ``warm["catalogue"]``, the rule folders a network's layers are looked up in (None: no
@@ -454,7 +454,7 @@ def _zygote(control, request: dict) -> None:
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
     os.dup2(quiet, 2)
-    _warm(request["warm"])  # before the user's module is imported: derivcheck's own work, in its own state
+    warm_up(request["warm"])  # before the user's module is imported: derivcheck's own work, in its own state
     before = _threads()
     try:
         adapters.load_module(request["where"])
