@@ -243,3 +243,17 @@ def test_every_module_of_the_package_is_in_the_key(tmp_path):
     assert cache.code_digest(copy) == before
     (copy / "newmodule.py").write_text("X = 1\n")
     assert cache.code_digest(copy) != before
+
+
+def test_an_entry_is_made_only_when_it_is_still_missing_under_its_lock(tmp_path, monkeypatch):
+    # the one load -> lock -> load again -> make -> store protocol of every derivation (derive, generic, stepped)
+    monkeypatch.setenv("DERIVCHECK_CACHE_DIR", str(tmp_path))
+    cache.forget()
+    calls = []
+    found = iter([None, "stored meanwhile"])  # another process stored it while this one waited for the lock
+    got = cache.load_or_make("k1", lambda: next(found), lambda: calls.append("make"), lambda v: calls.append(("store", v)))
+    assert got == "stored meanwhile" and calls == []
+    got = cache.load_or_make("k2", lambda: None, lambda: "made", lambda v: calls.append(("store", v)))
+    assert got == "made" and calls == [("store", "made")]
+    assert cache.load_or_make("k3", lambda: "on disk", lambda: calls.append("make"), calls.append) == "on disk"
+    assert calls == [("store", "made")]

@@ -375,6 +375,20 @@ def deriving(key: str):
             os.close(fd)  # closing the descriptor drops the lock
 
 
+def load_or_make(key: str, load, make, store):
+    """The one protocol from disk to a new derivation: ``load()`` the entry under ``key``; if there is none
+    (None), hold ``key``'s lock, load again (a process that held it may have stored it meanwhile), and
+    only then ``make()`` it and ``store(value)``. Returns what was loaded or made."""
+    value = load()
+    if value is None:
+        with deriving(key):
+            value = load()
+            if value is None:
+                value = make()
+                store(value)
+    return value
+
+
 def load_entry(key: str) -> dict | None:
     """The JSON payload stored under ``key``, if its MAC is this user's (format and key checked), or None."""
     path = _path(key)

@@ -404,13 +404,8 @@ def derive(rule, dims: dict, hyper: dict) -> Derivation:
     if key not in _MEMORY:
         disk_key = cache.entry_key(key)
         derivation = Derivation(rule, dims, hyper, exprs=_FROM_DISK)
-        exprs = cache.load(disk_key, derivation)
-        if exprs is None:
-            with cache.deriving(disk_key):
-                exprs = cache.load(disk_key, derivation)  # another process may have stored it while we waited
-                if exprs is None:
-                    exprs = derivation._derive()
-                    cache.store(disk_key, rule.name, exprs)
+        exprs = cache.load_or_make(disk_key, lambda: cache.load(disk_key, derivation), derivation._derive,
+                                   lambda made: cache.store(disk_key, rule.name, made))
         derivation._finish(exprs)
         _MEMORY[key] = derivation
     return _MEMORY[key]

@@ -302,17 +302,16 @@ def checked(rule, hyper: dict, inexact: tuple = ()) -> GenericDerivation:
     """The rule's generic derivation from disk, or derived, proven (:func:`prove`) and stored now.
     Raises :class:`Unsupported` (or SymPy's errors) where the generic tier has no form for it."""
     disk_key = cache.entry_key(cache_key(rule, hyper, inexact))
-    g = _load(rule, hyper, disk_key, inexact)
-    if g is None:
-        with cache.deriving(disk_key):
-            g = _load(rule, hyper, disk_key, inexact)  # another process may have stored it while we waited
-            if g is None:
-                with status(f"deriving {rule.name} shape-generically"):
-                    g = GenericDerivation(rule, hyper, inexact=inexact)
-                with status(f"proving the {rule.name} derivation against the element-by-element one"):
-                    prove(rule, hyper, g)
-                _store(rule, disk_key, g)
-    return g
+
+    def make() -> GenericDerivation:
+        with status(f"deriving {rule.name} shape-generically"):
+            g = GenericDerivation(rule, hyper, inexact=inexact)
+        with status(f"proving the {rule.name} derivation against the element-by-element one"):
+            prove(rule, hyper, g)
+        return g
+
+    return cache.load_or_make(disk_key, lambda: _load(rule, hyper, disk_key, inexact), make,
+                              lambda g: _store(rule, disk_key, g))
 
 
 _SYMPY_FAILED = (TypeError, ValueError, NotImplementedError, RecursionError, AttributeError)  # SymPy could not do it
@@ -367,13 +366,15 @@ def stepped_for(rule, hyper: dict):
         for c in prog.cells:
             c.derivation = checked(c.rule, {}, (*c.rule_inexact, DOUT))
         disk_key = cache.entry_key(key)
-        if (cache.load_entry(disk_key) or {}).get("proven") is not True:
-            with cache.deriving(disk_key):
-                if (cache.load_entry(disk_key) or {}).get("proven") is not True:
-                    dims = stepped_proof_dims(rule, hyper, prog)
-                    with status(f"proving {rule.name}'s steps against the unrolled derivation"):
-                        _agree(rule, hyper, dims, SteppedBound(rule, hyper, dims, prog), "stepped", np.random.default_rng([0, 98]))
-                    cache.store_entry(disk_key, {"rule": rule.name, "proven": True})
+
+        def prove_steps() -> bool:
+            dims = stepped_proof_dims(rule, hyper, prog)
+            with status(f"proving {rule.name}'s steps against the unrolled derivation"):
+                _agree(rule, hyper, dims, SteppedBound(rule, hyper, dims, prog), "stepped", np.random.default_rng([0, 98]))
+            return True
+
+        cache.load_or_make(disk_key, lambda: (cache.load_entry(disk_key) or {}).get("proven") is True or None, prove_steps,
+                           lambda _: cache.store_entry(disk_key, {"rule": rule.name, "proven": True}))
         note = ("reference: the loop's cells derived shape-generically and run over the steps (proven against the "
                 "unrolled element-by-element tier at two steps)")
     except Unsupported as exc:
