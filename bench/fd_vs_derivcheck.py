@@ -35,10 +35,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from derivcheck.check.adapters import LayerError, make_adapter  # noqa: E402
+from derivcheck.check.conventions.base import LayerError  # noqa: E402
+from derivcheck.check.conventions.registry import make_adapter  # noqa: E402
 from derivcheck.run.config import load_config
 from derivcheck.vocab import DTYPES  # noqa: E402
-from derivcheck.check.adapters import model_convention  # noqa: E402
+from derivcheck.check.loading import model_convention  # noqa: E402
 from derivcheck.engine import reference  # noqa: E402
 from derivcheck.check.targets import rule_for, variants_for  # noqa: E402
 from derivcheck.check.verify import Verifier  # noqa: E402

@@ -38,8 +38,8 @@ CHECKING = [
     V + "stability_check__mutmut_*",                   # extreme inputs
     V + "_stability_of__mutmut_*",
     "derivcheck.check.diagnose.*",                           # diagnosis
-    "derivcheck.check.adapters.xǁDlfs2Adapterǁrun__mutmut_*",  # side effects: rebound grads slots
-    "derivcheck.check.adapters.x__same_array__mutmut_*",
+    "derivcheck.check.conventions.dlfs2.xǁDlfs2Adapterǁrun__mutmut_*",  # side effects: rebound grads slots
+    "derivcheck.check.conventions.base.x_same_array__mutmut_*",
 ]
 
 # Survivors that cannot change a verdict or a report, each with its reason: (mutant name pattern, text in
@@ -109,7 +109,7 @@ EQUIVALENT = [
     ("derivcheck.check.verify.xǁVerifierǁcompare_outcome*", '("OUTPUT"', "only the error on a non-finite exact value says it"),
     ("derivcheck.check.verify.xǁVerifierǁ_side_effects*", "before, equal_nan=", "inputs come from finite domains: there is no NaN to compare"),
     ("derivcheck.check.verify.xǁVerifierǁ_side_effects*", "np.asarray(values[n]), before, )", "inputs come from finite domains: there is no NaN to compare"),
-    ("derivcheck.check.adapters.xǁDlfs2Adapterǁrun*", "super().run(values, None)", "a forward-only layer never reads dout"),
+    ("derivcheck.check.conventions.dlfs2.xǁDlfs2Adapterǁrun*", "super().run(values, None)", "a forward-only layer never reads dout"),
     ("derivcheck.check.verify.x_judged_dtype*", "np.finfo(dt).eps >= np.finfo(dtype).eps",
      "a result exactly as precise as the run is judged in the run's dtype either way"),
     ("derivcheck.check.verify.x_judged_dtype*", "np.finfo(None).eps", "runs are float64 or float32: a result less precise than "

@@ -43,10 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from derivcheck.engine import reference  # noqa: E402
-from derivcheck.check.adapters import make_adapter  # noqa: E402
+from derivcheck.check.conventions.registry import make_adapter  # noqa: E402
 from derivcheck.checks import compare  # noqa: E402
 from derivcheck.run.config import load_config  # noqa: E402
-from derivcheck.check.adapters import model_convention  # noqa: E402
+from derivcheck.check.loading import model_convention  # noqa: E402
 from derivcheck.engine.rules import load_rule  # noqa: E402
 from derivcheck.check.verify import Verifier  # noqa: E402
 
@@ -326,7 +326,8 @@ print(json.dumps({"seconds": time.perf_counter() - t, "verdict": rep.verdict}))
 
 def resolved_rule(binding) -> str:
     """The rule a catalogue binding is checked against: its own, or the one its name implies in its convention."""
-    from derivcheck.check.adapters import detect_style, load_target
+    from derivcheck.check.conventions.registry import detect_style
+    from derivcheck.check.loading import load_target
     from derivcheck.check.targets import rule_for, variants_for
 
     rule = rule_for(binding.rule, binding.target)

@@ -2,7 +2,6 @@
 
 Standard library only: the configuration reader (and so the pytest plugin at start-up) imports it.
 """
-STYLES = ("dlfs1", "dlfs2", "dezero", "functional")  # the layer conventions --style names (docs/guide.md)
 DTYPES = ("float64", "float32")  # the dtypes a layer is judged in
 # what the diagnosis can name (report.py's schema documents each); a catalogue row's `diagnosis` is one of them
 DIAGNOSIS_KINDS = ("transposed", "sign-flipped", "constant-factor", "missing-reduction", "wrong-axis", "extra-reduction",

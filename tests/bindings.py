@@ -6,7 +6,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def _reference():
     """(target under examples/, rule, hyperparameters) of each reference layer examples/derivcheck.toml lists;
     a binding without a rule gets the rule guessed from the layer's name and style, as `derivcheck check` does."""
-    from derivcheck.check.adapters import detect_style, load_target
+    from derivcheck.check.conventions.registry import detect_style
+    from derivcheck.check.loading import load_target
     from derivcheck.run.config import load_config
     from derivcheck.check.targets import rule_for, variants_for
 

@@ -301,7 +301,8 @@ def test_a_function_of_a_dezero_module_is_dezero_style(tmp_path):
     (folder / "core.py").write_text((EXAMPLES / "dezero_style" / "core.py").read_text())
     (folder / "functions.py").write_text((EXAMPLES / "dezero_style" / "functions.py").read_text()
                                          + "\n\ndef matmul_simple(x, W):\n    return matmul(x, W)\n")
-    from derivcheck.check.adapters import detect_style, load_target
+    from derivcheck.check.conventions.registry import detect_style
+    from derivcheck.check.loading import load_target
 
     obj, module, name = load_target(f"{folder}/functions.py:matmul_simple")
     assert detect_style(obj, module, name) == "dezero"
@@ -310,7 +311,7 @@ def test_a_function_of_a_dezero_module_is_dezero_style(tmp_path):
 
 
 def test_time_in_derivchecks_own_work_is_not_blamed_on_the_layer():
-    from derivcheck.check import adapters
+    from derivcheck.check.conventions import base as adapters
 
     seen = []
     adapters.on_stage = seen.append

@@ -324,7 +324,7 @@ def test_a_float32_run_is_diagnosed_in_float32():
 
 
 def test_every_rebound_slot_is_named():
-    from derivcheck.check.adapters import Outcome
+    from derivcheck.check.conventions.base import Outcome
     from derivcheck.check.verify import Verifier
 
     (check,) = Verifier.rebound_slots(Outcome(None, {}, rebound=["slot 0", "slot 1"]), dict(trial=0, step=1, seed=0, dims={}))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from derivcheck.check.adapters import own, stage
+from derivcheck.check.conventions.base import own, stage
 
 _LAYER_FN = re.compile(r"^(?P<stem>\w+?)_(?P<kind>forward|backward)(?:_(?:naive|fast|alt|vectorized))?$")
 

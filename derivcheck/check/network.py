@@ -39,7 +39,11 @@ import numpy as np
 
 from derivcheck.check import calls
 from derivcheck.engine import reference
-from derivcheck.check.adapters import (KNOWN_NETWORKS, LOSS_ATTRS, Binding, LayerError, bind, call_user, dezero_grad, dlfs1_gradient, load_target, model_shape, norm_name, own, rank_mismatch, stage)
+from derivcheck.check.binding import bind, Binding, norm_name
+from derivcheck.check.conventions.base import call_user, LayerError, own, rank_mismatch, stage
+from derivcheck.check.conventions.dezero import dezero_grad
+from derivcheck.check.conventions.dlfs1 import dlfs1_gradient
+from derivcheck.check.loading import KNOWN_NETWORKS, load_target, LOSS_ATTRS, model_shape
 from derivcheck.checks import KAPPA, Check, compare, unit_roundoff
 from derivcheck.errors import DerivcheckError
 from derivcheck.engine.rules import Multiple

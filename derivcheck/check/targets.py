@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from derivcheck.check.adapters import top_level_defs
+from derivcheck.check.loading import top_level_defs
 from derivcheck.engine.rules import Rule, aliases, load_rule, load_rule_file, rule_files
 from derivcheck.errors import DerivcheckError
-from derivcheck.vocab import STYLES
+from derivcheck.check.conventions.registry import STYLES
 
 
 def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from derivcheck.engine import reference
-from derivcheck.check.adapters import LayerError, detect_style, load_target, make_adapter, rank_mismatch, target_spec
+from derivcheck.check.conventions.base import LayerError, rank_mismatch
+from derivcheck.check.conventions.registry import detect_style, make_adapter
+from derivcheck.check.loading import load_target, target_spec
 from derivcheck.checks import Check, compare, unit_roundoff
 from derivcheck.check.diagnose import settle_factor
 from derivcheck.errors import DerivcheckError

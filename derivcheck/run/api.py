@@ -5,7 +5,7 @@ none of those imports another upward.
 """
 from __future__ import annotations
 
-from derivcheck.check.adapters import model_convention, target_spec
+from derivcheck.check.loading import model_convention, target_spec
 from derivcheck.run.isolate import importable, verify_isolated
 from derivcheck.present.report import text
 from derivcheck.check.targets import rule_for, variants_for

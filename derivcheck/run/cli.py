@@ -8,6 +8,7 @@ import traceback
 import click
 
 from derivcheck import DISTRIBUTION
+from derivcheck.check.conventions.registry import STYLES
 from derivcheck.errors import DerivcheckError
 
 
@@ -184,7 +185,7 @@ def derive_cmd(obj, rule_name, shape, hypers, wrt, fmt, simplify):
 @main.command("verify")
 @click.argument("target")
 @click.option("--rule", "rule_name", help="The rule to check against (default: the target's name in snake_case).")
-@click.option("--style", type=click.Choice(["dlfs1", "dlfs2", "dezero", "functional"]), help="Layer convention (default: detected).")
+@click.option("--style", type=click.Choice(STYLES), help="Layer convention (default: detected).")
 @click.option("--hyper", "hypers", multiple=True, metavar="NAME=VALUE", help="Hyperparameter for the rule and the layer (repeatable).")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Trial k uses seed + k.")
@@ -206,7 +207,7 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
     could not run, 3 for an internal error, 130 when interrupted.
     """
     from derivcheck.present import report as render
-    from derivcheck.check.adapters import check_target, model_convention
+    from derivcheck.check.loading import check_target, model_convention
     from derivcheck.run.isolate import verify_isolated
     from derivcheck.check.targets import rule_for, variants_for
 
@@ -244,7 +245,7 @@ def verify_cmd(obj, target, rule_name, style, hypers, dtype, seed, trials, steps
 @click.pass_obj
 def explain_cmd(obj, rule_name, rule_opt, shape, hypers, layer, model, fmt):
     """Show how RULE's derivatives come about: graph, Jacobian, closed forms (or a network's, with --model)."""
-    from derivcheck.check.adapters import KNOWN_NETWORKS, check_target, model_convention
+    from derivcheck.check.loading import check_target, KNOWN_NETWORKS, model_convention
     from derivcheck.present.explanation import explain, explain_layer, explain_model
     from derivcheck.run.isolate import verify_isolated
     from derivcheck.check.targets import rule_for

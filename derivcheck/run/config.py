@@ -213,8 +213,11 @@ def load_config(path: Path | None = None, *, require: bool = False) -> Config:
         if not isinstance(hyper, dict):
             lfail("hyper must be a table, as in hyper = { axis = 1 }")
         style = layer.get("style")
-        if style is not None and style not in ("dlfs1", "dlfs2", "dezero", "functional"):
-            lfail(f"style '{style}' is not one of dlfs1, dlfs2, dezero, functional")
+        if style is not None:
+            from derivcheck.check.conventions.registry import STYLES  # here: reading a config needs no NumPy until a layer names a style
+
+            if style not in STYLES:
+                lfail(f"style '{style}' is not one of {', '.join(STYLES)}")
         expect = layer.get("expect", "pass")
         if expect not in ("pass", "fail"):
             lfail(f'expect must be "pass" or "fail", not {expect!r}')

@@ -68,7 +68,7 @@ def verify_arguments(binding: Binding, rule_dirs=(), seed: int | None = None) ->
 
     Raises DerivcheckError when no rule can be found for it.
     """
-    from derivcheck.check.adapters import model_convention
+    from derivcheck.check.loading import model_convention
     from derivcheck.check.targets import rule_for, variants_for
 
     common = {"dtype": binding.dtype, "seed": binding.seed if seed is None else seed, "trials": binding.trials,
@@ -166,7 +166,7 @@ def validate(bindings: list[Binding], rule_dirs=()) -> None:
 
     No layer is imported here: that happens in the layer's own worker process.
     """
-    from derivcheck.check.adapters import check_target, model_convention
+    from derivcheck.check.loading import check_target, model_convention
     from derivcheck.check.targets import rule_for
 
     for b in bindings:

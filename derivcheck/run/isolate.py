@@ -42,7 +42,8 @@ import traceback
 
 from derivcheck.errors import DerivcheckError
 from derivcheck.vocab import DEFAULT_TIMEOUT
-from derivcheck.check import adapters
+from derivcheck.check import loading
+from derivcheck.check.conventions import base as conventions
 
 _SERVER = None  # the worker server's context (see _server)
 _FORK_HERE = False  # see fork_from_here
@@ -154,7 +155,7 @@ def _work(conn, request: dict) -> None:
     from derivcheck.engine.rules import load_rule
     from derivcheck.check.verify import verify
 
-    adapters.on_stage = lambda stage: conn.send(("stage", stage))
+    conventions.on_stage = lambda stage: conn.send(("stage", stage))
     try:
         if request["rule"] is None:  # a whole network: each layer against its own rule
             from derivcheck.check.network import verify_network
@@ -281,7 +282,7 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
         return _failed(target, rule, options, f"the layer ended the process with exit code {code} during {stage} "
                                               f"(os._exit or a crash), before the check could finish{said}")
     kind, payload = outcome
-    if kind == "timeout" and stage == adapters.OWN_WORK:  # not the layer's doing: no verdict on it
+    if kind == "timeout" and stage == conventions.OWN_WORK:  # not the layer's doing: no verdict on it
         raise DerivcheckError(f"derivcheck's own computation (the exact reference) did not finish within {timeout:g} s: "
                               f"check at smaller sizes (--shape) or raise the limit with --timeout")
     if kind == "timeout" and stage == IMPORTING:  # no layer was called: evidence of nothing about it
@@ -457,7 +458,7 @@ def _zygote(control, request: dict) -> None:
     warm_up(request["warm"])  # before the user's module is imported: derivcheck's own work, in its own state
     before = _threads()
     try:
-        adapters.load_module(request["where"])
+        loading.load_module(request["where"])
     except BaseException:  # noqa: BLE001 - each check imports it again and reports what happens
         return
     if _threads() != before:

@@ -1,0 +1,123 @@
+"""The conventions are found, not listed: each is one module of derivcheck/check/conventions/, and a
+new module is a new --style everywhere (detection, the CLI, configs) with nothing else edited."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import derivcheck
+from derivcheck.check.conventions.registry import ADAPTERS, STYLES, detect_style
+
+FOLDER = Path(derivcheck.__file__).parent / "check" / "conventions"
+
+
+def test_every_module_of_the_folder_is_one_style_in_the_books_order():
+    modules = {p.stem for p in FOLDER.glob("*.py")} - {"__init__", "base", "registry"}
+    assert {a.__module__.rpartition(".")[2] for a in ADAPTERS.values()} == modules
+    assert STYLES == ("dlfs1", "dlfs2", "dezero", "functional")
+
+
+def test_the_surest_claim_wins():
+    class Function:  # a DeZero Function is also a class with a forward: dezero's claim (1) beats dlfs1's (4)
+        def __call__(self):
+            pass
+
+    class Square(Function):
+        def forward(self, x):
+            return x * x
+
+        def backward(self, gy):
+            return gy
+
+    class Book2:
+        def __init__(self):
+            self.params, self.grads = [], []
+
+        def forward(self, x):
+            return x
+
+    def affine_forward(x, w, b):
+        return x
+
+    assert detect_style(Square, sys.modules[__name__], "Square") == "dezero"
+    assert detect_style(Book2, sys.modules[__name__], "Book2") == "dlfs2"
+    assert detect_style(affine_forward, sys.modules[__name__], "affine_forward") == "functional"
+
+
+TOY = '''
+"""A convention of this test's own: fprop(x) and bprop(dout), the names of some older frameworks."""
+import inspect
+
+from derivcheck.check.binding import bind
+from derivcheck.check.conventions.base import Adapter, Outcome, call_user, own
+
+
+class FpropAdapter(Adapter):
+    style = "fprop"
+    order = 50
+
+    @classmethod
+    def claims(cls, obj, module, name):
+        return 0 if inspect.isclass(obj) and hasattr(obj, "fprop") else None
+
+    def prepare(self):
+        self.binding = bind(self.rule, self.obj.__init__, self.obj.fprop, self.name, call_takes_all_inputs=False)
+
+    def build(self, values):
+        self.instance = call_user(self.obj, list(self._ctor_args(self.binding, values).items()), f"{self.name}()")
+
+    def run(self, values, cotangent):
+        out = own(call_user(self.instance.fprop, self._call_args(self.binding, values), f"{self.name}.fprop"))
+        return Outcome(out, {"x": own(call_user(self.instance.bprop, [(None, cotangent)], f"{self.name}.bprop"))})
+
+    def grad_location(self, n):
+        return f"{self.name}.bprop(dout)"
+'''
+
+LAYERS = '''
+import numpy as np
+
+
+class Relu:
+    def fprop(self, x):
+        self.mask = x <= 0
+        return np.where(self.mask, 0.0, x)
+
+    def bprop(self, dout):
+        return np.where(self.mask, 0.0, dout)
+
+
+class LeakyBprop(Relu):
+    def bprop(self, dout):
+        return dout  # the mask forgotten
+'''
+
+
+def test_a_new_convention_is_one_new_module(tmp_path):
+    """A copy of derivcheck with one more module in conventions/ verifies a layer written in it: detected,
+    accepted by --style and by a config, and judged (a correct layer passes, a wrong one fails)."""
+    root = Path(derivcheck.__file__).parents[1]
+    shutil.copytree(root / "derivcheck", tmp_path / "derivcheck", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "rules", tmp_path / "rules")
+    (tmp_path / "derivcheck" / "check" / "conventions" / "fprop.py").write_text(textwrap.dedent(TOY))
+    (tmp_path / "layers.py").write_text(textwrap.dedent(LAYERS))
+    (tmp_path / "derivcheck.toml").write_text('[[layers]]\ntarget = "layers.py:Relu"\nrule = "relu"\nstyle = "fprop"\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "DERIVCHECK_CACHE_DIR": str(tmp_path / "cache")}
+
+    def derivcheck_(*args):
+        return subprocess.run([sys.executable, "-m", "derivcheck.run.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    found = subprocess.run([sys.executable, "-c", "from derivcheck.check.conventions.registry import STYLES; print(STYLES)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert found.stdout.strip() == "('dlfs1', 'dlfs2', 'dezero', 'functional', 'fprop')", found.stderr
+    ok = derivcheck_("verify", "layers.py:Relu")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "PASS" in ok.stdout
+    wrong = derivcheck_("verify", "layers.py:LeakyBprop", "--rule", "relu", "--style", "fprop")
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert "grad x" in wrong.stdout
+    checked = derivcheck_("check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
