@@ -16,7 +16,7 @@ FOLDER = Path(derivcheck.__file__).parent / "check" / "conventions"
 def test_every_module_of_the_folder_is_one_style_in_the_books_order():
     modules = {p.stem for p in FOLDER.glob("*.py")} - {"__init__", "base", "registry"}
     assert {a.__module__.rpartition(".")[2] for a in ADAPTERS.values()} == modules
-    assert STYLES == ("dlfs1", "dlfs2", "dezero", "functional")
+    assert STYLES == ("dlfs1", "dlfs2", "dezero", "functional", "nnfs")
 
 
 def test_the_surest_claim_wins():
@@ -56,7 +56,7 @@ from derivcheck.check.conventions.base import Adapter, Outcome, call_user, own
 
 class FpropAdapter(Adapter):
     style = "fprop"
-    order = 50
+    order = 60
 
     @classmethod
     def claims(cls, obj, module, name):
@@ -112,7 +112,7 @@ def test_a_new_convention_is_one_new_module(tmp_path):
 
     found = subprocess.run([sys.executable, "-c", "from derivcheck.check.conventions.registry import STYLES; print(STYLES)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert found.stdout.strip() == "('dlfs1', 'dlfs2', 'dezero', 'functional', 'fprop')", found.stderr
+    assert found.stdout.strip() == "('dlfs1', 'dlfs2', 'dezero', 'functional', 'nnfs', 'fprop')", found.stderr
     ok = derivcheck_("verify", "layers.py:Relu")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "PASS" in ok.stdout
@@ -121,3 +121,50 @@ def test_a_new_convention_is_one_new_module(tmp_path):
     assert "grad x" in wrong.stdout
     checked = derivcheck_("check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# -- the nnfs book's convention -------------------------------------------------------------------------
+
+NNFS = Path(__file__).resolve().parent.parent / "examples" / "nnfs" / "layers.py"
+
+
+def test_nnfs_layers_are_told_by_their_dinputs():
+    from derivcheck.check.loading import load_target
+
+    for name in ("Layer_Dense", "Activation_ReLU", "Loss_MeanSquaredError", "Activation_Softmax_Loss_CategoricalCrossentropy"):
+        assert detect_style(*load_target(f"{NNFS}:{name}")) == "nnfs", name
+    dlfs1 = Path(__file__).resolve().parent.parent / "examples" / "dlfs1" / "layers.py"
+    assert detect_style(*load_target(f"{dlfs1}:Affine")) == "dlfs1"
+
+
+def test_nnfs_names_and_forms_of_rules():
+    """Layer_, Activation_ and Loss_ are read past; a Dense layer is affine in nnfs's form, weights and
+    biases (1, H); its mean squared error is the mean, where book 1's is half the sum."""
+    from runner import verify_json
+
+    for name, rule in (("Layer_Dense", "affine_nnfs"), ("Loss_MeanSquaredError", "mean_squared_error_nnfs"),
+                       ("Loss_CategoricalCrossentropy", "cross_entropy"),
+                       ("Activation_Softmax_Loss_CategoricalCrossentropy", "softmax_with_loss")):
+        result, data = verify_json(f"{NNFS}:{name}", "--trials", "2")
+        assert result.exit_code == 0, result.output
+        assert (data["rule"], data["style"]) == (rule, "nnfs")
+
+
+def test_an_nnfs_layer_without_the_rules_arrays_is_told_what_to_name(tmp_path):
+    from runner import run
+
+    result = run("verify", f"{NNFS}:Layer_Dense", "--rule", "affine")
+    assert result.exit_code == 2
+    assert "holds no array called W, b after construction" in result.output and "affine_nnfs" in result.output
+
+
+def test_an_nnfs_forward_that_sets_no_output_fails_naming_it(tmp_path):
+    from runner import run
+
+    (tmp_path / "mine.py").write_text(
+        "import numpy as np\n\nclass Activation_ReLU:\n    def forward(self, inputs):\n        self.inputs = inputs\n"
+        "        return np.maximum(inputs, 0)\n\n    def backward(self, dvalues):\n"
+        "        self.dinputs = dvalues * (self.inputs > 0)\n")
+    result = run("verify", f"{tmp_path / 'mine.py'}:Activation_ReLU")
+    assert result.exit_code == 1, result.output
+    assert "Activation_ReLU.forward raised AttributeError" in result.output and "set no self.output" in result.output

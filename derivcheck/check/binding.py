@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from derivcheck.errors import DerivcheckError
 
 
-def _params(fn, skip_self: bool):
+def params_of(fn, skip_self: bool) -> list:
+    """A function's parameters that can be passed by position or name (not *args, **kwargs); [] when unreadable."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -55,8 +56,8 @@ def _same_kind(h, default) -> bool:
 
 def bind(rule, ctor_fn, call_fn, target_name: str, *, call_takes_all_inputs: bool) -> Binding:
     """Bind by name, then by position; refuse with a sentence saying what to do."""
-    ctor_ps = _params(ctor_fn, skip_self=True) if ctor_fn is not None else []
-    call_ps = _params(call_fn, skip_self=True) if call_fn is not None else []
+    ctor_ps = params_of(ctor_fn, skip_self=True) if ctor_fn is not None else []
+    call_ps = params_of(call_fn, skip_self=True) if call_fn is not None else []
     # a hyperparameter kept from the layer (layer = false: eps, how labels are encoded) binds to nothing
     state = rule.state.names if rule.state else ()  # set through a method before forward (Dlfs1Adapter), not bound here
     inputs = [n for n in rule.inputs if n not in state]

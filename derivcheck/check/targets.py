@@ -18,6 +18,7 @@ def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
     base = re.sub(r"_(simple|naive|alt|fast)$", "", full)  # DeZero's linear_simple, CS231n's svm_loss_naive
     base = re.sub(r"(_forward|_backward)$", "", base)  # CS231n's conv_forward_naive, max_pool_forward_fast
     base = re.sub(r"^(?i:simple)_", "", base)  # book 2's Simple_TimeAffine (a loop of Affine layers)
+    base = re.sub(r"^(?:Layer|Activation|Loss)_", "", base)  # nnfs's Layer_Dense, Activation_ReLU, Loss_MeanSquaredError
     known = {n.replace("_", ""): n for n in rule_files(extra)}  # names only: a broken file elsewhere does not matter
     by_alias = None  # alias -> rule, read from the rule files only if a name is not a rule's own
     guess = None
