@@ -124,12 +124,12 @@ def target_cases() -> list[Case]:
         "returns nan": "import numpy as np\nclass Exp:\n    def forward(self, x):\n        return x * np.nan\n    def backward(self, d):\n        return d * np.nan\n",
         "raises in backward": "import numpy as np\nclass Exp:\n    def forward(self, x):\n        return np.exp(x)\n    def backward(self, d):\n        raise ValueError('no')\n",
         "recursion": "import numpy as np\nclass Exp:\n    def forward(self, x):\n        return self.forward(x)\n    def backward(self, d):\n        return d\n",
-        "exit at import": "import sys\nsys.exit(0)\n" + LAYER,
+        "exit at import": "import sys\n_ = sys.exit(0)\n" + LAYER,
         "exit in forward": "class Exp:\n    def forward(self, x):\n        raise SystemExit(0)\n    def backward(self, d):\n        return d\n",
         "os exit in backward": "import numpy as np, os\nclass Exp:\n    def forward(self, x):\n        return np.exp(x)\n    def backward(self, d):\n        os._exit(0)\n",
         "keyboard interrupt in layer": "import numpy as np\nclass Exp:\n    def forward(self, x):\n        raise MemoryError()\n    def backward(self, d):\n        return d\n",
         "seterr raise": "import numpy as np\nnp.seterr(all='raise')\nclass Exp:\n    def forward(self, x):\n        self.out = np.exp(x)\n        return self.out\n    def backward(self, d):\n        return d * self.out\n",
-        "prints a lot": "import numpy as np\nprint('x' * 100000)\nclass Exp:\n    def forward(self, x):\n        print('{')\n        self.out = np.exp(x)\n        return self.out\n    def backward(self, d):\n        return d * self.out\n",
+        "prints a lot": "import numpy as np\n_ = print('x' * 100000)\nclass Exp:\n    def forward(self, x):\n        print('{')\n        self.out = np.exp(x)\n        return self.out\n    def backward(self, d):\n        return d * self.out\n",
         "hangs": "import numpy as np\nclass Exp:\n    def forward(self, x):\n        while True:\n            pass\n    def backward(self, d):\n        return d\n",
     }
     # a forward returning None is exit 2: no output to judge, derivcheck could not read the layer as its convention says

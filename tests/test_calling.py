@@ -252,7 +252,7 @@ def test_a_function_beside_its_backward_is_a_forward_not_a_loss(tmp_path):
 
 
 def test_an_import_that_does_not_finish_is_exit_2_not_the_layers_fail(tmp_path):
-    (tmp_path / "script.py").write_text("import time\ntime.sleep(60)  # a training loop at the top level\n\n"
+    (tmp_path / "script.py").write_text("import time\ndata = time.sleep(60)  # reads a large dataset at the top level\n\n"
                                         "def relu_forward(x):\n    return x * (x > 0), x\n\n"
                                         "def relu_backward(dout, cache):\n    return dout * (cache > 0)\n")
     result = run("verify", f"{tmp_path / 'script.py'}:relu_forward", "--timeout", "2")

@@ -168,3 +168,49 @@ def test_an_nnfs_forward_that_sets_no_output_fails_naming_it(tmp_path):
     result = run("verify", f"{tmp_path / 'mine.py'}:Activation_ReLU")
     assert result.exit_code == 1, result.output
     assert "Activation_ReLU.forward raised AttributeError" in result.output and "set no self.output" in result.output
+
+
+SCRIPT = '''
+import numpy as np
+import a_plotting_library_not_installed  # only the script below uses it
+print("training")
+
+
+class Activation_ReLU:
+    def forward(self, inputs):
+        self.inputs = inputs
+        self.output = np.maximum(inputs, 0)
+
+    def backward(self, dvalues):
+        self.dinputs = dvalues * (self.inputs > 0)
+
+
+X = np.random.randn(4, 3)
+activation = Activation_ReLU()
+activation.forward(X)
+total = activation.output.sum()  # reads what the skipped call made: raises, and is skipped
+while True:
+    pass
+'''
+
+
+def test_a_chapter_file_that_trains_at_its_top_level_is_loaded_for_its_definitions(tmp_path):
+    """A book's chapter file is a script: its loops, bare calls and what fails without them are skipped, the
+    report says which, and its layers are checked as written."""
+    from runner import run
+
+    (tmp_path / "chapter.py").write_text(SCRIPT)
+    result = run("verify", f"{tmp_path / 'chapter.py'}:Activation_ReLU")
+    assert result.exit_code == 0, result.output
+    assert "chapter.py is a script: derivcheck ran its imports and definitions only, and skipped 5 top-level" in result.output
+    for skipped in ("line 3: import a_plotting_library_not_installed", "line 4: print", "line 18: activation.forward(X)"):
+        assert skipped in result.output
+
+
+def test_a_script_whose_layer_needs_what_failed_to_import_is_refused(tmp_path):
+    from runner import run
+
+    (tmp_path / "chapter.py").write_text(SCRIPT.replace("np.maximum(inputs, 0)", "a_plotting_library_not_installed.clip(inputs)"))
+    result = run("verify", f"{tmp_path / 'chapter.py'}:Activation_ReLU")
+    assert result.exit_code == 2
+    assert "No module named 'a_plotting_library_not_installed'" in result.output

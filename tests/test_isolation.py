@@ -56,7 +56,7 @@ def test_an_exit_or_crash_in_the_layer_is_a_fail_that_says_where(tmp_path, where
 
 
 def test_an_exit_at_import_is_a_fail(tmp_path):
-    target = layer(tmp_path, prelude="import sys\nsys.exit(0)")
+    target = layer(tmp_path, prelude="import sys\n_ = sys.exit(0)  # an assignment runs at import (a bare call is skipped)")
     p = process("verify", target, "--rule", "relu", cwd=tmp_path)
     assert p.returncode == 1 and "called sys.exit(0) during importing the target" in p.stdout, p.stdout + p.stderr
 
@@ -70,7 +70,7 @@ def test_a_hanging_layer_fails_at_the_time_limit(tmp_path):
 
 
 def test_layer_prints_never_reach_the_json_stream(tmp_path):
-    target = layer(tmp_path, prelude="print('chatty at import')", forward="print('chatty forward')")
+    target = layer(tmp_path, prelude="_ = print('chatty at import')", forward="print('chatty forward')")
     p = process("verify", target, "--rule", "relu", "--format", "json", cwd=tmp_path)
     assert p.returncode == 0
     assert json.loads(p.stdout)["verdict"] == "pass"
@@ -160,7 +160,7 @@ def test_the_commands_worker_is_forked_from_the_command_itself(tmp_path):
     fresh process does, not as the command's handler held while it started the worker."""
     seen = tmp_path / "seen.txt"
     prelude = ("import os, signal\n"
-               f"open({str(seen)!r}, 'w').write(f'{{os.getppid()}} {{signal.getsignal(signal.SIGINT) is signal.default_int_handler}}')")
+               f"_ = open({str(seen)!r}, 'w').write(f'{{os.getppid()}} {{signal.getsignal(signal.SIGINT) is signal.default_int_handler}}')")
     proc = subprocess.Popen([sys.executable, "-m", "derivcheck.run.cli", "verify", layer(tmp_path, prelude), "--rule", "relu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     out, err = proc.communicate(timeout=300)
@@ -171,7 +171,7 @@ def test_the_commands_worker_is_forked_from_the_command_itself(tmp_path):
 def test_explain_layer_runs_the_layers_code_in_the_worker_only(tmp_path):
     """`explain --layer` reads the target with ast, as verify does: the module is imported in the worker alone."""
     seen = tmp_path / "imported-in.txt"
-    prelude = f"import os\nopen({str(seen)!r}, 'a').write(f'{{os.getpid()}}\\n')"
+    prelude = f"import os\n_ = open({str(seen)!r}, 'a').write(f'{{os.getpid()}}\\n')"
     proc = subprocess.Popen([sys.executable, "-m", "derivcheck.run.cli", "explain", "--layer", layer(tmp_path, prelude), "--rule", "relu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     out, err = proc.communicate(timeout=300)
@@ -243,8 +243,12 @@ MODULE_HEAD = """
 import os
 import numpy as np
 
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imports.log"), "a") as fh:
-    fh.write("imported\\n")  # once per process that imports this module
+def _log_import():
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imports.log"), "a") as fh:
+        fh.write("imported\\n")
+
+
+LOGGED = _log_import()  # once per process that imports this module (an assignment: it runs at import)
 {prelude}
 SEEN = []  # what earlier forward calls in this process left behind
 """
@@ -292,7 +296,7 @@ def test_the_checks_of_one_module_fork_with_their_derivation_already_loaded(tmp_
     would derive it again and store it there."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("DERIVCHECK_CACHE_DIR", str(cache))
-    prelude = "import shutil\nshutil.rmtree(os.environ['DERIVCHECK_CACHE_DIR'], ignore_errors=True)"
+    prelude = "import shutil\n_ = shutil.rmtree(os.environ['DERIVCHECK_CACHE_DIR'], ignore_errors=True)"
     p, results = _one_module(tmp_path, IN_ONE_MODULE[:2], prelude)
     assert p.returncode == 0 and all(r["verdict"] == "pass" for r in results.values()), p.stdout + p.stderr
     assert (tmp_path / "imports.log").read_text() == "imported\n"  # the zygote's import: the checks forked from it
@@ -301,8 +305,8 @@ def test_the_checks_of_one_module_fork_with_their_derivation_already_loaded(tmp_
 
 @pytest.mark.parametrize("prelude,why", [
     ("raise SystemExit(0)", "called sys.exit(0) during importing the target"),
-    ("import threading, time\nthreading.Thread(target=time.sleep, args=(30,), daemon=True).start()", None),
-    ("os.register_at_fork(before=lambda: os._exit(1))", None),
+    ("import threading, time\n_ = threading.Thread(target=time.sleep, args=(30,), daemon=True).start()", None),
+    ("_ = os.register_at_fork(before=lambda: os._exit(1))", None),
 ], ids=["exits at import", "starts a thread at import", "a fork hook ends the importing process"])
 def test_a_module_that_cannot_be_imported_once_is_imported_by_each_check(tmp_path, prelude, why):
     """A module whose import fails, or starts a thread (a fork would copy its locks but not the thread),

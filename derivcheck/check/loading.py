@@ -318,7 +318,11 @@ def _import_file(path: Path):
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module
     try:
-        spec.loader.exec_module(module)
+        tree = _source_tree(path)
+        if any(_does_work(n) for n in tree.body):  # a script (a book's chapter file): its definitions, not its training
+            _SKIPPED[modname] = _run_definitions(tree, path, module)
+        else:
+            spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[modname]
         tried = ""
@@ -326,3 +330,80 @@ def _import_file(path: Path):
             tried = f"; importable were {', '.join(str(r) for r in roots)} (the file's folder, its project root, and any folder above it holding the names it imports) and the installed packages"
         raise DerivcheckError(f"importing '{path}' failed: {describe(exc)}{tried}") from None
     return module
+
+
+# Scripts as modules. A chapter file of a book trains a model at its top level, reads data, plots; a
+# check imports it for its classes and must not run that. Top-level loops, with-blocks and bare calls
+# (nnfs.init(), print(...), model.train(...)) are skipped, and the report says which; imports,
+# definitions, assignments and ifs run as written, and so does a sys.path change the imports need.
+_SKIPPED: dict[str, list[tuple[int, str]]] = {}  # module name -> (line, its first line) of each statement skipped
+
+
+def _does_work(node: ast.stmt) -> bool:
+    if isinstance(node, (ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith)):
+        return True
+    if isinstance(node, ast.Expr) and isinstance(node.value, (ast.Call, ast.Await)):
+        call = node.value.func if isinstance(node.value, ast.Call) else None
+        return not (isinstance(call, ast.Attribute) and ast.unparse(call.value) == "sys.path")
+    return False
+
+
+def _run_definitions(tree: ast.Module, path: Path, module) -> list[tuple[int, str]]:
+    """Run ``tree``'s top level into ``module`` one statement at a time, but the ones that do work; a statement
+    that raises (an assignment reading what a skipped call made, an import only the script needs) is skipped
+    too, unless a function or class of the file reads a name it binds: then the file cannot be loaded. Returns
+    the statements skipped, (line, why)."""
+    needed = _names_read_by_definitions(tree)
+    skipped = []
+    for node in tree.body:
+        if _does_work(node):
+            skipped.append((node.lineno, _first_line(path, node)))
+            continue
+        try:
+            exec(compile(ast.Module([node], type_ignores=[]), str(path), "exec"), module.__dict__)
+        except Exception as exc:
+            if _names_bound(node) & needed or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                raise
+            skipped.append((node.lineno, f"{_first_line(path, node)} (it raised {type(exc).__name__})"))
+    return skipped
+
+
+def _names_bound(node: ast.stmt) -> set[str]:
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in node.names}
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+
+def _names_read_by_definitions(tree: ast.Module) -> set[str]:
+    """The global names the file's functions and classes read (a name a function also assigns is its own)."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):  # its bases and decorators, and each method's globals
+            names |= {n.id for e in node.bases + node.decorator_list for n in ast.walk(e) if isinstance(n, ast.Name)}
+            defs = [m for m in ast.walk(node) if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            defs = [m for m in ast.walk(node) if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        else:
+            continue
+        for fn in defs:
+            read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+            own = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            own |= {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}
+            names |= read - own
+    return names
+
+
+def _first_line(path: Path, node: ast.stmt) -> str:
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    line = lines[node.lineno - 1].strip() if node.lineno - 1 < len(lines) else ""
+    return line if len(line) <= 60 else line[:57] + "..."
+
+
+def script_note(module) -> str:
+    """What the report says of a target file that is a script: the statements not run, or ""."""
+    skipped = _SKIPPED.get(getattr(module, "__name__", ""), [])
+    if not skipped:
+        return ""
+    shown = "; ".join(f"line {n}: {text}" for n, text in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+    return (f"{Path(module.__file__).name} is a script: derivcheck ran its imports and definitions only, and skipped "
+            f"{len(skipped)} top-level statement(s) ({shown})")

@@ -20,7 +20,7 @@ import numpy as np
 from derivcheck.engine import reference
 from derivcheck.check.conventions.base import LayerError, rank_mismatch
 from derivcheck.check.conventions.registry import detect_style, make_adapter
-from derivcheck.check.loading import load_target, target_spec
+from derivcheck.check.loading import load_target, script_note, target_spec
 from derivcheck.checks import Check, compare, unit_roundoff
 from derivcheck.check.diagnose import settle_factor
 from derivcheck.errors import DerivcheckError
@@ -130,7 +130,8 @@ class Verifier:
     def run(self) -> Report:
         rep = Report(self.target, self.rule.name, self.probe.style, self.dtype_name, self.seed, self.trials,
                      self.steps, {k: v for k, v in self.given_hyper.items()}, strict=self.strict)
-        rep.notes = [n for n in (self.variant_note, reference.note_for(self.rule, self.hyper), self.probe.loose_note) if n]
+        rep.notes = [n for n in (script_note(self.probe.module), self.variant_note, reference.note_for(self.rule, self.hyper),
+                                 self.probe.loose_note) if n]
         results: dict[str, Check] = {}
         factors: dict[str, list] = {}  # check -> [(factor, dims)] of every failing trial
         first_failure = None
@@ -486,8 +487,8 @@ def no_output(name: str, adapter) -> str:
     """Why a layer whose first forward returned None cannot be judged (exit 2, not a wrong layer)."""
     own = vars(adapter.instance) if hasattr(getattr(adapter, "instance", None), "__dict__") else {}
     kept = [a for a in ("output", "outputs", "out", "y", "A") if isinstance(own.get(a), np.ndarray)]
-    where = (f"; it keeps an array in self.{kept[0]} (the nnfs book's convention, which derivcheck does not read yet)"
-             if kept else "")
+    where = (f"; it keeps an array in self.{kept[0]}, as the nnfs book's layers do (--style nnfs reads self.output, "
+             f"and the gradients backward stores in self.dinputs, self.dweights, ...)" if kept else "")
     return (f"{name}'s forward returned None: the {adapter.style} convention takes the output from forward's return "
             f"value{where}. Return the output from forward, or wrap the layer in a subclass whose forward does")
 

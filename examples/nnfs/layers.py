@@ -29,6 +29,33 @@ class Layer_Dense:
         self.dinputs = dvalues @ self.weights.T
 
 
+class Layer_Dropout:
+    """Inverted dropout: rate is the chance of dropping; the kept elements are scaled by 1 / (1 - rate)."""
+
+    def __init__(self, rate):
+        self.keep = 1 - rate
+
+    def forward(self, inputs, training):
+        if not training:
+            self.output = inputs.copy()
+            return
+        self.mask = ((np.random.random_sample(inputs.shape) < self.keep) / self.keep).astype(inputs.dtype)
+        self.output = inputs * self.mask
+
+    def backward(self, dvalues):
+        self.dinputs = dvalues * self.mask
+
+
+class Activation_Linear:
+    """A regression model's last activation: the identity."""
+
+    def forward(self, inputs, training):
+        self.output = inputs.copy()
+
+    def backward(self, dvalues):
+        self.dinputs = dvalues.copy()
+
+
 class Activation_ReLU:
     def forward(self, inputs, training):
         self.inputs = inputs
@@ -89,6 +116,19 @@ class Loss_MeanSquaredError(Loss):
     def backward(self, dvalues, y_true):
         samples, outputs = dvalues.shape
         self.dinputs = 2 * (dvalues - y_true) / outputs / samples
+
+
+class Loss_BinaryCrossentropy(Loss):
+    """Each of the D sigmoid outputs against its own 0/1 label."""
+
+    def forward(self, y_pred, y_true):
+        kept = np.clip(y_pred, np.finfo(y_pred.dtype).tiny, 1.0 - np.finfo(y_pred.dtype).epsneg)
+        return -(y_true * np.log(kept) + (1 - y_true) * np.log(1 - kept)).mean(axis=-1)
+
+    def backward(self, dvalues, y_true):
+        samples, outputs = dvalues.shape
+        y_true = y_true.astype(dvalues.dtype)  # 0/1 labels, often integers
+        self.dinputs = -(y_true / dvalues - (1 - y_true) / (1 - dvalues)) / outputs / samples
 
 
 class Loss_MeanAbsoluteError(Loss):

@@ -11,7 +11,9 @@ optimizers write them; a rule in this convention's form names its inputs as the 
 """
 from __future__ import annotations
 
+import ast
 import inspect
+import textwrap
 
 import numpy as np
 
@@ -22,14 +24,32 @@ from derivcheck.errors import DerivcheckError
 TRAINING = ("training",)  # forward's mode flag from chapter 18 on: the trials train
 
 
+def _stores_output(method, attr: str | None = "output") -> bool:
+    """``method`` sets ``self.<attr>`` (any attribute when ``attr`` is None) and returns no value."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(method)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    stores = any(isinstance(n, ast.Attribute) and attr in (None, n.attr) and isinstance(n.ctx, ast.Store)
+                 and isinstance(n.value, ast.Name) and n.value.id == "self" for n in ast.walk(tree))
+    returns = any(isinstance(n, ast.Return) and n.value is not None for n in ast.walk(tree))
+    return stores and not returns
+
+
 class NnfsAdapter(Adapter):
     style = "nnfs"
     order = 50
 
     @classmethod
     def claims(cls, obj, module, name):
-        # self.dinputs is this convention's alone: the book's every backward sets it
-        return 3 if inspect.isclass(obj) and hasattr(obj, "forward") and mentions(obj, "dinputs") else None
+        # self.dinputs is this convention's alone: the book's every backward sets it; before backward
+        # (chapters 2 to 8) a forward that stores self.output and returns nothing, or a loss with calculate
+        if not inspect.isclass(obj) or not hasattr(obj, "forward"):
+            return None
+        backward = getattr(obj, "backward", None)
+        told = (mentions(obj, "dinputs") or callable(getattr(obj, "calculate", None))
+                or (_stores_output(obj.forward) and (backward is None or _stores_output(backward, attr=None))))
+        return 3 if told else None
 
     @classmethod
     def refuses(cls, obj, name):
@@ -117,7 +137,7 @@ class NnfsAdapter(Adapter):
                                                                        "sets it and returns nothing)"))
         out = own(np.asarray(out) if np.ndim(out) == 0 else out)
         if self.forward_only:
-            return Outcome(out, {})
+            return Outcome(out, {}, forward_only=self.forward_only)
         first = self.binding.call[0][2]
         if self.is_loss:  # backward(dvalues, y_true): the softmax output it kept, or the prediction
             kept = getattr(self.instance, "output", None)
