@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import derivcheck
+from runner import failing
 from derivcheck.check.conventions.registry import ADAPTERS, STYLES, detect_style
 
 FOLDER = Path(derivcheck.__file__).parent / "check" / "conventions"
@@ -16,7 +17,7 @@ FOLDER = Path(derivcheck.__file__).parent / "check" / "conventions"
 def test_every_module_of_the_folder_is_one_style_in_the_books_order():
     modules = {p.stem for p in FOLDER.glob("*.py")} - {"__init__", "base", "registry"}
     assert {a.__module__.rpartition(".")[2] for a in ADAPTERS.values()} == modules
-    assert STYLES == ("dlfs1", "dlfs2", "dezero", "functional", "nnfs")
+    assert STYLES == ("dlfs1", "dlfs2", "dezero", "functional", "nnfs", "dlai")
 
 
 def test_the_surest_claim_wins():
@@ -56,7 +57,7 @@ from derivcheck.check.conventions.base import Adapter, Outcome, call_user, own
 
 class FpropAdapter(Adapter):
     style = "fprop"
-    order = 60
+    order = 70
 
     @classmethod
     def claims(cls, obj, module, name):
@@ -112,7 +113,7 @@ def test_a_new_convention_is_one_new_module(tmp_path):
 
     found = subprocess.run([sys.executable, "-c", "from derivcheck.check.conventions.registry import STYLES; print(STYLES)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert found.stdout.strip() == "('dlfs1', 'dlfs2', 'dezero', 'functional', 'nnfs', 'fprop')", found.stderr
+    assert found.stdout.strip() == "('dlfs1', 'dlfs2', 'dezero', 'functional', 'nnfs', 'dlai', 'fprop')", found.stderr
     ok = derivcheck_("verify", "layers.py:Relu")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "PASS" in ok.stdout
@@ -214,3 +215,29 @@ def test_a_script_whose_layer_needs_what_failed_to_import_is_refused(tmp_path):
     result = run("verify", f"{tmp_path / 'chapter.py'}:Activation_ReLU")
     assert result.exit_code == 2
     assert "No module named 'a_plotting_library_not_installed'" in result.output
+
+
+# -- the deeplearning.ai course's convention ----------------------------------------------------------
+
+DLAI = Path(__file__).resolve().parent.parent / "examples" / "dlai" / "dnn_utils.py"
+
+
+def test_a_module_of_the_course_is_dlai_and_a_lone_pair_stays_cs231ns(tmp_path):
+    from derivcheck.check.loading import load_target
+
+    assert detect_style(*load_target(f"{DLAI}:linear_forward")) == "dlai"
+    assert detect_style(*load_target(f"{DLAI}:relu")) == "dlai"
+    functional = Path(__file__).resolve().parent.parent / "examples" / "functional" / "layers.py"
+    assert detect_style(*load_target(f"{functional}:affine_forward")) == "functional"
+
+
+def test_the_courses_per_example_gradients_are_held_to_the_costs_derivative(tmp_path):
+    """linear_backward's dW / m and undivided dA_prev pass; the same pair read as CS231n's (gradients of
+    the layer's own output, no m) fails on W and b by a factor of m, which is what the convention undoes."""
+    from runner import verify_json
+
+    result, data = verify_json(f"{DLAI}:linear_forward", "--trials", "2")
+    assert result.exit_code == 0 and (data["rule"], data["style"]) == ("affine_dlai", "dlai"), result.output
+    assert "linear_backward(...)[0] / m" in result.output
+    result, data = verify_json(f"{DLAI}:linear_forward", "--rule", "affine_dlai", "--style", "functional", "--trials", "2")
+    assert result.exit_code == 1 and failing(data) == ["grad W", "grad b"], result.output

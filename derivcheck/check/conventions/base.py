@@ -105,6 +105,7 @@ class Adapter:
     def claims(cls, obj, module, name: str) -> int | None:
         """How surely ``obj`` (named ``name`` in ``module``; None for a NAME_backward without a NAME) is
         written in this convention, when no --style is given: a rank, lower is surer, or None for not at all.
+        -1: its module says so (the deeplearning.ai course's L_model_forward beside it);
         0: the target's name says so (a NAME_forward/NAME_backward pair); 1: a framework type is recognised
         (a DeZero Function); 2: a plain function; 3: a class with a telling attribute (book 2's grads);
         4: a class with a forward method. Raise DerivcheckError for a target that is recognisably this

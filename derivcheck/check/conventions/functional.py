@@ -61,13 +61,13 @@ class FunctionalAdapter(Adapter):
     def run(self, values, cotangent) -> Outcome:
         args = self._call_args(self.binding, values)
         result = own(call_user(self.fwd, args, f"{self.fwd.__name__}"))
-        if self.loss_fn is not None and isinstance(result, (np.ndarray, np.generic, float, int)) and not isinstance(result, bool):
-            return Outcome(result, {}, forward_only=f"{self.name} returns one value and has no {self.name}_backward next to it")
         k = len(self.rule.outputs) or 1
-        if self.forward_only:  # a test mode: (out, cache) or out alone, and no backward called
+        if self.forward_only:  # a test mode (or a rule of a value only): (out, cache) or out alone, no backward called
             out = (tuple(result[:k]) if k > 1 else result[0]) if isinstance(result, tuple) and len(result) == k + 1 else result
             out, problem = pack_outputs(self.rule, out, self.fwd.__name__)
             return Outcome(out, {}, forward_only=self.forward_only, output_problem=problem)
+        if self.loss_fn is not None and isinstance(result, (np.ndarray, np.generic, float, int)) and not isinstance(result, bool):
+            return Outcome(result, {}, forward_only=f"{self.name} returns one value and has no {self.name}_backward next to it")
         if not isinstance(result, tuple) or len(result) != k + 1:
             if k > 1:
                 raise DerivcheckError(
