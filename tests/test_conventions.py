@@ -241,3 +241,24 @@ def test_the_courses_per_example_gradients_are_held_to_the_costs_derivative(tmp_
     assert "linear_backward(...)[0] / m" in result.output
     result, data = verify_json(f"{DLAI}:linear_forward", "--rule", "affine_dlai", "--style", "functional", "--trials", "2")
     assert result.exit_code == 1 and failing(data) == ["grad W", "grad b"], result.output
+
+
+def test_an_import_only_the_files_other_code_needs_is_skipped_and_future_imports_reach_every_statement(tmp_path):
+    """The course's dnn_app_utils imports h5py and matplotlib for its data and plots: its steps are checked
+    without them, and a step that uses one is stopped saying so (exit 2, not the layer's fault). Statements
+    run one by one, each compiled with the file's __future__ imports."""
+    from runner import run
+
+    (tmp_path / "dnn_utils.py").write_text(
+        "from __future__ import annotations\nimport numpy as np\nimport h5py_not_installed\n\n\n"
+        "def relu(Z: np.ndarray) -> tuple[Undefined, Undefined]:\n    return np.maximum(Z, 0), Z\n\n\n"
+        "def relu_backward(dA, cache):\n    return dA * (cache > 0)\n\n\n"
+        "def sigmoid(Z):\n    h5py_not_installed.File('train.h5')\n    return 1 / (1 + np.exp(-Z)), Z\n\n\n"
+        "def sigmoid_backward(dA, cache):\n    s = 1 / (1 + np.exp(-cache))\n    return dA * s * (1 - s)\n")
+    result = run("verify", f"{tmp_path / 'dnn_utils.py'}:relu")
+    assert result.exit_code == 0, result.output
+    assert ("derivcheck skipped 1 top-level statement(s) of dnn_utils.py that raised; the layer does not use what they "
+            "make (line 3: import h5py_not_installed (it raised ModuleNotFoundError))") in result.output.replace("\n    ", " ")
+    result = run("verify", f"{tmp_path / 'dnn_utils.py'}:sigmoid")
+    assert result.exit_code == 2, result.output
+    assert "sigmoid used h5py_not_installed, which line 3 of dnn_utils.py could not make" in result.output

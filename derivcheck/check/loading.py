@@ -3,16 +3,18 @@ function it names, with its package's import roots; and telling a model (a netwo
 by reading its source, without running it."""
 from __future__ import annotations
 
+import __future__
 import ast
 import difflib
 import functools
 import importlib
 import importlib.util
 import inspect
+import operator
 import sys
 from pathlib import Path
 
-from derivcheck.check.conventions.base import describe
+from derivcheck.check.conventions.base import Missing, describe
 from derivcheck.errors import DerivcheckError
 
 
@@ -317,18 +319,13 @@ def _import_file(path: Path):
     spec = importlib.util.spec_from_file_location(modname, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module
+    tried = (f"; importable were {', '.join(str(r) for r in roots)} (the file's folder, its project root, and any "
+             f"folder above it holding the names it imports) and the installed packages")
     try:
-        tree = _source_tree(path)
-        if any(_does_work(n) for n in tree.body):  # a script (a book's chapter file): its definitions, not its training
-            _SKIPPED[modname] = _run_definitions(tree, path, module)
-        else:
-            spec.loader.exec_module(module)
+        _SKIPPED[modname] = _run_definitions(_source_tree(path), path, module, tried)
     except Exception as exc:
         del sys.modules[modname]
-        tried = ""
-        if isinstance(exc, ModuleNotFoundError):
-            tried = f"; importable were {', '.join(str(r) for r in roots)} (the file's folder, its project root, and any folder above it holding the names it imports) and the installed packages"
-        raise DerivcheckError(f"importing '{path}' failed: {describe(exc)}{tried}") from None
+        raise DerivcheckError(f"importing '{path}' failed: {describe(exc)}{tried if isinstance(exc, ModuleNotFoundError) else ''}") from None
     return module
 
 
@@ -336,7 +333,9 @@ def _import_file(path: Path):
 # check imports it for its classes and must not run that. Top-level loops, with-blocks and bare calls
 # (nnfs.init(), print(...), model.train(...)) are skipped, and the report says which; imports,
 # definitions, assignments and ifs run as written, and so does a sys.path change the imports need.
-_SKIPPED: dict[str, list[tuple[int, str]]] = {}  # module name -> (line, its first line) of each statement skipped
+# The same loader keeps a file whose top level imports what only its script part uses (the course's
+# dnn_app_utils imports h5py and matplotlib for its data and plots) from failing over it.
+_SKIPPED: dict[str, list[tuple[int, str, bool]]] = {}  # module name -> (line, its first line, did work) of each skipped
 
 
 def _does_work(node: ast.stmt) -> bool:
@@ -348,23 +347,36 @@ def _does_work(node: ast.stmt) -> bool:
     return False
 
 
-def _run_definitions(tree: ast.Module, path: Path, module) -> list[tuple[int, str]]:
-    """Run ``tree``'s top level into ``module`` one statement at a time, but the ones that do work; a statement
-    that raises (an assignment reading what a skipped call made, an import only the script needs) is skipped
-    too, unless a function or class of the file reads a name it binds: then the file cannot be loaded. Returns
-    the statements skipped, (line, why)."""
-    needed = _names_read_by_definitions(tree)
+def _run_definitions(tree: ast.Module, path: Path, module, tried: str = "") -> list[tuple[int, str, bool]]:
+    """Run ``tree``'s top level into ``module`` one statement at a time, but the ones that do work. An import
+    or assignment that raises (an import only the script or its plots need, an assignment reading what a
+    skipped call made) is skipped too, and each name it binds stands for a ``Missing`` value: a layer that
+    uses one is stopped with what failed (exit 2), one that does not is checked. Another statement that
+    raises fails the import. Returns the statements skipped, (line, text, did work)."""
+    # each statement is compiled alone: the file's `from __future__ import annotations` must reach every one
+    future = 0
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            future |= functools.reduce(operator.or_, (getattr(__future__, a.name).compiler_flag for a in node.names
+                                                      if hasattr(__future__, a.name)), 0)
+    module.__doc__ = ast.get_docstring(tree, clean=False)
     skipped = []
     for node in tree.body:
         if _does_work(node):
-            skipped.append((node.lineno, _first_line(path, node)))
+            skipped.append((node.lineno, _first_line(path, node), True))
             continue
         try:
-            exec(compile(ast.Module([node], type_ignores=[]), str(path), "exec"), module.__dict__)
+            code = compile(ast.Module([node], type_ignores=[]), str(path), "exec", flags=future, dont_inherit=True)
+            exec(code, module.__dict__)
         except Exception as exc:
-            if _names_bound(node) & needed or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            star = isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names)  # binds who knows what
+            if star or not ((isinstance(node, (ast.Import, ast.ImportFrom)) and isinstance(exc, ImportError))
+                            or isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign))):
                 raise
-            skipped.append((node.lineno, f"{_first_line(path, node)} (it raised {type(exc).__name__})"))
+            why = f"line {node.lineno} of {path.name} could not make ({describe(exc)}{tried if isinstance(exc, ImportError) else ''})"
+            for name in _names_bound(node):
+                module.__dict__.setdefault(name, Missing(name, why))
+            skipped.append((node.lineno, f"{_first_line(path, node)} (it raised {type(exc).__name__})", False))
     return skipped
 
 
@@ -372,25 +384,6 @@ def _names_bound(node: ast.stmt) -> set[str]:
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         return {(a.asname or a.name).split(".")[0] for a in node.names}
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-
-
-def _names_read_by_definitions(tree: ast.Module) -> set[str]:
-    """The global names the file's functions and classes read (a name a function also assigns is its own)."""
-    names = set()
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef):  # its bases and decorators, and each method's globals
-            names |= {n.id for e in node.bases + node.decorator_list for n in ast.walk(e) if isinstance(n, ast.Name)}
-            defs = [m for m in ast.walk(node) if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            defs = [m for m in ast.walk(node) if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        else:
-            continue
-        for fn in defs:
-            read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-            own = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-            own |= {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}
-            names |= read - own
-    return names
 
 
 def _first_line(path: Path, node: ast.stmt) -> str:
@@ -404,6 +397,10 @@ def script_note(module) -> str:
     skipped = _SKIPPED.get(getattr(module, "__name__", ""), [])
     if not skipped:
         return ""
-    shown = "; ".join(f"line {n}: {text}" for n, text in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
-    return (f"{Path(module.__file__).name} is a script: derivcheck ran its imports and definitions only, and skipped "
-            f"{len(skipped)} top-level statement(s) ({shown})")
+    shown = "; ".join(f"line {n}: {text}" for n, text, _ in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+    name = Path(module.__file__).name
+    if any(work for _, _, work in skipped):
+        return (f"{name} is a script: derivcheck ran its imports and definitions only, and skipped "
+                f"{len(skipped)} top-level statement(s) ({shown})")
+    return (f"derivcheck skipped {len(skipped)} top-level statement(s) of {name} that raised; the layer does not "
+            f"use what they make ({shown})")

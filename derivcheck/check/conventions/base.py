@@ -32,6 +32,31 @@ class LayerError(Exception):
         super().__init__(f"{stage} raised {type(exc).__name__}{where}: {said}")
 
 
+class Unloaded(ImportError):
+    """Raised by what stands for a name the target file's top level could not bind (loading.py): an import of a
+    package not installed here, an assignment that failed without the script code it followed."""
+
+
+class Missing:
+    """Stands for such a name: any use of it raises Unloaded, saying which line of which file failed."""
+
+    def __init__(self, name: str, why: str):
+        object.__setattr__(self, "_why", f"used {name}, which {why}")
+
+    def _fail(self, *args, **kwargs):
+        raise Unloaded(object.__getattribute__(self, "_why"))
+
+    def __getattr__(self, attr):
+        self._fail()
+
+    def __mro_entries__(self, bases):  # class Net(torch.nn.Module) with torch missing
+        self._fail()
+
+    __call__ = __getitem__ = __iter__ = __bool__ = __len__ = __array__ = __setattr__ = _fail
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __matmul__ = _fail
+    __rmatmul__ = __pow__ = __neg__ = __lt__ = __le__ = __gt__ = __ge__ = _fail
+
+
 def traceback_frames(tb):
     import traceback
 
@@ -242,6 +267,8 @@ def call_user(fn, args, stage_name):
         raise LayerError(stage_name, exc) from exc
     except KeyboardInterrupt:  # the worker says so itself (isolate.py): a layer's own raise is its failure there
         raise
+    except Unloaded as exc:  # it used what its file's top level could not make here: not evidence against it
+        raise DerivcheckError(f"{stage_name} {exc}") from None
     except BaseException as exc:  # Exception, and GeneratorExit or a BaseException subclass of the layer's own
         raise LayerError(stage_name, exc) from exc
     finally:
