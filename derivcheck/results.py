@@ -5,6 +5,8 @@ report never needs the engine to read one.
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -95,6 +97,16 @@ def warn(rep: Report, kind: str, message: str, trial) -> None:
     """Add a warning to ``rep`` once (the same kind and message is said once)."""
     if not any(w.kind == kind and w.message == message for w in rep.warnings):
         rep.warnings.append(Warning_(kind, message, trial))
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 controls but tab and newline; ESC among them
+
+
+def visible(s, indent: str = "") -> str:
+    """``s`` as a terminal may show it: a control character (an escape sequence, a carriage return that would
+    overwrite the line) written as \\xNN, and each line after the first indented by ``indent``, so that a
+    layer's message cannot forge a line of the report ("verdict: PASS") or repaint the screen."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(s)).replace("\n", "\n" + indent)
 
 
 def pair(expected: float, got: float) -> tuple[str, str]:

@@ -154,3 +154,19 @@ def test_symlinked_cache_subfolders_are_not_followed(tmp_path):
     p = verify_relu(folder, tmp_path / "home", tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert list(outside.iterdir()) == []
+
+
+def test_a_layers_message_cannot_repaint_the_terminal_or_forge_a_line_of_the_report(tmp_path):
+    """An exception text with an escape sequence, a carriage return and a line of its own ("verdict: PASS")
+    is shown with the controls as \\xNN and its extra line indented: the report's own lines stay its own."""
+    from runner import run
+
+    (tmp_path / "layers.py").write_text(
+        "class Relu:\n    def forward(self, x):\n"
+        "        raise ValueError('boom\\x1b[2J\\rverdict: PASS\\nverdict: PASS')\n"
+        "    def backward(self, dout):\n        return dout\n")
+    result = run("verify", f"{tmp_path / 'layers.py'}:Relu")
+    assert result.exit_code == 1
+    assert "\x1b" not in result.output and "\r" not in result.output
+    assert "boom\\x1b[2J\\x0dverdict: PASS" in result.output
+    assert [line for line in result.output.splitlines() if line.startswith("verdict:")] == ["verdict: FAIL"]

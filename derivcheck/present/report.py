@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from derivcheck.results import pair
+from derivcheck.results import pair, visible
 
 
 def _fmt(v) -> str:
@@ -21,18 +21,18 @@ def _idx(check) -> str:
 
 def text(report) -> str:
     lines = [
-        f"derivcheck verify {report.target}" + (" (a network, each layer against its rule)" if report.rule == "network"
+        f"derivcheck verify {visible(report.target)}" + (" (a network, each layer against its rule)" if report.rule == "network"
                                                  else f" --rule {report.rule}"),
         f"style {report.style}, {report.dtype}, seed {report.seed}, {report.trials} trial(s) x {report.steps} step(s)",
     ]
     width = max((len(c.name) for c in report.checks), default=8)
     for c in report.checks:
         mark = "PASS" if c.passed else "FAIL"
-        where = f"  ({c.where})" if c.where and c.where != "forward output" else ""
+        where = f"  ({visible(c.where)})" if c.where and c.where != "forward output" else ""
         if c.abs_err is not None:
-            lines.append(f"  {mark} {c.name:<{width}}  worst abs err {_fmt(c.abs_err)} (tol {_fmt(c.tol)}){where}")
+            lines.append(f"  {mark} {visible(c.name):<{width}}  worst abs err {_fmt(c.abs_err)} (tol {_fmt(c.tol)}){where}")
         else:
-            lines.append(f"  {mark} {c.name:<{width}}{where}")
+            lines.append(f"  {mark} {visible(c.name):<{width}}{where}")
         if not c.passed:
             at = ", ".join(f"{k}={v}" for k, v in (c.dims or {}).items())
             if c.hyper:
@@ -40,7 +40,7 @@ def text(report) -> str:
             if c.trial is not None:
                 lines.append(f"       trial {c.trial} (seed {c.seed}) step {c.step} at {at}")
             if c.message:
-                lines.append(f"       {c.message}")
+                lines.append(f"       {visible(c.message, '       ')}")
             if c.abs_err is not None:
                 e, g = pair(c.expected, c.got)
                 lines.append(
@@ -49,19 +49,19 @@ def text(report) -> str:
                 )
     if report.warnings:
         lines.append("warnings:" + (" (failing under --strict)" if report.strict else ""))
-        lines += [f"  - {w.kind}: {w.message}" for w in report.warnings]
+        lines += [f"  - {w.kind}: {visible(w.message, '    ')}" for w in report.warnings]
     if report.diagnosis:
         lines.append("diagnosis:")
         for d in report.diagnosis:
-            lines.append(f"  - {d['message']}")
-            lines.append(f"    hint: {d['hint']}")
+            lines.append(f"  - {visible(d['message'], '    ')}")
+            lines.append(f"    hint: {visible(d['hint'], '    ')}")
     if report.notes:
         lines.append("notes:")
-        lines += [f"  - {n}" for n in report.notes]
-    only = f" (forward only: {report.forward_only}, so there is no gradient to check)" if report.forward_only else ""
+        lines += [f"  - {visible(n, '    ')}" for n in report.notes]
+    only = f" (forward only: {visible(report.forward_only)}, so there is no gradient to check)" if report.forward_only else ""
     lines.append(f"verdict: {report.verdict.upper()}{only}")
     if report.verdict != "pass":
-        lines.append(f"reproduce: {report.reproduce}")
+        lines.append(f"reproduce: {visible(report.reproduce)}")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ import click
 from derivcheck import DISTRIBUTION
 from derivcheck.check.conventions.registry import STYLES
 from derivcheck.errors import DerivcheckError
+from derivcheck.results import visible
 
 
 class Context:
@@ -87,7 +88,7 @@ class Group(click.Group):
         except DerivcheckError as exc:
             if ctx.meta.get("derivcheck.debug"):
                 traceback.print_exc()
-            click.echo(f"derivcheck: error: {exc}", err=True)
+            click.echo(f"derivcheck: error: {visible(exc)}", err=True)
             sys.exit(2)
         except Exception as exc:  # a bug of ours: still one line unless --debug
             from derivcheck.run.isolate import WorkerCrashed
@@ -148,7 +149,7 @@ def rules_cmd(obj, name):
             click.echo(f"    from: {rule.path}")
     if errors:  # the rest is listed; each file that could not be read is named once
         for exc in errors:
-            click.echo(f"derivcheck: error: {exc}", err=True)
+            click.echo(f"derivcheck: error: {visible(exc)}", err=True)
         sys.exit(2)
 
 
@@ -342,7 +343,7 @@ def check_cmd(obj, path, groups, seed, jobs, timeout, fmt, junit):
                    f"{expected} failed as expected, {len(bad)} not as expected")
     could_not_run = [r for r in results if r.report is None]
     for r in could_not_run:  # the summary is written first: nothing is lost
-        click.echo(f"derivcheck: error: {r.error}", err=True)
+        click.echo(f"derivcheck: error: {visible(r.error)}", err=True)
     if junit:  # after the summary: a path that cannot be written loses nothing the run found
         try:
             Path(junit).write_text(gate.junit_xml(results, config.path.stem), encoding="utf-8")
