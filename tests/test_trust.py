@@ -170,3 +170,12 @@ def test_a_layers_message_cannot_repaint_the_terminal_or_forge_a_line_of_the_rep
     assert "\x1b" not in result.output and "\r" not in result.output
     assert "boom\\x1b[2J\\x0dverdict: PASS" in result.output
     assert [line for line in result.output.splitlines() if line.startswith("verdict:")] == ["verdict: FAIL"]
+
+
+def test_a_target_file_that_is_not_python_source_is_refused_unread(tmp_path):
+    from runner import run
+
+    (tmp_path / "layers.txt").write_text(f"{PAYLOAD}\nclass Relu:\n    pass\n")
+    result = run("verify", f"{tmp_path / 'layers.txt'}:Relu", "--rule", "relu")
+    assert result.exit_code == 2 and "is not a .py file" in result.output, result.output
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()

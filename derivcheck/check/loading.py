@@ -33,6 +33,16 @@ def _names_a_file(where: str) -> bool:
     return where.endswith(".py") or "/" in where or "\\" in where
 
 
+def _source_file(path: Path, where: str) -> None:
+    """Refuse a target file that is missing or not Python source (a .txt, a notebook): derivcheck runs .py files."""
+    if not path.is_file():
+        raise DerivcheckError(f"target file '{where}' not found (from {Path.cwd()})")
+    if path.suffix != ".py":
+        raise DerivcheckError(f"target file '{where}' is not a .py file: derivcheck imports Python source files "
+                              f"(path/to/layers.py:Name) and modules (package.module:Name); for a notebook, export "
+                              f"its code to a .py file")
+
+
 def check_target(spec: str) -> None:
     """The checks of :func:`load_target` that run none of the user's code.
 
@@ -45,8 +55,7 @@ def check_target(spec: str) -> None:
     if not _names_a_file(where):
         return
     path = Path(where)
-    if not path.is_file():
-        raise DerivcheckError(f"target file '{where}' not found (from {Path.cwd()})")
+    _source_file(path, where)
     try:
         tree = _source_tree(path)
     except (SyntaxError, ValueError, OSError):
@@ -109,8 +118,7 @@ def load_module(where: str):
     """The module part of a target (``path/to/file.py`` or ``package.module``), imported once per process."""
     if _names_a_file(where):
         path = Path(where)
-        if not path.is_file():
-            raise DerivcheckError(f"target file '{where}' not found (from {Path.cwd()})")
+        _source_file(path, where)
         return _import_file(path)
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # as `python -m package.module` run from here
