@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from derivcheck.check.binding import bind
+from derivcheck.check.binding import bind, norm_name, params_of
 from derivcheck.check.conventions.base import Adapter, Outcome, call_user, count, own, pack_outputs, split_cotangent
 from derivcheck.errors import DerivcheckError
 
@@ -57,6 +57,11 @@ class FunctionalAdapter(Adapter):
             fwd = self.obj
         self.fwd, self.bwd, self.bwd_name = fwd, bwd, bwd_name
         self.binding = bind(self.rule, None, fwd, self.name, call_takes_all_inputs=True)
+        # a backward that takes a hyperparameter too, by its name: the deeplearning.ai course's
+        # linear_activation_backward(dA, cache, activation)
+        hypers = {norm_name(n): n for n, h in self.rule.hyper.items() if h.to_layer}
+        self.bwd_hyper = [(q.name, hypers[norm_name(q.name)]) for q in (params_of(bwd, skip_self=False)[1:] if bwd else [])
+                          if norm_name(q.name) in hypers]
 
     def run(self, values, cotangent) -> Outcome:
         args = self._call_args(self.binding, values)
@@ -87,7 +92,8 @@ class FunctionalAdapter(Adapter):
             return Outcome(out, grads)
         *out, cache = result
         out, problem = pack_outputs(self.rule, tuple(out) if k > 1 else out[0], self.fwd.__name__)
-        back = call_user(self.bwd, [(None, c) for c in split_cotangent(self.rule, cotangent)] + [(None, cache)], self.bwd_name)
+        back = call_user(self.bwd, [(None, c) for c in split_cotangent(self.rule, cotangent)] + [(None, cache)]
+                         + [(q, self.layer_hyper[n]) for q, n in self.bwd_hyper], self.bwd_name)
         parts = back if isinstance(back, tuple) else (back,)
         return Outcome(out, dict(zip(data, parts)), output_problem=problem)
 
