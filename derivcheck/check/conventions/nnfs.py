@@ -113,7 +113,8 @@ class NnfsAdapter(Adapter):
         self.update_params(values)
 
     def update_params(self, values):
-        """What the book's optimizers do: the parameters are written into the layer's own arrays."""
+        """Between steps, as the book's optimizers change them: the layer's parameters become the new values (a
+        fresh copy, in the trial's dtype, bound to the attribute the rule names)."""
         for n in self.held_names:
             held = getattr(self.instance, n)
             if held.shape != np.shape(values[n]):
