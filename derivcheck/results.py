@@ -102,11 +102,16 @@ def warn(rep: Report, kind: str, message: str, trial) -> None:
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 controls but tab and newline; ESC among them
 
 
+def escaped(s: str, chars: re.Pattern) -> str:
+    """``s`` with each character ``chars`` matches written as \\xNN."""
+    return chars.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+
+
 def visible(s, indent: str = "") -> str:
     """``s`` as a terminal may show it: a control character (an escape sequence, a carriage return that would
     overwrite the line) written as \\xNN, and each line after the first indented by ``indent``, so that a
     layer's message cannot forge a line of the report ("verdict: PASS") or repaint the screen."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(s)).replace("\n", "\n" + indent)
+    return escaped(str(s), _CONTROL).replace("\n", "\n" + indent)
 
 
 def pair(expected: float, got: float) -> tuple[str, str]:

@@ -64,12 +64,9 @@ def check_target(spec: str) -> None:
     for node in tree.body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             defined.append(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            dynamic |= any(a.name == "*" for a in node.names)
-            defined += [(a.asname or a.name).split(".")[0] for a in node.names]
-        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            defined += [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+        elif isinstance(node, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            dynamic |= isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names)
+            defined += _names_bound(node)
         else:
             dynamic |= not isinstance(node, ast.Expr)  # names made in if/try/for blocks: not told statically
     if dynamic or name in defined or f"{name}_forward" in defined:
@@ -368,10 +365,11 @@ def _run_definitions(tree: ast.Module, path: Path, module, tried: str = "") -> l
             future |= functools.reduce(operator.or_, (getattr(__future__, a.name).compiler_flag for a in node.names
                                                       if hasattr(__future__, a.name)), 0)
     module.__doc__ = ast.get_docstring(tree, clean=False)
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     skipped = []
     for node in tree.body:
         if _does_work(node):
-            skipped.append((node.lineno, _first_line(path, node), True))
+            skipped.append((node.lineno, _first_line(lines, node), True))
             continue
         try:
             code = compile(ast.Module([node], type_ignores=[]), str(path), "exec", flags=future, dont_inherit=True)
@@ -384,7 +382,7 @@ def _run_definitions(tree: ast.Module, path: Path, module, tried: str = "") -> l
             why = f"line {node.lineno} of {path.name} could not make ({describe(exc)}{tried if isinstance(exc, ImportError) else ''})"
             for name in _names_bound(node):
                 module.__dict__.setdefault(name, Missing(name, why))
-            skipped.append((node.lineno, f"{_first_line(path, node)} (it raised {type(exc).__name__})", False))
+            skipped.append((node.lineno, f"{_first_line(lines, node)} (it raised {type(exc).__name__})", False))
     return skipped
 
 
@@ -394,8 +392,7 @@ def _names_bound(node: ast.stmt) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
 
-def _first_line(path: Path, node: ast.stmt) -> str:
-    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+def _first_line(lines: list[str], node: ast.stmt) -> str:
     line = lines[node.lineno - 1].strip() if node.lineno - 1 < len(lines) else ""
     return line if len(line) <= 60 else line[:57] + "..."
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from derivcheck.run.config import Binding, Config
 from derivcheck.errors import DerivcheckError
+from derivcheck.results import escaped
 
 
 @dataclass
@@ -208,11 +209,12 @@ def junit_xml(results: list[Result], name: str) -> str:
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
 
+_XML_UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # C0 controls but tab, newline, return
+
+
 def _xml_safe(s):
-    """``s`` with the characters XML 1.0 cannot hold (C0 controls but tab, newline, return) as \\xNN."""
-    if s is None:
-        return None
-    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]", lambda m: f"\\x{ord(m.group()):02x}", s)
+    """``s`` with the characters XML 1.0 cannot hold as \\xNN."""
+    return None if s is None else escaped(s, _XML_UNSAFE)
 
 
 def first_failure(report) -> str:

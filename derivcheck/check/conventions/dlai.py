@@ -34,23 +34,23 @@ class DlaiAdapter(FunctionalAdapter):
             return None
         return -1 if any(inspect.isfunction(getattr(module, m, None)) for m in COURSE) else None
 
-    def examples(self, values) -> tuple[str, int]:
-        """The examples' axis as the rule names it (its first input's last) and its size, m."""
+    def per_example(self, n: str) -> bool:
+        """Rule input ``n`` has the examples' axis (the rule's first input's last): an activation, whose gradient
+        the course keeps m times the cost's."""
         first = next(iter(self.rule.inputs.values()))
-        axis = first.shape[-1] if first.shape else None
-        return axis, (int(np.shape(values[first.name])[-1]) if first.shape else 1)
+        return bool(first.shape) and first.shape[-1] in self.rule.inputs[n].shape
 
     def run(self, values, cotangent) -> Outcome:
         if self.loss_fn is not None:  # a cost: its value only
             return super().run(values, cotangent)
-        axis, m = self.examples(values)
+        first = next(iter(self.rule.inputs))
+        m = int(np.shape(values[first])[-1]) if np.ndim(values[first]) else 1  # the number of examples
         outcome = super().run(values, np.asarray(cotangent) * m)
         for n, g in outcome.grads.items():
-            if g is not None and axis in self.rule.inputs[n].shape:  # an activation's gradient: m times the cost's
+            if g is not None and self.per_example(n):
                 outcome.grads[n] = np.asarray(g) / m
         return outcome
 
     def grad_location(self, n) -> str:
         where = super().grad_location(n)
-        first = next(iter(self.rule.inputs.values()))
-        return f"{where} / m" if first.shape and first.shape[-1] in self.rule.inputs[n].shape else where
+        return f"{where} / m" if self.per_example(n) else where

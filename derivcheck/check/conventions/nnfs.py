@@ -68,7 +68,8 @@ class NnfsAdapter(Adapter):
         rule, inputs = self.rule, list(self.rule.inputs)
         labels = [n for n, lab in rule.labels.items() if lab.given]
         self.held_names = inputs[1:]
-        call = [p for p in params_of(self.obj.forward, skip_self=True) if p.name not in TRAINING]
+        forward = params_of(self.obj.forward, skip_self=True)
+        call = [p for p in forward if p.name not in TRAINING]
         required = [p for p in call if p.default is p.empty]
         data = inputs[:1] + labels
         if len(required) != len(data):
@@ -77,7 +78,7 @@ class NnfsAdapter(Adapter):
                 f"passes it {', '.join(data)}: pick the rule it implements (--rule) or another --style")
         self.binding = Binding()
         self.binding.call = [(None, "input" if n in rule.inputs else "label", n) for n in data]  # by position
-        self.takes_training = any(p.name in TRAINING for p in params_of(self.obj.forward, skip_self=True))
+        self.takes_training = len(call) < len(forward)
         hypers = {norm_name(n): n for n, h in rule.hyper.items() if h.to_layer}
         self.ctor_params = [(p.name, hypers.get(norm_name(p.name))) for p in params_of(self.obj.__init__, skip_self=True)
                             if p.default is p.empty or norm_name(p.name) in hypers]
