@@ -171,6 +171,21 @@ def test_an_nnfs_forward_that_sets_no_output_fails_naming_it(tmp_path):
     assert "Activation_ReLU.forward raised AttributeError" in result.output and "set no self.output" in result.output
 
 
+def test_an_nnfs_loss_whose_forward_takes_the_training_flag_is_averaged_by_calculate_without_it(tmp_path):
+    """calculate(output, y) is the book's Loss method: it gets the prediction and the labels, never forward's flag."""
+    from runner import run
+
+    (tmp_path / "losses.py").write_text(
+        "import numpy as np\n\nclass Loss:\n    def calculate(self, output, y):\n"
+        "        return np.mean(self.forward(output, y, True))\n\n"
+        "class Loss_MeanSquaredError(Loss):\n    def forward(self, y_pred, y_true, training):\n"
+        "        return ((y_true - y_pred) ** 2).mean(axis=-1)\n\n"
+        "    def backward(self, dvalues, y_true):\n        samples, outputs = dvalues.shape\n"
+        "        self.dinputs = 2 * (dvalues - y_true) / outputs / samples\n")
+    result = run("verify", f"{tmp_path / 'losses.py'}:Loss_MeanSquaredError", "--trials", "2")
+    assert result.exit_code == 0, result.output
+
+
 SCRIPT = '''
 import numpy as np
 import a_plotting_library_not_installed  # only the script below uses it

@@ -127,9 +127,10 @@ class NnfsAdapter(Adapter):
         return {**values, **{n: getattr(self.instance, n) for n in self.held_names}}
 
     def run(self, values, cotangent) -> Outcome:
-        args = self._call_args(self.binding, values) + ([("training", True)] if self.takes_training else [])
-        returned = call_user(self.instance.forward, args, f"{self.name}.forward")
-        if self.is_loss:  # the batch mean: Loss.calculate, or what a softmax-and-loss forward returns
+        args = self._call_args(self.binding, values)
+        returned = call_user(self.instance.forward, args + ([("training", True)] if self.takes_training else []),
+                             f"{self.name}.forward")
+        if self.is_loss:  # the batch mean: Loss.calculate(output, y), or what a softmax-and-loss forward returns
             calculate = getattr(self.instance, "calculate", None)
             out = (call_user(calculate, args, f"{self.name}.calculate") if callable(calculate) else returned)
         else:
