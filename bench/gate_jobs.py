@@ -29,14 +29,20 @@ def run(jobs: int, config: Path, env: dict) -> tuple[float, str]:
     return time.perf_counter() - t, p.stdout.strip().splitlines()[-1]
 
 
-def main() -> int:
+def reference_config(folder: Path) -> Path:
+    """A gate config in ``folder`` with the bundled reference layers only, in float64: every check passes,
+    so the times compare like with like."""
     source = (ROOT / "examples" / "derivcheck.toml").read_text()
+    config = folder / "derivcheck.toml"
+    blocks = [b for b in source.split("[[layers]]")[1:] if 'group = "reference"' in b]
+    text = "dtypes = [\"float64\"]\n" + "".join("[[layers]]" + b.replace("examples/", "") for b in blocks)
+    config.write_text(text.replace('target = "', f'target = "{ROOT / "examples"}/'))
+    return config
+
+
+def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        # the reference layers only, one dtype: every check passes, so the times compare like with like
-        config = Path(tmp) / "derivcheck.toml"
-        blocks = [b for b in source.split("[[layers]]")[1:] if 'group = "reference"' in b]
-        text = "dtypes = [\"float64\"]\n" + "".join("[[layers]]" + b.replace("examples/", "") for b in blocks)
-        config.write_text(text.replace('target = "', f'target = "{ROOT / "examples"}/'))
+        config = reference_config(Path(tmp))
         env = {**os.environ, "DERIVCHECK_CACHE_DIR": str(Path(tmp) / "cache")}
         run(4, config, env)  # warm the cache
         serial, summary = min(run(1, config, env) for _ in range(2))

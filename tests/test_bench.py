@@ -61,3 +61,15 @@ def test_jacobian_bench_prints_both_ways_and_that_they_agree():
     rows = [line.split() for line in out.splitlines()[1:]]
     assert [r[0] for r in rows] == ["layernorm", "softmax_with_loss"]
     assert all(r[-4] == "yes" and float(r[-5]) > 0 for r in rows), out
+
+
+def test_judge_apart_bench_measures_this_tree_against_its_base():
+    """Against HEAD, which any clone has (the default base may be beyond a shallow one)."""
+    out = subprocess.run([sys.executable, str(BENCH.parent / "judge_apart.py"), "--only", "verify", "--reps", "1", "--base", "HEAD"],
+                         capture_output=True, text=True, check=True, timeout=600).stdout
+    line = [ln for ln in out.splitlines() if ln.startswith("verify one layer")]
+    m = re.search(r"base +([\d.]+) s wall +([\d.]+) s CPU \| this +([\d.]+) s wall +([\d.]+) s CPU \| ratio this/base: "
+                  r"wall ([\d.]+), CPU ([\d.]+)", line[0] if line else "")
+    assert m, out
+    base_wall, _, this_wall, _, ratio, _ = map(float, m.groups())
+    assert base_wall > 0 and this_wall > 0 and abs(ratio - this_wall / base_wall) < 0.01 + 0.01 * ratio

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from derivcheck.engine import reference
-from derivcheck.check.conventions.base import LayerError, rank_mismatch
+from derivcheck.check.conventions.base import LayerError
 from derivcheck.check.conventions.registry import detect_style, make_adapter
 from derivcheck.check.loading import load_target, script_note, target_spec
 from derivcheck.checks import Check, compare, unit_roundoff
@@ -32,18 +32,40 @@ from derivcheck.vocab import DTYPES
 # ---------------------------------------------------------------------------
 
 
+class LocalLayers:
+    """The layer, run in this process: what :class:`Verifier` asks of a layer (``layers=``), answered here.
+    isolate.py answers the same questions from the layer's own process (``RemoteLayers``), so that the
+    judgement is never made where the layer's code runs; this one is for a layer no worker can import
+    (a class defined inside a function) and for tests of the judgement itself."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def detect_style(self) -> str:
+        return detect_style(*load_target(self.target))
+
+    def script_note(self) -> str:
+        return script_note(load_target(self.target)[1])
+
+    def make(self, rule, hyper: dict, layer_hyper: dict, style):
+        """The layer's adapter (base.Adapter: name, style, loose_note, can_repeat, step, repeat)."""
+        return make_adapter(self.target, rule, hyper, layer_hyper, style)
+
+
 class Verifier:
-    """One layer against one rule. ``run()`` returns a Report."""
+    """One layer against one rule. ``run()`` returns a Report. ``layers``: where the layer runs (LocalLayers
+    by default; isolate.RemoteLayers)."""
 
     def __init__(self, target: str, rule, *, hyper=None, style=None, dtype="float64", seed=0, trials=5, steps=2,
-                 shape=None, strict=False, kinks=False, stress=True, variants=None):
+                 shape=None, strict=False, kinks=False, stress=True, variants=None, layers=None):
+        self.layers = layers or LocalLayers(target)
         if dtype not in DTYPES:
             raise DerivcheckError(f"--dtype must be one of {', '.join(DTYPES)}, not '{dtype}'")
         if trials < 1 or steps < 1:
             raise DerivcheckError("--trials and --steps must be at least 1")
         self.variant_note = ""
         if variants:  # a guessed rule with a form of its own in the layer's convention (targets.variants_for)
-            detected = style or detect_style(*load_target(target))
+            detected = style or self.layers.detect_style()
             if detected in variants:
                 from derivcheck.engine.rules import load_rule_file
 
@@ -76,7 +98,7 @@ class Verifier:
         self.varied = {}  # the current trial's hyperparameters that differ from the run's (at_hyper)
         self.style = style
         # load the target now, so that a typo is an error (exit 2) before any trial
-        self.adapter_for = lambda layer_hyper: make_adapter(target, rule, self.hyper, layer_hyper, style)  # noqa: E731
+        self.adapter_for = lambda layer_hyper: self.layers.make(self.rule, self.hyper, layer_hyper, style)  # noqa: E731
         self.probe = self.adapter_for({})
 
     # -- the trial plan ---------------------------------------------------------
@@ -130,7 +152,7 @@ class Verifier:
     def run(self) -> Report:
         rep = Report(self.target, self.rule.name, self.probe.style, self.dtype_name, self.seed, self.trials,
                      self.steps, {k: v for k, v in self.given_hyper.items()}, strict=self.strict)
-        rep.notes = [n for n in (script_note(self.probe.module), self.variant_note, reference.note_for(self.rule, self.hyper),
+        rep.notes = [n for n in (self.layers.script_note(), self.variant_note, reference.note_for(self.rule, self.hyper),
                                  self.probe.loose_note) if n]
         results: dict[str, Check] = {}
         factors: dict[str, list] = {}  # check -> [(factor, dims)] of every failing trial
@@ -214,20 +236,12 @@ class Verifier:
         for step in range(self.steps):
             values, ref = self.sample(d, rng)
             cot = self.cotangent(d, rng)
+            unchanged = [n for n in values if not (n in self.rule.labels and self.rule.labels[n].updated)]  # running statistics
             try:
-                if step == 0:
-                    adapter.build(values)
-                    if adapter.flags_note and adapter.flags_note not in rep.notes:
-                        rep.notes.append(adapter.flags_note)
-                else:
-                    adapter.update_params(values)
-                    values = adapter.held(values)
-                snapshot = {n: np.array(v, copy=True) for n, v in values.items()
-                            if not (n in self.rule.labels and self.rule.labels[n].updated)}  # running statistics
-                cot_copy = np.array(cot, copy=True)
-                outcome = adapter.run(values, cot)
+                # the layer gets copies: what it writes into cannot change what it is held to
+                outcome = adapter.step(step == 0, values, np.array(cot, copy=True), unchanged)
             except LayerError as exc:
-                if k == 0 and step == 0 and not exc.stage.endswith("backward") and rank_mismatch(exc.exc):
+                if k == 0 and step == 0 and not exc.stage.endswith("backward") and exc.wrong_rank:
                     shapes = ", ".join(f"{n} {tuple(np.shape(v))}" for n, v in values.items())
                     raise DerivcheckError(
                         f"{self.probe.name} does not fit rule '{self.rule.name}': given the rule's inputs ({shapes}), {exc}. "
@@ -236,24 +250,24 @@ class Verifier:
                         f"prints this one to start from; docs/rules.md)") from None
                 checks.append(Check("layer raised", False, message=str(exc), **ctx(step)))
                 return checks
+            if outcome.flags_note and outcome.flags_note not in rep.notes:
+                rep.notes.append(outcome.flags_note)
             if outcome.output is None and k == 0 and step == 0:
-                raise DerivcheckError(no_output(self.probe.name, adapter))
+                raise DerivcheckError(outcome.no_output)
             ref = reference.read_kept(self.rule, ref, outcome.output)  # a mask the layer drew (dropout)
             for n in kept:
                 kept[n][0] += int(ref[n].sum())
                 kept[n][1] += ref[n].size
             # the reference reads private copies: a layer that writes into dout cannot change what it is held to
-            checks += self.judge.call(rep, d, ref, cot_copy, outcome.output, {n: outcome.grads.get(n) for n in self.rule.inputs},
-                                      {"forward": "forward output", **({} if outcome.forward_only else
-                                                                         {n: adapter.grad_location(n) for n in self.rule.inputs})},
-                                      ctx(step), history=history, output_problem=outcome.output_problem,
+            checks += self.judge.call(rep, d, ref, cot, outcome.output, {n: outcome.grads.get(n) for n in self.rule.inputs},
+                                      {"forward": "forward output", **outcome.where}, ctx(step), history=history, output_problem=outcome.output_problem,
                                       forward_only=outcome.forward_only, missing=adapter.style)
             if outcome.forward_only:
                 rep.forward_only = outcome.forward_only
             checks += self.rebound_slots(outcome, ctx(step))
-            self._side_effects(rep, k, values, snapshot, cot, cot_copy)
+            self._side_effects(rep, k, outcome)
         checks += [self.kept_fraction(n, *counts, ctx(self.steps - 1)) for n, counts in kept.items()]
-        if hasattr(adapter, "forward_call") and not adapter.forward_only and all(c.passed for c in checks):
+        if adapter.can_repeat and all(c.passed for c in checks):
             self._stale_check(rep, k, d, adapter, rng)  # only meaningful for a layer that is right so far
         return checks
 
@@ -318,8 +332,7 @@ class Verifier:
         adapter = self.adapter_for(self.layer_hyper(dims))
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # overflow is what we are probing for
-            adapter.build(values)
-            outcome = adapter.run(values, np.array(cot, copy=True))  # the layer may write into its dout
+            outcome = adapter.step(True, values, np.array(cot, copy=True))  # the layer may write into its dout
         return d, dims, ref, cot, outcome
 
     def stability_check(self) -> Check:
@@ -432,11 +445,11 @@ class Verifier:
                              + (" (the usual convention, as PyTorch's relu)" if slopes == [0.0] else ""))
         return notes
 
-    def _side_effects(self, rep, k, values, snapshot, cot, cot_copy):
-        for n, before in snapshot.items():
-            if not np.array_equal(np.asarray(values[n]), before, equal_nan=True):
-                warn(rep, "mutates-input", f"forward/backward modified the caller's '{n}' in place", k)
-        if not np.array_equal(np.asarray(cot), cot_copy, equal_nan=True):
+    @staticmethod
+    def _side_effects(rep, k, outcome):
+        for n in outcome.modified:
+            warn(rep, "mutates-input", f"forward/backward modified the caller's '{n}' in place", k)
+        if outcome.dout_modified:
             warn(rep, "mutates-input", "backward modified the caller's upstream gradient (dout) in place", k)
 
     def _stale_check(self, rep, k, d, adapter, rng):
@@ -444,11 +457,8 @@ class Verifier:
         (va, _), (vb, refb) = self.sample(d, rng), self.sample(d, rng)
         cot = self.cotangent(d, rng)
         try:
-            adapter.update_params(va)
-            adapter.forward_call(adapter.held(va))
-            adapter.update_params(vb)
-            refb = reference.read_kept(self.rule, refb, adapter.forward_call(adapter.held(vb))[0])
-            grads = adapter.gradients(adapter.backward_call(np.array(cot, copy=True)))
+            out_b, grads = adapter.repeat([va, vb], np.array(cot, copy=True))
+            refb = reference.read_kept(self.rule, refb, out_b)
         except LayerError as exc:  # it passed its trials, so it is the second forward in a row that it cannot take
             warn(rep, "stale-state", f"forward called twice in a row, then backward: {exc}", k)
             return
@@ -474,23 +484,14 @@ class Verifier:
             # the same values after one forward: if they are wrong too, the layer is wrong at these
             # values (a repeated embedding id), not holding on to an earlier call
             try:
-                refb = reference.read_kept(self.rule, refb, adapter.forward_call(adapter.held(vb))[0])  # a new mask, if it draws one
-                again = wrong(adapter.gradients(adapter.backward_call(np.array(cot, copy=True))), refb)
+                out_b, grads = adapter.repeat([vb], np.array(cot, copy=True))
+                refb = reference.read_kept(self.rule, refb, out_b)  # a new mask, if it draws one
+                again = wrong(grads, refb)
             except LayerError:
                 again = stale
             if not set(stale) & set(again):
                 warn(rep, "stale-state", f"after two forward calls, backward's gradient of '{stale[0]}' does not "
                                           f"belong to the latest call (state kept from an earlier call)", k)
-
-
-def no_output(name: str, adapter) -> str:
-    """Why a layer whose first forward returned None cannot be judged (exit 2, not a wrong layer)."""
-    own = vars(adapter.instance) if hasattr(getattr(adapter, "instance", None), "__dict__") else {}
-    kept = [a for a in ("output", "outputs", "out", "y", "A") if isinstance(own.get(a), np.ndarray)]
-    where = (f"; it keeps an array in self.{kept[0]}, as the nnfs book's layers do (--style nnfs reads self.output, "
-             f"and the gradients backward stores in self.dinputs, self.dweights, ...)" if kept else "")
-    return (f"{name}'s forward returned None: the {adapter.style} convention takes the output from forward's return "
-            f"value{where}. Return the output from forward, or wrap the layer in a subclass whose forward does")
 
 
 def stability_hint(rule) -> str:

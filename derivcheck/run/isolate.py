@@ -29,6 +29,7 @@ as it would in-process.
 """
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -91,8 +92,8 @@ def _server():
         if "forkserver" in multiprocessing.get_all_start_methods():
             _SERVER = multiprocessing.get_context("forkserver")
             # sympy.tensor.tensor: SymPy imports it at its first sum (Add.flatten), else in every worker
-            _SERVER.set_forkserver_preload(["derivcheck.run.isolate", "derivcheck.check.verify", "derivcheck.engine.reference", "sympy",
-                                            "sympy.tensor.tensor"])
+            _SERVER.set_forkserver_preload(["derivcheck.run.isolate", "derivcheck.run.remote", "derivcheck.check.verify",
+                                            "derivcheck.engine.reference", "sympy", "sympy.tensor.tensor"])
         else:  # Windows: a fresh interpreter each time
             _SERVER = multiprocessing.get_context("spawn")
     return _SERVER
@@ -143,36 +144,78 @@ def _take_callers_state(request: dict) -> None:
     sys.path[:] = request["sys_path"]
 
 
-def _work(conn, request: dict) -> None:
-    """In the worker: redirect output, run the check, send back ("report" | "error" | "internal", payload)."""
+def _report_stage(conn):
+    """A stage callback (remote.RemoteLayers' ``on_stage``) that tells the supervisor what is being waited for."""
+    return lambda kind, text: conn.send(("stage", kind, text))
+
+
+def _judge(conn, peer, request: dict) -> None:
+    """The judge (no user code imported): verify with the layer run by the layer's process on ``peer``;
+    send the supervisor ("stage", kind, text) as it goes, then ("report" | "error" | "gone" | "exited" |
+    "internal" | "interrupted", payload)."""
+    from derivcheck.run import remote
+
     _take_callers_state(request)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # forked from the caller: not its handler (see _start)
-    out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(out, 1)
-    os.dup2(out, 2)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
     from derivcheck.engine.rules import load_rule
     from derivcheck.check.verify import verify
 
-    conventions.on_stage = lambda stage: conn.send(("stage", stage))
+    layers = remote.RemoteLayers(peer, _report_stage(conn))
     try:
-        if request["rule"] is None:  # a whole network: each layer against its own rule
-            from derivcheck.check.network import verify_network
+        rule = load_rule(request["rule"])
+        if rule.digest != request["digest"]:
+            raise DerivcheckError(f"rule file {request['rule']} changed while derivcheck was running: run again")
+        report = verify(request["target"], rule, layers=layers, **request["options"])
+        conn.send(("report", report.to_json()))
+    except remote.LayerGone as exc:
+        conn.send(("gone", (exc.why, exc.stage)))
+    except remote.LayerExited as exc:
+        conn.send(("exited", (exc.code, exc.stage)))
+    except DerivcheckError as exc:
+        conn.send(("error", str(exc)))
+    except remote.InternalInLayer as exc:
+        conn.send(("internal", f"in the layer's process: {exc}"))
+    except KeyboardInterrupt:
+        conn.send(("interrupted", None))
+    except BaseException as exc:  # noqa: BLE001 - everything else is reported, never lost
+        conn.send(("internal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        layers.done()
+        peer.close()
+        conn.close()
 
-            report = verify_network(request["target"], **request["options"])
-        else:
-            rule = load_rule(request["rule"])
-            if rule.digest != request["digest"]:
-                raise DerivcheckError(f"rule file {request['rule']} changed while derivcheck was running: run again")
-            report = verify(request["target"], rule, **request["options"])
+
+def _host(peer, request: dict) -> None:
+    """The layer's process: its output into a file, then answer the judge (remote.serve)."""
+    from derivcheck.run import remote
+
+    _take_callers_state(request)
+    remote.redirect_output(request["output"])
+    remote.serve(peer, request["target"])
+
+
+def _work(conn, request: dict) -> None:
+    """A network's check, in one worker with the user's code (network.py is not yet split into the layer's
+    process and the judge): send back ("stage", kind, text) as it goes, then as :func:`_judge` does."""
+    from derivcheck.run import remote
+
+    _take_callers_state(request)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # forked from the caller: not its handler (see _start)
+    remote.redirect_output(request["output"])
+    from derivcheck.check.network import verify_network
+
+    conventions.on_stage = lambda name: conn.send(("stage", "own" if name == conventions.OWN_WORK else "layer", name))
+    try:
+        report = verify_network(request["target"], **request["options"])
         conn.send(("report", report.to_json()))
     except DerivcheckError as exc:
         conn.send(("error", str(exc)))
     except KeyboardInterrupt:
         conn.send(("interrupted", None))
     except SystemExit as exc:  # the layer's module called sys.exit() while it was imported
-        conn.send(("exited", exc.code))
+        conn.send(("exited", repr(exc.code)))
     except BaseException as exc:  # noqa: BLE001 - everything else is reported, never lost
         conn.send(("internal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
     finally:
@@ -210,12 +253,25 @@ def _failed(target, rule, options, message: str):
     return rep
 
 
-def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zygote | None" = None, **options):
-    """:func:`derivcheck.check.verify.verify` in a worker process; see the module doc.
+def _ended(process) -> str:
+    """How ``process`` ended, for a message: "was killed by SIGKILL", "ended with exit code 3"."""
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"ended with exit code {code} (os._exit or a crash)"
 
-    ``rule`` None: ``target`` is a network, checked by :func:`derivcheck.check.network.verify_network`.
-    ``zygote``: forked from that process, which has imported the target's module, if it could
-    (:class:`Zygote`); else from the server, as without one.
+
+def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zygote | None" = None, **options):
+    """:func:`derivcheck.check.verify.verify`, judged in a process that never imports the target, with the
+    layer run in another (remote.py); see the module doc.
+
+    ``rule`` None: ``target`` is a network, checked by :func:`derivcheck.check.network.verify_network` in
+    one worker. ``zygote``: the layer's process is forked from that one, which has imported the target's
+    module, and the judge from its twin, which has the checks' derivations loaded, if they could
+    (:class:`Zygote`); else both from the server, as without one.
     """
     from derivcheck.results import Report
 
@@ -225,99 +281,151 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     fd, output = tempfile.mkstemp(prefix="derivcheck-layer-", suffix=".txt")
     os.close(fd)
     ctx = _context()
-    receive, send = ctx.Pipe(duplex=False)
+    if ctx.get_start_method() == "fork":  # what both processes import, imported once, before they are forked
+        for name in ("derivcheck.check.verify", "derivcheck.run.remote"):
+            importlib.import_module(name)
     request = {"target": target, "rule": rule.path if rule else None, "digest": rule.digest if rule else None,
                "options": options, "output": output, **_callers_state()}
-    forked = zygote is not None and zygote.ready(timeout)
-    worker = _Forked(zygote, send, receive, request) if forked else ctx.Process(target=_work, args=(send, request), daemon=True)
-    stage, outcome = IMPORTING, None
+    layer = None  # the layer's process, when it is not the reporting one
+    processes = []
+    kind, stage, outcome = "import", IMPORTING, None
+    # the judges' zygote first: it loads the derivations before the layers' one runs any user code
+    judge_zygote = zygote is not None and rule is not None and zygote.judges.ready(timeout)
+    layer_zygote = zygote is not None and zygote.layers.ready(timeout)
     try:
-        _LIVE.add(worker)
-        _start(worker)
+        if rule is not None:
+            # the layer's process first, before the supervisor's pipe from the judge exists: forked from here,
+            # it inherits every open descriptor, and it must hold none that reaches the supervisor
+            mine, theirs = ctx.Pipe(duplex=True)  # the judge's end, the layer's end
+            layer = (_Forked(zygote.layers, "host", [theirs], request) if layer_zygote
+                     else ctx.Process(target=_host, args=(theirs, request), daemon=True))
+            processes.append(layer)
+            _LIVE.add(layer)
+            _start(layer)
+            theirs.close()  # else the judge, forked from here, would hold it and never see the layer's process end
+        receive, send = ctx.Pipe(duplex=False)
+        if rule is None:
+            reporter = (_Forked(zygote.layers, "network", [send], request) if layer_zygote
+                        else ctx.Process(target=_work, args=(send, request), daemon=True))
+        else:
+            reporter = (_Forked(zygote.judges, "judge", [send, mine], request) if judge_zygote
+                        else ctx.Process(target=_judge, args=(send, mine, request), daemon=True))
+        processes.append(reporter)
+        _LIVE.add(reporter)
+        _start(reporter)
         send.close()
+        if rule is not None:
+            mine.close()
         deadline = time.monotonic() + timeout
         while outcome is None:
             left = deadline - time.monotonic()
             if left <= 0:
-                worker.kill()
                 outcome = ("timeout", None)
                 break
             if receive.poll(min(left, 0.25)):
                 try:
-                    kind, payload = receive.recv()
+                    tag, *payload = receive.recv()
                 except (EOFError, OSError):
-                    break  # the worker is gone without a word
-                if kind == "stage":
-                    stage = payload
-                elif kind == "ended":  # a zygote's worker is gone without a word: how it ended
-                    worker.exitcode = payload
-                    break
+                    break  # the reporting process is gone without a word
+                if tag == "stage":
+                    kind, stage = payload
                 else:
-                    outcome = (kind, payload)
-        worker.join(10)
-        if worker.exitcode is None:
-            worker.kill()
-            worker.join(10)
+                    outcome = (tag, payload[0])
+        if outcome is None or outcome[0] != "timeout":
+            reporter.join(10)
+            if layer is not None:
+                layer.join(2 if outcome is None or outcome[0] == "gone" else 0.2)  # how it ended, if it did
+        layer_ended = layer is not None and layer.exitcode is not None  # before any kill below
+        for p in processes:
+            if p.exitcode is None:
+                p.kill()
+                p.join(10)
     except KeyboardInterrupt:
-        if worker.pid is not None:
-            worker.kill()
+        for p in processes:
+            if p.pid is not None:
+                p.kill()
         raise
     finally:
-        _LIVE.discard(worker)
-        receive.close()
+        for p in processes:
+            _LIVE.discard(p)
+        if "receive" in locals():
+            receive.close()
         printed = _tail(output)
         try:
             os.unlink(output)
         except OSError:
             pass
     said = f" (the layer printed: {printed})" if printed else ""
-    if outcome is None:
-        code = worker.exitcode
-        if code is not None and code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            return _failed(target, rule, options, f"the worker was killed by {name} during {stage}{said}")
-        return _failed(target, rule, options, f"the layer ended the process with exit code {code} during {stage} "
+    if outcome is None and rule is None:  # the network's worker ended without a word
+        if reporter.exitcode is not None and reporter.exitcode < 0:
+            return _failed(target, rule, options, f"the worker {_ended(reporter)} during {stage}{said}")
+        return _failed(target, rule, options, f"the layer ended the process with exit code {reporter.exitcode} during {stage} "
                                               f"(os._exit or a crash), before the check could finish{said}")
-    kind, payload = outcome
-    if kind == "timeout" and stage == conventions.OWN_WORK:  # not the layer's doing: no verdict on it
+    if outcome is None:  # the judge ended without a word: killed (by the layer's code?) or derivcheck's crash
+        also = f", and the layer's process {_ended(layer)}" if layer_ended else ""
+        return _failed(target, rule, options, f"derivcheck's judging process {_ended(reporter)} during {stage}{also}: "
+                                              f"no verdict could be reached{said}")
+    tag, payload = outcome
+    if tag == "timeout" and kind == "own":  # not the layer's doing: no verdict on it
         raise DerivcheckError(f"derivcheck's own computation (the exact reference) did not finish within {timeout:g} s: "
                               f"check at smaller sizes (--shape) or raise the limit with --timeout")
-    if kind == "timeout" and stage == IMPORTING:  # no layer was called: evidence of nothing about it
+    if tag == "timeout" and kind == "import":  # no layer was called: evidence of nothing about it
         raise DerivcheckError(f"importing {target.rpartition(':')[0]} did not finish within {timeout:g} s, so no layer of it "
                               f"was called: its top level runs code (a training loop, a data download?). Put that under "
                               f"`if __name__ == \"__main__\":`, or raise the limit with --timeout{said}")
-    if kind == "timeout":
+    if tag == "timeout":
         return _failed(target, rule, options, f"did not finish within {timeout:g} s: stopped during {stage} "
                                               f"(an endless loop? raise the limit with --timeout){said}")
-    if kind == "error":
+    if tag == "gone":
+        why, where = payload
+        if layer_ended and layer.exitcode < 0:
+            return _failed(target, rule, options, f"the layer's process {_ended(layer)} during {where}{said}")
+        if layer_ended:
+            return _failed(target, rule, options, f"the layer ended the process with exit code {layer.exitcode} during {where} "
+                                                  f"(os._exit or a crash), before the check could finish{said}")
+        return _failed(target, rule, options, f"the layer's process stopped answering as derivcheck asks during {where}: "
+                                              f"{why}{said}")
+    if tag == "error":
         raise DerivcheckError(payload)
-    if kind == "interrupted":
+    if tag == "interrupted":
         raise KeyboardInterrupt
-    if kind == "exited":
-        return _failed(target, rule, options, f"the layer's code called sys.exit({payload!r}) during {stage}: "
+    if tag == "exited":
+        code, stage = payload if rule is not None else (payload, stage)
+        return _failed(target, rule, options, f"the layer's code called sys.exit({code}) during {stage}: "
                                               f"a check cannot pass without finishing{said}")
-    if kind == "internal":
+    if tag == "internal":
         raise WorkerCrashed(payload)
     return Report.from_json(payload)
 
 
 class Zygote:
-    """A process that has imported one module of the user's, for a gate run that checks several of its
-    layers: each check's worker is forked from it (a fresh copy of the module as imported, as a worker
-    importing it itself would have), so the import is paid once, not once per check (dezero imports
-    matplotlib: half a second a check).
+    """For a gate run that checks several layers of one module of the user's: a process that has imported
+    the module (``layers``), from which each check's layer process is forked (a fresh copy of the module
+    as imported, as a process importing it itself would have), and its twin that has loaded the checks'
+    derivations and imported no user code (``judges``), from which each check's judge is forked. The
+    import and the loading are paid once, not once per check (dezero imports matplotlib: half a second a
+    check).
 
-    The module's import runs in the zygote (a worker of the server, its output discarded), within the
-    first check's time limit. If it fails in any way (raises, exits, hangs) or starts a thread (a fork
-    copies no threads but their locks), :meth:`ready` is False and each check imports for itself, and
-    reports the failure, as without a zygote. Started at the first check that asks.
+    Each is started at the first check that asks, within its time limit. If the import fails in any way
+    (raises, exits, hangs) or starts a thread (a fork copies no threads but their locks), the layers' one
+    is not ready and each check imports for itself, and reports the failure, as without a zygote.
     """
 
     def __init__(self, where: str, warm: dict | None = None):
-        self.where, self.warm = where, warm or {}  # what the checks will use: see warm_up
+        self.layers = _Spawner({"where": where, "warm": {}})
+        self.judges = _Spawner({"where": None, "warm": warm or {}})  # what the checks will use: see warm_up
+
+    def close(self) -> None:
+        """Stop both (the processes forked from them run on); no check forks from them after."""
+        self.layers.close()
+        self.judges.close()
+
+
+class _Spawner:
+    """One process of a :class:`Zygote`: loads ``work["warm"]`` and imports ``work["where"]``, then forks."""
+
+    def __init__(self, work: dict):
+        self.work = work
         self._lock = threading.RLock()  # held while starting, which closes it if the import fails
         self._state = None  # None: not started; True: serving; False: not usable
         self._control = self._process = None
@@ -333,8 +441,7 @@ class Zygote:
         if ctx.get_start_method() != "forkserver":
             return False
         self._control, theirs = ctx.Pipe(duplex=True)
-        request = {"where": self.where, "warm": self.warm, **_callers_state()}
-        self._process = ctx.Process(target=_zygote, args=(theirs, request), daemon=True)
+        self._process = ctx.Process(target=_zygote, args=(theirs, {**self.work, **_callers_state()}), daemon=True)
         _start(self._process)
         theirs.close()
         try:
@@ -345,24 +452,25 @@ class Zygote:
         self.close()
         return False
 
-    def fork(self, send, request: dict) -> int:
-        """Fork a worker for ``request`` that reports on ``send``: its process group's id (the worker and
-        its watcher), or None if the zygote cannot."""
+    def fork(self, role: str, conns: list, request: dict) -> int:
+        """Fork a process that runs ``role`` (_ROLES) on ``conns`` and ``request``, its watcher reporting on
+        the last of ``conns`` how it ended: its process group's id (the process and its watcher), or None
+        if this spawner cannot."""
         from multiprocessing.reduction import send_handle
 
         with self._lock:
             if not self._state:
                 return None
             try:
-                self._control.send(request)
-                send_handle(self._control, send.fileno(), self._process.pid)
+                self._control.send((role, len(conns), request))
+                for conn in conns:
+                    send_handle(self._control, conn.fileno(), self._process.pid)
                 return self._control.recv()
             except (EOFError, OSError):  # the zygote is gone (a fork hook of the module's?): no more forks
                 self._state = False
                 return None
 
     def close(self) -> None:
-        """Stop the zygote (its workers run on); no check forks from it after."""
         with self._lock:
             self._state = False
             if self._control is not None:
@@ -374,21 +482,26 @@ class Zygote:
 
 
 class _Forked:
-    """A worker forked by a :class:`Zygote`, with what :func:`verify_isolated` uses of a Process.
+    """A process forked by a :class:`_Spawner`, with what :func:`verify_isolated` uses of a Process.
 
-    The zygote forks a watcher, which forks the worker and sends ("ended", exit code) when it is gone:
-    the caller is not the worker's parent, so it learns how the worker ended from its watcher.
+    The spawner forks a watcher, which forks the process and sends ("ended", exit code) when it is gone:
+    the caller is not its parent, so it learns how it ended from the watcher, on a pipe of its own.
     """
 
-    def __init__(self, zygote: Zygote, send, receive, request: dict):
-        self._zygote, self._send, self._receive, self._request = zygote, send, receive, request
+    def __init__(self, spawner: _Spawner, role: str, conns: list, request: dict):
+        self._spawner, self._role, self._conns, self._request = spawner, role, conns, request
         self.pid = self.exitcode = None
-        self._own = None  # the server's worker, if the zygote could not fork one
+        self._own = None  # the server's process, if the spawner could not fork one
+        self._ended = None
 
     def start(self) -> None:
-        self.pid = self._zygote.fork(self._send, self._request)
+        ctx = _server()
+        self._ended, ended = ctx.Pipe(duplex=False)
+        self.pid = self._spawner.fork(self._role, [*self._conns, ended], self._request)
+        ended.close()
         if self.pid is None:
-            self._own = _context().Process(target=_work, args=(self._send, self._request), daemon=True)
+            self._ended.close()
+            self._own = _context().Process(target=_ROLES[self._role], args=(*self._conns, self._request), daemon=True)
             self._own.start()
             self.pid = self._own.pid
 
@@ -402,22 +515,21 @@ class _Forked:
                 pass
 
     def join(self, timeout: float) -> None:
-        """Wait for the watcher's word on how the worker ended (none comes once both are gone)."""
+        """Wait for the watcher's word on how the process ended (none comes once both are gone)."""
         if self._own is not None:
             self._own.join(timeout)
             self.exitcode = self._own.exitcode
             return
-        deadline = time.monotonic() + timeout
-        while self.exitcode is None:
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0 or not self._receive.poll(left):
-                    return
-                kind, payload = self._receive.recv()
-            except (EOFError, OSError):
-                return
-            if kind == "ended":
-                self.exitcode = payload
+        try:
+            if self.exitcode is None and self._ended.poll(timeout):
+                kind, payload = self._ended.recv()
+                if kind == "ended":
+                    self.exitcode = payload
+        except (EOFError, OSError, ValueError, TypeError):
+            return
+
+
+_ROLES = {"host": _host, "judge": _judge, "network": _work}
 
 
 def _threads() -> int:
@@ -449,60 +561,68 @@ def warm_up(warm: dict) -> None:
 
 
 def _zygote(control, request: dict) -> None:
-    """In a worker of the server: load the checks' derivations, import the module, say "ready", then fork
-    a worker per request."""
+    """In a worker of the server: load the checks' derivations, import the module (if any), say "ready",
+    then fork a process per request."""
     _take_callers_state(request)
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
     os.dup2(quiet, 2)
     warm_up(request["warm"])  # before the user's module is imported: derivcheck's own work, in its own state
     before = _threads()
-    try:
-        loading.load_module(request["where"])
-    except BaseException:  # noqa: BLE001 - each check imports it again and reports what happens
-        return
-    if _threads() != before:
-        return
+    if request["where"] is not None:
+        try:
+            loading.load_module(request["where"])
+        except BaseException:  # noqa: BLE001 - each check imports it again and reports what happens
+            return
+        if _threads() != before:
+            return
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the watchers are reaped as they end
     control.send("ready")
-    from multiprocessing.connection import Connection
     from multiprocessing.reduction import recv_handle
 
     while True:
         try:
-            work = control.recv()
-            fd = recv_handle(control)
+            role, count, work = control.recv()
+            fds = [recv_handle(control) for _ in range(count)]
         except (EOFError, OSError):
             return  # the gate is done (or gone)
         pid = os.fork()
         if pid == 0:
             try:
                 control.close()
-                _watch(Connection(fd, readable=False), work)
+                _watch(role, fds, work)
             finally:
                 os._exit(0)
         try:
             os.setpgid(pid, pid)  # here too: the caller may kill the group before the watcher has made it
         except OSError:
             pass
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
         control.send(pid)
 
 
-def _watch(conn, request: dict) -> None:
-    """In a fork of the zygote, in a process group of its own: fork the worker, report how it ended."""
+def _watch(role: str, fds: list, request: dict) -> None:
+    """In a fork of the zygote, in a process group of its own: fork the process, report how it ended on the
+    last of ``fds`` (which the process itself does not hold)."""
+    from multiprocessing.connection import Connection
+
     os.setpgid(0, 0)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    *mine, ended = fds
     pid = os.fork()
     if pid == 0:
         try:
-            _work(conn, request)
+            os.close(ended)
+            _ROLES[role](*(Connection(fd) for fd in mine), request)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
+    for fd in mine:
+        os.close(fd)
     _, status = os.waitpid(pid, 0)
-    conn.send(("ended", os.waitstatus_to_exitcode(status)))
+    Connection(ended, readable=False).send(("ended", os.waitstatus_to_exitcode(status)))
 
 
 def importable(target) -> bool:

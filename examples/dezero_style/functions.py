@@ -175,10 +175,12 @@ class BinaryCrossEntropy(Function):
     probabilities p and 0/1 labels t (not differentiated)."""
 
     def forward(self, p, t):
+        t = t.astype(p.dtype)  # integer labels: int64 * float32 would be float64
         return -np.sum(t * np.log(p) + (1 - t) * np.log(1 - p)) / len(p)
 
     def backward(self, gy):
-        p, t = self.inputs[0].data, self.inputs[1].data
+        p = self.inputs[0].data
+        t = self.inputs[1].data.astype(p.dtype)  # integer labels: int64 - float32 would be float64
         return gy * (p - t) / (p * (1 - p)) / len(p)
 
 
@@ -220,7 +222,7 @@ class LeakyReLU(Function):
 
     def backward(self, gy):
         x = self.inputs[0].data
-        return gy * np.where(x > 0, 1.0, self.slope)
+        return gy * np.where(x > 0, 1.0, self.slope).astype(x.dtype)
 
 
 class Clip(Function):

@@ -29,7 +29,16 @@ class LayerError(Exception):
             said = str(exc)
         except BaseException:  # noqa: BLE001 - an exception whose __str__ raises still names its class
             said = "(its message could not be read: its __str__ raised)"
+        self.wrong_rank = rank_mismatch(exc)  # it wanted arrays of another rank (see rank_mismatch)
         super().__init__(f"{stage} raised {type(exc).__name__}{where}: {said}")
+
+    @classmethod
+    def told(cls, stage: str, message: str, wrong_rank: bool) -> "LayerError":
+        """A LayerError as the layer's process reported it (isolate.py): its stage and message, as text."""
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        error.stage, error.exc, error.wrong_rank = stage, None, wrong_rank
+        return error
 
 
 class Unloaded(ImportError):
@@ -81,6 +90,12 @@ class Outcome:
     rebound: list = field(default_factory=list)  # book 2: messages for grads slots that backward rebound
     forward_only: str = ""  # why there is no backward to check (a layer or function that only computes a value)
     output_problem: str = ""  # why the layer's several outputs could not be read as the rule's (then output is as returned)
+    # what Adapter.step adds, read after the call:
+    where: dict = field(default_factory=dict)  # "forward" and each rule input -> where the layer keeps it (grad_location)
+    modified: list = field(default_factory=list)  # the inputs the call changed in place
+    dout_modified: bool = False  # the call wrote into its upstream gradient
+    flags_note: str = ""  # Adapter.flags_note after build
+    no_output: str = ""  # why a forward that returned None cannot be judged (no_output), when it did
 
 
 def pack_outputs(rule, result, who: str) -> tuple:
@@ -204,13 +219,64 @@ class Adapter:
     # Optional: forward_call(values) and backward_call(cotangent) one call each, and gradients(returned),
     # let the judge call forward twice before a backward (the stale-state check); Dlfs1Adapter has them.
 
+    # What the judge calls (verify.py), the same here and through the layer's process (isolate.py):
+
+    @property
+    def can_repeat(self) -> bool:
+        """The layer's forward and backward can be called one at a time (:meth:`repeat`)."""
+        return hasattr(self, "forward_call") and not self.forward_only
+
+    def step(self, first: bool, values: dict, cotangent, unchanged=()) -> Outcome:
+        """One step of a trial, as training takes it: the first builds the layer at ``values``, a later one
+        writes them into the parameters it holds; then one forward and backward (:meth:`run`). The outcome
+        also says where each result is kept, and which of the ``unchanged`` inputs, or the upstream
+        gradient, the call changed in place."""
+        if first:
+            self.build(values)
+        else:
+            self.update_params(values)
+            values = self.held(values)
+        before = {n: np.array(values[n], copy=True) for n in unchanged}
+        cot_before = np.array(cotangent, copy=True)
+        outcome = self.run(values, cotangent)
+        outcome.modified = [n for n, was in before.items() if not np.array_equal(np.asarray(values[n]), was, equal_nan=True)]
+        outcome.dout_modified = not np.array_equal(np.asarray(cotangent), cot_before, equal_nan=True)
+        outcome.where = {"forward": "forward output",
+                         **({} if outcome.forward_only else {n: self.grad_location(n) for n in self.rule.inputs})}
+        outcome.flags_note = self.flags_note
+        if outcome.output is None:
+            outcome.no_output = no_output(self.name, self)
+        return outcome
+
+    def repeat(self, values_list: list, cotangent) -> tuple:
+        """Forward at each of ``values_list`` in a row (its parameters set to each first), then one backward:
+        (the last forward's output, every input's gradient). Needs :attr:`can_repeat`."""
+        out = None
+        for values in values_list:
+            self.update_params(values)
+            out = self.forward_call(self.held(values))[0]
+        return out, self.gradients(self.backward_call(cotangent))
+
+
+def no_output(name: str, adapter) -> str:
+    """Why a layer whose forward returned None cannot be judged (exit 2, not a wrong layer)."""
+    own_attrs = vars(adapter.instance) if hasattr(getattr(adapter, "instance", None), "__dict__") else {}
+    kept = [a for a in ("output", "outputs", "out", "y", "A") if isinstance(own_attrs.get(a), np.ndarray)]
+    where = (f"; it keeps an array in self.{kept[0]}, as the nnfs book's layers do (--style nnfs reads self.output, "
+             f"and the gradients backward stores in self.dinputs, self.dweights, ...)" if kept else "")
+    return (f"{name}'s forward returned None: the {adapter.style} convention takes the output from forward's return "
+            f"value{where}. Return the output from forward, or wrap the layer in a subclass whose forward does")
+
 
 _AXIS_ERROR = getattr(getattr(np, "exceptions", np), "AxisError")  # np.AxisError before NumPy 1.25
 
 
 def rank_mismatch(exc: BaseException) -> bool:
     """An exception that says the layer wanted arrays of another rank (N, T, D = x.shape on a 2-D x)."""
-    text = str(exc)
+    try:
+        text = str(exc)
+    except BaseException:  # noqa: BLE001 - a message that cannot be read says nothing about ranks
+        return False
     return ((isinstance(exc, ValueError) and "values to unpack" in text)
             or (isinstance(exc, IndexError) and "tuple index out of range" in text)
             or isinstance(exc, _AXIS_ERROR))

@@ -67,6 +67,11 @@ def _applies_function(fn, module, depth: int = 3) -> bool:
                              and _applies_function(f, module, depth - 1) for n in names)
 
 
+def _unwrapped(grad):
+    """A gradient as an array: a Variable's ``data``; an ndarray as it is (its own ``.data`` is its buffer)."""
+    return grad if isinstance(grad, np.ndarray) or grad is None else getattr(grad, "data", grad)
+
+
 def dezero_grad(cotangent, y):
     """A cotangent as ``y.grad``: a Variable from DeZero's step 32 on (backward takes create_graph), an array before."""
     cot = np.asarray(cotangent, dtype=np.asarray(y.data).dtype)
@@ -167,7 +172,7 @@ class DezeroAdapter(Adapter):
             call_user(y.backward, [], f"{self.name}.backward")
         # else: y is an input handed back (DeZero's sum_to(x, x.shape) returns x): a leaf whose
         # gradient is the cotangent itself; DeZero's backward() on a leaf would fail on its missing creator
-        grads = {n: getattr(getattr(v, "grad", None), "data", getattr(v, "grad", None)) for n, v in variables.items()}
+        grads = {n: _unwrapped(getattr(v, "grad", None)) for n, v in variables.items()}
         return Outcome(out, grads)
 
     def grad_location(self, n) -> str:

@@ -1,0 +1,272 @@
+"""The layer in a process of its own, and the judge's handle on it.
+
+isolate.py runs a check as two processes: the *layer's process*, which imports the user's code and runs
+it (:func:`serve`), and the *judge*, which has never imported it and computes the exact reference, the
+tolerance, the comparison and the report (:class:`derivcheck.check.verify.Verifier`, given
+:class:`RemoteLayers`). The judge asks; the layer's process answers with data only (:mod:`derivcheck.wire`:
+no pickle, arrays copied as each call returns). Whatever the layer's code does to NumPy, to derivcheck or
+to its own process, the judge's values and code are its own.
+
+What the judge believes from the answers is the data: the arrays, where the layer keeps each result
+(text), which calls raised (text). A process that stops answering, dies, or sends anything but a frame
+of the expected form is the layer's failure (:class:`LayerGone`), named with the stage it was in.
+
+The questions (``op`` names) are :class:`derivcheck.check.verify.LocalLayers`'s: ``detect_style``,
+``script_note``, ``make``, and on a made adapter ``step`` and ``repeat``.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import sys
+import traceback
+
+import numpy as np
+
+from derivcheck import wire
+from derivcheck.errors import DerivcheckError
+from derivcheck.check.conventions import base as conventions
+from derivcheck.check.conventions.base import LayerError, Outcome
+
+IMPORTING = "importing the target"  # the stage until the layer's process names another
+KEEP = 4  # set by hand: adapters the layer's process keeps (a trial's, the probe's); older ones are dropped
+
+
+class LayerGone(Exception):
+    """The layer's process stopped answering as it should: ended, or sent what is not an answer."""
+
+    def __init__(self, why: str, stage: str):
+        super().__init__(why)
+        self.why, self.stage = why, stage
+
+
+class LayerExited(Exception):
+    """The user's module called sys.exit() while it was imported."""
+
+    def __init__(self, code, stage: str):
+        super().__init__(code)
+        self.code, self.stage = code, stage
+
+
+# -- the layer's process ---------------------------------------------------------------------------
+
+def serve(conn, target: str) -> None:
+    """Answer the judge's questions about ``target`` on ``conn`` until it closes.
+
+    Questions come pickled from the judge (trusted); every answer goes back as a :mod:`wire` frame:
+    ("stage", name) as the user's code starts a piece, then ("ok", value), ("layer", stage, message,
+    wrong_rank) for a LayerError, ("error", message) for bad input (exit 2), ("exited", code),
+    ("internal", traceback)."""
+    from derivcheck.check.conventions.registry import detect_style, make_adapter
+    from derivcheck.check.loading import load_target, script_note
+    from derivcheck.engine.rules import parse_rule
+
+    # forked from the caller: not its handler. The user's Ctrl-C reaches the supervisor too, which stops
+    # everything; so a KeyboardInterrupt answered from here is only ever read as the layer's own raise
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    now = [IMPORTING]
+
+    def send(message) -> None:
+        conn.send_bytes(wire.encode(message))
+
+    def on_stage(name: str) -> None:
+        if name != conventions.OWN_WORK:
+            now[0] = name  # the user's code last called, which a KeyboardInterrupt it raised is from
+        send(("stage", str(name)))
+
+    conventions.on_stage = on_stage
+    rules: dict = {}
+    adapters: collections.OrderedDict = collections.OrderedDict()
+    made = [0]
+
+    def rule_of(path: str, source: str):
+        if source not in rules:
+            rules[source] = parse_rule(source, path)
+        return rules[source]
+
+    def answer(op: str, args: tuple):
+        if op == "detect_style":
+            return detect_style(*load_target(target))
+        if op == "script_note":
+            return script_note(load_target(target)[1])
+        if op == "make":
+            path, source, hyper, layer_hyper, style = args
+            adapter = make_adapter(target, rule_of(path, source), hyper, layer_hyper, style)
+            made[0] += 1
+            adapters[made[0]] = adapter
+            while len(adapters) > KEEP:
+                adapters.popitem(last=False)
+            return {"handle": made[0], "name": str(adapter.name), "style": adapter.style, "loose_note": adapter.loose_note,
+                    "can_repeat": adapter.can_repeat}
+        adapter = adapters[args[0]]
+        if op == "step":
+            outcome = adapter.step(*args[1:])
+            on_stage(f"reading what {adapter.name} returned")
+            fields = {k: getattr(outcome, k) for k in ("output", "grads", "rebound", "forward_only", "output_problem",
+                                                       "where", "modified", "dout_modified", "flags_note", "no_output")}
+            return wire.plain(fields)
+        if op == "repeat":
+            out, grads = adapter.repeat(*args[1:])
+            on_stage(f"reading what {adapter.name} returned")
+            return wire.plain((out, grads))
+        raise ValueError(f"no question {op!r}")
+
+    while True:
+        try:
+            op, args = conn.recv()
+        except (EOFError, OSError):
+            return  # the judge is gone
+        if op == "done":
+            return
+        now[0] = IMPORTING if op in ("detect_style", "script_note", "make") else "derivcheck's calls of the layer"
+        try:
+            reply = ("ok", answer(op, args))
+        except LayerError as exc:
+            reply = ("layer", str(exc.stage), str(exc), bool(exc.wrong_rank))
+        except DerivcheckError as exc:
+            reply = ("error", str(exc))
+        except SystemExit as exc:  # raised by the module's import (a layer's call would be a LayerError)
+            reply = ("exited", repr(exc.code))
+        except KeyboardInterrupt:  # the layer raised it (a Ctrl-C stops the supervisor, which reads no answer)
+            reply = ("layer", now[0], f"{now[0]} raised KeyboardInterrupt", False)
+        except BaseException as exc:  # noqa: BLE001 - everything else is reported, never lost
+            reply = ("internal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        try:
+            send(reply)
+        except (TypeError, ValueError) as exc:  # a reply that is not plain data: derivcheck's bug
+            send(("internal", f"an answer that is not plain data: {exc}"))
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+# -- the judge's side ------------------------------------------------------------------------------
+
+class RemoteLayers:
+    """:class:`derivcheck.check.verify.LocalLayers`, answered by the layer's process on ``conn``.
+
+    ``on_stage(kind, text)`` is told what the judge waits for: kind "import" (the target's import, in the
+    first question), "layer" (the user's code; ``text`` is the stage the layer's process names, shown in
+    messages only) or "own" (the judge's own work). The kind is the judge's to say, never the layer's."""
+
+    def __init__(self, conn, on_stage=lambda kind, text: None):
+        self.conn, self.on_stage = conn, on_stage
+        self.imported = False
+        self.stage = IMPORTING
+
+    def ask(self, op: str, *args):
+        kind = "layer" if self.imported else "import"
+        self.on_stage(kind, IMPORTING if kind == "import" else "derivcheck's calls of the layer")
+        try:
+            self.conn.send((op, args))
+        except (OSError, ValueError) as exc:
+            raise LayerGone(f"its process no longer takes questions ({exc})", self.stage) from None
+        while True:
+            try:
+                data = self.conn.recv_bytes(wire.MAX_BYTES)
+            except (EOFError, OSError):
+                raise LayerGone("its process ended", self.stage) from None
+            try:
+                message = wire.decode(data)
+            except wire.Malformed as exc:
+                raise LayerGone(f"its process sent a message that is not derivcheck's ({exc}): the layer's code "
+                                f"wrote to derivcheck's pipe", self.stage) from None
+            tag = message[0] if isinstance(message, tuple) and message and isinstance(message[0], str) else None
+            if tag == "stage" and len(message) == 2 and isinstance(message[1], str):
+                self.stage = message[1][:500]
+                self.on_stage(kind, self.stage)
+                continue
+            self.imported = True
+            break
+        self.on_stage("own", conventions.OWN_WORK)
+        if tag == "ok" and len(message) == 2:
+            return message[1]
+        if tag == "layer" and len(message) == 4 and all(isinstance(m, str) for m in message[1:3]):
+            raise LayerError.told(message[1], message[2], message[3] is True)
+        if tag == "error" and len(message) == 2 and isinstance(message[1], str):
+            raise DerivcheckError(message[1])
+        if tag == "exited" and len(message) == 2:
+            raise LayerExited(_text(message[1], self.stage), self.stage)
+        if tag == "internal" and len(message) == 2 and isinstance(message[1], str):
+            raise InternalInLayer(message[1])
+        raise LayerGone(f"its process sent an answer derivcheck did not ask for ({str(message)[:200]})", self.stage)
+
+    def done(self) -> None:
+        """The judge has asked its last question: the layer's process ends."""
+        try:
+            self.conn.send(("done", ()))
+        except (OSError, ValueError):
+            pass
+
+    def detect_style(self) -> str:
+        return _text(self.ask("detect_style"), self.stage)
+
+    def script_note(self) -> str:
+        return _text(self.ask("script_note"), self.stage)
+
+    def make(self, rule, hyper: dict, layer_hyper: dict, style):
+        info = self.ask("make", str(rule.path), rule.source, hyper, layer_hyper, style)
+        return RemoteAdapter(self, rule, _fields(info, {"handle": int, "name": str, "style": str, "loose_note": str,
+                                                        "can_repeat": bool}, self.stage))
+
+
+class InternalInLayer(Exception):
+    """derivcheck's own code failed in the layer's process (with its traceback): exit 3, as a bug of ours."""
+
+
+class RemoteAdapter:
+    """What the judge uses of a base.Adapter (name, style, loose_note, can_repeat, step, repeat), asked of
+    the layer's process; every answer is checked for its form before it is believed."""
+
+    def __init__(self, layers: RemoteLayers, rule, info: dict):
+        self.layers, self.rule = layers, rule
+        self.handle, self.name, self.style = info["handle"], info["name"], info["style"]
+        self.loose_note, self.can_repeat = info["loose_note"], info["can_repeat"]
+
+    def step(self, first: bool, values: dict, cotangent, unchanged=()) -> Outcome:
+        fields = _fields(self.layers.ask("step", self.handle, first, _sendable(values), np.asarray(cotangent), list(unchanged)),
+                         {"output": object, "grads": dict, "rebound": list, "forward_only": str, "output_problem": str,
+                          "where": dict, "modified": list, "dout_modified": bool, "flags_note": str, "no_output": str},
+                         self.layers.stage)
+        stage = self.layers.stage
+        fields["grads"] = {n: fields["grads"].get(n) for n in self.rule.inputs if n in fields["grads"]}
+        fields["where"] = {n: _text(w, stage) for n, w in fields["where"].items() if n in self.rule.inputs}
+        fields["rebound"] = [_text(m, stage) for m in fields["rebound"]]
+        fields["modified"] = [_text(m, stage) for m in fields["modified"] if m in self.rule.inputs or m in self.rule.labels]
+        return Outcome(**fields)
+
+    def repeat(self, values_list: list, cotangent) -> tuple:
+        answer = self.layers.ask("repeat", self.handle, [_sendable(v) for v in values_list], np.asarray(cotangent))
+        if not (isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[1], dict)):
+            raise LayerGone("its process answered repeat with something else", self.layers.stage)
+        return answer[0], {n: answer[1][n] for n in self.rule.inputs if n in answer[1]}
+
+
+def _sendable(values: dict) -> dict:
+    return {n: np.asarray(v) for n, v in values.items()}
+
+
+def _text(value, stage: str) -> str:
+    if not isinstance(value, str):
+        raise LayerGone(f"its process answered with a {type(value).__name__} where derivcheck expects text", stage)
+    return value
+
+
+def _fields(value, types: dict, stage: str) -> dict:
+    """``value`` as a dict of exactly the fields ``types`` names, each of its type (object: any data)."""
+    if not isinstance(value, dict) or set(value) != set(types):
+        raise LayerGone("its process answered with something else than derivcheck asked for", stage)
+    for k, t in types.items():
+        if t is not object and not (type(value[k]) is t or (t is int and type(value[k]) is int)):
+            raise LayerGone(f"its process answered {k} with a {type(value[k]).__name__}", stage)
+    return value
+
+
+def redirect_output(path: str) -> None:
+    """This process's standard output and error into ``path`` (the layer's prints, quoted when it dies)."""
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)

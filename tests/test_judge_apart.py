@@ -1,0 +1,137 @@
+"""A layer cannot reach its own verdict: the judge runs in a process that never imports it (isolate.py,
+remote.py). Each case is a layer whose gradient is wrong by 50% and which tries, from its own code, to
+make derivcheck say PASS; each must FAIL (exit 1) on the gradient it got wrong, through every way a user
+runs a check. These attacks all faked a pass while the judge shared the layer's process."""
+import json
+import textwrap
+
+import pytest
+from runner import process
+
+WRONG_RELU = """
+import gc, sys
+import numpy as np
+{prelude}
+
+class Relu:
+    def forward(self, x):
+        self.mask = x <= 0
+        return np.maximum(x, 0)
+
+    def backward(self, dout):
+        dx = dout * 1.5  # wrong by 50%
+        dx[self.mask] = 0
+        {attack}
+        return dx
+"""
+
+ATTACKS = {
+    # derivcheck's own comparison, tolerance and report, changed at import
+    "rebinds compare": ("import derivcheck.checks as _c, derivcheck.check.judge as _j, derivcheck.check.verify as _v\n"
+                        "_ok = lambda name, *a, **k: _c.Check(name, True)\n"
+                        "_ = [setattr(m, 'compare', _ok) for m in (_c, _j, _v)]", ""),
+    "sets KAPPA": ("import derivcheck.checks as _c\n_ = setattr(_c, 'KAPPA', 1e100)", ""),
+    "fakes the verdict": ("import derivcheck.results as _r\n_ = setattr(_r.Report, 'verdict', property(lambda self: 'pass'))", ""),
+    # NumPy made to lie while derivcheck calls it
+    "makes np.all lie": ("", "np.all = lambda *a, **k: True\n        np.abs = lambda a, *r, **k: np.zeros(np.shape(a))"),
+    # the judge's live objects, found from inside the layer's call
+    "patches the live judge": ("", "[setattr(o, 'call', lambda *a, **k: []) for o in gc.get_objects() if type(o).__name__ == 'Judge']"),
+    "reads expected from the caller's frames": ("""
+class Peek:
+    def __init__(self, wrong):
+        self.wrong = wrong
+    def __array__(self, dtype=None, copy=None):
+        frame = sys._getframe(1)
+        while frame is not None:
+            if 'expected' in frame.f_locals and np.shape(frame.f_locals['expected']) == self.wrong.shape:
+                return np.asarray(frame.f_locals['expected'], dtype=np.float64)
+            frame = frame.f_back
+        return self.wrong""", "dx = Peek(dx)"),
+    # float64 values under a float16 label, to be judged at float16's tolerance
+    "claims float16": ("""
+class Claims16:
+    dtype = np.dtype(np.float16)
+    def __init__(self, values):
+        self.values = values
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values * (1 / 1.5 + 0.003), dtype=np.float64)  # off by 0.45%: a float16-sized error""",
+                      "dx = Claims16(dx)"),
+}
+
+
+def _layer(tmp_path, prelude: str, attack: str):
+    path = tmp_path / "layers.py"
+    path.write_text(WRONG_RELU.format(prelude=prelude, attack=attack or "pass"))
+    return f"{path}:Relu"
+
+
+@pytest.mark.parametrize("prelude,attack", list(ATTACKS.values()), ids=list(ATTACKS))
+def test_a_layer_cannot_make_verify_pass(tmp_path, prelude, attack):
+    p = process("verify", _layer(tmp_path, prelude, attack), "--rule", "relu", "--format", "json", cwd=tmp_path)
+    assert p.returncode == 1, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    report = json.loads(p.stdout)
+    assert report["verdict"] == "fail"
+    assert any(c["name"] == "grad x" and not c["passed"] for c in report["checks"]), report["checks"]
+
+
+def test_a_layer_cannot_make_the_gate_pass_from_a_shared_module(tmp_path):
+    """`check` forks each check's layer process from one import of the module (a zygote): the judge is
+    still apart, so a module that rebinds derivcheck's comparison fails every wrong layer in it."""
+    prelude, _ = ATTACKS["rebinds compare"]
+    target = _layer(tmp_path, prelude, "")
+    path = target.rpartition(":")[0]
+    with open(path, "a") as fh:
+        fh.write("\n\nclass Relu2(Relu):\n    pass\n")
+    (tmp_path / "derivcheck.toml").write_text(textwrap.dedent(f"""
+        dtypes = ["float64"]
+        [[layers]]
+        target = "{target}"
+        rule = "relu"
+        [[layers]]
+        target = "{path}:Relu2"
+        rule = "relu"
+    """))
+    p = process("check", str(tmp_path / "derivcheck.toml"), "--format", "json", "-j", "2", cwd=tmp_path)
+    assert p.returncode == 1, (p.stdout[-2000:], p.stderr[-2000:])
+    results = json.loads(p.stdout)["results"]
+    assert [r["verdict"] for r in results] == ["fail", "fail"], results
+
+
+def test_a_layer_cannot_make_assert_backward_pass(tmp_path):
+    """The Python API, called from a test process that has itself imported the module."""
+    prelude, _ = ATTACKS["rebinds compare"]
+    target = _layer(tmp_path, prelude, "")
+    (tmp_path / "test_relu.py").write_text(textwrap.dedent("""
+        import pytest
+        from derivcheck import assert_backward
+        from layers import Relu
+
+        def test_relu():
+            with pytest.raises(AssertionError, match="grad x"):
+                assert_backward(Relu, "relu")
+    """))
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_relu.py")],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert target
+
+
+def test_garbage_written_to_derivcheck_s_pipe_is_the_layer_s_failure(tmp_path):
+    """A layer that finds the connection to the judge and writes into it is not believed: a FAIL that says
+    the layer's process stopped answering as derivcheck asks, never a pass and never derivcheck's crash."""
+    attack = ("import multiprocessing.connection as mc\n"
+              "        [o.send_bytes(b'not a frame') for o in gc.get_objects() if isinstance(o, mc.Connection)]")
+    p = process("verify", _layer(tmp_path, "", attack), "--rule", "relu", cwd=tmp_path)
+    assert p.returncode == 1 and "verdict: FAIL" in p.stdout, (p.stdout[-2000:], p.stderr[-2000:])
+    # the judge reads the garbage; or the layer's process, which holds the judge's end too, reads it first and ends
+    assert ("stopped answering as derivcheck asks during Relu.backward" in p.stdout
+            or "ended the process with exit code 1 during Relu.backward" in p.stdout), p.stdout
+
+
+def test_a_keyboard_interrupt_raised_by_the_layer_is_its_failure(tmp_path):
+    """Not the user's Ctrl-C: exit 1 naming the call, with the summary, not 130."""
+    p = process("verify", _layer(tmp_path, "", "raise KeyboardInterrupt"), "--rule", "relu", cwd=tmp_path)
+    assert p.returncode == 1 and "Relu.backward raised KeyboardInterrupt" in p.stdout, (p.returncode, p.stdout, p.stderr)

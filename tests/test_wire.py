@@ -1,0 +1,83 @@
+"""The frames the layer's process sends the judge: data in, data out, and nothing else read as data."""
+import io
+import pickle
+
+import numpy as np
+import pytest
+
+from derivcheck import wire
+
+
+def test_plain_data_round_trips():
+    value = ("ok", {"output": np.arange(6, dtype=np.float32).reshape(2, 3), "grads": {"x": np.eye(2), "b": None},
+                    "where": {"x": "Affine.dW"}, "flag": True, "n": 3, "inf": float("inf"), "nan": float("nan"),
+                    "list": [1.5, (2, "a")], "bools": np.array([True, False])})
+    back = wire.decode(wire.encode(wire.plain(value)))
+    assert back[0] == "ok" and isinstance(back, tuple)
+    got = back[1]
+    assert got["output"].dtype == np.float32 and np.array_equal(got["output"], value[1]["output"])
+    assert np.array_equal(got["grads"]["x"], np.eye(2)) and got["grads"]["b"] is None
+    assert got["where"] == {"x": "Affine.dW"} and got["flag"] is True and got["n"] == 3
+    assert got["inf"] == float("inf") and np.isnan(got["nan"]) and got["list"] == [1.5, (2, "a")]
+    assert got["bools"].dtype == bool
+
+
+class Tensor:
+    """Not an array: only its type's name crosses."""
+
+
+class Lies:
+    """Claims a dtype; its values are what __array__ gives."""
+    dtype = np.dtype(np.float16)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array([1.0, 2.0])
+
+
+class Sub(np.ndarray):
+    pass
+
+
+def test_what_is_not_data_is_made_plain_in_the_layer_s_process():
+    assert type(wire.plain(Tensor())).__name__ == "Tensor" and isinstance(wire.plain(Tensor()), wire.Opaque)
+    lies = wire.plain(Lies())
+    assert type(lies) is np.ndarray and lies.dtype == np.float64  # the values' dtype, not the label
+    sub = wire.plain(np.zeros(3).view(Sub))
+    assert type(sub) is np.ndarray
+    assert wire.plain(np.float32(2.5)).dtype == np.float32  # a NumPy scalar: a 0-d array of its dtype
+    assert isinstance(wire.plain(np.array(["a"])), wire.Opaque)  # strings are not numbers
+    assert isinstance(wire.plain(np.array([object()])), wire.Opaque)
+    numbers = wire.plain(np.array([1, 2.5], dtype=object))  # numbers held as objects: read as float64
+    assert numbers.dtype == np.float64
+    ragged = wire.decode(wire.encode(wire.plain([np.zeros(2), np.zeros(3)])))
+    assert [a.shape for a in ragged] == [(2,), (3,)]
+
+
+def test_a_pickle_or_anything_else_is_malformed_never_run(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for bad in (pickle.dumps(Payload()), b"", b"x" * 16, wire.encode("ok")[:-1], wire.encode("ok") + b"!"):
+        with pytest.raises(wire.Malformed):
+            wire.decode(bad)
+    assert not marker.exists()
+
+
+def test_an_object_array_inside_a_frame_is_malformed():
+    header = b'{"$a": 0}'
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.array([1, None], dtype=object), allow_pickle=True)
+    blob = buf.getvalue()
+    frame = len(header).to_bytes(8, "little") + (1).to_bytes(8, "little") + header + len(blob).to_bytes(8, "little") + blob
+    with pytest.raises(wire.Malformed):
+        wire.decode(frame)
+
+
+def test_tags_that_are_not_the_codec_s_are_malformed():
+    for header in (b'{"$x": 1}', b'{"$a": 5}', b'{"a": 1, "b": 2}', b'{"$f": "1e400"}', b"[" * 5000 + b"]" * 5000):
+        frame = len(header).to_bytes(8, "little") + (0).to_bytes(8, "little") + header
+        with pytest.raises(wire.Malformed):
+            wire.decode(frame)
