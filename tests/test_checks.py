@@ -119,7 +119,9 @@ def test_a_result_that_is_not_floating_point_is_judged_in_the_runs_dtype():
 
     assert judged_dtype(np.arange(3), np.float64) is np.float64
     assert judged_dtype(np.arange(3, dtype=np.int8), np.float32) is np.float32
-    assert judged_dtype(np.ones(2, dtype=np.float16), np.float32) is np.float16
+    assert judged_dtype(np.ones(2, dtype=np.float32), np.float64) is np.float32  # book 2's dtype='f' buffers
+    assert judged_dtype(np.ones(2, dtype=np.float16), np.float32) is np.float32  # never below float32
+    assert judged_dtype(np.ones(2, dtype=np.float16), np.float64) is np.float32
     assert judged_dtype([1.0, 2.0], np.float32) is np.float32  # a list has no dtype
 
 

@@ -56,6 +56,8 @@ class Claims16:
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self.values * (1 / 1.5 + 0.003), dtype=np.float64)  # off by 0.45%: a float16-sized error""",
                       "dx = Claims16(dx)"),
+    # a result really cast to float16, to be judged at float16's tolerance (held to float32's at least)
+    "casts to float16": ("", "dx = (dx / 1.5 * 1.002).astype(np.float16)  # off by 0.2% only"),
 }
 
 

@@ -8,7 +8,7 @@ import pytest
 import derivcheck
 from derivcheck import RuleError
 from derivcheck.engine.rules import load_rule_file
-from runner import run
+from runner import process, run
 
 GOOD_HEAD = """\
 name = "r"
@@ -227,3 +227,16 @@ def test_a_masks_rate_is_a_probability(rule, name, value, ok):
         return
     with pytest.raises(derivcheck.DerivcheckError, match=f"hyperparameter '{name}' of rule '{rule}' is the chance of"):
         r.resolve_hyper({name: value})
+
+
+@pytest.mark.parametrize("formula,said", [
+    ("x * 1e309", "a constant beyond float64's range (it reads as inf)"),
+    ("x / 0", "division by the constant 0"),
+], ids=["beyond-float64", "divided-by-zero"])
+def test_a_constant_that_makes_every_value_infinite_is_refused_where_it_is_written(tmp_path, formula, said):
+    """Not a Jacobian of oo or zoo printed with exit 0: the rule is wrong, which file and line say."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bad.toml").write_text(f'name = "bad"\nsummary = "s"\nformula = "{formula}"\noutput = ["N"]\n[inputs.x]\nshape = ["N"]\n')
+    p = process("--rules", str(rules), "derive", "bad", cwd=tmp_path)
+    assert p.returncode == 2 and f"bad.toml:3: {said}" in p.stderr, (p.returncode, p.stdout, p.stderr)

@@ -179,3 +179,16 @@ def test_a_target_file_that_is_not_python_source_is_refused_unread(tmp_path):
     result = run("verify", f"{tmp_path / 'layers.txt'}:Relu", "--rule", "relu")
     assert result.exit_code == 2 and "is not a .py file" in result.output, result.output
     assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
+
+
+@pytest.mark.parametrize("args,said", [
+    (["verify", str(EXAMPLES / "dlfs1/layers.py:Affine"), "--shape", "N=100000,D=100000,H=100000"],
+     "x would have 10,000,000,000 elements, more than derivcheck holds"),
+    (["derive", "affine", "--shape", "N=200,D=200,H=200"], "has 3,208,000,000 entries, more than derive prints"),
+], ids=["verify", "derive"])
+def test_sizes_too_large_to_hold_are_refused_before_anything_is_allocated(tmp_path, args, said):
+    """Not a MemoryError in the worker (exit 3) nor a derivation that never ends: one line, exit 2."""
+    t = time.monotonic()
+    p = cli(*args, cwd=tmp_path, timeout=60)
+    assert time.monotonic() - t < 30
+    assert p.returncode == 2 and said in p.stderr and "Traceback" not in p.stderr, (p.returncode, p.stderr[-2000:])

@@ -19,17 +19,23 @@ from derivcheck.check.diagnose import Context, diagnose_forward, diagnose_gradie
 from derivcheck.results import warn
 
 
+LEAST_PRECISE = np.float32  # the least precise dtype a run is made in (vocab.DTYPES): nothing is judged below it
+
+
 def judged_dtype(value, dtype):
-    """The dtype a result is judged in: the run's ``dtype``, or the result's own when it is less precise.
+    """The dtype a result is judged in: the run's ``dtype``, or the result's own when it is less precise,
+    but never below float32.
 
     A layer that computes in float32 whatever it is given (book 2's Time layers
     allocate ``dtype='f'`` buffers) cannot give float64 digits; it is held to
-    float32's precision, and a warning says so.
+    float32's precision, and a warning says so. A result in float16 is held to
+    float32's: else a layer could buy float16's tolerance (about 2000 times
+    float32's) by casting what it returns.
     """
     dt = getattr(value, "dtype", None)
-    if dt is not None and np.issubdtype(dt, np.floating) and np.finfo(dt).eps > np.finfo(dtype).eps:
-        return dt.type
-    return dtype
+    if not (isinstance(dt, np.dtype) and np.issubdtype(dt, np.floating)) or np.finfo(dt).eps <= np.finfo(dtype).eps:
+        return dtype
+    return dt.type if np.finfo(dt).eps <= np.finfo(LEAST_PRECISE).eps else LEAST_PRECISE
 
 
 class Judge:
@@ -203,6 +209,7 @@ class Judge:
             warn(rep, "dtype", f"{what} is a Python {type(value).__name__}, not a NumPy array", trial)
         elif isinstance(value, np.ndarray) and value.dtype != self.dtype and value.ndim > 0:
             lower = self.judged_in(value) is not self.dtype
+            judged = np.dtype(self.judged_in(value)).name
             warn(rep, "dtype", f"{what} is {value.dtype} for {np.dtype(self.dtype).name} inputs" + (
                 f": the layer computes in {value.dtype} (a buffer made with dtype='f'?), so it is judged with "
-                f"{value.dtype}'s precision" if lower else ""), trial)
+                f"{judged}'s precision" if lower else ""), trial)

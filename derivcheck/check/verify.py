@@ -93,6 +93,7 @@ class Verifier:
                 f"rule '{rule.name}' needs sizes where {'; and '.join(unmet)}"
                 + (f": --shape {said} does not give them" if self.pins else ": no size in the rule's range does at these "
                    "hyperparameters") + " (choose sizes that do, with --shape)")
+        self.refuse_oversized(self.fitted(self.rule.example_dims()))
         self.strict = strict
         self.kinks, self.stress = kinks, stress
         self.varied = {}  # the current trial's hyperparameters that differ from the run's (at_hyper)
@@ -100,6 +101,18 @@ class Verifier:
         # load the target now, so that a typo is an error (exit 2) before any trial
         self.adapter_for = lambda layer_hyper: self.layers.make(self.rule, self.hyper, layer_hyper, style)  # noqa: E731
         self.probe = self.adapter_for({})
+
+    MAX_ELEMENTS = 1 << 27  # set by hand: 128 Mi elements (1 GiB in float64) per array; the reference holds several
+
+    def refuse_oversized(self, dims: dict) -> None:
+        """Sizes (from --shape or the hyperparameters) whose arrays could not be held: exit 2 before anything
+        is allocated, naming the array, not a MemoryError halfway through a check."""
+        for name, count in self.rule.element_counts(dims).items():
+            if count > self.MAX_ELEMENTS:
+                said = ", ".join(f"{d}={n}" for d, n in dims.items())
+                raise DerivcheckError(f"at {said}, {'the output' if name == 'output' else name} would have {count:,} elements, more than derivcheck holds "
+                                      f"({self.MAX_ELEMENTS:,}): check at smaller sizes (--shape); the exact check at small "
+                                      f"sizes covers the same formula")
 
     # -- the trial plan ---------------------------------------------------------
     def trial_dims(self, k: int) -> dict:

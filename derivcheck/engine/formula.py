@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 import operator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -426,6 +427,8 @@ def _check(node, names: set[str], fail, steps: frozenset = frozenset()) -> None:
     if isinstance(node, ast.Constant):
         if not isinstance(node.value, (int, float, bool)) and node.value is not None:
             fail(node, f"constant {node.value!r} is not a number")
+        if isinstance(node.value, float) and not math.isfinite(node.value):
+            fail(node, f"a constant beyond float64's range (it reads as {node.value!r})")
     elif isinstance(node, ast.Name):
         if node.id in FUNCTIONS and node.id not in names:  # an input or label may share a function's name (DeZero's mean)
             fail(node, f"'{node.id}' is a function: call it, as in '{node.id}(x)'")
@@ -436,6 +439,8 @@ def _check(node, names: set[str], fail, steps: frozenset = frozenset()) -> None:
     elif isinstance(node, ast.BinOp):
         if type(node.op) not in _BINOPS and not isinstance(node.op, ast.MatMult):
             fail(node, f"operator {type(node.op).__name__} is not allowed (use + - * / ** @)")
+        if isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant) and node.right.value == 0:
+            fail(node, "division by the constant 0")
         check(node.left)
         check(node.right)
     elif isinstance(node, ast.UnaryOp):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -416,6 +417,21 @@ class Rule:
 
     def shape_of(self, spec: tuple, dims: dict) -> tuple[int, ...]:
         return tuple(dims[s] if isinstance(s, str) else s.size(dims) if isinstance(s, Multiple) else s for s in spec)
+
+    def element_counts(self, dims: dict) -> dict[str, int]:
+        """How many elements each array has at ``dims``: the inputs, the labels and ("output") the output; an
+        array whose shape these sizes do not settle is left out. Python integers: sizes may be any."""
+        specs = {**{n: i.shape for n, i in self.inputs.items()}, **{n: lab.shape for n, lab in self.labels.items()}}
+        if self.output is not None:
+            specs["output"] = self.output
+        counts = {}
+        for name, spec in specs.items():
+            try:
+                shape = self.shape_of(spec, dims)
+            except (KeyError, TypeError, ValueError):
+                continue
+            counts[name] = math.prod(int(n) for n in shape)
+        return counts
 
     def sample_dims(self, rng: np.random.Generator) -> dict:
         return {d: int(rng.integers(r.min, r.max + 1)) for d, r in self.dims.items()}

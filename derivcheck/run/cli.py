@@ -159,6 +159,9 @@ def _builtin():
     return builtin_rules_dir()
 
 
+MAX_PRINTED = 20_000  # set by hand: the Jacobian entries derive computes element by element and prints
+
+
 @main.command("derive")
 @click.argument("rule_name", metavar="RULE")
 @click.option("--shape", "shape", help="Sizes of the rule's dimensions, e.g. N=2,D=3,H=2 (default: small distinct sizes).")
@@ -174,6 +177,12 @@ def derive_cmd(obj, rule_name, shape, hypers, wrt, fmt, simplify):
 
     rule = load_rule(rule_name, obj.rule_dirs)
     sizes = parse_pairs(shape or rule.example_shape(), "--shape")
+    counts = rule.element_counts(rule.resolve_dims(sizes))
+    entries = counts.get("output", 1) * sum(counts.get(n, 0) for n in rule.inputs)
+    if entries > MAX_PRINTED:  # one symbolic entry each, derived and printed: beyond this, neither ends soon or reads
+        raise DerivcheckError(f"the Jacobian at {', '.join(f'{k}={v}' for k, v in sizes.items())} has {entries:,} entries, "
+                              f"more than derive prints ({MAX_PRINTED:,}): give smaller sizes (--shape); `derivcheck "
+                              f"verify` checks layers at any size")
     d = rule.at(hyper=parse_hypers(hypers), **sizes)
     for name in wrt:
         d.check_input(name)
