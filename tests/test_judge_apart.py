@@ -137,3 +137,55 @@ def test_a_keyboard_interrupt_raised_by_the_layer_is_its_failure(tmp_path):
     """Not the user's Ctrl-C: exit 1 naming the call, with the summary, not 130."""
     p = process("verify", _layer(tmp_path, "", "raise KeyboardInterrupt"), "--rule", "relu", cwd=tmp_path)
     assert p.returncode == 1 and "Relu.backward raised KeyboardInterrupt" in p.stdout, (p.returncode, p.stdout, p.stderr)
+
+
+def _local_relu(scale: float, attack=None):
+    """A Relu defined inside a function, as a hand-written test defines one: no worker can import it by name."""
+    import numpy as np
+
+    class Relu:
+        def forward(self, x):
+            self.mask = x <= 0
+            return np.maximum(x, 0)
+
+        def backward(self, dout):
+            if attack is not None:
+                attack()
+            dx = dout * scale
+            dx[self.mask] = 0
+            return dx
+
+    return Relu
+
+
+def _rebind_compare():
+    import derivcheck.check.judge as judge
+    import derivcheck.checks as checks
+
+    ok = lambda name, *a, **k: checks.Check(name, True)  # noqa: E731
+    checks.compare = judge.compare = ok
+
+
+def test_a_layer_defined_inside_a_test_runs_apart_from_its_judge():
+    """assert_backward forks the caller for a layer no process can import: the layer's changes to derivcheck stay
+    in that fork, the judge is another process, and a right layer passes with no note that it was not isolated."""
+    from derivcheck import assert_backward
+    import derivcheck.checks as checks
+
+    real = checks.compare
+    with pytest.raises(AssertionError, match="FAIL grad x"):
+        assert_backward(_local_relu(1.5, _rebind_compare), "relu", trials=2)
+    assert checks.compare is real  # the fork's change, not this process's
+    report = assert_backward(_local_relu(1.0), "relu", trials=2)
+    assert report.verdict == "pass" and not any("not isolated" in n for n in report.notes), report.notes
+
+
+def test_a_layer_defined_inside_a_test_has_a_time_limit():
+    from derivcheck import assert_backward
+
+    def forever():
+        while True:
+            pass
+
+    with pytest.raises(AssertionError, match="did not finish within 2 s: stopped during Relu.backward"):
+        assert_backward(_local_relu(1.0, forever), "relu", trials=1, timeout=2)

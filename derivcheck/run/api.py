@@ -6,7 +6,7 @@ none of those imports another upward.
 from __future__ import annotations
 
 from derivcheck.check.loading import model_convention, target_spec
-from derivcheck.run.isolate import importable, verify_isolated
+from derivcheck.run.isolate import forks_here, importable, verify_isolated
 from derivcheck.present.report import text
 from derivcheck.check.targets import rule_for, variants_for
 from derivcheck.check.verify import verify
@@ -37,10 +37,12 @@ def assert_backward(layer, rule=None, rule_dirs=(), **options):
     timeout = options.pop("timeout", None)
     if importable(layer):
         report = verify_isolated(target_spec(layer), rule, timeout=timeout, **options)
-    else:  # a class defined inside a function: a worker cannot import it by name
+    elif forks_here():  # a class defined inside a function: run in a fork of this process, judged apart
+        report = verify_isolated(layer, rule, timeout=timeout, **options)
+    else:
         report = verify(layer, rule, **options)
-        report.notes.append("not isolated: the layer is defined inside a function, so it ran in this process "
-                            "(define it at a module's top level to run it in a worker with a time limit)")
+        report.notes.append("not isolated: the layer is defined inside a function, so it ran and was judged in this "
+                            "process (define it at a module's top level to run it apart, with a time limit)")
     if report.verdict != "pass":
         raise AssertionError("\n" + text(report))
     return report

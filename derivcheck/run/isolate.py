@@ -191,9 +191,10 @@ def _host(peer, request: dict) -> None:
     """The layer's process: its output into a file, then answer the judge (remote.serve)."""
     from derivcheck.run import remote
 
-    _take_callers_state(request)
+    if "object" not in request:  # forked from the caller itself (forks_here): its state is its own
+        _take_callers_state(request)
     remote.redirect_output(request["output"])
-    remote.serve(peer, request["target"])
+    remote.serve(peer, request.get("object", request["target"]))
 
 
 def _work(conn, request: dict) -> None:
@@ -275,6 +276,8 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     """
     from derivcheck.results import Report
 
+    obj = None if isinstance(target, str) else target  # a layer no process can import: see forks_here
+    target = loading.target_spec(target)
     timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
     if not (0 < timeout < float("inf")):  # nan and inf too: a limit that never ends is none
         raise DerivcheckError(f"the time limit must be a finite positive number of seconds, not {timeout:g}")
@@ -297,8 +300,12 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
             # the layer's process first, before the supervisor's pipe from the judge exists: forked from here,
             # it inherits every open descriptor, and it must hold none that reaches the supervisor
             mine, theirs = ctx.Pipe(duplex=True)  # the judge's end, the layer's end
-            layer = (_Forked(zygote.layers, "host", [theirs], request) if layer_zygote
-                     else ctx.Process(target=_host, args=(theirs, request), daemon=True))
+            if obj is not None:  # a fork of this process has it in memory
+                layer = multiprocessing.get_context("fork").Process(target=_host, args=(theirs, {**request, "object": obj}),
+                                                                    daemon=True)
+            else:
+                layer = (_Forked(zygote.layers, "host", [theirs], request) if layer_zygote
+                         else ctx.Process(target=_host, args=(theirs, request), daemon=True))
             processes.append(layer)
             _LIVE.add(layer)
             _start(layer)
@@ -623,6 +630,12 @@ def _watch(role: str, fds: list, request: dict) -> None:
         os.close(fd)
     _, status = os.waitpid(pid, 0)
     Connection(ended, readable=False).send(("ended", os.waitstatus_to_exitcode(status)))
+
+
+def forks_here() -> bool:
+    """A layer no worker can import by name (a class defined inside a function) can still run apart from its
+    judge: in a fork of the caller, which holds it (Linux only: see fork_from_here)."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
 def importable(target) -> bool:
