@@ -321,3 +321,21 @@ def test_a_module_that_cannot_be_imported_once_is_imported_by_each_check(tmp_pat
     else:
         assert results["Good"]["verdict"] == results["Leaky"]["verdict"] == "pass", results
         assert results["Quits"]["verdict"] == "fail", results
+
+
+STOP_THE_ZYGOTE = (
+    "import signal\n"
+    "        marker = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'stopped')\n"
+    "        up = int(open(f'/proc/{os.getppid()}/stat').read().rsplit(')', 1)[1].split()[1])  # the watcher's parent\n"
+    "        if not os.path.exists(marker) and b'forkserver' in open(f'/proc/{up}/cmdline', 'rb').read():\n"
+    "            open(marker, 'w').close()\n"
+    "            os.kill(up, signal.SIGSTOP)  # the zygote this process was forked from")
+
+
+def test_a_zygote_stopped_by_a_layer_is_replaced_not_waited_for(tmp_path):
+    """A layer can signal the process it was forked from: a zygote that no longer forks is given up after a
+    deadline, and the module's remaining checks start from the server, instead of the gate hanging."""
+    layers = [("Stops", "pass", STOP_THE_ZYGOTE, None)] + [(f"Good{i}", "pass", "pass", None) for i in range(4)]
+    p, results = _one_module(tmp_path, layers)
+    assert (tmp_path / "stopped").exists(), "the layer did not reach its zygote: the test tests nothing"
+    assert p.returncode == 0 and all(r["verdict"] == "pass" for r in results.values()), (p.stdout[-3000:], p.stderr[-2000:])

@@ -428,6 +428,9 @@ class Zygote:
         self.judges.close()
 
 
+FORK_DEADLINE = 10.0  # set by hand: seconds a zygote has to fork; one that does not is replaced by the server
+
+
 class _Spawner:
     """One process of a :class:`Zygote`: loads ``work["warm"]`` and imports ``work["where"]``, then forks."""
 
@@ -472,10 +475,15 @@ class _Spawner:
                 self._control.send((role, len(conns), request))
                 for conn in conns:
                     send_handle(self._control, conn.fileno(), self._process.pid)
-                return self._control.recv()
+                if self._control.poll(FORK_DEADLINE):
+                    return self._control.recv()
             except (EOFError, OSError):  # the zygote is gone (a fork hook of the module's?): no more forks
-                self._state = False
-                return None
+                pass
+            # gone, or no answer in time (stopped: a layer forked from it can signal it): no more forks from it
+            self._state = False
+            if self._process is not None:
+                self._process.kill()
+            return None
 
     def close(self) -> None:
         with self._lock:
