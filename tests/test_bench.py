@@ -73,3 +73,24 @@ def test_judge_apart_bench_measures_this_tree_against_its_base():
     assert m, out
     base_wall, _, this_wall, _, ratio, _ = map(float, m.groups())
     assert base_wall > 0 and this_wall > 0 and abs(ratio - this_wall / base_wall) < 0.01 + 0.01 * ratio
+
+
+def test_startup_bench_prints_both_ways_and_their_ratio():
+    out = subprocess.run([sys.executable, str(BENCH.parent / "startup.py"), "--reps", "1"], capture_output=True, text=True,
+                         check=True, timeout=600).stdout
+    m = re.search(r"ratio \(server / forked\): +wall +([\d.]+) +CPU +([\d.]+)", out)
+    assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, out
+
+
+def test_seeds_bench_runs_one_example_without_false_alarms():
+    out = subprocess.run([sys.executable, str(BENCH.parent / "seeds.py"), "--trials", "1", "--only", "dlfs1/layers.py:Affine",
+                          "--dtype", "float64"], capture_output=True, text=True, check=True, timeout=600).stdout
+    assert "1 dtype(s) x 1 examples x 1 trials" in out and "false alarms 0/1" in out, out
+
+
+def test_cache_bench_times_a_rule_cold_from_disk_and_from_memory():
+    out = subprocess.run([sys.executable, str(BENCH.parent / "cache.py"), "--only", "affine"], capture_output=True, text=True,
+                         check=True, timeout=600).stdout
+    row = [line.split() for line in out.splitlines() if line.startswith("affine ")]
+    assert len(row) == 1 and all(float(v) > 0 for v in row[0][1:]), out
+    assert re.search(r"ratios: disk/cold [\d.]+, memory/cold [\d.]+ \(same run\)", out), out
