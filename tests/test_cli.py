@@ -130,3 +130,13 @@ def test_console_script_from_install():
         capture_output=True, text=True, check=True,
     )
     assert json.loads(out.stdout)["jacobians"]["x"][0][0][0][0] == "W_0_0"
+
+
+def test_derive_takes_a_size_given_as_a_hyperparameter():
+    """repeat's N is a size: --hyper N=5 derives at N=5 (it printed N=None and used 3), and a --shape that says
+    otherwise is refused."""
+    result = run("derive", "repeat", "--hyper", "N=5")
+    assert result.exit_code == 0 and result.output.startswith("rule repeat at D=2, N=5: out has shape (5, 2)"), result.output
+    assert "None" not in result.output
+    clash = run("derive", "repeat", "--hyper", "N=5", "--shape", "N=3,D=2")
+    assert clash.exit_code == 2 and "--shape sets N=3, but a hyperparameter sets N=5" in clash.output, clash.output

@@ -339,3 +339,9 @@ def test_a_zygote_stopped_by_a_layer_is_replaced_not_waited_for(tmp_path):
     p, results = _one_module(tmp_path, layers)
     assert (tmp_path / "stopped").exists(), "the layer did not reach its zygote: the test tests nothing"
     assert p.returncode == 0 and all(r["verdict"] == "pass" for r in results.values()), (p.stdout[-3000:], p.stderr[-2000:])
+
+
+def test_a_limit_too_short_for_derivcheck_to_start_is_not_blamed_on_the_target(tmp_path):
+    """A limit reached before the judge asked its first question is derivcheck's own start, not the import."""
+    p = process("verify", layer(tmp_path), "--rule", "relu", "--timeout", "0.001", cwd=tmp_path)
+    assert p.returncode == 2 and "did not get as far as importing" in p.stderr and "top level" not in p.stderr, p.stderr

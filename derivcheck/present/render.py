@@ -73,8 +73,9 @@ def jacobians_json(d, wrt, simplify: bool = False) -> str:
 def jacobians_text(d, wrt, simplify: bool = False) -> str:
     sizes = ", ".join(f"{k}={v}" for k, v in d.dims.items())
     lines = [f"rule {d.rule.name} at {sizes}: out has shape {d.output_shape}"]
-    if d.hyper:
-        lines.append("hyperparameters: " + ", ".join(f"{k}={v!r}" for k, v in d.hyper.items()))
+    shown = {k: v for k, v in d.hyper.items() if d.rule.hyper[k].type != "dim"}  # a size's is in the sizes above
+    if shown:
+        lines.append("hyperparameters: " + ", ".join(f"{k}={v!r}" for k, v in shown.items()))
     lines.append("")
     for o, expr in zip(np.ndindex(*d.output_shape), d.output.ravel()):
         lines.append(f"  out{_index(o)} = {sympy.sstr(expr, order=_order([expr]))}")

@@ -177,13 +177,18 @@ def derive_cmd(obj, rule_name, shape, hypers, wrt, fmt, simplify):
 
     rule = load_rule(rule_name, obj.rule_dirs)
     sizes = parse_pairs(shape or rule.example_shape(), "--shape")
+    hyper = parse_hypers(hypers)
+    for d, n in rule.pinned_dims(hyper).items():  # repeat's N: a hyperparameter that is a size
+        if shape and d in sizes and int(sizes[d]) != n:
+            raise DerivcheckError(f"--shape sets {d}={sizes[d]}, but a hyperparameter sets {d}={n}")
+        sizes[d] = n
     counts = rule.element_counts(rule.resolve_dims(sizes))
     entries = counts.get("output", 1) * sum(counts.get(n, 0) for n in rule.inputs)
     if entries > MAX_PRINTED:  # one symbolic entry each, derived and printed: beyond this, neither ends soon or reads
         raise DerivcheckError(f"the Jacobian at {', '.join(f'{k}={v}' for k, v in sizes.items())} has {entries:,} entries, "
                               f"more than derive prints ({MAX_PRINTED:,}): give smaller sizes (--shape); `derivcheck "
                               f"verify` checks layers at any size")
-    d = rule.at(hyper=parse_hypers(hypers), **sizes)
+    d = rule.at(hyper=hyper, **sizes)
     for name in wrt:
         d.check_input(name)
     wrt = list(wrt) or list(rule.inputs)

@@ -292,6 +292,7 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     layer = None  # the layer's process, when it is not the reporting one
     processes = []
     kind, stage, outcome = "import", IMPORTING, None
+    started = rule is None  # the judge has asked the layer's process its first question (a network's worker: not told)
     # the judges' zygote first: it loads the derivations before the layers' one runs any user code
     judge_zygote = zygote is not None and rule is not None and zygote.judges.ready(timeout)
     layer_zygote = zygote is not None and zygote.layers.ready(timeout)
@@ -336,6 +337,7 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
                     break  # the reporting process is gone without a word
                 if tag == "stage":
                     kind, stage = payload
+                    started = True
                 else:
                     outcome = (tag, payload[0])
         if outcome is None or outcome[0] != "timeout":
@@ -376,6 +378,9 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     if tag == "timeout" and kind == "own":  # not the layer's doing: no verdict on it
         raise DerivcheckError(f"derivcheck's own computation (the exact reference) did not finish within {timeout:g} s: "
                               f"check at smaller sizes (--shape) or raise the limit with --timeout")
+    if tag == "timeout" and not started:  # derivcheck's own start took the whole limit
+        raise DerivcheckError(f"derivcheck did not get as far as importing {target.rpartition(':')[0]} within {timeout:g} s "
+                              f"(starting its processes, reading the rule): the limit is too short; raise it with --timeout")
     if tag == "timeout" and kind == "import":  # no layer was called: evidence of nothing about it
         raise DerivcheckError(f"importing {target.rpartition(':')[0]} did not finish within {timeout:g} s, so no layer of it "
                               f"was called: its top level runs code (a training loop, a data download?). Put that under "
