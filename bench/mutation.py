@@ -40,6 +40,9 @@ CHECKING = [
     "derivcheck.check.diagnose.*",                           # diagnosis
     "derivcheck.check.conventions.dlfs2.xǁDlfs2Adapterǁrun__mutmut_*",  # side effects: rebound grads slots
     "derivcheck.check.conventions.base.x_same_array__mutmut_*",
+    "derivcheck.check.conventions.base.xǁAdapterǁstep__mutmut_*",  # side effects: writes into inputs and dout
+    "derivcheck.check.conventions.base.xǁAdapterǁrepeat__mutmut_*",  # stale state: two forwards, one backward
+    "derivcheck.wire.*",  # what the judge believes of the layer's process: plain data only
 ]
 
 # Survivors that cannot change a verdict or a report, each with its reason: (mutant name pattern, text in
