@@ -53,11 +53,11 @@ def plain(value, depth: int = 0):
     anything else :func:`opaque`. Runs the layer's ``__array__``: call it where the layer's code may run."""
     if value is None or isinstance(value, (bool, str)):
         return value
-    if isinstance(value, (int, float)) and type(value) in (int, float):
+    if type(value) in (int, float):  # not a subclass (NumPy's float64 is one: below, as an array)
         return value
     if depth >= MAX_DEPTH:
         return opaque(type(value).__name__)
-    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+    if type(value) in (list, tuple):
         items = [plain(v, depth + 1) for v in value]
         return tuple(items) if isinstance(value, tuple) else items
     if isinstance(value, dict) and type(value) is dict and all(type(k) is str for k in value):

@@ -110,9 +110,10 @@ class Verifier:
         for name, count in self.rule.element_counts(dims).items():
             if count > self.MAX_ELEMENTS:
                 said = ", ".join(f"{d}={n}" for d, n in dims.items())
-                raise DerivcheckError(f"at {said}, {'the output' if name == 'output' else name} would have {count:,} elements, more than derivcheck holds "
-                                      f"({self.MAX_ELEMENTS:,}): check at smaller sizes (--shape); the exact check at small "
-                                      f"sizes covers the same formula")
+                what = "the output" if name == "output" else name
+                raise DerivcheckError(f"at {said}, {what} would have {count:,} elements, more than derivcheck holds "
+                                      f"({self.MAX_ELEMENTS:,}): check at smaller sizes (--shape); the exact check at "
+                                      f"small sizes covers the same formula")
 
     # -- the trial plan ---------------------------------------------------------
     def trial_dims(self, k: int) -> dict:
@@ -273,8 +274,9 @@ class Verifier:
                 kept[n][1] += ref[n].size
             # the reference reads private copies: a layer that writes into dout cannot change what it is held to
             checks += self.judge.call(rep, d, ref, cot, outcome.output, {n: outcome.grads.get(n) for n in self.rule.inputs},
-                                      {"forward": "forward output", **outcome.where}, ctx(step), history=history, output_problem=outcome.output_problem,
-                                      forward_only=outcome.forward_only, missing=adapter.style)
+                                      {"forward": "forward output", **outcome.where}, ctx(step), history=history,
+                                      output_problem=outcome.output_problem, forward_only=outcome.forward_only,
+                                      missing=adapter.style)
             if outcome.forward_only:
                 rep.forward_only = outcome.forward_only
             checks += self.rebound_slots(outcome, ctx(step))

@@ -45,6 +45,8 @@ from derivcheck.errors import DerivcheckError
 from derivcheck.vocab import DEFAULT_TIMEOUT
 from derivcheck.check import loading
 from derivcheck.check.conventions import base as conventions
+from derivcheck.run import remote
+from derivcheck.run.remote import IMPORTING
 
 _SERVER = None  # the worker server's context (see _server)
 _FORK_HERE = False  # see fork_from_here
@@ -92,8 +94,8 @@ def _server():
         if "forkserver" in multiprocessing.get_all_start_methods():
             _SERVER = multiprocessing.get_context("forkserver")
             # sympy.tensor.tensor: SymPy imports it at its first sum (Add.flatten), else in every worker
-            _SERVER.set_forkserver_preload(["derivcheck.run.isolate", "derivcheck.run.remote", "derivcheck.check.verify",
-                                            "derivcheck.engine.reference", "sympy", "sympy.tensor.tensor"])
+            _SERVER.set_forkserver_preload(["derivcheck.run.isolate", "derivcheck.check.verify", "derivcheck.engine.reference",
+                                            "sympy", "sympy.tensor.tensor"])
         else:  # Windows: a fresh interpreter each time
             _SERVER = multiprocessing.get_context("spawn")
     return _SERVER
@@ -153,8 +155,6 @@ def _judge(conn, peer, request: dict) -> None:
     """The judge (no user code imported): verify with the layer run by the layer's process on ``peer``;
     send the supervisor ("stage", kind, text) as it goes, then ("report" | "error" | "gone" | "exited" |
     "internal" | "interrupted", payload)."""
-    from derivcheck.run import remote
-
     _take_callers_state(request)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # forked from the caller: not its handler (see _start)
     quiet = os.open(os.devnull, os.O_WRONLY)
@@ -189,8 +189,6 @@ def _judge(conn, peer, request: dict) -> None:
 
 def _host(peer, request: dict) -> None:
     """The layer's process: its output into a file, then answer the judge (remote.serve)."""
-    from derivcheck.run import remote
-
     if "object" not in request:  # forked from the caller itself (forks_here): its state is its own
         _take_callers_state(request)
     remote.redirect_output(request["output"])
@@ -200,8 +198,6 @@ def _host(peer, request: dict) -> None:
 def _work(conn, request: dict) -> None:
     """A network's check, in one worker with the user's code (network.py is not yet split into the layer's
     process and the judge): send back ("stage", kind, text) as it goes, then as :func:`_judge` does."""
-    from derivcheck.run import remote
-
     _take_callers_state(request)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # forked from the caller: not its handler (see _start)
     remote.redirect_output(request["output"])
@@ -233,9 +229,6 @@ def _tail(path: str, lines: int = 5) -> str:
         return ""
     kept = [ln for ln in text.splitlines() if ln.strip()][-lines:]
     return " | ".join(kept)
-
-
-IMPORTING = "importing the target"  # the stage until the worker names another
 
 
 def _failed(target, rule, options, message: str):
@@ -285,8 +278,7 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     os.close(fd)
     ctx = _context()
     if ctx.get_start_method() == "fork":  # what both processes import, imported once, before they are forked
-        for name in ("derivcheck.check.verify", "derivcheck.run.remote"):
-            importlib.import_module(name)
+        importlib.import_module("derivcheck.check.verify")
     request = {"target": target, "rule": rule.path if rule else None, "digest": rule.digest if rule else None,
                "options": options, "output": output, **_callers_state()}
     layer = None  # the layer's process, when it is not the reporting one

@@ -30,6 +30,7 @@ from derivcheck.check.conventions import base as conventions
 from derivcheck.check.conventions.base import LayerError, Outcome
 
 IMPORTING = "importing the target"  # the stage until the layer's process names another
+CALLING = "derivcheck's calls of the layer"  # the stage of a question after the import, until the layer's process names one
 KEEP = 4  # set by hand: adapters the layer's process keeps (a trial's, the probe's); older ones are dropped
 
 
@@ -119,7 +120,7 @@ def serve(conn, target: str) -> None:
             return  # the judge is gone
         if op == "done":
             return
-        now[0] = IMPORTING if op in ("detect_style", "script_note", "make") else "derivcheck's calls of the layer"
+        now[0] = IMPORTING if op in ("detect_style", "script_note", "make") else CALLING
         try:
             reply = ("ok", answer(op, args))
         except LayerError as exc:
@@ -156,7 +157,7 @@ class RemoteLayers:
 
     def ask(self, op: str, *args):
         kind = "layer" if self.imported else "import"
-        self.on_stage(kind, IMPORTING if kind == "import" else "derivcheck's calls of the layer")
+        self.on_stage(kind, IMPORTING if kind == "import" else CALLING)
         try:
             self.conn.send((op, args))
         except (OSError, ValueError) as exc:
@@ -257,7 +258,7 @@ def _fields(value, types: dict, stage: str) -> dict:
     if not isinstance(value, dict) or set(value) != set(types):
         raise LayerGone("its process answered with something else than derivcheck asked for", stage)
     for k, t in types.items():
-        if t is not object and not (type(value[k]) is t or (t is int and type(value[k]) is int)):
+        if t is not object and type(value[k]) is not t:
             raise LayerGone(f"its process answered {k} with a {type(value[k]).__name__}", stage)
     return value
 
