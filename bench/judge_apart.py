@@ -9,6 +9,8 @@ folder, on the same machine and in the same run, alternately:
 
 1. a warm one-layer ``verify`` (examples/dlfs1/layers.py:Affine);
 2. ``check -j 2`` over the bundled reference layers in float64 (the set bench/gate_jobs.py uses);
+3. a warm ``verify`` of a whole network (examples/networks/dlfs1_net.py:TwoLayerNet: book 1's net, whose
+   model since runs in the layer's process, recorded, and is judged apart, netrecord.py);
 
 each the median wall and CPU seconds of ``--reps`` runs (CPU: every process the command starts, the
 worker server and its forks included: this script is their subreaper; Linux).
@@ -36,6 +38,8 @@ from gate_jobs import reference_config
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "a083828"  # the last commit before the judge and the layer's process were split
 TARGET = str(ROOT / "examples" / "dlfs1" / "layers.py:Affine")
+NETWORK = str(ROOT / "examples" / "networks" / "dlfs1_net.py:TwoLayerNet")
+WHATS = ("verify", "check", "network")
 
 
 def extract(rev: str, into: Path) -> Path:
@@ -67,17 +71,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default=BASE)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--only", choices=("verify", "check"), help="measure one of the two")
+    ap.add_argument("--only", choices=WHATS, help="measure one of them")
     opts = ap.parse_args()
     if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER, as bench/startup.py
         raise SystemExit("cannot become a subreaper (Linux only): the worker server's CPU time would be lost")
-    whats = [w for w in ("verify", "check") if opts.only in (None, w)]
+    whats = [w for w in WHATS if opts.only in (None, w)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         trees = {"base": extract(opts.base, tmp / "base"), "this": ROOT}
         config = reference_config(tmp)
         caches = {name: tmp / f"cache-{name}" for name in trees}
-        args = {"verify": ("verify", TARGET, "--rule", "affine"), "check": ("check", str(config), "-j", "2")}
+        args = {"verify": ("verify", TARGET, "--rule", "affine"), "check": ("check", str(config), "-j", "2"),
+                "network": ("verify", NETWORK)}
         for name, tree in trees.items():  # warm each cache
             for what in whats:
                 timed(tree, caches[name], *args[what])
@@ -88,7 +93,8 @@ def main() -> int:
                     runs[(name, what)].append(timed(tree, caches[name], *args[what]))
     med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
     print(f"base {opts.base} against this tree, {max(opts.reps, 1)} runs each, alternately, warm caches")
-    labels = {"verify": "verify one layer (Affine)", "check": "check -j 2, reference layers"}
+    labels = {"verify": "verify one layer (Affine)", "check": "check -j 2, reference layers",
+              "network": "verify a network (book 1's)"}
     for what in whats:
         label = labels[what]
         (bw, bc), (tw, tc) = med[("base", what)], med[("this", what)]

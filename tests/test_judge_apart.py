@@ -4,6 +4,7 @@ make derivcheck say PASS; each must FAIL (exit 1) on the gradient it got wrong, 
 runs a check. These attacks all faked a pass while the judge shared the layer's process."""
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 from runner import process
@@ -189,3 +190,50 @@ def test_a_layer_defined_inside_a_test_has_a_time_limit():
 
     with pytest.raises(AssertionError, match="did not finish within 2 s: stopped during Relu.backward"):
         assert_backward(_local_relu(1.0, forever), "relu", trials=1, timeout=2)
+
+
+NETWORKS = Path(__file__).resolve().parent.parent / "examples" / "networks" / "broken"
+ATTACK_ON_AFFINE = """
+import gc
+{prelude}
+
+_backward = Affine.backward
+
+def backward(self, dout):
+    {attack}
+    return _backward(self, dout)
+
+Affine.backward = backward
+"""
+
+
+def _network(tmp_path, prelude: str, attack: str) -> str:
+    """Book 1's net whose Affine's dW is divided by N (examples/networks/broken/wrong_layer.py), with an attack."""
+    source = (NETWORKS / "wrong_layer.py").read_text().replace("os.path.dirname(os.path.abspath(__file__))", repr(str(NETWORKS)))
+    path = tmp_path / "net.py"
+    attack = (attack or "pass").replace("\n        ", "\n    ")  # ATTACKS' lines are indented for a method's body
+    path.write_text(source + ATTACK_ON_AFFINE.format(prelude=prelude, attack=attack))
+    return f"{path}:TwoLayerNet"
+
+
+@pytest.mark.parametrize("name", ["rebinds compare", "sets KAPPA", "fakes the verdict", "makes np.all lie",
+                                  "patches the live judge"])
+def test_a_layer_cannot_make_its_network_pass(tmp_path, name):
+    """A network is judged apart too (netrecord.py records in the layer's process, network.py judges): the
+    wrong Affine fails as the link it is, whatever the module does to derivcheck or NumPy."""
+    p = process("verify", _network(tmp_path, *ATTACKS[name]), "--format", "json", cwd=tmp_path)
+    assert p.returncode == 1, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    report = json.loads(p.stdout)
+    assert report["verdict"] == "fail"
+    assert any(c["name"] == "Affine1: grad W" and not c["passed"] for c in report["checks"]), report["checks"]
+
+
+@pytest.mark.parametrize("forged", ["{'bogus': 1}", "{'sizes': {}, 'seed': 0, 'steps': [], 'raised': None, 'writes': []}"])
+def test_a_network_that_forges_its_record_s_form_fails(tmp_path, forged):
+    """The judge believes of the record only a form it checks (netrecord.check_trial): a model that replaces
+    derivcheck's recorder with one that sends something else, or no steps, is the model's FAIL."""
+    prelude = ("import derivcheck.check.netrecord as _r\n"
+               f"_r.NetworkRecorder.trial = lambda self, k: {forged}")
+    p = process("verify", _network(tmp_path, prelude, ""), cwd=tmp_path)
+    assert p.returncode == 1, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    assert "sent a record that is not derivcheck's" in p.stdout, p.stdout[-2000:]

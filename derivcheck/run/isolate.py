@@ -44,7 +44,6 @@ import traceback
 from derivcheck.errors import DerivcheckError
 from derivcheck.vocab import DEFAULT_TIMEOUT
 from derivcheck.check import loading
-from derivcheck.check.conventions import base as conventions
 from derivcheck.run import remote
 from derivcheck.run.remote import IMPORTING
 
@@ -153,24 +152,31 @@ def _report_stage(conn):
 
 def _judge(conn, peer, request: dict) -> None:
     """The judge (no user code imported): verify with the layer run by the layer's process on ``peer``;
-    send the supervisor ("stage", kind, text) as it goes, then ("report" | "error" | "gone" | "exited" |
+    send the supervisor ("stage", kind, text) as it goes, then ("report" | "error" | "gone" | "unreadable" | "exited" |
     "internal" | "interrupted", payload)."""
     _take_callers_state(request)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # forked from the caller: not its handler (see _start)
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
     from derivcheck.engine.rules import load_rule
+    from derivcheck.check.netrecord import Unreadable
+    from derivcheck.check.network import verify_network
     from derivcheck.check.verify import verify
 
     layers = remote.RemoteLayers(peer, _report_stage(conn))
     try:
-        rule = load_rule(request["rule"])
-        if rule.digest != request["digest"]:
-            raise DerivcheckError(f"rule file {request['rule']} changed while derivcheck was running: run again")
-        report = verify(request["target"], rule, layers=layers, **request["options"])
+        if request["rule"] is None:  # a network: the model runs in the layer's process, recorded (netrecord.py)
+            report = verify_network(request["target"], layers.network(request["options"]), **request["options"])
+        else:
+            rule = load_rule(request["rule"])
+            if rule.digest != request["digest"]:
+                raise DerivcheckError(f"rule file {request['rule']} changed while derivcheck was running: run again")
+            report = verify(request["target"], rule, layers=layers, **request["options"])
         conn.send(("report", report.to_json()))
     except remote.LayerGone as exc:
         conn.send(("gone", (exc.why, exc.stage)))
+    except Unreadable as exc:
+        conn.send(("unreadable", (f"sent a record that is not derivcheck's ({exc})", layers.stage)))
     except remote.LayerExited as exc:
         conn.send(("exited", (exc.code, exc.stage)))
     except DerivcheckError as exc:
@@ -193,30 +199,6 @@ def _host(peer, request: dict) -> None:
         _take_callers_state(request)
     remote.redirect_output(request["output"])
     remote.serve(peer, request.get("object", request["target"]))
-
-
-def _work(conn, request: dict) -> None:
-    """A network's check, in one worker with the user's code (network.py is not yet split into the layer's
-    process and the judge): send back ("stage", kind, text) as it goes, then as :func:`_judge` does."""
-    _take_callers_state(request)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # forked from the caller: not its handler (see _start)
-    remote.redirect_output(request["output"])
-    from derivcheck.check.network import verify_network
-
-    conventions.on_stage = lambda name: conn.send(("stage", "own" if name == conventions.OWN_WORK else "layer", name))
-    try:
-        report = verify_network(request["target"], **request["options"])
-        conn.send(("report", report.to_json()))
-    except DerivcheckError as exc:
-        conn.send(("error", str(exc)))
-    except KeyboardInterrupt:
-        conn.send(("interrupted", None))
-    except SystemExit as exc:  # the layer's module called sys.exit() while it was imported
-        conn.send(("exited", repr(exc.code)))
-    except BaseException as exc:  # noqa: BLE001 - everything else is reported, never lost
-        conn.send(("internal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-    finally:
-        conn.close()
 
 
 def _tail(path: str, lines: int = 5) -> str:
@@ -262,8 +244,8 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     """:func:`derivcheck.check.verify.verify`, judged in a process that never imports the target, with the
     layer run in another (remote.py); see the module doc.
 
-    ``rule`` None: ``target`` is a network, checked by :func:`derivcheck.check.network.verify_network` in
-    one worker. ``zygote``: the layer's process is forked from that one, which has imported the target's
+    ``rule`` None: ``target`` is a network, judged by :func:`derivcheck.check.network.verify_network` from
+    what the layer's process records (netrecord.py). ``zygote``: the layer's process is forked from that one, which has imported the target's
     module, and the judge from its twin, which has the checks' derivations loaded, if they could
     (:class:`Zygote`); else both from the server, as without one.
     """
@@ -281,41 +263,34 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
         importlib.import_module("derivcheck.check.verify")
     request = {"target": target, "rule": rule.path if rule else None, "digest": rule.digest if rule else None,
                "options": options, "output": output, **_callers_state()}
-    layer = None  # the layer's process, when it is not the reporting one
     processes = []
     kind, stage, outcome = "import", IMPORTING, None
-    started = rule is None  # the judge has asked the layer's process its first question (a network's worker: not told)
+    started = False  # the judge has asked the layer's process its first question
     # the judges' zygote first: it loads the derivations before the layers' one runs any user code
-    judge_zygote = zygote is not None and rule is not None and zygote.judges.ready(timeout)
+    judge_zygote = zygote is not None and zygote.judges.ready(timeout)
     layer_zygote = zygote is not None and zygote.layers.ready(timeout)
     try:
-        if rule is not None:
-            # the layer's process first, before the supervisor's pipe from the judge exists: forked from here,
-            # it inherits every open descriptor, and it must hold none that reaches the supervisor
-            mine, theirs = ctx.Pipe(duplex=True)  # the judge's end, the layer's end
-            if obj is not None:  # a fork of this process has it in memory
-                layer = multiprocessing.get_context("fork").Process(target=_host, args=(theirs, {**request, "object": obj}),
-                                                                    daemon=True)
-            else:
-                layer = (_Forked(zygote.layers, "host", [theirs], request) if layer_zygote
-                         else ctx.Process(target=_host, args=(theirs, request), daemon=True))
-            processes.append(layer)
-            _LIVE.add(layer)
-            _start(layer)
-            theirs.close()  # else the judge, forked from here, would hold it and never see the layer's process end
-        receive, send = ctx.Pipe(duplex=False)
-        if rule is None:
-            reporter = (_Forked(zygote.layers, "network", [send], request) if layer_zygote
-                        else ctx.Process(target=_work, args=(send, request), daemon=True))
+        # the layer's process first, before the supervisor's pipe from the judge exists: forked from here,
+        # it inherits every open descriptor, and it must hold none that reaches the supervisor
+        mine, theirs = ctx.Pipe(duplex=True)  # the judge's end, the layer's end
+        if obj is not None:  # a fork of this process has it in memory
+            layer = multiprocessing.get_context("fork").Process(target=_host, args=(theirs, {**request, "object": obj}),
+                                                                daemon=True)
         else:
-            reporter = (_Forked(zygote.judges, "judge", [send, mine], request) if judge_zygote
-                        else ctx.Process(target=_judge, args=(send, mine, request), daemon=True))
+            layer = (_Forked(zygote.layers, "host", [theirs], request) if layer_zygote
+                     else ctx.Process(target=_host, args=(theirs, request), daemon=True))
+        processes.append(layer)
+        _LIVE.add(layer)
+        _start(layer)
+        theirs.close()  # else the judge, forked from here, would hold it and never see the layer's process end
+        receive, send = ctx.Pipe(duplex=False)
+        reporter = (_Forked(zygote.judges, "judge", [send, mine], request) if judge_zygote
+                    else ctx.Process(target=_judge, args=(send, mine, request), daemon=True))
         processes.append(reporter)
         _LIVE.add(reporter)
         _start(reporter)
         send.close()
-        if rule is not None:
-            mine.close()
+        mine.close()
         deadline = time.monotonic() + timeout
         while outcome is None:
             left = deadline - time.monotonic()
@@ -334,9 +309,8 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
                     outcome = (tag, payload[0])
         if outcome is None or outcome[0] != "timeout":
             reporter.join(10)
-            if layer is not None:
-                layer.join(2 if outcome is None or outcome[0] == "gone" else 0.2)  # how it ended, if it did
-        layer_ended = layer is not None and layer.exitcode is not None  # before any kill below
+            layer.join(2 if outcome is None or outcome[0] == "gone" else 0.2)  # how it ended, if it did
+        layer_ended = layer.exitcode is not None  # before any kill below
         for p in processes:
             if p.exitcode is None:
                 p.kill()
@@ -357,11 +331,6 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
         except OSError:
             pass
     said = f" (the layer printed: {printed})" if printed else ""
-    if outcome is None and rule is None:  # the network's worker ended without a word
-        if reporter.exitcode is not None and reporter.exitcode < 0:
-            return _failed(target, rule, options, f"the worker {_ended(reporter)} during {stage}{said}")
-        return _failed(target, rule, options, f"the layer ended the process with exit code {reporter.exitcode} during {stage} "
-                                              f"(os._exit or a crash), before the check could finish{said}")
     if outcome is None:  # the judge ended without a word: killed (by the layer's code?) or derivcheck's crash
         also = f", and the layer's process {_ended(layer)}" if layer_ended else ""
         return _failed(target, rule, options, f"derivcheck's judging process {_ended(reporter)} during {stage}{also}: "
@@ -389,12 +358,15 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
                                                   f"(os._exit or a crash), before the check could finish{said}")
         return _failed(target, rule, options, f"the layer's process stopped answering as derivcheck asks during {where}: "
                                               f"{why}{said}")
+    if tag == "unreadable":  # it answered, with what the judge cannot believe: how it ended after says nothing
+        why, where = payload
+        return _failed(target, rule, options, f"the layer's process {why} during {where}{said}")
     if tag == "error":
         raise DerivcheckError(payload)
     if tag == "interrupted":
         raise KeyboardInterrupt
     if tag == "exited":
-        code, stage = payload if rule is not None else (payload, stage)
+        code, stage = payload
         return _failed(target, rule, options, f"the layer's code called sys.exit({code}) during {stage}: "
                                               f"a check cannot pass without finishing{said}")
     if tag == "internal":
@@ -416,7 +388,8 @@ class Zygote:
     """
 
     def __init__(self, where: str, warm: dict | None = None):
-        self.layers = _Spawner({"where": where, "warm": {}})
+        # a network's layers are looked up in the catalogue in both: by the recorder, and again by the judge
+        self.layers = _Spawner({"where": where, "warm": {"catalogue": (warm or {}).get("catalogue")}})
         self.judges = _Spawner({"where": None, "warm": warm or {}})  # what the checks will use: see warm_up
 
     def close(self) -> None:
@@ -541,7 +514,7 @@ class _Forked:
             return
 
 
-_ROLES = {"host": _host, "judge": _judge, "network": _work}
+_ROLES = {"host": _host, "judge": _judge}
 
 
 def _threads() -> int:

@@ -12,7 +12,8 @@ What the judge believes from the answers is the data: the arrays, where the laye
 of the expected form is the layer's failure (:class:`LayerGone`), named with the stage it was in.
 
 The questions (``op`` names) are :class:`derivcheck.check.verify.LocalLayers`'s: ``detect_style``,
-``script_note``, ``make``, and on a made adapter ``step`` and ``repeat``.
+``script_note``, ``make``, and on a made adapter ``step`` and ``repeat``; for a network, ``network`` (its
+header) and ``network_trial`` (what one trial recorded: :mod:`derivcheck.check.netrecord`).
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def serve(conn, target: str) -> None:
     ("internal", traceback)."""
     from derivcheck.check.conventions.registry import detect_style, make_adapter
     from derivcheck.check.loading import load_target, script_note
+    from derivcheck.check.netrecord import NetworkRecorder
     from derivcheck.engine.rules import parse_rule
 
     # forked from the caller: not its handler. The user's Ctrl-C reaches the supervisor too, which stops
@@ -80,6 +82,7 @@ def serve(conn, target: str) -> None:
     rules: dict = {}
     adapters: collections.OrderedDict = collections.OrderedDict()
     made = [0]
+    network = []  # the model's recorder, once asked for
 
     def rule_of(path: str, source: str):
         if source not in rules:
@@ -91,6 +94,11 @@ def serve(conn, target: str) -> None:
             return detect_style(*load_target(target))
         if op == "script_note":
             return script_note(load_target(target)[1])
+        if op == "network":
+            network[:] = [NetworkRecorder(target, **args[0])]
+            return network[0].header()
+        if op == "network_trial":
+            return network[0].trial(args[0])
         if op == "make":
             path, source, hyper, layer_hyper, style = args
             adapter = make_adapter(target, rule_of(path, source), hyper, layer_hyper, style)
@@ -120,7 +128,7 @@ def serve(conn, target: str) -> None:
             return  # the judge is gone
         if op == "done":
             return
-        now[0] = IMPORTING if op in ("detect_style", "script_note", "make") else CALLING
+        now[0] = IMPORTING if op in ("detect_style", "script_note", "make", "network") else CALLING
         try:
             reply = ("ok", answer(op, args))
         except LayerError as exc:
@@ -157,7 +165,8 @@ class RemoteLayers:
 
     def ask(self, op: str, *args):
         kind = "layer" if self.imported else "import"
-        self.on_stage(kind, IMPORTING if kind == "import" else CALLING)
+        self.stage = IMPORTING if kind == "import" else CALLING  # until the layer's process names its stage
+        self.on_stage(kind, self.stage)
         try:
             self.conn.send((op, args))
         except (OSError, ValueError) as exc:
@@ -205,10 +214,29 @@ class RemoteLayers:
     def script_note(self) -> str:
         return _text(self.ask("script_note"), self.stage)
 
+    def network(self, options: dict) -> "RemoteRecorder":
+        """The network's recorder in the layer's process (netrecord.NetworkRecorder), built from ``options``."""
+        return RemoteRecorder(self, options)
+
     def make(self, rule, hyper: dict, layer_hyper: dict, style):
         info = self.ask("make", str(rule.path), rule.source, hyper, layer_hyper, style)
         return RemoteAdapter(self, rule, _fields(info, {"handle": int, "name": str, "style": str, "loose_note": str,
                                                         "can_repeat": bool}, self.stage))
+
+
+class RemoteRecorder:
+    """What the network judge uses of a netrecord.NetworkRecorder (``header``, ``trial``), asked of the layer's
+    process; a trial's record is checked for its form by the judge (netrecord.check_trial)."""
+
+    def __init__(self, layers: RemoteLayers, options: dict):
+        self.layers, self.options = layers, options
+
+    def header(self) -> dict:
+        return _fields(self.layers.ask("network", self.options), {"name": str, "style": str, "shape": dict},
+                       self.layers.stage)
+
+    def trial(self, k: int):
+        return self.layers.ask("network_trial", k)
 
 
 class InternalInLayer(Exception):
