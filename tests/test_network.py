@@ -636,3 +636,13 @@ def test_a_model_of_images_is_refused_before_it_is_called(tmp_path):
     assert result.exit_code == 2, result.output
     assert "ThreeLayerConvNet takes a shape (input_dim=(3, 32, 32))" in result.output
     assert "feeds a batch of vectors (N, D) only" in result.output
+
+
+def test_a_model_that_raises_in_its_first_step_still_shows_its_layers(tmp_path):
+    """What was found before the model raised is kept: the chain of layers, and the layer with no rule."""
+    result, data = verify(net(tmp_path, relu_backward="raise ValueError('boom')", extra_class="Scale",
+                              extra_layer='self.layers["Scale1"] = Scale()'))
+    assert result.exit_code == 1
+    assert failing(data) == ["Scale1: no rule", "model raised"], failing(data)
+    assert any(n.startswith("network: Affine1: affine -> Relu1: relu -> Scale1: no rule") for n in data["notes"]), data["notes"]
+    assert [l["name"] for l in data["layers"]] == ["Affine1", "Relu1", "Scale1", "Affine2", "lastLayer"]

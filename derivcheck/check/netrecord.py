@@ -358,13 +358,14 @@ class NetworkRecorder:
 
     def trial(self, k: int) -> dict:
         """Trial ``k``: {"sizes", "seed", "steps": [one record per step run], "raised": None or where the model
-        raised ({"step", "stage", "message", "wrong_rank"}), "writes": [(call, argument) written in place]};
-        as plain data (wire.plain)."""
+        raised ({"step", "stage", "message", "wrong_rank", "built"}), "writes": [(call, argument) written in
+        place], "links": the layers as found before the first step (book 1 and 2; [] else)}; as plain data."""
         sizes = _plan(self.sizes + (["D"] if self.style == "dezero" else []), k, self.shape)
         if self.style == "dezero":  # N and D are not the constructor's
             sizes["N"], sizes["D"] = sizes.pop("N"), sizes.pop("D")
         trial_seed = self.seed + k
-        out = {"sizes": sizes, "seed": trial_seed, "steps": [], "raised": None, "writes": []}
+        out = {"sizes": sizes, "seed": trial_seed, "steps": [], "raised": None, "writes": [], "links": []}
+        self.found = out["links"]  # the layers found before the first step, if it raises (book 1 and 2)
         step = 0
         try:
             model = self.build(sizes, trial_seed)
@@ -384,6 +385,7 @@ class NetworkRecorder:
         if loss is None:
             raise DerivcheckError(f"{self.name} has no loss layer ({', '.join(LOSS_ATTRS)})")
         order = links + [loss]
+        self.found += [plain_link(l) for l in order]
         rng = np.random.default_rng([trial_seed, 11])
         params = self.model_params(model)
         out_size = sizes.get(self.sizes[-1], 2) if self.sizes else 2
@@ -447,6 +449,7 @@ class NetworkRecorder:
         first = next(iter(raw.values() if isinstance(raw, dict) else raw or []), None)
         style = "dlfs2" if isinstance(getattr(first, "params", None), list) else "dlfs1"
         links, _ = discover(model, style, self.rule_dirs, with_loss=False)
+        self.found += [plain_link(l) for l in links]
         rng = np.random.default_rng([trial_seed, 11])
         held = [(f"{l.name}.{n}", _held(l, n)) for l in links if l.rule for n in l.slots]
         for step in range(self.steps):
@@ -727,7 +730,8 @@ def _fields(value, types: dict, where: str) -> dict:
 
 def check_trial(trial, style: str, steps: int) -> dict:
     """``trial`` if it has the form :meth:`NetworkRecorder.trial` gives a model of ``style``, else Unreadable."""
-    _fields(trial, {"sizes": dict, "seed": int, "steps": list, "raised": (dict, _NONE), "writes": list}, "the trial")
+    _fields(trial, {"sizes": dict, "seed": int, "steps": list, "raised": (dict, _NONE), "writes": list, "links": list},
+            "the trial")
     if not all(type(n) is int and n > 0 for n in trial["sizes"].values()):
         raise Unreadable("the trial's sizes are not positive integers")
     if not all(isinstance(w, tuple) and len(w) == 2 and all(isinstance(x, str) for x in w) for w in trial["writes"]):
@@ -736,6 +740,8 @@ def check_trial(trial, style: str, steps: int) -> dict:
         _fields(trial["raised"], {"step": int, "stage": str, "message": str, "wrong_rank": bool, "built": bool}, "raised")
     if len(trial["steps"]) > steps or (trial["raised"] is None and len(trial["steps"]) != steps):
         raise Unreadable(f"the trial has {len(trial['steps'])} steps, not {steps}")
+    for i, link in enumerate(trial["links"]):
+        _check_link(link, i, style, "the trial's layers")
     for s, record in enumerate(trial["steps"]):
         _fields(record, {"links": list, **_STEP_FIELDS[style]}, f"step {s}")
         for name in ("params",):
@@ -749,29 +755,34 @@ def check_trial(trial, style: str, steps: int) -> dict:
         if not links:
             raise Unreadable(f"step {s} has no links")
         for i, link in enumerate(links):
-            where = f"step {s}'s link {i}"
-            _fields(link, _LINK_TYPES, where)
-            if not 0 <= link["instance"] <= i or link["style"] not in (style, "dlfs1", "dlfs2"):
-                raise Unreadable(f"{where}'s instance or style is not one derivcheck gives")
-            for c in link["calls"]:
-                _fields(c, _CALL_TYPES, f"{where}'s call")
-                if c["kind"] not in ("forward", "backward") or not all(isinstance(w, str) for w in c["wrote"]):
-                    raise Unreadable(f"{where}'s call is of no kind derivcheck records")
-            if link["rule"] is not None:
-                _fields(link["binding"], {"ctor": dict, "call": list}, f"{where}'s binding")
-                if not all(isinstance(c, tuple) and len(c) == 3 and all(isinstance(x, (str, _NONE)) for x in c)
-                           for c in link["binding"]["call"]) or \
-                        not all(isinstance(v, tuple) and len(v) == 2 for v in link["binding"]["ctor"].values()):
-                    raise Unreadable(f"{where}'s binding is not one derivcheck makes")
-            if style == "functional":
-                _fields(link["fn"], {"role": str, "label": str, "stem": str, "pair_label": (str, _NONE), "paired_by": str},
-                        f"{where}'s call record")
-            if style == "dezero" and not all(isinstance(v, dict) and type(v.get("var")) is int
-                                             and isinstance(v.get("upstream"), list) for v in link["inputs"]):
-                raise Unreadable(f"{where}'s inputs are not derivcheck's")
-            if not all(isinstance(v, (str, _NONE)) for v in link["param_of"].values()) or \
-                    not all(isinstance(g, str) for g in link["grad_at"]) or \
-                    not all(isinstance(p, tuple) and len(p) == 2 for p in link["node_inputs"]) or \
-                    set(link["held_now"]) - set(link["slots"]) or set(link["grads_now"]) - set(link["slots"]):
-                raise Unreadable(f"{where} is not a link derivcheck records")
+            _check_link(link, i, style, f"step {s}")
     return trial
+
+
+def _check_link(link, i: int, style: str, whose: str) -> None:
+    """Unreadable unless ``link`` is what :func:`plain_link` makes of the ``i``-th link of a ``style`` model."""
+    where = f"{whose}'s link {i}"
+    _fields(link, _LINK_TYPES, where)
+    if not 0 <= link["instance"] <= i or link["style"] not in (style, "dlfs1", "dlfs2"):
+        raise Unreadable(f"{where}'s instance or style is not one derivcheck gives")
+    for c in link["calls"]:
+        _fields(c, _CALL_TYPES, f"{where}'s call")
+        if c["kind"] not in ("forward", "backward") or not all(isinstance(w, str) for w in c["wrote"]):
+            raise Unreadable(f"{where}'s call is of no kind derivcheck records")
+    if link["rule"] is not None:
+        _fields(link["binding"], {"ctor": dict, "call": list}, f"{where}'s binding")
+        if not all(isinstance(c, tuple) and len(c) == 3 and all(isinstance(x, (str, _NONE)) for x in c)
+                   for c in link["binding"]["call"]) or \
+                not all(isinstance(v, tuple) and len(v) == 2 for v in link["binding"]["ctor"].values()):
+            raise Unreadable(f"{where}'s binding is not one derivcheck makes")
+    if style == "functional":
+        _fields(link["fn"], {"role": str, "label": str, "stem": str, "pair_label": (str, _NONE), "paired_by": str},
+                f"{where}'s call record")
+    if style == "dezero" and not all(isinstance(v, dict) and type(v.get("var")) is int
+                                     and isinstance(v.get("upstream"), list) for v in link["inputs"]):
+        raise Unreadable(f"{where}'s inputs are not derivcheck's")
+    if not all(isinstance(v, (str, _NONE)) for v in link["param_of"].values()) or \
+            not all(isinstance(g, str) for g in link["grad_at"]) or \
+            not all(isinstance(p, tuple) and len(p) == 2 for p in link["node_inputs"]) or \
+            set(link["held_now"]) - set(link["slots"]) or set(link["grads_now"]) - set(link["slots"]):
+        raise Unreadable(f"{where} is not a link derivcheck records")

@@ -127,6 +127,10 @@ class NetworkJudge:
                            for l in links if l.rule is None]
             checks += judge(links, record, sctx, rep)
         if trial["raised"] is not None:
+            if not trial["steps"] and trial["links"]:  # the first step raised: the layers as they were found
+                first = [link_of_plain(d, self.rule_dirs) for d in trial["links"]]
+                checks += [Check(f"{l.label()}: no rule", False, message=f"{l.label()} cannot be checked: {l.why}", **ctx)
+                           for l in first if l.rule is None]
             checks.append(self.model_raised(trial["raised"], ctx))
         return checks, first
 
