@@ -154,10 +154,12 @@ def test_interrupt_exits_130(tmp_path):
     assert "interrupted" in err
 
 
-def test_the_commands_worker_is_forked_from_the_command_itself(tmp_path):
+def test_the_commands_worker_is_forked_from_the_command_itself(tmp_path, monkeypatch):
     """`derivcheck verify` forks its worker from its own process (which has imported none of the user's
     code: isolate.fork_from_here), not from a server it would start first; the worker takes Ctrl-C as a
-    fresh process does, not as the command's handler held while it started the worker."""
+    fresh process does, not as the command's handler held while it started the worker. (Unconfined: shut
+    in, the layer sees no process outside its own PID namespace, test_sandbox.py.)"""
+    monkeypatch.setenv("DERIVCHECK_SANDBOX", "0")
     seen = tmp_path / "seen.txt"
     prelude = ("import os, signal\n"
                f"_ = open({str(seen)!r}, 'w').write(f'{{os.getppid()}} {{signal.getsignal(signal.SIGINT) is signal.default_int_handler}}')")
@@ -293,9 +295,10 @@ def test_the_checks_of_one_module_fork_from_one_import_and_stay_isolated(tmp_pat
 def test_the_checks_of_one_module_fork_with_their_derivation_already_loaded(tmp_path, monkeypatch):
     """The zygote loads the checks' derivations before it imports the module, so each check's worker has them
     in memory: here the module's import deletes the cache folder, so a worker that had to load the derivation
-    would derive it again and store it there."""
+    would derive it again and store it there. (Unconfined: shut in, the import cannot reach the cache.)"""
     cache = tmp_path / "cache"
     monkeypatch.setenv("DERIVCHECK_CACHE_DIR", str(cache))
+    monkeypatch.setenv("DERIVCHECK_SANDBOX", "0")
     prelude = "import shutil\n_ = shutil.rmtree(os.environ['DERIVCHECK_CACHE_DIR'], ignore_errors=True)"
     p, results = _one_module(tmp_path, IN_ONE_MODULE[:2], prelude)
     assert p.returncode == 0 and all(r["verdict"] == "pass" for r in results.values()), p.stdout + p.stderr
@@ -332,9 +335,11 @@ STOP_THE_ZYGOTE = (
     "            os.kill(up, signal.SIGSTOP)  # the zygote this process was forked from")
 
 
-def test_a_zygote_stopped_by_a_layer_is_replaced_not_waited_for(tmp_path):
-    """A layer can signal the process it was forked from: a zygote that no longer forks is given up after a
-    deadline, and the module's remaining checks start from the server, instead of the gate hanging."""
+def test_a_zygote_stopped_by_a_layer_is_replaced_not_waited_for(tmp_path, monkeypatch):
+    """Where the layer is not shut in (sandbox.py), it can signal the process it was forked from: a zygote that
+    no longer forks is given up after a deadline, and the module's remaining checks start from the server,
+    instead of the gate hanging."""
+    monkeypatch.setenv("DERIVCHECK_SANDBOX", "0")
     layers = [("Stops", "pass", STOP_THE_ZYGOTE, None)] + [(f"Good{i}", "pass", "pass", None) for i in range(4)]
     p, results = _one_module(tmp_path, layers)
     assert (tmp_path / "stopped").exists(), "the layer did not reach its zygote: the test tests nothing"

@@ -40,11 +40,12 @@ import tempfile
 import threading
 import time
 import traceback
+from pathlib import Path
 
 from derivcheck.errors import DerivcheckError
 from derivcheck.vocab import DEFAULT_TIMEOUT
 from derivcheck.check import loading
-from derivcheck.run import remote
+from derivcheck.run import remote, sandbox
 from derivcheck.run.remote import IMPORTING
 
 _SERVER = None  # the worker server's context (see _server)
@@ -156,6 +157,7 @@ def _judge(conn, peer, request: dict) -> None:
     "internal" | "interrupted", payload)."""
     _take_callers_state(request)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # forked from the caller: not its handler (see _start)
+    sandbox.not_traceable()  # by the layer's process: a process of the same user, shut in or not
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
     from derivcheck.engine.rules import load_rule
@@ -194,11 +196,33 @@ def _judge(conn, peer, request: dict) -> None:
 
 
 def _host(peer, request: dict) -> None:
-    """The layer's process: its output into a file, then answer the judge (remote.serve)."""
+    """The layer's process: shut in (sandbox.py), its output into a file, then answer the judge (remote.serve)."""
     if "object" not in request:  # forked from the caller itself (forks_here): its state is its own
         _take_callers_state(request)
     remote.redirect_output(request["output"])
-    remote.serve(peer, request.get("object", request["target"]))
+    refused = _shut_in()
+    remote.serve(peer, request.get("object", request["target"]), refused=refused)
+
+
+def _shut_in(pids: bool = True) -> str | None:
+    """Shut this process in where the system allows (sandbox.py; ``pids``: in a PID namespace too, in a
+    child); what to refuse every question with when it cannot and DERIVCHECK_SANDBOX=require, else None."""
+    import derivcheck
+    from derivcheck.engine import cache, cachekey
+    from derivcheck.engine.rules import builtin_rules_dir
+
+    cachekey.forget()  # a key a caller's process had read, copied into this fork's memory
+    if sandbox.wanted() == "off":
+        return None
+    try:
+        sandbox.shut_in(hidden=[d for d in (cache.cache_dir(), cachekey.user_home()) if d is not None],
+                        readonly=[Path(derivcheck.__file__).parent, builtin_rules_dir()], pids=pids)
+    except sandbox.Unavailable as exc:
+        if sandbox.wanted() == "require":
+            return (f"DERIVCHECK_SANDBOX=require, and this system would not shut the layer's process in ({exc}): "
+                    f"allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or "
+                    f"user.max_user_namespaces), or run the check inside a container")
+    return None
 
 
 def _tail(path: str, lines: int = 5) -> str:
@@ -555,6 +579,8 @@ def _zygote(control, request: dict) -> None:
     warm_up(request["warm"])  # before the user's module is imported: derivcheck's own work, in its own state
     before = _threads()
     if request["where"] is not None:
+        if _shut_in(pids=False) is not None:  # required and impossible: each check finds it so and says so
+            return
         try:
             loading.load_module(request["where"])
         except BaseException:  # noqa: BLE001 - each check imports it again and reports what happens

@@ -53,8 +53,9 @@ class LayerExited(Exception):
 
 # -- the layer's process ---------------------------------------------------------------------------
 
-def serve(conn, target: str) -> None:
-    """Answer the judge's questions about ``target`` on ``conn`` until it closes.
+def serve(conn, target: str, refused: str | None = None) -> None:
+    """Answer the judge's questions about ``target`` on ``conn`` until it closes (``refused``: answer each
+    with that error instead, exit 2, and import nothing).
 
     Questions come pickled from the judge (trusted); every answer goes back as a :mod:`wire` frame:
     ("stage", name) as the user's code starts a piece, then ("ok", value), ("layer", stage, message,
@@ -90,6 +91,8 @@ def serve(conn, target: str) -> None:
         return rules[source]
 
     def answer(op: str, args: tuple):
+        if refused is not None:
+            raise DerivcheckError(refused)
         if op == "detect_style":
             return detect_style(*load_target(target))
         if op == "script_note":
