@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 from pathlib import Path
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
@@ -78,7 +79,13 @@ def shut_in(hidden: list[Path], readonly: list[Path], pids: bool = True) -> None
     in a child: the caller's process waits for it and ends as it ends (see :func:`_pid_one`). Without, only
     its files are (a zygote's, whose forks shut themselves in again, with their own PID namespace).
     Raises Unavailable, with the process unchanged or only its files' view narrowed, if the kernel refuses."""
-    libc = _libc()
+    if not sys.platform.startswith("linux"):
+        raise Unavailable(f"namespaces are Linux's, and this is {sys.platform}")
+    try:
+        libc = _libc()
+        libc.unshare, libc.mount, libc.prctl
+    except (OSError, AttributeError) as exc:
+        raise Unavailable(f"no C library to ask: {exc}") from None
     ids = os.geteuid(), os.getegid()
     _call("unshare(user, mount)", libc.unshare(CLONE_NEWUSER | CLONE_NEWNS))
     _own_ids(*ids)
