@@ -94,3 +94,14 @@ def test_cache_bench_times_a_rule_cold_from_disk_and_from_memory():
     row = [line.split() for line in out.splitlines() if line.startswith("affine ")]
     assert len(row) == 1 and all(float(v) > 0 for v in row[0][1:]), out
     assert re.search(r"ratios: disk/cold [\d.]+, memory/cold [\d.]+ \(same run\)", out), out
+
+
+def test_gate_jobs_bench_runs_the_gate_both_ways_and_prints_their_ratio():
+    out = subprocess.run([sys.executable, str(BENCH.parent / "gate_jobs.py"), "--layers", "2"], capture_output=True, text=True,
+                         check=True, timeout=600).stdout
+    assert "2 layer checks: 2 passed" in out, out
+    m = re.search(r"-j 1: ([\d.]+) s +-j 4: ([\d.]+) s +ratio -j 4 / -j 1: ([\d.]+)", out)
+    assert m, out
+    serial, parallel, ratio = map(float, m.groups())
+    # the times are printed to 0.1 s, the ratio from the unrounded ones
+    assert serial > 0.05 and (parallel - 0.05) / (serial + 0.05) - 0.005 <= ratio <= (parallel + 0.05) / (serial - 0.05) + 0.005, out
