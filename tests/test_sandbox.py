@@ -107,3 +107,25 @@ def test_sandbox_off_leaves_the_layer_as_it_was(tmp_path):
         if os.path.exists(written):
             os.unlink(written)
     assert found is not None and found["key"] == "read" and "entry.json" in found["cache"], (found, p.stdout[-2000:])
+
+
+def test_a_cache_folder_not_made_yet_is_hidden_too(tmp_path):
+    """On a fresh machine the key's folder does not exist yet: the layer must not be able to make it, and a key in
+    it, that the next run would trust. It is made before the layer's process shuts itself in, and hidden."""
+    if not _available():
+        pytest.skip("this machine does not allow unprivileged user namespaces")
+    (tmp_path / "layers.py").write_text(PROBE.replace('found["cache"] = sorted(os.listdir(os.environ["DERIVCHECK_CACHE_DIR"]))',
+                                                      'key.parent.mkdir(parents=True, exist_ok=True); key.write_bytes(b"x" * 32)'))
+    home = tmp_path / "fresh-home"
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(home)
+    try:
+        p = process("verify", "layers.py:Relu", "--rule", "relu", "--trials", "1", cwd=tmp_path, cache=tmp_path / "cache")
+    finally:
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = old
+    assert p.returncode == 1 and "FOUND" in p.stdout, (p.stdout[-2000:], p.stderr[-2000:])
+    key = home / "derivcheck" / "secret.key"
+    assert not key.exists() or key.read_bytes() != b"x" * 32, "the layer planted the key a later run would trust"

@@ -86,6 +86,11 @@ def shut_in(hidden: list[Path], readonly: list[Path], pids: bool = True) -> None
         libc.unshare, libc.mount, libc.prctl
     except (OSError, AttributeError) as exc:
         raise Unavailable(f"no C library to ask: {exc}") from None
+    for d in hidden:  # made now if missing: else the layer could make one, and a key in it, that a later run trusts
+        try:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            pass
     ids = os.geteuid(), os.getegid()
     _call("unshare(user, mount)", libc.unshare(CLONE_NEWUSER | CLONE_NEWNS))
     _own_ids(*ids)
