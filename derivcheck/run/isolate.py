@@ -1,31 +1,35 @@
-"""Each layer check in a worker process of its own, with a time limit.
+"""Each check in processes of its own, with a time limit: the layer's process and the judge.
 
 A layer is untrusted code. It may call ``sys.exit(0)`` or ``os._exit(0)``,
 loop forever, crash the interpreter, print into our JSON, change NumPy's
-error state or shadow a module another layer imports. So every check that
-``verify``, ``check``, the pytest plugin and ``assert_backward`` make runs in
-a fresh process (forked from a server that has imported derivcheck, NumPy
-and SymPy but no user code, so starting one costs milliseconds; the
-``derivcheck`` command, which has imported no user code either, forks its
-workers from itself: :func:`fork_from_here`), with:
+error state, patch derivcheck, or shadow a module another layer imports. So
+every check that ``verify``, ``check``, the pytest plugin and
+``assert_backward`` make (a layer's or a whole network's) runs as two fresh
+processes (forked from a server that has imported derivcheck, NumPy and SymPy
+but no user code, so starting one costs milliseconds; the ``derivcheck``
+command, which has imported no user code either, forks them from itself:
+:func:`fork_from_here`):
 
-- its standard output and error sent to a file, not to ours (the tail is
-  quoted when the worker dies);
-- a time limit (``timeout`` seconds, default :data:`DEFAULT_TIMEOUT`), after
-  which it is killed;
-- the name of each piece of user code it runs ("Affine.backward") sent back
-  as it goes, so a worker that dies is reported with where.
+- the layer's process (:func:`_host`), which shuts itself in where Linux
+  allows (sandbox.py), imports the target and answers the judge's questions
+  with data only (remote.py; a network's model is run and recorded there,
+  netrecord.py); its standard output and error go to a file, whose tail is
+  quoted when it dies;
+- the judge (:func:`_judge`), which never imports the target and computes
+  the reference, the tolerance, the comparison and the report, telling this
+  process (the supervisor) what it waits for as it goes: the import, the
+  layer's code, or its own work.
 
-In a gate run, the checks of a module that holds several checked layers
-fork their workers from one process that has imported it (:class:`Zygote`):
-the import is paid once, each worker is still a fresh copy of the module as
-imported, and everything above holds for each of them.
+The supervisor keeps a time limit (``timeout`` seconds, default
+:data:`DEFAULT_TIMEOUT`), kills both at the end, and blames a stall on the
+right one. In a gate run, the layer processes of a module that holds several
+checked layers are forked from one process that has imported it, and the
+judges from its twin that loaded the derivations (:class:`Zygote`).
 
-The outcome is always a report: the worker's own, or a FAIL with one check
-named ``process`` that says what happened (exited with code N, killed by a
-signal, over time). Bad input found in the worker (a target that does not
-import, a binding mistake) comes back as a :class:`DerivcheckError`, exit 2,
-as it would in-process.
+The outcome is always a report: the judge's, or a FAIL with one check named
+``process`` that says what happened (exited with code N, killed by a signal,
+over time, sent what is not an answer). Bad input (a target that does not
+import, a binding mistake) comes back as a :class:`DerivcheckError`, exit 2.
 """
 from __future__ import annotations
 
