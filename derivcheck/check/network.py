@@ -113,8 +113,7 @@ class NetworkJudge:
     def run_trial(self, k: int, trial: dict, rep: Report) -> tuple[list[Check], list[Link]]:
         """Trial ``k`` from its record (netrecord.NetworkRecorder.trial): its checks, and its first step's links."""
         ctx = dict(trial=k, seed=int(trial["seed"]), dims={str(d): int(n) for d, n in trial["sizes"].items()})
-        for who, n in trial["writes"]:
-            _warn_writes(rep, [(str(who), str(n))], k)
+        _warn_writes(rep, trial["writes"], k)  # (call, argument) names: check_trial saw they are text
         checks, first = [], []
         judge = {"predict": self.judge_forward, "dezero": self.judge_dezero,
                  "functional": self.judge_functional}.get(self.style, self.judge_loss)
