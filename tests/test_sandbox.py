@@ -129,3 +129,51 @@ def test_a_cache_folder_not_made_yet_is_hidden_too(tmp_path):
     assert p.returncode == 1 and "FOUND" in p.stdout, (p.stdout[-2000:], p.stderr[-2000:])
     key = home / "derivcheck" / "secret.key"
     assert not key.exists() or key.read_bytes() != b"x" * 32, "the layer planted the key a later run would trust"
+
+
+def test_the_gate_s_layers_are_shut_in_too(tmp_path):
+    """`check` forks the layers' processes of one module from a process that imported it once (a zygote):
+    that import and each layer's process are shut in as well."""
+    if not _available():
+        pytest.skip("this machine does not allow unprivileged user namespaces")
+    probe = PROBE.replace("import numpy as np", "import numpy as np\nAT_IMPORT = None")
+    probe = probe.replace("class Relu:", "try:\n    AT_IMPORT = probe()\nexcept Exception as exc:\n    AT_IMPORT = repr(exc)\n\n\nclass Relu:")
+    probe = probe.replace('raise RuntimeError("FOUND" + probe() + "END")',
+                          'raise RuntimeError("FOUND" + probe() + "END IMPORT" + AT_IMPORT + "DONE")')
+    (tmp_path / "layers.py").write_text(probe + "\n\nclass Relu2(Relu):\n    pass\n")
+    (tmp_path / "derivcheck.toml").write_text(textwrap.dedent("""
+        dtypes = ["float64"]
+        trials = 1
+        [[layers]]
+        target = "layers.py:Relu"
+        rule = "relu"
+        [[layers]]
+        target = "layers.py:Relu2"
+        rule = "relu"
+    """))
+    home = tmp_path / "home"
+    (home / "derivcheck").mkdir(parents=True, mode=0o700)
+    (home / "derivcheck" / "secret.key").write_bytes(b"k" * 32)
+    (home / "derivcheck" / "secret.key").chmod(0o600)
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(home)
+    import derivcheck
+
+    try:
+        p = process("check", str(tmp_path / "derivcheck.toml"), "--format", "json", "-j", "2", cwd=tmp_path,
+                    cache=tmp_path / "cache")
+    finally:
+        written = os.path.join(os.path.dirname(derivcheck.__file__), f"written-by-{tmp_path.name}.txt")
+        if os.path.exists(written):  # only where the sandbox failed: the assertions below say so
+            os.unlink(written)
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = old
+    messages = [c["message"] for r in json.loads(p.stdout)["results"] for c in r["checks"] if "FOUND" in c.get("message", "")]
+    assert len(messages) == 2, p.stdout[-3000:]
+    for m in messages:
+        found = json.loads(m.split("FOUND", 1)[1].split("END", 1)[0])
+        at_import = json.loads(m.split("END IMPORT", 1)[1].split("DONE", 1)[0])
+        assert found["key"] == "FileNotFoundError" and found["pids"] == [1, 2], found
+        assert at_import["key"] == "FileNotFoundError" and at_import["package"] == "OSError", at_import
