@@ -80,6 +80,18 @@ def plain(value, depth: int = 0):
     return opaque(type(value).__name__)
 
 
+def fields(value, types: dict) -> dict:
+    """``value`` if it is a dict of exactly the keys of ``types``, each value of its type (``object``: any; a
+    tuple: any of those; ``int`` is not ``bool``), else :class:`Malformed`: a decoded record checked for form."""
+    if type(value) is not dict or set(value) != set(types):
+        raise Malformed(f"not a record of {', '.join(types)}")
+    for k, t in types.items():
+        v, allowed = value[k], t if isinstance(t, tuple) else (t,)
+        if t is not object and (not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed)):
+            raise Malformed(f"its {k} is a {type(v).__name__}")
+    return value
+
+
 def encode(value) -> bytes:
     """One frame for ``value`` (made of what :func:`plain` returns)."""
     arrays: list[bytes] = []

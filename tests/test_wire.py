@@ -163,3 +163,20 @@ def test_lengths_beyond_the_message_are_malformed():
 def test_an_opaque_type_name_is_kept_up_to_200_characters():
     back = wire.decode(wire.encode(wire.opaque("T" * 300)))
     assert isinstance(back, wire.Opaque) and type(back).__name__ == "T" * 200
+
+
+def test_fields_takes_a_record_of_exactly_its_keys_each_of_its_type():
+    types = {"n": int, "name": str, "maybe": (str, type(None)), "any": object, "flag": bool}
+    good = {"n": 3, "name": "x", "maybe": None, "any": [1], "flag": True}
+    assert wire.fields(good, types) is good
+    assert wire.fields({**good, "maybe": "y"}, types)["maybe"] == "y"
+    assert wire.fields({"b": True}, {"b": (bool, type(None))}) == {"b": True}  # a bool where one of the types is bool
+    for bad, said in [({**good, "n": True}, "its n is a bool"),  # a bool is no count
+                      ({**good, "n": 3.0}, "its n is a float"),
+                      ({**good, "maybe": 1}, "its maybe is a int"),
+                      ({**good, "flag": 1}, "its flag is a int"),
+                      ({k: v for k, v in good.items() if k != "any"}, "not a record of n, name, maybe, any, flag"),
+                      ({**good, "extra": 1}, "not a record of"),
+                      ([good], "not a record of")]:
+        with pytest.raises(wire.Malformed, match=said):
+            wire.fields(bad, types)

@@ -25,13 +25,12 @@ from derivcheck import wire
 from derivcheck.check import calls
 from derivcheck.check.binding import bind, Binding, norm_name
 from derivcheck.check.conventions.base import call_user, LayerError, own, stage
-from derivcheck.check.conventions.dezero import dezero_grad
+from derivcheck.check.conventions.dezero import dezero_data, dezero_grad
 from derivcheck.check.conventions.dlfs1 import dlfs1_gradient
 from derivcheck.check.loading import KNOWN_NETWORKS, load_target, LOSS_ATTRS, model_shape
 from derivcheck.check.targets import rule_in_convention
 from derivcheck.errors import DerivcheckError
 from derivcheck.results import NUMPY_DTYPES
-from derivcheck.vocab import DTYPES
 
 _SIZE_WORDS = ("num_classes", "n_classes", "num_class")
 # a CS231n model's regularization strength (its constructor's reg), set by hand: any value far from 0 makes
@@ -283,9 +282,7 @@ class NetworkRecorder:
     """One model class, in the layer's process: :meth:`header` says what it is, :meth:`trial` runs trial k."""
 
     def __init__(self, target: str, *, dtype="float64", seed=0, trials=3, steps=2, shape=None, rule_dirs=(), **_ignored):
-        if dtype not in DTYPES:
-            raise DerivcheckError(f"--dtype must be one of {', '.join(DTYPES)}, not '{dtype}'")
-        self.dtype = NUMPY_DTYPES[dtype]
+        self.dtype = NUMPY_DTYPES[dtype]  # one of DTYPES: the judge refused any other before asking (network.py)
         self.seed, self.steps, self.rule_dirs = seed, steps, rule_dirs
         self.cls, self.module, self.name = load_target(target)
         if not inspect.isclass(self.cls):
@@ -500,7 +497,7 @@ class NetworkRecorder:
             yield {"links": [plain_link(l) for l in links],
                    "params": [(n, own(p.data)) for n, p in params],
                    "param_vars": [tokens.get(id(p)) for _, p in params],
-                   "param_grads": [None if p.grad is None else own(dezero_data(p.grad)) for _, p in params]}
+                   "param_grads": [own(dezero_data(p.grad)) for _, p in params]}
 
     # -- CS231n: loss(X, y) -> (loss, grads), made of layer functions ------------
     def functional_trial(self, model, sizes, trial_seed, writes):
@@ -577,11 +574,6 @@ class NetworkRecorder:
 
 # ---------------------------------------------------------------------------
 # DeZero models: the graph of Functions
-
-
-def dezero_data(v):
-    """A DeZero Variable's array (``v.data``); an ndarray as it is (its ``.data`` is a memoryview)."""
-    return v if isinstance(v, np.ndarray) else getattr(v, "data", v)
 
 
 def _dezero_params(model) -> list[tuple[str, object]]:
@@ -713,6 +705,8 @@ _STEP_FIELDS = {  # by the model's style: what one step's record holds besides i
     "dezero": {"params": list, "param_vars": list, "param_grads": list},
     "functional": {"params": list, "x": np.ndarray, "model_loss": object, "model_grads": object, "reg": object},
 }
+STYLES = tuple(_STEP_FIELDS)  # the network conventions a record can be of
+
 _LINK_TYPES = {"name": str, "kind": str, "style": str, "why": str, "slots": dict, "fn": dict, "grad_at": list,
                "node_inputs": list, "instance": int, "param_of": dict, "held_now": dict, "grads_now": dict, "kept": list,
                "inputs": list, "rule": (str, _NONE), "binding": (dict, _NONE), "calls": list}
@@ -720,12 +714,10 @@ _CALL_TYPES = {"kind": str, "args": tuple, "out": object, "held": dict, "grads":
 
 
 def _fields(value, types: dict, where: str) -> dict:
-    if type(value) is not dict or set(value) != set(types):
-        raise Unreadable(f"{where} is not a record of {', '.join(types)}")
-    for k, t in types.items():
-        if t is not object and (not isinstance(value[k], t) or isinstance(value[k], bool) and t is int):
-            raise Unreadable(f"{where}'s {k} is a {type(value[k]).__name__}")
-    return value
+    try:
+        return wire.fields(value, types)
+    except wire.Malformed as exc:
+        raise Unreadable(f"{where}: {exc}") from None
 
 
 def check_trial(trial, style: str, steps: int) -> dict:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from derivcheck.engine import reference
-from derivcheck.check.netrecord import check_trial, Link, link_of_plain, Unreadable
+from derivcheck.check.netrecord import check_trial, Link, link_of_plain, STYLES, Unreadable
 from derivcheck.checks import KAPPA, Check, compare, unit_roundoff
 from derivcheck.errors import DerivcheckError
 from derivcheck.engine.rules import Multiple
@@ -61,7 +61,7 @@ class NetworkJudge:
         self.rule_dirs, self.recorder = rule_dirs, recorder
         header = recorder.header()
         self.name, self.style, self.shape = str(header["name"]), str(header["style"]), dict(header["shape"])
-        if self.style not in ("dlfs1", "dlfs2", "dezero", "functional", "predict"):
+        if self.style not in STYLES:
             raise Unreadable(f"a network of style {self.style!r}")
         self.forward_only = ""
         if self.style == "predict":
@@ -122,14 +122,12 @@ class NetworkJudge:
             sctx = dict(ctx, step=step)
             if step == 0:
                 first = links
-                checks += [Check(f"{l.label()}: no rule", False, message=f"{l.label()} cannot be checked: {l.why}", **ctx)
-                           for l in links if l.rule is None]
+                checks += _no_rule(links, ctx)
             checks += judge(links, record, sctx, rep)
         if trial["raised"] is not None:
             if not trial["steps"] and trial["links"]:  # the first step raised: the layers as they were found
                 first = [link_of_plain(d, self.rule_dirs) for d in trial["links"]]
-                checks += [Check(f"{l.label()}: no rule", False, message=f"{l.label()} cannot be checked: {l.why}", **ctx)
-                           for l in first if l.rule is None]
+                checks += _no_rule(first, ctx)
             checks.append(self.model_raised(trial["raised"], ctx))
         return checks, first
 
@@ -161,14 +159,11 @@ class NetworkJudge:
 
     # -- book 1 and 2 ---------------------------------------------------------
     def judge_loss(self, links, record, ctx, rep) -> list[Check]:
+        """Every link and connection of one step; the wiring mistakes found make one check, "wiring"."""
         params = [(str(n), p) for n, p in record["params"]]
         model_grads = record.get("model_grads") if self.style == "dlfs1" else (record["grads_type"], record["grads_is_slot"])
-        return self.judge(links[:-1], links[-1], params, record["x"], record["t"], record["model_loss"], model_grads, ctx, rep)
-
-    # -- judging one step (book 1 and 2) -----------------------------------------------------
-    def judge(self, links, loss, params, x, t, model_loss, model_grads, ctx, rep) -> list[Check]:
-        """Every link and connection of one step; the wiring mistakes found make one check, "wiring"."""
-        return _one_wiring_check(self._judge(links, loss, params, x, t, model_loss, model_grads, ctx, rep), ctx)
+        return _one_wiring_check(self._judge(links[:-1], links[-1], params, record["x"], record["t"], record["model_loss"],
+                                             model_grads, ctx, rep), ctx)
 
     def _judge(self, links, loss, params, x, t, model_loss, model_grads, ctx, rep) -> list[Check]:
         checks = []
@@ -626,6 +621,12 @@ class NetworkJudge:
             upstream = f.out
         return checks
 
+
+
+def _no_rule(links, ctx) -> list[Check]:
+    """A failing check for each link derivcheck has no rule for (why, in its message)."""
+    return [Check(f"{l.label()}: no rule", False, message=f"{l.label()} cannot be checked: {l.why}", **ctx)
+            for l in links if l.rule is None]
 
 
 def _warn_writes(rep, writes, trial) -> None:

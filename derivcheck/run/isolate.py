@@ -216,13 +216,14 @@ def _shut_in(pids: bool = True) -> str | None:
     from derivcheck.engine.rules import builtin_rules_dir
 
     cachekey.forget()  # a key a caller's process had read, copied into this fork's memory
-    if sandbox.wanted() == "off":
+    wanted = sandbox.wanted()
+    if wanted == "off":
         return None
     try:
         sandbox.shut_in(hidden=[d for d in (cache.cache_dir(), cachekey.user_home()) if d is not None],
                         readonly=[Path(derivcheck.__file__).parent, builtin_rules_dir()], pids=pids)
     except sandbox.Unavailable as exc:
-        if sandbox.wanted() == "require":
+        if wanted == "require":
             return (f"DERIVCHECK_SANDBOX=require, and this system would not shut the layer's process in ({exc}): "
                     f"allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or "
                     f"user.max_user_namespaces), or run the check inside a container")
@@ -273,9 +274,9 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     layer run in another (remote.py); see the module doc.
 
     ``rule`` None: ``target`` is a network, judged by :func:`derivcheck.check.network.verify_network` from
-    what the layer's process records (netrecord.py). ``zygote``: the layer's process is forked from that one, which has imported the target's
-    module, and the judge from its twin, which has the checks' derivations loaded, if they could
-    (:class:`Zygote`); else both from the server, as without one.
+    what the layer's process records (netrecord.py). ``zygote``: the layer's process is forked from that
+    one, which has imported the target's module, and the judge from its twin, which has the checks'
+    derivations loaded, if they could (:class:`Zygote`); else both from the server, as without one.
     """
     from derivcheck.results import Report
 

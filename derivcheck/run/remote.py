@@ -285,13 +285,11 @@ def _text(value, stage: str) -> str:
 
 
 def _fields(value, types: dict, stage: str) -> dict:
-    """``value`` as a dict of exactly the fields ``types`` names, each of its type (object: any data)."""
-    if not isinstance(value, dict) or set(value) != set(types):
-        raise LayerGone("its process answered with something else than derivcheck asked for", stage)
-    for k, t in types.items():
-        if t is not object and type(value[k]) is not t:
-            raise LayerGone(f"its process answered {k} with a {type(value[k]).__name__}", stage)
-    return value
+    """``value`` as a dict of exactly the fields ``types`` names, each of its type (wire.fields)."""
+    try:
+        return wire.fields(value, types)
+    except wire.Malformed as exc:
+        raise LayerGone(f"its process answered with something else than derivcheck asked for ({exc})", stage) from None
 
 
 def redirect_output(path: str) -> None:

@@ -67,9 +67,10 @@ def _applies_function(fn, module, depth: int = 3) -> bool:
                              and _applies_function(f, module, depth - 1) for n in names)
 
 
-def _unwrapped(grad):
-    """A gradient as an array: a Variable's ``data``; an ndarray as it is (its own ``.data`` is its buffer)."""
-    return grad if isinstance(grad, np.ndarray) or grad is None else getattr(grad, "data", grad)
+def dezero_data(v):
+    """A DeZero Variable's array (``v.data``); an ndarray, or None, as it is (an ndarray's own ``.data`` is its
+    buffer, a memoryview)."""
+    return v if isinstance(v, np.ndarray) or v is None else getattr(v, "data", v)
 
 
 def dezero_grad(cotangent, y):
@@ -172,7 +173,7 @@ class DezeroAdapter(Adapter):
             call_user(y.backward, [], f"{self.name}.backward")
         # else: y is an input handed back (DeZero's sum_to(x, x.shape) returns x): a leaf whose
         # gradient is the cotangent itself; DeZero's backward() on a leaf would fail on its missing creator
-        grads = {n: _unwrapped(getattr(v, "grad", None)) for n, v in variables.items()}
+        grads = {n: dezero_data(getattr(v, "grad", None)) for n, v in variables.items()}
         return Outcome(out, grads)
 
     def grad_location(self, n) -> str:
