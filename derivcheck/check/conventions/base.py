@@ -396,14 +396,29 @@ def count(result) -> str:
 
 @functools.lru_cache(maxsize=256)
 def mentions(cls, attr: str) -> bool:
-    """``self.attr`` appears in the class or in a class it inherits from (a subclass that only overrides
-    backward keeps its base's params and grads)."""
+    """``self.attr`` appears in a method of the class or of a class it inherits from (a subclass that only
+    overrides backward keeps its base's params and grads).
+
+    Read method by method: the source of a class is found by parsing its whole file (inspect.getsource), a
+    few milliseconds a class, paid again in each check's fresh process; a method's is found from its line."""
     for c in inspect.getmro(cls):
         if c is object:
             continue
-        try:
-            if f"self.{attr}" in inspect.getsource(c):
-                return True
-        except (OSError, TypeError):
-            continue
+        for method in _methods(c):
+            try:
+                if f"self.{attr}" in inspect.getsource(method):
+                    return True
+            except (OSError, TypeError):
+                continue
     return False
+
+
+def _methods(cls):
+    """The functions the class itself defines: methods, static and class methods, properties' accessors."""
+    for v in vars(cls).values():
+        if isinstance(v, (staticmethod, classmethod)):
+            v = v.__func__
+        if isinstance(v, property):
+            yield from (f for f in (v.fget, v.fset, v.fdel) if inspect.isfunction(f))
+        elif inspect.isfunction(v):
+            yield v
