@@ -350,3 +350,38 @@ def test_a_limit_too_short_for_derivcheck_to_start_is_not_blamed_on_the_target(t
     """A limit reached before the judge asked its first question is derivcheck's own start, not the import."""
     p = process("verify", layer(tmp_path), "--rule", "relu", "--timeout", "0.001", cwd=tmp_path)
     assert p.returncode == 2 and "did not get as far as importing" in p.stderr and "top level" not in p.stderr, p.stderr
+
+
+def test_what_the_layer_draws_itself_follows_the_printed_seed(tmp_path):
+    """NumPy's global generator in the layer's process is seeded from the trial's seed before the layer is
+    made, as the trial's values are: a dropout mask (here, the number the forward draws, which it raises
+    with) is the same in every run at one seed, and ``--seed`` changes it. It was the process's own state
+    (seeded from the OS at import), so a failure that depends on a mask did not reproduce."""
+    import numpy as np
+
+    target = layer(tmp_path, forward="raise ValueError(f'drew {np.random.rand()!r}')")
+
+    def drawn(seed):
+        p = process("verify", target, "--rule", "relu", "--seed", seed, "--format", "json", cwd=tmp_path)
+        assert p.returncode == 1, p.stdout + p.stderr
+        return next(c["message"] for c in json.loads(p.stdout)["checks"] if c["name"] == "layer raised")
+
+    first, again, other = drawn(0), drawn(0), drawn(7)
+    assert first == again and first != other
+    for seed, message in ((0, first), (7, other)):  # trial 0's seed is --seed itself
+        np.random.seed(seed)
+        assert f"drew {np.random.rand()!r}" in message
+
+
+def test_the_steps_queued_after_a_call_that_raised_never_run(tmp_path):
+    """A trial's steps are sent to the layer's process at once (remote.RemoteLayers.trial); once a call raises,
+    the steps queued after it are skipped, not run on a layer that already failed (a hang or an exit there
+    would turn "the layer raised" into a timeout or a crash)."""
+    log = tmp_path / "calls.log"
+    target = layer(tmp_path, prelude="import pathlib", forward=f"pathlib.Path({str(log)!r}).open('a').write('forward\\n')",
+                   backward="raise ValueError('no backward')")
+    p = process("verify", target, "--rule", "relu", "--trials", "3", "--steps", "4", "--format", "json", cwd=tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    report = json.loads(p.stdout)
+    assert [c["name"] for c in report["checks"] if not c["passed"]] == ["layer raised"]
+    assert log.read_text() == "forward\n" * 3  # one call per trial: its first step's

@@ -47,9 +47,17 @@ class LocalLayers:
     def script_note(self) -> str:
         return script_note(load_target(self.target)[1])
 
-    def make(self, rule, hyper: dict, layer_hyper: dict, style):
-        """The layer's adapter (base.Adapter: name, style, loose_note, can_repeat, step, repeat)."""
-        return make_adapter(self.target, rule, hyper, layer_hyper, style)
+    def trial(self, rule, hyper: dict, layer_hyper: dict, style, seed: int, steps=()) -> tuple:
+        """The layer's adapter (base.Adapter: name, style, loose_note, can_repeat, step, repeat), made with NumPy's
+        global generator seeded from ``seed`` (what the layer draws itself: its weights, dropout's masks), and an
+        iterator of its outcomes at ``steps`` ((first, values, cotangent, unchanged) each), run as they are read:
+        a step that raises ends it, and the steps after it are never run."""
+        np.random.seed(seed % 2**32)
+        adapter = make_adapter(self.target, rule, hyper, layer_hyper, style)
+        return adapter, (adapter.step(*call) for call in steps)
+
+    def make(self, rule, hyper: dict, layer_hyper: dict, style, seed: int = 0):
+        return self.trial(rule, hyper, layer_hyper, style, seed)[0]
 
 
 class Verifier:
@@ -99,8 +107,7 @@ class Verifier:
         self.varied = {}  # the current trial's hyperparameters that differ from the run's (at_hyper)
         self.style = style
         # load the target now, so that a typo is an error (exit 2) before any trial
-        self.adapter_for = lambda layer_hyper: self.layers.make(self.rule, self.hyper, layer_hyper, style)  # noqa: E731
-        self.probe = self.adapter_for({})
+        self.probe = self.layers.make(self.rule, self.hyper, {}, style, seed)
 
     MAX_ELEMENTS = 1 << 27  # set by hand: 128 Mi elements (1 GiB in float64) per array; the reference holds several
 
@@ -239,21 +246,24 @@ class Verifier:
 
     def run_trial(self, k: int, dims: dict, trial_seed: int, rep: Report) -> list[Check]:
         rng = np.random.default_rng(trial_seed)
-        np.random.seed(trial_seed % 2**32)  # what the layer draws itself (dropout's np.random.rand) follows the seed too
         d = reference.at(self.rule, self.hyper, dims)
-        adapter = self.adapter_for(self.layer_hyper(dims))
+        draws = []  # every step's values, drawn before any is run: the layer's process gets them all at once
+        for _ in range(self.steps):
+            values, ref = self.sample(d, rng)
+            unchanged = [n for n in values if not (n in self.rule.labels and self.rule.labels[n].updated)]  # running statistics
+            draws.append((values, ref, self.cotangent(d, rng), unchanged))
+        # the layer gets copies: what it writes into cannot change what it is held to
+        adapter, outcomes = self.layers.trial(self.rule, self.hyper, self.layer_hyper(dims), self.style, trial_seed,
+                                              [(step == 0, values, np.array(cot, copy=True), unchanged)
+                                               for step, (values, _, cot, unchanged) in enumerate(draws)])
         checks = []
         ctx = lambda step: dict(trial=k, step=step, seed=trial_seed, dims=dict(dims),  # noqa: E731
                                 hyper=dict(self.varied) if self.varied else None)
         history = {"expected": {n: [] for n in self.rule.inputs}, "passed": {}, "ref": []}  # for diagnosis
         kept = {n: [0, 0] for n, lab in self.rule.labels.items() if not lab.given}  # mask -> [kept, elements]
-        for step in range(self.steps):
-            values, ref = self.sample(d, rng)
-            cot = self.cotangent(d, rng)
-            unchanged = [n for n in values if not (n in self.rule.labels and self.rule.labels[n].updated)]  # running statistics
+        for step, (values, ref, cot, _) in enumerate(draws):
             try:
-                # the layer gets copies: what it writes into cannot change what it is held to
-                outcome = adapter.step(step == 0, values, np.array(cot, copy=True), unchanged)
+                outcome = next(outcomes)
             except LayerError as exc:
                 if k == 0 and step == 0 and not exc.stage.endswith("backward") and exc.wrong_rank:
                     shapes = ", ".join(f"{n} {tuple(np.shape(v))}" for n, v in values.items())
@@ -344,10 +354,11 @@ class Verifier:
         values, ref = self.sample(d, rng)
         perturb(d, values, ref, rng)
         cot = self.cotangent(d, rng)
-        adapter = self.adapter_for(self.layer_hyper(dims))
+        _, outcomes = self.layers.trial(self.rule, self.hyper, self.layer_hyper(dims), self.style, seed,
+                                        [(True, values, np.array(cot, copy=True), ())])  # the layer may write into its dout
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # overflow is what we are probing for
-            outcome = adapter.step(True, values, np.array(cot, copy=True))  # the layer may write into its dout
+            outcome = next(outcomes)
         return d, dims, ref, cot, outcome
 
     def stability_check(self) -> Check:

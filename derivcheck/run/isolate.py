@@ -33,7 +33,6 @@ import, a binding mistake) comes back as a :class:`DerivcheckError`, exit 2.
 """
 from __future__ import annotations
 
-import importlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -98,8 +97,9 @@ def _server():
         if "forkserver" in multiprocessing.get_all_start_methods():
             _SERVER = multiprocessing.get_context("forkserver")
             # sympy.tensor.tensor: SymPy imports it at its first sum (Add.flatten), else in every worker
-            _SERVER.set_forkserver_preload(["derivcheck.run.isolate", "derivcheck.check.verify", "derivcheck.engine.reference",
-                                            "sympy", "sympy.tensor.tensor"])
+            # derivcheck.check.network: with verify, all that _judging_modules and remote.serving_modules import
+            _SERVER.set_forkserver_preload(["derivcheck.run.isolate", "derivcheck.check.verify", "derivcheck.check.network",
+                                            "derivcheck.engine.reference", "sympy", "sympy.tensor.tensor"])
         else:  # Windows: a fresh interpreter each time
             _SERVER = multiprocessing.get_context("spawn")
     return _SERVER
@@ -155,6 +155,17 @@ def _report_stage(conn):
     return lambda kind, text: conn.send(("stage", kind, text))
 
 
+def _judging_modules() -> tuple:
+    """What :func:`_judge` uses, imported: called before the judges are forked (warm_up, verify_isolated), so
+    that each has it in memory instead of importing it again (tens of milliseconds a check)."""
+    from derivcheck.engine.rules import load_rule
+    from derivcheck.check.netrecord import Unreadable
+    from derivcheck.check.network import verify_network
+    from derivcheck.check.verify import verify
+
+    return load_rule, Unreadable, verify_network, verify
+
+
 def _judge(conn, peer, request: dict) -> None:
     """The judge (no user code imported): verify with the layer run by the layer's process on ``peer``;
     send the supervisor ("stage", kind, text) as it goes, then ("report" | "error" | "gone" | "unreadable" | "exited" |
@@ -164,11 +175,7 @@ def _judge(conn, peer, request: dict) -> None:
     sandbox.not_traceable()  # by the layer's process: a process of the same user, shut in or not
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
-    from derivcheck.engine.rules import load_rule
-    from derivcheck.check.netrecord import Unreadable
-    from derivcheck.check.network import verify_network
-    from derivcheck.check.verify import verify
-
+    load_rule, Unreadable, verify_network, verify = _judging_modules()
     layers = remote.RemoteLayers(peer, _report_stage(conn))
     try:
         if request["rule"] is None:  # a network: the model runs in the layer's process, recorded (netrecord.py)
@@ -289,12 +296,13 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     os.close(fd)
     ctx = _context()
     if ctx.get_start_method() == "fork":  # what both processes import, imported once, before they are forked
-        importlib.import_module("derivcheck.check.verify")
+        _judging_modules()
+        remote.serving_modules()
     request = {"target": target, "rule": rule.path if rule else None, "digest": rule.digest if rule else None,
                "options": options, "output": output, **_callers_state()}
     processes = []
-    kind, stage, outcome = "import", IMPORTING, None
-    started = False  # the judge has asked the layer's process its first question
+    kind, stage, outcome = "start", IMPORTING, None
+    started = False  # the layer's process has started the import (its first word to the judge)
     # the judges' zygote first: it loads the derivations before the layers' one runs any user code
     judge_zygote = zygote is not None and zygote.judges.ready(timeout)
     layer_zygote = zygote is not None and zygote.layers.ready(timeout)
@@ -333,17 +341,19 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
                     break  # the reporting process is gone without a word
                 if tag == "stage":
                     kind, stage = payload
-                    started = True
+                    started = started or kind != "start"
                 else:
                     outcome = (tag, payload[0])
-        if outcome is None or outcome[0] != "timeout":
+        reported = outcome is not None and outcome[0] == "report"  # how the two end says nothing then: not waited for
+        if not reported and (outcome is None or outcome[0] != "timeout"):
             reporter.join(10)
             layer.join(2 if outcome is None or outcome[0] == "gone" else 0.2)  # how it ended, if it did
         layer_ended = layer.exitcode is not None  # before any kill below
         for p in processes:
             if p.exitcode is None:
-                p.kill()
-                p.join(10)
+                p.kill()  # with its process group, and the layer's PID namespace with its first process
+                if not reported:
+                    p.join(10)
     except KeyboardInterrupt:
         for p in processes:
             if p.pid is not None:
@@ -561,6 +571,8 @@ def warm_up(warm: dict) -> None:
     from derivcheck.engine.reference import note_for
     from derivcheck.engine.rules import list_rules, load_rule
 
+    _judging_modules()  # the judges' zygote forks judges; the layers' one, hosts: each has what its forks use
+    remote.serving_modules()
     for path, hyper in warm.get("derivations", ()):
         try:
             rule = load_rule(path)

@@ -53,6 +53,17 @@ class LayerExited(Exception):
 
 # -- the layer's process ---------------------------------------------------------------------------
 
+def serving_modules() -> tuple:
+    """What :func:`serve` uses, imported: isolate.py calls it before forking the layer's processes, so that
+    each has it in memory instead of importing it again (tens of milliseconds a check)."""
+    from derivcheck.check.conventions.registry import detect_style, make_adapter
+    from derivcheck.check.loading import load_target, script_note
+    from derivcheck.check.netrecord import NetworkRecorder
+    from derivcheck.engine.rules import parse_rule
+
+    return detect_style, make_adapter, load_target, script_note, NetworkRecorder, parse_rule
+
+
 def serve(conn, target: str, refused: str | None = None) -> None:
     """Answer the judge's questions about ``target`` on ``conn`` until it closes (``refused``: answer each
     with that error instead, exit 2, and import nothing).
@@ -61,10 +72,7 @@ def serve(conn, target: str, refused: str | None = None) -> None:
     ("stage", name) as the user's code starts a piece, then ("ok", value), ("layer", stage, message,
     wrong_rank) for a LayerError, ("error", message) for bad input (exit 2), ("exited", code),
     ("internal", traceback)."""
-    from derivcheck.check.conventions.registry import detect_style, make_adapter
-    from derivcheck.check.loading import load_target, script_note
-    from derivcheck.check.netrecord import NetworkRecorder
-    from derivcheck.engine.rules import parse_rule
+    detect_style, make_adapter, load_target, script_note, NetworkRecorder, parse_rule = serving_modules()
 
     # forked from the caller: not its handler. The user's Ctrl-C reaches the supervisor too, which stops
     # everything; so a KeyboardInterrupt answered from here is only ever read as the layer's own raise
@@ -80,9 +88,10 @@ def serve(conn, target: str, refused: str | None = None) -> None:
         send(("stage", str(name)))
 
     conventions.on_stage = on_stage
+    send(("stage", IMPORTING))  # up and shut in: the judge's wait for the first answer is the import's from now
     rules: dict = {}
-    adapters: collections.OrderedDict = collections.OrderedDict()
-    made = [0]
+    adapters: collections.OrderedDict = collections.OrderedDict()  # the judge's handle -> the adapter
+    failed = set()  # handles whose making or a call failed: the questions queued after it on them are skipped
     network = []  # the model's recorder, once asked for
 
     def rule_of(path: str, source: str):
@@ -103,13 +112,13 @@ def serve(conn, target: str, refused: str | None = None) -> None:
         if op == "network_trial":
             return network[0].trial(args[0])
         if op == "make":
-            path, source, hyper, layer_hyper, style = args
+            handle, path, source, hyper, layer_hyper, style, seed = args
+            np.random.seed(seed % 2**32)  # what the layer draws itself (its weights, dropout's masks) follows the seed
             adapter = make_adapter(target, rule_of(path, source), hyper, layer_hyper, style)
-            made[0] += 1
-            adapters[made[0]] = adapter
+            adapters[handle] = adapter
             while len(adapters) > KEEP:
                 adapters.popitem(last=False)
-            return {"handle": made[0], "name": str(adapter.name), "style": adapter.style, "loose_note": adapter.loose_note,
+            return {"name": str(adapter.name), "style": adapter.style, "loose_note": adapter.loose_note,
                     "can_repeat": adapter.can_repeat}
         adapter = adapters[args[0]]
         if op == "step":
@@ -132,6 +141,10 @@ def serve(conn, target: str, refused: str | None = None) -> None:
         if op == "done":
             return
         now[0] = IMPORTING if op in ("detect_style", "script_note", "make", "network") else CALLING
+        handle = args[0] if op in ("make", "step", "repeat") else None
+        if handle in failed:  # the judge sent it before it read that the layer failed: it reads this as nothing
+            send(("skipped",))
+            continue
         try:
             reply = ("ok", answer(op, args))
         except LayerError as exc:
@@ -144,6 +157,8 @@ def serve(conn, target: str, refused: str | None = None) -> None:
             reply = ("layer", now[0], f"{now[0]} raised KeyboardInterrupt", False)
         except BaseException as exc:  # noqa: BLE001 - everything else is reported, never lost
             reply = ("internal", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        if reply[0] != "ok" and handle is not None:
+            failed.add(handle)
         try:
             send(reply)
         except (TypeError, ValueError) as exc:  # a reply that is not plain data: derivcheck's bug
@@ -157,23 +172,40 @@ def serve(conn, target: str, refused: str | None = None) -> None:
 class RemoteLayers:
     """:class:`derivcheck.check.verify.LocalLayers`, answered by the layer's process on ``conn``.
 
-    ``on_stage(kind, text)`` is told what the judge waits for: kind "import" (the target's import, in the
-    first question), "layer" (the user's code; ``text`` is the stage the layer's process names, shown in
+    Questions may be sent before the answers to earlier ones are read (:meth:`send`: a trial's steps go at
+    once, see :meth:`trial`); the layer's process answers them in order, and each answer is read into its
+    question's :class:`Pending`. Once making an adapter or a call of it has failed, the questions already
+    queued on that adapter are answered "skipped" and never reach the layer's code.
+
+    ``on_stage(kind, text)`` is told what the judge waits for: kind "start" (the layer's process, not yet
+    started: derivcheck's own start), "import" (the target's import, in the first question), "layer" (the user's code; ``text`` is the stage the layer's process names, shown in
     messages only) or "own" (the judge's own work). The kind is the judge's to say, never the layer's."""
 
     def __init__(self, conn, on_stage=lambda kind, text: None):
         self.conn, self.on_stage = conn, on_stage
-        self.imported = False
+        self.up = self.imported = False  # the layer's process has said a word; has answered a question
         self.stage = IMPORTING
+        self.waiting: collections.deque = collections.deque()  # sent, not yet answered, oldest first
+        self.handles = 0  # the adapters named so far
 
-    def ask(self, op: str, *args):
-        kind = "layer" if self.imported else "import"
-        self.stage = IMPORTING if kind == "import" else CALLING  # until the layer's process names its stage
-        self.on_stage(kind, self.stage)
+    def send(self, op: str, *args) -> "Pending":
+        """Ask ``op``; its answer is read when :meth:`Pending.result` (or a later question's) needs it."""
         try:
             self.conn.send((op, args))
         except (OSError, ValueError) as exc:
             raise LayerGone(f"its process no longer takes questions ({exc})", self.stage) from None
+        pending = Pending(self)
+        self.waiting.append(pending)
+        return pending
+
+    def ask(self, op: str, *args):
+        return self.send(op, *args).result()
+
+    def read_next(self) -> None:
+        """Read the answer to the oldest question still waiting for one."""
+        kind = "layer" if self.imported else "import" if self.up else "start"
+        self.stage = CALLING if self.imported else IMPORTING  # until the layer's process names its stage
+        self.on_stage(kind, self.stage)
         while True:
             try:
                 data = self.conn.recv_bytes(wire.MAX_BYTES)
@@ -187,22 +219,34 @@ class RemoteLayers:
             tag = message[0] if isinstance(message, tuple) and message and isinstance(message[0], str) else None
             if tag == "stage" and len(message) == 2 and isinstance(message[1], str):
                 self.stage = message[1][:500]
+                if kind == "start":  # its first word: it is up, and imports the target for the first question
+                    self.up, kind = True, "import"
                 self.on_stage(kind, self.stage)
                 continue
             self.imported = True
             break
         self.on_stage("own", conventions.OWN_WORK)
+        self.waiting.popleft().answer = self._outcome(tag, message)
+
+    def _outcome(self, tag, message) -> tuple:
+        """("ok", value) or ("raise", the exception the answer stands for)."""
         if tag == "ok" and len(message) == 2:
-            return message[1]
+            return ("ok", message[1])
+        if tag == "skipped" and len(message) == 1:
+            return ("raise", LayerGone("its process skipped a question derivcheck needed answered", self.stage))
         if tag == "layer" and len(message) == 4 and all(isinstance(m, str) for m in message[1:3]):
-            raise LayerError.told(message[1], message[2], message[3] is True)
+            return ("raise", LayerError.told(message[1], message[2], message[3] is True))
         if tag == "error" and len(message) == 2 and isinstance(message[1], str):
-            raise DerivcheckError(message[1])
+            return ("raise", DerivcheckError(message[1]))
         if tag == "exited" and len(message) == 2:
-            raise LayerExited(_text(message[1], self.stage), self.stage)
+            try:
+                return ("raise", LayerExited(_text(message[1], self.stage), self.stage))
+            except LayerGone as exc:
+                return ("raise", exc)
         if tag == "internal" and len(message) == 2 and isinstance(message[1], str):
-            raise InternalInLayer(message[1])
-        raise LayerGone(f"its process sent an answer derivcheck did not ask for ({str(message)[:200]})", self.stage)
+            return ("raise", InternalInLayer(message[1]))
+        return ("raise", LayerGone(f"its process sent an answer derivcheck did not ask for ({str(message)[:200]})",
+                                   self.stage))
 
     def done(self) -> None:
         """The judge has asked its last question: the layer's process ends."""
@@ -221,10 +265,40 @@ class RemoteLayers:
         """The network's recorder in the layer's process (netrecord.NetworkRecorder), built from ``options``."""
         return RemoteRecorder(self, options)
 
-    def make(self, rule, hyper: dict, layer_hyper: dict, style):
-        info = self.ask("make", str(rule.path), rule.source, hyper, layer_hyper, style)
-        return RemoteAdapter(self, rule, _fields(info, {"handle": int, "name": str, "style": str, "loose_note": str,
-                                                        "can_repeat": bool}, self.stage))
+    def trial(self, rule, hyper: dict, layer_hyper: dict, style, seed: int, steps=()) -> tuple:
+        """The layer's adapter, made with NumPy's global generator seeded from ``seed``, and an iterator of its
+        outcomes at ``steps`` ((first, values, cotangent, unchanged) each, as RemoteAdapter.step takes them).
+
+        All of it is sent at once, before any answer is read: one wait for the layer's process instead of one
+        per call (on a loaded machine each costs milliseconds). The outcomes are read in order; a step that
+        raised ends the iterator with its LayerError, and the steps after it are never run."""
+        self.handles += 1
+        handle = self.handles
+        made = self.send("make", handle, str(rule.path), rule.source, hyper, layer_hyper, style, seed)
+        calls = [self.send("step", handle, first, _sendable(values), np.asarray(cot), list(unchanged))
+                 for first, values, cot, unchanged in steps]
+        adapter = RemoteAdapter(self, rule, handle, _fields(made.result(), {"name": str, "style": str, "loose_note": str,
+                                                                             "can_repeat": bool}, self.stage))
+        return adapter, (adapter.outcome(call.result()) for call in calls)
+
+    def make(self, rule, hyper: dict, layer_hyper: dict, style, seed: int = 0):
+        return self.trial(rule, hyper, layer_hyper, style, seed)[0]
+
+
+class Pending:
+    """A question sent to the layer's process, and its answer once read."""
+
+    def __init__(self, layers: RemoteLayers):
+        self.layers, self.answer = layers, None
+
+    def result(self):
+        """The answer's value, or raise what it stands for; reads the answers before it first."""
+        while self.answer is None:
+            self.layers.read_next()
+        kind, value = self.answer
+        if kind == "raise":
+            raise value
+        return value
 
 
 class RemoteRecorder:
@@ -247,19 +321,20 @@ class InternalInLayer(Exception):
 
 
 class RemoteAdapter:
-    """What the judge uses of a base.Adapter (name, style, loose_note, can_repeat, step, repeat), asked of
-    the layer's process; every answer is checked for its form before it is believed."""
+    """What the judge uses of a base.Adapter (name, style, loose_note, can_repeat, repeat; its steps are asked
+    in RemoteLayers.trial), asked of the layer's process; every answer is checked for its form before it is
+    believed."""
 
-    def __init__(self, layers: RemoteLayers, rule, info: dict):
-        self.layers, self.rule = layers, rule
-        self.handle, self.name, self.style = info["handle"], info["name"], info["style"]
+    def __init__(self, layers: RemoteLayers, rule, handle: int, info: dict):
+        self.layers, self.rule, self.handle = layers, rule, handle
+        self.name, self.style = info["name"], info["style"]
         self.loose_note, self.can_repeat = info["loose_note"], info["can_repeat"]
 
-    def step(self, first: bool, values: dict, cotangent, unchanged=()) -> Outcome:
-        fields = _fields(self.layers.ask("step", self.handle, first, _sendable(values), np.asarray(cotangent), list(unchanged)),
-                         {"output": object, "grads": dict, "rebound": list, "forward_only": str, "output_problem": str,
-                          "where": dict, "modified": list, "dout_modified": bool, "flags_note": str, "no_output": str},
-                         self.layers.stage)
+    def outcome(self, answer) -> Outcome:
+        """A step's answer as an Outcome, once its form is checked."""
+        fields = _fields(answer, {"output": object, "grads": dict, "rebound": list, "forward_only": str,
+                                  "output_problem": str, "where": dict, "modified": list, "dout_modified": bool,
+                                  "flags_note": str, "no_output": str}, self.layers.stage)
         stage = self.layers.stage
         fields["grads"] = {n: fields["grads"].get(n) for n in self.rule.inputs if n in fields["grads"]}
         fields["where"] = {n: _text(w, stage) for n, w in fields["where"].items() if n in self.rule.inputs}
