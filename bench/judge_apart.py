@@ -12,8 +12,8 @@ folder, on the same machine and in the same run, alternately:
 3. a warm ``verify`` of a whole network (examples/networks/dlfs1_net.py:TwoLayerNet: book 1's net, whose
    model since runs in the layer's process, recorded, and is judged apart, netrecord.py);
 
-each the median wall and CPU seconds of ``--reps`` runs (CPU: every process the command starts, the
-worker server and its forks included: this script is their subreaper; Linux).
+each the median wall and CPU seconds of ``--reps`` runs (CPU: every process the command starts, counted as
+bench/cputime.py says).
 
 Each revision has a derivation cache of its own, warmed before the timed runs. Prints both and the
 ratios this / base.
@@ -21,18 +21,16 @@ ratios this / base.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import io
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
+import cputime
 from gate_jobs import reference_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,21 +48,12 @@ def extract(rev: str, into: Path) -> Path:
 
 
 def timed(tree: Path, cache: Path, *args) -> tuple[float, float]:
-    """(wall, CPU) seconds of ``python -m derivcheck.run.cli ARGS`` with ``tree``'s derivcheck."""
+    """(wall, CPU) seconds of ``python -m derivcheck.run.cli ARGS`` with ``tree``'s derivcheck (cputime.py)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "DERIVCHECK_CACHE_DIR": str(cache)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "derivcheck.run.cli", *args], capture_output=True, text=True, env=env, cwd=tree)
-    wall = time.perf_counter() - t
-    while True:  # the worker server and its forks outlive the command briefly: reap them (we are their subreaper)
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, cpu, p = cputime.timed([sys.executable, "-m", "derivcheck.run.cli", *args], env=env, cwd=tree)
     if p.returncode != 0:
         raise SystemExit(f"{tree.name}: {' '.join(args)} exited {p.returncode}:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
 def main() -> int:
@@ -73,8 +62,6 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", choices=WHATS, help="measure one of them")
     opts = ap.parse_args()
-    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER, as bench/startup.py
-        raise SystemExit("cannot become a subreaper (Linux only): the worker server's CPU time would be lost")
     whats = [w for w in WHATS if opts.only in (None, w)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -92,7 +79,8 @@ def main() -> int:
                 for what in whats:
                     runs[(name, what)].append(timed(tree, caches[name], *args[what]))
     med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
-    print(f"base {opts.base} against this tree, {max(opts.reps, 1)} runs each, alternately, warm caches")
+    cputime.close()
+    print(f"base {opts.base} against this tree, {max(opts.reps, 1)} runs each, alternately, warm caches; {cputime.HOW}")
     labels = {"verify": "verify one layer (Affine)", "check": "check -j 2, reference layers",
               "network": "verify a network (book 1's)"}
     for what in whats:

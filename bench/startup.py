@@ -7,22 +7,19 @@ The `derivcheck` command forks each check's worker from its own process
 `cli.main` in its process, the pytest plugin) starts a worker server first,
 which imports NumPy and SymPy a second time. Both run here, alternately, on the
 same layer with a warm cache (examples/dlfs1/layers.py:Affine, rule affine):
-wall time and CPU time (every process the command starts: this one is their
-subreaper, and waits for each, the server included; Linux), median of --reps
-runs each, and their ratios.
+wall time and CPU time (every process the command starts, the server included,
+counted as bench/cputime.py says), median of --reps runs each, and their ratios.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+import cputime
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = str(ROOT / "examples" / "dlfs1" / "layers.py:Affine")
@@ -33,27 +30,16 @@ WAYS = {
 
 
 def once(cmd: list, env: dict) -> tuple[float, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    p = subprocess.run([*cmd, "verify", TARGET, "--rule", "affine"], capture_output=True, text=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - t
+    wall, cpu, p = cputime.timed([*cmd, "verify", TARGET, "--rule", "affine"], env=env, cwd=ROOT)
     if p.returncode != 0:
         raise SystemExit(f"verify failed (exit {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-    while True:  # a server outlives its command briefly: wait for it too, so that its time is counted
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, cpu
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
-        raise SystemExit("cannot become a subreaper (Linux only): the server's CPU time would be lost")
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "DERIVCHECK_CACHE_DIR": str(Path(tmp) / "cache")}
         once(WAYS["the command (forks its worker)"], env)  # derive once: both ways read the cache after
@@ -61,7 +47,9 @@ def main() -> int:
         for _ in range(args.reps):
             for way, cmd in WAYS.items():
                 times[way].append(once(cmd, env))
-    print(f"derivcheck verify {Path(TARGET).parent.name}/{Path(TARGET).name} --rule affine, warm cache, median of {args.reps}:")
+    cputime.close()
+    print(f"derivcheck verify {Path(TARGET).parent.name}/{Path(TARGET).name} --rule affine, warm cache, median of {args.reps} "
+          f"({cputime.HOW}):")
     medians = {way: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for way, t in times.items()}
     for way, (wall, cpu) in medians.items():
         print(f"  {way:<40} wall {wall:5.2f} s   CPU {cpu:5.2f} s")
