@@ -1,4 +1,5 @@
 """The finite-difference comparison runs in one command and derivcheck makes no mistake in it."""
+import os
 import re
 import subprocess
 import sys
@@ -105,3 +106,21 @@ def test_gate_jobs_bench_runs_the_gate_both_ways_and_prints_their_ratio():
     serial, parallel, ratio = map(float, m.groups())
     # the times are printed to 0.1 s, the ratio from the unrounded ones
     assert serial > 0.05 and (parallel - 0.05) / (serial + 0.05) - 0.005 <= ratio <= (parallel + 0.05) / (serial - 0.05) + 0.005, out
+
+
+def test_cputime_counts_a_process_that_its_parent_reaps_itself():
+    """bench/cputime.py counts every process of a run: here a child that burns 0.5 s of CPU under a parent
+    that ignores SIGCHLD (as a zygote does), whose time never reaches RUSAGE_CHILDREN. Where no control
+    group can be made (not root), the script says it counts through a subreaper, and this is skipped."""
+    burner = ("import os, signal, time\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nif os.fork() == 0:\n"
+              "    t = time.process_time()\n    while time.process_time() - t < 0.5:\n        pass\n    os._exit(0)\n"
+              "time.sleep(1.5)\n")
+    script = ("import sys, cputime\nwall, cpu, p = cputime.timed([sys.executable, '-c', sys.argv[1]])\ncputime.close()\n"
+              "print(cputime.GROUP is not None, cpu)\n")
+    out = subprocess.run([sys.executable, "-c", script, burner], capture_output=True, text=True, timeout=60,
+                         cwd=BENCH.parent, env={**os.environ, "PYTHONPATH": str(BENCH.parent)})
+    assert out.returncode == 0, out.stderr
+    grouped, cpu = out.stdout.split()
+    if grouped != "True":
+        pytest.skip("no control group can be made here: cputime.py counts through a subreaper")
+    assert float(cpu) >= 0.45, out.stdout
