@@ -237,3 +237,28 @@ def test_a_network_that_forges_its_record_s_form_fails(tmp_path, forged):
     p = process("verify", _network(tmp_path, prelude, ""), cwd=tmp_path)
     assert p.returncode == 1, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
     assert "sent a record that is not derivcheck's" in p.stdout, p.stdout[-2000:]
+
+
+def test_a_check_that_cannot_finish_names_the_layer_s_convention(tmp_path):
+    """The report the supervisor writes when the layer's process ends mid-check carries the convention the
+    judge learnt from it (it said "?"), for a layer and for a network."""
+    path = tmp_path / "layers.py"
+    path.write_text(WRONG_RELU.format(prelude="import os", attack="os._exit(3)"))
+    p = process("verify", f"{path}:Relu", "--rule", "relu", "--format", "json", cwd=tmp_path)
+    assert p.returncode == 1 and json.loads(p.stdout)["style"] == "dlfs1", p.stdout + p.stderr
+    p = process("verify", _network(tmp_path, "import os", "os._exit(3)"), "--format", "json", cwd=tmp_path)
+    report = json.loads(p.stdout)
+    assert p.returncode == 1 and report["style"] == "dlfs1", p.stdout[-2000:] + p.stderr[-2000:]
+    assert "exit code 3" in report["checks"][0]["message"]
+
+
+def test_a_convention_derivcheck_does_not_know_is_the_layer_s_failure(tmp_path):
+    """The layer's process names the convention it runs the layer in; a name not in derivcheck's list (the
+    module changed derivcheck's answer) is not believed: the layer's FAIL."""
+    prelude = ("import derivcheck.check.conventions.dlfs1 as _c\n"
+               "_ = setattr(_c.Dlfs1Adapter, 'style', 'trusted')")
+    path = tmp_path / "layers.py"
+    path.write_text(WRONG_RELU.format(prelude=prelude, attack="pass"))
+    p = process("verify", f"{path}:Relu", "--rule", "relu", "--format", "json", cwd=tmp_path)
+    assert p.returncode == 1, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    assert "named a convention derivcheck does not know ('trusted')" in json.loads(p.stdout)["checks"][0]["message"]

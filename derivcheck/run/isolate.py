@@ -176,7 +176,7 @@ def _judge(conn, peer, request: dict) -> None:
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
     load_rule, Unreadable, verify_network, verify = _judging_modules()
-    layers = remote.RemoteLayers(peer, _report_stage(conn))
+    layers = remote.RemoteLayers(peer, _report_stage(conn), lambda style: conn.send(("style", style)))
     try:
         if request["rule"] is None:  # a network: the model runs in the layer's process, recorded (netrecord.py)
             report = verify_network(request["target"], layers.network(request["options"]), **request["options"])
@@ -187,7 +187,7 @@ def _judge(conn, peer, request: dict) -> None:
             report = verify(request["target"], rule, layers=layers, **request["options"])
         conn.send(("report", report.to_json()))
     except remote.LayerGone as exc:
-        conn.send(("gone", (exc.why, exc.stage)))
+        conn.send(("gone", (exc.why, exc.stage, exc.ended)))
     except Unreadable as exc:
         conn.send(("unreadable", (f"sent a record that is not derivcheck's ({exc})", layers.stage)))
     except remote.LayerExited as exc:
@@ -249,12 +249,14 @@ def _tail(path: str, lines: int = 5) -> str:
     return " | ".join(kept)
 
 
-def _failed(target, rule, options, message: str):
+def _failed(target, rule, options, message: str, style: str | None = None):
+    """The report of a check that could not finish (the layer's FAIL), written by the supervisor; ``style``: the
+    layer's convention, if the judge learnt it (else the one asked for, or "?")."""
     from derivcheck.checks import Check
     from derivcheck.results import Report
     from derivcheck.check.verify import reproduce_line
 
-    rep = Report(target, rule.name if rule else "network", options.get("style") or "?", options.get("dtype", "float64"), options.get("seed", 0),
+    rep = Report(target, rule.name if rule else "network", options.get("style") or style or "?", options.get("dtype", "float64"), options.get("seed", 0),
                  options.get("trials", 5), options.get("steps", 2), dict(options.get("hyper") or {}),
                  strict=options.get("strict", False))
     rep.checks = [Check("process", False, message=message)]
@@ -302,6 +304,11 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
                "options": options, "output": output, **_callers_state()}
     processes = []
     kind, stage, outcome = "start", IMPORTING, None
+    style = None  # the layer's convention, once the judge has learnt it
+
+    def failed(message: str):  # the layer's FAIL, written here: the check could not finish
+        return _failed(target, rule, options, message, style)
+
     started = False  # the layer's process has started the import (its first word to the judge)
     # the judges' zygote first: it loads the derivations before the layers' one runs any user code
     judge_zygote = zygote is not None and zygote.judges.ready(timeout)
@@ -342,6 +349,8 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
                 if tag == "stage":
                     kind, stage = payload
                     started = started or kind != "start"
+                elif tag == "style":
+                    style = payload[0]
                 else:
                     outcome = (tag, payload[0])
         reported = outcome is not None and outcome[0] == "report"  # how the two end says nothing then: not waited for
@@ -372,8 +381,8 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     said = f" (the layer printed: {printed})" if printed else ""
     if outcome is None:  # the judge ended without a word: killed (by the layer's code?) or derivcheck's crash
         also = f", and the layer's process {_ended(layer)}" if layer_ended else ""
-        return _failed(target, rule, options, f"derivcheck's judging process {_ended(reporter)} during {stage}{also}: "
-                                              f"no verdict could be reached{said}")
+        return failed(f"derivcheck's judging process {_ended(reporter)} during {stage}{also}: "
+                      f"no verdict could be reached{said}")
     tag, payload = outcome
     if tag == "timeout" and kind == "own":  # not the layer's doing: no verdict on it
         raise DerivcheckError(f"derivcheck's own computation (the exact reference) did not finish within {timeout:g} s: "
@@ -386,28 +395,28 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
                               f"was called: its top level runs code (a training loop, a data download?). Put that under "
                               f"`if __name__ == \"__main__\":`, or raise the limit with --timeout{said}")
     if tag == "timeout":
-        return _failed(target, rule, options, f"did not finish within {timeout:g} s: stopped during {stage} "
-                                              f"(an endless loop? raise the limit with --timeout){said}")
+        return failed(f"did not finish within {timeout:g} s: stopped during {stage} "
+                      f"(an endless loop? raise the limit with --timeout){said}")
     if tag == "gone":
-        why, where = payload
-        if layer_ended and layer.exitcode < 0:
-            return _failed(target, rule, options, f"the layer's process {_ended(layer)} during {where}{said}")
-        if layer_ended:
-            return _failed(target, rule, options, f"the layer ended the process with exit code {layer.exitcode} during {where} "
-                                                  f"(os._exit or a crash), before the check could finish{said}")
-        return _failed(target, rule, options, f"the layer's process stopped answering as derivcheck asks during {where}: "
-                                              f"{why}{said}")
+        why, where, ended = payload
+        if ended and layer_ended and layer.exitcode < 0:  # how it ended says why it stopped
+            return failed(f"the layer's process {_ended(layer)} during {where}{said}")
+        if ended and layer_ended:
+            return failed(f"the layer ended the process with exit code {layer.exitcode} during {where} "
+                          f"(os._exit or a crash), before the check could finish{said}")
+        # else it sent what is not an answer (and then ended, told to by the judge): that is why
+        return failed(f"the layer's process stopped answering as derivcheck asks during {where}: {why}{said}")
     if tag == "unreadable":  # it answered, with what the judge cannot believe: how it ended after says nothing
         why, where = payload
-        return _failed(target, rule, options, f"the layer's process {why} during {where}{said}")
+        return failed(f"the layer's process {why} during {where}{said}")
     if tag == "error":
         raise DerivcheckError(payload)
     if tag == "interrupted":
         raise KeyboardInterrupt
     if tag == "exited":
         code, stage = payload
-        return _failed(target, rule, options, f"the layer's code called sys.exit({code}) during {stage}: "
-                                              f"a check cannot pass without finishing{said}")
+        return failed(f"the layer's code called sys.exit({code}) during {stage}: "
+                      f"a check cannot pass without finishing{said}")
     if tag == "internal":
         raise WorkerCrashed(payload)
     return Report.from_json(payload)

@@ -36,11 +36,12 @@ KEEP = 4  # set by hand: adapters the layer's process keeps (a trial's, the prob
 
 
 class LayerGone(Exception):
-    """The layer's process stopped answering as it should: ended, or sent what is not an answer."""
+    """The layer's process stopped answering as it should: ended (``ended``: how it ended says why), or sent
+    what is not an answer (``why`` says what)."""
 
-    def __init__(self, why: str, stage: str):
+    def __init__(self, why: str, stage: str, ended: bool = False):
         super().__init__(why)
-        self.why, self.stage = why, stage
+        self.why, self.stage, self.ended = why, stage, ended
 
 
 class LayerExited(Exception):
@@ -178,11 +179,14 @@ class RemoteLayers:
     queued on that adapter are answered "skipped" and never reach the layer's code.
 
     ``on_stage(kind, text)`` is told what the judge waits for: kind "start" (the layer's process, not yet
-    started: derivcheck's own start), "import" (the target's import, in the first question), "layer" (the user's code; ``text`` is the stage the layer's process names, shown in
-    messages only) or "own" (the judge's own work). The kind is the judge's to say, never the layer's."""
+    up: derivcheck's own start), "import" (the target's import, in the first question), "layer" (the
+    user's code; ``text`` is the stage the layer's process names, shown in messages only) or "own" (the
+    judge's own work). The kind is the judge's to say, never the layer's.
+    ``on_style(name)`` is told the layer's convention once the layer's process has named a known one (for
+    a report the supervisor writes itself, when the check cannot finish)."""
 
-    def __init__(self, conn, on_stage=lambda kind, text: None):
-        self.conn, self.on_stage = conn, on_stage
+    def __init__(self, conn, on_stage=lambda kind, text: None, on_style=lambda style: None):
+        self.conn, self.on_stage, self.on_style = conn, on_stage, on_style
         self.up = self.imported = False  # the layer's process has said a word; has answered a question
         self.stage = IMPORTING
         self.waiting: collections.deque = collections.deque()  # sent, not yet answered, oldest first
@@ -193,7 +197,7 @@ class RemoteLayers:
         try:
             self.conn.send((op, args))
         except (OSError, ValueError) as exc:
-            raise LayerGone(f"its process no longer takes questions ({exc})", self.stage) from None
+            raise LayerGone(f"its process no longer takes questions ({exc})", self.stage, ended=True) from None
         pending = Pending(self)
         self.waiting.append(pending)
         return pending
@@ -210,7 +214,7 @@ class RemoteLayers:
             try:
                 data = self.conn.recv_bytes(wire.MAX_BYTES)
             except (EOFError, OSError):
-                raise LayerGone("its process ended", self.stage) from None
+                raise LayerGone("its process ended", self.stage, ended=True) from None
             try:
                 message = wire.decode(data)
             except wire.Malformed as exc:
@@ -277,8 +281,13 @@ class RemoteLayers:
         made = self.send("make", handle, str(rule.path), rule.source, hyper, layer_hyper, style, seed)
         calls = [self.send("step", handle, first, _sendable(values), np.asarray(cot), list(unchanged))
                  for first, values, cot, unchanged in steps]
-        adapter = RemoteAdapter(self, rule, handle, _fields(made.result(), {"name": str, "style": str, "loose_note": str,
-                                                                             "can_repeat": bool}, self.stage))
+        from derivcheck.check.conventions.registry import STYLES
+
+        info = _fields(made.result(), {"name": str, "style": str, "loose_note": str, "can_repeat": bool}, self.stage)
+        if info["style"] not in STYLES:
+            raise LayerGone(f"its process named a convention derivcheck does not know ({info['style'][:100]!r})", self.stage)
+        self.on_style(info["style"])
+        adapter = RemoteAdapter(self, rule, handle, info)
         return adapter, (adapter.outcome(call.result()) for call in calls)
 
     def make(self, rule, hyper: dict, layer_hyper: dict, style, seed: int = 0):
@@ -309,8 +318,13 @@ class RemoteRecorder:
         self.layers, self.options = layers, options
 
     def header(self) -> dict:
-        return _fields(self.layers.ask("network", self.options), {"name": str, "style": str, "shape": dict},
-                       self.layers.stage)
+        from derivcheck.check.netrecord import STYLES
+
+        header = _fields(self.layers.ask("network", self.options), {"name": str, "style": str, "shape": dict},
+                         self.layers.stage)
+        if header["style"] in STYLES:  # else the judge says it cannot read the record (network.NetworkJudge)
+            self.layers.on_style(header["style"])
+        return header
 
     def trial(self, k: int):
         return self.layers.ask("network_trial", k)
