@@ -385,3 +385,17 @@ def test_the_steps_queued_after_a_call_that_raised_never_run(tmp_path):
     report = json.loads(p.stdout)
     assert [c["name"] for c in report["checks"] if not c["passed"]] == ["layer raised"]
     assert log.read_text() == "forward\n" * 3  # one call per trial: its first step's
+
+
+def test_a_zygote_that_stops_after_forking_a_check_s_process_does_not_share_its_pipe(tmp_path, monkeypatch):
+    """A zygote that forked a check's process and then stopped before it said so (where no sandbox keeps a
+    layer from signalling it) leaves that process holding the check's pipe: the check starts again from
+    the server on pipes of its own, instead of two layer processes answering one judge (a correct layer
+    FAILed on its forward output in CI when a layer stopped its zygote at that moment)."""
+    monkeypatch.setenv("DERIVCHECK_SANDBOX", "0")
+    prelude = ("import signal\n"  # the zygote stops itself right after its first fork (and so does each watcher)
+               "_ = os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGSTOP))")
+    p, results = _one_module(tmp_path, [("Good", "pass", "pass", None), ("Good2", "pass", "pass", None)], prelude)
+    assert p.returncode == 0 and all(r["verdict"] == "pass" for r in results.values()), (p.stdout[-3000:], p.stderr[-2000:])
+    assert (tmp_path / "imports.log").read_text().count("imported") >= 2  # the zygote's, then the server's processes'
+

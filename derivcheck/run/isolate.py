@@ -313,28 +313,51 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     # the judges' zygote first: it loads the derivations before the layers' one runs any user code
     judge_zygote = zygote is not None and zygote.judges.ready(timeout)
     layer_zygote = zygote is not None and zygote.layers.ready(timeout)
-    try:
+    def start_both(layer_zygote: bool, judge_zygote: bool):
+        """The layer's process and the judge, started; the supervisor's end of the judge's pipe."""
         # the layer's process first, before the supervisor's pipe from the judge exists: forked from here,
         # it inherits every open descriptor, and it must hold none that reaches the supervisor
         mine, theirs = ctx.Pipe(duplex=True)  # the judge's end, the layer's end
-        if obj is not None:  # a fork of this process has it in memory
-            layer = multiprocessing.get_context("fork").Process(target=_host, args=(theirs, {**request, "object": obj}),
-                                                                daemon=True)
-        else:
-            layer = (_Forked(zygote.layers, "host", [theirs], request) if layer_zygote
-                     else ctx.Process(target=_host, args=(theirs, request), daemon=True))
-        processes.append(layer)
-        _LIVE.add(layer)
-        _start(layer)
-        theirs.close()  # else the judge, forked from here, would hold it and never see the layer's process end
-        receive, send = ctx.Pipe(duplex=False)
-        reporter = (_Forked(zygote.judges, "judge", [send, mine], request) if judge_zygote
-                    else ctx.Process(target=_judge, args=(send, mine, request), daemon=True))
-        processes.append(reporter)
-        _LIVE.add(reporter)
-        _start(reporter)
-        send.close()
-        mine.close()
+        receive = send = None
+        try:
+            if obj is not None:  # a fork of this process has it in memory
+                layer = multiprocessing.get_context("fork").Process(target=_host, args=(theirs, {**request, "object": obj}),
+                                                                    daemon=True)
+            else:
+                layer = (_Forked(zygote.layers, "host", [theirs], request) if layer_zygote
+                         else ctx.Process(target=_host, args=(theirs, request), daemon=True))
+            processes.append(layer)
+            _LIVE.add(layer)
+            _start(layer)
+            theirs.close()  # else the judge, forked from here, would hold it and never see the layer's process end
+            receive, send = ctx.Pipe(duplex=False)
+            reporter = (_Forked(zygote.judges, "judge", [send, mine], request) if judge_zygote
+                        else ctx.Process(target=_judge, args=(send, mine, request), daemon=True))
+            processes.append(reporter)
+            _LIVE.add(reporter)
+            _start(reporter)
+            return layer, reporter, receive
+        except BaseException:
+            if receive is not None:
+                receive.close()
+            raise
+        finally:
+            for end in (theirs, send, mine):
+                if end is not None:
+                    end.close()
+
+    try:
+        try:
+            layer, reporter, receive = start_both(layer_zygote, judge_zygote)
+        except _Tainted:
+            # a zygote took this check's pipe and did not say what it forked (stopped by a layer forked from it,
+            # where no sandbox keeps the layer from signalling it): a process of it may hold the pipe and answer
+            # too. Its forks are given up, and both processes start again from here, on pipes of their own.
+            for p in processes:
+                p.kill()
+                _LIVE.discard(p)
+            processes.clear()
+            layer, reporter, receive = start_both(False, False)
         deadline = time.monotonic() + timeout
         while outcome is None:
             left = deadline - time.monotonic()
@@ -501,7 +524,7 @@ class _Spawner:
             self._state = False
             if self._process is not None:
                 self._process.kill()
-            return None
+            raise _Tainted  # it has the descriptors: a process it forked before it stopped may hold them
 
     def close(self) -> None:
         with self._lock:
@@ -512,6 +535,10 @@ class _Spawner:
                 self._process.kill()
                 self._process.join(10)
             self._control = self._process = None
+
+
+class _Tainted(Exception):
+    """A zygote took a check's descriptors and then did not answer: a process it forked may hold them."""
 
 
 class _Forked:
@@ -530,8 +557,13 @@ class _Forked:
     def start(self) -> None:
         ctx = _server()
         self._ended, ended = ctx.Pipe(duplex=False)
-        self.pid = self._spawner.fork(self._role, [*self._conns, ended], self._request)
-        ended.close()
+        try:
+            self.pid = self._spawner.fork(self._role, [*self._conns, ended], self._request)
+        except _Tainted:
+            self._ended.close()
+            raise
+        finally:
+            ended.close()
         if self.pid is None:
             self._ended.close()
             self._own = _context().Process(target=_ROLES[self._role], args=(*self._conns, self._request), daemon=True)
