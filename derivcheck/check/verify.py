@@ -250,18 +250,18 @@ class Verifier:
         draws = []  # every step's values, drawn before any is run: the layer's process gets them all at once
         for _ in range(self.steps):
             values, ref = self.sample(d, rng)
-            unchanged = [n for n in values if not (n in self.rule.labels and self.rule.labels[n].updated)]  # running statistics
-            draws.append((values, ref, self.cotangent(d, rng), unchanged))
+            draws.append((values, ref, self.cotangent(d, rng)))
+        unchanged = [n for n in draws[0][0] if not (n in self.rule.labels and self.rule.labels[n].updated)]  # running statistics
         # the layer gets copies: what it writes into cannot change what it is held to
         adapter, outcomes = self.layers.trial(self.rule, self.hyper, self.layer_hyper(dims), self.style, trial_seed,
                                               [(step == 0, values, np.array(cot, copy=True), unchanged)
-                                               for step, (values, _, cot, unchanged) in enumerate(draws)])
+                                               for step, (values, _, cot) in enumerate(draws)])
         checks = []
         ctx = lambda step: dict(trial=k, step=step, seed=trial_seed, dims=dict(dims),  # noqa: E731
                                 hyper=dict(self.varied) if self.varied else None)
         history = {"expected": {n: [] for n in self.rule.inputs}, "passed": {}, "ref": []}  # for diagnosis
         kept = {n: [0, 0] for n, lab in self.rule.labels.items() if not lab.given}  # mask -> [kept, elements]
-        for step, (values, ref, cot, _) in enumerate(draws):
+        for step, (values, ref, cot) in enumerate(draws):
             try:
                 outcome = next(outcomes)
             except LayerError as exc:

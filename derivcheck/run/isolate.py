@@ -90,16 +90,20 @@ class WorkerCrashed(Exception):
     """Internal: derivcheck itself failed in the worker (a bug of ours, with its traceback)."""
 
 
+# what the worker server imports before it forks: all that _judging_modules and remote.serving_modules import
+# (derivcheck.check.network with verify; tests/test_isolation.py checks it), and sympy.tensor.tensor, which SymPy
+# imports at its first sum (Add.flatten), else in every worker
+SERVER_PRELOAD = ("derivcheck.run.isolate", "derivcheck.check.verify", "derivcheck.check.network",
+                  "derivcheck.engine.reference", "sympy", "sympy.tensor.tensor")
+
+
 def _server():
     """The worker server's context: forkserver, or spawn where there is none (Windows)."""
     global _SERVER
     if _SERVER is None:
         if "forkserver" in multiprocessing.get_all_start_methods():
             _SERVER = multiprocessing.get_context("forkserver")
-            # sympy.tensor.tensor: SymPy imports it at its first sum (Add.flatten), else in every worker
-            # derivcheck.check.network: with verify, all that _judging_modules and remote.serving_modules import
-            _SERVER.set_forkserver_preload(["derivcheck.run.isolate", "derivcheck.check.verify", "derivcheck.check.network",
-                                            "derivcheck.engine.reference", "sympy", "sympy.tensor.tensor"])
+            _SERVER.set_forkserver_preload(list(SERVER_PRELOAD))
         else:  # Windows: a fresh interpreter each time
             _SERVER = multiprocessing.get_context("spawn")
     return _SERVER
@@ -313,6 +317,7 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     # the judges' zygote first: it loads the derivations before the layers' one runs any user code
     judge_zygote = zygote is not None and zygote.judges.ready(timeout)
     layer_zygote = zygote is not None and zygote.layers.ready(timeout)
+
     def start_both(layer_zygote: bool, judge_zygote: bool):
         """The layer's process and the judge, started; the supervisor's end of the judge's pipe."""
         # the layer's process first, before the supervisor's pipe from the judge exists: forked from here,

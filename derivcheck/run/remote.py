@@ -271,18 +271,18 @@ class RemoteLayers:
 
     def trial(self, rule, hyper: dict, layer_hyper: dict, style, seed: int, steps=()) -> tuple:
         """The layer's adapter, made with NumPy's global generator seeded from ``seed``, and an iterator of its
-        outcomes at ``steps`` ((first, values, cotangent, unchanged) each, as RemoteAdapter.step takes them).
+        outcomes at ``steps`` ((first, values, cotangent, unchanged) each, as base.Adapter.step takes them).
 
         All of it is sent at once, before any answer is read: one wait for the layer's process instead of one
         per call (on a loaded machine each costs milliseconds). The outcomes are read in order; a step that
         raised ends the iterator with its LayerError, and the steps after it are never run."""
+        from derivcheck.check.conventions.registry import STYLES
+
         self.handles += 1
         handle = self.handles
         made = self.send("make", handle, str(rule.path), rule.source, hyper, layer_hyper, style, seed)
         calls = [self.send("step", handle, first, _sendable(values), np.asarray(cot), list(unchanged))
                  for first, values, cot, unchanged in steps]
-        from derivcheck.check.conventions.registry import STYLES
-
         info = _fields(made.result(), {"name": str, "style": str, "loose_note": str, "can_repeat": bool}, self.stage)
         if info["style"] not in STYLES:
             raise LayerGone(f"its process named a convention derivcheck does not know ({info['style'][:100]!r})", self.stage)
