@@ -415,3 +415,13 @@ def test_the_worker_server_preloads_all_that_the_judge_and_the_layer_s_process_i
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_layer_at_the_mnist_sizes_is_judged_without_the_two_processes_waiting_on_each_other(tmp_path):
+    """A step's arrays (x: 100x784 float64, 627 KB) fill the pipe between the judge and the layer's process
+    both ways: the judge sends a trial's steps at once while the layer's process answers the first. When the
+    judge wrote and read on one thread, each waited for the other to read: exit 2 at the time limit."""
+    layer = ROOT / "examples" / "dlfs2" / "layers.py"
+    p = process("verify", f"{layer}:Affine", "--shape", "N=100,D=784,H=50", "--trials", "2", "--timeout", "30",
+                cwd=tmp_path, timeout=120)
+    assert p.returncode == 0 and "verdict: PASS" in p.stdout, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
 import signal
 import sys
+import threading
 import traceback
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 
@@ -177,6 +180,9 @@ class RemoteLayers:
     once, see :meth:`trial`); the layer's process answers them in order, and each answer is read into its
     question's :class:`Pending`. Once making an adapter or a call of it has failed, the questions already
     queued on that adapter are answered "skipped" and never reach the layer's code.
+    The questions are written by a thread of their own, in the order sent: a step's arrays fill the pipe,
+    and the layer's process writes its answer to the step before while the judge still writes the next; if
+    the judge's one thread did both, each would wait for the other to read (a deadlock at the MNIST sizes).
 
     ``on_stage(kind, text)`` is told what the judge waits for: kind "start" (the layer's process, not yet
     up: derivcheck's own start), "import" (the target's import, in the first question), "layer" (the
@@ -191,13 +197,15 @@ class RemoteLayers:
         self.stage = IMPORTING
         self.waiting: collections.deque = collections.deque()  # sent, not yet answered, oldest first
         self.handles = 0  # the adapters named so far
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()  # questions pickled, not yet written; None: stop
+        self.writer: threading.Thread | None = None
+        self.broken: list = []  # why writing a question failed: the layer's process is gone
 
     def send(self, op: str, *args) -> "Pending":
         """Ask ``op``; its answer is read when :meth:`Pending.result` (or a later question's) needs it."""
-        try:
-            self.conn.send((op, args))
-        except (OSError, ValueError) as exc:
-            raise LayerGone(f"its process no longer takes questions ({exc})", self.stage, ended=True) from None
+        if self.broken:
+            raise LayerGone(f"its process no longer takes questions ({self.broken[0]})", self.stage, ended=True)
+        self.post(bytes(ForkingPickler.dumps((op, args))))
         pending = Pending(self)
         self.waiting.append(pending)
         return pending
@@ -252,12 +260,28 @@ class RemoteLayers:
         return ("raise", LayerGone(f"its process sent an answer derivcheck did not ask for ({str(message)[:200]})",
                                    self.stage))
 
+    def post(self, data: bytes | None) -> None:
+        """Write ``data`` after the questions posted before it, from the writer thread (started at the first)."""
+        if self.writer is None:
+            self.writer = threading.Thread(target=self._write, name="derivcheck-questions", daemon=True)
+            self.writer.start()
+        self.outbox.put(data)
+
+    def _write(self) -> None:
+        while (data := self.outbox.get()) is not None:
+            try:
+                self.conn.send_bytes(data)
+            except (OSError, ValueError) as exc:  # its process ended: the reader sees that, and says so
+                self.broken.append(exc)
+                return
+
     def done(self) -> None:
-        """The judge has asked its last question: the layer's process ends."""
-        try:
-            self.conn.send(("done", ()))
-        except (OSError, ValueError):
-            pass
+        """The judge has asked its last question: the layer's process ends once it has read it. Waits for the
+        writer a second at most (a layer that stopped reading is the supervisor's to stop)."""
+        if not self.broken:
+            self.post(bytes(ForkingPickler.dumps(("done", ()))))
+            self.post(None)
+            self.writer.join(timeout=1.0)  # set by hand
 
     def detect_style(self) -> str:
         return _text(self.ask("detect_style"), self.stage)
