@@ -221,7 +221,7 @@ def sharing():
     global _SHARED
     outer = _SHARED
     if outer is None:
-        _SHARED = {"nodes": {}, "ranges": {}, "canonical": {}}
+        _SHARED = {"nodes": {}, "ranges": {}, "canonical": {}, "renamed": {}}
     try:
         yield
     finally:
@@ -234,7 +234,8 @@ def _compile(expr, ranges: dict) -> Node:
         return _compile_node(expr, ranges)
     seen = _SHARED["ranges"].get(id(ranges))
     if seen is None or seen[0] is not ranges:  # the dict itself is kept, so its id is not reused
-        seen = _SHARED["ranges"][id(ranges)] = (ranges, frozenset(ranges.items()), {_id(v): n for v, n in ranges.items()})
+        seen = _SHARED["ranges"][id(ranges)] = (ranges, frozenset(ranges.items()), {_id(v): n for v, n in ranges.items()},
+                                                {_id(v): v for v in ranges})
     key = (expr, seen[1])
     hit = _SHARED["nodes"].get(key)
     if hit is None:
@@ -242,11 +243,55 @@ def _compile(expr, ranges: dict) -> Node:
         # its value depends on the sizes of its own labels only: compiled where other indices are in range
         # too (the VJP of Wx has the gates' gradient at [n, p] inside, as b's does, with one more index), it
         # is the node already made there
-        sizes = seen[2]
+        sizes, symbols = seen[2], seen[3]
         if all(lab in sizes for lab in hit.labels):
             hit = _SHARED["canonical"].setdefault((expr, tuple((lab, sizes[lab]) for lab in hit.labels)), hit)
+            # and the same expression under other index names (exp(x[n, c]) in the output, exp(x[p, q]) in a
+            # VJP, exp(x[n, k]) inside a sum over k) is the same array, its axes named otherwise: the labels,
+            # in the node's axis order, are renamed to placeholders by position, and the sizes must match
+            with sympy.evaluate(False):  # a key only, as written: SymPy would simplify Abs(-exp(x)) to exp(x)
+                renamed = expr.xreplace({symbols[lab]: _PLACEHOLDERS[k] for k, lab in enumerate(hit.labels)})
+            first = _SHARED["renamed"].setdefault((renamed, tuple(sizes[lab] for lab in hit.labels)), hit)
+            if first is not hit:
+                hit = Node(hit.labels, _same, (first,))
         _SHARED["nodes"][key] = hit
     return hit
+
+
+def _same(env, be, a):
+    return a
+
+
+class _Placeholders:
+    """The k-th index placeholder of :func:`_compile`'s renaming (a symbol no rule can name)."""
+
+    def __init__(self):
+        self.made: list = []
+
+    def __getitem__(self, k: int):
+        while len(self.made) <= k:
+            self.made.append(sympy.Dummy(f"axis{len(self.made)}", integer=True))
+        return self.made[k]
+
+
+_PLACEHOLDERS = _Placeholders()
+
+
+def _nonnegative(expr) -> bool:
+    """Whether ``expr`` is >= 0 (or NaN) at any real values of its symbols, by its form alone: exp, Abs, a
+    non-negative number, and sums, products, sums over an index and powers of such. np.abs of it is the
+    array itself, bit for bit (none of these gives -0.0), so an error bound's Abs of it is not computed."""
+    if expr.is_Number:
+        return bool(expr >= 0)
+    if isinstance(expr, (sympy.exp, sympy.Abs)):
+        return True
+    if expr.is_Add or expr.is_Mul:
+        return all(_nonnegative(a) for a in expr.args)
+    if expr.is_Pow:
+        return _nonnegative(expr.args[0])
+    if isinstance(expr, Sum):
+        return _nonnegative(expr.function)
+    return False
 
 
 _UNARY = tuple((fn, op.name) for fn, op in NODES.items())  # SymPy function -> ufunc name (ops.py)
@@ -289,6 +334,8 @@ def _compile_node(expr, ranges: dict) -> Node:
             return Node(base.labels, lambda env, be, b: b * b, (base,))
         union, align = _aligned((base, p))
         return Node(union, lambda env, be, b, e: np.power(*align([b, e])), (base, p))
+    if isinstance(expr, sympy.Abs) and len(expr.args) == 1 and _nonnegative(expr.args[0]):
+        return _compile(expr.args[0], ranges)
     for cls, name in _UNARY:
         if isinstance(expr, cls):
             if len(expr.args) != 1:
