@@ -33,6 +33,7 @@ import, a binding mistake) comes back as a :class:`DerivcheckError`, exit 2.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -175,6 +176,7 @@ def _judge(conn, peer, request: dict) -> None:
     send the supervisor ("stage", kind, text) as it goes, then ("report" | "error" | "gone" | "unreadable" | "exited" |
     "internal" | "interrupted", payload)."""
     _take_callers_state(request)
+    _keep_freed_memory()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # forked from the caller: not its handler (see _start)
     sandbox.not_traceable()  # by the layer's process: a process of the same user, shut in or not
     quiet = os.open(os.devnull, os.O_WRONLY)
@@ -215,8 +217,23 @@ def _host(peer, request: dict) -> None:
     if "object" not in request:  # forked from the caller itself (forks_here): its state is its own
         _take_callers_state(request)
     remote.redirect_output(request["output"])
+    _keep_freed_memory()
     refused = _shut_in()
     remote.serve(peer, request.get("object", request["target"]), refused=refused)
+
+
+def _keep_freed_memory() -> None:
+    """Let this process's allocator keep the memory of large arrays it frees, for the next ones (glibc only:
+    no mmap for a block, no heap trimming; elsewhere nothing changes). A check at large sizes makes and drops
+    many arrays of one size; given back to the system each time, every new one costs a page fault per 4 KB:
+    softmax-with-loss at N=10000, C=1000 spent 20 of its 38 s in the kernel (bench/scale.py --only 7). The
+    process ends with its check, so what it keeps is held only that long."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-4, 0)  # M_MMAP_MAX: no block of its own mapping
+    mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: free memory at the heap's top is kept, up to 2 GiB (set by hand)
 
 
 def _shut_in(pids: bool = True) -> str | None:
