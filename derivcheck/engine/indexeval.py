@@ -221,7 +221,7 @@ def sharing():
     global _SHARED
     outer = _SHARED
     if outer is None:
-        _SHARED = {"nodes": {}, "ranges": {}, "canonical": {}, "renamed": {}}
+        _SHARED = {"nodes": {}, "ranges": {}, "canonical": {}, "renamed": {}, "size": {}}
     try:
         yield
     finally:
@@ -248,13 +248,26 @@ def _compile(expr, ranges: dict) -> Node:
             hit = _SHARED["canonical"].setdefault((expr, tuple((lab, sizes[lab]) for lab in hit.labels)), hit)
             # and the same expression under other index names (exp(x[n, c]) in the output, exp(x[p, q]) in a
             # VJP, exp(x[n, k]) inside a sum over k) is the same array, its axes named otherwise: the labels,
-            # in the node's axis order, are renamed to placeholders by position, and the sizes must match
-            with sympy.evaluate(False):  # a key only, as written: SymPy would simplify Abs(-exp(x)) to exp(x)
-                renamed = expr.xreplace({symbols[lab]: _PLACEHOLDERS[k] for k, lab in enumerate(hit.labels)})
-            first = _SHARED["renamed"].setdefault((renamed, tuple(sizes[lab] for lab in hit.labels)), hit)
-            if first is not hit:
-                hit = Node(hit.labels, _same, (first,))
+            # in the node's axis order, are renamed to placeholders by position, and the sizes must match.
+            # Small expressions only: renaming costs the expression's size, and every node is compiled
+            if _size(expr) <= RENAMED_SIZE:
+                renamed = _renamed(expr, {symbols[lab]: k for k, lab in enumerate(hit.labels)})
+                first = _SHARED["renamed"].setdefault((renamed, tuple(sizes[lab] for lab in hit.labels)), hit)
+                if first is not hit:
+                    hit = Node(hit.labels, _same, (first,))
         _SHARED["nodes"][key] = hit
+    return hit
+
+
+RENAMED_SIZE = 12  # set by hand: exp(-x[i, j]) is 7 (the costly ufuncs of an index); an LSTM's bounds have thousands
+
+
+def _size(expr) -> int:
+    """The number of nodes of ``expr``'s tree (each distinct sub-expression counted once per :func:`sharing`)."""
+    sizes = _SHARED["size"]
+    hit = sizes.get(expr)
+    if hit is None:
+        hit = sizes[expr] = 1 + sum(_size(a) for a in expr.args)
     return hit
 
 
@@ -262,19 +275,14 @@ def _same(env, be, a):
     return a
 
 
-class _Placeholders:
-    """The k-th index placeholder of :func:`_compile`'s renaming (a symbol no rule can name)."""
-
-    def __init__(self):
-        self.made: list = []
-
-    def __getitem__(self, k: int):
-        while len(self.made) <= k:
-            self.made.append(sympy.Dummy(f"axis{len(self.made)}", integer=True))
-        return self.made[k]
-
-
-_PLACEHOLDERS = _Placeholders()
+def _renamed(expr, axes: dict):
+    """``expr`` as nested tuples, each symbol of ``axes`` written as its axis number: a key, never rebuilt as
+    SymPy (which would simplify it: Abs(-exp(x)) is exp(x) to SymPy, not to the arrays)."""
+    if expr in axes:
+        return ("axis", axes[expr])
+    if not expr.args:
+        return expr
+    return (expr.func, tuple(_renamed(a, axes) for a in expr.args))
 
 
 def _nonnegative(expr) -> bool:
