@@ -1,14 +1,16 @@
 """How derivcheck scales: real sizes, cold and warm, against finite differences in the same run.
 
-    python bench/scale.py            # about two minutes
+    python bench/scale.py            # a few minutes
     python bench/scale.py --full     # finite differences over every element (the affine alone takes minutes)
 
 Sections, each measured in this run on this machine:
 
-1. `derivcheck verify` of correct reference layers at the seed notes' sizes,
-   as a user runs it (a new process): cold (empty cache folder) and warm (the
-   same folder again), wall seconds and peak memory. The interpreter's own
-   start-up with derivcheck's imports is printed beside it.
+1. `derivcheck verify` of correct reference layers at the rule's small sizes
+   and at the seed notes' sizes, as a user runs it (the command, a new process
+   each): cold (empty cache folder) and warm (the same folder again), wall
+   seconds, CPU seconds of every process it starts, and peak memory, with the
+   targets for a warm run. The interpreter's own start-up with derivcheck's
+   imports is printed beside it.
 2. The same layers and shapes under a NumPy central-difference gradcheck
    (every input element, two forwards each, eps 1e-6) and, where installed,
    `torch.autograd.gradcheck` on torch's own version of the operation; the
@@ -39,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+import cputime
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -58,60 +62,58 @@ LAYERS = [  # (target, rule, sizes): the seed's MNIST network's layers
 EPS = 1e-6
 SAMPLE = 3000  # finite-difference elements timed without --full
 
-CHILD = r"""
-import json, resource, sys, time
-t0 = time.perf_counter()
-from derivcheck.run.cli import main
-sys.argv = ["derivcheck"] + sys.argv[1:]
-code = 0
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code or 0
-print(json.dumps({"code": code, "seconds": time.perf_counter() - t0,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), file=sys.stderr)
-"""
+PEAK = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(p.returncode)")
 
 
 def shape_arg(dims: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in dims.items())
 
 
-def run_cli(args: list[str], cache: str) -> dict:
+def run_command(args: list[str], cache: str) -> dict:
+    """``derivcheck ARGS`` as a user runs it (the command, which forks each check's processes from itself):
+    wall and CPU seconds of every process it starts (cputime.py), the largest one's peak memory, the verdict.
+    The peak is read by a small wrapper process (``python -I -S``), whose own start is in the CPU figure."""
     env = {**os.environ, "DERIVCHECK_CACHE_DIR": cache}
-    t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - t
-    info = json.loads(p.stderr.strip().splitlines()[-1])
-    return {**info, "wall": wall, "verdict": "PASS" if info["code"] == 0 else f"exit {info['code']}"}
+    wall, cpu, p = cputime.timed([sys.executable, "-I", "-S", "-c", PEAK, sys.executable, "-m", "derivcheck.run.cli", *args],
+                                 env=env, cwd=ROOT)
+    if p.returncode not in (0, 1):
+        raise SystemExit(f"derivcheck {' '.join(args)}: exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    peak_mb = int(p.stderr.strip().splitlines()[-1]) / 1024
+    return {"wall": wall, "cpu": cpu, "peak_mb": peak_mb, "verdict": "PASS" if p.returncode == 0 else "FAIL"}
 
 
-def startup() -> float:
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import derivcheck.run.cli, derivcheck.check.verify, numpy, sympy"], check=True, cwd=ROOT)
-    return time.perf_counter() - t
+def startup() -> tuple[float, float]:
+    """(wall, CPU) of an interpreter that imports what the command imports before it checks anything."""
+    wall, cpu, _ = cputime.timed([sys.executable, "-c", "import derivcheck.run.cli, derivcheck.check.verify, numpy, sympy"],
+                                 cwd=ROOT)
+    return wall, cpu
 
 
 REPS = 3  # section 1 keeps the fastest of this many runs: the machine is shared
+SMALL_LAYER = ("examples/dlfs1/layers.py:Affine", "affine", {})  # the rule's own small sizes
+TARGET_SMALL_CPU, TARGET_MNIST_CPU = 0.4, 0.6  # issue #38's targets for a warm verify, CPU seconds (set by hand)
 
 
-def section_cli():
-    print(f"1. derivcheck verify at the seed's sizes (new process each; wall seconds, fastest of {REPS}; peak memory)")
-    print(f"   interpreter start-up with derivcheck's imports: {min(startup() for _ in range(REPS)):.2f} s")
-    print(f"   {'layer':<44} {'sizes':<20} {'cold s':>7} {'warm s':>7} {'peak MB':>8}  verdict")
-    rows = []
-    for target, rule, dims in LAYERS:
-        args = ["verify", target, "--rule", rule, "--shape", shape_arg(dims)]
+def section_cli(reps: int = REPS):
+    print(f"1. derivcheck verify as a user runs it: the rule's small sizes, then the seed's MNIST sizes "
+          f"(a new command each; fastest of {reps}; {cputime.HOW})")
+    wall, cpu = min(startup() for _ in range(reps))
+    print(f"   interpreter start-up with derivcheck's imports: {wall:.2f} s wall, {cpu:.2f} s CPU")
+    print(f"   {'layer':<44} {'sizes':<20} {'cold s':>7} {'warm s':>7} {'warm CPU s':>10} {'peak MB':>8}  verdict    target (warm CPU)")
+    for target, rule, dims in [SMALL_LAYER, *LAYERS]:
+        args = ["verify", target, "--rule", rule] + (["--shape", shape_arg(dims)] if dims else [])
         colds, warms = [], []
-        for _ in range(REPS):
+        for _ in range(reps):
             with tempfile.TemporaryDirectory() as cache:
-                colds.append(run_cli(args, cache))
-                warms.append(run_cli(args, cache))
-        cold, warm = min(colds, key=lambda r: r["wall"]), min(warms, key=lambda r: r["wall"])
+                colds.append(run_command(args, cache))
+                warms.append(run_command(args, cache))
+        cold, warm = min(colds, key=lambda r: r["wall"]), min(warms, key=lambda r: r["cpu"])
         peak = max(r["peak_mb"] for r in colds + warms)
-        print(f"   {target:<44} {shape_arg(dims):<20} {cold['wall']:7.2f} {warm['wall']:7.2f} {peak:8.0f}  {cold['verdict']}/{warm['verdict']}")
-        rows.append((target, rule, dims, cold, warm))
-    return rows
+        goal, sizes = TARGET_MNIST_CPU if dims else TARGET_SMALL_CPU, shape_arg(dims) or "(the rule's)"
+        print(f"   {target:<44} {sizes:<20} {cold['wall']:7.2f} {warm['wall']:7.2f} "
+              f"{warm['cpu']:10.2f} {peak:8.0f}  {cold['verdict']}/{warm['verdict']}  under {goal} s: "
+              f"{'met' if warm['cpu'] < goal else 'NOT met'}")
 
 
 def setup(target, rule, dims):
@@ -361,13 +363,37 @@ def section_small():
     print(f"   slowest: {worst:.3f} s over {len(seen)} rules")
 
 
+LARGE = ("examples/dlfs2/layers.py:SoftmaxWithLoss", "softmax_with_loss", {"N": 10000, "C": 1000})
+TARGET_LARGE_WALL = 30  # issue #38's target, wall seconds with the default settings (set by hand)
+
+
+def section_large(dims: dict | None = None):
+    target, rule, default = LARGE
+    dims = dims or default
+    print(f"\n7. a large layer with the default settings (5 trials x 2 steps, stale-state and extreme-input probes), "
+          f"as a user runs it: {rule} at {shape_arg(dims)}, warm cache; {cputime.HOW}")
+    with tempfile.TemporaryDirectory() as cache:
+        run_command(["verify", target, "--rule", rule], cache)  # derives and stores the rule (small sizes)
+        r = run_command(["verify", target, "--rule", rule, "--shape", shape_arg(dims), "--timeout", "600"], cache)
+    check, layer = trial_cost(rule, dims, reps=1)
+    print(f"   {'wall s':>7} {'CPU s':>7} {'peak MB':>8}  verdict  {'trial s':>8} {'layer s':>8} {'trial/layer':>11}")
+    print(f"   {r['wall']:7.1f} {r['cpu']:7.1f} {r['peak_mb']:8.0f}  {r['verdict']:<7}  {check:8.3f} {layer:8.4f} "
+          f"{check / layer:11.1f}")
+    print("   trial: reference + bound + comparison, in this process, over the layer's own forward+backward (as section 3)")
+    if dims == default:
+        print(f"   target: under {TARGET_LARGE_WALL} s wall: {'met' if r['wall'] < TARGET_LARGE_WALL else 'NOT met'}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="finite differences over every element (slow)")
-    ap.add_argument("--only", type=int, action="append", help="run only these sections (1-6)")
+    ap.add_argument("--only", type=int, action="append", help="run only these sections (1-7)")
+    ap.add_argument("--reps", type=int, default=REPS, help=f"section 1: runs of each command, the fastest kept (default {REPS})")
+    ap.add_argument("--large-shape", default=None, help="section 7: sizes other than N=10000,C=1000 (N=..,C=..)")
     args = ap.parse_args()
-    sections = {1: section_cli, 2: lambda: section_fd(args.full), 3: section_trial, 4: section_growth, 5: section_small,
-                6: section_recurrence}
+    large = dict((k, int(v)) for k, v in (kv.split("=") for kv in args.large_shape.split(","))) if args.large_shape else None
+    sections = {1: lambda: section_cli(args.reps), 2: lambda: section_fd(args.full), 3: section_trial, 4: section_growth, 5: section_small,
+                6: section_recurrence, 7: lambda: section_large(large)}
     for k, fn in sections.items():
         if not args.only or k in args.only:
             fn()

@@ -43,6 +43,20 @@ def test_scale_bench_prints_the_trial_cost_table():
         assert trial_ms > 0 and layer_ms > 0 and abs(ratio - trial_ms / layer_ms) <= 0.1 * ratio + 0.1
 
 
+def test_scale_bench_runs_the_command_at_the_mnist_sizes_and_a_large_layer():
+    """Sections 1 and 7 as a reader runs them, 7 at a small size: every row a PASS (a check that hung at the MNIST
+    sizes would be an exit 2 here), each with its CPU, and the targets said met or not."""
+    out = subprocess.run([sys.executable, str(SCALE), "--only", "1", "--only", "7", "--reps", "1", "--large-shape", "N=50,C=10"],
+                         capture_output=True, text=True, check=True, timeout=600).stdout
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("examples/")]
+    assert [r[0] for r in rows] == ["examples/dlfs1/layers.py:Affine", "examples/dlfs2/layers.py:Affine",
+                                    "examples/dlfs2/layers.py:SoftmaxWithLoss", "examples/dlfs2/layers.py:Sigmoid"], out
+    assert all("PASS/PASS" in r for r in rows) and all(re.search(r"under 0\.[46] s: (met|NOT met)$", " ".join(r)) for r in rows), out
+    large = out.splitlines()[out.splitlines().index(next(x for x in out.splitlines() if x.strip().startswith("wall s"))) + 1].split()
+    assert large[3] == "PASS" and float(large[1]) > 0, out  # wall, CPU, peak, verdict, trial, layer, ratio
+    assert "target: under 30 s" not in out  # said only at the target's own sizes
+
+
 NETWORK = BENCH.parent / "network.py"
 
 
