@@ -425,3 +425,25 @@ def test_a_layer_at_the_mnist_sizes_is_judged_without_the_two_processes_waiting_
     p = process("verify", f"{layer}:Affine", "--shape", "N=100,D=784,H=50", "--trials", "2", "--timeout", "30",
                 cwd=tmp_path, timeout=120)
     assert p.returncode == 0 and "verdict: PASS" in p.stdout, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+
+
+def test_questions_to_a_layer_s_process_that_has_ended_are_its_failure_never_a_hang():
+    """The judge's writer thread finds the pipe closed: the answer reads as the process's end, the next
+    question is refused at once, and the judge's last word does not wait."""
+    import multiprocessing
+
+    from derivcheck.run import remote
+
+    mine, theirs = multiprocessing.Pipe()
+    theirs.close()
+    layers = remote.RemoteLayers(mine)
+    with pytest.raises(remote.LayerGone) as gone:
+        layers.send("detect_style").result()
+    assert gone.value.ended and gone.value.why == "its process ended"
+    layers.writer.join(timeout=10)
+    assert not layers.writer.is_alive() and layers.broken
+    with pytest.raises(remote.LayerGone, match="its process no longer takes questions"):
+        layers.send("script_note")
+    started = time.monotonic()
+    layers.done()
+    assert time.monotonic() - started < 0.5

@@ -276,8 +276,8 @@ def _same(env, be, a):
 
 
 def _renamed(expr, axes: dict):
-    """``expr`` as nested tuples, each symbol of ``axes`` written as its axis number: a key, never rebuilt as
-    SymPy (which would simplify it: Abs(-exp(x)) is exp(x) to SymPy, not to the arrays)."""
+    """``expr`` as nested tuples, each symbol of ``axes`` written as its axis number: a key for the form as
+    written. Not rebuilt as SymPy, which would simplify it (Abs(-exp(x)) to exp(x)) and clear its own cache."""
     if expr in axes:
         return ("axis", axes[expr])
     if not expr.args:

@@ -226,7 +226,7 @@ def _keep_freed_memory() -> None:
     """Let this process's allocator keep the memory of large arrays it frees, for the next ones (glibc only:
     no mmap for a block, no heap trimming; elsewhere nothing changes). A check at large sizes makes and drops
     many arrays of one size; given back to the system each time, every new one costs a page fault per 4 KB:
-    softmax-with-loss at N=10000, C=1000 spent 20 of its 38 s in the kernel (bench/scale.py --only 7). The
+    softmax-with-loss at N=10000, C=1000, checked in one process, spent 20 of its 38 s in the kernel. The
     process ends with its check, so what it keeps is held only that long."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
