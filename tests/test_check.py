@@ -226,6 +226,12 @@ def test_an_expected_failure_caught_elsewhere_than_catalogued_fails_the_gate(pro
     assert wrong_kind.exit_code == 1 and "diagnosed as transposed, where the catalogue says sign-flipped" in wrong_kind.output
     (project / "derivcheck.toml").write_text(base + 'caught-by = ["grad W"]\ndiagnosis = "transposed"\n')
     assert run("check", str(project)).exit_code == 0
+    (project / "derivcheck.toml").write_text(base + 'caught-by = ["grad W"]\ndiagnosis = ["transposed", "sign-flipped"]\n')
+    one_of_two = run("check", str(project))
+    assert one_of_two.exit_code == 1 and "diagnosed as transposed, where the catalogue says transposed, sign-flipped" in one_of_two.output
+    (project / "derivcheck.toml").write_text(base + 'caught-by = ["grad W"]\ndiagnosis = ["transposed", "upside-down"]\n')
+    unknown = run("check", str(project))
+    assert unknown.exit_code == 2 and "(or a list of them), not ['transposed', 'upside-down']" in unknown.output, unknown.output
 
 
 def test_junit_holds_a_layers_control_characters_and_an_unwritable_path_loses_no_summary(project):

@@ -9,7 +9,7 @@ import pytest
 import derivcheck
 from derivcheck.engine import reference
 from derivcheck.checks import Check
-from derivcheck.check.diagnose import Context, diagnose_forward, diagnose_gradient, settle_factor
+from derivcheck.check.diagnose import Context, diagnose_forward, diagnose_gradient, diagnose_raised, settle_factor
 
 
 def ctx(rule_name, dims, cot, ref=None, earlier=None, earlier_passed=False, dtype=np.float64, hyper=None, others=None):
@@ -592,3 +592,51 @@ def test_a_sign_flip_with_an_ignored_dout_is_named_as_both():
     assert [f["kind"] for f in got] == ["sign-flipped"]
     assert got[0]["message"] == ("grad x: is the gradient for dout = 1 with its sign flipped, and dout was 2.5: the sign "
                                  "is wrong and dout is not multiplied")
+
+
+AFFINE_SIZES = {"N": 2, "D": 3, "H": 4}
+AFFINE_SHAPES = "with x (N, D), W (D, H), b (H,), dout (N, H), an operand is transposed where it should not be, or not where it should"
+AFFINE_GRADIENTS = "the rule's gradients are dx = dout @ W.T, dW = x.T @ dout, db = sum(dout, axis=0)"
+
+
+@pytest.mark.parametrize("numpy_says, a, da, b, db", [
+    ("matmul: Input operand 1 has a mismatch in its core dimension 0, with gufunc signature (n?,k),(k,m?)->(n?,m?) "
+     "(size 3 is different from 4)", 3, "D", 4, "H"),
+    ("shapes (2,4) and (3,4) not aligned: 4 (dim 1) != 3 (dim 0)", 4, "H", 3, "D"),
+])
+def test_a_raise_that_pairs_two_of_the_rule_s_sizes_names_them(numpy_says, a, da, b, db):
+    got = diagnose_raised(f"Affine.backward raised ValueError at layers.py:9: {numpy_says}", "Affine.backward",
+                          derivcheck.load_rule("affine"), AFFINE_SIZES)
+    assert got == [found("mismatched-sizes", "layer raised", f"Affine.backward multiplied an axis of size {a} ({da}) with "
+                         f"one of size {b} ({db}): {AFFINE_SHAPES}",
+                         f"in the line the error names, find the product whose operands hold {da} and {db}; {AFFINE_GRADIENTS}",
+                         float("inf"))]
+
+
+def test_a_raise_in_forward_names_the_sizes_without_the_gradients():
+    got = diagnose_raised("shapes (2,3) and (4,4) not aligned: 3 (dim 1) != 4 (dim 0)", "Affine.forward",
+                          derivcheck.load_rule("affine"), AFFINE_SIZES)
+    assert got[0]["hint"] == "in the line the error names, find the product whose operands hold D and H"
+
+
+@pytest.mark.parametrize("message, dims", [
+    ("matmul: ... (size 3 is different from 4)", {"N": 2, "D": 3, "H": 3}),  # 3 is D and H: which one is not known
+    ("matmul: ... (size 3 is different from 5)", AFFINE_SIZES),  # 5 is no size of the trial
+    ("matmul: ... (size 3 is different from 3)", AFFINE_SIZES),
+    ("operands could not be broadcast together with shapes (2,3) (4,)", AFFINE_SIZES),  # not a product's axes
+    ("division by zero", AFFINE_SIZES),
+])
+def test_a_raise_whose_sizes_do_not_name_two_dimensions_has_no_diagnosis(message, dims):
+    assert diagnose_raised(message, "Affine.backward", derivcheck.load_rule("affine"), dims) is None
+
+
+def test_verify_names_the_sizes_a_missing_transpose_paired():
+    from pathlib import Path
+
+    from runner import verify_json
+
+    layer = Path(__file__).resolve().parent.parent / "examples" / "broken" / "layers.py"
+    result, data = verify_json(f"{layer}:AffineDxWithoutTranspose", "--rule", "affine", "--shape", "N=2,D=3,H=4")
+    assert result.exit_code == 1
+    assert [(d["kind"], d["check"]) for d in data["diagnosis"]] == [("mismatched-sizes", "layer raised")]
+    assert "an axis of size 3 (D) with one of size 4 (H)" in data["diagnosis"][0]["message"]

@@ -8,6 +8,7 @@ correction, in units of the tolerance (≤ 1 means it explains every element).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -321,3 +322,34 @@ def diagnose_forward(check) -> dict:
                    f"got {g}); gradients built on it are suspect too")
     return {"check": "forward", "kind": "forward-wrong", "message": message,
             "hint": "fix the forward pass first", "evidence": {"residual_over_tol": float(check.severity)}}
+
+
+# NumPy's words for two axes that a product pairs but that differ: matmul / @, then np.dot
+_MISMATCH = re.compile(r"size (\d+) is different from (\d+)|(\d+) \(dim \d+\) != (\d+) \(dim \d+\)")
+
+
+def diagnose_raised(message: str, stage: str, rule, dims: dict) -> list[dict] | None:
+    """A product of mismatched axes in the layer's raise, named by the rule's sizes: the two sizes NumPy names
+    are each exactly one of the trial's dimensions (sizes are distinct where the trial plan can make them so),
+    so the report can say which dimensions the layer paired (D against H: a transpose missing or extra)."""
+    m = _MISMATCH.search(message)
+    if m is None:
+        return None
+    a, b = (int(g) for g in m.groups() if g is not None)
+    named = [[d for d, n in dims.items() if n == size] for size in (a, b)]
+    if any(len(n) != 1 for n in named) or named[0] == named[1]:
+        return None  # a size that two dimensions share, or none: nothing to name
+    da, db = named[0][0], named[1][0]
+    shapes = [f"{n} {_shape_text(inp.shape)}" for n, inp in rule.inputs.items()]
+    if isinstance(rule.output, tuple) and all(isinstance(d, str) for d in rule.output):
+        shapes.append(f"dout {_shape_text(rule.output)}")
+    closed = [f"d{n} = {f.text}" for n, f in rule.closed_forms.items()] if stage.endswith("backward") else []
+    hint = (f"in the line the error names, find the product whose operands hold {da} and {db}"
+            + (f"; the rule's gradients are {', '.join(closed)}" if closed else ""))
+    return [_found("mismatched-sizes", "layer raised", f"{stage} multiplied an axis of size {a} ({da}) with one of size "
+                   f"{b} ({db}): with {', '.join(shapes)}, an operand is transposed where it should not be, or not "
+                   f"where it should", hint, float("inf"))]
+
+
+def _shape_text(dims: tuple) -> str:
+    return f"({', '.join(dims)}{',' if len(dims) == 1 else ''})"

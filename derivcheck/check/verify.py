@@ -22,7 +22,7 @@ from derivcheck.check.conventions.base import LayerError
 from derivcheck.check.conventions.registry import detect_style, make_adapter
 from derivcheck.check.loading import load_target, script_note, target_spec
 from derivcheck.checks import Check, compare, unit_roundoff
-from derivcheck.check.diagnose import settle_factor
+from derivcheck.check.diagnose import diagnose_raised, settle_factor
 from derivcheck.errors import DerivcheckError
 from derivcheck.check.judge import Judge
 from derivcheck.progress import status
@@ -272,7 +272,8 @@ class Verifier:
                         f"It takes arrays of other ranks, so it implements another operation: pick the rule that fits "
                         f"(--rule NAME; `derivcheck rules` lists them) or write one (`derivcheck rules {self.rule.name}` "
                         f"prints this one to start from; docs/rules.md)") from None
-                checks.append(Check("layer raised", False, message=str(exc), **ctx(step)))
+                checks.append(Check("layer raised", False, message=str(exc),
+                                    diagnosis=diagnose_raised(str(exc), str(exc.stage), self.rule, dims), **ctx(step)))
                 return checks
             if outcome.flags_note and outcome.flags_note not in rep.notes:
                 rep.notes.append(outcome.flags_note)

@@ -26,7 +26,7 @@ start-up.
     expect = "pass"               # or "fail": a layer known to be broken
     caught-by = ["grad W"]        # with expect = "fail": exactly the checks that must fail
                                   # ("warning:KIND" for a warning under strict = true)
-    diagnosis = "transposed"      # with expect = "fail": the diagnosis that must name the bug
+    diagnosis = "transposed"      # with expect = "fail": the diagnosis that must name the bug (a list: each must)
     name = "Affine"               # the id's first part (default: the target's name)
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ LAYER_KEYS = {
     "group": "a name to select with --group",
     "expect": '"pass" (default) or "fail" for a layer known to be broken',
     "caught-by": 'with expect = "fail": the checks that must fail, as in ["grad W"] ("warning:KIND" for a warning)',
-    "diagnosis": 'with expect = "fail": the diagnosis kind that must name the bug, as in "transposed"',
+    "diagnosis": 'with expect = "fail": the diagnosis kind that must name the bug, as in "transposed"; a list when each of several must',
     "name": "the first part of the binding's id",
 }
 
@@ -89,7 +89,7 @@ class Binding:
     where: str  # "derivcheck.toml:12", for messages
     timeout: float | None = None  # None: vocab.DEFAULT_TIMEOUT
     caught_by: tuple | None = None  # expect = "fail": exactly these checks fail ("warning:KIND" for warnings)
-    diagnosis: str | None = None  # expect = "fail": this diagnosis kind names the bug
+    diagnosis: tuple = ()  # expect = "fail": these diagnosis kinds name the bug, and no other
 
 
 @dataclass
@@ -228,9 +228,12 @@ def load_config(path: Path | None = None, *, require: bool = False) -> Config:
             if expect != "fail" or not isinstance(caught_by, list) or not caught_by or not all(isinstance(c, str) and c for c in caught_by):
                 lfail('caught-by goes with expect = "fail" and is a list of check names, as in caught-by = ["grad W"]')
             caught_by = tuple(caught_by)
-        diagnosis = layer.get("diagnosis")
-        if diagnosis is not None and (expect != "fail" or diagnosis not in DIAGNOSIS_KINDS):
-            lfail(f'diagnosis goes with expect = "fail" and is one of {", ".join(DIAGNOSIS_KINDS)}, not {diagnosis!r}')
+        diagnosis = layer.get("diagnosis", [])
+        diagnosis = [diagnosis] if isinstance(diagnosis, str) else diagnosis
+        if diagnosis and (expect != "fail" or not isinstance(diagnosis, list) or not all(d in DIAGNOSIS_KINDS for d in diagnosis)):
+            lfail(f'diagnosis goes with expect = "fail" and is one of {", ".join(DIAGNOSIS_KINDS)} (or a list of them), '
+                  f'not {layer["diagnosis"]!r}')
+        diagnosis = tuple(diagnosis)
         group = layer.get("group", "default")
         if not isinstance(group, str):
             lfail("group must be a string")

@@ -42,9 +42,9 @@ class Result:
             if failing != want_checks or not want_warnings <= warned:
                 got = ", ".join(failing + [f"warning:{k}" for k in sorted(warned)]) or "nothing"
                 return f"caught by {got}, where the catalogue says {', '.join(b.caught_by)}"
-        if b.diagnosis is not None and b.diagnosis not in {d["kind"] for d in rep.diagnosis}:
-            named = ", ".join(sorted({d["kind"] for d in rep.diagnosis})) or "nothing"
-            return f"diagnosed as {named}, where the catalogue says {b.diagnosis}"
+        named = {d["kind"] for d in rep.diagnosis}
+        if not set(b.diagnosis) <= named:
+            return f"diagnosed as {', '.join(sorted(named)) or 'nothing'}, where the catalogue says {', '.join(b.diagnosis)}"
         return None
 
     @property
