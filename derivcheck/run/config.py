@@ -89,7 +89,7 @@ class Binding:
     where: str  # "derivcheck.toml:12", for messages
     timeout: float | None = None  # None: vocab.DEFAULT_TIMEOUT
     caught_by: tuple | None = None  # expect = "fail": exactly these checks fail ("warning:KIND" for warnings)
-    diagnosis: tuple = ()  # expect = "fail": these diagnosis kinds name the bug, and no other
+    diagnosis: tuple = ()  # expect = "fail": each of these diagnosis kinds names the bug
 
 
 @dataclass
