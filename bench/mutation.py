@@ -73,6 +73,7 @@ EQUIVALENT = [
     ("derivcheck.check.diagnose.x_diagnose_gradient*", "== 2) or True else scale", ".T of a scalar or a vector is itself"),
     ("derivcheck.check.diagnose.x__upstream_ignored*", "if c != 1 and", "a loss's dout is drawn from +-[1.5, 3], never 1"),
     ("derivcheck.check.verify.*", 'float("INF")', "the same number"),
+    ("derivcheck.check.diagnose.*", 'float("INF")', "the same number"),
     ("derivcheck.check.verify.*", "np.errstate(", "only which NumPy warnings are shown changes"),
     ("derivcheck.check.verify.xǁVerifierǁ_stability_of*", "< limit", "an exact value of exactly the dtype's largest float does not occur"),
     ("derivcheck.check.verify.xǁVerifierǁ_stability_of*", "np.asarray(exact, ", "an array of 50-digit numbers either way"),

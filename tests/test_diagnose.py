@@ -640,3 +640,16 @@ def test_verify_names_the_sizes_a_missing_transpose_paired():
     assert result.exit_code == 1
     assert [(d["kind"], d["check"]) for d in data["diagnosis"]] == [("mismatched-sizes", "layer raised")]
     assert "an axis of size 3 (D) with one of size 4 (H)" in data["diagnosis"][0]["message"]
+
+
+@pytest.mark.parametrize("rule, dims, sizes, shapes", [
+    # a size written as a multiple (TimeLSTM's Wx is (D, 4*H)); LSTM's two outputs: no one dout to show
+    ("time_lstm", {"N": 2, "T": 3, "D": 4, "H": 5}, "size 3 is different from 5",
+     "xs (N, T, D), Wx (D, 4*H), Wh (H, 4*H), b (4*H,), dout (N, T, H)"),
+    ("lstm", {"N": 2, "D": 3, "H": 4}, "size 3 is different from 4",
+     "x (N, D), h_prev (N, H), c_prev (N, H), Wx (D, 4*H), Wh (H, 4*H), b (4*H,)"),
+    ("softmax_with_loss", {"N": 2, "C": 3}, "size 2 is different from 3", "x (N, C)"),  # a scalar loss: its dout is 1 number
+])
+def test_the_sizes_of_a_raise_are_named_for_every_kind_of_rule(rule, dims, sizes, shapes):
+    got = diagnose_raised(f"matmul: ... ({sizes})", "Layer.forward", derivcheck.load_rule(rule), dims)
+    assert got[0]["message"].partition(": with ")[2] == f"{shapes}, an operand is transposed where it should not be, or not where it should"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from derivcheck.checks import compare, unit_roundoff
+from derivcheck.engine.formula import shape_text
 from derivcheck.results import pair
 
 
@@ -340,9 +341,9 @@ def diagnose_raised(message: str, stage: str, rule, dims: dict) -> list[dict] | 
     if any(len(n) != 1 for n in named) or named[0] == named[1]:
         return None  # a size that two dimensions share, or none: nothing to name
     da, db = named[0][0], named[1][0]
-    shapes = [f"{n} {_shape_text(inp.shape)}" for n, inp in rule.inputs.items()]
-    if isinstance(rule.output, tuple) and all(isinstance(d, str) for d in rule.output):
-        shapes.append(f"dout {_shape_text(rule.output)}")
+    shapes = [f"{n} {shape_text(inp.shape)}" for n, inp in rule.inputs.items()]
+    if not rule.outputs and rule.output:  # one output, not a scalar: the upstream gradient's shape
+        shapes.append(f"dout {shape_text(rule.output)}")
     closed = [f"d{n} = {f.text}" for n, f in rule.closed_forms.items()] if stage.endswith("backward") else []
     hint = (f"in the line the error names, find the product whose operands hold {da} and {db}"
             + (f"; the rule's gradients are {', '.join(closed)}" if closed else ""))
@@ -350,6 +351,3 @@ def diagnose_raised(message: str, stage: str, rule, dims: dict) -> list[dict] | 
                    f"{b} ({db}): with {', '.join(shapes)}, an operand is transposed where it should not be, or not "
                    f"where it should", hint, float("inf"))]
 
-
-def _shape_text(dims: tuple) -> str:
-    return f"({', '.join(dims)}{',' if len(dims) == 1 else ''})"

@@ -88,13 +88,14 @@ def _stack(stack):
         shapes = [tuple(a.shape) for a in arrays]
         for n, s in zip(names[1:], shapes[1:]):
             if len(s) != len(shapes[0]) or any(sympy.simplify(symarray.exact(a) - symarray.exact(b)) != 0 for a, b in zip(s, shapes[0])):
-                raise ValueError(f"the outputs {names[0]} {_shape_text(shapes[0])} and {n} {_shape_text(s)} have different "
+                raise ValueError(f"the outputs {names[0]} {shape_text(shapes[0])} and {n} {shape_text(s)} have different "
                                  f"shapes: several outputs must have one shape")
         return stack(arrays)
     return stacked
 
 
-def _shape_text(shape) -> str:
+def shape_text(shape) -> str:
+    """A shape as Python writes it, its sizes as they are named: (N, D), (4*H,), ()."""
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
