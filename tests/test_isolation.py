@@ -403,14 +403,14 @@ def test_a_zygote_that_stops_after_forking_a_check_s_process_does_not_share_its_
 
 def test_the_worker_server_preloads_all_that_the_judge_and_the_layer_s_process_import():
     """The server's preload list (isolate.SERVER_PRELOAD) is kept by hand beside what the judge and the layer's
-    process import (isolate._judging_modules, remote.serving_modules): a module it misses would be imported
+    process import (isolate._checking_modules): a module it misses would be imported
     again in every check."""
     code = ("import importlib, sys\n"
             "import derivcheck.run.isolate as iso\n"
             "for name in iso.SERVER_PRELOAD:\n"
             "    importlib.import_module(name)\n"
             "before = set(sys.modules)\n"
-            "iso._judging_modules(); iso.remote.serving_modules()\n"
+            "iso._checking_modules()\n"
             "print(sorted(m for m in set(sys.modules) - before if m.startswith('derivcheck')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr

@@ -350,4 +350,3 @@ def diagnose_raised(message: str, stage: str, rule, dims: dict) -> list[dict] | 
     return [_found("mismatched-sizes", "layer raised", f"{stage} multiplied an axis of size {a} ({da}) with one of size "
                    f"{b} ({db}): with {', '.join(shapes)}, an operand is transposed where it should not be, or not "
                    f"where it should", hint, float("inf"))]
-

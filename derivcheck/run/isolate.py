@@ -91,7 +91,7 @@ class WorkerCrashed(Exception):
     """Internal: derivcheck itself failed in the worker (a bug of ours, with its traceback)."""
 
 
-# what the worker server imports before it forks: all that _judging_modules and remote.serving_modules import
+# what the worker server imports before it forks: all that _checking_modules imports
 # (derivcheck.check.network with verify; tests/test_isolation.py checks it), and sympy.tensor.tensor, which SymPy
 # imports at its first sum (Add.flatten), else in every worker
 SERVER_PRELOAD = ("derivcheck.run.isolate", "derivcheck.check.verify", "derivcheck.check.network",
@@ -169,6 +169,12 @@ def _judging_modules() -> tuple:
     from derivcheck.check.verify import verify
 
     return load_rule, Unreadable, verify_network, verify
+
+
+def _checking_modules() -> None:
+    """Import what a check's two processes use (the judge's and the layer's process's), before they are forked."""
+    _judging_modules()
+    remote.serving_modules()
 
 
 def _judge(conn, peer, request: dict) -> None:
@@ -319,8 +325,7 @@ def verify_isolated(target: str, rule, timeout: float | None = None, zygote: "Zy
     os.close(fd)
     ctx = _context()
     if ctx.get_start_method() == "fork":  # what both processes import, imported once, before they are forked
-        _judging_modules()
-        remote.serving_modules()
+        _checking_modules()
     request = {"target": target, "rule": rule.path if rule else None, "digest": rule.digest if rule else None,
                "options": options, "output": output, **_callers_state()}
     processes = []
@@ -634,8 +639,7 @@ def warm_up(warm: dict) -> None:
     from derivcheck.engine.reference import note_for
     from derivcheck.engine.rules import list_rules, load_rule
 
-    _judging_modules()  # the judges' zygote forks judges; the layers' one, hosts: each has what its forks use
-    remote.serving_modules()
+    _checking_modules()  # the judges' zygote forks judges; the layers' one, hosts: each has what its forks use
     for path, hyper in warm.get("derivations", ()):
         try:
             rule = load_rule(path)

@@ -205,7 +205,7 @@ class RemoteLayers:
         """Ask ``op``; its answer is read when :meth:`Pending.result` (or a later question's) needs it."""
         if self.broken:
             raise LayerGone(f"its process no longer takes questions ({self.broken[0]})", self.stage, ended=True)
-        self._post(bytes(ForkingPickler.dumps((op, args))))
+        self._post((op, args))
         pending = Pending(self)
         self.waiting.append(pending)
         return pending
@@ -260,12 +260,13 @@ class RemoteLayers:
         return ("raise", LayerGone(f"its process sent an answer derivcheck did not ask for ({str(message)[:200]})",
                                    self.stage))
 
-    def _post(self, data: bytes | None) -> None:
-        """Write ``data`` after the questions posted before it, from the writer thread (started at the first)."""
+    def _post(self, message) -> None:
+        """Pickle ``message`` here and write it after the messages posted before it, from the writer thread
+        (started at the first); None stops the writer."""
         if self.writer is None:
             self.writer = threading.Thread(target=self._write, name="derivcheck-questions", daemon=True)
             self.writer.start()
-        self.outbox.put(data)
+        self.outbox.put(None if message is None else ForkingPickler.dumps(message))
 
     def _write(self) -> None:
         while (data := self.outbox.get()) is not None:
@@ -279,7 +280,7 @@ class RemoteLayers:
         """The judge has asked its last question: the layer's process ends once it has read it. Waits for the
         writer a second at most (a layer that stopped reading is the supervisor's to stop)."""
         if not self.broken:
-            self._post(bytes(ForkingPickler.dumps(("done", ()))))
+            self._post(("done", ()))
             self._post(None)
             self.writer.join(timeout=1.0)  # set by hand
 
