@@ -34,6 +34,12 @@ class TanhOverflows:
     def backward(self, dout):
         return dout * (1 - self.out ** 2)
 
+class SoftplusOverflows:
+    def __call__(self, x):
+        return np.log(1 + np.exp(x))
+    def gradient(self, x):
+        return 1 / (1 + np.exp(-x))
+
 class ReluList:
     def forward(self, x):
         self.mask = x <= 0
@@ -102,6 +108,14 @@ def test_the_stability_hint_fits_the_operation(helpers):
     # without --strict: the ordinary trials pass, so the probe's finding is a warning carrying the same hint
     lenient = run_in("verify", f"{helpers}:TanhOverflows", "--rule", "tanh", "--style", "dlfs1", cwd=helpers.parent)
     assert lenient.returncode == 0 and "- numerical-stability:" in lenient.stdout and "np.tanh" in lenient.stdout
+
+
+def test_an_exp_overflowing_inside_a_log_is_told_apart_from_a_log_of_zero(helpers):
+    """ML-From-Scratch's SoftPlus, log(1 + exp(x)): inf at x > 709, where the log's argument is far from 0."""
+    p = run_in("verify", f"{helpers}:SoftplusOverflows", "--rule", "softplus", "--strict", cwd=helpers.parent)
+    assert p.returncode == 1 and "FAIL stability" in p.stdout, p.stdout
+    hint = next(ln for ln in p.stdout.splitlines() if "hint:" in ln)
+    assert "np.logaddexp(0, x)" in hint and "away from 0" not in hint, hint
 
 
 def test_a_list_output_is_a_warning_and_complex_values_a_failure(helpers):

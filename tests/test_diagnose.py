@@ -56,6 +56,49 @@ def test_a_gradient_not_summed_over_the_batch():
                          "a batch of sequences")]
 
 
+def test_a_row_gradient_not_summed_over_the_batch():
+    """nnfs's and ML-From-Scratch's biases are (1, H): a gradient of one row per example has the same rank."""
+    rows = RNG.normal(size=(3, 4))
+    E = rows.sum(axis=0, keepdims=True)  # (1, 4)
+    got = diagnose_gradient("biases", E, rows, np.abs(E) + 1, ctx("affine_nnfs", DIMS, rows))
+    assert got == [found("missing-reduction", "grad biases", "has shape (3, 4) where biases has (1, 4): one gradient per "
+                         "position that shares biases, not their sum",
+                         "sum over axis 0, keeping it as biases does: dbiases = dout.sum(axis=0, keepdims=True)")]
+
+
+def test_rows_that_are_not_the_sum_are_only_a_shape():
+    rows = RNG.normal(size=(3, 4))
+    E = rows.sum(axis=0, keepdims=True)
+    got = diagnose_gradient("biases", E, rows * 1.5, np.abs(E) + 1, ctx("affine_nnfs", DIMS, rows))
+    assert [f["kind"] for f in got] == ["shape"]
+
+
+DIAGONAL_HINT = ("the gradient is the full vector-Jacobian product (for a softmax: dx = out * (dout - sum(dout * out, "
+                 "axis=-1, keepdims=True))); an element-wise derivative cannot express it")
+
+
+def _softmax_case():
+    x, c = RNG.normal(size=(2, 3)), RNG.normal(size=(2, 3))
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    right = p * (c - (c * p).sum(axis=1, keepdims=True))  # by hand: J = diag(p) - p pᵀ per row
+    return x, c, p, right
+
+
+def test_a_softmax_gradient_of_the_jacobian_s_diagonal_alone():
+    """ML-From-Scratch's Softmax.gradient: p (1 - p), multiplied by dout as its Activation layer does."""
+    x, c, p, right = _softmax_case()
+    got = diagnose_gradient("x", right, c * p * (1 - p), np.abs(right) + 1, ctx("softmax", {"N": 2, "C": 3}, c, ref={"x": x}))
+    assert got == [found("diagonal-only", "grad x", "is dout times the Jacobian's diagonal, d out[i] / d x[i], alone: each "
+                         "output depends on the other elements of x too, and their terms are missing", DIAGONAL_HINT,
+                         Explains())]
+
+
+def test_another_wrong_softmax_gradient_is_not_the_diagonal():
+    x, c, p, right = _softmax_case()
+    got = diagnose_gradient("x", right, c * p * (1 - p) + 1e-3, np.abs(right) + 1, ctx("softmax", {"N": 2, "C": 3}, c, ref={"x": x}))
+    assert "diagonal-only" not in [f["kind"] for f in got]
+
+
 def test_a_sum_over_the_wrong_axis():
     c = RNG.normal(size=(2, 4))
     got = diagnose_gradient("b", c.sum(axis=0), c.sum(axis=1), np.abs(c).sum(axis=0), ctx("affine", DIMS, c))
@@ -433,9 +476,26 @@ def _case_mask(ratio, dt):
     return "x", right, _nudge(c.derivation.vjp(c.cot, x=x, y=y, mask=np.ones_like(mask))["x"], S, dt, ratio), S, c, "mask-ignored"
 
 
+def _case_kept_rows(ratio, dt):
+    rows = RNG.normal(size=(3, 4))
+    E = rows.sum(axis=0, keepdims=True)
+    G = rows.copy()
+    G[0] += (_nudge(E, np.abs(E) + 1, dt, ratio) - E)[0]  # the error lands on the summed row
+    return "biases", E, G, np.abs(E) + 1, ctx("affine_nnfs", DIMS, rows, dtype=dt), "missing-reduction"
+
+
+def _case_diagonal(ratio, dt):
+    x, c, p, right = _softmax_case()
+    diagonal = c * p * (1 - p)
+    S = np.abs(right) + 1
+    G = _nudge(diagonal, S + np.abs(diagonal), dt, ratio)  # judged with the candidate's own size added to the scale
+    return "x", right, G, S, ctx("softmax", {"N": 2, "C": 3}, c, ref={"x": x}, dtype=dt), "diagonal-only"
+
+
 CASES = [_case_transposed_shape, _case_missing_reduction, _case_wrong_axis, _case_extra_reduction, _case_permuted,
          _case_square_transposed, _case_sign, _case_factor, _case_upstream_scalar, _case_upstream_ones,
-         _case_input_for_output, _case_accumulates, _case_swapped, _case_stale, _case_mask]
+         _case_input_for_output, _case_accumulates, _case_swapped, _case_stale, _case_mask, _case_kept_rows,
+         _case_diagonal]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[6:] for c in CASES])

@@ -99,6 +99,12 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
             out.append(_found("missing-reduction", check, f"has an extra leading axis of size {G.shape[0]}: one gradient per position that shares {name}, not their sum",
                               f"sum over every axis that shares {name}: d{name} = dout.sum(axis=0) for a batch, "
                               f"dout.sum(axis=(0, 1)) for a batch of sequences", r))
+        elif (kept := _kept_axes(E, G)) and (r := _ratio(E, G.sum(axis=kept, keepdims=True), np.abs(scale), dt)) <= 1:
+            axes = ", ".join(str(a) for a in kept)
+            out.append(_found("missing-reduction", check, f"has shape {G.shape} where {name} has {E.shape}: one gradient per "
+                              f"position that shares {name}, not their sum",
+                              f"sum over axis {axes}, keeping it as {name} does: d{name} = dout.sum(axis="
+                              f"{kept[0] if len(kept) == 1 else kept}, keepdims=True)", r))
         else:
             axis_hit = _wrong_axis(E, G, c, dt)
             if axis_hit:
@@ -149,6 +155,8 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
         out.append(operand)
     if not out and (term := _regularization(name, E, G, scale, ctx)):
         out.append(term)
+    if not out and (diagonal := _diagonal_only(name, E, G, scale, ctx)):
+        out.append(diagonal)
     from_output = _input_for_output(name, G, scale, ctx)
     if from_output:
         out.append(from_output)
@@ -186,6 +194,32 @@ def _regularization(name, E, G, scale, ctx) -> dict | None:
     return _found("regularization", f"grad {name}", f"has the regularization term's gradient {times} (reg = "
                   f"{float(derivation.hyper['reg']):g}): a loss with reg * sum({name} ** 2) has 2 * reg * {name} in d{name}",
                   f"d{name} += 2 * reg * {name} for reg * np.sum({name} * {name}); reg * {name} goes with 0.5 * reg * np.sum({name} * {name})", r)
+
+
+DIAGONAL_SIZE = 64  # set by hand: the diagonal costs one VJP per element; a failing trial at the small sizes has a few
+
+
+def _diagonal_only(name, E, G, scale, ctx) -> dict | None:
+    """``dout * d out[i] / d x[i]``: an element-wise derivative where each output depends on other inputs too
+    (ML-From-Scratch's softmax ``gradient``, ``p * (1 - p)``), the Jacobian's diagonal without the rest."""
+    derivation = ctx.derivation
+    if (derivation is None or tuple(derivation.output_shape) != E.shape or not 1 < E.size <= DIAGONAL_SIZE
+            or not set(ctx.rule.inputs) <= set(ctx.ref)):
+        return None
+    diagonal = np.empty(E.size)
+    for i in range(E.size):
+        unit = np.zeros(E.size)
+        unit[i] = 1.0
+        diagonal[i] = np.asarray(derivation.vjp(unit.reshape(E.shape), **ctx.ref)[name], dtype=np.float64).flat[i]
+    candidate = np.asarray(ctx.cot, dtype=np.float64) * diagonal.reshape(E.shape)
+    if _near(candidate, E, ctx.dtype):  # a diagonal Jacobian: the candidate is the right gradient
+        return None
+    if (r := _ratio(candidate, G, np.abs(scale) + np.abs(candidate), ctx.dtype)) > 1:
+        return None
+    return _found("diagonal-only", f"grad {name}", f"is dout times the Jacobian's diagonal, d out[i] / d {name}[i], alone: "
+                  f"each output depends on the other elements of {name} too, and their terms are missing",
+                  "the gradient is the full vector-Jacobian product (for a softmax: dx = out * (dout - sum(dout * out, "
+                  "axis=-1, keepdims=True))); an element-wise derivative cannot express it", r)
 
 
 def _operand_transposed(name, G, scale, ctx) -> dict | None:
@@ -277,6 +311,15 @@ def _input_for_output(name, G, scale, ctx) -> dict | None:
                       f"is dout * ({formula}) with the input {name} where the output belongs",
                       f"save the forward output and use it: dout * ({formula}) with out = the forward's result", r)
     return None
+
+
+def _kept_axes(E, G) -> tuple:
+    """The axes where a parameter of the same rank has size 1 (nnfs's and ML-From-Scratch's biases (1, H)) and
+    the gradient does not, every other axis alike; () when the shapes differ otherwise."""
+    if G.ndim != E.ndim:
+        return ()
+    kept = tuple(a for a in range(E.ndim) if E.shape[a] == 1 and G.shape[a] != 1)
+    return kept if kept and all(G.shape[a] == E.shape[a] for a in range(E.ndim) if a not in kept) else ()
 
 
 def _wrong_axis(E, G, c, dtype):

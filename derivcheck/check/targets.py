@@ -8,7 +8,7 @@ from pathlib import Path
 from derivcheck.check.loading import top_level_defs
 from derivcheck.engine.rules import Rule, aliases, load_rule, load_rule_file, rule_files
 from derivcheck.errors import DerivcheckError
-from derivcheck.check.conventions.registry import STYLES
+from derivcheck.check.conventions.registry import ADAPTERS, STYLES
 
 
 def guess_rule(target: str, extra=(), how: str = "pass --rule NAME") -> str:
@@ -101,11 +101,13 @@ def rule_for(name: str | None, target: str, extra=(), how: str = "pass --rule NA
 def variants_for(name: str | None, rule: Rule, extra=()) -> dict[str, str]:
     """For a rule guessed from a target's name (``name`` None), the same operation in a convention's
     own form: ``{style: path}`` for each rule file named ``RULE_STYLE`` (mean_squared_error_dezero:
-    DeZero's sum / N, where book 1's is half the sum). The worker picks one by the detected style."""
+    DeZero's sum / N, where book 1's is half the sum), or in the form of another convention
+    that writes it alike (``Adapter.rule_forms``). The worker picks one by the detected style."""
     if name is not None:
         return {}
     files = rule_files(extra)
-    return {s: str(files[f"{rule.name}_{s}"]) for s in STYLES if f"{rule.name}_{s}" in files}
+    forms = {s: f"{rule.name}_{ADAPTERS[s].rule_forms.get(rule.name, s)}" for s in STYLES}
+    return {s: str(files[form]) for s, form in forms.items() if form in files}
 
 
 def rule_in_convention(name: str, style: str, extra=(), how: str = "pass --rule NAME") -> Rule:

@@ -203,7 +203,7 @@ class Verifier:
                 results[stability.name] = stability
             else:  # the ordinary trials decide the verdict; an overflow only at extreme inputs is a warning
                 warn(rep, "numerical-stability", f"{stability.message}; the ordinary trials pass, so this fails only "
-                                                  f"under --strict (hint: {stability_hint(self.rule)})", None)
+                                                  f"under --strict (hint: {stability_hint(self.rule, stability.got)})", None)
         if self.kinks:
             rep.notes += self.kink_notes()
         rep.checks = list(results.values())
@@ -213,7 +213,7 @@ class Verifier:
                 rep.diagnosis.append({
                     "check": "stability", "kind": "numerical-stability",
                     "message": f"stability: {c.message} (a numerical-stability failure: the formula is right for ordinary inputs)",
-                    "hint": stability_hint(self.rule),
+                    "hint": stability_hint(self.rule, c.got),
                     "evidence": {"expected": c.expected, "got": c.got},
                 })
         for dg in rep.diagnosis:
@@ -521,11 +521,15 @@ class Verifier:
                                           f"belong to the latest call (state kept from an earlier call)", k)
 
 
-def stability_hint(rule) -> str:
-    """What to do about an overflow or a loss of digits, for this rule's kind of formula."""
+def stability_hint(rule, got=None) -> str:
+    """What to do about an overflow or a loss of digits, for this rule's kind of formula and the value the layer
+    gave (``got``: +inf from a log of an exp is the exp overflowing, not the log's argument reaching 0)."""
     text = rule.formula.text
     if "softmax" in text:
         return "subtract the row max before exp, and use log-softmax instead of log(softmax)"
+    if "log" in text and "exp" in text and got == float("inf"):
+        return ("an exp overflowed inside the log: write log(1 + exp(x)) as np.logaddexp(0, x), and log(sum(exp(x))) "
+                "with the max subtracted before exp")
     if "log" in text:
         return "keep the argument of log away from 0 without adding an epsilon to it (log1p, logaddexp, log-softmax)"
     if "exp" in text or "sigmoid" in text or "tanh" in text:

@@ -130,6 +130,7 @@ class Adapter:
     style = ""  # the name --style takes and reports print; a subclass with a style is a convention (registry.py)
     order = 0  # its place in lists of the styles (the books' order)
     takes_state = False  # a rule's state method (book 2's set_state) can be called on its layers
+    rule_forms: dict = {}  # rule -> the style whose form of it this convention writes too (else its own: RULE_STYLE)
     forward_only = ""  # set by prepare() for a layer with no backward: why
     flags_note = ""  # a hyperparameter set as the built layer's attribute (Dlfs1Adapter._set_flags)
 
