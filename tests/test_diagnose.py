@@ -9,7 +9,7 @@ import pytest
 import derivcheck
 from derivcheck.engine import reference
 from derivcheck.checks import Check
-from derivcheck.check.diagnose import Context, diagnose_forward, diagnose_gradient, diagnose_raised, settle_factor
+from derivcheck.check.diagnose import Context, diagnose_epsilon, diagnose_forward, diagnose_gradient, diagnose_raised, settle_factor
 
 
 def ctx(rule_name, dims, cot, ref=None, earlier=None, earlier_passed=False, dtype=np.float64, hyper=None, others=None):
@@ -97,6 +97,39 @@ def test_another_wrong_softmax_gradient_is_not_the_diagonal():
     x, c, p, right = _softmax_case()
     got = diagnose_gradient("x", right, c * p * (1 - p) + 1e-3, np.abs(right) + 1, ctx("softmax", {"N": 2, "C": 3}, c, ref={"x": x}))
     assert "diagonal-only" not in [f["kind"] for f in got]
+
+
+def _batchnorm_at(eps):
+    """Batch normalization by hand, and the gradient of gamma: sum(dout * xhat) over the batch."""
+    x, gamma, beta, dout = RNG.normal(size=(4, 3)), RNG.normal(size=3), RNG.normal(size=3), RNG.normal(size=(4, 3))
+    xhat = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + eps)
+    return {"x": x, "gamma": gamma, "beta": beta}, dout, gamma * xhat + beta, (dout * xhat).sum(axis=0)
+
+
+EPS_HINT = "if eps = 0.01 is meant, check it there: --hyper eps=0.01 (in a config, hyper = { eps = 0.01 })"
+
+
+def test_a_forward_and_a_gradient_at_another_epsilon_name_the_value_that_fits():
+    """ML-From-Scratch's BatchNormalization adds 0.01 where the rule adds 1e-5."""
+    ref, dout, out, dgamma = _batchnorm_at(0.01)
+    rule = derivcheck.load_rule("batchnorm")
+    dims = {"N": 4, "D": 3}
+    got = diagnose_epsilon(rule, rule.resolve_hyper({}), dims, ref, out, np.abs(out) + 1, np.float64)
+    assert got == found("epsilon", "forward", "is the rule's at eps = 0.01, where the rule's is 1e-05: the layer adds "
+                        "another epsilon", EPS_HINT, Explains())
+    c = ctx("batchnorm", dims, dout, ref=ref)
+    E = np.asarray(c.derivation.vjp(dout, **ref)["gamma"])
+    got = diagnose_gradient("gamma", E, dgamma, np.abs(E) + 1, c)
+    assert got == [found("epsilon", "grad gamma", "is the rule's at eps = 0.01, where the rule's is 1e-05: the layer "
+                         "adds another epsilon", EPS_HINT, Explains())]
+
+
+def test_an_epsilon_none_of_the_usual_values_fits_is_not_claimed():
+    ref, dout, out, dgamma = _batchnorm_at(0.05)
+    rule = derivcheck.load_rule("batchnorm")
+    assert diagnose_epsilon(rule, rule.resolve_hyper({}), {"N": 4, "D": 3}, ref, out, np.abs(out) + 1, np.float64) is None
+    relu = derivcheck.load_rule("relu")  # no eps to vary
+    assert diagnose_epsilon(relu, relu.resolve_hyper({}), {"N": 4, "D": 3}, {"x": ref["x"]}, ref["x"], 1.0, np.float64) is None
 
 
 def test_a_sum_over_the_wrong_axis():

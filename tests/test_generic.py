@@ -19,7 +19,7 @@ from derivcheck.check.verify import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = sorted(list_rules())
-FLATTENING = {"reshape", "spatial_groupnorm", "flatten"}  # a flattening or splitting reshape (default [-1]; C into G, K): no index-notation form
+FLATTENING = {"reshape", "reshape_mlfs", "spatial_groupnorm", "flatten"}  # a flattening or splitting reshape (default [-1]; C into G, K): no index-notation form
 WINDOWED = {"convolution": "convolution", "pooling": "sliding windows", "max_pool": "sliding windows",
             "average_pooling": "sliding windows", "im2col": "sliding windows",
             "deconvolution": "transposed convolution"}  # strided indices: none yet

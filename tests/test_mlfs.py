@@ -120,6 +120,26 @@ class ELUPointOne:
         return np.where(x > 0, 1.0, self.alpha * np.exp(np.minimum(x, 0)))
 
 
+class Flatten:
+    def forward_pass(self, X, training=True):
+        self.prev_shape = X.shape
+        return X.reshape((X.shape[0], -1))
+
+    def backward_pass(self, accum_grad):
+        return accum_grad.reshape(self.prev_shape)
+
+
+class DenseOfPairs(DenseDeepCopies):
+    """A constructor derivcheck cannot fill from sizes: its pair is given one number."""
+    def __init__(self, pair):
+        super().__init__(4)
+        self.pair = pair
+
+    def initialize(self, optimizer):
+        height, width = self.pair
+        super().initialize(optimizer)
+
+
 class NotAnyKind:
     def apply(self, x):
         return x
@@ -181,3 +201,43 @@ def test_a_loss_s_labels_come_first_and_only_y_pred_has_a_gradient():
     result, data = verify_json(f"{MLFS}:SquareLoss", "--trials", "1")
     assert result.exit_code == 0, result.output
     assert sorted(c["name"] for c in data["checks"]) == ["forward", "grad y_pred"]
+
+
+def test_a_batchnorm_with_its_own_epsilon_is_told_which_to_pass():
+    """The example's BatchNormalization adds 0.01, as ML-From-Scratch's does: the rule's 1e-5 fails it, naming 0.01."""
+    result, data = verify_json(f"{MLFS}:BatchNormalization", "--trials", "1")
+    assert result.exit_code == 1, result.output
+    assert {d["kind"] for d in data["diagnosis"]} == {"epsilon"}
+    assert "--hyper eps=0.01" in data["diagnosis"][0]["hint"]
+    assert verify_json(f"{MLFS}:BatchNormalization", "--hyper", "eps=0.01", "--trials", "1")[0].exit_code == 0
+
+
+def test_a_layer_whose_rule_declares_no_output_shape_is_not_taken_for_a_loss(layers):
+    """flatten's output shape is its formula's (not declared): a layer all the same."""
+    result, data = verify_json(f"{layers}:Flatten", "--rule", "flatten", "--trials", "1")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_layer_that_cannot_be_built_from_the_rule_s_sizes_is_exit_2_not_a_failure(layers):
+    result = run("verify", f"{layers}:DenseOfPairs", "--rule", "affine_nnfs")
+    assert result.exit_code == 2, result.output
+    assert "derivcheck built DenseOfPairs(pair=4)" in result.output
+    assert "DenseOfPairs.initialize raised TypeError" in result.output and "pick the rule it implements" in result.output
+
+
+def test_a_reshape_of_each_example_is_its_own_rule(tmp_path):
+    (tmp_path / "shapes.py").write_text(textwrap.dedent('''
+        class Reshape:
+            def __init__(self, shape):
+                self.shape = shape
+
+            def forward_pass(self, X, training=True):
+                self.prev_shape = X.shape
+                return X.reshape((X.shape[0],) + self.shape)
+
+            def backward_pass(self, accum_grad):
+                return accum_grad.reshape(self.prev_shape)
+        '''))
+    result, data = verify_json(f"{tmp_path / 'shapes.py'}:Reshape", "--trials", "2")
+    assert result.exit_code == 0, result.output
+    assert data["rule"] == "reshape_mlfs"

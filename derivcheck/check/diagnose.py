@@ -157,6 +157,8 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
         out.append(term)
     if not out and (diagonal := _diagonal_only(name, E, G, scale, ctx)):
         out.append(diagonal)
+    if not out and (other_eps := _epsilon(name, G, scale, ctx)):
+        out.append(other_eps)
     from_output = _input_for_output(name, G, scale, ctx)
     if from_output:
         out.append(from_output)
@@ -355,6 +357,51 @@ def settle_factor(found: dict, seen: list[tuple[float, dict]]) -> None:
     elif all(abs(k - seen[0][0]) <= 1e-6 * abs(seen[0][0]) for k, _ in seen):
         # one number at every size: no size it was named after in one trial (IH = 4 = a 2x2 window) fits them all
         found["message"] = f"{found['check']}: is off by a constant factor {seen[0][0]:.6g} (in each of {len(seen)} failing trials)"
+
+
+EPSILONS = (1e-2, 1e-3, 1e-4, 1e-5, 2e-5, 1e-6, 1e-7, 1e-8, 1e-10, 1e-12, 0.0)  # set by hand: the values sources use
+
+
+def _other_epsilon(rule, hyper: dict, dims: dict, value_at, got, scale, dtype) -> tuple | None:
+    """(eps, residual) for the first of the usual epsilons at which ``value_at(the rule's bound there)`` explains
+    every element of ``got``; None when the rule has no float eps or none fits."""
+    if "eps" not in rule.hyper or rule.hyper["eps"].type != "float" or got is None:
+        return None
+    from derivcheck.engine import reference
+
+    try:
+        G = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    for eps in EPSILONS:
+        if eps == float(hyper["eps"]):
+            continue
+        candidate = np.asarray(value_at(reference.at(rule, {**hyper, "eps": eps}, dims)), dtype=np.float64)
+        if candidate.shape == G.shape and (r := _ratio(candidate, G, np.abs(scale) + np.abs(candidate), dtype)) <= 1:
+            return eps, r
+    return None
+
+
+def _eps_finding(check: str, eps: float, hyper: dict, r: float) -> dict:
+    return _found("epsilon", check, f"is the rule's at eps = {eps:g}, where the rule's is {float(hyper['eps']):g}: the "
+                  f"layer adds another epsilon", f"if eps = {eps:g} is meant, check it there: --hyper eps={eps:g} (in a "
+                  f"config, hyper = {{ eps = {eps:g} }})", r)
+
+
+def diagnose_epsilon(rule, hyper: dict, dims: dict, ref: dict, got, scale, dtype) -> dict | None:
+    """A forward that is the rule's at another epsilon (ML-From-Scratch's batchnorm adds 0.01 where the rule adds
+    1e-5)."""
+    fit = _other_epsilon(rule, hyper, dims, lambda bound: bound.forward(**ref), got, scale, dtype)
+    return _eps_finding("forward", fit[0], hyper, fit[1]) if fit else None
+
+
+def _epsilon(name, G, scale, ctx) -> dict | None:
+    """A gradient that is the rule's at another epsilon (with the forward's, see diagnose_epsilon)."""
+    if ctx.derivation is None or not set(ctx.rule.inputs) <= set(ctx.ref):
+        return None
+    hyper = ctx.derivation.hyper
+    fit = _other_epsilon(ctx.rule, hyper, ctx.dims, lambda bound: bound.vjp(ctx.cot, **ctx.ref)[name], G, scale, ctx.dtype)
+    return _eps_finding(f"grad {name}", fit[0], hyper, fit[1]) if fit else None
 
 
 def diagnose_forward(check) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 
 from derivcheck.engine import reference
 from derivcheck.checks import WEAK, Check, compare, reach
-from derivcheck.check.diagnose import Context, diagnose_forward, diagnose_gradient
+from derivcheck.check.diagnose import Context, diagnose_epsilon, diagnose_forward, diagnose_gradient
 from derivcheck.results import warn
 
 
@@ -89,7 +89,8 @@ class Judge:
         if self.rule.outputs and fwd.index:  # the stacked outputs' first index says which output
             fwd.where = f"{where['forward']} {self.rule.outputs[fwd.index[0]]} (out[{fwd.index[0]}])"
         if not fwd.passed:
-            fwd.diagnosis = [diagnose_forward(fwd)]
+            fwd.diagnosis = [diagnose_epsilon(self.rule, self.hyper, d.dims, ref, output, scales["forward"], self.dtype)
+                             or diagnose_forward(fwd)]
         else:
             self.weak_tolerance(rep, fwd, expected_out, scales["forward"], output, ctx)
         checks.append(fwd)

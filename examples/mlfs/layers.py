@@ -67,6 +67,49 @@ class Dropout(Layer):
         return accum_grad * self.keep
 
 
+class BatchNormalization(Layer):
+    """Normalizes each feature over the batch, with ML-From-Scratch's eps = 0.01 (an attribute, not a parameter):
+    check it with --hyper eps=0.01, the rule's eps being 1e-5."""
+
+    def __init__(self, momentum=0.99):
+        self.momentum = momentum
+        self.eps = 0.01
+
+    def initialize(self, optimizer):
+        self.gamma = np.ones(self.input_shape)
+        self.beta = np.zeros(self.input_shape)
+        self.gamma_opt = copy.copy(optimizer)
+        self.beta_opt = copy.copy(optimizer)
+
+    def forward_pass(self, X, training=True):
+        self.centered = X - X.mean(axis=0)
+        self.inv_std = 1 / np.sqrt(X.var(axis=0) + self.eps)
+        self.normalized = self.centered * self.inv_std
+        return self.gamma * self.normalized + self.beta
+
+    def backward_pass(self, accum_grad):
+        gamma = self.gamma
+        self.gamma = self.gamma_opt.update(self.gamma, (accum_grad * self.normalized).sum(axis=0))
+        self.beta = self.beta_opt.update(self.beta, accum_grad.sum(axis=0))
+        dnorm = accum_grad * gamma
+        return self.inv_std * (dnorm - dnorm.mean(axis=0) - self.normalized * (dnorm * self.normalized).mean(axis=0))
+
+
+class Reshape(Layer):
+    """Each example to ``shape``, the batch axis kept: a dense layer's output to images."""
+
+    def __init__(self, shape, input_shape=None):
+        self.shape = tuple(shape)
+        self.input_shape = input_shape
+
+    def forward_pass(self, X, training=True):
+        self.before = X.shape
+        return X.reshape((X.shape[0],) + self.shape)
+
+    def backward_pass(self, accum_grad):
+        return accum_grad.reshape(self.before)
+
+
 class Sigmoid:
     def __call__(self, x):
         return 1 / (1 + np.exp(-x))

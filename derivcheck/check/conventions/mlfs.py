@@ -78,7 +78,7 @@ def _hyper_of(rule, param: str) -> str | None:
 class MlfsAdapter(Adapter):
     style = "mlfs"
     order = 65
-    rule_forms = {"affine": "nnfs"}  # Dense's bias w0 is (1, H), as nnfs's: affine_nnfs
+    rule_forms = {"affine": "nnfs"}  # Dense's bias w0 is (1, H), as nnfs's: affine_nnfs; reshape_mlfs is its own
 
     @classmethod
     def claims(cls, obj, module, name):
@@ -109,7 +109,7 @@ class MlfsAdapter(Adapter):
         if self.kind == ACTIVATION and self.held_names:
             raise DerivcheckError(f"{self.name} is an ML-From-Scratch activation function of x alone; rule '{rule.name}' "
                                   f"takes {', '.join(inputs)}: pick the rule it implements (--rule)")
-        if self.kind == LAYER and not rule.output:
+        if self.kind == LAYER and rule.output == ():  # a scalar (None: the formula's shape, not declared)
             raise DerivcheckError(f"{self.name} is an ML-From-Scratch layer, and rule '{rule.name}' gives a scalar: a loss "
                                   f"in this convention is a class with loss(y, y_pred) and gradient(y, y_pred)")
         # the constructor: a rule hyperparameter by name (LeakyReLU(alpha)), else a required parameter takes a
@@ -137,16 +137,18 @@ class MlfsAdapter(Adapter):
                     f"{self.name}({', '.join(p for p, _ in self.ctor_params)}): derivcheck gives a constructor's required "
                     f"parameters the rule's hyperparameters by name, then the sizes of the layer's parameters that its "
                     f"input does not have, and has nothing for {p}")
-        self.instance = call_user(self.obj, args, f"{self.name}({', '.join(p for p, _ in args)})")
+        built = f"{self.name}({', '.join(f'{p}={v!r}' for p, v in args)})"
+        try:
+            self.instance = call_user(self.obj, args, built)
+            if self.kind == LAYER:
+                self._initialize(tuple(int(s) for s in np.shape(values[self.first])[1:]))
+        except LayerError as exc:  # built from derivcheck's reading of the rule's sizes: no evidence against the layer
+            raise DerivcheckError(
+                f"derivcheck built {built} from rule '{self.rule.name}' (a constructor's required parameters get the rule's "
+                f"hyperparameters by name, then the sizes of the layer's parameters that its input does not have) and "
+                f"{exc}: pick the rule it implements (--rule), or give the parameter a rule hyperparameter's name") from None
         if self.kind != LAYER:
             return
-        shape = tuple(int(s) for s in np.shape(values[self.first])[1:])  # one example's shape, as NeuralNetwork gives it
-        if callable(getattr(self.instance, "set_input_shape", None)):
-            call_user(self.instance.set_input_shape, [(None, shape)], f"{self.name}.set_input_shape")
-        elif hasattr(self.instance, "input_shape"):
-            self.instance.input_shape = shape
-        if callable(getattr(self.instance, "initialize", None)):
-            call_user(self.instance.initialize, [(None, ProbeOptimizer())], f"{self.name}.initialize")
         self.attrs = self._parameters()
         for n, a in self.attrs.items():  # as initialize made them: the rule's shapes, or it is another operation
             held = getattr(self.instance, a)
@@ -154,6 +156,15 @@ class MlfsAdapter(Adapter):
                 raise DerivcheckError(f"{self.name}.initialize made {a} of shape {np.shape(held)}; rule '{self.rule.name}' "
                                       f"gives {n} the shape {np.shape(values[n])}: pick the rule it implements (--rule)")
         self.update_params(values)
+
+    def _initialize(self, shape: tuple):
+        """What ML-From-Scratch's NeuralNetwork does to a layer it adds: one example's shape, then an optimizer."""
+        if callable(getattr(self.instance, "set_input_shape", None)):
+            call_user(self.instance.set_input_shape, [(None, shape)], f"{self.name}.set_input_shape")
+        elif hasattr(self.instance, "input_shape"):
+            self.instance.input_shape = shape
+        if callable(getattr(self.instance, "initialize", None)):
+            call_user(self.instance.initialize, [(None, ProbeOptimizer())], f"{self.name}.initialize")
 
     def _parameters(self) -> dict:
         """Rule input -> the layer's attribute holding it: the same name (case and underscores aside), else the
