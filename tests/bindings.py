@@ -17,17 +17,17 @@ def _reference():
         style = detect_style(*load_target(target)) if variants else None
         return Path(variants[style]).stem if style in variants else rule.name
 
-    out = []
+    out = []  # (target, rule, hyperparameters, dtype): a binding is listed once per dtype
     for b in load_config(EXAMPLES / "derivcheck.toml").bindings:
         if b.expect == "fail" or "/networks/" in b.target:
             continue
-        entry = (str(Path(b.target).relative_to(EXAMPLES)), b.rule or guessed(b.target), dict(b.hyper))
-        if entry not in out:  # listed once per dtype
+        entry = (str(Path(b.target).relative_to(EXAMPLES)), b.rule or guessed(b.target), dict(b.hyper), b.dtype)
+        if entry not in out:
             out.append(entry)
     return out
 
 
-REFERENCE = _reference()  # (target, rule, hyperparameters)
+REFERENCE = _reference()  # (target, rule, hyperparameters, dtype), in the dtypes the catalogue checks each in
 
 
 def _broken():

@@ -17,7 +17,7 @@ FOLDER = Path(derivcheck.__file__).parent / "check" / "conventions"
 def test_every_module_of_the_folder_is_one_style_in_the_books_order():
     modules = {p.stem for p in FOLDER.glob("*.py")} - {"__init__", "base", "registry"}
     assert {a.__module__.rpartition(".")[2] for a in ADAPTERS.values()} == modules
-    assert STYLES == ("dlfs1", "dlfs2", "dezero", "functional", "nnfs", "dlai", "mlfs")
+    assert STYLES == ("dlfs1", "dlfs2", "dezero", "functional", "nnfs", "dlai", "mlfs", "micrograd")
 
 
 def test_the_surest_claim_wins():
@@ -113,7 +113,7 @@ def test_a_new_convention_is_one_new_module(tmp_path):
 
     found = subprocess.run([sys.executable, "-c", "from derivcheck.check.conventions.registry import STYLES; print(STYLES)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert found.stdout.strip() == "('dlfs1', 'dlfs2', 'dezero', 'functional', 'nnfs', 'dlai', 'mlfs', 'fprop')", found.stderr
+    assert found.stdout.strip() == "('dlfs1', 'dlfs2', 'dezero', 'functional', 'nnfs', 'dlai', 'mlfs', 'micrograd', 'fprop')", found.stderr
     ok = derivcheck_("verify", "layers.py:Relu")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "PASS" in ok.stdout

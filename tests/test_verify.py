@@ -19,12 +19,12 @@ RULES = sorted(derivcheck.list_rules())
 
 
 def test_every_rule_has_a_reference_layer():
-    assert {rule for _, rule, _ in REFERENCE} == set(RULES)
+    assert {rule for _, rule, _, _ in REFERENCE} == set(RULES)
 
 
 @pytest.mark.parametrize("seed", [0, 17, 123], ids=lambda s: f"seed{s}")
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("target,rule,hyper", REFERENCE, ids=[f"{t}-{r}-{'-'.join(map(str, h.values()))}" for t, r, h in REFERENCE])
+@pytest.mark.parametrize("target,rule,hyper,dtype", REFERENCE,
+                         ids=[f"{t}-{r}-{'-'.join(map(str, h.values()))}-{d}" for t, r, h, d in REFERENCE])
 def test_reference_layer_passes_across_seeds(target, rule, hyper, dtype, seed):
     """One seed per test, so that mutation testing (bench/mutation.py) can run seed 0 alone."""
     rep = verify(str(EXAMPLES / target), derivcheck.load_rule(rule), hyper=hyper, dtype=dtype, seed=seed, trials=6)
