@@ -132,6 +132,45 @@ def test_an_epsilon_none_of_the_usual_values_fits_is_not_claimed():
     assert diagnose_epsilon(relu, relu.resolve_hyper({}), {"N": 4, "D": 3}, {"x": ref["x"]}, ref["x"], 1.0, np.float64) is None
 
 
+def test_an_inverted_mask_passes_what_the_right_one_blocks():
+    x, c = RNG.normal(size=(3, 4)), RNG.normal(size=(3, 4))
+    right = c * (x > 0)  # a ReLU's gradient, by hand
+    got = diagnose_gradient("x", right, c * (x <= 0), np.abs(right) + 1, ctx("relu", {"N": 3, "D": 4}, c, ref={"x": x}))
+    assert got == [found("mask-inverted", "grad x", "passes dout where the right gradient blocks it and blocks it where "
+                         "it passes: the mask is inverted", "use the mask the forward used (x > 0 for a ReLU, the kept "
+                         "elements for dropout), not its complement", Explains())]
+
+
+def test_a_gradient_that_is_not_dout_masked_is_no_inverted_mask():
+    x, c = RNG.normal(size=(3, 4)), RNG.normal(size=(3, 4))
+    right = c * np.tanh(x)
+    got = diagnose_gradient("x", right, c - right, np.abs(right) + 1, ctx("tanh", {"N": 3, "D": 4}, c, ref={"x": x}))
+    assert "mask-inverted" not in [f["kind"] for f in got]
+
+
+def _affine_values():
+    ref = {"x": RNG.normal(size=(3, 2)), "W": RNG.normal(size=(2, 4)), "b": RNG.normal(size=4)}
+    return ref, RNG.normal(size=(3, 4))
+
+
+def test_a_bias_gradient_from_the_first_example_alone():
+    ref, c = _affine_values()
+    right = c.sum(axis=0)  # db, by hand
+    got = diagnose_gradient("b", right, c[0].copy(), np.abs(c).sum(axis=0) + 1, ctx("affine", {"N": 3, "D": 2, "H": 4}, c, ref=ref))
+    assert got == [found("first-example-only", "grad b", "is the gradient of the first example's upstream gradient alone "
+                         "(dout[0]): the other examples' terms are missing", "sum over the examples: db adds up every "
+                         "example's term (dout.sum(axis=0) for a bias)", Explains())]
+
+
+def test_weight_decay_in_backward_is_named_with_its_coefficient():
+    ref, c = _affine_values()
+    right = ref["x"].T @ c  # dW, by hand
+    got = diagnose_gradient("W", right, right + 0.01 * ref["W"], np.abs(right) + 1, ctx("affine", {"N": 3, "D": 2, "H": 4}, c, ref=ref))
+    assert got == [found("weight-decay", "grad W", "is the right gradient plus 0.01 * W: a weight-decay term the rule does "
+                         "not have", "leave weight decay to the optimizer (or to the loss, whose rule then has the "
+                         "penalty): dW without 0.01 * W", Explains())]
+
+
 def test_a_sum_over_the_wrong_axis():
     c = RNG.normal(size=(2, 4))
     got = diagnose_gradient("b", c.sum(axis=0), c.sum(axis=1), np.abs(c).sum(axis=0), ctx("affine", DIMS, c))
@@ -525,10 +564,34 @@ def _case_diagonal(ratio, dt):
     return "x", right, G, S, ctx("softmax", {"N": 2, "C": 3}, c, ref={"x": x}, dtype=dt), "diagonal-only"
 
 
+def _case_mask_inverted(ratio, dt):
+    x, c = RNG.normal(size=(3, 4)), RNG.normal(size=(3, 4))
+    right = c * (x > 0)
+    inverted = c - right
+    G = _nudge(inverted, np.abs(right) + 1 + np.abs(c), dt, ratio)  # judged with dout's size added to the scale
+    return "x", right, G, np.abs(right) + 1, ctx("relu", {"N": 3, "D": 4}, c, ref={"x": x}, dtype=dt), "mask-inverted"
+
+
+def _case_first_example(ratio, dt):
+    ref, c = _affine_values()
+    S = np.abs(c).sum(axis=0) + 1
+    G = _nudge(c[0], S, dt, ratio)
+    return "b", c.sum(axis=0), G, S, ctx("affine", {"N": 3, "D": 2, "H": 4}, c, ref=ref, dtype=dt), "first-example-only"
+
+
+def _case_weight_decay(ratio, dt):
+    ref, c = _affine_values()
+    right = ref["x"].T @ c
+    S = np.abs(right) + 1
+    decayed = right + 0.01 * ref["W"]
+    G = _nudge(decayed, S + 0.01 * np.abs(ref["W"]), dt, ratio)
+    return "W", right, G, S, ctx("affine", {"N": 3, "D": 2, "H": 4}, c, ref=ref, dtype=dt), "weight-decay"
+
+
 CASES = [_case_transposed_shape, _case_missing_reduction, _case_wrong_axis, _case_extra_reduction, _case_permuted,
          _case_square_transposed, _case_sign, _case_factor, _case_upstream_scalar, _case_upstream_ones,
          _case_input_for_output, _case_accumulates, _case_swapped, _case_stale, _case_mask, _case_kept_rows,
-         _case_diagonal]
+         _case_diagonal, _case_mask_inverted, _case_first_example, _case_weight_decay]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[6:] for c in CASES])

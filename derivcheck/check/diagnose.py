@@ -159,6 +159,12 @@ def diagnose_gradient(name: str, expected, got, scale, ctx: Context) -> list[dic
         out.append(diagonal)
     if not out and (other_eps := _epsilon(name, G, scale, ctx)):
         out.append(other_eps)
+    if not out and (inverted := _mask_inverted(name, E, G, scale, ctx)):
+        out.append(inverted)
+    if not out and (first := _first_example_only(name, E, G, scale, ctx)):
+        out.append(first)
+    if not out and (decay := _weight_decay(name, E, G, scale, ctx)):
+        out.append(decay)
     from_output = _input_for_output(name, G, scale, ctx)
     if from_output:
         out.append(from_output)
@@ -251,6 +257,59 @@ def _mask_ignored(name, G, scale, ctx) -> dict | None:
             return _found("mask-ignored", f"grad {name}", f"is the gradient with every {m} True: the positions {m} leaves "
                           f"out still get a gradient", f"multiply d{name} by the mask too, as the forward does", r)
     return None
+
+
+def _mask_inverted(name, E, G, scale, ctx) -> dict | None:
+    """``dout`` where the right gradient is 0 and 0 where it is ``dout``: a ReLU's ``x <= 0``, or dropout's dropped
+    elements, where ``x > 0`` or the kept ones belong. Only for a gradient that is ``dout`` masked (each element 0
+    or dout's), and a mask that blocks some elements and passes others."""
+    c = np.asarray(ctx.cot, dtype=np.float64)
+    if c.shape != E.shape or c.size < 2:
+        return None
+    passed = np.abs(E - c) <= 1e-12 * np.abs(c)
+    blocked = E == 0
+    if not np.all(passed | blocked) or not passed.any() or not (blocked & (c != 0)).any():
+        return None
+    if (r := _ratio(c - E, G, np.abs(scale) + np.abs(c), ctx.dtype)) > 1:
+        return None
+    return _found("mask-inverted", f"grad {name}", "passes dout where the right gradient blocks it and blocks it where it "
+                  "passes: the mask is inverted", "use the mask the forward used (x > 0 for a ReLU, the kept elements for "
+                  "dropout), not its complement", r)
+
+
+def _first_example_only(name, E, G, scale, ctx) -> dict | None:
+    """The gradient for the first example's upstream gradient alone (``db = dout[0]``, where the examples share b and
+    their gradients add up), when the others' would change it."""
+    c = np.asarray(ctx.cot, dtype=np.float64)
+    if ctx.derivation is None or c.ndim < 1 or c.shape[0] < 2 or not set(ctx.rule.inputs) <= set(ctx.ref):
+        return None
+    first = np.zeros_like(c)
+    first[0] = c[0]
+    candidate = np.asarray(ctx.derivation.vjp(first, **ctx.ref)[name], dtype=np.float64)
+    if candidate.shape != G.shape or _near(candidate, E, ctx.dtype):
+        return None
+    if (r := _ratio(candidate, G, np.abs(scale), ctx.dtype)) > 1:
+        return None
+    return _found("first-example-only", f"grad {name}", "is the gradient of the first example's upstream gradient alone "
+                  "(dout[0]): the other examples' terms are missing", f"sum over the examples: d{name} adds up every "
+                  f"example's term (dout.sum(axis=0) for a bias)", r)
+
+
+def _weight_decay(name, E, G, scale, ctx) -> dict | None:
+    """The right gradient plus a multiple of the input itself (``dW += lam * W`` in backward): weight decay, which
+    the rule has no term for. A rule with a ``reg`` term is _regularization's."""
+    if "reg" in ctx.rule.hyper or name not in ctx.ref:
+        return None
+    V = np.asarray(ctx.ref[name], dtype=np.float64)
+    denom = float(np.sum(V * V))
+    if V.shape != G.shape or denom == 0:
+        return None
+    k = float(np.sum((G - E) * V) / denom)
+    if abs(k) < 1e-12 or (r := _ratio(E + k * V, G, np.abs(scale) + abs(k) * np.abs(V), ctx.dtype)) > 1:
+        return None
+    return _found("weight-decay", f"grad {name}", f"is the right gradient plus {k:.6g} * {name}: a weight-decay term the "
+                  f"rule does not have", f"leave weight decay to the optimizer (or to the loss, whose rule then has the "
+                  f"penalty): d{name} without {k:.6g} * {name}", r)
 
 
 def _stale(name, G, scale, ctx) -> dict | None:

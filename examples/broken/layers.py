@@ -74,6 +74,49 @@ class AffineBiasNotSummed:
         return dout @ self.W.T
 
 
+class AffineBiasFromFirstRow:
+    """BUG: db = dout[0], the first example's gradient, where every example's adds up."""
+
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout):
+        self.dW = self.x.T @ dout
+        self.db = dout[0].copy()  # the right shape, the first row only
+        return dout @ self.W.T
+
+
+class AffineWeightDecayInBackward:
+    """BUG: dW += 1e-2 * W in backward: weight decay, which the loss (or the optimizer) owns, in the layer."""
+
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout):
+        self.dW = self.x.T @ dout + 1e-2 * self.W
+        self.db = dout.sum(axis=0)
+        return dout @ self.W.T
+
+
+class ReluMaskInverted:
+    """BUG: the gradient passes where x <= 0 and is blocked where x > 0: the forward's mask, inverted."""
+
+    def forward(self, x):
+        self.mask = x <= 0
+        return np.where(self.mask, 0.0, x)
+
+    def backward(self, dout):
+        return dout * self.mask
+
+
 class AffineStaleInput:
     """BUG: caches x only on the first forward call; later backward passes use stale input."""
 
