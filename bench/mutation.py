@@ -72,6 +72,26 @@ EQUIVALENT = [
     ("derivcheck.check.diagnose.x_diagnose_gradient*", "ctx.earlier.get(name, ", "no earlier gradients either way"),
     ("derivcheck.check.diagnose.x_diagnose_gradient*", "== 2) or True else scale", ".T of a scalar or a vector is itself"),
     ("derivcheck.check.diagnose.x__upstream_ignored*", "if c != 1 and", "a loss's dout is drawn from +-[1.5, 3], never 1"),
+    ("derivcheck.check.diagnose.*", ")) >= 1:", _RESIDUAL),
+    ("derivcheck.check.diagnose.*", "[name], ).flat[i]", _FLOAT64),
+    ("derivcheck.check.diagnose.*", "**ctx.ref)[name], )", _FLOAT64),
+    ("derivcheck.check.diagnose.*", "np.asarray(got, )", "_ratio converts to float64 itself"),
+    ("derivcheck.check.diagnose.*", "dims)), )", _FLOAT64),
+    ("derivcheck.check.diagnose.x__other_epsilon*", '!= "float" and got is None', "a got of None becomes a 0-d nan, "
+     "another shape than every candidate: no fit either way"),
+    ("derivcheck.check.diagnose.x__kept_axes*", "or True else ()", "kept axes where another axis differs give a sum "
+     "of another shape than the parameter's, which _ratio never accepts (inf)"),
+    ("derivcheck.check.diagnose.x__kept_axes*", "return kept if kept or all(", "kept axes where another axis differs "
+     "give a sum of another shape than the parameter's, which _ratio never accepts (inf)"),
+    ("derivcheck.check.diagnose.x__mask_inverted*", "passed = np.abs(E - c) < 1e-12", "E equal to a nonzero dout "
+     "passes either way; where dout is 0, E is 0 and counts as blocked either way"),
+    ("derivcheck.check.diagnose.x__mask_inverted*", "1e-12 / np.abs(c)", "a masked gradient is dout copied exactly "
+     "or 0; the thresholds differ only for an E within 1e-12 of dout that is not dout"),
+    ("derivcheck.check.diagnose.x__diagonal_only*", "if _near(", "the guard skips a candidate equal to the right "
+     "gradient, which a failing gradient never matches within its tolerance"),
+    ("derivcheck.check.diagnose.x__first_example_only*", "_near(", "the guard skips a candidate equal to the right "
+     "gradient, which a failing gradient never matches within its tolerance (and the candidate has E's shape, "
+     "which G has on this path)"),
     ("derivcheck.check.verify.*", 'float("INF")', "the same number"),
     ("derivcheck.check.diagnose.*", 'float("INF")', "the same number"),
     ("derivcheck.check.verify.*", "np.errstate(", "only which NumPy warnings are shown changes"),

@@ -93,6 +93,16 @@ def test_a_softmax_gradient_of_the_jacobian_s_diagonal_alone():
                          Explains())]
 
 
+@pytest.mark.parametrize("n,c,claimed", [(1, 2, True), (8, 8, True), (5, 13, False)])
+def test_the_diagonal_is_tried_from_two_elements_up_to_its_size_limit(n, c, claimed):
+    """DIAGONAL_SIZE = 64 elements: one VJP each."""
+    x, cot = RNG.normal(size=(n, c)), RNG.normal(size=(n, c))
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    right = p * (cot - (cot * p).sum(axis=1, keepdims=True))
+    got = diagnose_gradient("x", right, cot * p * (1 - p), np.abs(right) + 1, ctx("softmax", {"N": n, "C": c}, cot, ref={"x": x}))
+    assert ("diagonal-only" in [f["kind"] for f in got]) == claimed
+
+
 def test_another_wrong_softmax_gradient_is_not_the_diagonal():
     x, c, p, right = _softmax_case()
     got = diagnose_gradient("x", right, c * p * (1 - p) + 1e-3, np.abs(right) + 1, ctx("softmax", {"N": 2, "C": 3}, c, ref={"x": x}))
@@ -124,6 +134,32 @@ def test_a_forward_and_a_gradient_at_another_epsilon_name_the_value_that_fits():
                          "adds another epsilon", EPS_HINT, Explains())]
 
 
+@pytest.mark.parametrize("eps", [1e-8, 1e-12])
+def test_an_epsilon_past_the_rule_s_own_in_the_list_is_found(eps):
+    """The search steps over the rule's own 1e-5 and goes on."""
+    ref, dout, out, dgamma = _batchnorm_at(eps)
+    rule = derivcheck.load_rule("batchnorm")
+    got = diagnose_epsilon(rule, rule.resolve_hyper({}), {"N": 4, "D": 3}, ref, out, np.abs(out) + 1, np.float64)
+    assert got is not None and f"eps = {eps:g}," in got["message"]
+
+
+def test_an_epsilon_computed_in_float32_is_judged_with_float32_s_tolerance():
+    ref, dout, out, dgamma = _batchnorm_at(0.01)
+    ref32 = {k: v.astype(np.float32) for k, v in ref.items()}
+    x = ref32["x"]
+    out32 = ref32["gamma"] * (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + np.float32(0.01)) + ref32["beta"]
+    rule = derivcheck.load_rule("batchnorm")
+    ref64 = {k: v.astype(np.float64) for k, v in ref32.items()}
+    got = diagnose_epsilon(rule, rule.resolve_hyper({}), {"N": 4, "D": 3}, ref64, out32, np.abs(out32) + 1, np.float32)
+    assert got is not None and "eps = 0.01," in got["message"]
+    assert diagnose_epsilon(rule, rule.resolve_hyper({}), {"N": 4, "D": 3}, ref64, out32, np.abs(out32) + 1, np.float64) is None
+    c = ctx("batchnorm", {"N": 4, "D": 3}, dout, ref=ref64, dtype=np.float32)
+    E = np.asarray(c.derivation.vjp(dout, **ref64)["gamma"])
+    xhat32 = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + np.float32(0.01))
+    G = (dout.astype(np.float32) * xhat32).sum(axis=0)
+    assert [f["kind"] for f in diagnose_gradient("gamma", E, G, np.abs(E) + 1, c)] == ["epsilon"]
+
+
 def test_an_epsilon_none_of_the_usual_values_fits_is_not_claimed():
     ref, dout, out, dgamma = _batchnorm_at(0.05)
     rule = derivcheck.load_rule("batchnorm")
@@ -143,9 +179,33 @@ def test_an_inverted_mask_passes_what_the_right_one_blocks():
 
 def test_a_gradient_that_is_not_dout_masked_is_no_inverted_mask():
     x, c = RNG.normal(size=(3, 4)), RNG.normal(size=(3, 4))
-    right = c * np.tanh(x)
+    right = c * (1 - np.tanh(x) ** 2)  # every element between 0 and dout's: scaled, not masked
     got = diagnose_gradient("x", right, c - right, np.abs(right) + 1, ctx("tanh", {"N": 3, "D": 4}, c, ref={"x": x}))
     assert "mask-inverted" not in [f["kind"] for f in got]
+    leaky = c * np.where(x > 0, 1.0, 0.2)  # some elements dout's, the others neither dout's nor 0
+    got = diagnose_gradient("x", leaky, c - leaky, np.abs(leaky) + 1, ctx("leaky_relu", {"N": 3, "D": 4}, c, ref={"x": x}))
+    assert "mask-inverted" not in [f["kind"] for f in got]
+
+
+@pytest.mark.parametrize("case", ["all blocked", "all passed", "blocked only where dout is 0"])
+def test_a_mask_that_does_not_both_pass_and_block_says_nothing_of_inversion(case):
+    x, c = RNG.normal(size=(3, 4)), RNG.normal(size=(3, 4))
+    if case == "all blocked":  # the right gradient is 0: dout itself is the 'inverted' one, and mask-ignored's to name
+        x = -np.abs(x)
+    elif case == "all passed":
+        x = np.abs(x) + 0.1
+    else:
+        c = np.where(x > 0, c, 0.0)
+    right = c * (x > 0)
+    got = diagnose_gradient("x", right, c - right, np.abs(right) + 1, ctx("relu", {"N": 3, "D": 4}, c, ref={"x": x}))
+    assert "mask-inverted" not in [f["kind"] for f in got]
+
+
+def test_an_inverted_mask_of_two_elements():
+    x, c = np.array([[0.5, -0.5]]), np.array([[1.5, -2.0]])
+    right = c * (x > 0)
+    got = diagnose_gradient("x", right, c * (x <= 0), np.abs(right) + 1, ctx("relu", {"N": 1, "D": 2}, c, ref={"x": x}))
+    assert [f["kind"] for f in got] == ["mask-inverted"]
 
 
 def _affine_values():
@@ -160,6 +220,35 @@ def test_a_bias_gradient_from_the_first_example_alone():
     assert got == [found("first-example-only", "grad b", "is the gradient of the first example's upstream gradient alone "
                          "(dout[0]): the other examples' terms are missing", "sum over the examples: db adds up every "
                          "example's term (dout.sum(axis=0) for a bias)", Explains())]
+
+
+def test_a_weight_gradient_from_the_first_example_alone():
+    ref, c = _affine_values()
+    right = ref["x"].T @ c
+    first = np.outer(ref["x"][0], c[0])  # dW of the first example, by hand
+    got = diagnose_gradient("W", right, first, np.abs(right) + 1, ctx("affine", {"N": 3, "D": 2, "H": 4}, c, ref=ref))
+    assert [f["kind"] for f in got] == ["first-example-only"]
+
+
+def test_the_first_example_of_a_one_dimensional_output():
+    """Book 2's EmbeddingDot: out[n] = W[idx[n]] · h[n], one number per example."""
+    h, W, idx, c = RNG.normal(size=(3, 2)), RNG.normal(size=(4, 2)), np.array([2, 0, 2]), RNG.normal(size=3)
+    right, first = np.zeros((4, 2)), np.zeros((4, 2))
+    for n in range(3):  # by hand: each example's row of W gets dout[n] h[n]
+        right[idx[n]] += c[n] * h[n]
+    first[idx[0]] = c[0] * h[0]
+    got = diagnose_gradient("W", right, first, np.abs(right) + 1,
+                            ctx("embedding_dot", {"N": 3, "D": 2, "V": 4}, c, ref={"h": h, "W": W, "idx": idx}))
+    assert [f["kind"] for f in got] == ["first-example-only"]
+
+
+def test_an_input_of_zeros_has_no_weight_decay_to_fit():
+    ref, c = _affine_values()
+    ref["W"] = np.zeros((2, 4))
+    right = ref["x"].T @ c
+    with np.errstate(all="raise"):  # no 0 / 0
+        got = diagnose_gradient("W", right, right + 1.0, np.abs(right) + 1, ctx("affine", {"N": 3, "D": 2, "H": 4}, c, ref=ref))
+    assert "weight-decay" not in [f["kind"] for f in got]
 
 
 def test_weight_decay_in_backward_is_named_with_its_coefficient():
@@ -581,6 +670,7 @@ def _case_first_example(ratio, dt):
 
 def _case_weight_decay(ratio, dt):
     ref, c = _affine_values()
+    ref["W"] = 1000 * ref["W"]  # large: the term's own size counts in the tolerance, as it should
     ref["W"].flat[0] = 0.0  # the fitted coefficient then cannot absorb the nudge of element 0
     right = ref["x"].T @ c
     S = np.abs(right) + 1
@@ -589,10 +679,19 @@ def _case_weight_decay(ratio, dt):
     return "W", right, G, S, ctx("affine", {"N": 3, "D": 2, "H": 4}, c, ref=ref, dtype=dt), "weight-decay"
 
 
+def _case_epsilon(ratio, dt):
+    ref, dout, out, dgamma = _batchnorm_at(0.01)
+    c = ctx("batchnorm", {"N": 4, "D": 3}, dout, ref=ref, dtype=dt)
+    E = np.asarray(c.derivation.vjp(dout, **ref)["gamma"])
+    S = np.abs(E) + 1
+    G = _nudge(dgamma, S + np.abs(dgamma), dt, ratio)
+    return "gamma", E, G, S, c, "epsilon"
+
+
 CASES = [_case_transposed_shape, _case_missing_reduction, _case_wrong_axis, _case_extra_reduction, _case_permuted,
          _case_square_transposed, _case_sign, _case_factor, _case_upstream_scalar, _case_upstream_ones,
          _case_input_for_output, _case_accumulates, _case_swapped, _case_stale, _case_mask, _case_kept_rows,
-         _case_diagonal, _case_mask_inverted, _case_first_example, _case_weight_decay]
+         _case_diagonal, _case_mask_inverted, _case_first_example, _case_weight_decay, _case_epsilon]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[6:] for c in CASES])

@@ -281,7 +281,7 @@ def _first_example_only(name, E, G, scale, ctx) -> dict | None:
     """The gradient for the first example's upstream gradient alone (``db = dout[0]``, where the examples share b and
     their gradients add up), when the others' would change it."""
     c = np.asarray(ctx.cot, dtype=np.float64)
-    if ctx.derivation is None or c.ndim < 1 or c.shape[0] < 2 or not set(ctx.rule.inputs) <= set(ctx.ref):
+    if ctx.derivation is None or c.ndim < 1 or c.shape[0] < 2:
         return None
     first = np.zeros_like(c)
     first[0] = c[0]
@@ -297,8 +297,8 @@ def _first_example_only(name, E, G, scale, ctx) -> dict | None:
 
 def _weight_decay(name, E, G, scale, ctx) -> dict | None:
     """The right gradient plus a multiple of the input itself (``dW += lam * W`` in backward): weight decay, which
-    the rule has no term for. A rule with a ``reg`` term is _regularization's."""
-    if "reg" in ctx.rule.hyper or name not in ctx.ref:
+    the rule has no term for (a rule's own ``reg`` term at another multiple is _regularization's, tried first)."""
+    if name not in ctx.ref:
         return None
     V = np.asarray(ctx.ref[name], dtype=np.float64)
     denom = float(np.sum(V * V))
