@@ -89,6 +89,9 @@ EQUIVALENT = [
      "or 0; the thresholds differ only for an E within 1e-12 of dout that is not dout"),
     ("derivcheck.check.diagnose.x__diagonal_only*", "if _near(", "the guard skips a candidate equal to the right "
      "gradient, which a failing gradient never matches within its tolerance"),
+    ("derivcheck.check.diagnose.x__diagonal_only*", "not 1 <= E.size", "a single element's Jacobian is its diagonal: "
+     "the candidate is the right gradient, which the guard skips"),
+    ("derivcheck.check.diagnose.x__weight_decay*", "abs(k) <= 1e-12", "a fitted coefficient of exactly 1e-12 does not occur"),
     ("derivcheck.check.diagnose.x__first_example_only*", "_near(", "the guard skips a candidate equal to the right "
      "gradient, which a failing gradient never matches within its tolerance (and the candidate has E's shape, "
      "which G has on this path)"),

@@ -670,12 +670,12 @@ def _case_first_example(ratio, dt):
 
 def _case_weight_decay(ratio, dt):
     ref, c = _affine_values()
-    ref["W"] = 1000 * ref["W"]  # large: the term's own size counts in the tolerance, as it should
+    ref["W"] = 1000 * ref["W"]  # large: the term's own size counts in the tolerance (_ratio adds the candidate's)
     ref["W"].flat[0] = 0.0  # the fitted coefficient then cannot absorb the nudge of element 0
     right = ref["x"].T @ c
     S = np.abs(right) + 1
     decayed = right + 0.01 * ref["W"]
-    G = _nudge(decayed, S + 0.01 * np.abs(ref["W"]), dt, ratio)
+    G = _nudge(decayed, S, dt, ratio)
     return "W", right, G, S, ctx("affine", {"N": 3, "D": 2, "H": 4}, c, ref=ref, dtype=dt), "weight-decay"
 
 

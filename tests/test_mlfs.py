@@ -140,6 +140,11 @@ class DenseOfPairs(DenseDeepCopies):
         super().initialize(optimizer)
 
 
+class DenseOfTwoSizes(DenseDeepCopies):
+    def __init__(self, n_units, n_heads):
+        super().__init__(n_units)
+
+
 class NotAnyKind:
     def apply(self, x):
         return x
@@ -241,3 +246,11 @@ def test_a_reshape_of_each_example_is_its_own_rule(tmp_path):
     result, data = verify_json(f"{tmp_path / 'shapes.py'}:Reshape", "--trials", "2")
     assert result.exit_code == 0, result.output
     assert data["rule"] == "reshape_mlfs"
+
+
+def test_a_constructor_needing_more_sizes_than_the_rule_has_is_told_which(layers):
+    result = run("verify", f"{layers}:DenseOfTwoSizes", "--rule", "affine_nnfs")
+    assert result.exit_code == 2, result.output
+    assert ("DenseOfTwoSizes(n_units, n_heads): derivcheck gives a constructor's required parameters the rule's "
+            "hyperparameters by name, then the sizes of the layer's parameters that its input does not have, and has "
+            "nothing for n_heads") in result.output

@@ -305,7 +305,7 @@ def _weight_decay(name, E, G, scale, ctx) -> dict | None:
     if V.shape != G.shape or denom == 0:
         return None
     k = float(np.sum((G - E) * V) / denom)
-    if abs(k) < 1e-12 or (r := _ratio(E + k * V, G, np.abs(scale) + abs(k) * np.abs(V), ctx.dtype)) > 1:
+    if abs(k) < 1e-12 or (r := _ratio(E + k * V, G, np.abs(scale), ctx.dtype)) > 1:  # (_ratio adds the term's size)
         return None
     return _found("weight-decay", f"grad {name}", f"is the right gradient plus {k:.6g} * {name}: a weight-decay term the "
                   f"rule does not have", f"leave weight decay to the optimizer (or to the loss, whose rule then has the "

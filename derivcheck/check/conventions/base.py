@@ -259,6 +259,33 @@ class Adapter:
         return out, self.gradients(self.backward_call(cotangent))
 
 
+def sizes_of(rule, held: list, values: dict, skip=()) -> list[int]:
+    """The sizes the shapes of the held arrays name, each once, in order (weights (D, H): D, H), but the
+    dimensions in ``skip``: what a constructor built from sizes takes (nnfs's Layer_Dense(n_inputs, n_neurons))."""
+    named: dict = {}
+    for n in held:
+        for s, size in zip(rule.inputs[n].shape, np.shape(values[n])):
+            if isinstance(s, str) and s not in skip:
+                named.setdefault(s, int(size))
+    return list(named.values())
+
+
+def constructor_args(name: str, params: list, layer_hyper: dict, sizes: list, where: str) -> list:
+    """(parameter, value) for each of ``params`` ((parameter, the rule hyperparameter bound to it or None)): the
+    hyperparameter's value, else the next of ``sizes``; refused, saying ``where`` the sizes come from, when they run out."""
+    sizes, args = list(sizes), []
+    for p, n in params:
+        if n is not None:
+            args.append((p, layer_hyper[n]))
+        elif sizes:
+            args.append((p, sizes.pop(0)))
+        else:
+            raise DerivcheckError(
+                f"{name}({', '.join(p for p, _ in params)}): derivcheck gives a constructor's required parameters the "
+                f"rule's hyperparameters by name, then {where}, and has nothing for {p}")
+    return args
+
+
 def no_output(name: str, adapter) -> str:
     """Why a layer whose forward returned None cannot be judged (exit 2, not a wrong layer)."""
     own_attrs = vars(adapter.instance) if hasattr(getattr(adapter, "instance", None), "__dict__") else {}

@@ -23,7 +23,7 @@ import inspect
 import numpy as np
 
 from derivcheck.check.binding import norm_name, params_of
-from derivcheck.check.conventions.base import Adapter, LayerError, Outcome, call_user, own
+from derivcheck.check.conventions.base import Adapter, LayerError, Outcome, call_user, constructor_args, own, sizes_of
 from derivcheck.errors import DerivcheckError
 
 LAYER, ACTIVATION, LOSS = "layer", "activation function", "loss"
@@ -121,22 +121,10 @@ class MlfsAdapter(Adapter):
 
     def build(self, values):
         x_dims = {s for s in self.rule.inputs[self.first].shape if isinstance(s, str)}
-        named = {}  # sizes the parameters name and the input does not, in order: Dense's W (D, H) -> H
-        for n in self.held_names:
-            for s, size in zip(self.rule.inputs[n].shape, np.shape(values[n])):
-                if isinstance(s, str) and s not in x_dims:
-                    named.setdefault(s, int(size))
-        sizes, args = list(named.values()), []
-        for p, n in self.ctor_params:
-            if n is not None:
-                args.append((p, self.layer_hyper[n]))
-            elif sizes:
-                args.append((p, sizes.pop(0)))
-            else:
-                raise DerivcheckError(
-                    f"{self.name}({', '.join(p for p, _ in self.ctor_params)}): derivcheck gives a constructor's required "
-                    f"parameters the rule's hyperparameters by name, then the sizes of the layer's parameters that its "
-                    f"input does not have, and has nothing for {p}")
+        # Dense's W (D, H): H, a size of its parameters that its input has not
+        args = constructor_args(self.name, self.ctor_params, self.layer_hyper,
+                                sizes_of(self.rule, self.held_names, values, skip=x_dims),
+                                "the sizes of the layer's parameters that its input does not have")
         built = f"{self.name}({', '.join(f'{p}={v!r}' for p, v in args)})"
         try:
             self.instance = call_user(self.obj, args, built)

@@ -18,7 +18,8 @@ import textwrap
 import numpy as np
 
 from derivcheck.check.binding import Binding, norm_name, params_of
-from derivcheck.check.conventions.base import Adapter, LayerError, Outcome, call_user, mentions, own
+from derivcheck.check.conventions.base import (Adapter, LayerError, Outcome, call_user, constructor_args, mentions, own,
+                                               sizes_of)
 from derivcheck.errors import DerivcheckError
 
 TRAINING = ("training",)  # forward's mode flag from chapter 18 on: the trials train
@@ -87,23 +88,9 @@ class NnfsAdapter(Adapter):
             self.forward_only = f"{self.name} has a forward method and no backward"
 
     def build(self, values):
-        named = {}  # each size the held arrays' shapes name, in order: weights (D, H) -> n_inputs, n_neurons
-        for n in self.held_names:
-            for s, size in zip(self.rule.inputs[n].shape, np.shape(values[n])):
-                if isinstance(s, str):
-                    named.setdefault(s, int(size))
-        sizes = list(named.values())
-        args = []
-        for p, n in self.ctor_params:
-            if n is not None:
-                args.append((p, self.layer_hyper[n]))
-            elif sizes:
-                args.append((p, sizes.pop(0)))
-            else:
-                raise DerivcheckError(
-                    f"{self.name}({', '.join(p for p, _ in self.ctor_params)}): derivcheck gives a constructor's required "
-                    f"parameters the rule's hyperparameters by name, then the sizes of the arrays the layer holds "
-                    f"({', '.join(self.held_names) or 'none, for rule ' + repr(self.rule.name)}), and has nothing for {p}")
+        where = f"the sizes of the arrays the layer holds ({', '.join(self.held_names) or 'none, for rule ' + repr(self.rule.name)})"
+        # weights (D, H): n_inputs, n_neurons
+        args = constructor_args(self.name, self.ctor_params, self.layer_hyper, sizes_of(self.rule, self.held_names, values), where)
         self.instance = call_user(self.obj, args, f"{self.name}({', '.join(p for p, _ in args)})")
         missing = [n for n in self.held_names if not isinstance(getattr(self.instance, n, None), np.ndarray)]
         if missing:
