@@ -92,7 +92,7 @@ class MlfsAdapter(Adapter):
         return ""
 
     def prepare(self):
-        rule, self.kind = self.rule, kind_of(self.obj)
+        rule, self.kind, self.attrs = self.rule, kind_of(self.obj), {}  # attrs: rule input -> the layer's attribute
         inputs = list(rule.inputs)
         labels = [n for n, lab in rule.labels.items() if lab.given]
         self.first, self.held_names = inputs[0], inputs[1:]
@@ -177,22 +177,19 @@ class MlfsAdapter(Adapter):
     def update_params(self, values):
         """The trial's values into the parameters, as a fresh copy in the trial's dtype (whatever the probe's
         update left there)."""
-        for n, a in getattr(self, "attrs", {}).items():
+        for n, a in self.attrs.items():
             setattr(self.instance, a, np.array(values[n], copy=True))
 
     def held(self, values):
-        return {**values, **{n: getattr(self.instance, a) for n, a in getattr(self, "attrs", {}).items()}}
+        return {**values, **{n: getattr(self.instance, a) for n, a in self.attrs.items()}}
 
     def run(self, values, cotangent) -> Outcome:
         x = values[self.first]
-        if self.kind == ACTIVATION:
-            out = own(call_user(self.instance, [(None, x)], f"{self.name}.__call__"))
-            grad = own(call_user(self.instance.gradient, [(None, x)], f"{self.name}.gradient"))
-            return Outcome(out, {self.first: _times(cotangent, grad)})
-        if self.kind == LOSS:
-            y = values[self.label]
-            out = own(call_user(self.instance.loss, [(None, y), (None, x)], f"{self.name}.loss"))
-            grad = own(call_user(self.instance.gradient, [(None, y), (None, x)], f"{self.name}.gradient"))
+        if self.kind != LAYER:  # a value and its element-wise derivative, of (x) or of (y, y_pred)
+            args = [(None, x)] if self.kind == ACTIVATION else [(None, values[self.label]), (None, x)]
+            value, called = (self.instance, "__call__") if self.kind == ACTIVATION else (self.instance.loss, "loss")
+            out = own(call_user(value, args, f"{self.name}.{called}"))
+            grad = own(call_user(self.instance.gradient, args, f"{self.name}.gradient"))
             return Outcome(out, {self.first: _times(cotangent, grad)})
         params = {n: getattr(self.instance, a) for n, a in self.attrs.items()}  # as forward uses them
         for probe in self._probes():
@@ -204,7 +201,8 @@ class MlfsAdapter(Adapter):
         updates = [u for probe in self._probes() for u in probe.updates]
         for n, w in params.items():
             mine = [g for p, g in updates if p is w]
-            grads[n] = None if not mine else mine[0] if len(mine) == 1 else _sum(mine)
+            # one optimizer shared by several parameters may be handed one twice: the steps add up
+            grads[n] = sum(mine[1:], mine[0]) if mine else None
         return Outcome(out, grads)
 
     def _probes(self) -> list:
@@ -217,7 +215,7 @@ class MlfsAdapter(Adapter):
             return f"dout * {self.name}.gradient(y, y_pred)"
         if n == self.first:
             return f"{self.name}.backward_pass's return"
-        a = getattr(self, "attrs", {}).get(n, n)
+        a = self.attrs.get(n, n)
         return f"{self.name}.backward_pass: update({a}, grad)"
 
 
@@ -230,10 +228,3 @@ def _times(cotangent, grad):
     except (TypeError, ValueError) as exc:  # a gradient that does not broadcast against dout: the layer's
         raise LayerError("dout * gradient", exc) from exc
 
-
-def _sum(grads: list):
-    """A parameter updated more than once in one backward (one optimizer shared by several): the steps add up."""
-    total = grads[0]
-    for g in grads[1:]:
-        total = total + g
-    return total
