@@ -15,3 +15,7 @@ class RuleError(DerivcheckError):
         self.message = message
         where = f"{self.path}:{line}" if line else self.path
         super().__init__(f"{where}: {message}")
+
+
+class Unsupported(Exception):
+    """The operation has no shape-generic form here; the concrete tier must be used."""

@@ -10,7 +10,7 @@ import pytest
 import sympy
 
 import derivcheck
-from derivcheck.engine import reference, symarray
+from derivcheck.engine import reference, symarray, windows
 from derivcheck.engine.rules import list_rules
 
 RULES = sorted(list_rules())
@@ -184,7 +184,7 @@ def test_convolution_is_the_loop_over_windows(stride, pad):
     want = _conv_loop(x, W, b, stride, pad)
     assert d.output_shape == want.shape
     np.testing.assert_allclose(d.forward(x=x, W=W, b=b), want, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(symarray.np_conv2d(x, W, stride, pad) + b[:, None, None], want, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(windows.np_conv2d(x, W, stride, pad) + b[:, None, None], want, rtol=1e-13, atol=1e-13)
     # the gradient at these settings, against central differences of the loop itself
     cot = rng.normal(size=want.shape)
     grads = d.vjp(cot, x=x, W=W, b=b)
@@ -212,11 +212,11 @@ def test_transposed_convolution_is_the_scatter_of_patches_and_convolutions_adjoi
     want = _deconv_loop(x, W, b, stride, pad)
     assert d.output_shape == want.shape == (2, 3, stride * 2 + 3 - 2 * pad, stride + 2 - 2 * pad)
     np.testing.assert_allclose(d.forward(x=x, W=W, b=b), want, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(symarray.np_deconv2d(x, W, stride, pad) + b[:, None, None], want, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(windows.np_deconv2d(x, W, stride, pad) + b[:, None, None], want, rtol=1e-13, atol=1e-13)
     # x's gradient is the convolution of the upstream gradient with the same filters (W read as (F', C') = (C, F))
     cot = rng.normal(size=want.shape)
     grads = d.vjp(cot, x=x, W=W, b=b)
-    np.testing.assert_allclose(grads["x"], symarray.np_conv2d(cot, W, stride, pad), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(grads["x"], windows.np_conv2d(cot, W, stride, pad), rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(grads["b"], cot.sum(axis=(0, 2, 3)), rtol=1e-13, atol=1e-13)
     numeric = _loop_gradient(_deconv_loop, {"x": x, "W": W, "b": b}, "W", cot, stride=stride, pad=pad)
     np.testing.assert_allclose(grads["W"], numeric, rtol=1e-6, atol=1e-7)
@@ -230,7 +230,7 @@ def test_transposed_convolution_is_the_scatter_of_patches_and_convolutions_adjoi
     ((np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2)), 1, 0.5), "the pad must be an integer of at least 0, not 0.5"),
 ])
 def test_transposed_convolution_refuses_what_it_cannot_compute(args, message):
-    for fn in (symarray.deconv2d, symarray.np_deconv2d):
+    for fn in (symarray.deconv2d, windows.np_deconv2d):
         with pytest.raises(ValueError) as err:
             fn(*args)
         assert message in str(err.value)
@@ -261,7 +261,7 @@ def test_max_pooling_routes_to_each_windows_argmax():
 ])
 def test_windows_refuses_what_cannot_be_windowed(args, message):
     with pytest.raises(ValueError) as err:
-        symarray.patches(*args)
+        windows.patches(*args)
     assert message in str(err.value)
 
 
@@ -301,7 +301,7 @@ def test_every_elementwise_function_is_complete_in_every_backend(name, tmp_path)
     # engine/ops.py is the one table of the language's element-wise functions: each entry must work in the
     # symbolic tier, the index-notation tier (proven against it), the numeric formula backend, compiled
     # NumPy and mpmath evaluation, the error bound, the cache's round trip and explain, and mean NumPy's function
-    from derivcheck.engine import cache, ops
+    from derivcheck.engine import exprcodec, ops
     from derivcheck.engine.rules import parse_rule
     from derivcheck.present.explanation import explain
 
@@ -325,7 +325,25 @@ def test_every_elementwise_function_is_complete_in_every_backend(name, tmp_path)
     assert np.allclose(numeric, op.np(x), rtol=1e-15)
     s = sympy.Symbol("s", positive=True)
     expr = op.sym(s + 1) * s  # a node of it inside an expression, as a derivation stores it
-    enc = cache.Encoder()
+    enc = exprcodec.Encoder()
     ref = enc(expr)
-    assert cache.decoder(enc.nodes, {"s": s})(ref) == expr  # the cache stores and rebuilds it
+    assert exprcodec.decoder(enc.nodes, {"s": s})(ref) == expr  # the cache stores and rebuilds it
     assert f"{name}(" in explain(rule).text()
+
+
+def test_the_languages_signatures_are_those_both_symbolic_tiers_implement():
+    """A formula is checked against formula.SIGNATURES when its rule is read (without SymPy); each symbolic
+    tier's function must take exactly those arguments, or a checked formula could fail to derive."""
+    import inspect
+
+    from derivcheck.engine import formula, indexed, ops
+
+    def bare(fn) -> str:
+        sig = inspect.signature(fn)
+        return str(sig.replace(parameters=[p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()],
+                               return_annotation=inspect.Signature.empty))
+
+    for name in formula.FUNCTIONS:
+        for tier in (symarray, indexed):
+            impl = tier.elementwise(ops.ELEMENTWISE[name].sym) if name in ops.ELEMENTWISE else getattr(tier, name)
+            assert bare(impl) == str(formula.SIGNATURES[name]), (tier.__name__, name)

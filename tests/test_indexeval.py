@@ -1,10 +1,13 @@
-"""The compiled form of index expressions (engine/indexeval.py): what it shares and what it leaves out
-changes no value. Expected values are NumPy's own, written out here."""
+"""The compiled form of index expressions (engine/indexeval.py, engine/program.py): what it shares and what
+it leaves out changes no value, and neither does storing it as JSON and reading it back. Expected values are
+NumPy's own, written out here."""
+import json
+
 import numpy as np
 import pytest
-from sympy import Abs, IndexedBase, Sum, exp, symbols
+from sympy import Abs, IndexedBase, Not, Piecewise, Sum, exp, symbols
 
-from derivcheck.engine.indexeval import Compiled, sharing
+from derivcheck.engine import indexeval, program
 
 N, C = symbols("N C", integer=True, positive=True)
 i, j, k = symbols("i j k", integer=True)
@@ -19,15 +22,26 @@ def A(e):
     return Abs(e, evaluate=False)
 
 
-def compiled(expr, free=(i, j)):
-    with sharing():
-        return Compiled(expr, free, {i: N, j: C})
+class Both:
+    """An expression compiled, and the same read back from its JSON (what a warm run evaluates): calling it
+    checks that the two agree bit for bit and gives the value."""
+
+    def __init__(self, expr, free=(i, j)):
+        self.fresh = indexeval.compiled(expr, free, {i: N, j: C})
+        self.stored = program.load(json.loads(json.dumps(program.dump({"e": self.fresh}))))["e"]
+
+    def __call__(self, env):
+        got, again = self.fresh(dict(env)), self.stored(dict(env))
+        np.testing.assert_array_equal(again, got)
+        return got
 
 
-def ops(c: Compiled) -> list:
+compiled = Both
+
+
+def ops(c: Both) -> list:
     """The names of the unary ufuncs its program computes (exp, abs, ...)."""
-    return [nd.op.__defaults__[0] for nd in c._program if getattr(nd.op, "__name__", "") == "<lambda>"
-            and nd.op.__defaults__]
+    return [nd.params for nd in c.fresh.nodes if nd.kind == "ufunc"]
 
 
 def test_abs_of_an_expression_that_cannot_be_negative_is_not_computed():
@@ -78,3 +92,9 @@ def test_a_shared_node_renamed_on_its_first_axis_keeps_its_axes_in_place():
     e = np.exp(X)
     assert np.allclose(c(dict(ENV)), e + e.sum(axis=0, keepdims=True), rtol=1e-15, atol=0)
     assert ops(c).count("exp") == 1
+
+
+def test_a_negated_condition_is_computed_and_stored():
+    c = compiled(Piecewise((x[i, j], Not(x[i, j] > 0, evaluate=False)), (y[i, j], True)))  # SymPy would write x <= 0
+    np.testing.assert_array_equal(c(dict(ENV)), np.where(~(X > 0), X, Y))
+    assert "not" in [nd.kind for nd in c.fresh.nodes]

@@ -15,7 +15,8 @@ import sympy
 from sympy.core.function import ArgumentIndexError
 from sympy.tensor.array import ImmutableDenseNDimArray
 
-from derivcheck.engine import cache, indexeval, symarray
+from derivcheck.engine import cache, exprcodec, indexeval, symarray
+from derivcheck.engine.program import MEMO
 from derivcheck.engine.rounding import NotNumeric, bounds_at, magnitude, values_at
 from derivcheck.errors import DerivcheckError, RuleError
 
@@ -67,11 +68,11 @@ def _closures(args, exprs, backend: str):
     would take forever to print."""
     names = [str(s) for group in args for s in group]
     with indexeval.sharing():
-        compiled = [indexeval.Compiled(sympy.sympify(e), (), {}) for e in exprs]
+        compiled = [indexeval.compiled(sympy.sympify(e), (), {}) for e in exprs]
 
     def evaluate(*values):
         env = dict(zip(names, (v for group in values for v in group)))
-        env[indexeval.MEMO] = {}
+        env[MEMO] = {}
         return [c(env, backend)[()] for c in compiled]
 
     return evaluate
@@ -404,8 +405,8 @@ def derive(rule, dims: dict, hyper: dict) -> Derivation:
     if key not in _MEMORY:
         disk_key = cache.entry_key(key)
         derivation = Derivation(rule, dims, hyper, exprs=_FROM_DISK)
-        exprs = cache.load_or_make(disk_key, lambda: cache.load(disk_key, derivation), derivation._derive,
-                                   lambda made: cache.store(disk_key, rule.name, made))
+        exprs = cache.load_or_make(disk_key, lambda: exprcodec.load(disk_key, derivation), derivation._derive,
+                                   lambda made: exprcodec.store(disk_key, rule.name, made))
         derivation._finish(exprs)
         _MEMORY[key] = derivation
     return _MEMORY[key]

@@ -6,9 +6,11 @@ A formula is a few assignments followed by one expression, the output::
     -sum(t * log(y)) / N
 
 Only the constructs below are accepted; anything else is refused with the
-rule file's line. The same tree is evaluated by two backends: ``symbolic``
-(SymPy object arrays, for derivation) and ``numeric`` (NumPy, used to check
-shapes cheaply when a rule is loaded).
+rule file's line. The same tree is evaluated by three backends (:func:`backend_ops`):
+``symbolic`` (SymPy object arrays, the element-by-element tier), ``generic``
+(index notation, the shape-generic tier) and ``numeric`` (NumPy: shapes, and
+values where a check needs the rule's forward). Parsing and the numeric
+backend import neither SymPy nor the symbolic tiers: a warm run needs only them.
 """
 from __future__ import annotations
 
@@ -20,11 +22,10 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
-import sympy
 
-from derivcheck.engine import indexed, symarray
+from derivcheck.engine import windows
 from derivcheck.engine.ops import ELEMENTWISE
-from derivcheck.errors import RuleError
+from derivcheck.errors import RuleError, Unsupported
 
 
 def _np_sum_to(x, shape):
@@ -63,22 +64,45 @@ def _slice_bounds(shape: tuple, bounds: list) -> list[tuple]:
     out = []
     for axis, size in enumerate(shape):
         start, stop = bounds[axis] if axis < len(bounds) else (None, None)
-        start = sympy.Integer(0) if start is None else start
+        start = 0 if start is None else start
         stop = size if stop is None else stop
         for b in (start, stop):
-            if isinstance(b, (bool, float, str, list)) or not (isinstance(b, int) or isinstance(b, sympy.Expr) and b.is_integer):
+            if isinstance(b, (bool, float, str, list)) or not (isinstance(b, int) or _symbolic_integer(b)):
                 raise TypeError(f"a slice bound must be a whole number or a size, not {b!r}")
-        checks = [sympy.sympify(start) >= 0, sympy.sympify(stop) > start, sympy.sympify(size) >= stop]
-        if any(c is sympy.false for c in checks):
+        if all(isinstance(b, int) for b in (start, stop, size)):
+            checks = [start >= 0, stop > start, size >= stop]
+            unknown = False
+        else:  # a size symbol (the shape-generic tier): SymPy decides, or cannot
+            import sympy
+
+            checks = [sympy.sympify(start) >= 0, sympy.sympify(stop) > start, sympy.sympify(size) >= stop]
+            unknown = any(c is not sympy.true and c is not sympy.false for c in checks)
+            checks = [c is not sympy.false for c in checks]
+        if not all(checks):
             raise IndexError(f"slice {start}:{stop} of an axis of size {size}: bounds count from 0 and lie within the axis, start before stop")
-        if any(c is not sympy.true for c in checks):
+        if unknown:
             raise IndexError(f"slice {start}:{stop} of an axis of size {size}: cannot tell that it lies within the axis")
         out.append((start, stop))
     return out
 
 
+def _symbolic_integer(b) -> bool:
+    """``b`` is a SymPy integer expression (a size of the shape-generic tier); never imports SymPy itself."""
+    return type(b).__module__.startswith("sympy.") and getattr(b, "is_integer", False) is True
+
+
 def _np_slice(x, bounds):
     return x[tuple(slice(int(a), int(b)) for a, b in bounds)]
+
+
+def _same_size(a, b) -> bool:
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    import sympy
+
+    from derivcheck.engine.symarray import exact
+
+    return sympy.simplify(exact(a) - exact(b)) == 0
 
 
 def _stack(stack):
@@ -87,7 +111,7 @@ def _stack(stack):
     def stacked(arrays, names):
         shapes = [tuple(a.shape) for a in arrays]
         for n, s in zip(names[1:], shapes[1:]):
-            if len(s) != len(shapes[0]) or any(sympy.simplify(symarray.exact(a) - symarray.exact(b)) != 0 for a, b in zip(s, shapes[0])):
+            if len(s) != len(shapes[0]) or not all(_same_size(a, b) for a, b in zip(s, shapes[0])):
                 raise ValueError(f"the outputs {names[0]} {shape_text(shapes[0])} and {n} {shape_text(s)} have different "
                                  f"shapes: several outputs must have one shape")
         return stack(arrays)
@@ -101,43 +125,60 @@ def shape_text(shape) -> str:
 
 _NP_RELATIONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
-# name -> (symbolic implementation, numeric implementation). The symbolic one's
-# signature is the function's signature in the formula language.
+
+def _signature(text: str) -> inspect.Signature:
+    """``"x, axis=None, keepdims=False"`` as a Signature: parsed (ast), its defaults literals, never eval'ed."""
+    args = ast.parse(f"def f({text}): pass").body[0].args
+    P = inspect.Parameter
+    plain = [P(a.arg, P.POSITIONAL_OR_KEYWORD) for a in args.args]
+    for k, d in enumerate(args.defaults, start=len(plain) - len(args.defaults)):
+        plain[k] = plain[k].replace(default=ast.literal_eval(d))
+    star = [P(args.vararg.arg, P.VAR_POSITIONAL)] if args.vararg else []
+    return inspect.Signature(plain + star)
+
+
+# The formula language's functions: name -> (signature as a formula calls it, numeric implementation). The
+# symbolic tiers implement each under the same name (symarray.<name>, indexed.<name>; the element-wise ones
+# through ops.py); tests/test_formula.py checks that their signatures are these.
+_REDUCE = "x, axis=None, keepdims=False"
 FUNCTIONS = {
-    **{name: (symarray.elementwise(op.sym), op.np) for name, op in ELEMENTWISE.items()},  # exp, log, ...: ops.py
-    "sigmoid": (symarray.sigmoid, lambda x: 1 / (1 + np.exp(-x))),
-    "maximum": (symarray.maximum, np.maximum),
-    "minimum": (symarray.minimum, np.minimum),
-    "where": (symarray.where, np.where),
-    "sum": (symarray.sum, lambda x, axis=None, keepdims=False: np.sum(x, axis=_tuple(axis), keepdims=keepdims)),
-    "mean": (symarray.mean, lambda x, axis=None, keepdims=False: np.mean(x, axis=_tuple(axis), keepdims=keepdims)),
-    "max": (symarray.max, lambda x, axis=None, keepdims=False: np.max(x, axis=_tuple(axis), keepdims=keepdims)),
-    "matmul": (symarray.matmul, np.matmul),
-    "reshape": (symarray.reshape, lambda x, shape: np.reshape(x, tuple(shape))),
-    "transpose": (symarray.transpose, lambda x, axes=None: np.transpose(x, _tuple(axes))),
-    "expand_dims": (symarray.expand_dims, lambda x, axis: np.expand_dims(x, axis)),
-    "repeat": (symarray.repeat, np.repeat),
-    "broadcast_to": (symarray.broadcast_to, lambda x, shape: np.broadcast_to(x, tuple(shape))),
-    "sum_to": (symarray.sum_to, _np_sum_to),
-    "softmax": (symarray.softmax, _np_softmax),
-    "log_softmax": (symarray.log_softmax, lambda x, axis=-1: np.log(_np_softmax(x, axis))),
-    "pick": (symarray.pick, _np_pick),
-    "onehot": (symarray.onehot, lambda t: t),
-    "windows": (symarray.windows, symarray.patches),
-    "conv2d": (symarray.conv2d, symarray.np_conv2d),
-    "deconv2d": (symarray.deconv2d, symarray.np_deconv2d),
-    "zeros": (symarray.zeros, lambda shape: np.zeros(tuple(shape))),
-    "concatenate": (symarray.concatenate, lambda arrays, axis=0: np.concatenate([np.asarray(a) for a in arrays], axis=axis)),
+    **{name: ("*args", op.np) for name, op in ELEMENTWISE.items()},  # exp, log, ...: ops.py
+    "sigmoid": ("x", lambda x: 1 / (1 + np.exp(-x))),
+    "maximum": ("*args", np.maximum),
+    "minimum": ("*args", np.minimum),
+    "where": ("cond, a, b", np.where),
+    "sum": (_REDUCE, lambda x, axis=None, keepdims=False: np.sum(x, axis=_tuple(axis), keepdims=keepdims)),
+    "mean": (_REDUCE, lambda x, axis=None, keepdims=False: np.mean(x, axis=_tuple(axis), keepdims=keepdims)),
+    "max": (_REDUCE, lambda x, axis=None, keepdims=False: np.max(x, axis=_tuple(axis), keepdims=keepdims)),
+    "matmul": ("a, b", np.matmul),
+    "reshape": ("x, shape", lambda x, shape: np.reshape(x, tuple(shape))),
+    "transpose": ("x, axes=None", lambda x, axes=None: np.transpose(x, _tuple(axes))),
+    "expand_dims": ("x, axis", lambda x, axis: np.expand_dims(x, axis)),
+    "repeat": ("x, repeats, axis=None", np.repeat),
+    "broadcast_to": ("x, shape", lambda x, shape: np.broadcast_to(x, tuple(shape))),
+    "sum_to": ("x, shape", _np_sum_to),
+    "softmax": ("x, axis=-1", _np_softmax),
+    "log_softmax": ("x, axis=-1", lambda x, axis=-1: np.log(_np_softmax(x, axis))),
+    "pick": ("y, t", _np_pick),
+    "onehot": ("t", lambda t: t),
+    "windows": ("x, kh, kw, stride=1, pad=0", windows.patches),
+    "conv2d": ("x, W, stride=1, pad=0", windows.np_conv2d),
+    "deconv2d": ("x, W, stride=1, pad=0", windows.np_deconv2d),
+    "zeros": ("shape", lambda shape: np.zeros(tuple(shape))),
+    "concatenate": ("arrays, axis=0", lambda arrays, axis=0: np.concatenate([np.asarray(a) for a in arrays], axis=axis)),
 }
+SIGNATURES = {name: _signature(sig) for name, (sig, _) in FUNCTIONS.items()}
 
 
 def _tuple(axis):
     return tuple(axis) if isinstance(axis, list) else axis
 
 
-BACKENDS = {
-    "symbolic": SimpleNamespace(
-        functions={k: v[0] for k, v in FUNCTIONS.items()},
+def _symbolic():
+    from derivcheck.engine import symarray
+
+    return SimpleNamespace(
+        functions={k: symarray.elementwise(ELEMENTWISE[k].sym) if k in ELEMENTWISE else getattr(symarray, k) for k in FUNCTIONS},
         matmul=symarray.matmul,
         compare=symarray.compare,
         transpose=symarray.transpose,
@@ -145,9 +186,15 @@ BACKENDS = {
         stack=_stack(lambda arrays: np.stack([symarray.asarray(a) for a in arrays])),
         wrap=symarray.asarray,
         exact=True,
-    ),
-    # shape-generic index notation (see indexed.py); names it lacks raise Unsupported
-    "generic": SimpleNamespace(
+        arrays=(np.ndarray,),
+    )
+
+
+def _generic():
+    """Shape-generic index notation (see indexed.py); names it lacks raise Unsupported."""
+    from derivcheck.engine import indexed
+
+    return SimpleNamespace(
         functions={k: indexed.elementwise(ELEMENTWISE[k].sym) if k in ELEMENTWISE else getattr(indexed, k) for k in FUNCTIONS},
         matmul=indexed.matmul,
         compare=indexed.compare,
@@ -156,8 +203,12 @@ BACKENDS = {
         stack=_stack(indexed.stack),
         wrap=indexed.asarray,
         exact=True,
-    ),
-    "numeric": SimpleNamespace(
+        arrays=(np.ndarray, indexed.TArray),
+    )
+
+
+def _numeric():
+    return SimpleNamespace(
         functions={k: v[1] for k, v in FUNCTIONS.items()},
         matmul=np.matmul,
         compare=lambda op, a, b: _NP_RELATIONS[op](a, b),
@@ -166,8 +217,20 @@ BACKENDS = {
         stack=_stack(lambda arrays: np.stack([np.asarray(a) for a in arrays])),
         wrap=np.asarray,
         exact=False,
-    ),
-}
+        arrays=(np.ndarray,),
+    )
+
+
+_MAKERS = {"symbolic": _symbolic, "generic": _generic, "numeric": _numeric}
+_BACKENDS: dict = {}
+
+
+def backend_ops(name: str) -> SimpleNamespace:
+    """A backend's functions and array operations, made at first use (the symbolic ones import SymPy)."""
+    if name not in _BACKENDS:
+        _BACKENDS[name] = _MAKERS[name]()
+    return _BACKENDS[name]
+
 
 _BINOPS = {
     ast.Add: operator.add,
@@ -178,13 +241,11 @@ _BINOPS = {
 }
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 _COMPARE = {ast.Gt: ">", ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<="}
-_SIGNATURES = {name: inspect.signature(impl[0]) for name, impl in FUNCTIONS.items()}
 
 
 def signature_text(name: str) -> str:
     """``sum(x, axis=None, keepdims=False)``: a function as the formula language spells it."""
-    params = [p.replace(annotation=inspect.Parameter.empty) for p in _SIGNATURES[name].parameters.values()]
-    return f"{name}{inspect.Signature(params)}"
+    return f"{name}{SIGNATURES[name]}"
 
 
 @dataclass
@@ -261,7 +322,7 @@ class Formula:
 
     def evaluate_scope(self, env: dict, backend: str = "symbolic"):
         """(output, every name in scope afterwards, the formula's own assignments included)."""
-        ops = BACKENDS[backend]
+        ops = backend_ops(backend)
         scope = dict(env)
         result = None
         for target, node in self.statements:
@@ -292,7 +353,7 @@ class Formula:
         try:
             n = int(count)
         except TypeError:
-            raise indexed.Unsupported(f"a loop over the {count} steps (a recurrence), which the element-by-element "
+            raise Unsupported(f"a loop over the {count} steps (a recurrence), which the element-by-element "
                                       f"tier unrolls at each trial's sizes") from None
         if n < 1:
             raise RuleError(self.path, self.line_of(loop.node), f"the loop runs {n} steps: it needs at least one")
@@ -482,7 +543,7 @@ def _check(node, names: set[str], fail, steps: frozenset = frozenset()) -> None:
         if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
             fail(node, f"{name}(): * and ** arguments are not allowed")
         try:
-            _SIGNATURES[name].bind(*node.args, **{k.arg: k.value for k in node.keywords})
+            SIGNATURES[name].bind(*node.args, **{k.arg: k.value for k in node.keywords})
         except TypeError as exc:
             fail(node, f"{signature_text(name)}: {exc}")
         for arg in node.args + [k.value for k in node.keywords]:
@@ -492,7 +553,7 @@ def _check(node, names: set[str], fail, steps: frozenset = frozenset()) -> None:
 
 
 def evaluate_node(node, scope, ops):
-    """The value of one parsed formula expression in backend ``ops`` (a BACKENDS entry), its names read from ``scope``."""
+    """The value of one parsed formula expression in backend ``ops`` (a :func:`backend_ops`), its names read from ``scope``."""
     try:
         if isinstance(node, ast.Constant):
             return node.value
@@ -506,11 +567,11 @@ def evaluate_node(node, scope, ops):
             left, right = evaluate_node(node.left, scope, ops), evaluate_node(node.right, scope, ops)
             if isinstance(node.op, ast.MatMult):
                 return ops.matmul(_array(left, ops), _array(right, ops))
-            if not isinstance(left, (np.ndarray, indexed.TArray)) and not isinstance(right, (np.ndarray, indexed.TArray)):
+            if not isinstance(left, ops.arrays) and not isinstance(right, ops.arrays):
                 if isinstance(node.op, ast.Pow):
                     _check_power(node, left, right)
                 if isinstance(node.op, ast.Div) and isinstance(left, int) and isinstance(right, int):
-                    return sympy.Rational(left, right) if ops.exact else left / right
+                    return _exact_ratio(left, right) if ops.exact else left / right
                 return _BINOPS[type(node.op)](left, right)  # plain numbers: sizes, constants
             return _BINOPS[type(node.op)](_array(left, ops), _array(right, ops))
         if isinstance(node, ast.Compare):
@@ -539,6 +600,12 @@ def evaluate_node(node, scope, ops):
     except (ValueError, TypeError, IndexError, ArithmeticError) as exc:  # numpy AxisError is a ValueError
         raise _NodeError(node, f"cannot evaluate '{ast.unparse(node)}': {exc}") from None
     raise _NodeError(node, f"{type(node).__name__} is not allowed in a formula")
+
+
+def _exact_ratio(left: int, right: int):
+    import sympy
+
+    return sympy.Rational(left, right)
 
 
 MAX_EXPONENT = 1024  # constant folding of plain numbers: 2 ** 10 ** 10 would never finish

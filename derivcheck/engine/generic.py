@@ -12,9 +12,10 @@ derivative of the rule's formula, never a hand-typed closed form. The
 running error bounds (:mod:`derivcheck.engine.rounding`) are taken of the same
 expressions, so tolerances at any size come from the same place.
 
-Every expression is compiled once into NumPy closures
-(:mod:`derivcheck.engine.indexeval`) and evaluated at any size: the cost of a
-trial follows the layer's own cost, not |input| x |output|.
+Every expression is compiled once into NumPy steps
+(:mod:`derivcheck.engine.indexeval`, :mod:`derivcheck.engine.program`) and
+evaluated at any size: the cost of a trial follows the layer's own cost, not
+|input| x |output|. Those steps are what the cache stores for a warm run.
 
 A generic derivation is trusted only after :func:`prove` has compared it
 with the concrete tier (:mod:`derivcheck.engine.derive`) at several small shapes.
@@ -25,20 +26,12 @@ import sympy
 from sympy import Indexed, IndexedBase, KroneckerDelta, Sum
 
 from derivcheck.engine import indexed, indexeval
-from derivcheck.errors import DerivcheckError, RuleError
-from derivcheck.engine.indexed import Unsupported, fresh_index
-from derivcheck.engine.indexeval import Compiled
+from derivcheck.engine.indexed import fresh_index
+from derivcheck.engine.indexeval import compiled
+from derivcheck.engine.program import DOUT, WEIGHT, Evaluator, bound_name
 from derivcheck.engine.rounding import magnitude
 from derivcheck.engine.symarray import exact
-
-DOUT = "dout_"  # the cotangent's name in expressions (rule names cannot end in _)
-WEIGHT = "w_"  # the reuse term's weights |dout| * |out| (see reference.py)
-
-
-def bound_name(name: str) -> str:
-    """The env name of an inexact input's running error bound (see ``GenericDerivation``); it ends in
-    ``_``, which a rule's names cannot, and the cotangent's (``dout_``) is ``dout__bound_``."""
-    return f"{name}_bound_"
+from derivcheck.errors import DerivcheckError, RuleError, Unsupported
 
 
 def size_symbol(name: str) -> sympy.Symbol:
@@ -221,17 +214,22 @@ def _indices(shape, pools: dict) -> tuple:
 
 
 class GenericDerivation:
-    """A rule's forward, VJP and error bounds at symbolic sizes, compiled to NumPy.
+    """A rule's forward, VJP and error bounds at symbolic sizes (``exprs``, SymPy), compiled to NumPy
+    steps (``evaluator``, a :class:`~derivcheck.engine.program.Evaluator`).
 
     ``inexact`` names inputs (and ``DOUT``) whose values carry rounding of their own, as a
     recurrence's cell gets its state and its carried gradient from earlier steps: the bounds
     then read each one's bound from the env, at :func:`bound_name` (see ``rounding.magnitude``).
     """
 
-    def __init__(self, rule, hyper: dict, exprs: dict | None = None, inexact: tuple = ()):
+    def __init__(self, rule, hyper: dict, exprs: dict | None = None, inexact: tuple = (), evaluator: Evaluator | None = None):
+        """Derived now, or from ``exprs`` (compiled now) or ``exprs`` and their ``evaluator`` (both read from the cache)."""
         self.rule, self.hyper, self.inexact = rule, dict(hyper), tuple(inexact)
         self.exprs = exprs if exprs is not None else self._derive()
-        self._compile()
+        if evaluator is None:
+            self._compile()
+        else:
+            self.evaluator = evaluator
 
     # -- symbolic ------------------------------------------------------------
     def _derive(self) -> dict:
@@ -271,39 +269,18 @@ class GenericDerivation:
 
     # -- numeric ---------------------------------------------------------------
     def _compile(self):
-        with indexeval.sharing():
-            self._compile_all()
-
-    def _compile_all(self):
+        """``self.evaluator``: every expression compiled with one table (shared sub-expressions once)."""
         e = self.exprs
         out_ranges = dict(zip(e["out_indices"], e["out_shape"]))
-        self._out = Compiled(e["out"], e["out_indices"], out_ranges)
-        self._out_M = Compiled(e["out_M"], e["out_indices"], out_ranges)
-        self._vjp, self._M, self._support = {}, {}, {}
-        for n, v in e["vjp"].items():
-            ranges = {**out_ranges, **dict(zip(v["indices"], v["shape"]))}
-            self._vjp[n] = Compiled(v["expr"], v["indices"], ranges)
-            self._M[n] = Compiled(v["M"], v["indices"], ranges)
-            self._support[n] = Compiled(v["support"], v["indices"], ranges)
-
-    def forward(self, env, backend="numpy"):
-        return self._out(env, backend)
-
-    def forward_bound(self, env):
-        return self._out_M(env)
-
-    def vjp(self, env, backend="numpy") -> dict:
-        return {n: f(env, backend) for n, f in self._vjp.items()}
-
-    def vjp_bounds(self, env) -> dict:
-        return {n: f(env) for n, f in self._M.items()}
-
-    def vjp_support(self, env) -> dict:
-        return {n: f(env) for n, f in self._support.items()}
-
-    def output_shape(self, dims: dict) -> tuple:
-        return self._out.shape(dims)
-
+        parts = {}
+        with indexeval.sharing():
+            parts["out"] = compiled(e["out"], e["out_indices"], out_ranges)
+            parts["out_M"] = compiled(e["out_M"], e["out_indices"], out_ranges)
+            for n, v in e["vjp"].items():
+                ranges = {**out_ranges, **dict(zip(v["indices"], v["shape"]))}
+                for name, part in (("vjp", "expr"), ("M", "M"), ("support", "support")):
+                    parts[f"{name}:{n}"] = compiled(v[part], v["indices"], ranges)
+        self.evaluator = Evaluator.from_parts(parts, e["vjp"], self.inexact)
 
 
 def entry(g: GenericDerivation, which: str, index: tuple, dims: dict):

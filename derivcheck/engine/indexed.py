@@ -21,12 +21,8 @@ from sympy import IndexedBase, KroneckerDelta, Sum
 from sympy.concrete.expr_with_intlimits import ExprWithIntLimits
 from sympy.concrete.expr_with_limits import _common_new
 
-from derivcheck.errors import DerivcheckError
+from derivcheck.errors import DerivcheckError, Unsupported
 from derivcheck.engine.symarray import RELATIONS, exact, inserted_axis, normalize_axes
-
-
-class Unsupported(Exception):
-    """The operation has no shape-generic form here; the concrete tier must be used."""
 
 
 _COUNTER = itertools.count()

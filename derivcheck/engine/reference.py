@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from derivcheck.engine import cache, stepped
 from derivcheck.checks import compare
-from derivcheck.errors import DerivcheckError
-from derivcheck.engine.generic import DOUT, WEIGHT, GenericDerivation, bound_name, size_symbol
-from derivcheck.engine.indexed import Unsupported
-from derivcheck.engine.indexeval import MEMO
+from derivcheck.engine import cache, program
+from derivcheck.engine.program import DOUT, MEMO, WEIGHT, Evaluator, bound_name
+from derivcheck.errors import DerivcheckError, Unsupported
 from derivcheck.progress import status
+
+# SymPy, and the engine modules that use it (generic, stepped, derive), are imported where a derivation is
+# made or read as expressions: a warm run of a shape-generic rule evaluates its stored steps (program.py).
 
 
 def draw(rule, shapes: dict, label_shapes: dict, dims: dict, rng, dtype=np.float64) -> tuple[dict, dict]:
@@ -118,7 +119,7 @@ def _mp(v) -> np.ndarray:
 class GenericBound(Bound):
     tier = "shape-generic"
 
-    def __init__(self, rule, hyper, dims, derivation: GenericDerivation):
+    def __init__(self, rule, hyper, dims, derivation: Evaluator):
         super().__init__(rule, hyper, dims)
         self.derivation = derivation
         self.output_shape = derivation.output_shape(dims)
@@ -174,13 +175,19 @@ class SteppedBound(Bound):
         self.output_shape = tuple(rule.output_shape(dims, hyper))
 
     def forward(self, **values) -> np.ndarray:
+        from derivcheck.engine import stepped
+
         return stepped.run(self.prog, self._values(values), self.dims)[0]
 
     def vjp(self, cotangent, **values) -> dict[str, np.ndarray]:
+        from derivcheck.engine import stepped
+
         grads = stepped.run(self.prog, self._values(values), self.dims, self._cotangent(cotangent))[2]
         return {n: grads[n] for n in self.rule.inputs}
 
     def evaluate(self, cotangent, **values):
+        from derivcheck.engine import stepped
+
         out, out_M, grads, bounds = stepped.run(self.prog, self._values(values), self.dims, self._cotangent(cotangent), bounds=True)
         scales = {n: bounds[n] + np.abs(grads[n]) for n in self.rule.inputs}
         scales["forward"] = out_M + np.abs(out)
@@ -188,6 +195,8 @@ class SteppedBound(Bound):
 
     def exact(self, cotangent, digits: int = 50, **values):
         import mpmath
+
+        from derivcheck.engine import stepped
 
         with mpmath.workdps(digits):
             vals = {n: _mp(v) for n, v in self._values(values).items()}
@@ -261,7 +270,7 @@ def require_finite(rule, dims: dict, named_values) -> None:
                 f"is wrong ({rule.path})")
 
 
-def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> None:
+def prove(rule, hyper: dict, g, seed: int = 0) -> None:
     """Compare the generic tier with the concrete one at :func:`proof_dims`; raise on disagreement.
 
     At each shape: the output shape, and the forward value and VJP at random
@@ -269,7 +278,7 @@ def prove(rule, hyper: dict, g: GenericDerivation, seed: int = 0) -> None:
     float64 taken over both tiers' rounding (twice the generic scale).
     """
     for k, dims in enumerate(proof_dims(rule, hyper)):
-        _agree(rule, hyper, dims, GenericBound(rule, hyper, dims, g), "shape-generic", np.random.default_rng([seed, k, 99]))
+        _agree(rule, hyper, dims, GenericBound(rule, hyper, dims, g.evaluator), "shape-generic", np.random.default_rng([seed, k, 99]))
 
 
 def _agree(rule, hyper: dict, dims: dict, bound: "Bound", what_tier: str, rng) -> None:
@@ -298,12 +307,15 @@ def _agree(rule, hyper: dict, dims: dict, bound: "Bound", what_tier: str, rng) -
                 f"{what}[{','.join(map(str, c.index))}] is {c.got!r}, expected {c.expected!r}: please report this")
 
 
-def checked(rule, hyper: dict, inexact: tuple = ()) -> GenericDerivation:
-    """The rule's generic derivation from disk, or derived, proven (:func:`prove`) and stored now.
-    Raises :class:`Unsupported` (or SymPy's errors) where the generic tier has no form for it."""
+def checked(rule, hyper: dict, inexact: tuple = ()):
+    """The rule's generic derivation (a ``generic.GenericDerivation``) from disk, or derived, proven
+    (:func:`prove`) and stored now. Raises :class:`Unsupported` (or SymPy's errors) where the generic tier
+    has no form for it."""
+    from derivcheck.engine.generic import GenericDerivation
+
     disk_key = cache.entry_key(cache_key(rule, hyper, inexact))
 
-    def make() -> GenericDerivation:
+    def make():
         with status(f"deriving {rule.name} shape-generically"):
             g = GenericDerivation(rule, hyper, inexact=inexact)
         with status(f"proving the {rule.name} derivation against the element-by-element one"):
@@ -317,8 +329,9 @@ def checked(rule, hyper: dict, inexact: tuple = ()) -> GenericDerivation:
 _SYMPY_FAILED = (TypeError, ValueError, NotImplementedError, RecursionError, AttributeError)  # SymPy could not do it
 
 
-def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:
-    """The checked generic derivation (memory, disk, or derived and checked now), or None and why not."""
+def generic_for(rule, hyper: dict) -> tuple:
+    """The checked generic derivation, its expressions too (memory, disk, or derived and checked now), or
+    None and why not. Reads SymPy; :func:`evaluator_for` is what evaluating needs."""
     key = cache_key(rule, hyper)
     if key in _GENERIC:
         return _GENERIC[key]
@@ -334,12 +347,31 @@ def generic_for(rule, hyper: dict) -> tuple[GenericDerivation | None, str]:
     return g, note
 
 
+_EVALUATORS: dict[tuple, tuple] = {}  # key -> (Evaluator or None, note)
+
+
+def evaluator_for(rule, hyper: dict) -> tuple[Evaluator | None, str]:
+    """The checked generic derivation's NumPy steps: from memory, from its disk entry (without SymPy), or
+    from :func:`generic_for`; or None and why not."""
+    key = cache_key(rule, hyper)
+    if key not in _EVALUATORS:
+        hit = None if key in _GENERIC else _load_steps(rule, cache.load_entry(cache.entry_key(key)))
+        if hit is not None:
+            _EVALUATORS[key] = (hit, "")
+        else:
+            g, note = generic_for(rule, hyper)
+            _EVALUATORS[key] = (None if g is None else g.evaluator, note)
+    return _EVALUATORS[key]
+
+
 _STEPPED: dict[tuple, tuple] = {}  # key -> (stepped.Program or None, note)
 
 
 def stepped_proof_dims(rule, hyper: dict, prog) -> dict:
     """The one small size a stepped reference is proven at: two steps, the other sizes distinct and small
     (so that no two axes can be confused), within each dimension's range (pins kept)."""
+    from derivcheck.engine import stepped
+
     counts = {s.count for s in prog.steps if isinstance(s, stepped.LoopPlan)}
     dims, used = {}, {2}
     for d, r in rule.dims.items():
@@ -357,6 +389,8 @@ def stepped_proof_dims(rule, hyper: dict, prog) -> dict:
 def stepped_for(rule, hyper: dict):
     """A loop rule's stepped reference (:mod:`derivcheck.engine.stepped`): its cells derived and proven, the
     composition proven against the unrolled tier at :func:`stepped_proof_dims`; or None and why not."""
+    from derivcheck.engine import stepped
+
     key = ("stepped", rule.digest, repr(sorted(hyper.items())))
     if key in _STEPPED:
         return _STEPPED[key]
@@ -364,7 +398,7 @@ def stepped_for(rule, hyper: dict):
     try:
         prog = stepped.plan(rule)
         for c in prog.cells:
-            c.derivation = checked(c.rule, {}, (*c.rule_inexact, DOUT))
+            c.derivation = checked(c.rule, {}, (*c.rule_inexact, DOUT)).evaluator
         disk_key = cache.entry_key(key)
 
         def prove_steps() -> bool:
@@ -385,8 +419,8 @@ def stepped_for(rule, hyper: dict):
     return prog, note
 
 
-def _store(rule, disk_key: str, g: GenericDerivation) -> None:
-    from derivcheck.engine.cache import Unencodable
+def _store(rule, disk_key: str, g) -> None:
+    from derivcheck.engine.exprcodec import Unencodable
 
     try:
         data = entry_data(rule, g)
@@ -395,9 +429,12 @@ def _store(rule, disk_key: str, g: GenericDerivation) -> None:
     cache.store_entry(disk_key, data)
 
 
-def entry_data(rule, g: GenericDerivation) -> dict:
-    """What the disk cache holds of a generic derivation: its expressions as one table of nodes."""
-    encode = cache.Encoder()
+def entry_data(rule, g) -> dict:
+    """What the disk cache holds of a generic derivation: its expressions as one table of nodes, and the
+    NumPy steps they compile to (a warm run reads only those)."""
+    from derivcheck.engine import exprcodec
+
+    encode = exprcodec.Encoder()
     e = g.exprs
     return {
         "rule": rule.name,
@@ -409,25 +446,44 @@ def entry_data(rule, g: GenericDerivation) -> dict:
                     **{part: encode(v[part]) for part in ("expr", "M", "support")}}
                 for n, v in e["vjp"].items()},
         "nodes": encode.nodes,
+        "steps": program.dump(g.evaluator.parts()),
     }
 
 
-def _load(rule, hyper, disk_key: str, inexact: tuple = ()) -> GenericDerivation | None:
-    data = cache.load_entry(disk_key)
+def _load_steps(rule, data: dict | None, inexact: tuple = ()) -> Evaluator | None:
+    """The NumPy steps of a stored generic derivation (a cache entry's ``data``), read without SymPy; None
+    when there is no entry or it is malformed."""
     if data is None:
+        return None
+    try:
+        parts = program.load(data["steps"])
+        expected = {"out", "out_M", *(f"{p}:{n}" for n in rule.inputs for p in ("vjp", "M", "support"))}
+        if set(parts) != expected:
+            return None
+        return Evaluator.from_parts(parts, rule.inputs, inexact)
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+        return None  # corrupt or foreign: rebuilt
+
+
+def _load(rule, hyper, disk_key: str, inexact: tuple = ()):
+    """A stored generic derivation with its expressions (a ``generic.GenericDerivation``), or None."""
+    import sympy
+
+    from derivcheck.engine import exprcodec
+    from derivcheck.engine.generic import GenericDerivation, size_symbol
+
+    data = cache.load_entry(disk_key)
+    steps = _load_steps(rule, data, inexact)  # what the proof checked, and what warm runs evaluate
+    if steps is None:
         return None
     names = [*rule.inputs, *rule.labels, DOUT, WEIGHT, *map(bound_name, inexact)]
     symbols = {d: size_symbol(d) for d in rule.dims}
-    import sympy
-
     symbols.update({n: sympy.Symbol(n, real=True) for n in names})
     bases = frozenset(names)
-
     try:
         if set(data["vjp"]) != set(rule.inputs):
             return None
-        dec = cache.decoder(data["nodes"], symbols, bases)
-
+        dec = exprcodec.decoder(data["nodes"], symbols, bases)
         exprs = {
             "out_indices": [dec(i) for i in data["out_indices"]],
             "out_shape": [dec(s) for s in data["out_shape"]],
@@ -437,16 +493,16 @@ def _load(rule, hyper, disk_key: str, inexact: tuple = ()) -> GenericDerivation 
                         **{part: dec(v[part]) for part in ("expr", "M", "support")}}
                     for n, v in data["vjp"].items()},
         }
-        return GenericDerivation(rule, hyper, exprs, inexact)
+        return GenericDerivation(rule, hyper, exprs, inexact, evaluator=steps)
     except (ValueError, KeyError, TypeError, IndexError, RecursionError, Unsupported):
         return None  # corrupt or foreign: rebuild
 
 
 def at(rule, hyper: dict, dims: dict) -> Bound:
     """The reference for ``rule`` with ``hyper`` at sizes ``dims``: generic where it can be, stepped for a loop."""
-    g, _ = generic_for(rule, hyper)
-    if g is not None:
-        return GenericBound(rule, hyper, dims, g)
+    ev, _ = evaluator_for(rule, hyper)
+    if ev is not None:
+        return GenericBound(rule, hyper, dims, ev)
     if rule.formula.loop is not None:
         prog, _ = stepped_for(rule, hyper)
         if prog is not None:
@@ -456,7 +512,7 @@ def at(rule, hyper: dict, dims: dict) -> Bound:
 
 def note_for(rule, hyper: dict) -> str:
     """'' when the generic tier serves this rule, else the one-line reason it does not."""
-    g, note = generic_for(rule, hyper)
+    g, note = evaluator_for(rule, hyper)
     if g is None and rule.formula.loop is not None:
         prog, why = stepped_for(rule, hyper)
         return why if prog is not None else f"{note[:-1]}; {why})"

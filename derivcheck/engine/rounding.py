@@ -22,7 +22,9 @@ import numpy as np
 import sympy
 
 from derivcheck.engine.indexed import IsMax
-from derivcheck.engine.ops import NODES
+from derivcheck.engine.ops import sympy_nodes
+
+NODES = sympy_nodes()  # SymPy function class -> its record (ops.py)
 
 _SMOOTH = (*NODES, sympy.sinh, sympy.cosh)  # f(a) with a derivative: M(f(a)) = |f'(a)| M(a) + |f(a)|
 

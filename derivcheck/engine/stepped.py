@@ -25,7 +25,7 @@ tier's, which counts it at the final outputs only.
 What can be run this way: a formula of initial states (``h = zeros([N, H])``,
 ``h = h0``), loops whose bodies are assignments, and a last line that is a
 stacked or carried name, or ``concatenate`` of such names. Anything else raises
-:class:`~derivcheck.engine.indexed.Unsupported` and the rule is unrolled as before.
+:class:`~derivcheck.errors.Unsupported` and the rule is unrolled as before.
 The whole composition is proven against the unrolled tier at one small size
 with two steps (``reference.stepped_for``).
 """
@@ -41,8 +41,8 @@ import numpy as np
 from derivcheck.engine.formula import Loop, Stacked
 from derivcheck.errors import RuleError
 from derivcheck.engine.generic import DOUT, WEIGHT, bound_name
-from derivcheck.engine.indexed import Unsupported
-from derivcheck.engine.indexeval import MEMO
+from derivcheck.errors import Unsupported
+from derivcheck.engine.program import MEMO
 from derivcheck.engine.rules import dim_names, parse_rule
 
 STEP, PREV = "step", "prev"  # a cell reads xs[:, t, :] as xs_step and the previous step's h as h_prev
@@ -58,7 +58,7 @@ class Cell:
     reads: dict  # cell input -> ("step", sequence input, axis) | ("prev", state) | ("name", a formula name)
     inexact: tuple  # the cell inputs computed with rounding (states, names set by an earlier loop)
     names: dict  # cell input -> its name in the cell's rule (canonical: see _canonical)
-    derivation: object = None  # its GenericDerivation, set by reference.stepped_for
+    derivation: object = None  # its generic derivation's program.Evaluator, set by reference.stepped_for
 
     @property
     def rule_inexact(self) -> tuple:

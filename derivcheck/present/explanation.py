@@ -235,7 +235,7 @@ def graph(rule, hyper: dict) -> tuple[list[Node], list[str]]:
     # numeric shapes of every node, at small distinct sizes
     env = rule.environment(dims, hyper, {n: np.full(rule.shape_of(i.shape, dims), 0.5) for n, i in rule.inputs.items()}
                            | {n: np.full(rule.shape_of(lab.symbolic_shape(), dims), 0.5) for n, lab in rule.labels.items()})
-    from derivcheck.engine.formula import BACKENDS, evaluate_node
+    from derivcheck.engine.formula import backend_ops, evaluate_node
 
     nodes: list[Node] = []
     defs: dict[str, tuple] = {}  # label -> (op, operand labels, scalar local expr)
@@ -260,7 +260,7 @@ def graph(rule, hyper: dict) -> tuple[list[Node], list[str]]:
             return None
         counter[0] += 1
         label = target or f"v{counter[0]}"
-        value = np.asarray(evaluate_node(node, scope, BACKENDS["numeric"]))
+        value = np.asarray(evaluate_node(node, scope, backend_ops("numeric")))
         scope[label] = value
         shown = _relabel(node, operands)
         nodes.append(Node(label, pr(shown), value.shape))
