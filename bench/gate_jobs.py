@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(jobs: int, config: Path, env: dict) -> tuple[float, str]:
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "derivcheck.run.cli", "check", str(config), "-j", str(jobs)],
+    p = subprocess.run([sys.executable, "-m", "derivcheck", "check", str(config), "-j", str(jobs)],
                        capture_output=True, text=True, env=env, cwd=ROOT)
     if p.returncode != 0:
         raise SystemExit(f"check failed (exit {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")

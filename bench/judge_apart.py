@@ -48,7 +48,8 @@ def extract(rev: str, into: Path) -> Path:
 
 
 def timed(tree: Path, cache: Path, *args) -> tuple[float, float]:
-    """(wall, CPU) seconds of ``python -m derivcheck.run.cli ARGS`` with ``tree``'s derivcheck (cputime.py)."""
+    """(wall, CPU) seconds of ``python -m derivcheck.run.cli ARGS`` with ``tree``'s derivcheck (cputime.py): the
+    command's form both revisions have (the newer one's ``python -m derivcheck`` also asks for one BLAS thread)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "DERIVCHECK_CACHE_DIR": str(cache)}
     wall, cpu, p = cputime.timed([sys.executable, "-m", "derivcheck.run.cli", *args], env=env, cwd=tree)
     if p.returncode != 0:

@@ -30,7 +30,7 @@ SIZES = dict(input_size=784, hidden_size=50, output_size=10, N=100)
 
 
 def derivcheck_seconds(env) -> tuple[float, str]:
-    cmd = [sys.executable, "-m", "derivcheck.run.cli", "verify", f"{TARGET}:TwoLayerNet", "--trials", "1",
+    cmd = [sys.executable, "-m", "derivcheck", "verify", f"{TARGET}:TwoLayerNet", "--trials", "1",
            "--shape", ",".join(f"{k}={v}" for k, v in SIZES.items())]
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -75,7 +75,7 @@ def run_command(args: list[str], cache: str) -> dict:
     wall and CPU seconds of every process it starts (cputime.py), the largest one's peak memory, the verdict.
     The peak is read by a small wrapper process (``python -I -S``), whose own start is in the CPU figure."""
     env = {**os.environ, "DERIVCHECK_CACHE_DIR": cache}
-    wall, cpu, p = cputime.timed([sys.executable, "-I", "-S", "-c", PEAK, sys.executable, "-m", "derivcheck.run.cli", *args],
+    wall, cpu, p = cputime.timed([sys.executable, "-I", "-S", "-c", PEAK, sys.executable, "-m", "derivcheck", *args],
                                  env=env, cwd=ROOT)
     if p.returncode not in (0, 1):
         raise SystemExit(f"derivcheck {' '.join(args)}: exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")

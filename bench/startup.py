@@ -24,7 +24,7 @@ import cputime
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = str(ROOT / "examples" / "dlfs1" / "layers.py:Affine")
 WAYS = {
-    "the command (forks its worker)": [sys.executable, "-m", "derivcheck.run.cli"],
+    "the command (forks its worker)": [sys.executable, "-m", "derivcheck"],
     "cli.main in its own process (a server)": [sys.executable, "-c", "import sys; from derivcheck.run.cli import main; sys.argv[0] = 'derivcheck'; main()"],
 }
 

@@ -40,7 +40,7 @@ def process(*args, cwd, timeout=120, cache=None):
     """``python -m derivcheck ARGS`` as a new process from ``cwd``. Its derivation cache is ``cache``,
     else $DERIVCHECK_CACHE_DIR if set, else ``cwd/cache``."""
     cache = cache or os.environ.get("DERIVCHECK_CACHE_DIR") or str(Path(cwd) / "cache")
-    return subprocess.run([sys.executable, "-m", "derivcheck.run.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "derivcheck", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env={**os.environ, "DERIVCHECK_CACHE_DIR": str(cache)},
                           stdin=subprocess.DEVNULL)
 

@@ -108,7 +108,7 @@ def test_a_new_convention_is_one_new_module(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "DERIVCHECK_CACHE_DIR": str(tmp_path / "cache")}
 
     def derivcheck_(*args):
-        return subprocess.run([sys.executable, "-m", "derivcheck.run.cli", *args], cwd=tmp_path, env=env,
+        return subprocess.run([sys.executable, "-m", "derivcheck", *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=600)
 
     found = subprocess.run([sys.executable, "-c", "from derivcheck.check.conventions.registry import STYLES; print(STYLES)"],

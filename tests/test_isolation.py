@@ -142,7 +142,7 @@ def test_interrupt_exits_130(tmp_path):
     target = layer(tmp_path, backward=f"open({str(mark)!r}, 'w').close(); import time; time.sleep(60)")
     # Ctrl-C's default action in the child, whatever this process inherited: a test run started
     # in the background of a shell ignores SIGINT, and so would every process it starts
-    proc = subprocess.Popen([sys.executable, "-m", "derivcheck.run.cli", "verify", target, "--rule", "relu"],
+    proc = subprocess.Popen([sys.executable, "-m", "derivcheck", "verify", target, "--rule", "relu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
@@ -163,7 +163,7 @@ def test_the_commands_worker_is_forked_from_the_command_itself(tmp_path, monkeyp
     seen = tmp_path / "seen.txt"
     prelude = ("import os, signal\n"
                f"_ = open({str(seen)!r}, 'w').write(f'{{os.getppid()}} {{signal.getsignal(signal.SIGINT) is signal.default_int_handler}}')")
-    proc = subprocess.Popen([sys.executable, "-m", "derivcheck.run.cli", "verify", layer(tmp_path, prelude), "--rule", "relu"],
+    proc = subprocess.Popen([sys.executable, "-m", "derivcheck", "verify", layer(tmp_path, prelude), "--rule", "relu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "verdict: PASS" in out, out + err
@@ -174,7 +174,7 @@ def test_explain_layer_runs_the_layers_code_in_the_worker_only(tmp_path):
     """`explain --layer` reads the target with ast, as verify does: the module is imported in the worker alone."""
     seen = tmp_path / "imported-in.txt"
     prelude = f"import os\n_ = open({str(seen)!r}, 'a').write(f'{{os.getpid()}}\\n')"
-    proc = subprocess.Popen([sys.executable, "-m", "derivcheck.run.cli", "explain", "--layer", layer(tmp_path, prelude), "--rule", "relu"],
+    proc = subprocess.Popen([sys.executable, "-m", "derivcheck", "explain", "--layer", layer(tmp_path, prelude), "--rule", "relu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "passes every check" in out, out + err
@@ -215,7 +215,7 @@ def test_reproduce_line_names_the_users_rule_folder(tmp_path):
     assert p.returncode == 1
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("reproduce: "))
     assert f"--rules {rules}" in line
-    again = subprocess.run(line.removeprefix("reproduce: ").replace("derivcheck", f"{sys.executable} -m derivcheck.run.cli", 1),
+    again = subprocess.run(line.removeprefix("reproduce: ").replace("derivcheck", f"{sys.executable} -m derivcheck", 1),
                            shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert again.returncode == 1 and "verdict: FAIL" in again.stdout
 

@@ -7,7 +7,8 @@ The layers, lowest first (docs/internals.md has the map):
   present/          report text/JSON/JUnit, Jacobian rendering, explain
   run/              isolation, config, the gate, CLI, pytest plugin, the Python API
 A module imports its own layer and the ones below. The packages' ``__init__`` files are facades
-(``derivcheck.load_rule`` is imported lazily by name) and are not walked.
+(``derivcheck.load_rule`` is imported lazily by name) and are not walked, nor is ``derivcheck/__main__.py``,
+the command's entry point (it sets the environment NumPy reads, then runs run/cli.py).
 """
 import ast
 from pathlib import Path
@@ -19,9 +20,9 @@ LAYERS = ("", "engine", "check", "present", "run")  # "" is the base, derivcheck
 
 
 def modules() -> dict:
-    """dotted name -> path, for every module but the packages' __init__ files."""
+    """dotted name -> path, for every module but the packages' __init__ files and the command's __main__."""
     return {"derivcheck." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts): p
-            for p in sorted(PACKAGE.rglob("*.py")) if p.name != "__init__.py"}
+            for p in sorted(PACKAGE.rglob("*.py")) if p.name not in ("__init__.py", "__main__.py")}
 
 
 def layer(name: str) -> int:

@@ -92,7 +92,7 @@ def test_a_broken_dezero_install_is_named(tmp_path):
     (tmp_path / "funcs.py").write_text(
         "import numpy as np\nclass Function:\n    def __call__(self, *xs):\n        return self.forward(*xs)\n"
         "class Exp(Function):\n    def forward(self, x):\n        return np.exp(x)\n    def backward(self, gy):\n        return gy\n")
-    p = subprocess.run([sys.executable, "-m", "derivcheck.run.cli", "verify", f"{tmp_path}/funcs.py:Exp", "--rule", "exp",
+    p = subprocess.run([sys.executable, "-m", "derivcheck", "verify", f"{tmp_path}/funcs.py:Exp", "--rule", "exp",
                         "--style", "dezero"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert p.returncode == 2 and "importing the dezero package failed" in p.stderr and "this dezero is broken" in p.stderr, p.stderr

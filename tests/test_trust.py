@@ -110,7 +110,7 @@ path.write_bytes(cachekey.mac(payload).encode() + b"\n" + payload)  # signed wit
 
 def verify_relu(cache_dir, home, cwd):
     env = {**os.environ, "DERIVCHECK_CACHE_DIR": str(cache_dir), "XDG_CACHE_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "derivcheck.run.cli", "verify", str(EXAMPLES / "dlfs1/layers.py:Relu"),
+    return subprocess.run([sys.executable, "-m", "derivcheck", "verify", str(EXAMPLES / "dlfs1/layers.py:Relu"),
                            "--rule", "relu", "--no-stress"], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
 
 
@@ -134,7 +134,7 @@ def test_a_repository_shipped_cache_dir_is_not_trusted(tmp_path):
         f'cache-dir = ".derivcheck"\n[[layers]]\ntarget = "{EXAMPLES / "dlfs1/layers.py"}:Relu"\nrule = "relu"\n')
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "home")}
     env.pop("DERIVCHECK_CACHE_DIR", None)
-    p = subprocess.run([sys.executable, "-m", "derivcheck.run.cli", "check"], capture_output=True, text=True, cwd=repo,
+    p = subprocess.run([sys.executable, "-m", "derivcheck", "check"], capture_output=True, text=True, cwd=repo,
                        env=env, timeout=300)
     assert p.returncode == 0 and "1 passed" in p.stdout, p.stdout + p.stderr
 

@@ -14,7 +14,7 @@ from derivcheck.engine import cache, program, reference
 from derivcheck.engine.reference import GenericBound
 
 ROOT = Path(__file__).resolve().parents[1]
-VERIFY = [sys.executable, "-m", "derivcheck.run.cli", "verify", str(ROOT / "examples/dlfs1/layers.py:Affine"), "--rule", "affine"]
+VERIFY = [sys.executable, "-m", "derivcheck", "verify", str(ROOT / "examples/dlfs1/layers.py:Affine"), "--rule", "affine"]
 
 
 def trapped(tmp_path) -> str:

@@ -383,7 +383,7 @@ def _summary_table(results) -> str:
 
 
 def run() -> None:
-    """The ``derivcheck`` command (and ``python -m derivcheck.run.cli``): a process of its own, which has
+    """The ``derivcheck`` command (``derivcheck/__main__.py``): a process of its own, which has
     imported none of the user's code, so its checks may fork their workers from it
     (:func:`derivcheck.run.isolate.fork_from_here`). Tests that call :data:`main` in their own process keep
     the worker server."""

@@ -225,6 +225,7 @@ def _host(peer, request: dict) -> None:
         _take_callers_state(request)
     remote.redirect_output(request["output"])
     _keep_freed_memory()
+    _one_blas_thread()
     refused = _shut_in()
     remote.serve(peer, request.get("object", request["target"]), refused=refused)
 
