@@ -231,10 +231,10 @@ def _host(peer, request: dict) -> None:
 
 
 def _one_blas_thread() -> None:
-    """Run the judge's BLAS on one thread (threadpoolctl). Its products are small or few (a reference's
-    einsums, a trial's), and on a shared machine the threads' spin-waits cost more CPU than they save: a
-    warm MNIST affine check took 0.62 CPU s in the judge with two threads, 0.35 s with one (same run). The
-    layer's process is left as the layer's own code would run."""
+    """Run this process's BLAS on one thread (threadpoolctl), as the ``derivcheck`` command asks before NumPy
+    loads (derivcheck/__main__.py says why); a check forked from a worker server (the pytest plugin, the
+    Python API) inherits its caller's threads, so the judge and the layer's process set it here too. In the
+    judge alone: a warm MNIST affine check took 0.62 CPU s with two threads, 0.35 s with one (same run)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
