@@ -11,12 +11,15 @@ Sections, each measured in this run on this machine:
    seconds, CPU seconds of every process it starts, and peak memory, with the
    targets for a warm run. The interpreter's own start-up with derivcheck's
    imports is printed beside it.
-2. The same layers and shapes under a NumPy central-difference gradcheck
-   (every input element, two forwards each, eps 1e-6) and, where installed,
-   `torch.autograd.gradcheck` on torch's own version of the operation; the
-   ratio is their time over derivcheck's warm verify (in-process, without the
-   interpreter's start-up). Without --full the finite differences are timed on
-   a random sample of elements and scaled to all of them; the line says so.
+2. The same layers and shapes checked by finite differences as the books
+   write them (book 1's `numerical_gradient` loop over the layer's own arrays:
+   every input element, two forwards each), by a one-point check (one random
+   direction: two forwards and a backward), and, where installed, by
+   `torch.autograd.gradcheck` of the NumPy layer wrapped in an
+   `autograd.Function`; each beside derivcheck's warm verify (in-process,
+   without the interpreter's start-up), the ratios put the larger over the
+   smaller. Without --full the finite differences are timed on a random sample
+   of elements and scaled to all of them; the line says so.
 3. One trial's cost with the derivation in memory (exact reference, error
    bound and comparison) over one forward+backward of the layer itself.
 4. How that cost grows with the size, next to the element-by-element
@@ -129,56 +132,112 @@ def setup(target, rule, dims):
     return r, d, values, ref, cot, adapter
 
 
-def numpy_gradcheck_seconds(target, rule, dims, full: bool) -> tuple[float, str]:
-    """Central differences through derivcheck's adapter, every input element (or a timed sample, scaled)."""
-    r, _, values, _, cot, adapter = setup(target, rule, dims)
-    rng = np.random.default_rng(1)
-    adapter.run(values, cot)
+class BookProblem:
+    """A book 2 layer (params/grads lists) built by derivcheck's adapter at one size, then used as the books
+    use it: ``loss()`` is ``Σ dout · layer.forward(...)`` on the layer's own arrays (its input and its
+    ``params``, which finite differences change in place, as book 1's ``numerical_gradient`` changes
+    ``net.params``), and ``gradients()`` one forward and the layer's own backward."""
 
-    def loss(vals):
-        adapter.update_params(vals)
-        return float(np.sum(cot * adapter.run(adapter.held(vals), cot).output))
+    def __init__(self, target, rule, dims):
+        r, _, values, _, self.cot, adapter = setup(target, rule, dims)
+        self.layer = adapter.instance
+        held = adapter.held(values)
+        self.args = [held[n] for n in r.inputs if n not in adapter.slots] + [held[n] for n in r.labels]
+        self.arrays = {n: held[n] for n in r.inputs}  # the params are the layer's own arrays
+        self.first = next(n for n in r.inputs if n not in adapter.slots)
+        self.slots = adapter.slots
 
-    elements = [(n, idx) for n in r.inputs for idx in np.ndindex(*values[n].shape)]
+    def loss(self) -> float:
+        return float(np.sum(self.cot * self.layer.forward(*self.args)))
+
+    def gradients(self) -> dict:
+        self.layer.forward(*self.args)
+        dx = self.layer.backward(self.cot)
+        return {self.first: dx, **{n: self.layer.grads[i] for n, i in self.slots.items()}}
+
+
+H = 1e-4  # book 1's numerical_gradient step
+
+
+def book_fd_seconds(problem: BookProblem, full: bool, rng) -> tuple[float, str]:
+    """Book 1's ``numerical_gradient`` loop (ch04: two forwards per element, the element changed in place and
+    put back), over every element of every input, or over a timed random sample of them, scaled."""
+    elements = [(n, idx) for n, a in problem.arrays.items() for idx in np.ndindex(*a.shape)]
     chosen = elements if full or len(elements) <= SAMPLE else [elements[i] for i in rng.choice(len(elements), SAMPLE, replace=False)]
     t = time.perf_counter()
     for n, idx in chosen:
-        plus = {m: np.array(x, copy=True) for m, x in values.items()}
-        minus = {m: np.array(x, copy=True) for m, x in values.items()}
-        plus[n][idx] += EPS
-        minus[n][idx] -= EPS
-        (loss(plus) - loss(minus)) / (2 * EPS)
+        x = problem.arrays[n]
+        tmp = x[idx]
+        x[idx] = tmp + H
+        fxh1 = problem.loss()
+        x[idx] = tmp - H
+        fxh2 = problem.loss()
+        (fxh1 - fxh2) / (2 * H)
+        x[idx] = tmp
     seconds = (time.perf_counter() - t) * len(elements) / len(chosen)
     how = "all elements" if len(chosen) == len(elements) else f"scaled from {len(chosen)} of {len(elements)} elements"
     return seconds, how
 
 
+def one_point_seconds(problem: BookProblem, rng, reps: int = 5) -> float:
+    """A one-point check (a random projection, what torch's fast_mode and JAX's check_grads do): the loss's
+    central difference along one random direction of all inputs against the backward's gradients dotted with
+    it: two forwards and one forward+backward. The fastest of ``reps``."""
+    direction = {n: rng.normal(size=a.shape) for n, a in problem.arrays.items()}
+    best = np.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        for n, v in direction.items():
+            problem.arrays[n] += EPS * v
+        plus = problem.loss()
+        for n, v in direction.items():
+            problem.arrays[n] -= 2 * EPS * v
+        minus = problem.loss()
+        for n, v in direction.items():
+            problem.arrays[n] += EPS * v
+        grads = problem.gradients()
+        (plus - minus) / (2 * EPS), sum(float(np.vdot(grads[n], v)) for n, v in direction.items())
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 DENSE_LIMIT = 50_000_000  # Jacobian entries: torch's default (dense) gradcheck past this needs more memory than we have
 
 
-def torch_gradcheck_seconds(rule, dims) -> tuple[float, str] | None:
-    """torch.autograd.gradcheck on torch's version of the operation; its fast mode where the dense one cannot fit."""
+def torch_gradcheck_seconds(problem: BookProblem) -> tuple[float, str] | None:
+    """torch.autograd.gradcheck on the NumPy layer itself, wrapped in a ``torch.autograd.Function`` (forward
+    and backward are the layer's); its fast mode (a one-point check) where the dense one cannot fit."""
     try:
         import torch
     except ImportError:
         return None
-    g = torch.Generator().manual_seed(0)
-    dbl = {"dtype": torch.float64, "generator": g}
-    if rule == "affine":
-        args = (torch.randn(dims["N"], dims["D"], **dbl), torch.randn(dims["D"], dims["H"], **dbl), torch.randn(dims["H"], **dbl))
-        fn = lambda x, W, b: x @ W + b  # noqa: E731
-    elif rule == "softmax_with_loss":
-        t = torch.randint(0, dims["C"], (dims["N"],), generator=g)
-        args = (torch.randn(dims["N"], dims["C"], **dbl),)
-        fn = lambda x: torch.nn.functional.cross_entropy(x, t)  # noqa: E731
-    else:
-        args = (torch.randn(dims["N"], dims["D"], **dbl),)
-        fn = torch.sigmoid
-    args = tuple(a.requires_grad_() for a in args)
-    entries = fn(*args).numel() * sum(a.numel() for a in args)
+    names = list(problem.arrays)
+
+    def load(tensors):
+        for n, t in zip(names, tensors):
+            problem.arrays[n][...] = t.detach().numpy()
+
+    class Layer(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *tensors):
+            ctx.save_for_backward(*tensors)
+            load(tensors)
+            return torch.as_tensor(np.asarray(problem.layer.forward(*problem.args), dtype=np.float64))
+
+        @staticmethod
+        def backward(ctx, gout):
+            load(ctx.saved_tensors)  # gradcheck calls forward again at other points in between
+            problem.layer.forward(*problem.args)
+            dx = problem.layer.backward(gout.detach().numpy().astype(np.float64))
+            grads = {problem.first: dx, **{n: problem.layer.grads[i] for n, i in problem.slots.items()}}
+            return tuple(torch.as_tensor(np.array(grads[n], dtype=np.float64)) for n in names)
+
+    args = tuple(torch.tensor(np.array(problem.arrays[n], dtype=np.float64), requires_grad=True) for n in names)
+    out_size = int(np.size(problem.layer.forward(*problem.args)))
+    entries = out_size * sum(a.numel() for a in args)
     fast = entries > DENSE_LIMIT
     t0 = time.perf_counter()
-    torch.autograd.gradcheck(fn, args, fast_mode=fast)
+    assert torch.autograd.gradcheck(Layer.apply, args, fast_mode=fast)
     return time.perf_counter() - t0, ("fast_mode (dense Jacobian: %.1e entries)" % entries) if fast else "default mode"
 
 
@@ -193,15 +252,22 @@ def verify_seconds(target, rule, dims) -> float:
 
 
 def section_fd(full: bool):
-    print("\n2. the same check by finite differences, same layers and sizes")
-    print(f"   {'layer':<44} {'derivcheck s':>12} {'numpy FD s':>11} {'FD/dc':>7} {'torch s':>8} {'torch/dc':>9}  how")
+    print("\n2. the same layers and sizes by finite differences: book 1's numerical_gradient loop, a one-point check, torch")
+    print(f"   {'layer':<44} {'derivcheck s':>12} {'book FD s':>10} {'FD/dc':>7} {'1-point s':>10} {'dc/1-point':>10} "
+          f"{'torch s':>8} {'torch/dc':>9}  how")
     for target, rule, dims in LAYERS:
         dc = verify_seconds(target, rule, dims)
-        fd, how = numpy_gradcheck_seconds(target, rule, dims, full)
-        tg = torch_gradcheck_seconds(rule, dims)
-        torch_cols = f"{tg[0]:8.2f} {tg[0] / dc:9.1f}" if tg is not None else f"{'n/a':>8} {'n/a':>9}"
-        print(f"   {target:<44} {dc:12.3f} {fd:11.2f} {fd / dc:7.0f} {torch_cols}  numpy FD {how}; torch {tg[1] if tg else 'not run'}")
-    print("   derivcheck: 5 trials x 2 steps + the extreme-input probe; finite differences: one cotangent, one point")
+        rng = np.random.default_rng(1)
+        fd, how = book_fd_seconds(BookProblem(target, rule, dims), full, rng)
+        one = one_point_seconds(BookProblem(target, rule, dims), rng)
+        tg = torch_gradcheck_seconds(BookProblem(target, rule, dims))
+        torch_cols = f"{tg[0]:8.2f} {tg[0] / dc:9.2f}" if tg is not None else f"{'n/a':>8} {'n/a':>9}"
+        print(f"   {target:<44} {dc:12.3f} {fd:10.2f} {fd / dc:7.0f} {one:10.5f} {dc / one:10.0f} {torch_cols}  "
+              f"book FD {how}; torch {tg[1] if tg else 'not installed'}")
+    print("   derivcheck: a whole verify in this process (5 trials x 2 steps, stale-state and extreme-input probes), warm;")
+    print("   book FD: a difference quotient of Σ dout·out for every element (the VJP at one cotangent); 1-point: one random")
+    print("   direction (catches a wrong gradient with high probability, says nothing of where); torch: gradcheck of the")
+    print("   NumPy layer through an autograd.Function")
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -297,7 +363,7 @@ def section_recurrence():
     print(f"   stepped reference from nothing (cells derived and proven, the steps proven at T=2): "
           f"{stepped_cold_seconds('time_lstm'):.1f} s")
     print(f"   {'sizes':<22} {'trial ms':>9} {'layer ms':>9} {'ratio':>6} {'tol/max grad xs':>16} {'unrolled derivation s':>22} "
-          f"{'verify s':>9} {'numpy FD s':>11} {'FD/verify':>10}")
+          f"{'verify s':>9} {'book FD s':>10} {'FD/verify':>10}")
     plans = [{"N": 2, "T": t, "D": 4, "H": 5} for t in (1, 2, 3)] + [{"N": 8, "T": t, "D": 16, "H": 32} for t in (5, 10, 20)]
     for dims in plans:
         check, layer = trial_cost("time_lstm", dims)
@@ -306,9 +372,9 @@ def section_recurrence():
         loose = reach(grads["xs"], scales["xs"], np.float64)
         unrolled = f"{concrete_seconds('time_lstm', dims):22.2f}" if dims["T"] <= 3 else f"{'(not run)':>22}"
         dc = verify_seconds(RECURRENT, "time_lstm", dims)
-        fd, _ = numpy_gradcheck_seconds(RECURRENT, "time_lstm", dims, full=False)
+        fd, _ = book_fd_seconds(BookProblem(RECURRENT, "time_lstm", dims), False, np.random.default_rng(1))
         print(f"   {shape_arg(dims):<22} {check * 1e3:9.2f} {layer * 1e3:9.3f} {check / layer:6.1f} {loose:16.1e} {unrolled} "
-              f"{dc:9.2f} {fd:11.2f} {fd / dc:10.1f}")
+              f"{dc:9.2f} {fd:10.2f} {fd / dc:10.1f}")
     print("   tol/max grad xs: the largest float64 tolerance of dxs over its largest value; above 1e-2 the report notes it "
           "(a worst-case bound, multiplied at every step)")
 

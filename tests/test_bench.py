@@ -43,6 +43,17 @@ def test_scale_bench_prints_the_trial_cost_table():
         assert trial_ms > 0 and layer_ms > 0 and abs(ratio - trial_ms / layer_ms) <= 0.1 * ratio + 0.1
 
 
+def test_scale_bench_times_the_books_finite_differences_and_a_one_point_check():
+    out = subprocess.run([sys.executable, str(SCALE), "--only", "2"], capture_output=True, text=True, check=True, timeout=600).stdout
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("examples/")]
+    assert [r[0] for r in rows] == ["examples/dlfs2/layers.py:Affine", "examples/dlfs2/layers.py:SoftmaxWithLoss",
+                                    "examples/dlfs2/layers.py:Sigmoid"], out
+    for r in rows:  # layer, derivcheck s, book FD s, FD/dc, 1-point s, dc/1-point
+        dc, fd, one = float(r[1]), float(r[2]), float(r[4])
+        assert dc > 0 and fd > 0 and one > 0, out
+        assert abs(float(r[3]) - fd / dc) <= 0.02 * fd / dc + 1 and abs(float(r[5]) - dc / one) <= 0.02 * dc / one + 1, out
+
+
 def test_scale_bench_runs_the_command_at_the_mnist_sizes_and_a_large_layer():
     """Sections 1 and 7 as a reader runs them, 7 at a small size: every row a PASS (a check that hung at the MNIST
     sizes would be an exit 2 here), each with its CPU, and the targets said met or not."""
