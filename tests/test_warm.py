@@ -82,6 +82,12 @@ def test_stored_steps_give_the_derivations_values_bit_for_bit(fresh, monkeypatch
     assert kinds == set(program.KINDS) - {"not"}, f"no rule of RULES stores {set(program.KINDS) - {'not'} - kinds}"
 
 
+def used(steps: dict, row: list) -> None:
+    """``row`` added to the table as x's VJP: read as it is, it would give other values than the derivation."""
+    steps["table"].append(row)
+    steps["parts"]["vjp:x"][0] = len(steps["table"]) - 1
+
+
 @pytest.mark.parametrize("damage", [
     lambda s: s["table"].append(["eval", None, []]) or s["parts"].update(out=[len(s["table"]) - 1, [], []]),
     lambda s: s["table"].__setitem__(0, [s["table"][0][0], s["table"][0][1], [len(s["table"])]]),  # a later child
@@ -89,7 +95,11 @@ def test_stored_steps_give_the_derivations_values_bit_for_bit(fresh, monkeypatch
     lambda s: s["table"].append(["ufunc", "system", [0]]) or s["parts"].update(out=[len(s["table"]) - 1, [], []]),
     lambda s: s["parts"]["out"].__setitem__(2, [["sym", 7]] * len(s["parts"]["out"][1])),
     lambda s: s["parts"]["out"].__setitem__(0, 10 ** 9),
-], ids=["unknown-kind", "later-child", "missing-part", "unknown-ufunc", "bad-size", "no-such-row"])
+    lambda s: used(s, ["number", ["f", "1.5", "__import__('os')"], []]),
+    lambda s: used(s, ["symbol", "__memo__", []]),
+    lambda s: used(s, ["indexed", ["x", [["fixed", -1], ["label", s["parts"]["vjp:x"][1][1], 0, ["sym", "D"]]]], []]),
+], ids=["unknown-kind", "later-child", "missing-part", "unknown-ufunc", "bad-size", "no-such-row", "number-text",
+        "engine-name", "negative-index"])
 def test_damaged_steps_are_rebuilt(fresh, monkeypatch, damage):
     rule = derivcheck.load_rule("affine")
     hyper = rule.resolve_hyper()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import string
 
 import numpy as np
@@ -156,7 +157,8 @@ def size_fn(spec):
     if not isinstance(spec, list) or len(spec) != 2 or not isinstance(spec[0], str):
         raise ValueError(f"bad size {spec!r}")
     tag, arg = spec
-    if tag == "sym" and isinstance(arg, str):
+    if tag == "sym":
+        _name(arg)
         return lambda env: int(env[arg])
     if tag in ("+", "*") and isinstance(arg, list):
         parts = [size_fn(a) for a in arg]
@@ -180,6 +182,9 @@ def size_fn(spec):
 # -- the kinds: (params, children) -> (labels, op)
 
 
+_DECIMAL = re.compile(r"[-+]?((\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|inf|nan)")
+
+
 def _number(params, children):
     _arity(children, 0)
     spec = params
@@ -189,6 +194,8 @@ def _number(params, children):
         _small_int(spec[1]), _small_int(spec[2])
         if int(spec[2]) == 0:
             raise ValueError("a zero denominator")
+    elif not all(len(s) <= MAX_DIGITS * 2 and _DECIMAL.fullmatch(s) for s in spec[1:]):
+        raise ValueError(f"bad number {spec!r}")
     numbers = {"numpy": _BACKENDS["numpy"].number(spec)}
 
     def number(env, be):
@@ -223,10 +230,16 @@ def _arange(params, children):
     return (label,), lambda env, be: np.arange(size(env))
 
 
+def _name(value) -> str:
+    """An array's or a value's name in the env: a rule's names, or the engine's own (``dout_``, ``x_bound_``)."""
+    if not isinstance(value, str) or not value.isidentifier() or value.startswith("__"):
+        raise ValueError(f"bad name {value!r}")
+    return value
+
+
 def _symbol(params, children):
     _arity(children, 0)
-    if not isinstance(params, str):
-        raise ValueError(f"bad symbol {params!r}")
+    _name(params)
     name = params
 
     def symbol(env, be):
@@ -240,12 +253,13 @@ def _indexed(params, children):
     offset size, count size]`` (the positions offset..offset+count-1: a slice's index is i + 2*H)."""
     _arity(children, 0)
     name, positions = params
-    if not isinstance(name, str) or not isinstance(positions, list):
+    if not isinstance(positions, list):
         raise ValueError("bad indexed node")
+    _name(name)
     steps = []
     labels_in = []
     for axis, p in enumerate(positions):
-        if p[0] == "fixed" and type(p[1]) is int:
+        if p[0] == "fixed" and type(p[1]) is int and p[1] >= 0:
             steps.append((axis, ("fixed", p[1])))
         elif p[0] == "label" and len(p) == 4:
             labels_in.append(_label(p[1]))
