@@ -51,7 +51,8 @@ def test_scale_bench_times_the_books_finite_differences_and_a_one_point_check():
     for r in rows:  # layer, derivcheck s, book FD s, FD/dc, 1-point s, dc/1-point
         dc, fd, one = float(r[1]), float(r[2]), float(r[4])
         assert dc > 0 and fd > 0 and one > 0, out
-        assert abs(float(r[3]) - fd / dc) <= 0.02 * fd / dc + 1 and abs(float(r[5]) - dc / one) <= 0.02 * dc / one + 1, out
+        # the columns are printed rounded (a 1-point time of 0.00014 s to within 4%): the ratios agree within 10%
+        assert abs(float(r[3]) - fd / dc) <= 0.1 * fd / dc + 1 and abs(float(r[5]) - dc / one) <= 0.1 * dc / one + 1, out
 
 
 def test_scale_bench_runs_the_command_at_the_mnist_sizes_and_a_large_layer():
