@@ -345,8 +345,7 @@ def stepped_cold_seconds(rule) -> float:
     old = os.environ.get("DERIVCHECK_CACHE_DIR")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["DERIVCHECK_CACHE_DIR"] = cache
-        reference._STEPPED.clear()
-        reference._GENERIC.clear()
+        reference.forget()
         try:
             t = time.perf_counter()
             reference.stepped_for(r, r.resolve_hyper())

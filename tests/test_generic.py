@@ -166,10 +166,10 @@ def test_generic_derivation_is_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("DERIVCHECK_CACHE_DIR", str(tmp_path))
     rule = derivcheck.load_rule("softmax_with_loss")
     hyper = rule.resolve_hyper()
-    reference._GENERIC.clear()
+    reference.forget()
     first, _ = reference.generic_for(rule, hyper)
     assert list(tmp_path.rglob("*.json"))
-    reference._GENERIC.clear()
+    reference.forget()
 
     def refuse(self):
         raise AssertionError("derived again instead of loading the cache")
@@ -177,7 +177,7 @@ def test_generic_derivation_is_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(generic.GenericDerivation, "_derive", refuse)
     again, _ = reference.generic_for(rule, hyper)
     assert again is not first and sympy.srepr(again.exprs["vjp"]["x"]["expr"]) == sympy.srepr(first.exprs["vjp"]["x"]["expr"])
-    reference._GENERIC.clear()
+    reference.forget()
 
 
 @pytest.mark.parametrize("name", sorted(set(RULES) - NOT_GENERIC))
@@ -188,7 +188,7 @@ def test_a_cached_derivation_loads_exactly_as_it_was_stored(name):
     rule = derivcheck.load_rule(name)
     hyper = rule.resolve_hyper()
     reference.generic_for(rule, hyper)  # derived and stored, if no earlier test did
-    reference._GENERIC.pop(reference.cache_key(rule, hyper))
+    reference.forget()
     g, _ = reference.generic_for(rule, hyper)  # so this one is read from disk
     data = cache.load_entry(cache.entry_key(reference.cache_key(rule, hyper)))
     assert g is not None and data is not None
@@ -199,15 +199,15 @@ def test_corrupt_generic_entry_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("DERIVCHECK_CACHE_DIR", str(tmp_path))
     rule = derivcheck.load_rule("sigmoid")
     hyper = rule.resolve_hyper()
-    reference._GENERIC.clear()
+    reference.forget()
     reference.generic_for(rule, hyper)
     (entry,) = [p for p in tmp_path.rglob("*.json") if '"out_M"' in p.read_text()]  # the proof's concrete entries aside
     data = entry.read_bytes().split(b"\n", 1)[1].replace(b'"Ix","x"', b'"Ix","evil"')
     entry.write_bytes(__import__("derivcheck.engine.cachekey").engine.cachekey.mac(data).encode() + b"\n" + data)  # signed, still refused
-    reference._GENERIC.clear()
+    reference.forget()
     g, note = reference.generic_for(rule, hyper)
     assert g is not None and note == "" and '"Ix","x"' in entry.read_text()
-    reference._GENERIC.clear()
+    reference.forget()
 
 
 def test_concrete_tier_is_sparse():

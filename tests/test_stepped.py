@@ -108,8 +108,7 @@ def test_a_loop_the_steps_cannot_run_is_unrolled_and_the_note_says_why(tmp_path)
 def fresh(tmp_path, monkeypatch):
     """An empty cache folder and no derivation in memory: the stepped reference is built and proven again."""
     monkeypatch.setenv("DERIVCHECK_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(reference, "_STEPPED", {})
-    monkeypatch.setattr(reference, "_GENERIC", {})
+    reference.forget()
     return tmp_path
 
 
@@ -131,8 +130,7 @@ def test_the_proof_is_made_once_and_remembered_on_disk(fresh, monkeypatch):
     assert reference.stepped_for(rule, {})[0] is not None
     proofs = len(calls)
     assert proofs == 1 + len(reference.proof_dims(stepped.plan(rule).cells[0].rule, {}))  # the cell's, then the steps'
-    monkeypatch.setattr(reference, "_STEPPED", {})
-    monkeypatch.setattr(reference, "_GENERIC", {})
+    reference.forget()
     assert reference.stepped_for(rule, {})[0] is not None
     assert len(calls) == proofs  # read back: neither the cell nor the composition proven again
 

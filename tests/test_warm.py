@@ -25,16 +25,20 @@ def trapped(tmp_path) -> str:
     return os.pathsep.join([str(trap), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
-def test_a_warm_verify_does_not_import_sympy(tmp_path):
+RECURRENT = [sys.executable, "-m", "derivcheck", "verify", str(ROOT / "examples/dlfs2/layers.py:TimeLSTM"), "--rule", "time_lstm"]
+
+
+@pytest.mark.parametrize("command", [VERIFY, RECURRENT], ids=["shape-generic", "stepped"])
+def test_a_warm_verify_does_not_import_sympy(tmp_path, command):
     env = {**os.environ, "DERIVCHECK_CACHE_DIR": str(tmp_path / "cache")}
-    cold = subprocess.run(VERIFY, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    cold = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert cold.returncode == 0, cold.stdout + cold.stderr
-    warm = subprocess.run(VERIFY, capture_output=True, text=True, env={**env, "PYTHONPATH": trapped(tmp_path)},
+    warm = subprocess.run(command, capture_output=True, text=True, env={**env, "PYTHONPATH": trapped(tmp_path)},
                           cwd=tmp_path, timeout=300)
     assert warm.returncode == 0 and "verdict: PASS" in warm.stdout, warm.stdout + warm.stderr
     # the trap holds: with nothing cached, the same command needs SymPy and cannot check
     empty = {**env, "DERIVCHECK_CACHE_DIR": str(tmp_path / "empty"), "PYTHONPATH": trapped(tmp_path)}
-    cold = subprocess.run(VERIFY, capture_output=True, text=True, env=empty, cwd=tmp_path, timeout=300)
+    cold = subprocess.run(command, capture_output=True, text=True, env=empty, cwd=tmp_path, timeout=300)
     assert cold.returncode != 0 and "verdict: PASS" not in cold.stdout
 
 
@@ -46,8 +50,7 @@ RULES = ["affine", "softmax_with_loss", "elu", "batchnorm", "clip", "mean_absolu
 @pytest.fixture
 def fresh(tmp_path, monkeypatch):
     monkeypatch.setenv("DERIVCHECK_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(reference, "_GENERIC", {})
-    monkeypatch.setattr(reference, "_EVALUATORS", {})
+    reference.forget()
     return tmp_path
 
 
@@ -63,7 +66,7 @@ def test_stored_steps_give_the_derivations_values_bit_for_bit(fresh, monkeypatch
         g, note = reference.generic_for(rule, hyper)
         assert g is not None, f"{name}: {note}"
         kinds |= {row[0] for row in steps_of(rule, hyper)["table"]}
-        monkeypatch.setattr(reference, "_GENERIC", {})  # forgotten: the next reads the disk entry's steps alone
+        reference.forget()  # the next reads the disk entry's steps alone
         stored, note = reference.evaluator_for(rule, hyper)
         assert stored is not None and stored is not g.evaluator, note
         rng = np.random.default_rng(k)
@@ -108,8 +111,7 @@ def test_damaged_steps_are_rebuilt(fresh, monkeypatch, damage):
     data = json.loads(path.read_bytes().split(b"\n", 1)[1])
     damage(data["steps"])
     cache.store_entry(path.stem, {k: v for k, v in data.items() if k not in ("format", "key")})  # signed: only the reader's checks stand
-    monkeypatch.setattr(reference, "_GENERIC", {})
-    monkeypatch.setattr(reference, "_EVALUATORS", {})
+    reference.forget()
     again, note = reference.evaluator_for(rule, hyper)
     assert again is not None, note
     dims = {"N": 2, "D": 3, "H": 4}

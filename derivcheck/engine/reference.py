@@ -32,13 +32,13 @@ from __future__ import annotations
 import numpy as np
 
 from derivcheck.checks import compare
-from derivcheck.engine import cache, program
+from derivcheck.engine import cache, program, stepped
 from derivcheck.engine.program import DOUT, MEMO, WEIGHT, Evaluator, bound_name
 from derivcheck.errors import DerivcheckError, Unsupported
 from derivcheck.progress import status
 
-# SymPy, and the engine modules that use it (generic, stepped, derive), are imported where a derivation is
-# made or read as expressions: a warm run of a shape-generic rule evaluates its stored steps (program.py).
+# SymPy, and the engine modules that use it (generic, derive), are imported where a derivation is made or
+# read as expressions: a warm run of a shape-generic rule, or of a loop's cells, evaluates stored steps (program.py).
 
 
 def draw(rule, shapes: dict, label_shapes: dict, dims: dict, rng, dtype=np.float64) -> tuple[dict, dict]:
@@ -175,19 +175,13 @@ class SteppedBound(Bound):
         self.output_shape = tuple(rule.output_shape(dims, hyper))
 
     def forward(self, **values) -> np.ndarray:
-        from derivcheck.engine import stepped
-
         return stepped.run(self.prog, self._values(values), self.dims)[0]
 
     def vjp(self, cotangent, **values) -> dict[str, np.ndarray]:
-        from derivcheck.engine import stepped
-
         grads = stepped.run(self.prog, self._values(values), self.dims, self._cotangent(cotangent))[2]
         return {n: grads[n] for n in self.rule.inputs}
 
     def evaluate(self, cotangent, **values):
-        from derivcheck.engine import stepped
-
         out, out_M, grads, bounds = stepped.run(self.prog, self._values(values), self.dims, self._cotangent(cotangent), bounds=True)
         scales = {n: bounds[n] + np.abs(grads[n]) for n in self.rule.inputs}
         scales["forward"] = out_M + np.abs(out)
@@ -195,8 +189,6 @@ class SteppedBound(Bound):
 
     def exact(self, cotangent, digits: int = 50, **values):
         import mpmath
-
-        from derivcheck.engine import stepped
 
         with mpmath.workdps(digits):
             vals = {n: _mp(v) for n, v in self._values(values).items()}
@@ -336,10 +328,16 @@ def generic_for(rule, hyper: dict) -> tuple:
     if key in _GENERIC:
         return _GENERIC[key]
     g, note = None, ""
+    disk_key = cache.entry_key(key)
+    why = _no_generic_form(cache.load_entry(disk_key))
     try:
+        if why is not None:
+            raise Unsupported(why)
         g = checked(rule, hyper)
     except Unsupported as exc:
-        note = f"reference: the element-by-element tier, at each trial's sizes (no shape-generic form: {exc})"
+        note = _concrete_note(exc)
+        if why is None:  # kept, so that a later run of this rule need not import SymPy to learn it again
+            cache.store_entry(disk_key, {"rule": rule.name, "no_generic_form": str(exc)})
     except _SYMPY_FAILED as exc:
         note = (f"reference: the element-by-element tier, at each trial's sizes (the shape-generic "
                 f"derivation failed: {type(exc).__name__}: {exc})")
@@ -347,17 +345,40 @@ def generic_for(rule, hyper: dict) -> tuple:
     return g, note
 
 
+def forget() -> None:
+    """Forget every derivation this process holds in memory: they are read from disk, or made, again."""
+    _GENERIC.clear()
+    _EVALUATORS.clear()
+    _STEPPED.clear()
+
+
+def _concrete_note(why) -> str:
+    return f"reference: the element-by-element tier, at each trial's sizes (no shape-generic form: {why})"
+
+
+def _no_generic_form(data: dict | None) -> str | None:
+    """Why a rule has no shape-generic form, as an entry under its generic key keeps it; None if it does not."""
+    why = data.get("no_generic_form") if isinstance(data, dict) else None
+    return why if isinstance(why, str) else None
+
+
 _EVALUATORS: dict[tuple, tuple] = {}  # key -> (Evaluator or None, note)
 
 
-def evaluator_for(rule, hyper: dict) -> tuple[Evaluator | None, str]:
+def evaluator_for(rule, hyper: dict, inexact: tuple = ()) -> tuple[Evaluator | None, str]:
     """The checked generic derivation's NumPy steps: from memory, from its disk entry (without SymPy), or
-    from :func:`generic_for`; or None and why not."""
-    key = cache_key(rule, hyper)
+    from :func:`generic_for` (a loop's cell, with ``inexact`` inputs: from :func:`checked`, whose errors
+    are the stepped tier's to report); or None and why not."""
+    key = cache_key(rule, hyper, inexact)
     if key not in _EVALUATORS:
-        hit = None if key in _GENERIC else _load_steps(rule, cache.load_entry(cache.entry_key(key)))
+        data = None if key in _GENERIC else cache.load_entry(cache.entry_key(key))
+        hit, why = _load_steps(rule, data, inexact), _no_generic_form(data)
         if hit is not None:
             _EVALUATORS[key] = (hit, "")
+        elif why is not None and not inexact:
+            _EVALUATORS[key] = _GENERIC[key] = (None, _concrete_note(why))
+        elif inexact:
+            _EVALUATORS[key] = (checked(rule, hyper, inexact).evaluator, "")
         else:
             g, note = generic_for(rule, hyper)
             _EVALUATORS[key] = (None if g is None else g.evaluator, note)
@@ -370,8 +391,6 @@ _STEPPED: dict[tuple, tuple] = {}  # key -> (stepped.Program or None, note)
 def stepped_proof_dims(rule, hyper: dict, prog) -> dict:
     """The one small size a stepped reference is proven at: two steps, the other sizes distinct and small
     (so that no two axes can be confused), within each dimension's range (pins kept)."""
-    from derivcheck.engine import stepped
-
     counts = {s.count for s in prog.steps if isinstance(s, stepped.LoopPlan)}
     dims, used = {}, {2}
     for d, r in rule.dims.items():
@@ -389,8 +408,6 @@ def stepped_proof_dims(rule, hyper: dict, prog) -> dict:
 def stepped_for(rule, hyper: dict):
     """A loop rule's stepped reference (:mod:`derivcheck.engine.stepped`): its cells derived and proven, the
     composition proven against the unrolled tier at :func:`stepped_proof_dims`; or None and why not."""
-    from derivcheck.engine import stepped
-
     key = ("stepped", rule.digest, repr(sorted(hyper.items())))
     if key in _STEPPED:
         return _STEPPED[key]
@@ -398,7 +415,7 @@ def stepped_for(rule, hyper: dict):
     try:
         prog = stepped.plan(rule)
         for c in prog.cells:
-            c.derivation = checked(c.rule, {}, (*c.rule_inexact, DOUT)).evaluator
+            c.derivation = evaluator_for(c.rule, {}, (*c.rule_inexact, DOUT))[0]
         disk_key = cache.entry_key(key)
 
         def prove_steps() -> bool:

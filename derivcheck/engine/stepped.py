@@ -39,11 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from derivcheck.engine.formula import Loop, Stacked
-from derivcheck.errors import RuleError
-from derivcheck.engine.generic import DOUT, WEIGHT, bound_name
-from derivcheck.errors import Unsupported
-from derivcheck.engine.program import MEMO
+from derivcheck.engine.program import DOUT, MEMO, WEIGHT, bound_name
 from derivcheck.engine.rules import dim_names, parse_rule
+from derivcheck.errors import RuleError, Unsupported
 
 STEP, PREV = "step", "prev"  # a cell reads xs[:, t, :] as xs_step and the previous step's h as h_prev
 
