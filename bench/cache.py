@@ -4,10 +4,12 @@
 
 Every rule's reference (what `verify` uses) is made three ways, in the same run:
   cold    a fresh process with an empty cache folder: the shape-generic derivation, its
-          proof against the element-by-element tier at three small shapes (those
-          derivations lambdified), compiled to NumPy closures; reshape, which has no
-          generic form, derived element by element at the sizes asked for
-  disk    a fresh process with the folder the cold run filled: JSON trees, then compiled
+          proof against the element-by-element tier at three small shapes, compiled to
+          NumPy steps; a rule with no generic form derived element by element at the
+          sizes asked for
+  disk    a fresh process with the folder the cold run filled: a generic rule's stored
+          NumPy steps (read without SymPy); a rule with no generic form, its JSON
+          expression trees (SymPy)
   memory  the same process again: a dictionary look-up
 It prints seconds per rule and the ratios disk/cold and memory/cold.
 """
