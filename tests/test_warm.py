@@ -58,7 +58,7 @@ def steps_of(rule, hyper) -> dict:
     return cache.load_entry(cache.entry_key(reference.cache_key(rule, hyper)))["steps"]
 
 
-def test_stored_steps_give_the_derivations_values_bit_for_bit(fresh, monkeypatch):
+def test_stored_steps_give_the_derivations_values_bit_for_bit(fresh):
     kinds = set()
     for k, name in enumerate(RULES):
         rule = derivcheck.load_rule(name)
@@ -103,7 +103,7 @@ def used(steps: dict, row: list) -> None:
     lambda s: used(s, ["indexed", ["x", [["fixed", -1], ["label", s["parts"]["vjp:x"][1][1], 0, ["sym", "D"]]]], []]),
 ], ids=["unknown-kind", "later-child", "missing-part", "unknown-ufunc", "bad-size", "no-such-row", "number-text",
         "engine-name", "negative-index"])
-def test_damaged_steps_are_rebuilt(fresh, monkeypatch, damage):
+def test_damaged_steps_are_rebuilt(fresh, damage):
     rule = derivcheck.load_rule("affine")
     hyper = rule.resolve_hyper()
     good, _ = reference.evaluator_for(rule, hyper)
