@@ -101,32 +101,14 @@ def main() -> int:
     torch_s, torch_how = None, "torch not installed"
     try:
         import torch
+        import torchnumpy
 
         torch_how = "torch.autograd.gradcheck of the NumPy network, float64, fast_mode"
-        keys = ("W1", "b1", "W2", "b2")
-
-        def load(tensors):
-            for k, p in zip(keys, tensors):
-                net.params[k][...] = p.detach().numpy()
-
-        class Net(torch.autograd.Function):
-            """The book's network as a torch function: forward its loss, backward its own net.gradient."""
-
-            @staticmethod
-            def forward(ctx, *params):
-                ctx.save_for_backward(*params)
-                load(params)
-                return torch.tensor(float(net.loss(x, t_labels)), dtype=torch.float64)
-
-            @staticmethod
-            def backward(ctx, gout):
-                load(ctx.saved_tensors)  # gradcheck runs forward at other points in between
-                grads = net.gradient(x, t_labels)
-                return tuple(torch.tensor(grads[k]) * gout for k in keys)
-
-        ps = [torch.tensor(net.params[k].copy(), requires_grad=True) for k in keys]
+        params = {k: net.params[k] for k in ("W1", "b1", "W2", "b2")}  # forward its loss, backward its own net.gradient
+        loss, ps = torchnumpy.function(params, lambda: net.loss(x, t_labels),
+                                       lambda gout: {k: g * gout for k, g in net.gradient(x, t_labels).items()})
         t = time.perf_counter()
-        ok = torch.autograd.gradcheck(Net.apply, ps, fast_mode=True)
+        ok = torch.autograd.gradcheck(loss, ps, fast_mode=True)
         torch_s = time.perf_counter() - t
         torch_how += "" if ok else " (reported a mismatch)"
     except ImportError:

@@ -136,7 +136,8 @@ class BookProblem:
     """A book 2 layer (params/grads lists) built by derivcheck's adapter at one size, then used as the books
     use it: ``loss()`` is ``Σ dout · layer.forward(...)`` on the layer's own arrays (its input and its
     ``params``, which finite differences change in place, as book 1's ``numerical_gradient`` changes
-    ``net.params``), and ``gradients()`` one forward and the layer's own backward."""
+    ``net.params``), and ``gradients(dout)`` one forward and the layer's own backward (of ``dout``, by default
+    the trial's cotangent)."""
 
     def __init__(self, target, rule, dims):
         r, _, values, _, self.cot, adapter = setup(target, rule, dims)
@@ -150,9 +151,9 @@ class BookProblem:
     def loss(self) -> float:
         return float(np.sum(self.cot * self.layer.forward(*self.args)))
 
-    def gradients(self) -> dict:
+    def gradients(self, dout=None) -> dict:
         self.layer.forward(*self.args)
-        dx = self.layer.backward(self.cot)
+        dx = self.layer.backward(self.cot if dout is None else dout)
         return {self.first: dx, **{n: self.layer.grads[i] for n, i in self.slots.items()}}
 
 
@@ -209,35 +210,15 @@ def torch_gradcheck_seconds(problem: BookProblem) -> tuple[float, str] | None:
     and backward are the layer's); its fast mode (a one-point check) where the dense one cannot fit."""
     try:
         import torch
+        import torchnumpy
     except ImportError:
         return None
-    names = list(problem.arrays)
-
-    def load(tensors):
-        for n, t in zip(names, tensors):
-            problem.arrays[n][...] = t.detach().numpy()
-
-    class Layer(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *tensors):
-            ctx.save_for_backward(*tensors)
-            load(tensors)
-            return torch.as_tensor(np.asarray(problem.layer.forward(*problem.args), dtype=np.float64))
-
-        @staticmethod
-        def backward(ctx, gout):
-            load(ctx.saved_tensors)  # gradcheck calls forward again at other points in between
-            problem.layer.forward(*problem.args)
-            dx = problem.layer.backward(gout.detach().numpy().astype(np.float64))
-            grads = {problem.first: dx, **{n: problem.layer.grads[i] for n, i in problem.slots.items()}}
-            return tuple(torch.as_tensor(np.array(grads[n], dtype=np.float64)) for n in names)
-
-    args = tuple(torch.tensor(np.array(problem.arrays[n], dtype=np.float64), requires_grad=True) for n in names)
+    layer, args = torchnumpy.function(problem.arrays, lambda: problem.layer.forward(*problem.args), problem.gradients)
     out_size = int(np.size(problem.layer.forward(*problem.args)))
     entries = out_size * sum(a.numel() for a in args)
     fast = entries > DENSE_LIMIT
     t0 = time.perf_counter()
-    assert torch.autograd.gradcheck(Layer.apply, args, fast_mode=fast)
+    assert torch.autograd.gradcheck(layer, args, fast_mode=fast)
     return time.perf_counter() - t0, ("fast_mode (dense Jacobian: %.1e entries)" % entries) if fast else "default mode"
 
 
