@@ -174,11 +174,17 @@ def _tuple(axis):
     return tuple(axis) if isinstance(axis, list) else axis
 
 
+def tier_functions(tier) -> dict:
+    """A symbolic tier's (symarray's, indexed's) implementation of each of the language's functions: the
+    element-wise ones from ops.py's table, the rest under their own names."""
+    return {k: tier.elementwise(ELEMENTWISE[k].sym) if k in ELEMENTWISE else getattr(tier, k) for k in FUNCTIONS}
+
+
 def _symbolic():
     from derivcheck.engine import symarray
 
     return SimpleNamespace(
-        functions={k: symarray.elementwise(ELEMENTWISE[k].sym) if k in ELEMENTWISE else getattr(symarray, k) for k in FUNCTIONS},
+        functions=tier_functions(symarray),
         matmul=symarray.matmul,
         compare=symarray.compare,
         transpose=symarray.transpose,
@@ -195,7 +201,7 @@ def _generic():
     from derivcheck.engine import indexed
 
     return SimpleNamespace(
-        functions={k: indexed.elementwise(ELEMENTWISE[k].sym) if k in ELEMENTWISE else getattr(indexed, k) for k in FUNCTIONS},
+        functions=tier_functions(indexed),
         matmul=indexed.matmul,
         compare=indexed.compare,
         transpose=indexed.transpose,
